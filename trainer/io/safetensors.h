@@ -1,0 +1,72 @@
+// Safetensors: read and write the Hugging Face tensor file format.
+//
+// Layout: u64 little-endian header size N, N bytes of JSON header mapping each
+// tensor name to {dtype, shape, data_offsets: [begin, end)} (offsets relative
+// to the end of the header) plus an optional "__metadata__" string map, then
+// the raw little-endian data. F32, F16 and BF16 load (converted to float);
+// the trainer writes F32.
+//
+// Parsing never trusts the file: header size, JSON, dtypes, shapes,
+// overlapping or out-of-range offsets and byte counts are all checked, and
+// every failure throws hetermoe::Error naming the file and the problem.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hetermoe::io {
+
+enum class DType { kF32, kF16, kBF16 };
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // byte offsets into the data section
+  uint64_t end = 0;
+
+  int64_t NumElements() const;
+};
+
+// An in-memory safetensors file. Thread-compatible.
+class SafetensorsFile {
+ public:
+  static SafetensorsFile Load(const std::string& path);
+  // `source` names the bytes in error messages. Used by Load and the fuzzer.
+  static SafetensorsFile Parse(std::string bytes, const std::string& source);
+
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::string& source() const { return source_; }
+  // nullptr when absent.
+  const TensorInfo* Find(std::string_view name) const;
+  // The tensor's values as float (F16/BF16 converted). Throws if absent.
+  std::vector<float> ReadFloat(std::string_view name) const;
+  // Copies into `out`, checking that the tensor has exactly `shape`
+  // (error names the tensor, the expected and the actual shape).
+  void ReadInto(std::string_view name, const std::vector<int64_t>& shape, float* out) const;
+
+ private:
+  std::string source_;
+  std::string bytes_;
+  uint64_t data_start_ = 0;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+struct TensorToWrite {
+  std::string name;
+  std::vector<int64_t> shape;
+  const float* data = nullptr;  // NumElements(shape) floats
+};
+
+// Writes an F32 safetensors file at `path` (plain write + fsync; atomicity
+// is the caller's: checkpoints are written into a temporary directory that is
+// renamed into place).
+void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace hetermoe::io

@@ -1,0 +1,87 @@
+#include "trainer/model/parameters.h"
+
+#include <cmath>
+#include <random>
+
+#include "trainer/io/safetensors.h"
+#include "trainer/util/error.h"
+
+namespace hetermoe::model {
+
+ParameterLayout::ParameterLayout(const io::MixtralConfig& c) {
+  const int64_t d = c.hidden_size, f = c.intermediate_size, hd = c.HeadDim();
+  const int64_t q_out = c.num_attention_heads * hd, kv_out = c.num_key_value_heads * hd;
+  embed = Add("model.embed_tokens.weight", {c.vocab_size, d}, true);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerOffsets lo;
+    lo.input_norm = Add(p + "input_layernorm.weight", {d}, false);
+    lo.q = Add(p + "self_attn.q_proj.weight", {q_out, d}, true);
+    lo.k = Add(p + "self_attn.k_proj.weight", {kv_out, d}, true);
+    lo.v = Add(p + "self_attn.v_proj.weight", {kv_out, d}, true);
+    lo.o = Add(p + "self_attn.o_proj.weight", {d, q_out}, true);
+    lo.post_norm = Add(p + "post_attention_layernorm.weight", {d}, false);
+    lo.gate = Add(p + "block_sparse_moe.gate.weight", {c.num_local_experts, d}, true);
+    for (int64_t e = 0; e < c.num_local_experts; ++e) {
+      const std::string ep = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+      ExpertOffsets eo;
+      eo.w1 = Add(ep + "w1.weight", {f, d}, true);
+      eo.w2 = Add(ep + "w2.weight", {d, f}, true);
+      eo.w3 = Add(ep + "w3.weight", {f, d}, true);
+      lo.experts.push_back(eo);
+    }
+    layers.push_back(std::move(lo));
+  }
+  final_norm = Add("model.norm.weight", {d}, false);
+  lm_head = Add("lm_head.weight", {c.vocab_size, d}, true);
+}
+
+int64_t ParameterLayout::Add(std::string name, std::vector<int64_t> shape, bool decay) {
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  tensors_.push_back({std::move(name), std::move(shape), total_, numel, decay});
+  total_ += numel;
+  return total_ - numel;
+}
+
+const TensorSlot* ParameterLayout::Find(const std::string& name) const {
+  for (const auto& t : tensors_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed, float* params) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, static_cast<float>(std_dev));
+  for (const auto& t : layout.tensors()) {
+    float* p = params + t.offset;
+    if (t.shape.size() == 1) {
+      for (int64_t i = 0; i < t.numel; ++i) p[i] = 1.0f;
+    } else {
+      for (int64_t i = 0; i < t.numel; ++i) p[i] = normal(rng);
+    }
+  }
+}
+
+void LoadParameters(const ParameterLayout& layout, const std::string& path, float* params) {
+  const io::SafetensorsFile file = io::SafetensorsFile::Load(path);
+  for (const auto& t : layout.tensors()) {
+    if (!file.Find(t.name))
+      throw Error(path + ": tensor \"" + t.name + "\" is missing (the config expects it)");
+    file.ReadInto(t.name, t.shape, params + t.offset);
+  }
+  for (const auto& info : file.tensors())
+    if (!layout.Find(info.name))
+      throw Error(path + ": unexpected tensor \"" + info.name +
+                  "\" (not part of the model described by the config)");
+}
+
+void SaveParameters(const ParameterLayout& layout, const std::string& path, const float* buffer,
+                    const std::string& prefix) {
+  std::vector<io::TensorToWrite> out;
+  out.reserve(layout.tensors().size());
+  for (const auto& t : layout.tensors()) out.push_back({prefix + t.name, t.shape, buffer + t.offset});
+  io::WriteSafetensors(path, out, {{"format", "pt"}});
+}
+
+}  // namespace hetermoe::model

@@ -1,0 +1,42 @@
+// AdamW over the flat parameter buffer, as torch.optim.AdamW, plus global
+// gradient-norm clipping as torch.nn.utils.clip_grad_norm_.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "trainer/model/parameters.h"
+
+namespace hetermoe::optim {
+
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+// Moments are laid out like the parameters (so checkpoints reuse the names).
+class AdamW {
+ public:
+  AdamW(const model::ParameterLayout& layout, AdamWOptions options);
+
+  // One update with learning rate `lr`; increments step().
+  void Step(float* params, const float* grads, double lr);
+
+  int64_t step() const { return step_; }
+  void set_step(int64_t step) { step_ = step; }
+  std::vector<float>& exp_avg() { return exp_avg_; }
+  std::vector<float>& exp_avg_sq() { return exp_avg_sq_; }
+
+ private:
+  const model::ParameterLayout& layout_;
+  AdamWOptions options_;
+  int64_t step_ = 0;
+  std::vector<float> exp_avg_, exp_avg_sq_;
+};
+
+// L2 norm of the whole gradient (accumulated in double).
+double GlobalGradNorm(const float* grads, int64_t n);
+// If max_norm > 0, scales grads by max_norm / (norm + 1e-6) when that is < 1,
+// as clip_grad_norm_ does. Returns the norm before clipping.
+double ClipGradNorm(float* grads, int64_t n, double max_norm);
+
+}  // namespace hetermoe::optim

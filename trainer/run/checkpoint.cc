@@ -1,0 +1,149 @@
+#include "trainer/run/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "trainer/io/safetensors.h"
+#include "trainer/util/error.h"
+
+namespace hetermoe::run {
+namespace {
+
+namespace fs = std::filesystem;
+
+void WriteTextFile(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.flush();
+  if (!out) throw Error(path.string() + ": cannot write");
+  out.close();
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+void FsyncDir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+nlohmann::json ReadJson(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path.string() + ": cannot open");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path.string() + ": malformed JSON: " + e.what());
+  }
+}
+
+}  // namespace
+
+void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
+  const fs::path dir = fs::path(dir_str);
+  const fs::path parent = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
+  const fs::path tmp = parent / ("." + dir.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directories(tmp, ec) && ec)
+    throw Error(tmp.string() + ": cannot create checkpoint folder: " + ec.message());
+
+  WriteTextFile(tmp / "config.json", io::MixtralConfigToJson(*v.config).dump(2) + "\n");
+  model::SaveParameters(*v.layout, (tmp / "model.safetensors").string(), v.params);
+  {
+    std::vector<io::TensorToWrite> moments;
+    for (const auto& t : v.layout->tensors()) {
+      moments.push_back({"exp_avg." + t.name, t.shape, v.exp_avg + t.offset});
+      moments.push_back({"exp_avg_sq." + t.name, t.shape, v.exp_avg_sq + t.offset});
+    }
+    io::WriteSafetensors((tmp / "optimizer.safetensors").string(), moments,
+                         {{"optimizer", "adamw"}, {"step", std::to_string(v.state.step)}});
+  }
+  nlohmann::json state = {{"format", "hetermoe-trainer-state/1"},
+                          {"step", v.state.step},
+                          {"data_position", v.state.data_position},
+                          {"tokens_seen", v.state.tokens_seen}};
+  WriteTextFile(tmp / "trainer_state.json", state.dump(2) + "\n");
+  FsyncDir(tmp);
+
+  // Replace: move any old folder aside, rename the new one in, then delete.
+  const fs::path old = parent / ("." + dir.filename().string() + ".old-" + std::to_string(::getpid()));
+  if (fs::exists(dir)) {
+    fs::rename(dir, old, ec);
+    if (ec) throw Error(dir.string() + ": cannot replace checkpoint: " + ec.message());
+  }
+  fs::rename(tmp, dir, ec);
+  if (ec) throw Error(dir.string() + ": cannot move checkpoint into place: " + ec.message());
+  FsyncDir(parent);
+  fs::remove_all(old, ec);
+}
+
+LoadedCheckpoint ReadCheckpoint(const std::string& dir_str, const io::MixtralConfig& config,
+                                const model::ParameterLayout& layout, float* params,
+                                float* exp_avg, float* exp_avg_sq) {
+  const fs::path dir(dir_str);
+  if (!fs::is_directory(dir)) throw Error(dir_str + ": checkpoint folder does not exist");
+  const io::MixtralConfig saved = io::LoadMixtralConfig((dir / "config.json").string());
+  const model::ParameterLayout saved_layout(saved);
+  if (saved_layout.total() != layout.total() || saved.num_hidden_layers != config.num_hidden_layers ||
+      saved.num_local_experts != config.num_local_experts ||
+      saved.hidden_size != config.hidden_size || saved.vocab_size != config.vocab_size ||
+      saved.num_attention_heads != config.num_attention_heads ||
+      saved.num_key_value_heads != config.num_key_value_heads)
+    throw Error(dir_str + "/config.json: the checkpoint's model differs from the run's model");
+  model::LoadParameters(layout, (dir / "model.safetensors").string(), params);
+  const io::SafetensorsFile opt = io::SafetensorsFile::Load((dir / "optimizer.safetensors").string());
+  for (const auto& t : layout.tensors()) {
+    opt.ReadInto("exp_avg." + t.name, t.shape, exp_avg + t.offset);
+    opt.ReadInto("exp_avg_sq." + t.name, t.shape, exp_avg_sq + t.offset);
+  }
+  const fs::path state_path = dir / "trainer_state.json";
+  const nlohmann::json s = ReadJson(state_path);
+  LoadedCheckpoint out;
+  try {
+    out.state.step = s.at("step").get<int64_t>();
+    out.state.data_position = s.at("data_position").get<int64_t>();
+    out.state.tokens_seen = s.value("tokens_seen", int64_t{0});
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(state_path.string() + ": " + e.what());
+  }
+  if (out.state.step < 0 || out.state.data_position < 0)
+    throw Error(state_path.string() + ": negative step or data_position");
+  return out;
+}
+
+std::string FindLatestCheckpoint(const std::string& output_dir) {
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return "";
+  std::string best;
+  int64_t best_step = -1;
+  for (const auto& entry : fs::directory_iterator(output_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name != "final" && name.rfind("checkpoint-", 0) != 0) continue;
+    const fs::path state = entry.path() / "trainer_state.json";
+    if (!fs::exists(state)) continue;
+    try {
+      const int64_t step = ReadJson(state).at("step").get<int64_t>();
+      if (step > best_step) {
+        best_step = step;
+        best = entry.path().string();
+      }
+    } catch (const std::exception&) {
+      continue;  // an unreadable folder is not a resume candidate
+    }
+  }
+  return best;
+}
+
+}  // namespace hetermoe::run

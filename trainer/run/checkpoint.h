@@ -1,0 +1,49 @@
+// Checkpoints: a folder that `transformers` can load (config.json +
+// model.safetensors with Hugging Face names) plus what resuming needs
+// (optimizer.safetensors with the AdamW moments, trainer_state.json with the
+// step and the data position).
+//
+// Writes are atomic: everything goes into a hidden temporary folder beside
+// the target, each file is fsync'ed, then the folder is renamed into place.
+// A crash mid-write leaves the previous checkpoint intact.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "trainer/io/mixtral_config.h"
+#include "trainer/model/parameters.h"
+
+namespace hetermoe::run {
+
+struct TrainerState {
+  int64_t step = 0;            // optimizer steps taken
+  int64_t data_position = 0;   // BatchReader position for the next step
+  int64_t tokens_seen = 0;
+};
+
+struct CheckpointView {
+  const io::MixtralConfig* config;
+  const model::ParameterLayout* layout;
+  const float* params;
+  const float* exp_avg;
+  const float* exp_avg_sq;
+  TrainerState state;
+};
+
+// Writes `dir` atomically (replacing an existing folder of that name).
+void WriteCheckpoint(const std::string& dir, const CheckpointView& view);
+
+struct LoadedCheckpoint {
+  TrainerState state;
+};
+// Loads params and moments (buffers sized layout.total()) from `dir`,
+// checking that its config matches `config` in every shape.
+LoadedCheckpoint ReadCheckpoint(const std::string& dir, const io::MixtralConfig& config,
+                                const model::ParameterLayout& layout, float* params,
+                                float* exp_avg, float* exp_avg_sq);
+
+// The newest checkpoint-<step>/ or final/ under output_dir by step; "" if none.
+std::string FindLatestCheckpoint(const std::string& output_dir);
+
+}  // namespace hetermoe::run

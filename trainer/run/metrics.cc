@@ -1,0 +1,126 @@
+#include "trainer/run/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "trainer/util/error.h"
+
+namespace hetermoe::run {
+
+MetricsSink::MetricsSink(const std::string& dir, int64_t resume_step)
+    : path_((std::filesystem::path(dir) / "metrics.jsonl").string()) {
+  std::vector<std::string> kept;
+  if (resume_step > 0) {
+    std::ifstream in(path_);
+    for (std::string line; std::getline(in, line);) {
+      try {
+        if (nlohmann::json::parse(line).at("step").get<int64_t>() <= resume_step) kept.push_back(line);
+      } catch (const std::exception&) {
+        // a torn last line from a crash: drop it
+      }
+    }
+  }
+  jsonl_.open(path_, std::ios::trunc);
+  if (!jsonl_) throw Error(path_ + ": cannot write metrics");
+  for (const auto& l : kept) jsonl_ << l << '\n';
+  jsonl_.flush();
+}
+
+MetricsSink::~MetricsSink() = default;
+
+void MetricsSink::ServePrometheus(const std::string& bind) {
+  registry_ = std::make_shared<prometheus::Registry>();
+  auto gauge = [&](const char* name, const char* help) {
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
+  };
+  step_ = gauge("hetermoe_trainer_step", "Optimizer steps completed");
+  loss_ = gauge("hetermoe_trainer_loss", "Training loss (cross-entropy + coef * aux) of the last step");
+  ce_loss_ = gauge("hetermoe_trainer_ce_loss", "Cross-entropy of the last step");
+  aux_loss_ = gauge("hetermoe_trainer_aux_loss", "Router load-balancing loss of the last step");
+  lr_ = gauge("hetermoe_trainer_learning_rate", "Learning rate of the last step");
+  grad_norm_ = gauge("hetermoe_trainer_grad_norm", "Global gradient norm before clipping");
+  tokens_per_second_ = gauge("hetermoe_trainer_tokens_per_second", "Training throughput of the last step");
+  tokens_total_ = &prometheus::BuildCounter()
+                       .Name("hetermoe_trainer_tokens_total")
+                       .Help("Tokens trained on")
+                       .Register(*registry_)
+                       .Add({});
+  const prometheus::Histogram::BucketBoundaries buckets{0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                        1,    2.5,   5,    10,  30,   60};
+  step_seconds_ = &prometheus::BuildHistogram()
+                       .Name("hetermoe_trainer_step_seconds")
+                       .Help("Wall time of one optimizer step")
+                       .Register(*registry_)
+                       .Add({}, buckets);
+  checkpoint_seconds_ = &prometheus::BuildHistogram()
+                             .Name("hetermoe_trainer_checkpoint_seconds")
+                             .Help("Wall time of writing one checkpoint")
+                             .Register(*registry_)
+                             .Add({}, buckets);
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(bind);
+  } catch (const std::exception& e) {
+    throw Error("--metrics-port: cannot serve metrics on " + bind + ": " + e.what());
+  }
+  exposer_->RegisterCollectable(registry_);
+}
+
+int MetricsSink::port() const {
+  if (!exposer_) return 0;
+  const auto ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+void MetricsSink::Record(const StepMetrics& m) {
+  nlohmann::json line = {{"step", m.step},
+                         {"loss", m.loss},
+                         {"ce_loss", m.ce_loss},
+                         {"aux_loss", m.aux_loss},
+                         {"lr", m.lr},
+                         {"grad_norm", m.grad_norm},
+                         {"tokens_per_second", m.tokens_per_second},
+                         {"step_seconds", m.step_seconds},
+                         {"tokens", m.tokens},
+                         {"expert_tokens", m.expert_tokens}};
+  jsonl_ << line.dump() << '\n';
+  jsonl_.flush();
+  if (!jsonl_) throw Error(path_ + ": cannot write metrics");
+  if (!registry_) return;
+  step_->Set(static_cast<double>(m.step));
+  loss_->Set(m.loss);
+  ce_loss_->Set(m.ce_loss);
+  aux_loss_->Set(m.aux_loss);
+  lr_->Set(m.lr);
+  grad_norm_->Set(m.grad_norm);
+  tokens_per_second_->Set(m.tokens_per_second);
+  tokens_total_->Increment(static_cast<double>(m.tokens));
+  step_seconds_->Observe(m.step_seconds);
+  if (expert_tokens_.empty()) {
+    auto& family = prometheus::BuildCounter()
+                       .Name("hetermoe_trainer_expert_tokens_total")
+                       .Help("Token assignments routed to each expert")
+                       .Register(*registry_);
+    for (size_t l = 0; l < m.expert_tokens.size(); ++l) {
+      expert_tokens_.emplace_back();
+      for (size_t e = 0; e < m.expert_tokens[l].size(); ++e)
+        expert_tokens_[l].push_back(
+            &family.Add({{"layer", std::to_string(l)}, {"expert", std::to_string(e)}}));
+    }
+  }
+  for (size_t l = 0; l < m.expert_tokens.size(); ++l)
+    for (size_t e = 0; e < m.expert_tokens[l].size(); ++e)
+      expert_tokens_[l][e]->Increment(static_cast<double>(m.expert_tokens[l][e]));
+}
+
+void MetricsSink::RecordCheckpoint(double seconds) {
+  if (checkpoint_seconds_) checkpoint_seconds_->Observe(seconds);
+}
+
+}  // namespace hetermoe::run

@@ -1,0 +1,68 @@
+// Where a step's numbers go: one JSON line per optimizer step in
+// <output.dir>/metrics.jsonl, and (when a port is given) Prometheus metrics
+// served by prometheus-cpp's Exposer.
+//
+// Prometheus families are registered once and their series kept, as
+// prometheus-cpp recommends; labels stay low-cardinality (layer, expert).
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace prometheus {
+class Exposer;
+class Registry;
+class Gauge;
+class Counter;
+class Histogram;
+}  // namespace prometheus
+
+namespace hetermoe::run {
+
+struct StepMetrics {
+  int64_t step = 0;
+  double loss = 0, ce_loss = 0, aux_loss = 0;
+  double lr = 0, grad_norm = 0;
+  double tokens_per_second = 0;
+  double step_seconds = 0;
+  int64_t tokens = 0;                                // tokens this step
+  std::vector<std::vector<int64_t>> expert_tokens;   // [L][E] this step
+};
+
+class MetricsSink {
+ public:
+  // Opens <dir>/metrics.jsonl. On resume (resume_step > 0) the lines with a
+  // larger step are dropped first, so the file reads as one clean run.
+  MetricsSink(const std::string& dir, int64_t resume_step);
+  ~MetricsSink();
+
+  // Serves /metrics on `bind` ("0.0.0.0:9090", or ":0"-style with port 0).
+  void ServePrometheus(const std::string& bind);
+  // The port actually bound (after ServePrometheus), 0 otherwise.
+  int port() const;
+
+  void Record(const StepMetrics& m);
+  void RecordCheckpoint(double seconds);
+
+ private:
+  std::string path_;
+  std::ofstream jsonl_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Gauge* step_ = nullptr;
+  prometheus::Gauge* loss_ = nullptr;
+  prometheus::Gauge* ce_loss_ = nullptr;
+  prometheus::Gauge* aux_loss_ = nullptr;
+  prometheus::Gauge* lr_ = nullptr;
+  prometheus::Gauge* grad_norm_ = nullptr;
+  prometheus::Gauge* tokens_per_second_ = nullptr;
+  prometheus::Counter* tokens_total_ = nullptr;
+  prometheus::Histogram* step_seconds_ = nullptr;
+  prometheus::Histogram* checkpoint_seconds_ = nullptr;
+  std::vector<std::vector<prometheus::Counter*>> expert_tokens_;  // [L][E], made lazily
+};
+
+}  // namespace hetermoe::run

@@ -1,0 +1,202 @@
+#include "trainer/run/run_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "trainer/util/error.h"
+
+namespace hetermoe::run {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Keys that came from --set, whose relative paths resolve against the cwd.
+using OverriddenKeys = std::set<std::string>;
+
+// Reads one section, rejecting keys it does not know.
+class Section {
+ public:
+  Section(const YAML::Node& node, std::string name, const std::string& source)
+      : node_(node), name_(std::move(name)), source_(source) {
+    if (node_ && !node_.IsMap()) Fail(name_, "must be a mapping");
+  }
+
+  template <typename T>
+  void Get(const std::string& key, T* out, bool required = false) {
+    known_.insert(key);
+    const YAML::Node v = node_ ? node_[key] : YAML::Node();
+    if (!v || v.IsNull()) {
+      if (required) Fail(Dotted(key), "is required");
+      return;
+    }
+    try {
+      *out = v.as<T>();
+    } catch (const YAML::Exception&) {
+      Fail(Dotted(key), "has the wrong type (got \"" + Dump(v) + "\")");
+    }
+  }
+
+  void Finish() {
+    if (!node_) return;
+    for (const auto& kv : node_) {
+      const std::string key = kv.first.as<std::string>();
+      if (!known_.count(key)) Fail(Dotted(key), "is not a known key");
+    }
+  }
+
+  std::string Dotted(const std::string& key) const { return name_ + "." + key; }
+  [[noreturn]] void Fail(const std::string& key, const std::string& problem) const {
+    throw Error(source_ + ": " + key + " " + problem);
+  }
+
+ private:
+  static std::string Dump(const YAML::Node& n) {
+    YAML::Emitter e;
+    e << YAML::Flow << n;
+    return e.c_str();
+  }
+  YAML::Node node_;
+  std::string name_;
+  const std::string& source_;
+  std::set<std::string> known_;
+};
+
+void ApplyOverride(YAML::Node root, const std::string& assignment, const std::string& source,
+                   OverriddenKeys* keys) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw Error("--set " + assignment + ": expected key=value (e.g. train.steps=10)");
+  const std::string key = assignment.substr(0, eq);
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    throw Error("--set " + assignment + ": value is not valid YAML: " + e.msg);
+  }
+  std::vector<std::string> parts;
+  std::stringstream ss(key);
+  for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
+  // Walk with fresh handles: yaml-cpp's operator= on a Node rebinds it.
+  std::vector<YAML::Node> path{root};
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    YAML::Node child = path.back()[parts[i]];
+    if (child && !child.IsMap() && !child.IsNull())
+      throw Error("--set " + assignment + ": " + parts[i] + " is not a section");
+    path.push_back(child);
+  }
+  path.back()[parts.back()] = value;
+  keys->insert(key);
+  (void)source;
+}
+
+std::string ResolvePath(const std::string& p, const std::string& key, const std::string& base_dir,
+                        const OverriddenKeys& overridden) {
+  if (p.empty() || fs::path(p).is_absolute() || overridden.count(key)) return p;
+  return (fs::path(base_dir) / p).lexically_normal().string();
+}
+
+}  // namespace
+
+RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source,
+                         const std::string& base_dir, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::ParserException& e) {
+    throw Error(source + ": malformed YAML at line " + std::to_string(e.mark.line + 1) +
+                ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) throw Error(source + ": the run file must be a YAML mapping");
+  OverriddenKeys overridden;
+  for (const auto& o : overrides) ApplyOverride(root, o, source, &overridden);
+
+  RunConfig c;
+  c.source = source;
+  static const std::set<std::string> kSections = {"model", "data", "train", "output"};
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    if (!kSections.count(key)) throw Error(source + ": " + key + " is not a known section");
+  }
+
+  Section model(root["model"], "model", source);
+  model.Get("config", &c.model.config, true);
+  model.Get("init", &c.model.init);
+  model.Finish();
+
+  Section data(root["data"], "data", source);
+  data.Get("train", &c.data.train, true);
+  data.Finish();
+
+  Section train(root["train"], "train", source);
+  auto& t = c.train;
+  train.Get("steps", &t.steps, true);
+  train.Get("global_batch", &t.global_batch, true);
+  train.Get("micro_batches", &t.micro_batches);
+  train.Get("seq_len", &t.seq_len, true);
+  train.Get("lr", &t.lr);
+  train.Get("schedule", &t.schedule);
+  train.Get("warmup_steps", &t.warmup_steps);
+  train.Get("min_lr", &t.min_lr);
+  std::vector<double> betas{t.beta1, t.beta2};
+  train.Get("betas", &betas);
+  train.Get("eps", &t.eps);
+  train.Get("weight_decay", &t.weight_decay);
+  train.Get("grad_clip", &t.grad_clip);
+  train.Get("seed", &t.seed);
+  train.Get("threads", &t.threads);
+  train.Finish();
+  if (betas.size() != 2) train.Fail("train.betas", "must be a list of two numbers");
+  t.beta1 = betas[0];
+  t.beta2 = betas[1];
+  if (t.steps < 1) train.Fail("train.steps", "must be >= 1");
+  if (t.global_batch < 1) train.Fail("train.global_batch", "must be >= 1");
+  if (t.micro_batches < 1) train.Fail("train.micro_batches", "must be >= 1");
+  if (t.global_batch % t.micro_batches != 0)
+    train.Fail("train.micro_batches", "(" + std::to_string(t.micro_batches) +
+                                          ") must divide train.global_batch (" +
+                                          std::to_string(t.global_batch) + ")");
+  if (t.seq_len < 1) train.Fail("train.seq_len", "must be >= 1");
+  if (!(t.lr > 0)) train.Fail("train.lr", "must be > 0");
+  if (t.schedule != "constant" && t.schedule != "cosine")
+    train.Fail("train.schedule", "must be constant or cosine (got \"" + t.schedule + "\")");
+  if (t.warmup_steps < 0) train.Fail("train.warmup_steps", "must be >= 0");
+  if (t.min_lr < 0 || t.min_lr > t.lr) train.Fail("train.min_lr", "must be in [0, train.lr]");
+  for (double b : betas)
+    if (!(b >= 0 && b < 1)) train.Fail("train.betas", "must be in [0, 1)");
+  if (!(t.eps > 0)) train.Fail("train.eps", "must be > 0");
+  if (t.weight_decay < 0) train.Fail("train.weight_decay", "must be >= 0");
+  if (t.grad_clip < 0) train.Fail("train.grad_clip", "must be >= 0 (0 = off)");
+  if (t.threads < 0) train.Fail("train.threads", "must be >= 0 (0 = every core)");
+
+  Section output(root["output"], "output", source);
+  output.Get("dir", &c.output.dir);
+  output.Get("checkpoint_every", &c.output.checkpoint_every);
+  output.Get("keep_checkpoints", &c.output.keep_checkpoints);
+  output.Finish();
+  if (c.output.dir.empty()) output.Fail("output.dir", "must not be empty");
+  if (c.output.checkpoint_every < 0) output.Fail("output.checkpoint_every", "must be >= 0");
+  if (c.output.keep_checkpoints < 0) output.Fail("output.keep_checkpoints", "must be >= 0");
+
+  c.model.config = ResolvePath(c.model.config, "model.config", base_dir, overridden);
+  c.model.init = ResolvePath(c.model.init, "model.init", base_dir, overridden);
+  c.data.train = ResolvePath(c.data.train, "data.train", base_dir, overridden);
+  c.output.dir = ResolvePath(c.output.dir, "output.dir", base_dir, overridden);
+  return c;
+}
+
+RunConfig LoadRunConfig(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path + ": cannot open run file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string base = fs::path(path).parent_path().string();
+  return ParseRunConfig(ss.str(), path, base.empty() ? "." : base, overrides);
+}
+
+}  // namespace hetermoe::run

@@ -1,0 +1,59 @@
+// The run file (YAML): what to train, on what, for how long, and where the
+// results go. Every key is documented in the README ("The run file").
+//
+// Parsing is strict: an unknown key, a wrong type or an out-of-range value is
+// a hetermoe::Error naming the file and the key, so a typo never silently
+// trains the wrong thing. Relative paths in the file resolve against the
+// file's directory; paths given with --set resolve against the working
+// directory.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hetermoe::run {
+
+struct RunConfig {
+  std::string source;  // the run file's path (for messages)
+
+  struct Model {
+    std::string config;  // Hugging Face config.json
+    std::string init;    // optional model.safetensors; empty = seeded random init
+  } model;
+
+  struct Data {
+    std::string train;   // token file
+  } data;
+
+  struct Train {
+    int64_t steps = 0;           // optimizer steps
+    int64_t global_batch = 0;    // sequences per optimizer step
+    int64_t micro_batches = 1;   // gradient accumulation slices (divides global_batch)
+    int64_t seq_len = 0;
+    double lr = 1e-3;
+    std::string schedule = "constant";  // constant | cosine
+    int64_t warmup_steps = 0;
+    double min_lr = 0.0;
+    double beta1 = 0.9, beta2 = 0.95;
+    double eps = 1e-8;
+    double weight_decay = 0.1;
+    double grad_clip = 1.0;      // 0 = off
+    uint64_t seed = 1234;
+    int threads = 0;             // 0 = every core
+  } train;
+
+  struct Output {
+    std::string dir = "out";
+    int64_t checkpoint_every = 0;  // 0 = only final/
+    int64_t keep_checkpoints = 0;  // 0 = keep all checkpoint-<step>/ folders
+  } output;
+};
+
+// `overrides` are "dotted.key=value" strings (value parsed as YAML).
+RunConfig LoadRunConfig(const std::string& path, const std::vector<std::string>& overrides = {});
+RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source,
+                         const std::string& base_dir,
+                         const std::vector<std::string>& overrides = {});
+
+}  // namespace hetermoe::run

@@ -1,0 +1,170 @@
+#include "trainer/run/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "trainer/io/mixtral_config.h"
+#include "trainer/io/token_file.h"
+#include "trainer/model/mixtral.h"
+#include "trainer/model/parameters.h"
+#include "trainer/ops/gemm.h"
+#include "trainer/optim/adamw.h"
+#include "trainer/optim/schedule.h"
+#include "trainer/run/checkpoint.h"
+#include "trainer/run/progress.h"
+#include "trainer/util/error.h"
+
+namespace hetermoe::run {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Fails early, before any compute, if the output folder cannot be written.
+void PrepareOutputDir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(dir + ": cannot create output.dir: " + ec.message());
+  const fs::path probe = fs::path(dir) / ".write-test";
+  std::ofstream out(probe);
+  if (!(out << "ok")) throw Error(dir + ": output.dir is not writable");
+  out.close();
+  fs::remove(probe, ec);
+}
+
+void RemoveOldCheckpoints(const std::string& dir, int64_t keep) {
+  if (keep <= 0) return;
+  std::vector<std::pair<int64_t, fs::path>> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("checkpoint-", 0) != 0) continue;
+    try {
+      found.emplace_back(std::stoll(name.substr(11)), e.path());
+    } catch (const std::exception&) {
+    }
+  }
+  std::sort(found.begin(), found.end());
+  for (size_t i = 0; i + keep < found.size(); ++i) fs::remove_all(found[i].second, ec);
+}
+
+}  // namespace
+
+TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
+  const auto& t = rc.train;
+  const io::MixtralConfig config = io::LoadMixtralConfig(rc.model.config);
+  if (t.seq_len > config.max_position_embeddings)
+    throw Error(rc.source + ": train.seq_len " + std::to_string(t.seq_len) +
+                " exceeds max_position_embeddings " +
+                std::to_string(config.max_position_embeddings) + " of " + rc.model.config);
+  ops::SetNumThreads(t.threads > 0 ? t.threads : static_cast<int>(std::thread::hardware_concurrency()));
+
+  const std::vector<uint32_t> tokens = io::LoadTokenFile(rc.data.train, config.vocab_size);
+  io::BatchReader reader(&tokens, t.global_batch, t.seq_len, rc.data.train);
+  PrepareOutputDir(rc.output.dir);
+
+  const model::ParameterLayout layout(config);
+  std::vector<float> params(layout.total()), grads(layout.total());
+  optim::AdamW adamw(layout, {t.beta1, t.beta2, t.eps, t.weight_decay});
+
+  TrainerState state;
+  std::string resume_dir = options.resume;
+  if (resume_dir == "auto") resume_dir = FindLatestCheckpoint(rc.output.dir);
+  if (!resume_dir.empty()) {
+    state = ReadCheckpoint(resume_dir, config, layout, params.data(), adamw.exp_avg().data(),
+                           adamw.exp_avg_sq().data())
+                .state;
+    adamw.set_step(state.step);
+    reader.set_position(state.data_position);
+    std::fprintf(stderr, "resumed from %s at step %lld\n", resume_dir.c_str(),
+                 static_cast<long long>(state.step));
+  } else if (!rc.model.init.empty()) {
+    model::LoadParameters(layout, rc.model.init, params.data());
+  } else {
+    model::InitParameters(layout, config.initializer_range, t.seed, params.data());
+  }
+
+  MetricsSink metrics(rc.output.dir, state.step);
+  if (!options.metrics_bind.empty()) metrics.ServePrometheus(options.metrics_bind);
+
+  optim::LrSchedule schedule;
+  schedule.kind = t.schedule == "cosine" ? optim::LrSchedule::Kind::kCosine
+                                         : optim::LrSchedule::Kind::kConstant;
+  schedule.lr = t.lr;
+  schedule.warmup_steps = t.warmup_steps;
+  schedule.min_lr = t.min_lr;
+  schedule.total_steps = t.steps;
+
+  model::MixtralCpu model(config, layout);
+  const int64_t R = t.micro_batches, per_micro = t.global_batch / R;
+  const int64_t step_tokens = t.global_batch * t.seq_len, micro_tokens = per_micro * t.seq_len;
+  std::vector<int32_t> inputs(step_tokens), targets(step_tokens);
+
+  TrainResult result;
+  result.first_step = state.step;
+  ProgressBar progress(state.step, t.steps, options.progress);
+  auto checkpoint = [&](const std::string& dir) {
+    const auto c0 = Clock::now();
+    state.data_position = reader.position();
+    WriteCheckpoint(dir, {&config, &layout, params.data(), adamw.exp_avg().data(),
+                          adamw.exp_avg_sq().data(), state});
+    metrics.RecordCheckpoint(Seconds(c0, Clock::now()));
+  };
+
+  while (state.step < t.steps) {
+    const auto t0 = Clock::now();
+    const int64_t step = state.step + 1;
+    reader.Next(inputs.data(), targets.data());
+    std::fill(grads.begin(), grads.end(), 0.0f);
+    StepMetrics m;
+    m.step = step;
+    for (int64_t j = 0; j < R; ++j) {
+      const model::MicroBatch mb{inputs.data() + j * micro_tokens, targets.data() + j * micro_tokens,
+                                 per_micro, t.seq_len};
+      const model::LossParts loss = model.Forward(params.data(), mb);
+      model.Backward(params.data(), grads.data(), 1.0f / static_cast<float>(R));
+      m.loss += loss.total / R;
+      m.ce_loss += loss.ce / R;
+      m.aux_loss += loss.aux / R;
+      const auto counts = model.ExpertCounts();
+      if (m.expert_tokens.empty()) m.expert_tokens.assign(counts.size(), std::vector<int64_t>(counts[0].size(), 0));
+      for (size_t l = 0; l < counts.size(); ++l)
+        for (size_t e = 0; e < counts[l].size(); ++e) m.expert_tokens[l][e] += counts[l][e];
+    }
+    m.grad_norm = optim::ClipGradNorm(grads.data(), layout.total(), t.grad_clip);
+    m.lr = schedule.At(step);
+    adamw.Step(params.data(), grads.data(), m.lr);
+    state.step = step;
+    state.tokens_seen += step_tokens;
+    m.tokens = step_tokens;
+    m.step_seconds = Seconds(t0, Clock::now());
+    m.tokens_per_second = step_tokens / std::max(m.step_seconds, 1e-9);
+    if (!std::isfinite(m.loss))
+      throw Error("step " + std::to_string(step) + ": loss is " + std::to_string(m.loss) +
+                  " (diverged); lower train.lr or enable train.grad_clip");
+    metrics.Record(m);
+    progress.Update(step, m.loss, m.tokens_per_second);
+    if (options.on_step) options.on_step(m);
+    result.steps.push_back(m);
+    if (rc.output.checkpoint_every > 0 && step % rc.output.checkpoint_every == 0 && step < t.steps) {
+      checkpoint((fs::path(rc.output.dir) / ("checkpoint-" + std::to_string(step))).string());
+      RemoveOldCheckpoints(rc.output.dir, rc.output.keep_checkpoints);
+    }
+  }
+  progress.Finish();
+  result.final_dir = (fs::path(rc.output.dir) / "final").string();
+  checkpoint(result.final_dir);
+  result.last_step = state.step;
+  return result;
+}
+
+}  // namespace hetermoe::run

@@ -1,0 +1,37 @@
+// The single-process training loop: run file -> model, data, optimizer ->
+// steps (micro-batches, clipping, schedule, AdamW) -> metrics and checkpoints.
+//
+// Each optimizer step: zero grads; for each micro-batch j of R: forward,
+// backward with loss scale 1/R; clip; lr = schedule(step); AdamW. The step's
+// reported loss is the mean over micro-batches of (ce + coef * aux), computed
+// before that step's update (../shared/docs/model.md).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "trainer/run/metrics.h"
+#include "trainer/run/run_config.h"
+
+namespace hetermoe::run {
+
+struct TrainOptions {
+  std::string resume;           // checkpoint folder, "auto" (latest in output.dir) or ""
+  std::string metrics_bind;     // e.g. "0.0.0.0:9400"; "" = no Prometheus endpoint
+  bool progress = true;         // progress bar on stderr
+  // Called after each step (tests, the Prometheus test's hold-open hook).
+  std::function<void(const StepMetrics&)> on_step;
+};
+
+struct TrainResult {
+  int64_t first_step = 0;       // steps already done when this run started
+  int64_t last_step = 0;
+  std::vector<StepMetrics> steps;
+  std::string final_dir;
+};
+
+TrainResult Train(const RunConfig& config, const TrainOptions& options);
+
+}  // namespace hetermoe::run
