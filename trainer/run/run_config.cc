@@ -150,6 +150,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   train.Get("grad_clip", &t.grad_clip);
   train.Get("seed", &t.seed);
   train.Get("threads", &t.threads);
+  train.Get("device", &t.device);
   train.Finish();
   if (betas.size() != 2) train.Fail("train.betas", "must be a list of two numbers");
   t.beta1 = betas[0];
@@ -172,6 +173,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   if (!(t.eps > 0)) train.Fail("train.eps", "must be > 0");
   if (t.weight_decay < 0) train.Fail("train.weight_decay", "must be >= 0");
   if (t.grad_clip < 0) train.Fail("train.grad_clip", "must be >= 0 (0 = off)");
+  if (t.device != "auto" && t.device != "cpu" && t.device != "cuda")
+    train.Fail("train.device", "must be auto, cpu or cuda (got \"" + t.device + "\")");
   if (t.threads < 0) train.Fail("train.threads", "must be >= 0 (0 = every core)");
 
   Section output(root["output"], "output", source);

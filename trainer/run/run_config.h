@@ -41,6 +41,7 @@ struct RunConfig {
     double grad_clip = 1.0;      // 0 = off
     uint64_t seed = 1234;
     int threads = 0;             // 0 = every core
+    std::string device = "auto"; // auto | cpu | cuda
   } train;
 
   struct Output {

@@ -8,12 +8,11 @@
 #include <fstream>
 #include <thread>
 
+#include "trainer/backend/backend.h"
 #include "trainer/io/mixtral_config.h"
 #include "trainer/io/token_file.h"
-#include "trainer/model/mixtral.h"
 #include "trainer/model/parameters.h"
 #include "trainer/ops/gemm.h"
-#include "trainer/optim/adamw.h"
 #include "trainer/optim/schedule.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/run/progress.h"
@@ -73,25 +72,30 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   PrepareOutputDir(rc.output.dir);
 
   const model::ParameterLayout layout(config);
-  std::vector<float> params(layout.total()), grads(layout.total());
-  optim::AdamW adamw(layout, {t.beta1, t.beta2, t.eps, t.weight_decay});
+  backend::HostState host;
+  host.params.assign(layout.total(), 0.0f);
+  host.exp_avg.assign(layout.total(), 0.0f);
+  host.exp_avg_sq.assign(layout.total(), 0.0f);
 
   TrainerState state;
   std::string resume_dir = options.resume;
   if (resume_dir == "auto") resume_dir = FindLatestCheckpoint(rc.output.dir);
   if (!resume_dir.empty()) {
-    state = ReadCheckpoint(resume_dir, config, layout, params.data(), adamw.exp_avg().data(),
-                           adamw.exp_avg_sq().data())
+    state = ReadCheckpoint(resume_dir, config, layout, host.params.data(), host.exp_avg.data(),
+                           host.exp_avg_sq.data())
                 .state;
-    adamw.set_step(state.step);
+    host.optimizer_step = state.step;
     reader.set_position(state.data_position);
     std::fprintf(stderr, "resumed from %s at step %lld\n", resume_dir.c_str(),
                  static_cast<long long>(state.step));
   } else if (!rc.model.init.empty()) {
-    model::LoadParameters(layout, rc.model.init, params.data());
+    model::LoadParameters(layout, rc.model.init, host.params.data());
   } else {
-    model::InitParameters(layout, config.initializer_range, t.seed, params.data());
+    model::InitParameters(layout, config.initializer_range, t.seed, host.params.data());
   }
+  const auto engine = backend::MakeBackend(
+      config, layout, {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}});
+  engine->Upload(host);
 
   MetricsSink metrics(rc.output.dir, state.step);
   if (!options.metrics_bind.empty()) metrics.ServePrometheus(options.metrics_bind);
@@ -104,7 +108,6 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   schedule.min_lr = t.min_lr;
   schedule.total_steps = t.steps;
 
-  model::MixtralCpu model(config, layout);
   const int64_t R = t.micro_batches, per_micro = t.global_batch / R;
   const int64_t step_tokens = t.global_batch * t.seq_len, micro_tokens = per_micro * t.seq_len;
   std::vector<int32_t> inputs(step_tokens), targets(step_tokens);
@@ -115,8 +118,9 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   auto checkpoint = [&](const std::string& dir) {
     const auto c0 = Clock::now();
     state.data_position = reader.position();
-    WriteCheckpoint(dir, {&config, &layout, params.data(), adamw.exp_avg().data(),
-                          adamw.exp_avg_sq().data(), state});
+    engine->Download(&host);
+    WriteCheckpoint(dir, {&config, &layout, host.params.data(), host.exp_avg.data(),
+                          host.exp_avg_sq.data(), state});
     metrics.RecordCheckpoint(Seconds(c0, Clock::now()));
   };
 
@@ -124,25 +128,24 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     const auto t0 = Clock::now();
     const int64_t step = state.step + 1;
     reader.Next(inputs.data(), targets.data());
-    std::fill(grads.begin(), grads.end(), 0.0f);
+    engine->ZeroGrads();
     StepMetrics m;
     m.step = step;
     for (int64_t j = 0; j < R; ++j) {
       const model::MicroBatch mb{inputs.data() + j * micro_tokens, targets.data() + j * micro_tokens,
                                  per_micro, t.seq_len};
-      const model::LossParts loss = model.Forward(params.data(), mb);
-      model.Backward(params.data(), grads.data(), 1.0f / static_cast<float>(R));
+      const model::LossParts loss = engine->ForwardBackward(mb, 1.0f / static_cast<float>(R));
       m.loss += loss.total / R;
       m.ce_loss += loss.ce / R;
       m.aux_loss += loss.aux / R;
-      const auto counts = model.ExpertCounts();
+      const auto counts = engine->ExpertCounts();
       if (m.expert_tokens.empty()) m.expert_tokens.assign(counts.size(), std::vector<int64_t>(counts[0].size(), 0));
       for (size_t l = 0; l < counts.size(); ++l)
         for (size_t e = 0; e < counts[l].size(); ++e) m.expert_tokens[l][e] += counts[l][e];
     }
-    m.grad_norm = optim::ClipGradNorm(grads.data(), layout.total(), t.grad_clip);
+    m.grad_norm = engine->ClipGradNorm(t.grad_clip);
     m.lr = schedule.At(step);
-    adamw.Step(params.data(), grads.data(), m.lr);
+    engine->OptimizerStep(m.lr);
     state.step = step;
     state.tokens_seen += step_tokens;
     m.tokens = step_tokens;

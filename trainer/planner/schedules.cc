@@ -1,0 +1,232 @@
+// Task-graph builders for the zebra, sequential and EP schedules (see
+// schedules.h for the orders they encode).
+#include "trainer/planner/schedules.h"
+
+#include <algorithm>
+
+#include "trainer/util/error.h"
+
+namespace hetermoe::planner {
+namespace {
+
+using Grid = std::vector<std::vector<int>>;  // task id by [layer][micro-batch]; -1 = none
+
+void CheckZebraSpec(const ZebraStepSpec& spec) {
+  const size_t layers = static_cast<size_t>(spec.layers);
+  if (spec.layers < 1 || spec.micro_batches < 1) {
+    throw Error("simulator: a step needs at least one layer and one micro-batch");
+  }
+  if (spec.expert_rank.size() != layers || spec.offloaded_experts.size() != layers ||
+      spec.dispatch.size() != layers || spec.combine.size() != layers) {
+    throw Error("simulator: per-layer durations must have one entry per layer (" + std::to_string(layers) + ")");
+  }
+}
+
+OpLabel Label(OpKind kind, int layer, int micro_batch, bool backward = false) {
+  return {kind, layer, micro_batch, backward};
+}
+
+// Adds the data-parallel tail after a rank's last op: the gradient all-reduce
+// on its own channel, then the optimizer on the rank.
+void AddTail(StepGraph& graph, int rank, int sync_channel, int last_op, double sync, double optimizer) {
+  const int synced = graph.AddTask(sync_channel, sync, Label(OpKind::kGradientSync, -1, -1), {last_op});
+  graph.AddTask(rank, optimizer, Label(OpKind::kOptimizer, -1, -1), {synced});
+}
+
+}  // namespace
+
+const char* ScheduleName(Schedule schedule) {
+  switch (schedule) {
+    case Schedule::kZebra: return "zebra";
+    case Schedule::kSequential: return "sequential";
+    case Schedule::kEp: return "ep";
+  }
+  return "unknown";
+}
+
+StepGraph BuildZebraStep(const ZebraStepSpec& spec) {
+  CheckZebraSpec(spec);
+  const int L = spec.layers;
+  const int R = spec.micro_batches;
+  StepGraph g;
+  const int attention = g.AddResource("attention", ResourceKind::kCompute);
+  const int expert = g.AddResource("expert", ResourceKind::kCompute);
+  const int dispatch = g.AddResource("dispatch", ResourceKind::kLink);
+  const int combine = g.AddResource("combine", ResourceKind::kLink);
+  const int attention_sync = g.AddResource("attention_gradient_sync", ResourceKind::kLink);
+  const int expert_sync = g.AddResource("expert_gradient_sync", ResourceKind::kLink);
+
+  Grid a_fwd(L, std::vector<int>(R, -1)), ea_fwd = a_fwd, c_fwd = a_fwd;
+  Grid a_bwd = a_fwd, ea_bwd = a_fwd, c_bwd = a_fwd;
+  std::vector<int> d(R), e(R);
+
+  // The inputs of layer l's attention for micro-batch j: the combined expert
+  // outputs of layer l-1 from both kinds of rank.
+  auto layer_output = [&](const Grid& combined, const Grid& offloaded, int l, int j) {
+    std::vector<int> deps = {combined[l][j]};
+    if (offloaded[l][j] >= 0) deps.push_back(offloaded[l][j]);
+    return deps;
+  };
+
+  for (int l = 0; l < L; ++l) {
+    const bool offload = spec.offloaded_experts[l].Total() > 0;
+    for (int j = 0; j < R; ++j) {
+      std::vector<int> deps = l > 0 ? layer_output(c_fwd, ea_fwd, l - 1, j) : std::vector<int>{};
+      a_fwd[l][j] = g.AddTask(attention, spec.attention.forward, Label(OpKind::kAttentionForward, l, j), deps);
+    }
+    for (int j = 0; j < R; ++j) {
+      d[j] = g.AddTask(dispatch, spec.dispatch[l], Label(OpKind::kDispatch, l, j), {a_fwd[l][j]});
+    }
+    for (int j = 0; j < R; ++j) {
+      e[j] = g.AddTask(expert, spec.expert_rank[l].forward, Label(OpKind::kExpertForward, l, j), {d[j]});
+    }
+    if (offload) {
+      for (int j = 0; j < R; ++j) {
+        ea_fwd[l][j] = g.AddTask(attention, spec.offloaded_experts[l].forward,
+                                 Label(OpKind::kOffloadedExpertForward, l, j), {d[j]});
+      }
+    }
+    for (int j = 0; j < R; ++j) {
+      c_fwd[l][j] = g.AddTask(combine, spec.combine[l], Label(OpKind::kCombine, l, j), {e[j]});
+    }
+  }
+
+  std::vector<int> head(R);
+  for (int j = 0; j < R; ++j) {
+    head[j] = g.AddTask(attention, spec.head, Label(OpKind::kHead, -1, j), layer_output(c_fwd, ea_fwd, L - 1, j));
+  }
+
+  int last_expert_op = -1;
+  for (int l = L - 1; l >= 0; --l) {
+    const bool offload = spec.offloaded_experts[l].Total() > 0;
+    for (int j = 0; j < R; ++j) {
+      // The gradient of layer l's MoE output is ready once layer l+1's
+      // attention backward (or the head) has run for this micro-batch.
+      const int source = l == L - 1 ? head[j] : a_bwd[l + 1][j];
+      d[j] = g.AddTask(dispatch, spec.dispatch[l], Label(OpKind::kDispatch, l, j, true), {source});
+    }
+    for (int j = 0; j < R; ++j) {
+      e[j] = g.AddTask(expert, spec.expert_rank[l].backward, Label(OpKind::kExpertBackward, l, j), {d[j]});
+      last_expert_op = e[j];
+    }
+    if (offload) {
+      for (int j = 0; j < R; ++j) {
+        ea_bwd[l][j] = g.AddTask(attention, spec.offloaded_experts[l].backward,
+                                 Label(OpKind::kOffloadedExpertBackward, l, j), {d[j]});
+      }
+    }
+    for (int j = 0; j < R; ++j) {
+      c_bwd[l][j] = g.AddTask(combine, spec.combine[l], Label(OpKind::kCombine, l, j, true), {e[j]});
+    }
+    for (int j = 0; j < R; ++j) {
+      a_bwd[l][j] = g.AddTask(attention, spec.attention.backward, Label(OpKind::kAttentionBackward, l, j),
+                              layer_output(c_bwd, ea_bwd, l, j));
+    }
+  }
+
+  AddTail(g, attention, attention_sync, a_bwd[0][R - 1], spec.attention_gradient_sync, spec.attention_optimizer);
+  AddTail(g, expert, expert_sync, last_expert_op, spec.expert_gradient_sync, spec.expert_optimizer);
+  return g;
+}
+
+StepGraph BuildSequentialStep(const ZebraStepSpec& spec) {
+  CheckZebraSpec(spec);
+  const int L = spec.layers;
+  StepGraph g;
+  const int attention = g.AddResource("attention", ResourceKind::kCompute);
+  const int expert = g.AddResource("expert", ResourceKind::kCompute);
+  const int dispatch = g.AddResource("dispatch", ResourceKind::kLink);
+  const int combine = g.AddResource("combine", ResourceKind::kLink);
+  const int attention_sync = g.AddResource("attention_gradient_sync", ResourceKind::kLink);
+  const int expert_sync = g.AddResource("expert_gradient_sync", ResourceKind::kLink);
+
+  // Every op waits for the one before it: nothing overlaps.
+  int previous = -1;
+  int last_attention = -1, last_expert = -1;
+  auto add = [&](int resource, double seconds, OpLabel label) {
+    previous = g.AddTask(resource, seconds, label, previous >= 0 ? std::vector<int>{previous} : std::vector<int>{});
+    if (resource == attention) last_attention = previous;
+    if (resource == expert) last_expert = previous;
+  };
+
+  for (int j = 0; j < spec.micro_batches; ++j) {
+    for (int l = 0; l < L; ++l) {
+      add(attention, spec.attention.forward, Label(OpKind::kAttentionForward, l, j));
+      add(dispatch, spec.dispatch[l], Label(OpKind::kDispatch, l, j));
+      add(expert, spec.expert_rank[l].forward, Label(OpKind::kExpertForward, l, j));
+      if (spec.offloaded_experts[l].Total() > 0) {
+        add(attention, spec.offloaded_experts[l].forward, Label(OpKind::kOffloadedExpertForward, l, j));
+      }
+      add(combine, spec.combine[l], Label(OpKind::kCombine, l, j));
+    }
+    add(attention, spec.head, Label(OpKind::kHead, -1, j));
+    for (int l = L - 1; l >= 0; --l) {
+      add(dispatch, spec.dispatch[l], Label(OpKind::kDispatch, l, j, true));
+      add(expert, spec.expert_rank[l].backward, Label(OpKind::kExpertBackward, l, j));
+      if (spec.offloaded_experts[l].Total() > 0) {
+        add(attention, spec.offloaded_experts[l].backward, Label(OpKind::kOffloadedExpertBackward, l, j));
+      }
+      add(combine, spec.combine[l], Label(OpKind::kCombine, l, j, true));
+      add(attention, spec.attention.backward, Label(OpKind::kAttentionBackward, l, j));
+    }
+  }
+  AddTail(g, attention, attention_sync, last_attention, spec.attention_gradient_sync, spec.attention_optimizer);
+  AddTail(g, expert, expert_sync, last_expert, spec.expert_gradient_sync, spec.expert_optimizer);
+  return g;
+}
+
+StepGraph BuildEpStep(const EpStepSpec& spec) {
+  if (spec.layers < 1 || spec.micro_batches < 1 || spec.ranks.empty()) {
+    throw Error("simulator: an EP step needs a layer, a micro-batch and a rank");
+  }
+  const int L = spec.layers;
+  const size_t K = spec.ranks.size();
+  StepGraph g;
+  std::vector<int> rank(K);
+  for (size_t k = 0; k < K; ++k) rank[k] = g.AddResource("rank:" + spec.ranks[k].kind, ResourceKind::kCompute);
+  const int all_to_all = g.AddResource("all_to_all", ResourceKind::kLink);
+  const int sync = g.AddResource("gradient_sync", ResourceKind::kLink);
+
+  std::vector<int> last(K, -1);  // each rank's latest op
+  auto barrier = [&](double seconds, OpLabel label, const std::vector<int>& deps) {
+    return g.AddTask(all_to_all, seconds, label, deps);
+  };
+
+  for (int j = 0; j < spec.micro_batches; ++j) {
+    int ready = -1;  // the combine every rank waits for before its next attention
+    for (int l = 0; l < L; ++l) {
+      for (size_t k = 0; k < K; ++k) {
+        last[k] = g.AddTask(rank[k], spec.ranks[k].attention.forward, Label(OpKind::kAttentionForward, l, j),
+                            ready >= 0 ? std::vector<int>{ready} : std::vector<int>{});
+      }
+      const int dispatched = barrier(spec.all_to_all, Label(OpKind::kDispatch, l, j), last);
+      for (size_t k = 0; k < K; ++k) {
+        last[k] = g.AddTask(rank[k], spec.ranks[k].experts.forward, Label(OpKind::kExpertForward, l, j), {dispatched});
+      }
+      ready = barrier(spec.all_to_all, Label(OpKind::kCombine, l, j), last);
+    }
+    for (size_t k = 0; k < K; ++k) {
+      last[k] = g.AddTask(rank[k], spec.ranks[k].head, Label(OpKind::kHead, -1, j), {ready});
+    }
+    for (int l = L - 1; l >= 0; --l) {
+      const int dispatched = barrier(spec.all_to_all, Label(OpKind::kDispatch, l, j, true), last);
+      for (size_t k = 0; k < K; ++k) {
+        last[k] = g.AddTask(rank[k], spec.ranks[k].experts.backward, Label(OpKind::kExpertBackward, l, j), {dispatched});
+      }
+      const int gathered = barrier(spec.all_to_all, Label(OpKind::kCombine, l, j, true), last);
+      for (size_t k = 0; k < K; ++k) {
+        last[k] = g.AddTask(rank[k], spec.ranks[k].attention.backward, Label(OpKind::kAttentionBackward, l, j), {gathered});
+      }
+    }
+  }
+  // The gradient all-reduce spans every rank: it ends when the slowest does.
+  double slowest_sync = 0;
+  for (const EpRankSpec& r : spec.ranks) slowest_sync = std::max(slowest_sync, r.gradient_sync);
+  const int synced = g.AddTask(sync, slowest_sync, Label(OpKind::kGradientSync, -1, -1), last);
+  for (size_t k = 0; k < K; ++k) {
+    g.AddTask(rank[k], spec.ranks[k].optimizer, Label(OpKind::kOptimizer, -1, -1), {synced});
+  }
+  return g;
+}
+
+}  // namespace hetermoe::planner
