@@ -3,7 +3,7 @@
 // stderr and exit status 1.
 //
 //   hetermoe-trainer --config run.yaml [--set key=value ...] [--resume DIR|auto]
-//                    [--metrics-port PORT] [--no-progress]
+//                    [--metrics-port PORT [--metrics-linger SECONDS]] [--no-progress]
 //   hetermoe-trainer prepare-data --input text.txt --output tokens.bin
 #include <CLI/CLI.hpp>
 
@@ -20,12 +20,13 @@ namespace {
 
 int RunTrain(const std::string& config_path, const std::vector<std::string>& overrides,
              const std::string& resume, int metrics_port, const std::string& metrics_host,
-             bool progress) {
+             double linger_seconds, bool progress) {
   const hetermoe::run::RunConfig rc = hetermoe::run::LoadRunConfig(config_path, overrides);
   hetermoe::run::TrainOptions options;
   options.resume = resume;
   options.progress = progress;
   if (metrics_port >= 0) options.metrics_bind = metrics_host + ":" + std::to_string(metrics_port);
+  options.metrics_linger_seconds = linger_seconds;
   const auto result = hetermoe::run::Train(rc, options);
   if (!result.steps.empty()) {
     const auto& last = result.steps.back();
@@ -48,12 +49,16 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   int metrics_port = -1;
   bool no_progress = false;
+  double linger_seconds = 0;
   app.add_option("--config,-c", config_path, "Run file (YAML)")->check(CLI::ExistingFile);
   app.add_option("--set", overrides, "Override a run-file key: dotted.key=value (repeatable)");
   app.add_option("--resume", resume, "Resume from a checkpoint folder, or 'auto' for the latest in output.dir");
   app.add_option("--metrics-port", metrics_port, "Serve Prometheus metrics on this port (0 = any free port)")
       ->check(CLI::Range(0, 65535));
   app.add_option("--metrics-host", metrics_host, "Address to bind the metrics endpoint");
+  app.add_option("--metrics-linger", linger_seconds,
+                 "Keep serving metrics this many seconds after training, for a last scrape")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--no-progress", no_progress, "No progress bar");
 
   auto* prep = app.add_subcommand("prepare-data", "Turn a text file into a byte-level token file (vocabulary 256)");
@@ -72,7 +77,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "hetermoe-trainer: error: --config is required (see --help)\n");
       return 2;
     }
-    return RunTrain(config_path, overrides, resume, metrics_port, metrics_host, !no_progress);
+    return RunTrain(config_path, overrides, resume, metrics_port, metrics_host, linger_seconds,
+                    !no_progress);
   } catch (const hetermoe::Error& e) {
     std::fprintf(stderr, "hetermoe-trainer: error: %s\n", e.what());
     return 1;

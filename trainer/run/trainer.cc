@@ -98,7 +98,10 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   engine->Upload(host);
 
   MetricsSink metrics(rc.output.dir, state.step);
-  if (!options.metrics_bind.empty()) metrics.ServePrometheus(options.metrics_bind);
+  if (!options.metrics_bind.empty()) {
+    metrics.ServePrometheus(options.metrics_bind);
+    std::fprintf(stderr, "serving Prometheus metrics on port %d (/metrics)\n", metrics.port());
+  }
 
   optim::LrSchedule schedule;
   schedule.kind = t.schedule == "cosine" ? optim::LrSchedule::Kind::kCosine
@@ -167,6 +170,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   result.final_dir = (fs::path(rc.output.dir) / "final").string();
   checkpoint(result.final_dir);
   result.last_step = state.step;
+  if (options.metrics_linger_seconds > 0 && !options.metrics_bind.empty())
+    std::this_thread::sleep_for(std::chrono::duration<double>(options.metrics_linger_seconds));
   return result;
 }
 

@@ -20,6 +20,7 @@ namespace hetermoe::run {
 struct TrainOptions {
   std::string resume;           // checkpoint folder, "auto" (latest in output.dir) or ""
   std::string metrics_bind;     // e.g. "0.0.0.0:9400"; "" = no Prometheus endpoint
+  double metrics_linger_seconds = 0;  // keep serving after the last step
   bool progress = true;         // progress bar on stderr
   // Called after each step (tests, the Prometheus test's hold-open hook).
   std::function<void(const StepMetrics&)> on_step;
