@@ -1,14 +1,22 @@
-// The Mixtral forward and backward pass on the CPU, one micro-batch at a time.
+// The Mixtral forward and backward pass on the CPU, one micro-batch per
+// instance, callable whole (Forward/Backward) or stage by stage.
 //
 // Reads as the model does: embed -> L x (RMSNorm, attention, residual,
 // RMSNorm, router -> dispatch -> experts -> combine, residual) -> RMSNorm ->
-// lm_head -> cross-entropy (+ load-balancing loss). Forward keeps the
-// activations backward needs; backward accumulates into a gradient buffer laid
-// out like the parameters (ParameterLayout), so gradient accumulation over
-// micro-batches is just repeated Backward calls.
+// lm_head -> cross-entropy (+ load-balancing loss).
 //
-// Not thread-safe: one instance per training loop; the ops inside use the
-// process's OpenMP/BLAS threads.
+// The stage functions exist for the distributed engine, where the experts of
+// a layer run on other ranks: after AttentionForward(l) the dispatched rows
+// (dispatched(l), grouped by expert as plan(l) says) go out, the expert
+// outputs come back into expert_outputs(l), and CombineForward(l) adds them
+// into the residual stream. Backward mirrors it with CombineBackward(l)
+// producing expert_output_grads(l) and AttentionBackward(l) consuming
+// dispatched_grads(l). Forward/Backward are exactly those stages with every
+// expert run locally.
+//
+// Backward accumulates into a gradient buffer laid out like the parameters
+// (ParameterLayout), so gradient accumulation is repeated Backward calls.
+// Not thread-safe; the ops inside use the process's OpenMP/BLAS threads.
 #pragma once
 
 #include <cstdint>
@@ -40,16 +48,42 @@ class MixtralCpu {
  public:
   MixtralCpu(const io::MixtralConfig& config, const ParameterLayout& layout);
 
+  // --- whole passes ---
   // Computes logits and the loss; keeps what Backward needs.
   LossParts Forward(const float* params, const MicroBatch& batch);
-  // Adds d(loss_scale * total)/d(params) into grads (the layout's buffer).
-  // Must follow Forward with the same params.
+  // Adds d(loss_scale * total)/d(params) into grads. Must follow Forward.
   void Backward(const float* params, float* grads, float loss_scale);
+
+  // --- forward stages ---
+  void EmbedForward(const float* params, const MicroBatch& batch);
+  // Attention block, router and dispatch gather of layer l.
+  void AttentionForward(const float* params, int64_t layer);
+  // Runs experts [first, first + count) of layer l on their dispatched rows.
+  void ExpertsForward(const float* params, int64_t layer, int64_t first, int64_t count);
+  // Residual + combine of layer l's expert outputs.
+  void CombineForward(int64_t layer);
+  LossParts HeadForward(const float* params);
+
+  // --- backward stages ---
+  void HeadBackward(const float* params, float* grads, float loss_scale);
+  void CombineBackward(int64_t layer);
+  void ExpertsBackward(const float* params, float* grads, int64_t layer, int64_t first,
+                       int64_t count);
+  void AttentionBackward(const float* params, float* grads, int64_t layer);
+  void EmbedBackward(float* grads);
+
+  // --- what crosses between attention and expert ranks (rows by expert) ---
+  const ops::DispatchPlan& plan(int64_t layer) const { return layers_[layer].plan; }
+  std::vector<float>& dispatched(int64_t layer) { return layers_[layer].xp; }              // [A, d]
+  std::vector<float>& expert_outputs(int64_t layer) { return layers_[layer].experts.y; }   // [A, d]
+  std::vector<float>& expert_output_grads(int64_t layer) { return layers_[layer].dy; }     // [A, d]
+  std::vector<float>& dispatched_grads(int64_t layer) { return layers_[layer].dxp; }       // [A, d]
 
   // After Forward: logits[N, V] (overwritten by Backward).
   const std::vector<float>& logits() const { return logits_; }
   // After Forward: (token, slot) assignments per expert, [L][E].
   std::vector<std::vector<int64_t>> ExpertCounts() const;
+  int64_t tokens() const { return tokens_; }
 
  private:
   struct LayerActivations {
@@ -62,11 +96,15 @@ class MixtralCpu {
     ops::RouterOutput router;
     ops::DispatchPlan plan;
     std::vector<float> xp;            // dispatched tokens [N*k, d]
-    ops::ExpertActivations experts;
+    ops::ExpertActivations experts;   // y = expert outputs [N*k, d]
+    std::vector<float> dy, dxp;       // their gradients [N*k, d]
+    std::vector<float> dweight;       // d loss / d top-k weights [N, k]
   };
 
   void Resize(int64_t batch, int64_t seq_len);
-  std::vector<ops::ExpertWeights> ExpertWeightsOf(const float* params, int64_t layer) const;
+  std::vector<ops::ExpertWeights> ExpertWeightsOf(const float* params, int64_t layer,
+                                                  int64_t first, int64_t count) const;
+  float* ResidualOut(int64_t layer);
 
   io::MixtralConfig config_;
   const ParameterLayout& layout_;
@@ -82,6 +120,8 @@ class MixtralCpu {
   std::vector<int64_t> aux_counts_;       // [E] over all layers
   std::vector<double> aux_prob_sums_;     // [E] over all layers
   int64_t aux_rows_ = 0;
+  std::vector<float> aux_dprob_;          // [E] set by HeadBackward
+  std::vector<float> dh_;                 // [N, d] gradient of the residual stream
 };
 
 }  // namespace hetermoe::model
