@@ -19,6 +19,26 @@
 
 namespace hetermoe::backend {
 
+// One optimizer step's worth of tokens: the global batch of G sequences, to
+// be split into R micro-batches of G / R sequences.
+struct StepInput {
+  const int32_t* inputs;   // [G * T]
+  const int32_t* targets;  // [G * T]
+  int64_t global_batch;
+  int64_t seq_len;
+  int64_t micro_batches;
+};
+
+struct StepLoss {
+  double loss = 0, ce = 0, aux = 0;                 // means over micro-batches
+  std::vector<std::vector<int64_t>> expert_tokens;  // [L][E] over the step
+  // Distributed runs: idle share of the step per role, and time spent
+  // waiting on the dispatch and combine channels (seconds, summed over ranks).
+  bool has_parallel_stats = false;
+  double bubble_attention = 0, bubble_expert = 0;
+  double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
+};
+
 struct HostState {
   std::vector<float> params, exp_avg, exp_avg_sq;  // each layout.total() floats
   int64_t optimizer_step = 0;
@@ -31,6 +51,14 @@ class Backend {
 
   virtual void Upload(const HostState& state) = 0;
   virtual void Download(HostState* state) = 0;
+
+  // Zeroes the gradients and accumulates those of the whole step (every
+  // micro-batch, loss scale 1/R). The default runs ForwardBackward per
+  // micro-batch; a distributed backend schedules them across ranks.
+  virtual StepLoss ComputeGradients(const StepInput& step);
+  // False on the ranks of a distributed run that must not write metrics or
+  // checkpoints (everyone but rank 0).
+  virtual bool writes_outputs() const { return true; }
 
   virtual void ZeroGrads() = 0;
   // Forward and backward of one micro-batch; gradients of loss_scale * loss
@@ -46,6 +74,10 @@ class Backend {
 struct BackendOptions {
   std::string device = "cpu";  // cpu | cuda | auto
   optim::AdamWOptions adamw;
+  // GEMM operand format on a GPU (kernels/precision.h): fp32 | bf16 | fp16 |
+  // auto (bf16 on sm_80+, fp16 with dynamic loss scaling on sm_70/75).
+  // The CPU backend always runs fp32.
+  std::string precision = "fp32";
 };
 
 // Makes the backend for options.device ("auto" = cuda when a GPU is usable,

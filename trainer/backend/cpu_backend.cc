@@ -4,6 +4,27 @@
 
 namespace hetermoe::backend {
 
+StepLoss Backend::ComputeGradients(const StepInput& step) {
+  ZeroGrads();
+  StepLoss out;
+  const int64_t R = step.micro_batches, per = step.global_batch / R;
+  const int64_t tokens = per * step.seq_len;
+  for (int64_t j = 0; j < R; ++j) {
+    const model::MicroBatch mb{step.inputs + j * tokens, step.targets + j * tokens, per,
+                               step.seq_len};
+    const model::LossParts loss = ForwardBackward(mb, 1.0f / static_cast<float>(R));
+    out.loss += loss.total / R;
+    out.ce += loss.ce / R;
+    out.aux += loss.aux / R;
+    const auto counts = ExpertCounts();
+    if (out.expert_tokens.empty())
+      out.expert_tokens.assign(counts.size(), std::vector<int64_t>(counts[0].size(), 0));
+    for (size_t l = 0; l < counts.size(); ++l)
+      for (size_t e = 0; e < counts[l].size(); ++e) out.expert_tokens[l][e] += counts[l][e];
+  }
+  return out;
+}
+
 CpuBackend::CpuBackend(const io::MixtralConfig& config, const model::ParameterLayout& layout,
                        const optim::AdamWOptions& adamw)
     : layout_(layout), model_(config, layout), adamw_(layout, adamw),

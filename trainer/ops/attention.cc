@@ -7,6 +7,8 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/shared/math.h"
+
 namespace hetermoe::ops {
 namespace {
 
@@ -89,7 +91,7 @@ void AttentionBackward(const AttentionShape& s, const float* q, const float* k, 
               const int64_t kv_row = (b * T + j) * kv_stride + kvh * hd;
               const float pj = std::exp(Dot(qt, k + kv_row, hd) * scale - row_lse);
               const float dp = Dot(dot, v + kv_row, hd);
-              const float ds = pj * (dp - D) * scale;
+              const float ds = math::AttentionScoreGrad(pj, dp, D, scale);
               Axpy(ds, k + kv_row, dqt, hd);
               Axpy(ds, qt, dk + kv_row, hd);
               Axpy(pj, dot, dv + kv_row, hd);

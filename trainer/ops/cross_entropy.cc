@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/shared/math.h"
+
 namespace hetermoe::ops {
 
 double CrossEntropyForward(int64_t N, int64_t V, const float* logits, const int32_t* targets) {
@@ -29,8 +31,8 @@ void CrossEntropyBackward(int64_t N, int64_t V, const float* logits, const int32
     float sum = 0.0f;
     for (int64_t v = 0; v < V; ++v) sum += std::exp(l[v] - mx);
     const float inv = 1.0f / sum;
-    for (int64_t v = 0; v < V; ++v) g[v] = std::exp(l[v] - mx) * inv * scale;
-    g[targets[n]] -= scale;
+    const int32_t target = targets[n];
+    for (int64_t v = 0; v < V; ++v) g[v] = math::CrossEntropyGrad(l[v], mx, inv, v == target, scale);
   }
 }
 

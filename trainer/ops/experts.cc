@@ -54,7 +54,7 @@ void ExpertsForward(const DispatchPlan& plan, int64_t d, int64_t f, int64_t firs
     LinearForward(n, f, d, xp + r0 * d, weights[i].w1, g1);
     LinearForward(n, f, d, xp + r0 * d, weights[i].w3, g3);
 #pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < n * f; ++j) act[j] = math::Silu(g1[j]) * g3[j];
+    for (int64_t j = 0; j < n * f; ++j) act[j] = math::SwiGlu(g1[j], g3[j]);
     LinearForward(n, d, f, act, weights[i].w2, acts->y.data() + r0 * d);
   }
 }
@@ -79,11 +79,7 @@ void ExpertsBackward(const DispatchPlan& plan, int64_t d, int64_t f, int64_t fir
     LinearBackwardInput(n, d, f, dye, weights[i].w2, dg1.data(), false);
     LinearBackwardWeight(n, d, f, dye, act, grads[i].w2);
 #pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < n * f; ++j) {
-      const float dact = dg1[j];
-      dg1[j] = dact * g3[j] * math::SiluGrad(g1[j]);
-      dg3[j] = dact * math::Silu(g1[j]);
-    }
+    for (int64_t j = 0; j < n * f; ++j) math::SwiGluBackward(g1[j], g3[j], dg1[j], dg1[j], dg3[j]);
     LinearBackwardWeight(n, f, d, dg1.data(), x, grads[i].w1);
     LinearBackwardWeight(n, f, d, dg3.data(), x, grads[i].w3);
     LinearBackwardInput(n, f, d, dg1.data(), weights[i].w1, dxp + r0 * d, false);

@@ -7,6 +7,8 @@
 
 #include <omp.h>
 
+#include "kernels/shared/math.h"
+
 namespace hetermoe::ops {
 
 void RmsNormForward(int64_t N, int64_t d, const float* x, const float* w, float eps, float* y,
@@ -16,7 +18,7 @@ void RmsNormForward(int64_t N, int64_t d, const float* x, const float* w, float 
     const float* xi = x + i * d;
     float ss = 0.0f;
     for (int64_t j = 0; j < d; ++j) ss += xi[j] * xi[j];
-    const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+    const float r = math::RmsNormRstd(ss, d, eps);
     rstd[i] = r;
     float* yi = y + i * d;
     for (int64_t j = 0; j < d; ++j) yi[j] = w[j] * (xi[j] * r);
@@ -38,10 +40,10 @@ void RmsNormBackward(int64_t N, int64_t d, const float* dy, const float* x, cons
       const float r = rstd[i];
       float dot = 0.0f;
       for (int64_t j = 0; j < d; ++j) dot += w[j] * dyi[j] * xi[j];
-      const float c = r * r * r * dot / static_cast<float>(d);
+      const float c = math::RmsNormBackwardShift(r, dot, d);
       float* dxi = dx + i * d;
       for (int64_t j = 0; j < d; ++j) {
-        dxi[j] += r * w[j] * dyi[j] - c * xi[j];
+        dxi[j] += math::RmsNormInputGrad(r, w[j], dyi[j], xi[j], c);
         my_dw[j] += dyi[j] * xi[j] * r;
       }
     }

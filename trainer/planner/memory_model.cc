@@ -57,6 +57,7 @@ ZpMemory ZpMemoryModel(const ZpMemoryInputs& in) {
   const double T = static_cast<double>(in.seq_len);
   const double S = in.sequences_per_attention_rank;
   const double R = std::max(1, in.micro_batches);
+  const double live = in.micro_batches_in_flight > 0 ? std::min<double>(in.micro_batches_in_flight, R) / R : 1.0;
   const double M = in.attention_ranks, N = in.expert_ranks;
   const double n = static_cast<double>(s.experts), L = static_cast<double>(s.layers);
   const double k = static_cast<double>(s.top_k);
@@ -70,14 +71,14 @@ ZpMemory ZpMemoryModel(const ZpMemoryInputs& in) {
   const double tokens = S * T;  // per attention rank per step
   const double dispatch_buffers = 2.0 * DispatchBytesPerToken(s) * tokens;  // send + receive, every micro-batch
   out.attention_base = ExpertlessStateBytes(s, in.attention_measured) +
-                       L * tokens * AttentionActivationBytesPerToken(s) +
+                       live * L * tokens * AttentionActivationBytesPerToken(s) +
                        (S / R) * T * HeadActivationBytesPerToken(s) + dispatch_buffers;
   // An expert rank receives from M attention ranks, split over N expert ranks.
   out.expert_base = dispatch_buffers * M / N;
 
   // Token-expert assignments one expert sees over the step (uniform routing).
   const double tokens_per_expert = M * tokens * k / n;
-  const double activations = tokens_per_expert * ExpertActivationBytesPerToken(s);
+  const double activations = live * tokens_per_expert * ExpertActivationBytesPerToken(s);
   out.expert_on_attention_rank = ExpertStateBytes(s, in.attention_measured) + activations;
   out.expert_on_expert_rank = ExpertStateBytes(s, in.expert_measured) + activations;
 

@@ -41,6 +41,10 @@ struct ZpMemoryInputs {
   int64_t seq_len = 0;
   int sequences_per_attention_rank = 0;  // S
   int micro_batches = 1;                  // R (S / R sequences per micro-batch)
+  // Micro-batches whose activations are alive at once: R under zebra (the
+  // forward runs breadth-first), 1 when each micro-batch finishes its
+  // backward before the next starts (sequential, gradient accumulation).
+  int micro_batches_in_flight = 0;        // 0 = R
   int attention_ranks = 0;                // M
   int expert_ranks = 0;                   // N
   const GpuProfile* attention_gpu = nullptr;

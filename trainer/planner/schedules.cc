@@ -26,11 +26,34 @@ OpLabel Label(OpKind kind, int layer, int micro_batch, bool backward = false) {
   return {kind, layer, micro_batch, backward};
 }
 
-// Adds the data-parallel tail after a rank's last op: the gradient all-reduce
-// on its own channel, then the optimizer on the rank.
-void AddTail(StepGraph& graph, int rank, int sync_channel, int last_op, double sync, double optimizer) {
-  const int synced = graph.AddTask(sync_channel, sync, Label(OpKind::kGradientSync, -1, -1), {last_op});
-  graph.AddTask(rank, optimizer, Label(OpKind::kOptimizer, -1, -1), {synced});
+// The gradient all-reduces of one rank, each issued when its gradients are
+// ready (`ready` lists the task each waits for, in readiness order), then
+// the optimizer once the last has finished.
+void AddGradientSyncAndOptimizer(StepGraph& graph, int rank, int sync_channel,
+                                 const std::vector<std::pair<int, double>>& ready, double optimizer) {
+  int last = -1;
+  for (const auto& [task, seconds] : ready) {
+    last = graph.AddTask(sync_channel, seconds, Label(OpKind::kGradientSync, -1, -1), {task});
+  }
+  graph.AddTask(rank, optimizer, Label(OpKind::kOptimizer, -1, -1), last >= 0 ? std::vector<int>{last} : std::vector<int>{});
+}
+
+double At(const std::vector<double>& v, int i) { return v.empty() ? 0.0 : v[static_cast<size_t>(i)]; }
+
+// Readiness order of a ZP group's gradients: the head's, then layers L..1,
+// then the embedding (on the attention rank); layers L..1 on the expert rank.
+void AddZpTails(StepGraph& g, const ZebraStepSpec& spec, int attention, int expert, int attention_sync,
+                int expert_sync, int last_head, const std::vector<int>& last_attention_backward,
+                const std::vector<int>& last_expert_backward) {
+  std::vector<std::pair<int, double>> attention_ready = {{last_head, spec.attention_sync.head}};
+  std::vector<std::pair<int, double>> expert_ready;
+  for (int l = spec.layers - 1; l >= 0; --l) {
+    attention_ready.push_back({last_attention_backward[l], spec.attention_sync.layer + At(spec.offloaded_expert_sync, l)});
+    expert_ready.push_back({last_expert_backward[l], At(spec.expert_sync, l)});
+  }
+  attention_ready.push_back({last_attention_backward[0], spec.attention_sync.embedding});
+  AddGradientSyncAndOptimizer(g, attention, attention_sync, attention_ready, spec.attention_optimizer);
+  AddGradientSyncAndOptimizer(g, expert, expert_sync, expert_ready, spec.expert_optimizer);
 }
 
 }  // namespace
@@ -96,7 +119,7 @@ StepGraph BuildZebraStep(const ZebraStepSpec& spec) {
     head[j] = g.AddTask(attention, spec.head, Label(OpKind::kHead, -1, j), layer_output(c_fwd, ea_fwd, L - 1, j));
   }
 
-  int last_expert_op = -1;
+  std::vector<int> last_expert_backward(L);
   for (int l = L - 1; l >= 0; --l) {
     const bool offload = spec.offloaded_experts[l].Total() > 0;
     for (int j = 0; j < R; ++j) {
@@ -107,8 +130,8 @@ StepGraph BuildZebraStep(const ZebraStepSpec& spec) {
     }
     for (int j = 0; j < R; ++j) {
       e[j] = g.AddTask(expert, spec.expert_rank[l].backward, Label(OpKind::kExpertBackward, l, j), {d[j]});
-      last_expert_op = e[j];
     }
+    last_expert_backward[l] = e[R - 1];
     if (offload) {
       for (int j = 0; j < R; ++j) {
         ea_bwd[l][j] = g.AddTask(attention, spec.offloaded_experts[l].backward,
@@ -124,8 +147,10 @@ StepGraph BuildZebraStep(const ZebraStepSpec& spec) {
     }
   }
 
-  AddTail(g, attention, attention_sync, a_bwd[0][R - 1], spec.attention_gradient_sync, spec.attention_optimizer);
-  AddTail(g, expert, expert_sync, last_expert_op, spec.expert_gradient_sync, spec.expert_optimizer);
+  std::vector<int> last_attention_backward(L);
+  for (int l = 0; l < L; ++l) last_attention_backward[l] = a_bwd[l][R - 1];
+  AddZpTails(g, spec, attention, expert, attention_sync, expert_sync, head[R - 1], last_attention_backward,
+             last_expert_backward);
   return g;
 }
 
@@ -142,12 +167,13 @@ StepGraph BuildSequentialStep(const ZebraStepSpec& spec) {
 
   // Every op waits for the one before it: nothing overlaps.
   int previous = -1;
-  int last_attention = -1, last_expert = -1;
   auto add = [&](int resource, double seconds, OpLabel label) {
     previous = g.AddTask(resource, seconds, label, previous >= 0 ? std::vector<int>{previous} : std::vector<int>{});
-    if (resource == attention) last_attention = previous;
-    if (resource == expert) last_expert = previous;
+    return previous;
   };
+  // Gradients accumulate over micro-batches: the all-reduces follow the last.
+  int last_head = -1;
+  std::vector<int> last_attention_backward(L), last_expert_backward(L);
 
   for (int j = 0; j < spec.micro_batches; ++j) {
     for (int l = 0; l < L; ++l) {
@@ -159,19 +185,19 @@ StepGraph BuildSequentialStep(const ZebraStepSpec& spec) {
       }
       add(combine, spec.combine[l], Label(OpKind::kCombine, l, j));
     }
-    add(attention, spec.head, Label(OpKind::kHead, -1, j));
+    last_head = add(attention, spec.head, Label(OpKind::kHead, -1, j));
     for (int l = L - 1; l >= 0; --l) {
       add(dispatch, spec.dispatch[l], Label(OpKind::kDispatch, l, j, true));
-      add(expert, spec.expert_rank[l].backward, Label(OpKind::kExpertBackward, l, j));
+      last_expert_backward[l] = add(expert, spec.expert_rank[l].backward, Label(OpKind::kExpertBackward, l, j));
       if (spec.offloaded_experts[l].Total() > 0) {
         add(attention, spec.offloaded_experts[l].backward, Label(OpKind::kOffloadedExpertBackward, l, j));
       }
       add(combine, spec.combine[l], Label(OpKind::kCombine, l, j, true));
-      add(attention, spec.attention.backward, Label(OpKind::kAttentionBackward, l, j));
+      last_attention_backward[l] = add(attention, spec.attention.backward, Label(OpKind::kAttentionBackward, l, j));
     }
   }
-  AddTail(g, attention, attention_sync, last_attention, spec.attention_gradient_sync, spec.attention_optimizer);
-  AddTail(g, expert, expert_sync, last_expert, spec.expert_gradient_sync, spec.expert_optimizer);
+  AddZpTails(g, spec, attention, expert, attention_sync, expert_sync, last_head, last_attention_backward,
+             last_expert_backward);
   return g;
 }
 
@@ -192,7 +218,11 @@ StepGraph BuildEpStep(const EpStepSpec& spec) {
     return g.AddTask(all_to_all, seconds, label, deps);
   };
 
+  // The last micro-batch's gradient-ready points, for the all-reduces.
+  std::vector<int> last_head;
+  std::vector<std::vector<int>> last_backward(L);
   for (int j = 0; j < spec.micro_batches; ++j) {
+    const bool final_micro_batch = j + 1 == spec.micro_batches;
     int ready = -1;  // the combine every rank waits for before its next attention
     for (int l = 0; l < L; ++l) {
       for (size_t k = 0; k < K; ++k) {
@@ -208,6 +238,7 @@ StepGraph BuildEpStep(const EpStepSpec& spec) {
     for (size_t k = 0; k < K; ++k) {
       last[k] = g.AddTask(rank[k], spec.ranks[k].head, Label(OpKind::kHead, -1, j), {ready});
     }
+    if (final_micro_batch) last_head = last;
     for (int l = L - 1; l >= 0; --l) {
       const int dispatched = barrier(spec.all_to_all, Label(OpKind::kDispatch, l, j, true), last);
       for (size_t k = 0; k < K; ++k) {
@@ -217,12 +248,21 @@ StepGraph BuildEpStep(const EpStepSpec& spec) {
       for (size_t k = 0; k < K; ++k) {
         last[k] = g.AddTask(rank[k], spec.ranks[k].attention.backward, Label(OpKind::kAttentionBackward, l, j), {gathered});
       }
+      if (final_micro_batch) last_backward[l] = last;
     }
   }
-  // The gradient all-reduce spans every rank: it ends when the slowest does.
-  double slowest_sync = 0;
-  for (const EpRankSpec& r : spec.ranks) slowest_sync = std::max(slowest_sync, r.gradient_sync);
-  const int synced = g.AddTask(sync, slowest_sync, Label(OpKind::kGradientSync, -1, -1), last);
+  // Each all-reduce spans every rank: it starts when all are ready and lasts
+  // as long as the slowest rank's share.
+  auto slowest = [&](double GradientSync::*part) {
+    double t = 0;
+    for (const EpRankSpec& r : spec.ranks) t = std::max(t, r.sync.*part);
+    return t;
+  };
+  int synced = g.AddTask(sync, slowest(&GradientSync::head), Label(OpKind::kGradientSync, -1, -1), last_head);
+  for (int l = L - 1; l >= 0; --l) {
+    synced = g.AddTask(sync, slowest(&GradientSync::layer), Label(OpKind::kGradientSync, l, -1), last_backward[l]);
+  }
+  synced = g.AddTask(sync, slowest(&GradientSync::embedding), Label(OpKind::kGradientSync, -1, -1), last_backward[0]);
   for (size_t k = 0; k < K; ++k) {
     g.AddTask(rank[k], spec.ranks[k].optimizer, Label(OpKind::kOptimizer, -1, -1), {synced});
   }

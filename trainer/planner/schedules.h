@@ -21,7 +21,8 @@
 // ep (expert parallelism, DeepSpeed-MoE style): every rank runs attention and
 //   its share of the experts; the all-to-all of each layer is a barrier
 //   across all ranks, so the slowest GPU kind sets the pace. Micro-batches
-//   (gradient accumulation) run one after another.
+//   (gradient accumulation) run one after another. Gradient all-reduces
+//   follow the last micro-batch's backward layer by layer, as in zebra.
 //
 // Resource names are stable: "attention", "expert", "dispatch", "combine"
 // for zebra/sequential; "rank:<kind>" and "all_to_all" for ep.
@@ -38,6 +39,15 @@ namespace hetermoe::planner {
 enum class Schedule { kZebra, kSequential, kEp };
 const char* ScheduleName(Schedule schedule);
 
+// Data-parallel gradient all-reduce, issued as gradients become ready (as
+// DDP buckets do) on the rank's own sync channel, so it overlaps the rest of
+// the backward; the optimizer waits for all of it.
+struct GradientSync {
+  double head = 0;       // final norm + LM head, after the last head op
+  double layer = 0;      // one layer's attention + gate, after its last backward op
+  double embedding = 0;  // the embedding, after layer 1's last backward op
+};
+
 // Per micro-batch durations (seconds) of one ZP group's representative ranks.
 struct ZebraStepSpec {
   int layers = 0;                                   // L
@@ -48,9 +58,10 @@ struct ZebraStepSpec {
   std::vector<PassSeconds> offloaded_experts;       // EA(l, j) by layer; zero = none offloaded
   std::vector<double> dispatch;                     // D(l, j) by layer, each pass
   std::vector<double> combine;                      // C(l, j) by layer, each pass
-  double attention_gradient_sync = 0;               // after the attention rank's last op
+  GradientSync attention_sync;                      // expert-less model, across all attention ranks
+  std::vector<double> offloaded_expert_sync;        // by layer; empty = none
+  std::vector<double> expert_sync;                  // by layer, across groups; empty = none
   double attention_optimizer = 0;
-  double expert_gradient_sync = 0;                  // after the expert rank's last op
   double expert_optimizer = 0;
 };
 
@@ -63,7 +74,7 @@ struct EpRankSpec {
   PassSeconds attention;   // per micro-batch, one layer
   PassSeconds experts;     // the rank's share of one layer's experts, per micro-batch
   double head = 0;
-  double gradient_sync = 0;
+  GradientSync sync;       // expert-less model across all ranks (the all-reduce spans every rank)
   double optimizer = 0;
 };
 

@@ -13,12 +13,14 @@
 // expert rank receives from all M attention ranks. The dispatch takes as
 // long as the slower side (sender or receiver), per the alpha-beta model;
 // the combine moves the same bytes back; backward repeats both.
-// Gradients are all-reduced with a ring after the last backward op
-// (2 (P-1)/P of the bytes over the slowest link of the ring).
+// Gradients are all-reduced as they become ready: 2 (P-1)/P of the bytes over
+// the slowest link of a ring, plus 2 log2(P) message latencies (NCCL's tree
+// algorithm keeps the latency logarithmic at scale).
 #pragma once
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,9 +33,9 @@
 namespace hetermoe::planner {
 
 struct KindContext {
-  const GpuProfile* gpu = nullptr;
-  const MeasuredProfile* measured = nullptr;  // null when none matches the model
-  std::unique_ptr<ComputeCostModel> cost;
+  GpuProfile gpu;
+  std::optional<MeasuredProfile> measured;    // the measurement matching the model, if any
+  std::unique_ptr<ComputeCostModel> cost;     // refers to gpu, measured and the context's model
   int count = 0;             // GPUs of this kind in the inventory
   int max_per_node = 0;      // GPUs of this kind on its largest node
   double nic_gbps = 0;       // slowest NIC among its nodes
@@ -86,8 +88,13 @@ struct DataParallelWorld {
   int groups = 1;           // all ZP groups (each holds one copy of every expert)
 };
 
-ZpMemory GroupMemory(const PlanningContext& ctx, const GroupShape& shape);
-AsymEaInputs GroupAsymEaInputs(const PlanningContext& ctx, const GroupShape& shape, const ZpMemory& memory);
+// `schedule` decides how many micro-batches' activations are alive at once.
+ZpMemory GroupMemory(const PlanningContext& ctx, const GroupShape& shape, Schedule schedule = Schedule::kZebra);
+// Algorithm 1's inputs for a shape. With `head_aware`, T_A also carries the
+// attention rank's share of the LM head (spread over the layers): the head
+// runs on attention ranks too, which the paper's T_A leaves out [inferred].
+AsymEaInputs GroupAsymEaInputs(const PlanningContext& ctx, const GroupShape& shape, const ZpMemory& memory,
+                               bool head_aware = false);
 ZebraStepSpec GroupStepSpec(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world);
 
 struct GroupEvaluation {
@@ -101,12 +108,18 @@ struct GroupEvaluation {
 };
 
 // Simulates `shape` under `schedule` for each candidate R (divisors of S, at
-// most `max_micro_batches`), with and without Asym-EA (Asym-EA is forced when
-// memory requires it, skipped when disabled or the shape does not allow it),
-// and returns the fastest. Throws hetermoe::Error with the memory problem
+// most `max_micro_batches`), without Asym-EA and with the offloads Algorithm
+// 1 proposes (paper inputs and head-aware inputs); Asym-EA is forced when
+// memory requires it, skipped when disabled or the shape does not allow it.
+// The simulation, not Algorithm 1, has the last word: an offload that does
+// not shorten the simulated step is not used. Returns the fastest. Throws hetermoe::Error with the memory problem
 // when the shape cannot fit.
 GroupEvaluation EvaluateGroup(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world,
                               Schedule schedule, bool allow_asym_ea, int max_micro_batches);
+
+// The all-reduces of the expert-less model's gradients over `participants`
+// GPUs of `kind` (LM head, one layer, embedding), as GradientSync splits them.
+GradientSync ExpertlessGradientSync(const PlanningContext& ctx, const std::string& kind, int participants);
 
 // Divisors of s up to `cap`, ascending.
 std::vector<int> MicroBatchCandidates(int s, int cap);

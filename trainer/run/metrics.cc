@@ -64,6 +64,18 @@ void MetricsSink::ServePrometheus(const std::string& bind) {
                              .Help("Wall time of writing one checkpoint")
                              .Register(*registry_)
                              .Add({}, buckets);
+  auto& bubble = prometheus::BuildGauge()
+                     .Name("hetermoe_trainer_bubble_share")
+                     .Help("Idle share of the last step on the ranks of a role (distributed runs)")
+                     .Register(*registry_);
+  bubble_attention_ = &bubble.Add({{"role", "attention"}});
+  bubble_expert_ = &bubble.Add({{"role", "expert"}});
+  auto& waits = prometheus::BuildGauge()
+                    .Name("hetermoe_trainer_comm_wait_seconds")
+                    .Help("Seconds the ranks waited on a channel in the last step (summed over ranks)")
+                    .Register(*registry_);
+  dispatch_wait_ = &waits.Add({{"channel", "dispatch"}});
+  combine_wait_ = &waits.Add({{"channel", "combine"}});
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(bind);
   } catch (const std::exception& e) {
@@ -89,6 +101,12 @@ void MetricsSink::Record(const StepMetrics& m) {
                          {"step_seconds", m.step_seconds},
                          {"tokens", m.tokens},
                          {"expert_tokens", m.expert_tokens}};
+  if (m.has_parallel_stats) {
+    line["bubble_attention"] = m.bubble_attention;
+    line["bubble_expert"] = m.bubble_expert;
+    line["dispatch_wait_seconds"] = m.dispatch_wait_seconds;
+    line["combine_wait_seconds"] = m.combine_wait_seconds;
+  }
   jsonl_ << line.dump() << '\n';
   jsonl_.flush();
   if (!jsonl_) throw Error(path_ + ": cannot write metrics");
@@ -102,6 +120,12 @@ void MetricsSink::Record(const StepMetrics& m) {
   tokens_per_second_->Set(m.tokens_per_second);
   tokens_total_->Increment(static_cast<double>(m.tokens));
   step_seconds_->Observe(m.step_seconds);
+  if (m.has_parallel_stats) {
+    bubble_attention_->Set(m.bubble_attention);
+    bubble_expert_->Set(m.bubble_expert);
+    dispatch_wait_->Set(m.dispatch_wait_seconds);
+    combine_wait_->Set(m.combine_wait_seconds);
+  }
   if (expert_tokens_.empty()) {
     auto& family = prometheus::BuildCounter()
                        .Name("hetermoe_trainer_expert_tokens_total")

@@ -30,6 +30,10 @@ struct StepMetrics {
   double step_seconds = 0;
   int64_t tokens = 0;                                // tokens this step
   std::vector<std::vector<int64_t>> expert_tokens;   // [L][E] this step
+  // Distributed runs only.
+  bool has_parallel_stats = false;
+  double bubble_attention = 0, bubble_expert = 0;    // idle share of the step per role
+  double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
 };
 
 class MetricsSink {
@@ -62,6 +66,10 @@ class MetricsSink {
   prometheus::Counter* tokens_total_ = nullptr;
   prometheus::Histogram* step_seconds_ = nullptr;
   prometheus::Histogram* checkpoint_seconds_ = nullptr;
+  prometheus::Gauge* bubble_attention_ = nullptr;
+  prometheus::Gauge* bubble_expert_ = nullptr;
+  prometheus::Gauge* dispatch_wait_ = nullptr;
+  prometheus::Gauge* combine_wait_ = nullptr;
   std::vector<std::vector<prometheus::Counter*>> expert_tokens_;  // [L][E], made lazily
 };
 

@@ -118,7 +118,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
 
   RunConfig c;
   c.source = source;
-  static const std::set<std::string> kSections = {"model", "data", "train", "output"};
+  static const std::set<std::string> kSections = {"model", "data", "train", "output", "parallel",
+                                                  "emulate"};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     if (!kSections.count(key)) throw Error(source + ": " + key + " is not a known section");
@@ -176,6 +177,59 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   if (t.device != "auto" && t.device != "cpu" && t.device != "cuda")
     train.Fail("train.device", "must be auto, cpu or cuda (got \"" + t.device + "\")");
   if (t.threads < 0) train.Fail("train.threads", "must be >= 0 (0 = every core)");
+
+  if (root["parallel"]) {
+    auto& p = c.parallel;
+    p.enabled = true;
+    Section parallel(root["parallel"], "parallel", source);
+    parallel.Get("attention_ranks", &p.attention_ranks);
+    parallel.Get("expert_ranks", &p.expert_ranks);
+    parallel.Get("groups", &p.groups);
+    parallel.Get("schedule", &p.schedule);
+    parallel.Get("launch", &p.launch);
+    parallel.Get("timeout_seconds", &p.timeout_seconds);
+    const YAML::Node asym = root["parallel"]["asym_ea"];
+    if (asym && asym.IsSequence()) {
+      parallel.Get("asym_ea", &p.asym_ea_layers);
+      p.asym_ea = "list";
+      for (int o : p.asym_ea_layers)
+        if (o < 0) parallel.Fail("parallel.asym_ea", "entries must be >= 0");
+    } else {
+      parallel.Get("asym_ea", &p.asym_ea);
+      if (p.asym_ea != "auto" && p.asym_ea != "off")
+        parallel.Fail("parallel.asym_ea", "must be auto, off or a list of per-layer counts");
+    }
+    parallel.Finish();
+    if (p.attention_ranks < 1) parallel.Fail("parallel.attention_ranks", "must be >= 1");
+    if (p.expert_ranks < 0) parallel.Fail("parallel.expert_ranks", "must be >= 0");
+    if (p.groups < 1) parallel.Fail("parallel.groups", "must be >= 1");
+    if (p.schedule != "zebra" && p.schedule != "sequential" && p.schedule != "ep")
+      parallel.Fail("parallel.schedule", "must be zebra, sequential or ep (got \"" + p.schedule + "\")");
+    if (p.schedule != "ep" && p.expert_ranks < 1)
+      parallel.Fail("parallel.expert_ranks", "must be >= 1 for the " + p.schedule + " schedule");
+    if (p.launch != "local" && p.launch != "env")
+      parallel.Fail("parallel.launch", "must be local or env (got \"" + p.launch + "\")");
+    if (!(p.timeout_seconds > 0)) parallel.Fail("parallel.timeout_seconds", "must be > 0");
+  }
+  if (root["emulate"]) {
+    const YAML::Node em = root["emulate"];
+    static const std::set<std::string> kRoles = {"attention_rank", "expert_rank"};
+    if (!em.IsMap()) throw Error(source + ": emulate must be a mapping");
+    for (const auto& kv : em) {
+      const std::string role = kv.first.as<std::string>();
+      if (!kRoles.count(role)) throw Error(source + ": emulate." + role + " is not a known key");
+    }
+    auto role = [&](const char* name, double* attention, double* experts) {
+      Section r(em[name], std::string("emulate.") + name, source);
+      r.Get("attention", attention);
+      r.Get("experts", experts);
+      r.Finish();
+      if (*attention < 1 || *experts < 1)
+        r.Fail(std::string("emulate.") + name, "factors must be >= 1");
+    };
+    role("attention_rank", &c.emulate.attention_rank_attention, &c.emulate.attention_rank_experts);
+    role("expert_rank", &c.emulate.expert_rank_attention, &c.emulate.expert_rank_experts);
+  }
 
   Section output(root["output"], "output", source);
   output.Get("dir", &c.output.dir);

@@ -44,6 +44,25 @@ struct RunConfig {
     std::string device = "auto"; // auto | cpu | cuda
   } train;
 
+  // Distributed run (zebra parallelism). Absent = one process.
+  struct Parallel {
+    bool enabled = false;          // true when the run file has a parallel section
+    int attention_ranks = 1;       // M per ZP group
+    int expert_ranks = 1;          // N per ZP group
+    int groups = 1;                // data-parallel ZP groups
+    std::string schedule = "zebra";  // zebra | sequential | ep
+    std::string asym_ea = "off";     // auto | off | list (then asym_ea_layers)
+    std::vector<int> asym_ea_layers; // experts moved to attention ranks, per layer
+    std::string launch = "local";    // local | env
+    double timeout_seconds = 60;     // rendezvous and every collective
+  } parallel;
+
+  // Heterogeneity emulation: slow-down factors (>= 1) per rank role and op kind.
+  struct Emulate {
+    double attention_rank_attention = 1.0, attention_rank_experts = 1.0;
+    double expert_rank_attention = 1.0, expert_rank_experts = 1.0;
+  } emulate;
+
   struct Output {
     std::string dir = "out";
     int64_t checkpoint_every = 0;  // 0 = only final/

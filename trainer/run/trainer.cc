@@ -111,8 +111,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   schedule.min_lr = t.min_lr;
   schedule.total_steps = t.steps;
 
-  const int64_t R = t.micro_batches, per_micro = t.global_batch / R;
-  const int64_t step_tokens = t.global_batch * t.seq_len, micro_tokens = per_micro * t.seq_len;
+  const int64_t R = t.micro_batches;
+  const int64_t step_tokens = t.global_batch * t.seq_len;
   std::vector<int32_t> inputs(step_tokens), targets(step_tokens);
 
   TrainResult result;
@@ -131,20 +131,20 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     const auto t0 = Clock::now();
     const int64_t step = state.step + 1;
     reader.Next(inputs.data(), targets.data());
-    engine->ZeroGrads();
+    const backend::StepLoss loss =
+        engine->ComputeGradients({inputs.data(), targets.data(), t.global_batch, t.seq_len, R});
     StepMetrics m;
     m.step = step;
-    for (int64_t j = 0; j < R; ++j) {
-      const model::MicroBatch mb{inputs.data() + j * micro_tokens, targets.data() + j * micro_tokens,
-                                 per_micro, t.seq_len};
-      const model::LossParts loss = engine->ForwardBackward(mb, 1.0f / static_cast<float>(R));
-      m.loss += loss.total / R;
-      m.ce_loss += loss.ce / R;
-      m.aux_loss += loss.aux / R;
-      const auto counts = engine->ExpertCounts();
-      if (m.expert_tokens.empty()) m.expert_tokens.assign(counts.size(), std::vector<int64_t>(counts[0].size(), 0));
-      for (size_t l = 0; l < counts.size(); ++l)
-        for (size_t e = 0; e < counts[l].size(); ++e) m.expert_tokens[l][e] += counts[l][e];
+    m.loss = loss.loss;
+    m.ce_loss = loss.ce;
+    m.aux_loss = loss.aux;
+    m.expert_tokens = loss.expert_tokens;
+    if (loss.has_parallel_stats) {
+      m.has_parallel_stats = true;
+      m.bubble_attention = loss.bubble_attention;
+      m.bubble_expert = loss.bubble_expert;
+      m.dispatch_wait_seconds = loss.dispatch_wait_seconds;
+      m.combine_wait_seconds = loss.combine_wait_seconds;
     }
     m.grad_norm = engine->ClipGradNorm(t.grad_clip);
     m.lr = schedule.At(step);

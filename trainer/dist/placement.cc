@@ -1,0 +1,111 @@
+#include "trainer/dist/placement.h"
+
+#include <sstream>
+
+#include "trainer/util/error.h"
+
+namespace hetermoe::dist {
+
+Schedule ParseSchedule(const std::string& name) {
+  if (name == "zebra") return Schedule::kZebra;
+  if (name == "sequential") return Schedule::kSequential;
+  if (name == "ep") return Schedule::kEp;
+  throw Error("unknown schedule \"" + name + "\" (zebra, sequential or ep)");
+}
+
+const char* ScheduleName(Schedule s) {
+  switch (s) {
+    case Schedule::kZebra: return "zebra";
+    case Schedule::kSequential: return "sequential";
+    case Schedule::kEp: return "ep";
+  }
+  return "?";
+}
+
+namespace {
+
+// Splits [first, first + n) over `parts` owners as evenly as possible.
+std::vector<ExpertRange> Split(int64_t first, int64_t n, int parts) {
+  std::vector<ExpertRange> out;
+  int64_t at = first;
+  for (int i = 0; i < parts; ++i) {
+    const int64_t c = n / parts + (i < n % parts ? 1 : 0);
+    out.push_back({at, c});
+    at += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+Placement MakePlacement(Schedule schedule, int M, int N, int groups, int layers, int64_t E,
+                        int R, const std::vector<int>& offloaded) {
+  Placement p;
+  p.schedule = schedule;
+  p.groups = groups;
+  p.group_size = M + N;
+  p.attention_per_group = schedule == Schedule::kEp ? M + N : M;
+  p.layers = layers;
+  p.experts = E;
+  p.micro_batches = R;
+  const int attention_total = p.attention_per_group * groups;
+  if (R % attention_total != 0)
+    throw Error("parallel: train.micro_batches (" + std::to_string(R) + ") must be a multiple of the " +
+                std::to_string(attention_total) + " attention ranks (" +
+                std::to_string(p.attention_per_group) + " per group x " + std::to_string(groups) +
+                " groups), which each take whole micro-batches");
+  p.micro_per_rank = R / attention_total;
+  if (schedule == Schedule::kEp) {
+    if (!offloaded.empty())
+      for (int o : offloaded)
+        if (o != 0) throw Error("parallel.asym_ea: not applicable to the ep schedule");
+    p.offloaded.assign(layers, 0);
+    if (E < p.group_size)
+      throw Error("parallel: " + std::to_string(E) + " experts cannot be spread over " +
+                  std::to_string(p.group_size) + " ranks");
+    for (int l = 0; l < layers; ++l) p.owners.push_back(Split(0, E, p.group_size));
+    return p;
+  }
+  p.offloaded = offloaded.empty() ? std::vector<int>(layers, 0) : offloaded;
+  if (static_cast<int>(p.offloaded.size()) != layers)
+    throw Error("parallel.asym_ea: " + std::to_string(p.offloaded.size()) + " entries for " +
+                std::to_string(layers) + " layers");
+  if (E < N)
+    throw Error("parallel: " + std::to_string(E) + " experts per layer cannot fill " +
+                std::to_string(N) + " expert ranks");
+  for (int l = 0; l < layers; ++l) {
+    const int o = p.offloaded[l];
+    if (o % M != 0)
+      throw Error("parallel.asym_ea: layer " + std::to_string(l) + " moves " + std::to_string(o) +
+                  " experts, not a multiple of the " + std::to_string(M) + " attention ranks");
+    if (E - o < N)
+      throw Error("parallel.asym_ea: layer " + std::to_string(l) + " moves " + std::to_string(o) +
+                  " of " + std::to_string(E) + " experts, leaving fewer than one per expert rank");
+    std::vector<ExpertRange> owners = Split(E - o, o, M);  // attention ranks: the last o
+    const auto expert = Split(0, E - o, N);
+    owners.insert(owners.end(), expert.begin(), expert.end());
+    p.owners.push_back(std::move(owners));
+  }
+  return p;
+}
+
+std::string Placement::Describe() const {
+  std::ostringstream os;
+  os << ScheduleName(schedule) << ": " << groups << " group(s) of " << attention_per_group
+     << " attention + " << (schedule == Schedule::kEp ? 0 : group_size - attention_per_group)
+     << " expert ranks; " << micro_per_rank << " micro-batch(es) per attention rank\n";
+  for (int l = 0; l < layers; ++l) {
+    os << "  layer " << l << ":";
+    for (int i = 0; i < group_size; ++i) {
+      const auto& r = owners[l][i];
+      os << " [" << i << (i < attention_per_group ? "A" : "E") << ": ";
+      if (r.count == 0) os << "-";
+      else os << r.first << ".." << r.first + r.count - 1;
+      os << "]";
+    }
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace hetermoe::dist
