@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/dist/launcher.h"
 #include "trainer/io/token_file.h"
 #include "trainer/run/run_config.h"
 #include "trainer/run/trainer.h"
@@ -20,15 +21,19 @@ namespace {
 
 int RunTrain(const std::string& config_path, const std::vector<std::string>& overrides,
              const std::string& resume, int metrics_port, const std::string& metrics_host,
-             double linger_seconds, bool progress) {
+             double linger_seconds, bool progress, const std::string& trace,
+             const std::vector<std::string>& argv) {
   const hetermoe::run::RunConfig rc = hetermoe::run::LoadRunConfig(config_path, overrides);
   hetermoe::run::TrainOptions options;
   options.resume = resume;
   options.progress = progress;
   if (metrics_port >= 0) options.metrics_bind = metrics_host + ":" + std::to_string(metrics_port);
   options.metrics_linger_seconds = linger_seconds;
+  options.trace_path = trace;
+  options.argv = argv;
   const auto result = hetermoe::run::Train(rc, options);
-  if (!result.steps.empty()) {
+  // The local launcher prints the summary, not each of its ranks.
+  if (!result.steps.empty() && result.wrote_outputs && !hetermoe::dist::IsLaunchedChild()) {
     const auto& last = result.steps.back();
     double tps = 0;
     for (const auto& s : result.steps) tps += s.tokens_per_second;
@@ -50,6 +55,7 @@ int main(int argc, char** argv) {
   int metrics_port = -1;
   bool no_progress = false;
   double linger_seconds = 0;
+  std::string trace;
   app.add_option("--config,-c", config_path, "Run file (YAML)")->check(CLI::ExistingFile);
   app.add_option("--set", overrides, "Override a run-file key: dotted.key=value (repeatable)");
   app.add_option("--resume", resume, "Resume from a checkpoint folder, or 'auto' for the latest in output.dir");
@@ -59,6 +65,7 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-linger", linger_seconds,
                  "Keep serving metrics this many seconds after training, for a last scrape")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--trace", trace, "Distributed runs: write a Chrome trace (chrome://tracing, Perfetto) of every rank here");
   app.add_flag("--no-progress", no_progress, "No progress bar");
 
   auto* prep = app.add_subcommand("prepare-data", "Turn a text file into a byte-level token file (vocabulary 256)");
@@ -78,7 +85,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     return RunTrain(config_path, overrides, resume, metrics_port, metrics_host, linger_seconds,
-                    !no_progress);
+                    !no_progress, trace, std::vector<std::string>(argv, argv + argc));
   } catch (const hetermoe::Error& e) {
     std::fprintf(stderr, "hetermoe-trainer: error: %s\n", e.what());
     return 1;

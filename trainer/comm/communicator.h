@@ -6,7 +6,8 @@
 // silent peer into a hetermoe::Error naming that peer's rank once the timeout
 // passes. A message to one's own rank is a local copy, so an engine may treat
 // every owner of an expert alike. Messages between a pair of ranks with the
-// same tag are matched in the order they were posted.
+// same tag are matched in the order they were posted. A receive buffer may be
+// larger than the message (worst-case buffers posted up front).
 #pragma once
 
 #include <chrono>

@@ -36,9 +36,11 @@ class LocalRecv final : public Request {
     if (q.empty())
       throw Error("rank " + std::to_string(rank_) + ": receive from itself (tag " +
                   std::to_string(tag_) + ") with nothing sent: schedule bug");
-    if (q.front().size() != bytes_)
-      throw Error("rank " + std::to_string(rank_) + ": self-message size mismatch");
-    std::memcpy(data_, q.front().data(), bytes_);
+    if (q.front().size() > bytes_)
+      throw Error("rank " + std::to_string(rank_) + ": self-message of " +
+                  std::to_string(q.front().size()) + " bytes overflows a " + std::to_string(bytes_) +
+                  "-byte receive");
+    std::memcpy(data_, q.front().data(), q.front().size());
     q.erase(q.begin());
   }
 
@@ -191,13 +193,12 @@ World::World(const RendezvousOptions& o) : impl_(std::make_unique<Impl>()) {
       o.master_addr == "localhost" ? "127.0.0.1" : o.master_addr, o.master_port);
   impl_->store = std::make_unique<TcpStore>(o.master_addr, o.master_port, o.timeout);
   // Every rank states the world size it was given; a mismatch is named.
-  impl_->store->set("world_size/" + std::to_string(o.rank),
-                    std::vector<char>(std::to_string(o.world_size).begin(),
-                                      std::to_string(o.world_size).end()));
+  const std::string mine = std::to_string(o.world_size);
+  impl_->store->set("world_size/" + std::to_string(o.rank), std::vector<char>(mine.begin(), mine.end()));
   for (int r = 0; r < o.world_size; ++r) {
     const auto v = impl_->store->get("world_size/" + std::to_string(r));
     const std::string theirs(v.begin(), v.end());
-    if (theirs != std::to_string(o.world_size))
+    if (theirs != mine)
       throw Error("rank " + std::to_string(r) + " was started with WORLD_SIZE=" + theirs +
                   " but rank " + std::to_string(o.rank) + " with WORLD_SIZE=" +
                   std::to_string(o.world_size));

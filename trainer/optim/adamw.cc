@@ -10,11 +10,14 @@ AdamW::AdamW(const model::ParameterLayout& layout, AdamWOptions options)
     : layout_(layout), options_(options), exp_avg_(layout.total(), 0.0f),
       exp_avg_sq_(layout.total(), 0.0f) {}
 
-void AdamW::Step(float* params, const float* grads, double lr) {
+void AdamW::Step(float* params, const float* grads, double lr, const std::vector<bool>* only) {
   ++step_;
   const math::AdamWStep s = math::MakeAdamWStep(lr, options_.beta1, options_.beta2, options_.eps,
                                                 options_.weight_decay, step_);
-  for (const auto& t : layout_.tensors()) {
+  const auto& tensors = layout_.tensors();
+  for (size_t ti = 0; ti < tensors.size(); ++ti) {
+    if (only && !(*only)[ti]) continue;
+    const auto& t = tensors[ti];
     float* p = params + t.offset;
     const float* g = grads + t.offset;
     float* m = exp_avg_.data() + t.offset;

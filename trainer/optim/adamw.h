@@ -18,8 +18,10 @@ class AdamW {
  public:
   AdamW(const model::ParameterLayout& layout, AdamWOptions options);
 
-  // One update with learning rate `lr`; increments step().
-  void Step(float* params, const float* grads, double lr);
+  // One update with learning rate `lr`; increments step(). With `only`, the
+  // tensors whose entry is false are left alone (a distributed rank updates
+  // just the tensors it owns).
+  void Step(float* params, const float* grads, double lr, const std::vector<bool>* only = nullptr);
 
   int64_t step() const { return step_; }
   void set_step(int64_t step) { step_ = step; }

@@ -6,8 +6,6 @@
 #include <limits>
 #include <map>
 #include <numeric>
-#include <cstdio>
-#include <cstdlib>
 
 #include "trainer/planner/baselines.h"
 #include "trainer/planner/zp_group.h"
@@ -498,11 +496,9 @@ Plan MakePlan(const PlanRequest& request, const GpuProfileTable& profiles) {
       Candidate c = EvaluateRoles(ctx, request, role_splits[i]);
       c.attention_kinds = role_names[i].first;
       c.expert_kinds = role_names[i].second;
-      if (getenv("PLAN_DEBUG")) { fprintf(stderr, "split %zu step %.3f\n", i, c.step_seconds); for (auto& e : c.classes) fprintf(stderr, "  %s:%s %dx%d:%d S=%d R=%d step %.3f\n", e.shape.attention_gpu.c_str(), e.shape.expert_gpu.c_str(), e.shape.groups, e.shape.attention_ranks, e.shape.expert_ranks, e.shape.sequences_per_attention_rank, e.shape.micro_batches, e.step_seconds); for (auto& n : c.notes) fprintf(stderr, "  note %s\n", n.c_str()); for (auto& cc : role_splits[i]) fprintf(stderr, "  caps %s %d %s %d\n", cc.attention.c_str(), cc.attention_gpus, cc.expert.c_str(), cc.expert_gpus); }
       if (c.step_seconds < best.step_seconds) best = std::move(c);
     } catch (const Error& e) {
       problem = e.what();
-      if (getenv("PLAN_DEBUG")) fprintf(stderr, "split %zu failed: %s\n", i, e.what());
     }
   }
   if (best.classes.empty()) {

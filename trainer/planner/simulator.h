@@ -13,8 +13,11 @@
 // represented by one resource; the schedules use this symmetry so the cost
 // of a simulation does not grow with the cluster.
 //
-// Pure and deterministic. Simulate() throws hetermoe::Error when the
-// resource orders contradict the dependencies (the step would deadlock).
+// Pure and deterministic. A task may only depend on tasks added before it,
+// and a resource runs its tasks in the order they were added, so every
+// ordering constraint points from an earlier task to a later one: a graph
+// built this way cannot deadlock. (Simulate() still checks, and throws
+// hetermoe::Error if a task never ran.)
 #pragma once
 
 #include <cstdint>

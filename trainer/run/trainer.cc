@@ -14,7 +14,9 @@
 #include "trainer/model/parameters.h"
 #include "trainer/ops/gemm.h"
 #include "trainer/optim/schedule.h"
+#include "trainer/dist/launcher.h"
 #include "trainer/run/checkpoint.h"
+#include "trainer/run/distributed.h"
 #include "trainer/run/progress.h"
 #include "trainer/util/error.h"
 
@@ -59,19 +61,31 @@ void RemoveOldCheckpoints(const std::string& dir, int64_t keep) {
 }  // namespace
 
 TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
+  if (rc.parallel.enabled && rc.parallel.launch == "local" && !dist::IsLaunchedChild())
+    return LaunchLocally(rc, options);
   const auto& t = rc.train;
   const io::MixtralConfig config = io::LoadMixtralConfig(rc.model.config);
   if (t.seq_len > config.max_position_embeddings)
     throw Error(rc.source + ": train.seq_len " + std::to_string(t.seq_len) +
                 " exceeds max_position_embeddings " +
                 std::to_string(config.max_position_embeddings) + " of " + rc.model.config);
-  ops::SetNumThreads(t.threads > 0 ? t.threads : static_cast<int>(std::thread::hardware_concurrency()));
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  int threads = t.threads > 0 ? t.threads : cores;
+  if (rc.parallel.enabled && t.threads == 0 && dist::IsLaunchedChild()) {
+    // Ranks on one machine share its cores.
+    const int world = rc.parallel.groups * (rc.parallel.attention_ranks + rc.parallel.expert_ranks);
+    threads = std::max(1, cores / world);
+  }
+  ops::SetNumThreads(threads);
 
   const std::vector<uint32_t> tokens = io::LoadTokenFile(rc.data.train, config.vocab_size);
   io::BatchReader reader(&tokens, t.global_batch, t.seq_len, rc.data.train);
-  PrepareOutputDir(rc.output.dir);
-
   const model::ParameterLayout layout(config);
+  std::unique_ptr<DistributedRun> dist_run;
+  if (rc.parallel.enabled) dist_run = JoinDistributedRun(rc, config, layout, options);
+  const bool writer = !dist_run || dist_run->rank == 0;
+  if (writer) PrepareOutputDir(rc.output.dir);
+
   backend::HostState host;
   host.params.assign(layout.total(), 0.0f);
   host.exp_avg.assign(layout.total(), 0.0f);
@@ -86,21 +100,26 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                 .state;
     host.optimizer_step = state.step;
     reader.set_position(state.data_position);
-    std::fprintf(stderr, "resumed from %s at step %lld\n", resume_dir.c_str(),
-                 static_cast<long long>(state.step));
+    if (writer)
+      std::fprintf(stderr, "resumed from %s at step %lld\n", resume_dir.c_str(),
+                   static_cast<long long>(state.step));
   } else if (!rc.model.init.empty()) {
     model::LoadParameters(layout, rc.model.init, host.params.data());
   } else {
     model::InitParameters(layout, config.initializer_range, t.seed, host.params.data());
   }
-  const auto engine = backend::MakeBackend(
-      config, layout, {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}});
+  const std::unique_ptr<backend::Backend> engine =
+      dist_run ? std::move(dist_run->backend)
+               : backend::MakeBackend(config, layout, {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}});
   engine->Upload(host);
 
-  MetricsSink metrics(rc.output.dir, state.step);
-  if (!options.metrics_bind.empty()) {
-    metrics.ServePrometheus(options.metrics_bind);
-    std::fprintf(stderr, "serving Prometheus metrics on port %d (/metrics)\n", metrics.port());
+  std::unique_ptr<MetricsSink> metrics;
+  if (writer) {
+    metrics = std::make_unique<MetricsSink>(rc.output.dir, state.step);
+    if (!options.metrics_bind.empty()) {
+      metrics->ServePrometheus(options.metrics_bind);
+      std::fprintf(stderr, "serving Prometheus metrics on port %d (/metrics)\n", metrics->port());
+    }
   }
 
   optim::LrSchedule schedule;
@@ -117,14 +136,16 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
 
   TrainResult result;
   result.first_step = state.step;
-  ProgressBar progress(state.step, t.steps, options.progress);
+  result.wrote_outputs = writer;
+  ProgressBar progress(state.step, t.steps, options.progress && writer);
   auto checkpoint = [&](const std::string& dir) {
     const auto c0 = Clock::now();
     state.data_position = reader.position();
-    engine->Download(&host);
+    engine->Download(&host);  // collective in a distributed run
+    if (!writer) return;
     WriteCheckpoint(dir, {&config, &layout, host.params.data(), host.exp_avg.data(),
                           host.exp_avg_sq.data(), state});
-    metrics.RecordCheckpoint(Seconds(c0, Clock::now()));
+    metrics->RecordCheckpoint(Seconds(c0, Clock::now()));
   };
 
   while (state.step < t.steps) {
@@ -157,19 +178,20 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     if (!std::isfinite(m.loss))
       throw Error("step " + std::to_string(step) + ": loss is " + std::to_string(m.loss) +
                   " (diverged); lower train.lr or enable train.grad_clip");
-    metrics.Record(m);
+    if (metrics) metrics->Record(m);
     progress.Update(step, m.loss, m.tokens_per_second);
     if (options.on_step) options.on_step(m);
     result.steps.push_back(m);
     if (rc.output.checkpoint_every > 0 && step % rc.output.checkpoint_every == 0 && step < t.steps) {
       checkpoint((fs::path(rc.output.dir) / ("checkpoint-" + std::to_string(step))).string());
-      RemoveOldCheckpoints(rc.output.dir, rc.output.keep_checkpoints);
+      if (writer) RemoveOldCheckpoints(rc.output.dir, rc.output.keep_checkpoints);
     }
   }
   progress.Finish();
   result.final_dir = (fs::path(rc.output.dir) / "final").string();
   checkpoint(result.final_dir);
   result.last_step = state.step;
+  if (dist_run && !options.trace_path.empty()) WriteTrace(*dist_run, options.trace_path);
   if (options.metrics_linger_seconds > 0 && !options.metrics_bind.empty())
     std::this_thread::sleep_for(std::chrono::duration<double>(options.metrics_linger_seconds));
   return result;

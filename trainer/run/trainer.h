@@ -22,6 +22,8 @@ struct TrainOptions {
   std::string metrics_bind;     // e.g. "0.0.0.0:9400"; "" = no Prometheus endpoint
   double metrics_linger_seconds = 0;  // keep serving after the last step
   bool progress = true;         // progress bar on stderr
+  std::string trace_path;       // distributed runs: Chrome trace JSON of every rank
+  std::vector<std::string> argv;  // the command line, for the local launcher to re-run
   // Called after each step (tests, the Prometheus test's hold-open hook).
   std::function<void(const StepMetrics&)> on_step;
 };
@@ -31,6 +33,7 @@ struct TrainResult {
   int64_t last_step = 0;
   std::vector<StepMetrics> steps;
   std::string final_dir;
+  bool wrote_outputs = true;    // false on distributed ranks other than 0
 };
 
 TrainResult Train(const RunConfig& config, const TrainOptions& options);

@@ -1,0 +1,546 @@
+// Notation: L layers, E experts, P ranks per group (local indices), M
+// attention ranks per group, R micro-batches per attention rank, d hidden,
+// f expert width, k experts per token. Message tags encode (kind, layer,
+// micro-batch); the pair (peer, tag) is unique within a step.
+#include "trainer/dist/engine.h"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "trainer/model/mixtral.h"
+#include "trainer/ops/experts.h"
+#include "trainer/util/error.h"
+
+namespace hetermoe::dist {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+enum MessageKind : uint32_t { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
+
+// What an owner keeps of one (layer, micro-batch, source) block.
+struct OwnerSlot {
+  std::vector<char> inbox;          // header (int64 counts of the range) + rows
+  int64_t rows = 0;
+  ops::DispatchPlan plan;           // counts/offsets over the owner's range only
+  ops::ExpertActivations acts;      // y = outputs to send back
+  std::vector<float> dy, dxp;       // output grads in, input grads out
+  std::unique_ptr<comm::Request> inbox_request, dy_request;
+};
+
+}  // namespace
+
+struct DistributedBackend::Impl {
+  io::MixtralConfig config;
+  const model::ParameterLayout& layout;
+  Placement placement;
+  comm::World* world;
+  int rank;
+  Emulation emulation;
+  Tracer* tracer;
+  int L, P, M, R, group;
+  int64_t E, d, f, k;
+  std::vector<Task> order;
+
+  std::vector<float> params, grads;
+  optim::AdamW adamw;
+  std::vector<bool> owned, counted;       // per tensor
+  std::vector<size_t> dense_tensors, owned_expert_tensors;
+  std::vector<std::vector<size_t>> group0_owned_experts;  // [local] tensors (rank 0's gather)
+
+  std::unique_ptr<comm::Communicator> dispatch, combine, dense, replicas, everyone;
+
+  // attention side
+  std::vector<std::unique_ptr<model::MixtralCpu>> micro;
+  std::vector<std::vector<char>> outbox;                       // [l][j][owner]
+  std::vector<std::unique_ptr<comm::Request>> outputs_in;      // [l][j][owner]
+  std::vector<std::unique_ptr<comm::Request>> input_grads_in;  // [l][j][owner]
+  // owner side
+  std::vector<OwnerSlot> slots;                                // [l][j][source]
+  std::vector<std::unique_ptr<comm::Request>> sends;
+
+  int64_t micro_tokens = 0;
+  double loss_sum = 0, ce_sum = 0, aux_sum = 0;
+  std::vector<std::vector<int64_t>> expert_tokens;
+  double idle = 0, dispatch_wait = 0, combine_wait = 0;
+
+  Impl(const io::MixtralConfig& c, const model::ParameterLayout& lay, const Placement& p,
+       comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t)
+      : config(c), layout(lay), placement(p), world(w), rank(w->rank()), emulation(em), tracer(t),
+        adamw(lay, opt) {
+    L = p.layers;
+    P = p.group_size;
+    M = p.attention_per_group;
+    R = p.micro_per_rank;
+    group = p.GroupOf(rank);
+    E = c.num_local_experts;
+    d = c.hidden_size;
+    f = c.intermediate_size;
+    k = c.num_experts_per_tok;
+    order = TaskOrder(p, rank);
+    params.assign(lay.total(), 0.0f);
+    grads.assign(lay.total(), 0.0f);
+    ClassifyTensors();
+    Connect();
+    if (p.IsAttention(rank))
+      for (int j = 0; j < R; ++j) micro.push_back(std::make_unique<model::MixtralCpu>(c, lay));
+    outbox.resize(static_cast<size_t>(L) * R * P);
+    outputs_in.resize(outbox.size());
+    input_grads_in.resize(outbox.size());
+    slots.resize(static_cast<size_t>(L) * R * P);
+  }
+
+  size_t Idx(int l, int j, int x) const { return (static_cast<size_t>(l) * R + j) * P + x; }
+  uint32_t Tag(MessageKind kind, int l, int j) const {
+    return (static_cast<uint32_t>(kind) * L + l) * R + j;
+  }
+  const ExpertRange& Range(int l, int local) const { return placement.owners[l][local]; }
+
+  // Which tensors this rank updates, and which it counts in the global norm.
+  void ClassifyTensors() {
+    const auto& ts = layout.tensors();
+    std::map<int64_t, std::pair<int, int64_t>> expert_at;  // offset -> (layer, expert)
+    for (int l = 0; l < L; ++l)
+      for (int64_t e = 0; e < E; ++e) {
+        const auto& eo = layout.layers[l].experts[e];
+        for (int64_t off : {eo.w1, eo.w2, eo.w3}) expert_at[off] = {l, e};
+      }
+    owned.assign(ts.size(), false);
+    counted.assign(ts.size(), false);
+    group0_owned_experts.assign(P, {});
+    const int local = placement.LocalOf(rank);
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const auto it = expert_at.find(ts[i].offset);
+      if (it == expert_at.end()) {
+        dense_tensors.push_back(i);
+        owned[i] = placement.IsAttention(rank);
+        counted[i] = rank == 0;  // identical on every attention rank after the sum
+        continue;
+      }
+      const auto [l, e] = it->second;
+      for (int o = 0; o < P; ++o) {
+        const auto& r = Range(l, o);
+        if (e >= r.first && e < r.first + r.count) {
+          group0_owned_experts[o].push_back(i);
+          if (o == local) {
+            owned[i] = true;
+            owned_expert_tensors.push_back(i);
+            counted[i] = group == 0;
+          }
+        }
+      }
+    }
+  }
+
+  void Connect() {
+    std::vector<int> members;
+    for (int x = 0; x < P; ++x) members.push_back(placement.GlobalRank(group, x));
+    const std::string g = std::to_string(group);
+    dispatch = world->Group("dispatch-" + g, members);
+    combine = world->Group("combine-" + g, members);
+    if (placement.IsAttention(rank)) {
+      std::vector<int> attention;
+      for (int gg = 0; gg < placement.groups; ++gg)
+        for (int x = 0; x < M; ++x) attention.push_back(placement.GlobalRank(gg, x));
+      dense = world->Group("dense", attention);
+    }
+    std::vector<int> same_local;
+    for (int gg = 0; gg < placement.groups; ++gg)
+      same_local.push_back(placement.GlobalRank(gg, placement.LocalOf(rank)));
+    replicas = world->Group("replicas-" + std::to_string(placement.LocalOf(rank)), same_local);
+    std::vector<int> all;
+    for (int r = 0; r < placement.world_size(); ++r) all.push_back(r);
+    everyone = world->Group("world", all);
+  }
+
+  // --- timing, emulation, tracing ---
+  template <typename Fn>
+  void Compute(const Task& task, double factor, Fn fn) {
+    const auto t0 = Clock::now();
+    fn();
+    const double spent = Seconds(t0, Clock::now());
+    if (factor > 1.0) std::this_thread::sleep_for(std::chrono::duration<double>(spent * (factor - 1.0)));
+    if (tracer) tracer->Add(ToString(task), Tracer::kCompute, t0, Clock::now());
+  }
+
+  void Wait(comm::Request* r, bool dispatch_channel, const char* what, int l, int j) {
+    const auto t0 = Clock::now();
+    r->Wait();
+    const auto t1 = Clock::now();
+    const double s = Seconds(t0, t1);
+    idle += s;
+    (dispatch_channel ? dispatch_wait : combine_wait) += s;
+    if (tracer && s > 20e-6)
+      tracer->Add(std::string(what) + "(" + std::to_string(l + 1) + "," + std::to_string(j + 1) + ")",
+                  dispatch_channel ? Tracer::kDispatch : Tracer::kCombine, t0, t1);
+  }
+
+  // --- attention side ---
+  void PostDispatch(int l, int j) {
+    model::MixtralCpu& mb = *micro[j];
+    const ops::DispatchPlan& plan = mb.plan(l);
+    for (int o = 0; o < P; ++o) {
+      const ExpertRange& r = Range(l, o);
+      if (r.count == 0) continue;
+      const int64_t row0 = plan.offsets[r.first], rows = plan.offsets[r.first + r.count] - row0;
+      std::vector<char>& box = outbox[Idx(l, j, o)];
+      box.resize(r.count * sizeof(int64_t) + rows * d * sizeof(float));
+      std::memcpy(box.data(), plan.counts.data() + r.first, r.count * sizeof(int64_t));
+      std::memcpy(box.data() + r.count * sizeof(int64_t), mb.dispatched(l).data() + row0 * d,
+                  rows * d * sizeof(float));
+      sends.push_back(dispatch->Isend(box.data(), box.size(), o, Tag(kRows, l, j)));
+      if (rows > 0)
+        outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
+                                                  rows * d * sizeof(float), o, Tag(kOutputs, l, j));
+    }
+  }
+
+  void FinishCombine(int l, int j) {
+    for (int o = 0; o < P; ++o)
+      if (auto& r = outputs_in[Idx(l, j, o)]) {
+        Wait(r.get(), false, "combine", l, j);
+        r.reset();
+      }
+  }
+
+  void PostBackwardDispatch(int l, int j) {
+    model::MixtralCpu& mb = *micro[j];
+    const ops::DispatchPlan& plan = mb.plan(l);
+    for (int o = 0; o < P; ++o) {
+      const ExpertRange& r = Range(l, o);
+      if (r.count == 0) continue;
+      const int64_t row0 = plan.offsets[r.first], rows = plan.offsets[r.first + r.count] - row0;
+      if (rows == 0) continue;
+      sends.push_back(dispatch->Isend(mb.expert_output_grads(l).data() + row0 * d,
+                                      rows * d * sizeof(float), o, Tag(kOutputGrads, l, j)));
+      input_grads_in[Idx(l, j, o)] = combine->Irecv(mb.dispatched_grads(l).data() + row0 * d,
+                                                    rows * d * sizeof(float), o,
+                                                    Tag(kInputGrads, l, j));
+    }
+  }
+
+  void RunAttention(const Task& t, const backend::StepInput& step, float loss_scale) {
+    const int l = t.layer, j = t.micro;
+    model::MixtralCpu& mb = *micro[j];
+    switch (t.kind) {
+      case Task::Kind::kAttnFwd:
+        if (l > 0) FinishCombine(l - 1, j);
+        Compute(t, emulation.attention, [&] {
+          if (l == 0) {
+            const int64_t per = step.global_batch / step.micro_batches;
+            const int64_t m = placement.MicroBatchOf(rank, j);
+            mb.EmbedForward(params.data(), {step.inputs + m * micro_tokens,
+                                            step.targets + m * micro_tokens, per, step.seq_len});
+          } else {
+            mb.CombineForward(l - 1);
+          }
+          mb.AttentionForward(params.data(), l);
+        });
+        PostDispatch(l, j);
+        break;
+      case Task::Kind::kHead:
+        FinishCombine(L - 1, j);
+        Compute(t, emulation.attention, [&] {
+          mb.CombineForward(L - 1);
+          const model::LossParts loss = mb.HeadForward(params.data());
+          loss_sum += loss.total;
+          ce_sum += loss.ce;
+          aux_sum += loss.aux;
+          const auto counts = mb.ExpertCounts();
+          for (int ll = 0; ll < L; ++ll)
+            for (int64_t e = 0; e < E; ++e) expert_tokens[ll][e] += counts[ll][e];
+          mb.HeadBackward(params.data(), grads.data(), loss_scale);
+          mb.CombineBackward(L - 1);
+        });
+        PostBackwardDispatch(L - 1, j);
+        break;
+      case Task::Kind::kAttnBwd:
+        for (int o = 0; o < P; ++o)
+          if (auto& r = input_grads_in[Idx(l, j, o)]) {
+            Wait(r.get(), false, "combine-grad", l, j);
+            r.reset();
+          }
+        Compute(t, emulation.attention, [&] {
+          mb.AttentionBackward(params.data(), grads.data(), l);
+          if (l > 0) mb.CombineBackward(l - 1);
+          else mb.EmbedBackward(grads.data());
+        });
+        if (l > 0) PostBackwardDispatch(l - 1, j);
+        break;
+      default:
+        break;
+    }
+  }
+
+  // --- owner side ---
+  std::vector<ops::ExpertWeights> WeightsOf(int l, const ExpertRange& r) {
+    std::vector<ops::ExpertWeights> w;
+    for (int64_t e = r.first; e < r.first + r.count; ++e) {
+      const auto& eo = layout.layers[l].experts[e];
+      w.push_back({params.data() + eo.w1, params.data() + eo.w2, params.data() + eo.w3});
+    }
+    return w;
+  }
+  std::vector<ops::ExpertGrads> GradsOf(int l, const ExpertRange& r) {
+    std::vector<ops::ExpertGrads> g;
+    for (int64_t e = r.first; e < r.first + r.count; ++e) {
+      const auto& eo = layout.layers[l].experts[e];
+      g.push_back({grads.data() + eo.w1, grads.data() + eo.w2, grads.data() + eo.w3});
+    }
+    return g;
+  }
+
+  // Receives are posted for the whole step up front, into buffers sized for
+  // the worst case (every token of the micro-batch routed to this owner).
+  void PostOwnerReceives() {
+    const int local = placement.LocalOf(rank);
+    const int64_t max_rows = micro_tokens * k;
+    for (int l = 0; l < L; ++l) {
+      const ExpertRange& r = Range(l, local);
+      if (r.count == 0) continue;
+      for (int j = 0; j < R; ++j)
+        for (int a = 0; a < M; ++a) {
+          OwnerSlot& s = slots[Idx(l, j, a)];
+          s.inbox.resize(r.count * sizeof(int64_t) + max_rows * d * sizeof(float));
+          s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
+        }
+    }
+  }
+
+  void RunOwner(const Task& t) {
+    const int l = t.layer, j = t.micro;
+    const ExpertRange& r = Range(l, placement.LocalOf(rank));
+    if (t.kind == Task::Kind::kExpFwd) {
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        Wait(s.inbox_request.get(), true, "dispatch", l, j);
+        s.inbox_request.reset();
+        // The owner-side plan: counts over all E experts, zero outside the range.
+        s.plan = ops::DispatchPlan{};
+        s.plan.experts = E;
+        s.plan.slots = 1;
+        s.plan.counts.assign(E, 0);
+        std::memcpy(s.plan.counts.data() + r.first, s.inbox.data(), r.count * sizeof(int64_t));
+        s.plan.offsets.assign(E + 1, 0);
+        for (int64_t e = 0; e < E; ++e) s.plan.offsets[e + 1] = s.plan.offsets[e] + s.plan.counts[e];
+        s.rows = s.plan.offsets[E];
+        s.plan.tokens = s.rows;
+        if (s.rows < 0 || s.rows > micro_tokens * k)
+          throw Error("rank " + std::to_string(rank) + ": corrupt dispatch header from rank " +
+                      std::to_string(placement.GlobalRank(group, a)));
+      }
+      Compute(t, emulation.experts, [&] {
+        for (int a = 0; a < M; ++a) {
+          OwnerSlot& s = slots[Idx(l, j, a)];
+          if (s.rows == 0) continue;
+          const float* xp = reinterpret_cast<const float*>(s.inbox.data() + r.count * sizeof(int64_t));
+          ops::ExpertsForward(s.plan, d, f, r.first, WeightsOf(l, r), xp, &s.acts);
+        }
+      });
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        if (s.rows == 0) continue;
+        sends.push_back(combine->Isend(s.acts.y.data(), s.rows * d * sizeof(float), a, Tag(kOutputs, l, j)));
+        s.dy.resize(s.rows * d);
+        s.dxp.resize(s.rows * d);
+        s.dy_request = dispatch->Irecv(s.dy.data(), s.rows * d * sizeof(float), a, Tag(kOutputGrads, l, j));
+      }
+      return;
+    }
+    // kExpBwd
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      Wait(s.dy_request.get(), true, "dispatch-grad", l, j);
+      s.dy_request.reset();
+    }
+    Compute(t, emulation.experts, [&] {
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        if (s.rows == 0) continue;
+        const float* xp = reinterpret_cast<const float*>(s.inbox.data() + r.count * sizeof(int64_t));
+        ops::ExpertsBackward(s.plan, d, f, r.first, WeightsOf(l, r), GradsOf(l, r), xp, s.acts,
+                             s.dy.data(), s.dxp.data());
+      }
+    });
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      sends.push_back(combine->Isend(s.dxp.data(), s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j)));
+    }
+  }
+
+  // Sums the listed tensors' gradients over a communicator, packed.
+  void AllReduceTensors(comm::Communicator* c, const std::vector<size_t>& tensors) {
+    if (!c || c->size() == 1 || tensors.empty()) return;
+    size_t n = 0;
+    for (size_t i : tensors) n += layout.tensors()[i].numel;
+    std::vector<float> packed(n);
+    size_t at = 0;
+    for (size_t i : tensors) {
+      const auto& t = layout.tensors()[i];
+      std::memcpy(packed.data() + at, grads.data() + t.offset, t.numel * sizeof(float));
+      at += t.numel;
+    }
+    c->AllReduceSum(packed.data(), n);
+    at = 0;
+    for (size_t i : tensors) {
+      const auto& t = layout.tensors()[i];
+      std::memcpy(grads.data() + t.offset, packed.data() + at, t.numel * sizeof(float));
+      at += t.numel;
+    }
+  }
+};
+
+DistributedBackend::DistributedBackend(const io::MixtralConfig& config,
+                                       const model::ParameterLayout& layout,
+                                       const Placement& placement, comm::World* world,
+                                       const optim::AdamWOptions& adamw, Emulation emulation,
+                                       Tracer* tracer)
+    : impl_(std::make_unique<Impl>(config, layout, placement, world, adamw, emulation, tracer)),
+      rank_(world->rank()) {}
+
+DistributedBackend::~DistributedBackend() = default;
+
+void DistributedBackend::Upload(const backend::HostState& s) {
+  impl_->params = s.params;
+  impl_->adamw.exp_avg() = s.exp_avg;
+  impl_->adamw.exp_avg_sq() = s.exp_avg_sq;
+  impl_->adamw.set_step(s.optimizer_step);
+}
+
+void DistributedBackend::Download(backend::HostState* s) {
+  Impl& m = *impl_;
+  s->params = m.params;
+  s->exp_avg = m.adamw.exp_avg();
+  s->exp_avg_sq = m.adamw.exp_avg_sq();
+  s->optimizer_step = m.adamw.step();
+  // Rank 0 gathers group 0's experts (params and both moments) from their owners.
+  if (m.group != 0) return;
+  const uint32_t tag = 1u << 30;
+  auto pack_size = [&](const std::vector<size_t>& ts) {
+    size_t n = 0;
+    for (size_t i : ts) n += m.layout.tensors()[i].numel;
+    return 3 * n;
+  };
+  if (rank_ == 0) {
+    for (int o = 1; o < m.P; ++o) {
+      const auto& ts = m.group0_owned_experts[o];
+      if (ts.empty()) continue;
+      std::vector<float> buf(pack_size(ts));
+      m.everyone->Irecv(buf.data(), buf.size() * sizeof(float), o, tag)->Wait();
+      size_t at = 0;
+      for (std::vector<float>* dst : {&s->params, &s->exp_avg, &s->exp_avg_sq})
+        for (size_t i : ts) {
+          const auto& t = m.layout.tensors()[i];
+          std::memcpy(dst->data() + t.offset, buf.data() + at, t.numel * sizeof(float));
+          at += t.numel;
+        }
+    }
+  } else if (!m.owned_expert_tensors.empty()) {
+    std::vector<float> buf;
+    buf.reserve(pack_size(m.owned_expert_tensors));
+    for (const std::vector<float>* src : {&s->params, &s->exp_avg, &s->exp_avg_sq})
+      for (size_t i : m.owned_expert_tensors) {
+        const auto& t = m.layout.tensors()[i];
+        buf.insert(buf.end(), src->begin() + t.offset, src->begin() + t.offset + t.numel);
+      }
+    m.everyone->Isend(buf.data(), buf.size() * sizeof(float), 0, tag)->Wait();
+  }
+}
+
+backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput& step) {
+  Impl& m = *impl_;
+  if (step.micro_batches != m.placement.micro_batches)
+    throw Error("distributed step: micro_batches changed from the placement's");
+  const auto start = Clock::now();
+  std::fill(m.grads.begin(), m.grads.end(), 0.0f);
+  m.micro_tokens = step.global_batch / step.micro_batches * step.seq_len;
+  m.loss_sum = m.ce_sum = m.aux_sum = 0;
+  m.expert_tokens.assign(m.L, std::vector<int64_t>(m.E, 0));
+  m.idle = m.dispatch_wait = m.combine_wait = 0;
+  const float loss_scale = 1.0f / static_cast<float>(step.micro_batches);
+
+  m.PostOwnerReceives();
+  for (const Task& t : m.order) {
+    if (t.kind == Task::Kind::kExpFwd || t.kind == Task::Kind::kExpBwd) m.RunOwner(t);
+    else m.RunAttention(t, step, loss_scale);
+  }
+  for (auto& s : m.sends) s->Wait();
+  m.sends.clear();
+  const double wall = Seconds(start, Clock::now());
+
+  // Gradients: dense over every attention rank, experts over the groups.
+  std::vector<size_t> owned_dense;
+  if (m.placement.IsAttention(rank_)) owned_dense = m.dense_tensors;
+  m.AllReduceTensors(m.dense.get(), owned_dense);
+  m.AllReduceTensors(m.replicas.get(), m.owned_expert_tensors);
+
+  // Losses, routing counts and idle time, summed over the world.
+  const bool attention = m.placement.IsAttention(rank_);
+  std::vector<double> sums = {m.loss_sum, m.ce_sum, m.aux_sum,
+                              attention ? m.idle : 0.0, attention ? wall : 0.0,
+                              attention ? 0.0 : m.idle, attention ? 0.0 : wall,
+                              m.dispatch_wait, m.combine_wait};
+  for (const auto& layer : m.expert_tokens)
+    for (int64_t c : layer) sums.push_back(static_cast<double>(c));
+  m.everyone->AllReduceSum(sums.data(), sums.size());
+
+  backend::StepLoss out;
+  out.loss = sums[0] / step.micro_batches;
+  out.ce = sums[1] / step.micro_batches;
+  out.aux = sums[2] / step.micro_batches;
+  out.has_parallel_stats = true;
+  out.bubble_attention = sums[4] > 0 ? sums[3] / sums[4] : 0;
+  out.bubble_expert = sums[6] > 0 ? sums[5] / sums[6] : 0;
+  out.dispatch_wait_seconds = sums[7];
+  out.combine_wait_seconds = sums[8];
+  out.expert_tokens.assign(m.L, std::vector<int64_t>(m.E));
+  for (int l = 0; l < m.L; ++l)
+    for (int64_t e = 0; e < m.E; ++e)
+      out.expert_tokens[l][e] = static_cast<int64_t>(sums[9 + l * m.E + e]);
+  return out;
+}
+
+double DistributedBackend::ClipGradNorm(double max_norm) {
+  Impl& m = *impl_;
+  double sq = 0;
+  const auto& ts = m.layout.tensors();
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (!m.counted[i]) continue;
+    const float* g = m.grads.data() + ts[i].offset;
+    for (int64_t x = 0; x < ts[i].numel; ++x) sq += static_cast<double>(g[x]) * g[x];
+  }
+  m.everyone->AllReduceSum(&sq, 1);
+  const double norm = std::sqrt(sq);
+  if (max_norm > 0.0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+      const float c = static_cast<float>(coef);
+      for (size_t i = 0; i < ts.size(); ++i) {
+        if (!m.owned[i]) continue;
+        float* g = m.grads.data() + ts[i].offset;
+        for (int64_t x = 0; x < ts[i].numel; ++x) g[x] *= c;
+      }
+    }
+  }
+  return norm;
+}
+
+void DistributedBackend::OptimizerStep(double lr) {
+  impl_->adamw.Step(impl_->params.data(), impl_->grads.data(), lr, &impl_->owned);
+}
+
+void DistributedBackend::ZeroGrads() { std::fill(impl_->grads.begin(), impl_->grads.end(), 0.0f); }
+
+model::LossParts DistributedBackend::ForwardBackward(const model::MicroBatch&, float) {
+  throw Error("the distributed backend runs whole steps (ComputeGradients)");
+}
+
+}  // namespace hetermoe::dist

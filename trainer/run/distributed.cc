@@ -1,0 +1,145 @@
+#include "trainer/run/distributed.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "trainer/dist/engine.h"
+#include "trainer/dist/launcher.h"
+#include "trainer/util/error.h"
+
+namespace hetermoe::run {
+namespace {
+
+int WorldSizeOf(const RunConfig& rc) {
+  return rc.parallel.groups * (rc.parallel.attention_ranks + rc.parallel.expert_ranks);
+}
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v)
+    throw Error(std::string("parallel.launch env: environment variable ") + name +
+                " is not set (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are required)");
+  return v;
+}
+
+int EnvInt(const char* name) {
+  const std::string v = Env(name);
+  try {
+    size_t used = 0;
+    const int x = std::stoi(v, &used);
+    if (used == v.size()) return x;
+  } catch (const std::exception&) {
+  }
+  throw Error(std::string("environment variable ") + name + "=\"" + v + "\" is not an integer");
+}
+
+std::string ListenAddress(const std::string& master) {
+  if (const char* v = std::getenv("HETERMOE_LISTEN_ADDR"); v && *v) return v;
+  if (const char* v = std::getenv("POD_IP"); v && *v) return v;
+  if (master == "127.0.0.1" || master == "localhost") return "127.0.0.1";
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  return host;
+}
+
+std::string TracePart(const std::string& path, int rank) {
+  return path + ".rank-" + std::to_string(rank) + ".json";
+}
+
+}  // namespace
+
+std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io::MixtralConfig& config,
+                                                   const model::ParameterLayout& layout,
+                                                   const TrainOptions& options) {
+  const auto& p = rc.parallel;
+  auto run = std::make_unique<DistributedRun>();
+  comm::RendezvousOptions ro;
+  ro.rank = EnvInt("RANK");
+  ro.world_size = EnvInt("WORLD_SIZE");
+  ro.master_addr = Env("MASTER_ADDR");
+  ro.master_port = EnvInt("MASTER_PORT");
+  ro.listen_addr = ListenAddress(ro.master_addr);
+  ro.timeout = std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000));
+  const int expected = WorldSizeOf(rc);
+  if (ro.world_size != expected)
+    throw Error("WORLD_SIZE=" + std::to_string(ro.world_size) + " but " + rc.source +
+                "'s parallel section needs " + std::to_string(p.groups) + " x (" +
+                std::to_string(p.attention_ranks) + " + " + std::to_string(p.expert_ranks) +
+                ") = " + std::to_string(expected) + " ranks");
+  run->rank = ro.rank;
+  run->world_size = ro.world_size;
+
+  std::vector<int> offloaded;
+  if (p.asym_ea == "list") offloaded = p.asym_ea_layers;
+  if (p.asym_ea == "auto")
+    std::fprintf(stderr, "rank %d: parallel.asym_ea auto: profiling is not available yet; no experts moved\n",
+                 ro.rank);
+  run->placement = dist::MakePlacement(dist::ParseSchedule(p.schedule), p.attention_ranks,
+                                       p.expert_ranks, p.groups,
+                                       static_cast<int>(config.num_hidden_layers),
+                                       config.num_local_experts,
+                                       static_cast<int>(rc.train.micro_batches), offloaded);
+  run->world = std::make_unique<comm::World>(ro);
+
+  // The GPU kind is physical: local indices < M are the newer (attention-kind)
+  // GPUs whatever the schedule, so ep runs are emulated on the same hardware.
+  const bool attention_kind = run->placement.LocalOf(ro.rank) < p.attention_ranks;
+  dist::Emulation em;
+  em.attention = attention_kind ? rc.emulate.attention_rank_attention : rc.emulate.expert_rank_attention;
+  em.experts = attention_kind ? rc.emulate.attention_rank_experts : rc.emulate.expert_rank_experts;
+  if (!options.trace_path.empty())
+    run->tracer = std::make_unique<dist::Tracer>(
+        ro.rank, run->placement.IsAttention(ro.rank) ? "attention" : "expert");
+  run->backend = std::make_unique<dist::DistributedBackend>(
+      config, layout, run->placement, run->world.get(),
+      optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay}, em,
+      run->tracer.get());
+  if (ro.rank == 0) std::fprintf(stderr, "%s", run->placement.Describe().c_str());
+  return run;
+}
+
+void WriteTrace(const DistributedRun& run, const std::string& path) {
+  if (run.tracer) run.tracer->Write(TracePart(path, run.rank));
+}
+
+TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options) {
+  if (options.argv.empty()) throw Error("parallel.launch local: the command line is unknown");
+  const int world = WorldSizeOf(rc);
+  std::fprintf(stderr, "launching %d ranks locally (%d group(s) x %d attention + %d expert, %s)\n",
+               world, rc.parallel.groups, rc.parallel.attention_ranks, rc.parallel.expert_ranks,
+               rc.parallel.schedule.c_str());
+  const dist::LaunchResult launched = dist::LaunchLocal(world, options.argv);
+  if (!options.trace_path.empty()) {
+    std::vector<std::string> parts;
+    for (int r = 0; r < world; ++r) parts.push_back(TracePart(options.trace_path, r));
+    dist::Tracer::Merge(parts, options.trace_path);
+    for (const auto& part : parts) std::filesystem::remove(part);
+  }
+  if (!launched.ok) throw Error(launched.message);
+
+  // The ranks wrote the results; read back what the summary line needs.
+  TrainResult result;
+  result.final_dir = (std::filesystem::path(rc.output.dir) / "final").string();
+  std::ifstream in(std::filesystem::path(rc.output.dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) continue;
+    StepMetrics m;
+    m.step = j.value("step", int64_t{0});
+    m.loss = j.value("loss", 0.0);
+    m.tokens_per_second = j.value("tokens_per_second", 0.0);
+    result.steps.push_back(m);
+  }
+  if (!result.steps.empty()) {
+    result.last_step = result.steps.back().step;
+    result.first_step = result.steps.front().step - 1;
+  }
+  return result;
+}
+
+}  // namespace hetermoe::run

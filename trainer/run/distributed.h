@@ -1,0 +1,42 @@
+// Glue between the training loop and the distributed engine: joining a run
+// from the environment (one rank per process, as in a pod) and the local
+// launcher that starts every rank on this machine.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "trainer/backend/backend.h"
+#include "trainer/comm/communicator.h"
+#include "trainer/dist/placement.h"
+#include "trainer/dist/trace.h"
+#include "trainer/io/mixtral_config.h"
+#include "trainer/model/parameters.h"
+#include "trainer/run/run_config.h"
+#include "trainer/run/trainer.h"
+
+namespace hetermoe::run {
+
+struct DistributedRun {
+  int rank = 0;
+  int world_size = 1;
+  dist::Placement placement;
+  std::unique_ptr<comm::World> world;
+  std::unique_ptr<dist::Tracer> tracer;
+  std::unique_ptr<backend::Backend> backend;
+};
+
+// Reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (and HETERMOE_LISTEN_ADDR
+// or POD_IP for this rank's address), checks them against the run file's
+// parallel section, meets the other ranks and builds this rank's engine.
+std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io::MixtralConfig& config,
+                                                   const model::ParameterLayout& layout,
+                                                   const TrainOptions& options);
+
+// Writes this rank's part of the Chrome trace (<path>.rank-<r>.json).
+void WriteTrace(const DistributedRun& run, const std::string& path);
+
+// The launcher side of `parallel.launch: local`.
+TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options);
+
+}  // namespace hetermoe::run
