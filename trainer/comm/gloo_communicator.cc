@@ -104,14 +104,14 @@ class GlooCommunicator final : public Communicator {
       return std::make_unique<CompletedRequest>();
     }
     auto buf = ctx_->createUnboundBuffer(const_cast<void*>(data), bytes);
-    buf->send(peer, tag);
+    Guard([&] { buf->send(peer, tag); }, ("send to rank " + std::to_string(members_[peer])).c_str());
     return std::make_unique<GlooRequest>(std::move(buf), true, members_[peer], self_, timeout_);
   }
 
   std::unique_ptr<Request> Irecv(void* data, size_t bytes, int peer, uint32_t tag) override {
     if (peer == rank()) return std::make_unique<LocalRecv>(&mailbox_, data, bytes, tag, self_);
     auto buf = ctx_->createUnboundBuffer(data, bytes);
-    buf->recv(peer, tag);
+    Guard([&] { buf->recv(peer, tag); }, ("receive from rank " + std::to_string(members_[peer])).c_str());
     return std::make_unique<GlooRequest>(std::move(buf), false, members_[peer], self_, timeout_);
   }
 
@@ -141,7 +141,7 @@ class GlooCommunicator final : public Communicator {
   }
 
   template <typename Fn>
-  void Guard(Fn fn, const char* what) {
+  void Guard(Fn fn, const std::string& what) {
     try {
       fn();
     } catch (const gloo::Exception& e) {

@@ -60,9 +60,7 @@ Placement MakePlacement(Schedule schedule, int M, int N, int groups, int layers,
       for (int o : offloaded)
         if (o != 0) throw Error("parallel.asym_ea: not applicable to the ep schedule");
     p.offloaded.assign(layers, 0);
-    if (E < p.group_size)
-      throw Error("parallel: " + std::to_string(E) + " experts cannot be spread over " +
-                  std::to_string(p.group_size) + " ranks");
+    // With more ranks than experts, the last ranks hold none (attention only).
     for (int l = 0; l < layers; ++l) p.owners.push_back(Split(0, E, p.group_size));
     return p;
   }

@@ -110,6 +110,15 @@ void WriteTrace(const DistributedRun& run, const std::string& path) {
 TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options) {
   if (options.argv.empty()) throw Error("parallel.launch local: the command line is unknown");
   const int world = WorldSizeOf(rc);
+  {
+    // Refuse an impossible shape here, once, rather than in every rank.
+    const io::MixtralConfig config = io::LoadMixtralConfig(rc.model.config);
+    dist::MakePlacement(dist::ParseSchedule(rc.parallel.schedule), rc.parallel.attention_ranks,
+                        rc.parallel.expert_ranks, rc.parallel.groups,
+                        static_cast<int>(config.num_hidden_layers), config.num_local_experts,
+                        static_cast<int>(rc.train.micro_batches),
+                        rc.parallel.asym_ea == "list" ? rc.parallel.asym_ea_layers : std::vector<int>{});
+  }
   std::fprintf(stderr, "launching %d ranks locally (%d group(s) x %d attention + %d expert, %s)\n",
                world, rc.parallel.groups, rc.parallel.attention_ranks, rc.parallel.expert_ranks,
                rc.parallel.schedule.c_str());

@@ -1,0 +1,116 @@
+#!/usr/bin/python3
+"""The distributed engine against the single-process trainer.
+
+For every rank shape (1+1, 2+2, 1+3, 2+4 ranks, and 2 groups of 1+1), every
+schedule (zebra, sequential, ep) and Asym-EA on and off, 5 training steps of
+the golden tiny model through the local launcher must give the losses
+(relative 1e-5) and final weights (|diff| <= 1e-6 + 1e-5 |x|) of one
+process on the same run file. The single-process trainer is itself checked
+against PyTorch (tests/reference), so this chains the distributed run to the
+independent truth.
+
+    check_distributed.py --trainer PATH --fixture GOLDEN_DIR --work DIR [--only zebra]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+from mixtral_torch import read_safetensors  # noqa: E402
+
+# 24 sequences in 12 micro-batches: divisible by every attention-rank count
+# below (1, 2, 4 and 6 under ep).
+BASE = """model: {{config: {fx}/config.json, init: {fx}/model.safetensors}}
+data: {{train: {fx}/tokens.bin}}
+train: {{steps: 5, global_batch: 24, micro_batches: 12, seq_len: 16, lr: 1.0e-2,
+        schedule: cosine, warmup_steps: 2, min_lr: 1.0e-3, eps: 1.0e-5, grad_clip: 0.5,
+        threads: 1}}
+output: {{dir: {out}}}
+"""
+
+# (attention, expert, groups, per-layer Asym-EA offload valid for the 4-expert model)
+SHAPES = [(1, 1, 1, [1, 2]), (2, 2, 1, [2, 0]), (1, 3, 1, [1, 0]), (2, 4, 1, None), (1, 1, 2, [1, 1])]
+
+
+def run(trainer, run_file, out, extra=()):
+    cmd = [trainer, "--config", run_file, "--no-progress", "--set", f"output.dir={out}", *extra]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr}")
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f]
+    weights, _ = read_safetensors(os.path.join(out, "final", "model.safetensors"))
+    return metrics, weights, time.time() - t0
+
+
+def compare(name, ref, got):
+    (ref_m, ref_w, _), (got_m, got_w, _) = ref, got
+    problems = []
+    if len(ref_m) != len(got_m):
+        problems.append(f"{len(got_m)} steps, expected {len(ref_m)}")
+    for a, b in zip(ref_m, got_m):
+        for key in ("loss", "ce_loss", "aux_loss", "grad_norm"):
+            if abs(a[key] - b[key]) > 1e-5 * abs(a[key]):
+                problems.append(f"step {a['step']} {key}: {b[key]} vs {a[key]}")
+        if a["expert_tokens"] != b["expert_tokens"]:
+            problems.append(f"step {a['step']} expert_tokens differ")
+    worst, worst_name = 0.0, ""
+    for tensor, want in ref_w.items():
+        diff = ((got_w[tensor] - want).abs() - 1e-5 * want.abs()).max().item()
+        if diff > worst:
+            worst, worst_name = diff, tensor
+    if worst > 1e-6:
+        problems.append(f"final weights: {worst_name} off by {worst:.3g}")
+    return problems
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trainer", required=True)
+    ap.add_argument("--fixture", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--only", choices=["zebra", "sequential", "ep"], help="one schedule")
+    args = ap.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    run_file = os.path.join(args.work, "run.yaml")
+    with open(run_file, "w") as f:
+        f.write(BASE.format(fx=os.path.abspath(args.fixture), out="single"))
+
+    ref = run(args.trainer, run_file, os.path.join(args.work, "single"))
+    print(f"single process: losses {[round(m['loss'], 5) for m in ref[0]]} ({ref[2]:.1f} s)")
+    schedules = [args.only] if args.only else ["zebra", "sequential", "ep"]
+    failures = 0
+    for schedule in schedules:
+        for m, n, g, offload in SHAPES:
+            variants = [None] + ([offload] if offload and schedule != "ep" else [])
+            for asym in variants:
+                name = f"{schedule} {g}x({m}+{n})" + (f" asym_ea={asym}" if asym else "")
+                parallel = (f"parallel={{attention_ranks: {m}, expert_ranks: {n}, groups: {g}, "
+                            f"schedule: {schedule}, timeout_seconds: 30"
+                            + (f", asym_ea: {asym}" if asym else "") + "}")
+                out = os.path.join(args.work, name.replace(" ", "_").replace("=", "").replace(",", ""))
+                try:
+                    got = run(args.trainer, run_file, out, ["--set", parallel])
+                    problems = compare(name, ref, got)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    problems, got = [str(e)], (None, None, 0.0)
+                status = "ok" if not problems else "MISMATCH"
+                print(f"{name:40s} {status} ({got[2]:.1f} s)")
+                for p in problems[:5]:
+                    print(f"    {p}")
+                failures += bool(problems)
+                shutil.rmtree(out, ignore_errors=True)
+    if failures:
+        print(f"FAIL: {failures} configuration(s) differ from the single-process run")
+        sys.exit(1)
+    print("PASS: every configuration matches the single-process run")
+
+
+if __name__ == "__main__":
+    main()

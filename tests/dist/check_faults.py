@@ -1,0 +1,168 @@
+#!/usr/bin/python3
+"""Faults in a distributed run end with a clear error, never a hang.
+
+- A rank killed mid-step: the launcher exits non-zero within the collective
+  timeout, naming the rank, and leaves no rank process behind.
+- WORLD_SIZE that disagrees with the run file's parallel section: immediate,
+  named error.
+- A rank that never arrives, and an unreachable MASTER_ADDR: a clear error
+  once the rendezvous timeout passes.
+
+    check_faults.py --trainer PATH --fixture GOLDEN_DIR --work DIR
+"""
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+TIMEOUT = 4  # parallel.timeout_seconds for these runs
+
+RUN = """model: {{config: {fx}/config.json, init: {fx}/model.safetensors}}
+data: {{train: {fx}/tokens.bin}}
+train: {{steps: 100000, global_batch: 8, micro_batches: 4, seq_len: 16, threads: 1}}
+parallel: {{attention_ranks: 1, expert_ranks: 2, schedule: zebra, timeout_seconds: {timeout}}}
+emulate: {{expert_rank: {{attention: 1.0, experts: 2.0}}}}
+output: {{dir: {out}}}
+"""
+
+
+def fail(msg):
+    print(f"FAIL: {msg}")
+    sys.exit(1)
+
+
+def children_of(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def rank_of(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for var in f.read().split(b"\0"):
+                if var.startswith(b"RANK="):
+                    return int(var[5:])
+    except OSError:
+        pass
+    return None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def killed_rank(trainer, run_file, work):
+    out = os.path.join(work, "kill")
+    p = subprocess.Popen([trainer, "--config", run_file, "--no-progress", "--set", f"output.dir={out}"],
+                         stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        time.sleep(0.1)
+    ranks = {rank_of(c): c for c in children_of(p.pid)}
+    if 2 not in ranks:
+        p.kill()
+        fail(f"could not find rank 2 among the launcher's children {ranks}")
+    time.sleep(0.05)  # land inside a step
+    t0 = time.time()
+    os.kill(ranks[2], signal.SIGKILL)
+    try:
+        _, err = p.communicate(timeout=TIMEOUT + 15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        fail("the run hung after a rank was killed")
+    took = time.time() - t0
+    if p.returncode == 0:
+        fail("the run succeeded although rank 2 was killed")
+    if "rank 2" not in err:
+        fail(f"the error does not name rank 2:\n{err}")
+    left = [c for c in ranks.values() if os.path.exists(f"/proc/{c}") and
+            open(f"/proc/{c}/stat").read().split()[2] != "Z"]
+    if left:
+        fail(f"rank processes left behind: {left}")
+    print(f"killed rank 2: exit {p.returncode} after {took:.1f} s: {err.strip().splitlines()[-1]}")
+
+
+def killed_rank_without_launcher(trainer, run_file, work):
+    """As in a cluster: one process per rank, no launcher to stop the rest."""
+    port = free_port()
+    procs = []
+    for rank in range(3):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="3", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(
+            [trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env",
+             "--set", f"output.dir={os.path.join(work, 'env-kill')}"],
+            env=env, stderr=subprocess.PIPE, text=True))
+    metrics = os.path.join(work, "env-kill", "metrics.jsonl")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        time.sleep(0.1)
+    time.sleep(0.05)
+    procs[2].kill()
+    t0 = time.time()
+    for rank in (0, 1):
+        try:
+            _, err = procs[rank].communicate(timeout=TIMEOUT + 15)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            fail(f"rank {rank} hung after rank 2 was killed")
+        if procs[rank].returncode == 0:
+            fail(f"rank {rank} succeeded although rank 2 was killed")
+        if "rank" not in err:
+            fail(f"rank {rank}'s error names no rank:\n{err}")
+        print(f"without a launcher, rank {rank}: exit {procs[rank].returncode} after "
+              f"{time.time() - t0:.1f} s: {err.strip().splitlines()[-1]}")
+    procs[2].wait()
+
+
+def env_rank(trainer, run_file, work, rank, world, port, expect, within):
+    env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port))
+    t0 = time.time()
+    p = subprocess.run([trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env",
+                        "--set", f"output.dir={os.path.join(work, 'env')}"],
+                       env=env, capture_output=True, text=True, timeout=TIMEOUT + 30)
+    took = time.time() - t0
+    if p.returncode == 0 or expect not in p.stderr:
+        fail(f"RANK={rank} WORLD_SIZE={world}: expected an error with {expect!r}, got "
+             f"{p.returncode}: {p.stderr}")
+    if took > within:
+        fail(f"RANK={rank} WORLD_SIZE={world}: took {took:.1f} s, more than {within} s")
+    print(f"RANK={rank} WORLD_SIZE={world}: exit {p.returncode} after {took:.1f} s: "
+          f"{p.stderr.strip().splitlines()[-1]}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trainer", required=True)
+    ap.add_argument("--fixture", required=True)
+    ap.add_argument("--work", required=True)
+    args = ap.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    run_file = os.path.join(args.work, "run.yaml")
+    with open(run_file, "w") as f:
+        f.write(RUN.format(fx=os.path.abspath(args.fixture), out="out", timeout=TIMEOUT))
+
+    killed_rank(args.trainer, run_file, args.work)
+    killed_rank_without_launcher(args.trainer, run_file, args.work)
+    # 1 + 2 ranks need WORLD_SIZE 3.
+    env_rank(args.trainer, run_file, args.work, 0, 4, free_port(), "WORLD_SIZE=4", within=2)
+    # Rank 0 alone: the others never come.
+    env_rank(args.trainer, run_file, args.work, 0, 3, free_port(), "timed out", within=TIMEOUT + 5)
+    # Rank 1 with nobody serving at MASTER_ADDR:MASTER_PORT.
+    env_rank(args.trainer, run_file, args.work, 1, 3, free_port(), "cannot reach rank 0",
+             within=TIMEOUT + 5)
+    print("PASS: every fault ended in a clear error within the timeout")
+
+
+if __name__ == "__main__":
+    main()
