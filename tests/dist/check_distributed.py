@@ -69,6 +69,23 @@ def compare(name, ref, got):
     return problems
 
 
+def check_trace(trainer, run_file, work):
+    """--trace writes one Chrome trace with every rank's tasks and waits."""
+    trace = os.path.join(work, "trace.json")
+    run(trainer, run_file, os.path.join(work, "traced"),
+        ["--trace", trace, "--set", "parallel={attention_ranks: 1, expert_ranks: 2}"])
+    with open(trace) as f:
+        events = json.load(f)["traceEvents"]
+    names = {(e["pid"], e["name"][:3]) for e in events if e.get("ph") == "X"}
+    want = {(0, "A^F"), (0, "H(1"), (0, "A^B"), (1, "E^F"), (1, "E^B"), (2, "E^F"), (2, "E^B")}
+    missing = want - names
+    leftovers = [p for p in os.listdir(work) if p.startswith("trace.json.rank-")]
+    ok = not missing and not leftovers
+    print(f"{'trace':40s} {'ok' if ok else 'MISMATCH'}"
+          + (f" missing {sorted(missing)}" if missing else "") + (f" leftovers {leftovers}" if leftovers else ""))
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trainer", required=True)
@@ -106,6 +123,8 @@ def main():
                     print(f"    {p}")
                 failures += bool(problems)
                 shutil.rmtree(out, ignore_errors=True)
+    if "zebra" in schedules:
+        failures += not check_trace(args.trainer, run_file, args.work)
     if failures:
         print(f"FAIL: {failures} configuration(s) differ from the single-process run")
         sys.exit(1)

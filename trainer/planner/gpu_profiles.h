@@ -40,7 +40,7 @@ struct GpuProfile {
   double peak_bf16_tflops = 0;       // dense tensor-core peak, bf16 inputs; 0 = no bf16
   double memory_gib = 0;             // device memory
   double memory_bandwidth_gbs = 0;   // GB/s (1e9 bytes/s)
-  std::string attention_kernel;      // kernel family: "flash-attention-2", "memory-efficient"
+  std::string attention_kernel;      // kernel family: "flash-attention-2" or "-3", "memory-efficient"
   EfficiencyCurve attention_efficiency;  // core attention softmax(QK^T)V, fwd+bwd
   double gemm_efficiency = 0;        // expert FFN and projection GEMMs, fwd+bwd
   double intra_node_gbs = 0;         // per GPU, one direction, to a peer or the NIC

@@ -256,42 +256,105 @@ void ApplyBudget(std::vector<GroupEvaluation>& classes, int budget) {
                 classes.end());
 }
 
-// Splits the global batch between classes in proportion to their speed and
-// re-simulates each with its share; the plan's step is the slowest class's.
+// Splits the global batch between classes so that the slowest class's step
+// is as short as possible: binary search on the step time T, where a class
+// can take (groups x M x S) sequences for the largest S whose simulated step
+// fits in T. Whole groups the batch does not need are then released,
+// slowest class first. Every attention rank keeps at least one sequence.
 void SplitBatch(const PlanningContext& ctx, const PlanRequest& request, std::vector<GroupEvaluation>& classes) {
-  double total_rate = 0;
-  std::vector<double> rate;
-  for (const GroupEvaluation& c : classes) {
-    rate.push_back(c.shape.groups * c.shape.attention_ranks * c.shape.sequences_per_attention_rank / c.step_seconds);
-    total_rate += rate.back();
-  }
-  for (size_t i = 0; i < classes.size(); ++i) {
-    GroupShape& s = classes[i].shape;
-    const double share = request.global_batch * rate[i] / total_rate;
-    // Every attention rank needs at least one sequence.
-    s.groups = std::min(s.groups, std::max(1, static_cast<int>(std::floor(share / s.attention_ranks))));
-    s.sequences_per_attention_rank =
-        std::max(1, CeilDiv(static_cast<int64_t>(std::ceil(share - 1e-9)), static_cast<int64_t>(s.groups) * s.attention_ranks));
-  }
-  // Rounding up may over-provision: take sequences back from the slowest
-  // class while the rest still cover the batch.
+  const int64_t G = request.global_batch;
   const DataParallelWorld world = WorldOf(classes);
-  for (GroupEvaluation& c : classes) {
-    c = EvaluateGroup(ctx, c.shape, world, Schedule::kZebra, request.asym_ea, request.max_micro_batches);
-  }
-  for (int round = 0; round < 64 && classes.size() > 1; ++round) {
-    int64_t capacity = 0;
-    for (const GroupEvaluation& c : classes) {
-      capacity += static_cast<int64_t>(c.shape.groups) * c.shape.attention_ranks * c.shape.sequences_per_attention_rank;
+  constexpr double kNever = std::numeric_limits<double>::infinity();
+
+  std::vector<std::map<int, GroupEvaluation>> memo(classes.size());
+  std::vector<std::map<int, bool>> fits(classes.size());
+  std::string problem;
+  auto step = [&](size_t c, int s) -> double {
+    if (const auto it = fits[c].find(s); it != fits[c].end()) {
+      return it->second ? memo[c].at(s).step_seconds : kNever;
     }
-    auto slowest = std::max_element(classes.begin(), classes.end(), [](const auto& x, const auto& y) {
-      return x.step_seconds < y.step_seconds;
-    });
-    const int64_t per_sequence = static_cast<int64_t>(slowest->shape.groups) * slowest->shape.attention_ranks;
-    if (slowest->shape.sequences_per_attention_rank <= 1 || capacity - per_sequence < request.global_batch) break;
-    GroupShape fewer = slowest->shape;
-    --fewer.sequences_per_attention_rank;
-    *slowest = EvaluateGroup(ctx, fewer, world, Schedule::kZebra, request.asym_ea, request.max_micro_batches);
+    GroupShape shape = classes[c].shape;
+    shape.sequences_per_attention_rank = s;
+    shape.offloaded.clear();
+    try {
+      memo[c].emplace(s, EvaluateGroup(ctx, shape, world, Schedule::kZebra, request.asym_ea,
+                                        request.max_micro_batches));
+      fits[c][s] = true;
+      return memo[c].at(s).step_seconds;
+    } catch (const Error& e) {
+      if (problem.empty()) problem = e.what();
+      fits[c][s] = false;
+      return kNever;
+    }
+  };
+  auto rows = [&](size_t c) { return static_cast<int64_t>(classes[c].shape.groups) * classes[c].shape.attention_ranks; };
+  // Sequences per attention rank at which class c alone would cover the batch.
+  auto alone = [&](size_t c) { return std::max(1, CeilDiv(G, rows(c))); };
+  // Most sequences per attention rank class c can take within `t` (0: none).
+  auto most_within = [&](size_t c, double t) {
+    if (step(c, 1) > t) return 0;
+    int lo = 1, hi = alone(c);
+    if (step(c, hi) <= t) return hi;
+    while (hi - lo > 1) {
+      const int mid = lo + (hi - lo) / 2;
+      (step(c, mid) <= t ? lo : hi) = mid;
+    }
+    return lo;
+  };
+  auto covered = [&](double t) {
+    int64_t total = 0;
+    for (size_t c = 0; c < classes.size(); ++c) total += rows(c) * most_within(c, t);
+    return total >= G;
+  };
+
+  double hi = kNever;
+  for (size_t c = 0; c < classes.size(); ++c) hi = std::min(hi, step(c, alone(c)));
+  if (!std::isfinite(hi)) {
+    // No class can take the whole batch alone (memory): grow T until together they can.
+    hi = kNever;
+    for (size_t c = 0; c < classes.size(); ++c) hi = std::min(hi, step(c, 1));
+    if (!std::isfinite(hi)) throw Error(problem);
+    for (int i = 0; i < 64 && !covered(hi); ++i) hi *= 2;
+    if (!covered(hi)) throw Error(problem + " (fewer tokens per step fit: lower --global-batch or --seq-len, or add GPUs)");
+  }
+  double lo = 0;
+  for (int i = 0; i < 60 && hi - lo > 1e-6 * hi; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (covered(mid) ? hi : lo) = mid;
+  }
+
+  std::vector<int> sequences(classes.size());
+  int64_t total = 0;
+  for (size_t c = 0; c < classes.size(); ++c) {
+    sequences[c] = most_within(c, hi);
+    total += rows(c) * sequences[c];
+  }
+  std::vector<size_t> slowest_first(classes.size());
+  std::iota(slowest_first.begin(), slowest_first.end(), 0);
+  std::sort(slowest_first.begin(), slowest_first.end(), [&](size_t x, size_t y) {
+    return (sequences[x] ? step(x, sequences[x]) : kNever) > (sequences[y] ? step(y, sequences[y]) : kNever);
+  });
+  for (size_t c : slowest_first) {
+    GroupShape& shape = classes[c].shape;
+    if (sequences[c] == 0) {
+      shape.groups = 0;
+      continue;
+    }
+    const int64_t per_group = static_cast<int64_t>(shape.attention_ranks) * sequences[c];
+    while (shape.groups > 0 && total - per_group >= G) {
+      --shape.groups;
+      total -= per_group;
+    }
+    shape.sequences_per_attention_rank = sequences[c];
+  }
+  classes.erase(std::remove_if(classes.begin(), classes.end(), [](const GroupEvaluation& c) { return c.shape.groups == 0; }),
+                classes.end());
+  // Released groups shrink the data-parallel world: evaluate once more.
+  const DataParallelWorld final_world = WorldOf(classes);
+  for (GroupEvaluation& c : classes) {
+    GroupShape shape = c.shape;
+    shape.offloaded.clear();
+    c = EvaluateGroup(ctx, shape, final_world, Schedule::kZebra, request.asym_ea, request.max_micro_batches);
   }
 }
 

@@ -10,6 +10,8 @@
 
 #include "trainer/dist/engine.h"
 #include "trainer/dist/launcher.h"
+#include "trainer/dist/profiler.h"
+#include "trainer/planner/asym_ea.h"
 #include "trainer/util/error.h"
 
 namespace hetermoe::run {
@@ -51,6 +53,63 @@ std::string TracePart(const std::string& path, int rank) {
   return path + ".rank-" + std::to_string(rank) + ".json";
 }
 
+// Asym-EA `auto`: every rank profiles its side, the world agrees on the
+// slowest measurement of each kind, and everyone runs Algorithm 1 on the same
+// numbers, so all ranks derive the same placement.
+std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config,
+                            const model::ParameterLayout& layout, comm::World& world,
+                            const dist::Emulation& em, bool attention_kind) {
+  const auto& p = rc.parallel;
+  if (p.schedule == "ep") return {};
+  const int64_t per = rc.train.global_batch / rc.train.micro_batches;
+  const int64_t held = config.num_local_experts / p.expert_ranks;
+  dist::LayerTimes t =
+      attention_kind ? dist::ProfileAttentionRank(config, layout, per, rc.train.seq_len,
+                                                  p.attention_ranks, em.attention, em.experts)
+                     : dist::ProfileExpertRank(config, layout, per, rc.train.seq_len,
+                                               p.attention_ranks, held, em.experts);
+  std::vector<int> everyone(world.size());
+  for (int r = 0; r < world.size(); ++r) everyone[r] = r;
+  auto all = world.Group("profile", everyone);
+  std::vector<double> times = {t.attention_seconds, t.expert_rank_seconds, t.offloaded_expert_seconds};
+  // Max over ranks: a sum would also do (one side measures each), max is robust to repeats.
+  std::vector<double> maxed(3, 0.0);
+  for (int i = 0; i < 3; ++i) {
+    std::vector<double> v(world.size(), 0.0);
+    v[world.rank()] = times[i];
+    all->AllReduceSum(v.data(), v.size());
+    maxed[i] = *std::max_element(v.begin(), v.end());
+  }
+  planner::AsymEaInputs in;
+  in.layers = static_cast<int>(config.num_hidden_layers);
+  in.experts_per_layer = static_cast<int>(config.num_local_experts);
+  in.attention_ranks = p.attention_ranks;
+  in.expert_ranks = p.expert_ranks;
+  in.attention_seconds = maxed[0];
+  in.expert_rank_seconds = maxed[1];
+  in.offloaded_expert_seconds = maxed[2];
+  if (!planner::AsymEaShapeOk(p.attention_ranks, p.expert_ranks)) {
+    if (world.rank() == 0)
+      std::fprintf(stderr, "asym_ea auto: %d attention and %d expert ranks: neither divides the other; no experts moved\n",
+                   p.attention_ranks, p.expert_ranks);
+    return {};
+  }
+  planner::AsymEaResult r = planner::AssignAsymmetricExperts(in);
+  // Keep at least one expert per expert rank in every layer.
+  for (int& o : r.offloaded) {
+    const int chunk = std::max(1, r.chunk);
+    while (o > 0 && config.num_local_experts - o < p.expert_ranks) o -= chunk;
+    o = std::max(o, 0);
+  }
+  if (world.rank() == 0) {
+    std::string list;
+    for (int o : r.offloaded) list += (list.empty() ? "" : ", ") + std::to_string(o);
+    std::fprintf(stderr, "asym_ea auto: T_A %.2f ms, T_EE %.2f ms, T_EA %.2f ms -> experts moved per layer [%s]\n",
+                 maxed[0] * 1e3, maxed[1] * 1e3, maxed[2] * 1e3, list.c_str());
+  }
+  return r.offloaded;
+}
+
 }  // namespace
 
 std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io::MixtralConfig& config,
@@ -74,24 +133,21 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   run->rank = ro.rank;
   run->world_size = ro.world_size;
 
+  run->world = std::make_unique<comm::World>(ro);
+  const bool attention_kind = (ro.rank % (p.attention_ranks + p.expert_ranks)) < p.attention_ranks;
+  dist::Emulation em;
+  em.attention = attention_kind ? rc.emulate.attention_rank_attention : rc.emulate.expert_rank_attention;
+  em.experts = attention_kind ? rc.emulate.attention_rank_experts : rc.emulate.expert_rank_experts;
+
   std::vector<int> offloaded;
   if (p.asym_ea == "list") offloaded = p.asym_ea_layers;
-  if (p.asym_ea == "auto")
-    std::fprintf(stderr, "rank %d: parallel.asym_ea auto: profiling is not available yet; no experts moved\n",
-                 ro.rank);
+  if (p.asym_ea == "auto") offloaded = AutoAsymEa(rc, config, layout, *run->world, em, attention_kind);
   run->placement = dist::MakePlacement(dist::ParseSchedule(p.schedule), p.attention_ranks,
                                        p.expert_ranks, p.groups,
                                        static_cast<int>(config.num_hidden_layers),
                                        config.num_local_experts,
                                        static_cast<int>(rc.train.micro_batches), offloaded);
-  run->world = std::make_unique<comm::World>(ro);
 
-  // The GPU kind is physical: local indices < M are the newer (attention-kind)
-  // GPUs whatever the schedule, so ep runs are emulated on the same hardware.
-  const bool attention_kind = run->placement.LocalOf(ro.rank) < p.attention_ranks;
-  dist::Emulation em;
-  em.attention = attention_kind ? rc.emulate.attention_rank_attention : rc.emulate.expert_rank_attention;
-  em.experts = attention_kind ? rc.emulate.attention_rank_experts : rc.emulate.expert_rank_experts;
   if (!options.trace_path.empty())
     run->tracer = std::make_unique<dist::Tracer>(
         ro.rank, run->placement.IsAttention(ro.rank) ? "attention" : "expert");

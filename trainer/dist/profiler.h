@@ -1,0 +1,32 @@
+// Start-up profiling for Asym-EA `auto`: the per-micro-batch times Algorithm 1
+// needs, measured on this machine (with the heterogeneity emulation applied),
+// on random tokens of the run's shape.
+//   T_A  attention + router of one micro-batch on an attention rank
+//   T_EE all of an expert rank's experts of a layer, on the rows one
+//        micro-batch slot brings (from all M attention ranks)
+//   T_EA one expert on an attention rank, on the same rows per expert
+#pragma once
+
+#include <cstdint>
+
+#include "trainer/io/mixtral_config.h"
+#include "trainer/model/parameters.h"
+
+namespace hetermoe::dist {
+
+struct LayerTimes {
+  double attention_seconds = 0;          // T_A
+  double expert_rank_seconds = 0;        // T_EE
+  double offloaded_expert_seconds = 0;   // T_EA
+};
+
+// Attention-rank side: T_A and T_EA (times `attention_factor` / `experts_factor`).
+LayerTimes ProfileAttentionRank(const io::MixtralConfig& config, const model::ParameterLayout& layout,
+                                int64_t micro_batch, int64_t seq_len, int attention_ranks,
+                                double attention_factor, double experts_factor);
+// Expert-rank side: T_EE for `experts_held` experts.
+LayerTimes ProfileExpertRank(const io::MixtralConfig& config, const model::ParameterLayout& layout,
+                             int64_t micro_batch, int64_t seq_len, int attention_ranks,
+                             int64_t experts_held, double experts_factor);
+
+}  // namespace hetermoe::dist
