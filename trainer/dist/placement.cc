@@ -1,5 +1,6 @@
 #include "trainer/dist/placement.h"
 
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "trainer/util/error.h"
@@ -85,6 +86,36 @@ Placement MakePlacement(Schedule schedule, int M, int N, int groups, int layers,
     p.owners.push_back(std::move(owners));
   }
   return p;
+}
+
+std::string Placement::ToJson() const {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (int r = 0; r < world_size(); ++r) {
+    nlohmann::json experts = nlohmann::json::array();
+    for (int l = 0; l < layers; ++l) {
+      const ExpertRange& e = owners[l][LocalOf(r)];
+      nlohmann::json ids = nlohmann::json::array();
+      for (int64_t x = e.first; x < e.first + e.count; ++x) ids.push_back(x);
+      experts.push_back(ids);
+    }
+    nlohmann::json micro = nlohmann::json::array();
+    if (IsAttention(r))
+      for (int j = 0; j < micro_per_rank; ++j) micro.push_back(MicroBatchOf(r, j));
+    ranks.push_back({{"rank", r},
+                     {"group", GroupOf(r)},
+                     {"role", IsAttention(r) ? "attention" : "expert"},
+                     {"micro_batches", micro},
+                     {"experts", experts}});
+  }
+  return nlohmann::json{{"format", "hetermoe-placement/1"},
+                        {"schedule", ScheduleName(schedule)},
+                        {"groups", groups},
+                        {"ranks_per_group", group_size},
+                        {"attention_per_group", attention_per_group},
+                        {"micro_batches", micro_batches},
+                        {"asym_ea", offloaded},
+                        {"ranks", ranks}}
+      .dump(2);
 }
 
 std::string Placement::Describe() const {

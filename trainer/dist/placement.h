@@ -59,7 +59,8 @@ struct Placement {
   }
   // Global micro-batch index of an attention rank's local micro-batch j.
   int MicroBatchOf(int rank, int j) const { return AttentionIndex(rank) * micro_per_rank + j; }
-  std::string Describe() const;  // one line per layer, for logs and plan.json
+  std::string Describe() const;  // one line per layer, for logs
+  std::string ToJson() const;    // every rank's role and experts (plan.json)
 };
 
 // Throws hetermoe::Error when the shape cannot work (R not divisible by the

@@ -16,11 +16,14 @@
 //     assumes Asym-EA's balancing; the best few are simulated (zebra) for
 //     every R and with and without Asym-EA; shapes that do not fit in
 //     memory are dropped (n_min / n_max).
-//  4. Batch. The global batch is split between classes in proportion to
-//     their speed, whole sequences per attention rank.
-//  5. A GPU budget, if given, keeps the groups with the best throughput per
-//     GPU. The plan with the highest tokens/s wins; baselines are predicted
-//     on the GPUs the plan uses.
+//  4. Budget. A GPU budget, if given, keeps the groups with the best
+//     throughput per GPU.
+//  5. Batch. The global batch is split between classes to minimize the
+//     slowest class's simulated step (binary search on the step time), whole
+//     sequences per attention rank; groups the batch does not need are
+//     released (reported as unused GPUs).
+// The role split with the highest tokens/s wins; baselines are predicted on
+// the GPUs the plan uses.
 // Throws hetermoe::Error with a one-line reason when no plan exists (the
 // model does not fit, too few GPUs, impossible budget, bad numbers).
 #pragma once

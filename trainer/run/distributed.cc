@@ -155,7 +155,12 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
       config, layout, run->placement, run->world.get(),
       optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay}, em,
       run->tracer.get());
-  if (ro.rank == 0) std::fprintf(stderr, "%s", run->placement.Describe().c_str());
+  if (ro.rank == 0) {
+    std::fprintf(stderr, "%s", run->placement.Describe().c_str());
+    std::error_code ec;
+    std::filesystem::create_directories(rc.output.dir, ec);
+    std::ofstream(std::filesystem::path(rc.output.dir) / "plan.json") << run->placement.ToJson() << "\n";
+  }
   return run;
 }
 
