@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__)
 #define HM_HD __host__ __device__ __forceinline__
@@ -25,6 +26,45 @@ HM_HD float Silu(float x) { return x * Sigmoid(x); }
 HM_HD float SiluGrad(float x) {
   const float s = Sigmoid(x);
   return s * (1.0f + x * (1.0f - s));
+}
+
+// SwiGLU expert activation: act = silu(g1) * g3, with g1 = x W1^T (gate
+// branch) and g3 = x W3^T (up branch).
+HM_HD float SwiGlu(float g1, float g3) { return Silu(g1) * g3; }
+
+// Backward of SwiGlu for the incoming gradient dact.
+HM_HD void SwiGluBackward(float g1, float g3, float dact, float& dg1, float& dg3) {
+  dg1 = dact * g3 * SiluGrad(g1);
+  dg3 = dact * Silu(g1);
+}
+
+// RMSNorm: the reciprocal RMS of a row of width d from its sum of squares.
+HM_HD float RmsNormRstd(float sum_sq, int64_t d, float eps) {
+  return 1.0f / sqrtf(sum_sq / static_cast<float>(d) + eps);
+}
+
+// RMSNorm backward, with r = rstd and dot = sum_j w_j dy_j x_j over the row:
+//   dx_j = r w_j dy_j - shift x_j,   shift = r^3 dot / d.
+HM_HD float RmsNormBackwardShift(float rstd, float dot, int64_t d) {
+  return rstd * rstd * rstd * dot / static_cast<float>(d);
+}
+HM_HD float RmsNormInputGrad(float rstd, float w, float dy, float x, float shift) {
+  return rstd * w * dy - shift * x;
+}
+
+// Cross-entropy gradient of one logit of a row with maximum `row_max` and
+// 1 / sum(exp(logit - row_max)) = inv_sum: (softmax - onehot) * scale.
+HM_HD float CrossEntropyGrad(float logit, float row_max, float inv_sum, bool is_target,
+                             float scale) {
+  const float g = expf(logit - row_max) * inv_sum * scale;
+  return is_target ? g - scale : g;
+}
+
+// Attention softmax backward for one (query, key) pair: with p the
+// probability, dp = dout . v_key and D = dout . out of the query row (the
+// softmax-backward shift), the gradient of the pre-scale score q . k.
+HM_HD float AttentionScoreGrad(float p, float dp, float D, float scale) {
+  return p * (dp - D) * scale;
 }
 
 // RoPE inverse frequency of pair i for head dim hd, computed in fp32 as
@@ -56,6 +96,30 @@ HM_HD void AdamWUpdate(float& param, float grad, float& exp_avg, float& exp_avg_
   exp_avg_sq = s.beta2 * exp_avg_sq + (1.0f - s.beta2) * grad * grad;
   const float denom = sqrtf(exp_avg_sq) / s.bias_correction2_sqrt + s.eps;
   param -= (s.lr / s.bias_correction1) * (exp_avg / denom);
+}
+
+// The per-step constants of AdamW, with torch's bias corrections computed in
+// double (Python floats) for optimizer step `step` (1-based). Host only.
+inline AdamWStep MakeAdamWStep(double lr, double beta1, double beta2, double eps,
+                               double weight_decay, int64_t step) {
+  AdamWStep s;
+  s.lr = static_cast<float>(lr);
+  s.beta1 = static_cast<float>(beta1);
+  s.beta2 = static_cast<float>(beta2);
+  s.eps = static_cast<float>(eps);
+  s.weight_decay = static_cast<float>(weight_decay);
+  s.bias_correction1 = static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(step)));
+  s.bias_correction2_sqrt =
+      static_cast<float>(std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step))));
+  return s;
+}
+
+// Gradient clipping as torch.nn.utils.clip_grad_norm_: the factor the
+// gradients are multiplied by (1 when max_norm is 0 = off, or already within).
+inline double ClipCoefficient(double norm, double max_norm) {
+  if (max_norm <= 0.0) return 1.0;
+  const double coef = max_norm / (norm + 1e-6);
+  return coef < 1.0 ? coef : 1.0;
 }
 
 }  // namespace hetermoe::math

@@ -1,0 +1,61 @@
+#include "kernels/common.cuh"
+#include "kernels/router.cuh"
+#include "kernels/shared/router_row.h"
+
+namespace hetermoe::kernels {
+
+__global__ void RouterForwardKernel(const float* logits, int64_t N, int64_t E, int64_t k,
+                                    float* probs, int32_t* topk_expert, float* topk_weight,
+                                    float* topk_sum) {
+  const int64_t n = GlobalThreadIndex();
+  if (n >= N) return;
+  math::RouterForwardRow(E, k, logits + n * E, probs + n * E, topk_expert + n * k,
+                         topk_weight + n * k, topk_sum + n);
+}
+
+__global__ void RouterBackwardKernel(const float* probs, const int32_t* topk_expert,
+                                     const float* topk_weight, const float* topk_sum,
+                                     const float* dweight, const float* aux_dprob, int64_t N,
+                                     int64_t E, int64_t k, float* dlogits) {
+  const int64_t n = GlobalThreadIndex();
+  if (n >= N) return;
+  math::RouterBackwardRow(E, k, probs + n * E, topk_expert + n * k, topk_weight + n * k,
+                          topk_sum[n], dweight + n * k, aux_dprob, dlogits + n * E);
+}
+
+__global__ void RouterProbSumsKernel(const float* probs, int64_t N, int64_t E, double* prob_sums) {
+  const int64_t e = GlobalThreadIndex();
+  if (e >= E) return;
+  double sum = 0.0;
+  for (int64_t n = 0; n < N; ++n) sum += probs[n * E + e];
+  prob_sums[e] = sum;
+}
+
+cudaError_t LaunchRouterForward(const float* logits, int64_t N, int64_t E, int64_t k, float* probs,
+                                int32_t* topk_expert, float* topk_weight, float* topk_sum,
+                                cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  if (k < 1 || k > E) return cudaErrorInvalidValue;
+  RouterForwardKernel<<<BlocksFor(N, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+      logits, N, E, k, probs, topk_expert, topk_weight, topk_sum);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRouterBackward(const float* probs, const int32_t* topk_expert,
+                                 const float* topk_weight, const float* topk_sum,
+                                 const float* dweight, const float* aux_dprob, int64_t N,
+                                 int64_t E, int64_t k, float* dlogits, cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  RouterBackwardKernel<<<BlocksFor(N, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+      probs, topk_expert, topk_weight, topk_sum, dweight, aux_dprob, N, E, k, dlogits);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRouterProbSums(const float* probs, int64_t N, int64_t E, double* prob_sums,
+                                 cudaStream_t stream) {
+  if (E == 0) return cudaSuccess;
+  RouterProbSumsKernel<<<BlocksFor(E, kWarpSize), kWarpSize, 0, stream>>>(probs, N, E, prob_sums);
+  return cudaGetLastError();
+}
+
+}  // namespace hetermoe::kernels

@@ -1,0 +1,101 @@
+// Helpers of the GPU tests: a fixture that skips without a GPU, host<->device
+// copies, random data and a tolerance check that names the worst element.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/caching_allocator.h"
+#include "kernels/device.h"
+#include "kernels/stream.h"
+
+namespace hetermoe::testing {
+
+// Every GPU test derives from this: without a usable device the test is
+// skipped with the driver's reason (e.g. "CUDA driver version is insufficient
+// for CUDA runtime version" on a machine with no GPU).
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (kernels::CudaDeviceCount(&why) == 0) GTEST_SKIP() << "no usable CUDA device: " << why;
+    allocator_ = std::make_unique<kernels::CachingAllocator>(kernels::CudaMallocBacking());
+    stream_ = std::make_unique<kernels::Stream>();
+  }
+  void TearDown() override {
+    if (stream_) stream_->Synchronize();
+  }
+
+  cudaStream_t stream() const { return stream_->get(); }
+  int Sm() const {
+    int dev = 0;
+    cudaDeviceProp p{};
+    cudaGetDevice(&dev);
+    cudaGetDeviceProperties(&p, dev);
+    return p.major * 10 + p.minor;
+  }
+
+  template <typename T>
+  kernels::DeviceBuffer<T> Up(const std::vector<T>& host) {
+    kernels::DeviceBuffer<T> d(allocator_.get(), host.size());
+    HM_CUDA_CHECK(cudaMemcpy(d.data(), host.data(), sizeof(T) * host.size(), cudaMemcpyHostToDevice));
+    // A pageable cudaMemcpy may return before its DMA lands, and the test
+    // stream does not order with the legacy stream: wait for the copy.
+    HM_CUDA_CHECK(cudaDeviceSynchronize());
+    return d;
+  }
+  template <typename T>
+  kernels::DeviceBuffer<T> Empty(size_t n) {
+    return kernels::DeviceBuffer<T>(allocator_.get(), n);
+  }
+  template <typename T>
+  std::vector<T> Down(const kernels::DeviceBuffer<T>& d) {
+    HM_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    std::vector<T> host(d.size());
+    HM_CUDA_CHECK(cudaMemcpy(host.data(), d.data(), sizeof(T) * d.size(), cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+  std::unique_ptr<kernels::CachingAllocator> allocator_;
+  std::unique_ptr<kernels::Stream> stream_;
+};
+
+inline std::vector<float> Random(size_t n, uint32_t seed, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// |actual - expected| <= atol + rtol * |expected| element-wise; on failure
+// reports the worst element and how many failed.
+inline void ExpectClose(const std::vector<float>& actual, const std::vector<float>& expected, double rtol,
+                        double atol, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  size_t bad = 0, worst = 0;
+  double worst_excess = -1;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double err = std::abs(double{actual[i]} - expected[i]);
+    const double allowed = atol + rtol * std::abs(double{expected[i]});
+    if (!(err <= allowed)) ++bad;  // also catches nan
+    const double excess = std::isnan(err) ? 1e30 : err - allowed;
+    if (excess > worst_excess) {
+      worst_excess = excess;
+      worst = i;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << actual.size() << " elements off; worst ["
+                     << worst << "] actual " << actual[worst] << " expected " << expected[worst]
+                     << " (rtol " << rtol << ", atol " << atol << ")";
+}
+
+}  // namespace hetermoe::testing
