@@ -87,6 +87,58 @@ TEST(RunConfig, DefaultsOverridesAndPaths) {
   EXPECT_EQ(c.output.checkpoint_every, 0);
 }
 
+// The run-file contract's example, verbatim: it must keep parsing.
+TEST(RunConfig, TheContractExampleParses) {
+  const auto c = run::ParseRunConfig(R"(model:
+  config: tiny/config.json          # Hugging Face MixtralConfig
+  init: tiny/model.safetensors      # optional
+data:
+  train: tiny/tokens.bin
+train:
+  steps: 3
+  global_batch: 4                   # sequences per optimizer step
+  micro_batches: 2                  # gradient accumulation
+  seq_len: 32
+  lr: 1.0e-3
+  schedule: constant                # or cosine, with warmup_steps, min_lr
+  betas: [0.9, 0.95]
+  eps: 1.0e-8
+  weight_decay: 0.1
+  grad_clip: 1.0                    # 0 = off
+  seed: 1234
+output:
+  dir: out
+  checkpoint_every: 0               # 0 = only final/
+)", "run.yaml", "/w", {});
+  EXPECT_EQ(c.model.init, "/w/tiny/model.safetensors");
+  EXPECT_EQ(c.train.steps, 3);
+  EXPECT_EQ(c.train.micro_batches, 2);
+  EXPECT_DOUBLE_EQ(c.train.eps, 1e-8);
+  EXPECT_EQ(c.train.seed, 1234u);
+  EXPECT_EQ(c.output.dir, "/w/out");
+  EXPECT_FALSE(c.parallel.enabled);
+}
+
+TEST(RunConfig, ParallelAndEmulateSections) {
+  const auto c = run::ParseRunConfig(
+      "model: {config: c.json}\ndata: {train: t.bin}\ntrain: {steps: 1, global_batch: 4, seq_len: 8}\n"
+      "parallel: {attention_ranks: 2, expert_ranks: 4, groups: 1, schedule: zebra, asym_ea: [0, 2],"
+      " launch: env}\n"
+      "emulate:\n  attention_rank: {attention: 1.0, experts: 1.0}\n"
+      "  expert_rank:    {attention: 3.7, experts: 1.25}\n",
+      "run.yaml", ".", {});
+  EXPECT_TRUE(c.parallel.enabled);
+  EXPECT_EQ(c.parallel.asym_ea, "list");
+  EXPECT_EQ(c.parallel.asym_ea_layers, (std::vector<int>{0, 2}));
+  EXPECT_DOUBLE_EQ(c.emulate.expert_rank_attention, 3.7);
+  EXPECT_DOUBLE_EQ(c.emulate.expert_rank_experts, 1.25);
+  EXPECT_THROW(run::ParseRunConfig("model: {config: c.json}\ndata: {train: t.bin}\n"
+                                   "train: {steps: 1, global_batch: 4, seq_len: 8}\n"
+                                   "emulate: {expert_rank: {attention: 0.5}}\n",
+                                   "run.yaml", ".", {}),
+               Error);
+}
+
 TEST(RunConfig, RejectsBadValuesNamingTheKey) {
   const std::string base = "model: {config: c.json}\ndata: {train: t.bin}\n";
   auto error = [&](const std::string& train) {

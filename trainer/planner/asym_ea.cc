@@ -50,9 +50,10 @@ AsymEaResult AssignAsymmetricExperts(const AsymEaInputs& in) {
   out.t_gather = in.expert_rank_seconds - in.attention_seconds;
   out.t_squeeze = out.n2 * one_expert_on_expert_rank + out.n1 * in.offloaded_expert_seconds;
 
-  // Chunks one layer can give: every expert rank gives n2, and the rank with
-  // the fewest experts (n / N rounded down) bounds it.
-  const int layer_cap = (n / N) / out.n2;
+  // Chunks one layer can give: every expert rank gives n2 and keeps at least
+  // one expert of the layer (the engine's dispatch sends every expert rank a
+  // share of every layer); the rank with the fewest experts bounds it.
+  const int layer_cap = std::max(0, n / N - 1) / out.n2;
   const int max_chunks = in.n_max / out.n1;
   const int min_chunks = (in.n_min + out.n2 - 1) / out.n2;
   if (min_chunks > max_chunks) {

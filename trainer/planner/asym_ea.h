@@ -30,8 +30,9 @@
 //    one attention rank can take, so the chunk cap is floor(n_max / n1), and
 //    n_min counts experts one expert rank must shed, so the floor is
 //    ceil(n_min / n2). Identical when M == N.
-//  - A layer cannot give more experts than an expert rank holds in it; chunks
-//    beyond that carry over to later layers. If memory forces offloading
+//  - Every expert rank keeps at least one expert of every layer (the
+//    distributed engine relies on it); chunks beyond that carry over to
+//    later layers. If memory forces offloading
 //    that the gaps do not pay for (T_gather <= 0), the forced chunks go to the
 //    last layers first [inferred: any order is equally good for time there].
 // Inputs are forward times per micro-batch; backward scales alike.

@@ -61,14 +61,19 @@ BaselinePrediction PredictEp(const PlanningContext& ctx, const GpuCounts& gpus, 
   for (const auto& g : used) ranks += g.second;
   const int sequences = static_cast<int>((global_batch + ranks - 1) / ranks);
 
+  // Expert-parallel groups of up to n ranks hold every expert once;
+  // beyond n ranks the groups are data-parallel replicas (DeepSpeed-MoE's
+  // expert-data parallelism), whose expert gradients are all-reduced.
+  const int ep = static_cast<int>(std::min<int64_t>(ranks, m.experts));
+  const int replicas = std::max(1, ranks / ep);
   EpStepSpec spec;
   spec.layers = static_cast<int>(m.layers);
   spec.micro_batches = sequences;  // one sequence per micro-batch keeps activations smallest
   const double a2a_bytes = static_cast<double>(T) * DispatchBytesPerToken(m);
-  const double experts_per_rank = static_cast<double>(m.layers * m.experts) / ranks;
+  const double experts_per_layer = std::ceil(static_cast<double>(m.experts) / ep);
   for (const auto& [kind, count] : used) {
     const KindContext& k = ctx.Kind(kind);
-    const double need = EpRankBytes(m, T, 1, ranks, spec.layers, true, 1);
+    const double need = EpRankBytes(m, T, 1, ep, spec.layers, true, 1);
     if (need > UsableBytes(k.gpu)) {
       return Infeasible("EP on " + Describe(used) + ": a " + kind + " rank needs " + GiB(need) + " of " +
                         GiB(UsableBytes(k.gpu)));
@@ -79,16 +84,18 @@ BaselinePrediction PredictEp(const PlanningContext& ctx, const GpuCounts& gpus, 
     rank.experts = k.cost->Expert(static_cast<double>(T * m.top_k));  // uniform routing: T*k assignments per rank
     rank.head = k.cost->Head(1);
     rank.sync = ExpertlessGradientSync(ctx, kind, ranks);
-    rank.optimizer = k.cost->Optimizer(m.ExpertlessParams() + experts_per_rank * m.ExpertParams());
+    rank.sync.layer += ctx.AllReduceSeconds(kind, kActivationBytes * experts_per_layer * m.ExpertParams(), replicas);
+    rank.optimizer = k.cost->Optimizer(m.ExpertlessParams() + m.layers * experts_per_layer * m.ExpertParams());
     spec.ranks.push_back(rank);
-    spec.all_to_all = std::max(spec.all_to_all, AllToAllSeconds(ctx, kind, a2a_bytes, ranks));
+    spec.all_to_all = std::max(spec.all_to_all, AllToAllSeconds(ctx, kind, a2a_bytes, ep));
   }
   const SimulationResult sim = Simulate(BuildEpStep(spec));
   BaselinePrediction p;
   p.feasible = true;
   p.step_seconds = sim.step_seconds;
   p.tokens_per_second = static_cast<double>(global_batch * T) / sim.step_seconds;
-  p.note = "EP on " + Describe(used) + ", " + std::to_string(sequences) + " sequences per rank";
+  p.note = "EP on " + Describe(used) + ", expert-parallel degree " + std::to_string(ep) + ", " +
+           std::to_string(sequences) + " sequences per rank";
   return p;
 }
 
@@ -141,7 +148,8 @@ BaselinePrediction PredictPipeline(const PlanningContext& ctx, const GpuCounts& 
     const auto& [kind, count] = stages[s];
     const KindContext& k = ctx.Kind(kind);
     const double per_rank = static_cast<double>(micro_batch) / count;
-    const double a2a = AllToAllSeconds(ctx, kind, per_rank * T * DispatchBytesPerToken(m), count);
+    const int ep = static_cast<int>(std::min<int64_t>(count, m.experts));
+    const double a2a = AllToAllSeconds(ctx, kind, per_rank * T * DispatchBytesPerToken(m), ep);
     layer[s] = k.cost->Attention(per_rank).Total() + k.cost->Expert(per_rank * T * m.top_k).Total() + 4 * a2a;
     head[s] = k.cost->Head(per_rank);
     handover[s] = s + 1 < K ? 2 * ctx.Link(kind, true).Seconds(per_rank * T * m.hidden * kActivationBytes, 1) : 0;
@@ -181,7 +189,8 @@ BaselinePrediction PredictPipeline(const PlanningContext& ctx, const GpuCounts& 
       const KindContext& k = ctx.Kind(kind);
       const double per_rank = static_cast<double>(micro_batch) / count;
       const bool ends = s == 0 || s == K - 1;  // embeddings on the first stage, LM head on the last
-      const double need = EpRankBytes(m, T, per_rank, count, split[s], ends, K - s);  // 1F1B: K - s in flight
+      const int ep = static_cast<int>(std::min<int64_t>(count, m.experts));
+      const double need = EpRankBytes(m, T, per_rank, ep, split[s], ends, K - s);  // 1F1B: K - s in flight
       if (need > UsableBytes(k.gpu)) {
         fits = false;
         problem = "PP: a " + kind + " rank of a " + std::to_string(split[s]) + "-layer stage needs " + GiB(need) +
@@ -191,12 +200,14 @@ BaselinePrediction PredictPipeline(const PlanningContext& ctx, const GpuCounts& 
       slowest = std::max(slowest, split[s] * layer[s] + (s == K - 1 ? head[s] : 0) + handover[s]);
       const double params = split[s] * m.AttentionParamsPerLayer() +
                             (ends ? static_cast<double>(m.vocab * m.hidden) : 0);
-      const double experts = std::ceil(static_cast<double>(split[s] * m.experts) / count) * m.ExpertParams();
+      const double experts_per_layer = std::ceil(static_cast<double>(m.experts) / ep);
       // DDP buckets hide the all-reduce behind the backward except the
       // stage's last layer (and its embeddings).
       const double exposed = m.AttentionParamsPerLayer() + (ends ? static_cast<double>(m.vocab * m.hidden) : 0);
       tail = std::max(tail, ctx.AllReduceSeconds(kind, kActivationBytes * exposed, count) +
-                                k.cost->Optimizer(params + experts));
+                                ctx.AllReduceSeconds(kind, kActivationBytes * experts_per_layer * m.ExpertParams(),
+                                                     std::max(1, count / ep)) +
+                                k.cost->Optimizer(params + split[s] * experts_per_layer * m.ExpertParams()));
     }
     if (!fits) continue;
     const double step = static_cast<double>(micro_batches + K - 1) * slowest + tail;

@@ -2,7 +2,9 @@
 // and the same cost model:
 //  - EP: DeepSpeed-MoE-style expert parallelism over every GPU. Each rank
 //    runs attention on an equal share of the batch (one sequence per
-//    micro-batch, gradient accumulation) and 1/P of the experts; each
+//    micro-batch, gradient accumulation) and its share of the experts:
+//    expert-parallel groups of min(P, n) ranks, replicated data-parallel
+//    beyond that (expert gradients all-reduced across replicas); each
 //    layer's all-to-all waits for every rank, so the slowest kind sets the
 //    pace (simulated with the ep schedule).
 //  - DistEP: the plan's own groups (attention and experts split), without

@@ -19,7 +19,9 @@
 // that send at the same time, and cannot exceed the GPU's own PCIe/NVLink
 // bandwidth to the NIC.
 //
-// All functions are pure; a ComputeCostModel is immutable after construction.
+// All functions are pure. A ComputeCostModel is immutable after construction
+// (safe to share between threads) and refers to the shape, profile and
+// measurement it was built from: they must outlive it.
 #pragma once
 
 #include <cstdint>

@@ -26,6 +26,7 @@
 // the GPUs the plan uses.
 // Throws hetermoe::Error with a one-line reason when no plan exists (the
 // model does not fit, too few GPUs, impossible budget, bad numbers).
+// MakePlan is pure (no I/O, no globals): concurrent calls are safe.
 #pragma once
 
 #include <cstdint>

@@ -27,6 +27,13 @@ double Fraction(const YAML::Node& map, const char* key, const yf::Where& where, 
   return *value;
 }
 
+// Both passes of a measured op; each must be given and positive.
+void ReadPassSeconds(const YAML::Node& map, const yf::Where& where, double& forward, double& backward) {
+  forward = Positive(map, "forward_seconds", where, 0);
+  backward = Positive(map, "backward_seconds", where, 0);
+  if (forward <= 0 || backward <= 0) where.Fail("needs forward_seconds and backward_seconds");
+}
+
 EfficiencyCurve ReadCurve(const YAML::Node& node, const yf::Where& where) {
   yf::RequireMap(node, where);
   EfficiencyCurve curve;
@@ -134,11 +141,7 @@ void ReadMeasured(const YAML::Node& entry, const yf::Where& where, GpuProfileTab
     if (m.seq_len < 1) where.Key("seq_len").Fail("needed with an attention measurement");
     m.attention_sequences = yf::OptionalInt(attention, "sequences", w).value_or(1);
     if (m.attention_sequences < 1) w.Key("sequences").Fail("must be positive");
-    m.attention_forward_seconds = Positive(attention, "forward_seconds", w, 0);
-    m.attention_backward_seconds = Positive(attention, "backward_seconds", w, 0);
-    if (m.attention_forward_seconds <= 0 || m.attention_backward_seconds <= 0) {
-      w.Fail("needs forward_seconds and backward_seconds");
-    }
+    ReadPassSeconds(attention, w, m.attention_forward_seconds, m.attention_backward_seconds);
   }
   if (const YAML::Node expert = entry["expert"]) {
     const yf::Where w = where.Key("expert");
@@ -146,11 +149,7 @@ void ReadMeasured(const YAML::Node& entry, const yf::Where& where, GpuProfileTab
     yf::CheckKeys(expert, {"tokens", "forward_seconds", "backward_seconds"}, w);
     m.expert_tokens = yf::RequiredInt(expert, "tokens", w);
     if (m.expert_tokens < 1) w.Key("tokens").Fail("must be positive");
-    m.expert_forward_seconds = Positive(expert, "forward_seconds", w, 0);
-    m.expert_backward_seconds = Positive(expert, "backward_seconds", w, 0);
-    if (m.expert_forward_seconds <= 0 || m.expert_backward_seconds <= 0) {
-      w.Fail("needs forward_seconds and backward_seconds");
-    }
+    ReadPassSeconds(expert, w, m.expert_forward_seconds, m.expert_backward_seconds);
   }
   if (const YAML::Node memory = entry["memory"]) {
     const yf::Where w = where.Key("memory");

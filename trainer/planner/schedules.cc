@@ -3,6 +3,7 @@
 #include "trainer/planner/schedules.h"
 
 #include <algorithm>
+#include <array>
 
 #include "trainer/util/error.h"
 
@@ -36,6 +37,15 @@ void AddGradientSyncAndOptimizer(StepGraph& graph, int rank, int sync_channel,
     last = graph.AddTask(sync_channel, seconds, Label(OpKind::kGradientSync, -1, -1), {task});
   }
   graph.AddTask(rank, optimizer, Label(OpKind::kOptimizer, -1, -1), last >= 0 ? std::vector<int>{last} : std::vector<int>{});
+}
+
+// The resources of a ZP group's representative ranks, in this order:
+// attention, expert, dispatch, combine, attention sync, expert sync.
+std::array<int, 6> AddZpResources(StepGraph& g) {
+  return {g.AddResource("attention", ResourceKind::kCompute), g.AddResource("expert", ResourceKind::kCompute),
+          g.AddResource("dispatch", ResourceKind::kLink), g.AddResource("combine", ResourceKind::kLink),
+          g.AddResource("attention_gradient_sync", ResourceKind::kLink),
+          g.AddResource("expert_gradient_sync", ResourceKind::kLink)};
 }
 
 double At(const std::vector<double>& v, int i) { return v.empty() ? 0.0 : v[static_cast<size_t>(i)]; }
@@ -72,12 +82,7 @@ StepGraph BuildZebraStep(const ZebraStepSpec& spec) {
   const int L = spec.layers;
   const int R = spec.micro_batches;
   StepGraph g;
-  const int attention = g.AddResource("attention", ResourceKind::kCompute);
-  const int expert = g.AddResource("expert", ResourceKind::kCompute);
-  const int dispatch = g.AddResource("dispatch", ResourceKind::kLink);
-  const int combine = g.AddResource("combine", ResourceKind::kLink);
-  const int attention_sync = g.AddResource("attention_gradient_sync", ResourceKind::kLink);
-  const int expert_sync = g.AddResource("expert_gradient_sync", ResourceKind::kLink);
+  const auto [attention, expert, dispatch, combine, attention_sync, expert_sync] = AddZpResources(g);
 
   Grid a_fwd(L, std::vector<int>(R, -1)), ea_fwd = a_fwd, c_fwd = a_fwd;
   Grid a_bwd = a_fwd, ea_bwd = a_fwd, c_bwd = a_fwd;
@@ -158,12 +163,7 @@ StepGraph BuildSequentialStep(const ZebraStepSpec& spec) {
   CheckZebraSpec(spec);
   const int L = spec.layers;
   StepGraph g;
-  const int attention = g.AddResource("attention", ResourceKind::kCompute);
-  const int expert = g.AddResource("expert", ResourceKind::kCompute);
-  const int dispatch = g.AddResource("dispatch", ResourceKind::kLink);
-  const int combine = g.AddResource("combine", ResourceKind::kLink);
-  const int attention_sync = g.AddResource("attention_gradient_sync", ResourceKind::kLink);
-  const int expert_sync = g.AddResource("expert_gradient_sync", ResourceKind::kLink);
+  const auto [attention, expert, dispatch, combine, attention_sync, expert_sync] = AddZpResources(g);
 
   // Every op waits for the one before it: nothing overlaps.
   int previous = -1;

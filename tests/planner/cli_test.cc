@@ -1,0 +1,93 @@
+// hetermoe-plan at its edge: the issue's command line works, and bad input
+// ends with one line "hetermoe-plan: error: ..." and exit status 1.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+struct PlanRun {
+  int status;
+  std::string out;
+  std::string err;
+};
+
+std::string Data(const char* name) { return std::string(HETERMOE_PLANNER_TEST_DATA) + "/" + name; }
+
+PlanRun Plan(const std::string& args) {
+  const std::string err_path = ::testing::TempDir() + "hetermoe_plan_stderr_" + std::to_string(::getpid());
+  const std::string command = std::string(HETERMOE_PLAN_BINARY) + " " + args + " 2>" + err_path;
+  PlanRun run;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) run.out.append(buffer.data(), n);
+  const int status = ::pclose(pipe);
+  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(err_path);
+  run.err.assign(std::istreambuf_iterator<char>(err), {});
+  std::filesystem::remove(err_path);
+  return run;
+}
+
+std::string Write(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + name + "_" + std::to_string(::getpid());
+  std::ofstream(path) << text;
+  return path;
+}
+
+void ExpectOneLineError(const PlanRun& run, const std::string& contains) {
+  EXPECT_EQ(run.status, 1) << run.err;
+  EXPECT_EQ(run.err.rfind("hetermoe-plan: error: ", 0), 0u) << run.err;
+  EXPECT_EQ(run.err.find('\n'), run.err.size() - 1) << run.err;
+  EXPECT_NE(run.err.find(contains), std::string::npos) << run.err;
+  EXPECT_TRUE(run.out.empty()) << run.out;
+}
+
+TEST(Cli, TheIssuesCommandLinePrintsThePlanFile) {
+  const PlanRun run = Plan("--inventory " + Data("cluster_6a40_6v100.yaml") + " --model " + Data("w1_config.json") +
+                       " --seq-len 16384 --global-batch 24 --json");
+  ASSERT_EQ(run.status, 0) << run.err;
+  const nlohmann::json j = nlohmann::json::parse(run.out);
+  EXPECT_GT(j["predicted"]["tokens_per_second"].get<double>(), 0);
+  EXPECT_EQ(j["baselines"].size(), 4u);
+}
+
+TEST(Cli, WithoutJsonPrintsTheTable) {
+  const PlanRun run = Plan("--inventory " + Data("cluster_4a40_8v100.yaml") + " --model " + Data("d1_config.json") +
+                       " --seq-len 8192 --global-batch 24");
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_NE(run.out.find("HeterMoE plan for"), std::string::npos);
+}
+
+TEST(Cli, BadInputEndsWithOneErrorLine) {
+  const std::string model = " --model " + Data("w1_config.json");
+  const std::string inventory = " --inventory " + Data("cluster_6a40_6v100.yaml");
+  const std::string k80 = Write("k80.yaml", "nodes:\n  - {name: old-0, gpu: K80, count: 8}\n");
+  ExpectOneLineError(Plan("--inventory " + k80 + model + " --seq-len 4096 --global-batch 8"),
+                     k80 + ": nodes[0] (old-0): unknown GPU kind 'K80'");
+  const std::string dup = Write("dup.yaml", "nodes:\n  - {name: n, gpu: A40, count: 2}\n  - {name: n, gpu: V100, count: 2}\n");
+  ExpectOneLineError(Plan("--inventory " + dup + model + " --seq-len 4096 --global-batch 8"), "listed twice");
+  ExpectOneLineError(Plan(inventory + model + " --seq-len 32768 --global-batch 240"), "does not fit");
+  ExpectOneLineError(Plan(inventory + model + " --seq-len 4096 --global-batch 8 --gpu-budget 1"), "gpu-budget 1");
+  ExpectOneLineError(Plan(inventory + " --model /nonexistent/config.json --seq-len 4096 --global-batch 8"),
+                     "/nonexistent/config.json");
+  const std::string profiles = Write("bad_profiles.yaml", "gpus:\n  - {kind: A40, gemm_efficiency: 2}\n");
+  ExpectOneLineError(Plan(inventory + model + " --seq-len 4096 --global-batch 8 --profiles " + profiles),
+                     "gemm_efficiency: must be a fraction of peak");
+  ExpectOneLineError(Plan(inventory + model + " --global-batch 8"), "--seq-len");
+  std::filesystem::remove(k80);
+  std::filesystem::remove(dup);
+  std::filesystem::remove(profiles);
+}
+
+}  // namespace
