@@ -182,13 +182,31 @@ struct DistributedBackend::Impl {
   }
 
   // --- attention side ---
+  // The rows of a micro-batch's dispatch plan that owner range r covers.
+  struct Rows {
+    int64_t first, count;
+  };
+  static Rows RowsOf(const ops::DispatchPlan& plan, const ExpertRange& r) {
+    const int64_t first = plan.offsets[r.first];
+    return {first, plan.offsets[r.first + r.count] - first};
+  }
+
+  void WaitFromOwners(std::vector<std::unique_ptr<comm::Request>>& requests, int l, int j,
+                      const char* what) {
+    for (int o = 0; o < P; ++o)
+      if (auto& r = requests[Idx(l, j, o)]) {
+        Wait(r.get(), false, what, l, j);
+        r.reset();
+      }
+  }
+
   void PostDispatch(int l, int j) {
     model::MixtralCpu& mb = *micro[j];
     const ops::DispatchPlan& plan = mb.plan(l);
     for (int o = 0; o < P; ++o) {
       const ExpertRange& r = Range(l, o);
       if (r.count == 0) continue;
-      const int64_t row0 = plan.offsets[r.first], rows = plan.offsets[r.first + r.count] - row0;
+      const auto [row0, rows] = RowsOf(plan, r);
       std::vector<char>& box = outbox[Idx(l, j, o)];
       box.resize(r.count * sizeof(int64_t) + rows * d * sizeof(float));
       std::memcpy(box.data(), plan.counts.data() + r.first, r.count * sizeof(int64_t));
@@ -201,13 +219,7 @@ struct DistributedBackend::Impl {
     }
   }
 
-  void FinishCombine(int l, int j) {
-    for (int o = 0; o < P; ++o)
-      if (auto& r = outputs_in[Idx(l, j, o)]) {
-        Wait(r.get(), false, "combine", l, j);
-        r.reset();
-      }
-  }
+  void FinishCombine(int l, int j) { WaitFromOwners(outputs_in, l, j, "combine"); }
 
   void PostBackwardDispatch(int l, int j) {
     model::MixtralCpu& mb = *micro[j];
@@ -215,7 +227,7 @@ struct DistributedBackend::Impl {
     for (int o = 0; o < P; ++o) {
       const ExpertRange& r = Range(l, o);
       if (r.count == 0) continue;
-      const int64_t row0 = plan.offsets[r.first], rows = plan.offsets[r.first + r.count] - row0;
+      const auto [row0, rows] = RowsOf(plan, r);
       if (rows == 0) continue;
       sends.push_back(dispatch->Isend(mb.expert_output_grads(l).data() + row0 * d,
                                       rows * d * sizeof(float), o, Tag(kOutputGrads, l, j)));
@@ -261,11 +273,7 @@ struct DistributedBackend::Impl {
         PostBackwardDispatch(L - 1, j);
         break;
       case Task::Kind::kAttnBwd:
-        for (int o = 0; o < P; ++o)
-          if (auto& r = input_grads_in[Idx(l, j, o)]) {
-            Wait(r.get(), false, "combine-grad", l, j);
-            r.reset();
-          }
+        WaitFromOwners(input_grads_in, l, j, "combine-grad");
         Compute(t, emulation.attention, [&] {
           mb.AttentionBackward(params.data(), grads.data(), l);
           if (l > 0) mb.CombineBackward(l - 1);

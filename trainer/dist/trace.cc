@@ -8,9 +8,11 @@
 namespace hetermoe::dist {
 namespace {
 
-// One time origin per process, so a rank's events line up; ranks started by
-// one launcher start within milliseconds of each other.
-const Tracer::Clock::time_point kOrigin = Tracer::Clock::now();
+// The clock's own epoch (CLOCK_MONOTONIC on Linux, shared by every process
+// of a machine), so the ranks of one machine line up exactly and the gap
+// between one rank's send and another's receive can be read off the trace
+// (bench/validate_simulator.py does). Ranks on different machines are offset.
+const Tracer::Clock::time_point kOrigin{};
 
 }  // namespace
 
