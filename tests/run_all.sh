@@ -13,6 +13,10 @@ if [ -x tests/operator/setup-envtest.sh ]; then
   KUBEBUILDER_ASSETS="$(tests/operator/setup-envtest.sh)"
   export KUBEBUILDER_ASSETS
 fi
+# CUDA's toolkit lives outside PATH unless a login shell put it there.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  PATH="/usr/local/cuda/bin:$PATH"
+fi
 # The tests never set OPENBLAS_CORETYPE: whatever the machine says stands.
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES="${HETERMOE_CUDA_ARCHS:-80}" >/dev/null
