@@ -10,13 +10,15 @@ set -eu
 cd "$(dirname "$0")/.."
 
 docker/debian-packages.sh build
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C build hetermoe-trainer
+# The trainer alone: no operator (cpprestsdk) and no test suites to configure.
+cmake -S . -B build-trainer -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DHETERMOE_BUILD_OPERATOR=OFF -DHETERMOE_BUILD_TESTS=OFF >/dev/null
+ninja -C build-trainer hetermoe-trainer
 
-CORPUS=build/corpus.txt
+CORPUS=build-trainer/corpus.txt
 cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/GPL-2 \
     /usr/share/common-licenses/LGPL-2.1 /usr/share/common-licenses/LGPL-3 \
     /usr/share/common-licenses/Apache-2.0 /usr/share/common-licenses/Artistic \
     /usr/share/common-licenses/MPL-2.0 /usr/share/common-licenses/GFDL-1.3 > "$CORPUS"
-build/trainer/hetermoe-trainer prepare-data --input "$CORPUS" --output examples/tiny/tokens.bin
-build/trainer/hetermoe-trainer --config examples/tiny/run.yaml "$@"
+build-trainer/trainer/hetermoe-trainer prepare-data --input "$CORPUS" --output examples/tiny/tokens.bin
+build-trainer/trainer/hetermoe-trainer --config examples/tiny/run.yaml "$@"
