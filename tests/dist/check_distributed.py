@@ -86,6 +86,20 @@ def check_trace(trainer, run_file, work):
     return ok
 
 
+def check_resume(trainer, run_file, work):
+    """A distributed checkpoint (experts gathered from their owners) resumes exactly."""
+    parallel = "parallel={attention_ranks: 2, expert_ranks: 2, asym_ea: [2, 0]}"
+    straight = run(trainer, run_file, os.path.join(work, "straight"),
+                   ["--set", parallel, "--set", "output.checkpoint_every=2"])
+    resumed = run(trainer, run_file, os.path.join(work, "resumed"),
+                  ["--set", parallel, "--resume", os.path.join(work, "straight", "checkpoint-2")])
+    problems = compare("resume", (straight[0][2:], straight[1], 0), resumed)
+    print(f"{'resume from checkpoint-2 (2+2, asym)':40s} {'ok' if not problems else 'MISMATCH'}")
+    for p in problems[:5]:
+        print(f"    {p}")
+    return not problems
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trainer", required=True)
@@ -125,6 +139,7 @@ def main():
                 shutil.rmtree(out, ignore_errors=True)
     if "zebra" in schedules:
         failures += not check_trace(args.trainer, run_file, args.work)
+        failures += not check_resume(args.trainer, run_file, args.work)
     if failures:
         print(f"FAIL: {failures} configuration(s) differ from the single-process run")
         sys.exit(1)
