@@ -10,8 +10,11 @@ set -eu
 cd "$(dirname "$0")/.."
 
 docker/debian-packages.sh build
-# The trainer alone: no operator (cpprestsdk) and no test suites to configure.
-cmake -S . -B build-trainer -G Ninja -DCMAKE_BUILD_TYPE=Release \
+# The trainer alone: no operator (cpprestsdk) and no test suites to configure;
+# the CUDA kernels only where a GPU can run them (the run below is on the CPU).
+CUDA=OFF
+if nvidia-smi -L >/dev/null 2>&1; then CUDA=AUTO; fi
+cmake -S . -B build-trainer -G Ninja -DCMAKE_BUILD_TYPE=Release -DHETERMOE_CUDA=$CUDA \
   -DHETERMOE_BUILD_OPERATOR=OFF -DHETERMOE_BUILD_TESTS=OFF >/dev/null
 ninja -C build-trainer hetermoe-trainer
 
