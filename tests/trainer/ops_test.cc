@@ -165,5 +165,11 @@ TEST(Progress, FormatsBarLossThroughputAndEta) {
   EXPECT_EQ(run::ProgressBar::Format(100, 100, 1.0, 999, 0, 4), "[####] 100/100 loss 1.0000 | 999 tok/s | ETA 0s");
 }
 
+TEST(Progress, SparklineFallsWithTheLoss) {
+  EXPECT_EQ(run::ProgressBar::Sparkline({5, 4, 3, 2, 1}, 5), "\u2588\u2586\u2585\u2583\u2581");
+  EXPECT_EQ(run::ProgressBar::Sparkline({1, 1, 3, 3}, 2), "\u2581\u2588");  // means of halves
+  EXPECT_EQ(run::ProgressBar::Sparkline({}, 10), "");
+}
+
 }  // namespace
 }  // namespace hetermoe

@@ -13,6 +13,7 @@
 
 #include "trainer/dist/launcher.h"
 #include "trainer/io/token_file.h"
+#include "trainer/run/progress.h"
 #include "trainer/run/run_config.h"
 #include "trainer/run/trainer.h"
 #include "trainer/util/error.h"
@@ -37,6 +38,11 @@ int RunTrain(const std::string& config_path, const std::vector<std::string>& ove
     const auto& last = result.steps.back();
     double tps = 0;
     for (const auto& s : result.steps) tps += s.tokens_per_second;
+    std::vector<double> losses;
+    for (const auto& s : result.steps) losses.push_back(s.loss);
+    if (losses.size() > 1)
+      std::fprintf(stderr, "loss %.3f %s %.3f\n", losses.front(),
+                   hetermoe::run::ProgressBar::Sparkline(losses, 60).c_str(), losses.back());
     std::fprintf(stderr, "trained steps %lld..%lld: final loss %.4f, mean %.0f tok/s; saved %s\n",
                  static_cast<long long>(result.first_step + 1),
                  static_cast<long long>(result.last_step), last.loss,

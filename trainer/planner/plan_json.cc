@@ -1,6 +1,8 @@
 // Plan -> JSON (field list in plan_json.h).
 #include "trainer/planner/plan_json.h"
 
+#include "trainer/planner/step_json.h"
+
 namespace hetermoe::planner {
 namespace {
 
@@ -58,23 +60,6 @@ json Class(const GroupClass& c) {
   };
 }
 
-json Timeline(const SimulationResult& sim) {
-  json resources = json::array();
-  for (const ResourceTimeline& r : sim.resources) {
-    json intervals = json::array();
-    for (const Interval& i : r.intervals) {
-      intervals.push_back({{"op", OpKindName(i.label.kind)},
-                           {"layer", i.label.layer},
-                           {"micro_batch", i.label.micro_batch},
-                           {"backward", i.label.backward},
-                           {"start", i.start},
-                           {"end", i.end}});
-    }
-    resources.push_back({{"resource", r.name}, {"busy_seconds", r.busy_seconds}, {"intervals", intervals}});
-  }
-  return resources;
-}
-
 }  // namespace
 
 json PlanToJson(const Plan& plan, bool with_timeline) {
@@ -126,7 +111,7 @@ json PlanToJson(const Plan& plan, bool with_timeline) {
                   {"over_ep_ideal", Speedup(plan, plan.baselines.ep_ideal)},
                   {"over_pp", Speedup(plan, plan.baselines.pp)}};
   j["notes"] = plan.notes;
-  if (with_timeline) j["timeline"] = Timeline(plan.timeline);
+  if (with_timeline) j["timeline"] = TimelineToJson(plan.timeline);
   return j;
 }
 

@@ -48,6 +48,29 @@ std::string ProgressBar::Format(int64_t step, int64_t total, double loss, double
   return bar + buf;
 }
 
+std::string ProgressBar::Sparkline(const std::vector<double>& values, int width) {
+  static const char* kBlocks[] = {"\u2581", "\u2582", "\u2583", "\u2584",
+                                  "\u2585", "\u2586", "\u2587", "\u2588"};
+  if (values.empty() || width <= 0) return "";
+  const int n = static_cast<int>(values.size());
+  width = std::min(width, n);
+  std::vector<double> cols(width);
+  for (int c = 0; c < width; ++c) {
+    const int a = static_cast<int>(int64_t{c} * n / width), b = static_cast<int>(int64_t{c + 1} * n / width);
+    double sum = 0;
+    for (int i = a; i < b; ++i) sum += values[i];
+    cols[c] = sum / std::max(1, b - a);
+  }
+  const double lo = *std::min_element(cols.begin(), cols.end());
+  const double hi = *std::max_element(cols.begin(), cols.end());
+  std::string out;
+  for (double v : cols) {
+    const int level = hi > lo ? static_cast<int>((v - lo) / (hi - lo) * 7.0 + 0.5) : 0;
+    out += kBlocks[level];
+  }
+  return out;
+}
+
 void ProgressBar::Update(int64_t step, double loss, double tps) {
   if (!enabled_) return;
   const double elapsed =

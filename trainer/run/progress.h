@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace hetermoe::run {
 
@@ -13,6 +14,10 @@ class ProgressBar {
   ProgressBar(int64_t first_step, int64_t total_steps, bool enabled);
   void Update(int64_t step, double loss, double tokens_per_second);
   void Finish();
+
+  // A one-line curve of values (e.g. the loss per step) in block characters,
+  // `width` columns, each the mean of its share of the values.
+  static std::string Sparkline(const std::vector<double>& values, int width);
 
   // Pure formatting, for tests: "[#####-----]  50/100 loss 2.3456 | 1,234 tok/s | ETA 1m05s".
   static std::string Format(int64_t step, int64_t total, double loss, double tokens_per_second,
