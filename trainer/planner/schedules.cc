@@ -205,6 +205,16 @@ StepGraph BuildEpStep(const EpStepSpec& spec) {
   if (spec.layers < 1 || spec.micro_batches < 1 || spec.ranks.empty()) {
     throw Error("simulator: an EP step needs a layer, a micro-batch and a rank");
   }
+  for (const EpRankSpec& r : spec.ranks) {
+    if (!r.experts_by_layer.empty() && r.experts_by_layer.size() != static_cast<size_t>(spec.layers)) {
+      throw Error("simulator: per-layer expert durations must have one entry per layer (" +
+                  std::to_string(spec.layers) + ")");
+    }
+  }
+  auto experts = [&](size_t k, int l) -> const PassSeconds& {
+    const EpRankSpec& r = spec.ranks[k];
+    return r.experts_by_layer.empty() ? r.experts : r.experts_by_layer[static_cast<size_t>(l)];
+  };
   const int L = spec.layers;
   const size_t K = spec.ranks.size();
   StepGraph g;
@@ -231,7 +241,7 @@ StepGraph BuildEpStep(const EpStepSpec& spec) {
       }
       const int dispatched = barrier(spec.all_to_all, Label(OpKind::kDispatch, l, j), last);
       for (size_t k = 0; k < K; ++k) {
-        last[k] = g.AddTask(rank[k], spec.ranks[k].experts.forward, Label(OpKind::kExpertForward, l, j), {dispatched});
+        last[k] = g.AddTask(rank[k], experts(k, l).forward, Label(OpKind::kExpertForward, l, j), {dispatched});
       }
       ready = barrier(spec.all_to_all, Label(OpKind::kCombine, l, j), last);
     }
@@ -242,7 +252,7 @@ StepGraph BuildEpStep(const EpStepSpec& spec) {
     for (int l = L - 1; l >= 0; --l) {
       const int dispatched = barrier(spec.all_to_all, Label(OpKind::kDispatch, l, j, true), last);
       for (size_t k = 0; k < K; ++k) {
-        last[k] = g.AddTask(rank[k], spec.ranks[k].experts.backward, Label(OpKind::kExpertBackward, l, j), {dispatched});
+        last[k] = g.AddTask(rank[k], experts(k, l).backward, Label(OpKind::kExpertBackward, l, j), {dispatched});
       }
       const int gathered = barrier(spec.all_to_all, Label(OpKind::kCombine, l, j, true), last);
       for (size_t k = 0; k < K; ++k) {

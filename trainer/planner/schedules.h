@@ -76,6 +76,10 @@ struct EpRankSpec {
   double head = 0;
   GradientSync sync;       // expert-less model across all ranks (the all-reduce spans every rank)
   double optimizer = 0;
+  // Optional, one per layer, replacing `experts`: routing that is uneven
+  // differently in each layer gives each rank its own per-layer load, and
+  // every layer's all-to-all waits for that layer's slowest rank.
+  std::vector<PassSeconds> experts_by_layer;
 };
 
 struct EpStepSpec {

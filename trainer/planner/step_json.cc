@@ -165,7 +165,11 @@ EpStepSpec EpSpec(const json& j, const At& at) {
     EpRankSpec rank;
     rank.kind = r.contains("kind") && r["kind"].is_string() ? r["kind"].get<std::string>() : std::to_string(i);
     rank.attention = Pass(r["attention"], where.Key("attention"));
-    rank.experts = Pass(r["experts"], where.Key("experts"));
+    if (r["experts"].is_array()) {
+      rank.experts_by_layer = PerLayer<PassSeconds>(r["experts"], s.layers, where.Key("experts"), Pass);
+    } else {
+      rank.experts = Pass(r["experts"], where.Key("experts"));
+    }
     rank.head = OptionalSeconds(r, "head", where);
     if (r.contains("sync")) rank.sync = Sync(r["sync"], where.Key("sync"));
     rank.optimizer = OptionalSeconds(r, "optimizer", where);

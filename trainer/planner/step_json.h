@@ -20,8 +20,9 @@
 //   expert_sync, offloaded_expert_sync   optional lists of L
 //   attention_optimizer, expert_optimizer   optional (default 0)
 // ep (EpStepSpec):
-//   ranks           [{kind, attention: {forward, backward}, experts: {...}, head,
-//                     sync: {head, layer, embedding}, optimizer}]
+//   ranks           [{kind, attention: {forward, backward}, experts: {...} or a
+//                     list of L of them (by layer), head, sync: {head, layer,
+//                     embedding}, optimizer}]
 //   all_to_all      a transfer
 // A transfer is seconds (a number) or {bytes, peers (default 1)}, priced as
 // peers x latency + bytes / bandwidth with `link`.

@@ -152,6 +152,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   train.Get("seed", &t.seed);
   train.Get("threads", &t.threads);
   train.Get("device", &t.device);
+  train.Get("precision", &t.precision);
   train.Finish();
   if (betas.size() != 2) train.Fail("train.betas", "must be a list of two numbers");
   t.beta1 = betas[0];
@@ -176,6 +177,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   if (t.grad_clip < 0) train.Fail("train.grad_clip", "must be >= 0 (0 = off)");
   if (t.device != "auto" && t.device != "cpu" && t.device != "cuda")
     train.Fail("train.device", "must be auto, cpu or cuda (got \"" + t.device + "\")");
+  if (t.precision != "fp32" && t.precision != "bf16" && t.precision != "fp16" && t.precision != "auto")
+    train.Fail("train.precision", "must be fp32, bf16, fp16 or auto (got \"" + t.precision + "\")");
   if (t.threads < 0) train.Fail("train.threads", "must be >= 0 (0 = every core)");
 
   if (root["parallel"]) {

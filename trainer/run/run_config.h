@@ -42,6 +42,7 @@ struct RunConfig {
     uint64_t seed = 1234;
     int threads = 0;             // 0 = every core
     std::string device = "auto"; // auto | cpu | cuda
+    std::string precision = "fp32";  // GPU GEMM format: fp32 | bf16 | fp16 | auto (per GPU generation)
   } train;
 
   // Distributed run (zebra parallelism). Absent = one process.

@@ -110,7 +110,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   }
   const std::unique_ptr<backend::Backend> engine =
       dist_run ? std::move(dist_run->backend)
-               : backend::MakeBackend(config, layout, {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}});
+               : backend::MakeBackend(config, layout,
+                                      {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}, t.precision});
   engine->Upload(host);
 
   std::unique_ptr<MetricsSink> metrics;
