@@ -90,4 +90,29 @@ TEST(Cli, BadInputEndsWithOneErrorLine) {
   std::filesystem::remove(profiles);
 }
 
+TEST(Cli, SimulatePrintsEachStepsTime) {
+  const std::string steps = Write("steps.json", R"([
+    {"schedule": "sequential", "label": "a", "layers": 1, "micro_batches": 2,
+     "attention": {"forward": 1, "backward": 2}, "expert_rank": {"forward": 1, "backward": 2},
+     "dispatch": 0.5, "combine": 0.5},
+    {"schedule": "ep", "label": "b", "layers": 1, "micro_batches": 1,
+     "ranks": [{"attention": {"forward": 1, "backward": 2}, "experts": {"forward": 1, "backward": 2}}],
+     "all_to_all": 0}])");
+  const PlanRun run = Plan("simulate " + steps);
+  ASSERT_EQ(run.status, 0) << run.err;
+  const nlohmann::json j = nlohmann::json::parse(run.out);
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["label"], "a");
+  EXPECT_DOUBLE_EQ(j[0]["step_seconds"].get<double>(), 2 * (1 + 0.5 + 1 + 0.5 + 0.5 + 2 + 0.5 + 2));
+  EXPECT_DOUBLE_EQ(j[0]["busy"]["expert"].get<double>(), 2 * 3.0);
+  EXPECT_EQ(j[1]["schedule"], "ep");
+  EXPECT_DOUBLE_EQ(j[1]["step_seconds"].get<double>(), 6.0);
+
+  const std::string bad = Write("bad_steps.json", R"({"schedule": "zebra", "layers": 1})");
+  ExpectOneLineError(Plan("simulate " + bad), bad + ": micro_batches: missing");
+  ExpectOneLineError(Plan("simulate /nonexistent/steps.json"), "/nonexistent/steps.json: cannot read");
+  std::filesystem::remove(steps);
+  std::filesystem::remove(bad);
+}
+
 }  // namespace
