@@ -13,6 +13,10 @@ if [ -x tests/operator/setup-envtest.sh ]; then
   KUBEBUILDER_ASSETS="$(tests/operator/setup-envtest.sh)"
   export KUBEBUILDER_ASSETS
 fi
+# The CEL rules of the CRD are checked with a CEL implementation from npm.
+if [ -f tests/operator/cel/package-lock.json ] && command -v npm >/dev/null; then
+  npm ci --prefer-offline --no-audit --no-fund --prefix tests/operator/cel >/dev/null
+fi
 # CUDA's toolkit lives outside PATH unless a login shell put it there.
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
   PATH="/usr/local/cuda/bin:$PATH"

@@ -14,6 +14,7 @@ the raw exposition too.
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -59,30 +60,48 @@ def main():
     os.makedirs(args.work)
 
     steps, batch, seq, layers, topk = 12, 4, 16, 2, 2
-    metrics_port, prom_port = free_port(), free_port()
+    # The trainer binds a free port itself and says which: no race with
+    # other tests for a port picked in advance.
     trainer = subprocess.Popen(
         [args.trainer, "--config", os.path.join(args.fixture, "run.yaml"),
          "--set", f"output.dir={args.work}/out", "--set", f"train.steps={steps}",
-         "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
+         "--metrics-port", "0", "--metrics-host", "127.0.0.1",
          "--metrics-linger", "60", "--no-progress"],
         stderr=subprocess.PIPE, text=True)
+    metrics_port = None
+    for line in trainer.stderr:
+        m = re.search(r"serving Prometheus metrics on port (\d+)", line)
+        if m:
+            metrics_port = int(m.group(1))
+            break
+    if not metrics_port:
+        fail(f"the trainer never said where it serves metrics (exit {trainer.poll()})")
     prom_config = os.path.join(args.work, "prometheus.yml")
     with open(prom_config, "w") as f:
         f.write("global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
                 "scrape_configs:\n"
                 "  - job_name: hetermoe-trainer\n"
                 f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n")
-    prom = subprocess.Popen(
-        ["prometheus", f"--config.file={prom_config}",
-         f"--storage.tsdb.path={args.work}/tsdb",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Prometheus cannot bind port 0 and report it: retry if a port is taken.
+    for attempt in range(5):
+        prom_port = free_port()
+        prom = subprocess.Popen(
+            ["prometheus", f"--config.file={prom_config}",
+             f"--storage.tsdb.path={args.work}/tsdb-{attempt}",
+             f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        if prom.poll() is None:
+            break
+    else:
+        trainer.kill()
+        fail("prometheus did not start (ports taken?)")
     try:
         deadline = time.time() + 60
         step = None
         while time.time() < deadline:
             if trainer.poll() is not None:
-                fail(f"trainer exited early ({trainer.returncode}): {trainer.stderr.read()}")
+                fail(f"trainer exited early ({trainer.returncode})")
             try:
                 step = query(prom_port, "hetermoe_trainer_step")
             except OSError:
