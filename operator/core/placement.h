@@ -1,0 +1,86 @@
+// Placement: how many attention and expert pods a job gets, on which GPU
+// products, and which experts each expert rank holds.
+//
+// The operator only needs this narrow interface from the planner. Two
+// implementations: TierPlacement (a simple rule, always available) and
+// PlannerPlacement (trainer/planner's cost-model search, when the
+// hetermoe_planner library is built). Pods are never pinned to nodes: the
+// decision names GPU products, and pods get node affinity on them so the
+// scheduler stays in charge.
+//
+// Implementations are pure and thread-safe (const). Place() throws
+// PlacementError with a one-line reason when the job cannot be placed now
+// (too few GPUs); the reconciler reports it in the Created condition and
+// waits for nodes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "operator/api/hetermoejob.h"
+#include "operator/core/node_inventory.h"
+#include "trainer/io/mixtral_config.h"
+#include "trainer/util/error.h"
+
+namespace hetermoe::op {
+
+class PlacementError : public Error {
+ public:
+  using Error::Error;
+};
+
+struct PlacementRequest {
+  const JobSpec* spec = nullptr;
+  io::MixtralConfig model;
+  std::vector<InventoryNode> nodes;  // usable GPU nodes (UsableGpuNodes)
+};
+
+struct RolePlacement {
+  int64_t replicas = 0;
+  int64_t gpus_per_replica = 0;
+  std::vector<std::string> gpu_products;  // GFD products the pods may land on; empty = CPU
+};
+
+struct PlacementDecision {
+  RolePlacement attention, expert;
+  // experts_by_rank[j] = expert ids held by expert rank j (every layer alike).
+  std::vector<std::vector<int>> experts_by_rank;
+  std::string summary;            // one line for status.plan.summary
+  nlohmann::json planner_detail;  // the planner's full plan, or null
+};
+
+class Placement {
+ public:
+  virtual ~Placement() = default;
+  virtual PlacementDecision Place(const PlacementRequest& request) const = 0;
+};
+
+// Whether a node's GPU satisfies a role's selector (null selector: any).
+bool MatchesSelector(const InventoryNode& node, const std::optional<GpuSelector>& selector);
+
+// The simple rule: each role takes the GPUs of its tier ("attention" nodes
+// for attention, "expert" nodes for experts) that match its selector;
+// "auto" replicas = those GPUs / gpusPerReplica; explicit replicas must fit.
+// CPU roles (gpusPerReplica 0) need explicit replicas and no GPUs. Experts
+// are dealt round-robin to expert ranks.
+class TierPlacement : public Placement {
+ public:
+  PlacementDecision Place(const PlacementRequest& request) const override;
+};
+
+// The best placement available in this build: PlannerPlacement when the
+// planner library is linked, TierPlacement otherwise.
+std::unique_ptr<Placement> MakeDefaultPlacement();
+
+// plan.json as mounted into the pods: ranks, roles, products and the expert
+// placement (plus the planner's detail when there is one).
+nlohmann::json PlanJson(const PlacementDecision& decision, const std::string& job_name, int64_t attempt);
+// Reads back a decision from plan.json (the ConfigMap keeps the plan stable).
+PlacementDecision PlacementFromPlanJson(const nlohmann::json& plan);
+
+}  // namespace hetermoe::op

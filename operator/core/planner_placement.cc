@@ -1,0 +1,117 @@
+// PlannerPlacement: the Placement backed by trainer/planner's plan search
+// (built only when the hetermoe_planner library exists; see placement.h).
+//
+// The planner plans one rank per GPU and picks the attention/expert split of
+// GPU kinds itself, so it is used when both roles are "auto" with one GPU
+// per pod; explicit replicas, CPU roles or multi-GPU pods keep the user's
+// numbers through the tier rule. Nodes whose GFD product the profile table
+// does not know are left out of the planner's inventory. A plan whose roles
+// break a role's gpuSelector is not used either (the tier rule decides).
+#include <map>
+#include <set>
+
+#include "operator/core/placement.h"
+#include "trainer/planner/gpu_profiles.h"
+#include "trainer/planner/inventory.h"
+#include "trainer/planner/model_shape.h"
+#include "trainer/planner/plan_json.h"
+#include "trainer/planner/planner.h"
+
+namespace hetermoe::op {
+
+namespace {
+
+class PlannerPlacement : public Placement {
+ public:
+  PlannerPlacement() : profiles_(planner::GpuProfileTable::Builtin()) {}
+
+  PlacementDecision Place(const PlacementRequest& request) const override {
+    const JobSpec& spec = *request.spec;
+    const bool planner_decides = !spec.attention.replicas && !spec.expert.replicas &&
+                                 spec.attention.gpus_per_replica == 1 && spec.expert.gpus_per_replica == 1;
+    if (!planner_decides) return tier_.Place(request);
+
+    planner::PlanRequest plan_request;
+    std::map<std::string, std::set<std::string>> products_by_kind;
+    std::map<std::string, const InventoryNode*> node_by_name;
+    for (const InventoryNode& n : request.nodes) {
+      if (!MatchesSelector(n, spec.attention.gpu_selector) && !MatchesSelector(n, spec.expert.gpu_selector)) continue;
+      auto kind = profiles_.Canonical(n.gpu.product);
+      if (!kind || n.gpus <= 0) continue;
+      plan_request.inventory.nodes.push_back({n.name, *kind, static_cast<int>(n.gpus), 0});
+      products_by_kind[*kind].insert(n.gpu.product);
+      node_by_name[n.name] = &n;
+    }
+    if (plan_request.inventory.nodes.empty()) return tier_.Place(request);
+    plan_request.inventory.source = "cluster nodes";
+    plan_request.model = planner::ModelShape::FromMixtral(request.model, "spec.model");
+    plan_request.seq_len = spec.training.seq_len;
+    plan_request.global_batch = spec.training.global_batch;
+    plan_request.asym_ea = spec.dispatch.asymmetric_offload;
+    plan_request.baselines = false;
+
+    planner::Plan plan;
+    try {
+      planner::ValidateInventory(plan_request.inventory, profiles_);
+      plan = planner::MakePlan(plan_request, profiles_);
+    } catch (const Error& e) {
+      throw PlacementError(std::string("planner: ") + e.what());
+    }
+
+    PlacementDecision d;
+    d.attention.gpus_per_replica = d.expert.gpus_per_replica = 1;
+    for (const planner::ZpGroup& group : plan.groups) {
+      d.attention.replicas += static_cast<int64_t>(group.attention.size());
+      d.expert.replicas += static_cast<int64_t>(group.expert.size());
+      const planner::GroupClass& cls = plan.classes.at(group.group_class);
+      for (size_t j = 0; j < group.expert.size(); ++j) {
+        std::vector<int> experts;
+        if (!cls.placement.empty() && j < cls.placement.front().expert_ranks.size())
+          experts = cls.placement.front().expert_ranks[j];
+        d.experts_by_rank.push_back(std::move(experts));
+      }
+      // Every slot's node must satisfy its role's selector.
+      for (const auto* slots : {&group.attention, &group.expert}) {
+        const bool attention = slots == &group.attention;
+        for (const planner::GpuSlot& slot : *slots) {
+          auto it = node_by_name.find(slot.node);
+          if (it != node_by_name.end() &&
+              !MatchesSelector(*it->second, attention ? spec.attention.gpu_selector : spec.expert.gpu_selector))
+            return tier_.Place(request);
+        }
+      }
+    }
+    if (d.attention.replicas == 0 || d.expert.replicas == 0)
+      throw PlacementError("planner: the plan has no attention or no expert ranks");
+    auto products = [&](const std::vector<std::string>& kinds) {
+      std::set<std::string> out;
+      for (const std::string& k : kinds)
+        for (const std::string& p : products_by_kind[k]) out.insert(p);
+      return std::vector<std::string>(out.begin(), out.end());
+    };
+    d.attention.gpu_products = products(plan.attention_kinds);
+    d.expert.gpu_products = products(plan.expert_kinds);
+    auto kinds = [](const std::vector<std::string>& v) {
+      std::string s;
+      for (const auto& k : v) s += (s.empty() ? "" : "+") + k;
+      return s;
+    };
+    char predicted[64];
+    std::snprintf(predicted, sizeof predicted, "%.0f", plan.predicted.tokens_per_second);
+    d.summary = "planner: " + std::to_string(d.attention.replicas) + " attention (" + kinds(plan.attention_kinds) +
+                ") : " + std::to_string(d.expert.replicas) + " expert (" + kinds(plan.expert_kinds) + ") in " +
+                std::to_string(plan.groups.size()) + " ZP group(s), predicted " + predicted + " tokens/s";
+    d.planner_detail = planner::PlanToJson(plan);
+    return d;
+  }
+
+ private:
+  planner::GpuProfileTable profiles_;
+  TierPlacement tier_;
+};
+
+}  // namespace
+
+std::unique_ptr<Placement> MakePlannerPlacement() { return std::make_unique<PlannerPlacement>(); }
+
+}  // namespace hetermoe::op

@@ -1,0 +1,195 @@
+// Children of a job: the Service, the plan ConfigMap and the pods, pinned as
+// golden JSON (tests/operator/golden/). After an intended change, rewrite
+// them with HETERMOE_UPDATE_GOLDEN=1 and review the diff.
+#include "operator/core/children.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "test_jobs.h"
+
+namespace hetermoe::op {
+namespace {
+
+using nlohmann::json;
+
+void ExpectGolden(const json& actual, const std::string& name) {
+  const std::string path = std::string(HETERMOE_OPERATOR_TEST_DIR) + "/golden/" + name;
+  if (const char* update = std::getenv("HETERMOE_UPDATE_GOLDEN"); update && std::string(update) == "1") {
+    std::ofstream(path) << actual.dump(2) << "\n";
+    return;
+  }
+  std::ifstream in(path);
+  ASSERT_TRUE(in) << "missing golden file " << path << " (HETERMOE_UPDATE_GOLDEN=1 writes it)";
+  json expected = json::parse(in);
+  EXPECT_EQ(actual, expected) << name << " differs; diff:\n" << json::diff(expected, actual).dump(2);
+}
+
+PlacementDecision TinyPlacement(const HeterMoEJob& job) {
+  PlacementRequest request;
+  request.spec = &job.spec;
+  request.model = io::ParseMixtralConfigText(fixtures::kTinyModel, "test");
+  request.nodes = fixtures::A40V100Nodes();
+  return TierPlacement().Place(request);
+}
+
+TEST(Children, Golden) {
+  HeterMoEJob job = fixtures::TinyJob();
+  PlacementDecision placement = TinyPlacement(job);
+  ExpectGolden(BuildService(job), "tiny-service.json");
+  ExpectGolden(BuildPlanConfigMap(job, placement, fixtures::kTinyModel, 0), "tiny-plan-configmap.json");
+  ExpectGolden(BuildPod(job, placement, Role::kAttention, 0, 0), "tiny-attention-0.json");
+  ExpectGolden(BuildPod(job, placement, Role::kExpert, 3, 1), "tiny-expert-3-attempt-1.json");
+}
+
+TEST(Children, RanksAndEnvironment) {
+  HeterMoEJob job = fixtures::TinyJob();
+  PlacementDecision placement = TinyPlacement(job);
+  std::set<std::string> ranks;
+  for (Role role : {Role::kAttention, Role::kExpert}) {
+    int64_t n = role == Role::kAttention ? placement.attention.replicas : placement.expert.replicas;
+    for (int64_t i = 0; i < n; ++i) {
+      json pod = BuildPod(job, placement, role, i, 0);
+      std::map<std::string, std::string> env;
+      for (const json& e : pod["spec"]["containers"][0]["env"]) env[e["name"]] = e["value"];
+      EXPECT_EQ(env["WORLD_SIZE"], "6");
+      EXPECT_EQ(env["MASTER_ADDR"], "tiny-attention-0.tiny.team-a.svc");
+      EXPECT_EQ(env["HETERMOE_ROLE"], RoleName(role));
+      EXPECT_EQ(env["HETERMOE_ROLE_RANK"], std::to_string(i));
+      EXPECT_EQ(pod["metadata"]["labels"][kLabelRank], env["RANK"]);
+      ranks.insert(env["RANK"]);
+    }
+  }
+  EXPECT_EQ(ranks, (std::set<std::string>{"0", "1", "2", "3", "4", "5"}));
+}
+
+TEST(Children, TemplateAffinityIsKeptAndExtended) {
+  json object = fixtures::TinyJobJson();
+  object["spec"]["attention"]["template"]["spec"]["affinity"] = {
+      {"nodeAffinity",
+       {{"requiredDuringSchedulingIgnoredDuringExecution",
+         {{"nodeSelectorTerms",
+           {{{"matchExpressions", {{{"key", "zone"}, {"operator", "In"}, {"values", {"a"}}}}}},
+            {{"matchExpressions", {{{"key", "zone"}, {"operator", "In"}, {"values", {"b"}}}}}}}}}}}}};
+  HeterMoEJob job = ParseJob(object);
+  json pod = BuildPod(job, TinyPlacement(job), Role::kAttention, 0, 0);
+  const json& terms =
+      pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+  ASSERT_EQ(terms.size(), 2u);
+  for (const json& term : terms) {
+    ASSERT_EQ(term["matchExpressions"].size(), 2u) << "each ORed term also requires the GPU product";
+    EXPECT_EQ(term["matchExpressions"][1]["key"], "nvidia.com/gpu.product");
+    EXPECT_EQ(term["matchExpressions"][1]["values"], json({"NVIDIA-A40"}));
+  }
+}
+
+TEST(Children, CpuPodsHaveNoGpuLimitsOrAffinity) {
+  json object = fixtures::TinyJobJson();
+  object["spec"]["attention"]["gpusPerReplica"] = 0;
+  object["spec"]["expert"]["gpusPerReplica"] = 0;
+  HeterMoEJob job = ParseJob(object);
+  PlacementRequest request{&job.spec, io::ParseMixtralConfigText(fixtures::kTinyModel, "t"), {}};
+  PlacementDecision placement = TierPlacement().Place(request);
+  json pod = BuildPod(job, placement, Role::kExpert, 0, 0);
+  EXPECT_FALSE(pod["spec"].contains("affinity"));
+  EXPECT_FALSE(pod["spec"]["containers"][0].contains("resources"));
+  EXPECT_FALSE(pod["spec"].contains("tolerations"));
+}
+
+TEST(Children, GangSchedulers) {
+  json object = fixtures::TinyJobJson();
+  object["spec"]["runPolicy"]["schedulingPolicy"] = {
+      {"scheduler", "volcano"}, {"queue", "research"}, {"minAvailable", 6}, {"priorityClass", "high"}};
+  HeterMoEJob job = ParseJob(object);
+  PlacementDecision placement = TinyPlacement(job);
+  json pod = BuildPod(job, placement, Role::kAttention, 0, 0);
+  EXPECT_EQ(pod["spec"]["schedulerName"], "volcano");
+  EXPECT_EQ(pod["spec"]["priorityClassName"], "high");
+  EXPECT_EQ(pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"], "tiny");
+  json group = BuildPodGroup(job, placement);
+  EXPECT_EQ(group["spec"]["minMember"], 6);
+  EXPECT_EQ(group["spec"]["queue"], "research");
+
+  object["spec"]["runPolicy"]["schedulingPolicy"] = {{"scheduler", "kueue"}, {"queue", "team-a-queue"}};
+  job = ParseJob(object);
+  pod = BuildPod(job, placement, Role::kExpert, 0, 0);
+  EXPECT_EQ(pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], "team-a-queue");
+  EXPECT_EQ(pod["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"], "6");
+  EXPECT_FALSE(pod["spec"].contains("schedulerName"));
+}
+
+TEST(Placement, TierRuleAutoAndLimits) {
+  json object = fixtures::TinyJobJson();
+  object["spec"]["attention"]["replicas"] = "auto";
+  object["spec"]["expert"]["replicas"] = "auto";
+  HeterMoEJob job = ParseJob(object);
+  PlacementRequest request{&job.spec, io::ParseMixtralConfigText(fixtures::kTinyModel, "t"), fixtures::A40V100Nodes()};
+  PlacementDecision d = TierPlacement().Place(request);
+  EXPECT_EQ(d.attention.replicas, 8);  // 2 A40 nodes x 4
+  EXPECT_EQ(d.expert.replicas, 8);     // 8 V100 GPUs, 8 experts
+  ASSERT_EQ(d.experts_by_rank.size(), 8u);
+  EXPECT_EQ(d.experts_by_rank[3], (std::vector<int>{3}));
+
+  object["spec"]["attention"]["replicas"] = 9;  // only 8 A40s
+  job = ParseJob(object);
+  request.spec = &job.spec;
+  EXPECT_THROW(TierPlacement().Place(request), PlacementError);
+
+  object["spec"]["attention"]["replicas"] = 2;
+  object["spec"]["attention"]["gpuSelector"] = {{"minComputeCapability", "9.0"}};  // no Hopper here
+  job = ParseJob(object);
+  request.spec = &job.spec;
+  EXPECT_THROW(TierPlacement().Place(request), PlacementError);
+}
+
+TEST(Placement, PlanJsonRoundTrips) {
+  HeterMoEJob job = fixtures::TinyJob();
+  PlacementDecision d = TinyPlacement(job);
+  PlacementDecision back = PlacementFromPlanJson(PlanJson(d, "tiny", 0));
+  EXPECT_EQ(back.attention.replicas, d.attention.replicas);
+  EXPECT_EQ(back.expert.gpu_products, d.expert.gpu_products);
+  EXPECT_EQ(back.experts_by_rank, d.experts_by_rank);
+  EXPECT_EQ(back.summary, d.summary);
+}
+
+TEST(RunFile, FromTraining) {
+  std::string yaml = RunFileYaml(fixtures::TinyJob().spec);
+  EXPECT_NE(yaml.find("steps: 100"), std::string::npos);
+  EXPECT_NE(yaml.find("micro_batches: 2"), std::string::npos);
+  EXPECT_NE(yaml.find("dir: \"/checkpoints\""), std::string::npos);
+  EXPECT_NE(yaml.find("checkpoint_every: 50"), std::string::npos);
+}
+
+TEST(Placement, DefaultPlacementPlansAutoRolesOverGpuKinds) {
+  json object = fixtures::TinyJobJson();
+  object["spec"]["attention"]["replicas"] = "auto";
+  object["spec"]["expert"]["replicas"] = "auto";
+  HeterMoEJob job = ParseJob(object);
+  PlacementRequest request{&job.spec, io::ParseMixtralConfigText(fixtures::kTinyModel, "t"), fixtures::A40V100Nodes()};
+  auto placement = MakeDefaultPlacement();
+  PlacementDecision d = placement->Place(request);
+  EXPECT_GT(d.attention.replicas, 0);
+  EXPECT_GT(d.expert.replicas, 0);
+  EXPECT_LE(d.attention.replicas + d.expert.replicas, 16) << "one rank per GPU at most";
+  EXPECT_EQ(static_cast<int64_t>(d.experts_by_rank.size()), d.expert.replicas);
+  std::set<int> held;
+  for (const auto& experts : d.experts_by_rank) held.insert(experts.begin(), experts.end());
+  EXPECT_FALSE(held.empty());
+  for (const RolePlacement* role : {&d.attention, &d.expert})
+    for (const std::string& product : role->gpu_products)
+      EXPECT_TRUE(product == "NVIDIA-A40" || product == "Tesla-V100-SXM2-32GB") << product;
+  EXPECT_FALSE(d.summary.empty());
+
+  // Explicit replicas keep the user's numbers (tier rule).
+  HeterMoEJob fixed = fixtures::TinyJob();
+  request.spec = &fixed.spec;
+  d = placement->Place(request);
+  EXPECT_EQ(d.attention.replicas, 2);
+  EXPECT_EQ(d.expert.replicas, 4);
+}
+
+}  // namespace
+}  // namespace hetermoe::op
