@@ -1,18 +1,62 @@
-// Backend selection. The CUDA backend is compiled in only when the build has
-// nvcc (HETERMOE_HAVE_CUDA); otherwise "cuda" is a clear error and "auto" is
-// the CPU.
-#include <cstdio>
+// Backend selection. The CUDA backend is a plugin (cuda_plugin.cc) loaded at
+// run time when a GPU is asked for: found beside the executable, in ../lib,
+// at the path the build recorded, or at $HETERMOE_CUDA_PLUGIN. Without it (a
+// build without nvcc, or a CPU-only install) "cuda" is a clear error and
+// "auto" is the CPU.
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include "trainer/backend/backend.h"
 #include "trainer/backend/cpu_backend.h"
 #include "trainer/util/error.h"
 
-#if defined(HETERMOE_HAVE_CUDA)
-#include "kernels/device.h"
-#include "trainer/backend/cuda_backend.h"
-#endif
-
 namespace hetermoe::backend {
+namespace {
+
+constexpr const char* kPluginName = "libhetermoe_cuda_plugin.so";
+
+using DeviceCountFn = int (*)(char*, size_t);
+using MakeFn = Backend* (*)(const io::MixtralConfig*, const model::ParameterLayout*,
+                            const BackendOptions*, char*, size_t);
+
+struct Plugin {
+  void* handle = nullptr;
+  std::string why;  // when not loaded
+};
+
+const Plugin& LoadPlugin() {
+  static const Plugin plugin = [] {
+    Plugin p;
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("HETERMOE_CUDA_PLUGIN"); env && *env) candidates.push_back(env);
+    char self[PATH_MAX] = {0};
+    if (::readlink("/proc/self/exe", self, sizeof self - 1) > 0) {
+      const auto dir = std::filesystem::path(self).parent_path();
+      candidates.push_back((dir / kPluginName).string());
+      candidates.push_back((dir / ".." / "lib" / kPluginName).string());
+    }
+#if defined(HETERMOE_CUDA_PLUGIN_PATH)
+    candidates.push_back(HETERMOE_CUDA_PLUGIN_PATH);
+#endif
+    for (const auto& c : candidates) {
+      if (!std::filesystem::exists(c)) continue;
+      p.handle = ::dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (p.handle) return p;
+      p.why = c + ": " + ::dlerror();
+    }
+    if (p.why.empty()) p.why = std::string("this build has no CUDA support (") + kPluginName + " not found)";
+    return p;
+  }();
+  return plugin;
+}
+
+}  // namespace
 
 std::unique_ptr<Backend> MakeBackend(const io::MixtralConfig& config,
                                      const model::ParameterLayout& layout,
@@ -21,13 +65,22 @@ std::unique_ptr<Backend> MakeBackend(const io::MixtralConfig& config,
   if (device != "cpu" && device != "cuda" && device != "auto")
     throw Error("device \"" + device + "\" is not one of auto, cpu, cuda");
   if (device == "cpu") return std::make_unique<CpuBackend>(config, layout, options.adamw);
-#if defined(HETERMOE_HAVE_CUDA)
-  std::string why;
-  if (kernels::CudaDeviceCount(&why) > 0) return MakeCudaBackend(config, layout, options);
-  if (device == "cuda") throw Error("device cuda: no usable GPU (" + why + ")");
-#else
-  if (device == "cuda") throw Error("device cuda: this build has no CUDA support (built without nvcc)");
-#endif
+  const Plugin& plugin = LoadPlugin();
+  if (!plugin.handle) {
+    if (device == "cuda") throw Error("device cuda: " + plugin.why);
+    return std::make_unique<CpuBackend>(config, layout, options.adamw);
+  }
+  auto count = reinterpret_cast<DeviceCountFn>(::dlsym(plugin.handle, "HetermoeCudaDeviceCount"));
+  auto make = reinterpret_cast<MakeFn>(::dlsym(plugin.handle, "HetermoeMakeCudaBackend"));
+  if (!count || !make) throw Error(std::string("CUDA plugin: missing entry points (") + kPluginName + ")");
+  char why[512] = {0};
+  if (count(why, sizeof why) > 0) {
+    char error[1024] = {0};
+    Backend* b = make(&config, &layout, &options, error, sizeof error);
+    if (!b) throw Error(error);
+    return std::unique_ptr<Backend>(b);
+  }
+  if (device == "cuda") throw Error(std::string("device cuda: no usable GPU (") + why + ")");
   return std::make_unique<CpuBackend>(config, layout, options.adamw);
 }
 
