@@ -65,10 +65,17 @@ def killed_rank(trainer, run_file, work):
     deadline = time.time() + 60
     while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
         time.sleep(0.1)
-    ranks = {rank_of(c): c for c in children_of(p.pid)}
+    ranks = {}
+    for _ in range(50):  # the ranks' environments become readable as they exec
+        ranks = {rank_of(c): c for c in children_of(p.pid)}
+        if 2 in ranks or p.poll() is not None:
+            break
+        time.sleep(0.1)
     if 2 not in ranks:
         p.kill()
-        fail(f"could not find rank 2 among the launcher's children {ranks}")
+        _, err = p.communicate()
+        fail(f"could not find rank 2 among the launcher's children {ranks} (launcher exit "
+             f"{p.returncode}):\n{err}")
     time.sleep(0.05)  # land inside a step
     t0 = time.time()
     os.kill(ranks[2], signal.SIGKILL)
@@ -82,8 +89,13 @@ def killed_rank(trainer, run_file, work):
         fail("the run succeeded although rank 2 was killed")
     if "rank 2" not in err:
         fail(f"the error does not name rank 2:\n{err}")
-    left = [c for c in ranks.values() if os.path.exists(f"/proc/{c}") and
-            open(f"/proc/{c}/stat").read().split()[2] != "Z"]
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] != "Z"
+        except OSError:
+            return False
+    left = [c for c in ranks.values() if alive(c)]
     if left:
         fail(f"rank processes left behind: {left}")
     print(f"killed rank 2: exit {p.returncode} after {took:.1f} s: {err.strip().splitlines()[-1]}")
