@@ -11,27 +11,18 @@
 #include <thread>
 
 #include "trainer/comm/communicator.h"
+#include "tests/support/loopback.h"
 #include "trainer/comm/tcp_store.h"
 #include "trainer/util/error.h"
 
 namespace hetermoe::comm {
 namespace {
 
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using hetermoe::testing::FreeLoopbackPort;
 
 // Runs fn(world) on `n` ranks at once; rethrows the first failure.
 void OnRanks(int n, const std::function<void(World&)>& fn, int timeout_ms = 10000) {
-  const int port = FreePort();
+  const int port = FreeLoopbackPort();
   std::vector<std::thread> threads;
   std::vector<std::string> errors(n);
   for (int r = 0; r < n; ++r)
@@ -106,7 +97,7 @@ TEST(Communicator, SubgroupsConnectOnlyTheirMembers) {
 }
 
 TEST(Communicator, ASilentPeerIsAnErrorNamingIt) {
-  const int port = FreePort();
+  const int port = FreeLoopbackPort();
   std::string error;
   std::thread quiet([&] {
     RendezvousOptions o;

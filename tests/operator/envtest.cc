@@ -20,7 +20,7 @@
 
 #include "operator/kube/resource.h"
 #include "trainer/util/error.h"
-#include "loopback.h"
+#include "tests/support/loopback.h"
 #include "yaml_json.h"
 
 namespace hetermoe::op::envtest {
@@ -139,9 +139,9 @@ void Envtest::Start() {
   Run("openssl genrsa -out " + d + "/sa.key 2048");
   Run("openssl rsa -in " + d + "/sa.key -pubout -out " + d + "/sa.pub");
 
-  etcd_port_ = fixtures::FreeLoopbackPort();
-  etcd_peer_port_ = fixtures::FreeLoopbackPort();
-  api_port_ = fixtures::FreeLoopbackPort();
+  etcd_port_ = testing::FreeLoopbackPort();
+  etcd_peer_port_ = testing::FreeLoopbackPort();
+  api_port_ = testing::FreeLoopbackPort();
   const std::string etcd_url = "http://127.0.0.1:" + std::to_string(etcd_port_);
   etcd_pid_ = Spawn({assets_ + "/etcd", "--data-dir", d + "/etcd", "--listen-client-urls", etcd_url,
                      "--advertise-client-urls", etcd_url, "--listen-peer-urls",

@@ -20,7 +20,7 @@
 #include <gtest/gtest.h>
 
 #include "envtest.h"
-#include "loopback.h"
+#include "tests/support/loopback.h"
 #include "operator/controller/informer.h"
 #include "operator/controller/log.h"
 #include "operator/controller/operator.h"
@@ -436,7 +436,7 @@ TEST_F(OperatorEnv, OneLeaderAndTakeoverAfterLeaseExpiry) {
 
 TEST_F(OperatorEnv, BinaryServesProbesAndMetricsAndStopsOnSigterm) {
   const std::string binary = HETERMOE_OPERATOR_BINARY;
-  const int health = fixtures::FreeLoopbackPort(), metrics = fixtures::FreeLoopbackPort();
+  const int health = testing::FreeLoopbackPort(), metrics = testing::FreeLoopbackPort();
   const std::string log = envtest::Shared().dir() + "/operator-binary.log";
   pid_t pid = fork();
   if (pid == 0) {
@@ -470,15 +470,8 @@ TEST_F(OperatorEnv, BinaryServesProbesAndMetricsAndStopsOnSigterm) {
 
 TEST_F(OperatorEnv, ProgressIsReadFromRankZero) {
   // Rank 0's metrics endpoint, as hetermoe-trainer serves it.
-  int listener = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  listen(listener, 8);
-  socklen_t len = sizeof addr;
-  getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
-  const int port = ntohs(addr.sin_port);
+  int port = 0;
+  const int listener = testing::ListenOnLoopback(8, &port);
   std::atomic<bool> stop{false};
   std::thread server([&] {
     while (!stop) {

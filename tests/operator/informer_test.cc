@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "operator/controller/work_queue.h"
+#include "tests/support/loopback.h"
 
 namespace hetermoe::op {
 namespace {
@@ -29,15 +30,7 @@ class ScriptedServer {
  public:
   using Reply = std::function<std::string(const std::string& request_line)>;
   explicit ScriptedServer(std::vector<Reply> replies) : replies_(std::move(replies)) {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    listen(fd_, 8);
-    socklen_t len = sizeof addr;
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
+    fd_ = testing::ListenOnLoopback(8, &port_);
     thread_ = std::thread([this] { Serve(); });
   }
   ~ScriptedServer() {

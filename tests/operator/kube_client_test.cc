@@ -14,7 +14,7 @@
 
 #include <gtest/gtest.h>
 
-#include "loopback.h"
+#include "tests/support/loopback.h"
 
 namespace hetermoe::op {
 namespace {
@@ -25,15 +25,7 @@ using nlohmann::json;
 class OneShotServer {
  public:
   explicit OneShotServer(std::function<void(int fd, const std::string& request)> respond) {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    listen(fd_, 1);
-    socklen_t len = sizeof addr;
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
+    fd_ = testing::ListenOnLoopback(1, &port_);
     thread_ = std::thread([this, respond] {
       int c = accept(fd_, nullptr, nullptr);
       std::string request;
@@ -143,7 +135,7 @@ TEST(KubeClient, ErrorsCarryCodeAndReason) {
 
 TEST(KubeClient, NoServerIsCodeZero) {
   // Nobody listens on a port just found free.
-  KubeClient client = Client("http://127.0.0.1:" + std::to_string(fixtures::FreeLoopbackPort()));
+  KubeClient client = Client("http://127.0.0.1:" + std::to_string(testing::FreeLoopbackPort()));
   try {
     client.Get("/version");
     FAIL() << "expected ApiError";
