@@ -71,15 +71,17 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
   std::vector<int> everyone(world.size());
   for (int r = 0; r < world.size(); ++r) everyone[r] = r;
   auto all = world.Group("profile", everyone);
-  std::vector<double> times = {t.attention_seconds, t.expert_rank_seconds, t.offloaded_expert_seconds};
-  // Max over ranks: a sum would also do (one side measures each), max is robust to repeats.
+  // Each rank fills its own three slots; one sum gathers them all, then the
+  // slowest measurement of each kind counts (only one side measures each).
+  const int W = world.size();
+  std::vector<double> gathered(3 * W, 0.0);
+  gathered[3 * world.rank() + 0] = t.attention_seconds;
+  gathered[3 * world.rank() + 1] = t.expert_rank_seconds;
+  gathered[3 * world.rank() + 2] = t.offloaded_expert_seconds;
+  all->AllReduceSum(gathered.data(), gathered.size());
   std::vector<double> maxed(3, 0.0);
-  for (int i = 0; i < 3; ++i) {
-    std::vector<double> v(world.size(), 0.0);
-    v[world.rank()] = times[i];
-    all->AllReduceSum(v.data(), v.size());
-    maxed[i] = *std::max_element(v.begin(), v.end());
-  }
+  for (int r = 0; r < W; ++r)
+    for (int i = 0; i < 3; ++i) maxed[i] = std::max(maxed[i], gathered[3 * r + i]);
   planner::AsymEaInputs in;
   in.layers = static_cast<int>(config.num_hidden_layers);
   in.experts_per_layer = static_cast<int>(config.num_local_experts);
@@ -94,13 +96,8 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
                    p.attention_ranks, p.expert_ranks);
     return {};
   }
-  planner::AsymEaResult r = planner::AssignAsymmetricExperts(in);
-  // Keep at least one expert per expert rank in every layer.
-  for (int& o : r.offloaded) {
-    const int chunk = std::max(1, r.chunk);
-    while (o > 0 && config.num_local_experts - o < p.expert_ranks) o -= chunk;
-    o = std::max(o, 0);
-  }
+  // Algorithm 1 leaves every expert rank at least one expert per layer.
+  const planner::AsymEaResult r = planner::AssignAsymmetricExperts(in);
   if (world.rank() == 0) {
     std::string list;
     for (int o : r.offloaded) list += (list.empty() ? "" : ", ") + std::to_string(o);
