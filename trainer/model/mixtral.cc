@@ -48,6 +48,12 @@ void MixtralCpu::Resize(int64_t batch, int64_t seq_len) {
   final_rstd_.resize(N);
   logits_.resize(N * config_.vocab_size);
   dh_.resize(N * d);
+  gate_logits_.resize(N * config_.num_local_experts);
+  dm_.resize(N * d);
+  dattn_.resize(N * qd);
+  dq_.resize(N * qd);
+  dk_.resize(N * kvd);
+  dv_.resize(N * kvd);
 }
 
 std::vector<ops::ExpertWeights> MixtralCpu::ExpertWeightsOf(const float* params, int64_t layer,
@@ -103,9 +109,8 @@ void MixtralCpu::AttentionForward(const float* params, int64_t l) {
   // router -> dispatch plan -> gather rows by expert
   ops::RmsNormForward(N, d, la.h_mid.data(), params + lo.post_norm, eps, la.m.data(),
                       la.rstd2.data());
-  std::vector<float> gate_logits(N * E);
-  ops::LinearForward(N, E, d, la.m.data(), params + lo.gate, gate_logits.data());
-  ops::RouterForward(N, E, k, gate_logits.data(), &la.router);
+  ops::LinearForward(N, E, d, la.m.data(), params + lo.gate, gate_logits_.data());
+  ops::RouterForward(N, E, k, gate_logits_.data(), &la.router);
   la.plan = ops::MakeDispatchPlan(N, k, E, la.router.topk_expert.data());
   ops::DispatchGather(la.plan, d, la.m.data(), la.xp.data());
 
@@ -160,11 +165,10 @@ void MixtralCpu::HeadBackward(const float* params, float* grads, float loss_scal
   const int64_t E = config_.num_local_experts;
   ops::CrossEntropyBackward(N, V, logits_.data(), targets_, loss_scale / static_cast<float>(N),
                             logits_.data());
-  std::vector<float> dnormed(N * d);
   ops::LinearBackwardWeight(N, V, d, logits_.data(), final_normed_.data(), grads + layout_.lm_head);
-  ops::LinearBackwardInput(N, V, d, logits_.data(), params + layout_.lm_head, dnormed.data(), false);
+  ops::LinearBackwardInput(N, V, d, logits_.data(), params + layout_.lm_head, dm_.data(), false);
   std::fill(dh_.begin(), dh_.end(), 0.0f);
-  ops::RmsNormBackward(N, d, dnormed.data(), resid_out_.data(), params + layout_.final_norm,
+  ops::RmsNormBackward(N, d, dm_.data(), resid_out_.data(), params + layout_.final_norm,
                        final_rstd_.data(), dh_.data(), grads + layout_.final_norm);
   // d(loss_scale * coef * aux)/dp[r, e] = scale * coef * E * F_e / rows, with
   // F_e = counts_e / rows held constant (Switch/Mixtral).
@@ -204,7 +208,9 @@ void MixtralCpu::AttentionBackward(const float* params, float* grads, int64_t l)
 
   // MoE input gradient: the experts' branch (scatter of dxp) plus the gate's
   // branch (the routing weights scale the expert outputs).
-  std::vector<float> dm(N * d, 0.0f), dgate(N * E);
+  std::vector<float>& dm = dm_;
+  std::vector<float>& dgate = gate_logits_;
+  std::fill(dm.begin(), dm.end(), 0.0f);
   ops::DispatchScatterAdd(la.plan, d, la.dxp.data(), dm.data());
   ops::RouterBackward(N, E, k, la.router, la.dweight.data(), aux_dprob_.data(), dgate.data());
   ops::LinearBackwardWeight(N, E, d, dgate.data(), la.m.data(), grads + lo.gate);
@@ -213,7 +219,7 @@ void MixtralCpu::AttentionBackward(const float* params, float* grads, int64_t l)
                        dh_.data(), grads + lo.post_norm);
 
   // attention block
-  std::vector<float> dattn(N * H * hd), dq(N * H * hd), dk(N * KV * hd), dv(N * KV * hd);
+  std::vector<float>&dattn = dattn_, &dq = dq_, &dk = dk_, &dv = dv_;
   ops::LinearBackwardWeight(N, d, H * hd, dh_.data(), la.attn.data(), grads + lo.o);
   ops::LinearBackwardInput(N, d, H * hd, dh_.data(), params + lo.o, dattn.data(), false);
   ops::AttentionBackward({batch_, seq_len_, H, KV, hd}, la.q.data(), la.k.data(), la.v.data(),

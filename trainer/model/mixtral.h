@@ -122,6 +122,10 @@ class MixtralCpu {
   int64_t aux_rows_ = 0;
   std::vector<float> aux_dprob_;          // [E] set by HeadBackward
   std::vector<float> dh_;                 // [N, d] gradient of the residual stream
+  // Scratch reused by every layer (sized once in Resize, not per call).
+  std::vector<float> gate_logits_;        // [N, E]; backward: d loss / d gate logits
+  std::vector<float> dm_;                 // [N, d] gradient w.r.t. a normed input
+  std::vector<float> dattn_, dq_, dk_, dv_;
 };
 
 }  // namespace hetermoe::model
