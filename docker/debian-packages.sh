@@ -14,7 +14,7 @@ BUILD="build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev"
 TEST="python3 python3-torch python3-numpy prometheus etcd-server
   golang-1.19-go golang-github-modern-go-reflect2-dev dpkg-dev clang
-  libclang-rt-14-dev curl"
+  libclang-rt-14-dev curl nodejs"
 
 case "${1:-build}" in
   build) PKGS="$BUILD" ;;
