@@ -5,7 +5,8 @@
 #   docker/debian-packages.sh build   # compile and run the trainer/operator
 #   docker/debian-packages.sh test    # + what the test suite checks against
 #                                     #   (PyTorch, Prometheus, etcd, Go for
-#                                     #   the kube-apiserver, clang for fuzzing)
+#                                     #   the kube-apiserver, clang for fuzzing,
+#                                     #   Boost.Context for the CUDA emulator)
 set -eu
 
 BUILD="build-essential cmake ninja-build pkg-config git ca-certificates
@@ -14,7 +15,7 @@ BUILD="build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev"
 TEST="python3 python3-torch python3-numpy prometheus etcd-server
   golang-1.19-go golang-github-modern-go-reflect2-dev dpkg-dev clang
-  libclang-rt-14-dev curl nodejs"
+  libclang-rt-14-dev curl nodejs libboost-context-dev"
 
 case "${1:-build}" in
   build) PKGS="$BUILD" ;;

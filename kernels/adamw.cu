@@ -1,4 +1,5 @@
 #include "kernels/adamw.cuh"
+#include "kernels/common.cuh"
 
 namespace hetermoe::kernels {
 
@@ -13,7 +14,7 @@ cudaError_t LaunchAdamW(float* params, const float* grads, float* exp_avg, float
   if (n == 0) return cudaSuccess;
   constexpr int kThreads = 256;
   const auto blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
-  AdamWKernel<<<blocks, kThreads, 0, stream>>>(params, grads, exp_avg, exp_avg_sq, n, step, decay);
+  HM_LAUNCH(AdamWKernel, blocks, kThreads, 0, stream)(params, grads, exp_avg, exp_avg_sq, n, step, decay);
   return cudaGetLastError();
 }
 

@@ -50,7 +50,7 @@ int AttentionTileRows(int64_t head_dim) { return head_dim <= 128 ? 32 : 16; }
 
 __global__ void AttentionForwardKernel(AttentionDims s, int tile, const float* q, const float* k,
                                        const float* v, float* out, float* lse) {
-  extern __shared__ float smem[];
+  HM_DYNAMIC_SHARED(float, smem);
   float* ks = smem;                    // [tile, hd]
   float* vs = smem + tile * s.head_dim;  // [tile, hd]
   const int64_t T = s.seq_len, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
@@ -119,7 +119,7 @@ __global__ void AttentionRowDotKernel(AttentionDims s, const float* out, const f
 __global__ void AttentionBackwardQueryKernel(AttentionDims s, int tile, const float* q,
                                              const float* k, const float* v, const float* dout,
                                              const float* lse, const float* D, float* dq) {
-  extern __shared__ float smem[];
+  HM_DYNAMIC_SHARED(float, smem);
   float* ks = smem;
   float* vs = smem + tile * s.head_dim;
   const int64_t T = s.seq_len, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
@@ -170,7 +170,7 @@ __global__ void AttentionBackwardKeyValueKernel(AttentionDims s, int tile, const
                                                 const float* k, const float* v,
                                                 const float* dout, const float* lse,
                                                 const float* D, float* dk, float* dv) {
-  extern __shared__ float smem[];
+  HM_DYNAMIC_SHARED(float, smem);
   float* qs = smem;                          // [tile, hd] queries of one head
   float* dos = smem + tile * s.head_dim;     // [tile, hd] their output gradients
   float* lses = smem + 2 * tile * s.head_dim;  // [tile]
@@ -251,7 +251,7 @@ cudaError_t LaunchAttentionForward(const AttentionDims& s, const float* q, const
   const int tile = AttentionTileRows(s.head_dim);
   const dim3 grid(static_cast<unsigned>(s.batch * s.heads), BlocksFor(s.seq_len, kAttentionRowsPerBlock));
   const size_t smem = sizeof(float) * 2 * tile * s.head_dim;
-  AttentionForwardKernel<<<grid, kAttentionThreads, smem, stream>>>(s, tile, q, k, v, out, lse);
+  HM_LAUNCH(AttentionForwardKernel, grid, kAttentionThreads, smem, stream)(s, tile, q, k, v, out, lse);
   return cudaGetLastError();
 }
 
@@ -263,15 +263,13 @@ cudaError_t LaunchAttentionBackward(const AttentionDims& s, const float* q, cons
   if (s.batch * s.seq_len == 0) return cudaSuccess;
   const int tile = AttentionTileRows(s.head_dim);
   const int64_t rows = s.batch * s.seq_len * s.heads;
-  AttentionRowDotKernel<<<BlocksFor(rows, kAttentionRowsPerBlock), kAttentionThreads, 0, stream>>>(
+  HM_LAUNCH(AttentionRowDotKernel, BlocksFor(rows, kAttentionRowsPerBlock), kAttentionThreads, 0, stream)(
       s, out, dout, D);
   const unsigned row_blocks = BlocksFor(s.seq_len, kAttentionRowsPerBlock);
   const size_t smem_q = sizeof(float) * 2 * tile * s.head_dim;
-  AttentionBackwardQueryKernel<<<dim3(static_cast<unsigned>(s.batch * s.heads), row_blocks),
-                                 kAttentionThreads, smem_q, stream>>>(s, tile, q, k, v, dout, lse, D, dq);
+  HM_LAUNCH(AttentionBackwardQueryKernel, dim3(static_cast<unsigned>(s.batch * s.heads), row_blocks), kAttentionThreads, smem_q, stream)(s, tile, q, k, v, dout, lse, D, dq);
   const size_t smem_kv = sizeof(float) * (2 * tile * s.head_dim + 2 * tile);
-  AttentionBackwardKeyValueKernel<<<dim3(static_cast<unsigned>(s.batch * s.kv_heads), row_blocks),
-                                    kAttentionThreads, smem_kv, stream>>>(s, tile, q, k, v, dout, lse,
+  HM_LAUNCH(AttentionBackwardKeyValueKernel, dim3(static_cast<unsigned>(s.batch * s.kv_heads), row_blocks), kAttentionThreads, smem_kv, stream)(s, tile, q, k, v, dout, lse,
                                                                            D, dk, dv);
   return cudaGetLastError();
 }

@@ -15,13 +15,13 @@ __global__ void CastToHalfKernel(const float* x, int64_t n, __half* y) {
 
 cudaError_t LaunchCastToBf16(const float* x, int64_t n, __nv_bfloat16* y, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  CastToBf16Kernel<<<BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(x, n, y);
+  HM_LAUNCH(CastToBf16Kernel, BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(x, n, y);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchCastToHalf(const float* x, int64_t n, __half* y, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  CastToHalfKernel<<<BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(x, n, y);
+  HM_LAUNCH(CastToHalfKernel, BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(x, n, y);
   return cudaGetLastError();
 }
 

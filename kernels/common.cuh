@@ -6,6 +6,8 @@
 
 #include <cuda_runtime.h>
 
+#include "kernels/launch.cuh"
+
 #include <cstdint>
 
 namespace hetermoe::kernels {

@@ -45,7 +45,7 @@ __global__ void CrossEntropyBackwardKernel(const float* logits, const int32_t* t
 cudaError_t LaunchCrossEntropyForward(const float* logits, const int32_t* targets, int64_t N,
                                       int64_t V, float* row_loss, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  CrossEntropyForwardKernel<<<static_cast<unsigned>(N), kThreadsPerBlock, 0, stream>>>(logits, targets,
+  HM_LAUNCH(CrossEntropyForwardKernel, static_cast<unsigned>(N), kThreadsPerBlock, 0, stream)(logits, targets,
                                                                                        V, row_loss);
   return cudaGetLastError();
 }
@@ -53,7 +53,7 @@ cudaError_t LaunchCrossEntropyForward(const float* logits, const int32_t* target
 cudaError_t LaunchCrossEntropyBackward(const float* logits, const int32_t* targets, int64_t N,
                                        int64_t V, float scale, float* dlogits, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  CrossEntropyBackwardKernel<<<static_cast<unsigned>(N), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(CrossEntropyBackwardKernel, static_cast<unsigned>(N), kThreadsPerBlock, 0, stream)(
       logits, targets, V, scale, dlogits);
   return cudaGetLastError();
 }

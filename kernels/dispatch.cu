@@ -103,7 +103,7 @@ cudaError_t LaunchBuildDispatchPlan(const int32_t* topk_expert, int64_t N, int64
                                     int32_t* token_of_row, cudaStream_t stream) {
   const int64_t A = N * k;
   if (A >= INT_MAX) return cudaErrorInvalidValue;
-  BuildDispatchPlanKernel<<<1, kPlanThreads, 0, stream>>>(topk_expert, A, k, E, counts, offsets,
+  HM_LAUNCH(BuildDispatchPlanKernel, 1, kPlanThreads, 0, stream)(topk_expert, A, k, E, counts, offsets,
                                                           row_of, token_of_row);
   return cudaGetLastError();
 }
@@ -111,7 +111,7 @@ cudaError_t LaunchBuildDispatchPlan(const int32_t* topk_expert, int64_t N, int64
 cudaError_t LaunchGatherRows(const float* x, const int32_t* token_of_row, int64_t A, int64_t d,
                              float* xp, cudaStream_t stream) {
   if (A * d == 0) return cudaSuccess;
-  GatherRowsKernel<<<BlocksFor(A * d, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(GatherRowsKernel, BlocksFor(A * d, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(
       x, token_of_row, A, d, xp);
   return cudaGetLastError();
 }
@@ -119,7 +119,7 @@ cudaError_t LaunchGatherRows(const float* x, const int32_t* token_of_row, int64_
 cudaError_t LaunchCombine(const float* y, const float* topk_weight, const int32_t* row_of,
                           int64_t N, int64_t k, int64_t d, float* out, cudaStream_t stream) {
   if (N * d == 0) return cudaSuccess;
-  CombineKernel<<<BlocksFor(N * d, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(CombineKernel, BlocksFor(N * d, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(
       y, topk_weight, row_of, N, k, d, out);
   return cudaGetLastError();
 }
@@ -128,7 +128,7 @@ cudaError_t LaunchCombineBackward(const float* y, const float* topk_weight, cons
                                   const float* dout, int64_t N, int64_t k, int64_t d, float* dy,
                                   float* dweight, cudaStream_t stream) {
   if (N * k == 0) return cudaSuccess;
-  CombineBackwardKernel<<<BlocksFor(N * k, kWarpsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(CombineBackwardKernel, BlocksFor(N * k, kWarpsPerBlock), kThreadsPerBlock, 0, stream)(
       y, topk_weight, row_of, dout, N, k, d, dy, dweight);
   return cudaGetLastError();
 }
@@ -136,7 +136,7 @@ cudaError_t LaunchCombineBackward(const float* y, const float* topk_weight, cons
 cudaError_t LaunchScatterAddRows(const float* dxp, const int32_t* row_of, int64_t N, int64_t k,
                                  int64_t d, float* dx, cudaStream_t stream) {
   if (N * d == 0) return cudaSuccess;
-  ScatterAddRowsKernel<<<BlocksFor(N * d, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(ScatterAddRowsKernel, BlocksFor(N * d, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(
       dxp, row_of, N, k, d, dx);
   return cudaGetLastError();
 }

@@ -21,7 +21,7 @@ __global__ void EmbeddingBackwardKernel(const float* dout, const int32_t* ids, i
 cudaError_t LaunchEmbeddingForward(const float* table, const int32_t* ids, int64_t N, int64_t d,
                                    float* out, cudaStream_t stream) {
   if (N * d == 0) return cudaSuccess;
-  EmbeddingForwardKernel<<<BlocksFor(N * d, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(EmbeddingForwardKernel, BlocksFor(N * d, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(
       table, ids, N, d, out);
   return cudaGetLastError();
 }
@@ -31,7 +31,7 @@ cudaError_t LaunchEmbeddingBackward(const float* dout, const int32_t* ids, int64
   if (N * d == 0) return cudaSuccess;
   // Small blocks: d may be only a few hundred columns.
   constexpr int kThreads = 64;
-  EmbeddingBackwardKernel<<<BlocksFor(d, kThreads), kThreads, 0, stream>>>(dout, ids, N, d, dtable);
+  HM_LAUNCH(EmbeddingBackwardKernel, BlocksFor(d, kThreads), kThreads, 0, stream)(dout, ids, N, d, dtable);
   return cudaGetLastError();
 }
 

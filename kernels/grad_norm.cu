@@ -27,14 +27,14 @@ __global__ void ScaleKernel(float* x, int64_t n, float factor) {
 
 cudaError_t LaunchSumOfSquares(const float* x, int64_t n, double* partials, double* out,
                                cudaStream_t stream) {
-  SumOfSquaresPartialKernel<<<kNormBlocks, kThreadsPerBlock, 0, stream>>>(x, n, partials);
-  SumPartialsKernel<<<1, kThreadsPerBlock, 0, stream>>>(partials, kNormBlocks, out);
+  HM_LAUNCH(SumOfSquaresPartialKernel, kNormBlocks, kThreadsPerBlock, 0, stream)(x, n, partials);
+  HM_LAUNCH(SumPartialsKernel, 1, kThreadsPerBlock, 0, stream)(partials, kNormBlocks, out);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchScale(float* x, int64_t n, float factor, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  ScaleKernel<<<BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(x, n, factor);
+  HM_LAUNCH(ScaleKernel, BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(x, n, factor);
   return cudaGetLastError();
 }
 

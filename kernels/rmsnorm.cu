@@ -51,7 +51,7 @@ __global__ void RmsNormBackwardWeightKernel(const float* dy, const float* x, con
 cudaError_t LaunchRmsNormForward(const float* x, const float* w, int64_t N, int64_t d, float eps,
                                  float* y, float* rstd, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  RmsNormForwardKernel<<<BlocksFor(N, kWarpsPerBlock), kThreadsPerBlock, 0, stream>>>(x, w, N, d, eps,
+  HM_LAUNCH(RmsNormForwardKernel, BlocksFor(N, kWarpsPerBlock), kThreadsPerBlock, 0, stream)(x, w, N, d, eps,
                                                                                      y, rstd);
   return cudaGetLastError();
 }
@@ -60,10 +60,10 @@ cudaError_t LaunchRmsNormBackward(const float* dy, const float* x, const float* 
                                   const float* rstd, int64_t N, int64_t d, float* dx, float* dw,
                                   cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  RmsNormBackwardInputKernel<<<BlocksFor(N, kWarpsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(RmsNormBackwardInputKernel, BlocksFor(N, kWarpsPerBlock), kThreadsPerBlock, 0, stream)(
       dy, x, w, rstd, N, d, dx);
   constexpr int kThreads = 64;
-  RmsNormBackwardWeightKernel<<<BlocksFor(d, kThreads), kThreads, 0, stream>>>(dy, x, rstd, N, d, dw);
+  HM_LAUNCH(RmsNormBackwardWeightKernel, BlocksFor(d, kThreads), kThreads, 0, stream)(dy, x, rstd, N, d, dw);
   return cudaGetLastError();
 }
 

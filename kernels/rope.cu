@@ -20,7 +20,7 @@ cudaError_t LaunchRope(float* x, const float* cos_table, const float* sin_table,
                        cudaStream_t stream) {
   const int64_t half = head_dim / 2, pairs = tokens * heads * half;
   if (pairs == 0) return cudaSuccess;
-  RopeKernel<<<BlocksFor(pairs, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(RopeKernel, BlocksFor(pairs, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(
       x, cos_table, sin_table, tokens, heads, half, seq_len, inverse ? -1.0f : 1.0f);
   return cudaGetLastError();
 }

@@ -36,7 +36,7 @@ cudaError_t LaunchRouterForward(const float* logits, int64_t N, int64_t E, int64
                                 cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
   if (k < 1 || k > E) return cudaErrorInvalidValue;
-  RouterForwardKernel<<<BlocksFor(N, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(RouterForwardKernel, BlocksFor(N, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(
       logits, N, E, k, probs, topk_expert, topk_weight, topk_sum);
   return cudaGetLastError();
 }
@@ -46,7 +46,7 @@ cudaError_t LaunchRouterBackward(const float* probs, const int32_t* topk_expert,
                                  const float* dweight, const float* aux_dprob, int64_t N,
                                  int64_t E, int64_t k, float* dlogits, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  RouterBackwardKernel<<<BlocksFor(N, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(
+  HM_LAUNCH(RouterBackwardKernel, BlocksFor(N, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(
       probs, topk_expert, topk_weight, topk_sum, dweight, aux_dprob, N, E, k, dlogits);
   return cudaGetLastError();
 }
@@ -54,7 +54,7 @@ cudaError_t LaunchRouterBackward(const float* probs, const int32_t* topk_expert,
 cudaError_t LaunchRouterProbSums(const float* probs, int64_t N, int64_t E, double* prob_sums,
                                  cudaStream_t stream) {
   if (E == 0) return cudaSuccess;
-  RouterProbSumsKernel<<<BlocksFor(E, kWarpSize), kWarpSize, 0, stream>>>(probs, N, E, prob_sums);
+  HM_LAUNCH(RouterProbSumsKernel, BlocksFor(E, kWarpSize), kWarpSize, 0, stream)(probs, N, E, prob_sums);
   return cudaGetLastError();
 }
 

@@ -22,14 +22,14 @@ __global__ void SwiGluBackwardKernel(const float* g1, const float* g3, const flo
 cudaError_t LaunchSwiGluForward(const float* g1, const float* g3, int64_t n, float* act,
                                 cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  SwiGluForwardKernel<<<BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(g1, g3, n, act);
+  HM_LAUNCH(SwiGluForwardKernel, BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(g1, g3, n, act);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchSwiGluBackward(const float* g1, const float* g3, const float* dact, int64_t n,
                                  float* dg1, float* dg3, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  SwiGluBackwardKernel<<<BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream>>>(g1, g3, dact,
+  HM_LAUNCH(SwiGluBackwardKernel, BlocksFor(n, kThreadsPerBlock), kThreadsPerBlock, 0, stream)(g1, g3, dact,
                                                                                         n, dg1, dg3);
   return cudaGetLastError();
 }

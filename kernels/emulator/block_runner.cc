@@ -1,0 +1,247 @@
+#include "kernels/emulator/block_runner.h"
+
+#include <boost/context/fiber.hpp>
+#include <boost/context/pooled_fixedsize_stack.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+
+namespace hetermoe::emulator {
+
+namespace ctx = boost::context;
+
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr size_t kFiberStackBytes = 64 * 1024;  // kernels keep small frames
+
+thread_local BlockRunner* active_runner = nullptr;
+
+const char* OpName(WarpOp op) {
+  switch (op) {
+    case WarpOp::kShflXor: return "__shfl_xor_sync";
+    case WarpOp::kShflDown: return "__shfl_down_sync";
+    case WarpOp::kShfl: return "__shfl_sync";
+    case WarpOp::kBallot: return "__ballot_sync";
+  }
+  return "?";
+}
+
+// "3, 5-31" from sorted thread indices.
+std::string Ranges(const std::vector<unsigned>& ids) {
+  std::ostringstream out;
+  for (size_t i = 0; i < ids.size();) {
+    size_t j = i;
+    while (j + 1 < ids.size() && ids[j + 1] == ids[j] + 1) ++j;
+    if (i > 0) out << ", ";
+    out << ids[i];
+    if (j > i) out << "-" << ids[j];
+    i = j + 1;
+  }
+  return out.str();
+}
+
+BlockRunner& RunnerOrDie(const char* what) {
+  if (active_runner == nullptr) {
+    std::fprintf(stderr, "CUDA emulator: %s called outside a kernel\n", what);
+    std::abort();
+  }
+  return *active_runner;
+}
+
+}  // namespace
+
+struct BlockRunner::StackPool {
+  ctx::pooled_fixedsize_stack allocator{kFiberStackBytes};
+};
+
+struct BlockRunner::Lane {
+  enum class State { kReady, kBarrier, kWarp, kDone };
+  ThreadCoordinates coords;
+  unsigned linear = 0;  // threadIdx linearised, x fastest: warp = linear / 32
+  State state = State::kReady;
+  ctx::fiber fiber;  // the thread, while it is suspended
+  ctx::fiber sink;   // the scheduler, while the thread runs
+  WarpOp op = WarpOp::kShfl;
+  unsigned mask = 0;
+  uint64_t bits = 0, result = 0;
+  int operand = 0;
+};
+
+BlockRunner::BlockRunner() : stacks_(std::make_unique<StackPool>()) {}
+BlockRunner::~BlockRunner() = default;
+
+BlockRunner* BlockRunner::Active() { return active_runner; }
+
+const ThreadCoordinates& BlockRunner::current() const { return running_->coords; }
+
+void BlockRunner::Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx, size_t dynamic_shared,
+                      const std::function<void()>& thread) {
+  kernel_ = kernel;
+  block_idx_ = block_idx;
+  shared_.assign(dynamic_shared, 0xFF);  // NaN in every float lane: unwritten reads show
+  const unsigned n = block.x * block.y * block.z;
+  lanes_.clear();
+  lanes_.reserve(n);
+  for (unsigned i = 0; i < n; ++i) {
+    auto lane = std::make_unique<Lane>();
+    lane->linear = i;
+    lane->coords.thread_idx = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
+    lane->coords.block_idx = block_idx;
+    lane->coords.block_dim = block;
+    lane->coords.grid_dim = grid;
+    Lane* l = lane.get();
+    lane->fiber = ctx::fiber(std::allocator_arg, stacks_->allocator, [l, &thread](ctx::fiber&& sink) {
+      l->sink = std::move(sink);
+      thread();
+      l->state = Lane::State::kDone;
+      return std::move(l->sink);
+    });
+    lanes_.push_back(std::move(lane));
+  }
+  BlockRunner* previous = active_runner;
+  active_runner = this;
+  try {
+    Schedule();
+  } catch (...) {
+    active_runner = previous;
+    lanes_.clear();  // unwinds the suspended threads' stacks
+    throw;
+  }
+  active_runner = previous;
+  lanes_.clear();
+}
+
+void BlockRunner::Schedule() {
+  for (;;) {
+    bool alive = false;
+    for (auto& lane : lanes_) {
+      if (lane->state != Lane::State::kReady) continue;
+      running_ = lane.get();
+      lane->fiber = std::move(lane->fiber).resume();
+      running_ = nullptr;
+    }
+    for (auto& lane : lanes_) alive = alive || lane->state != Lane::State::kDone;
+    if (!alive) return;
+    if (ReleaseWarps() || ReleaseBarrier()) continue;
+    Fail("no thread can make progress (internal emulator error)");
+  }
+}
+
+bool BlockRunner::ReleaseWarps() {
+  bool released = false;
+  const unsigned n = static_cast<unsigned>(lanes_.size());
+  for (unsigned w0 = 0; w0 < n; w0 += kWarpSize) {
+    const unsigned w1 = std::min(n, w0 + kWarpSize);
+    unsigned at_warp_op = 0;
+    for (unsigned i = w0; i < w1; ++i) at_warp_op += lanes_[i]->state == Lane::State::kWarp;
+    if (at_warp_op == 0) continue;
+    if (at_warp_op < static_cast<unsigned>(kWarpSize)) FailWarp(w0, w1);
+    const Lane& first = *lanes_[w0];
+    for (unsigned i = w0; i < w1; ++i) {
+      const Lane& lane = *lanes_[i];
+      if (lane.mask != 0xffffffffu)
+        Fail("warp " + std::to_string(w0 / kWarpSize) + ": " + OpName(lane.op) +
+             " with a partial mask (only full-warp masks are emulated)");
+      if (lane.op != first.op)
+        Fail("warp " + std::to_string(w0 / kWarpSize) + ": thread " + std::to_string(w0) + " waits at " +
+             OpName(first.op) + " but thread " + std::to_string(i) + " at " + OpName(lane.op) +
+             " (divergent warp operations)");
+    }
+    uint64_t ballot = 0;
+    for (unsigned l = 0; l < kWarpSize; ++l) ballot |= static_cast<uint64_t>(lanes_[w0 + l]->bits != 0) << l;
+    for (unsigned l = 0; l < kWarpSize; ++l) {
+      Lane& lane = *lanes_[w0 + l];
+      unsigned source = l;
+      switch (lane.op) {
+        case WarpOp::kShflXor: source = l ^ static_cast<unsigned>(lane.operand); break;
+        case WarpOp::kShflDown: source = l + static_cast<unsigned>(lane.operand); break;
+        case WarpOp::kShfl: source = static_cast<unsigned>(lane.operand) % kWarpSize; break;
+        case WarpOp::kBallot: break;
+      }
+      if (source >= static_cast<unsigned>(kWarpSize)) source = l;  // out of the warp: own value
+      lane.result = lane.op == WarpOp::kBallot ? ballot : lanes_[w0 + source]->bits;
+    }
+    for (unsigned l = 0; l < kWarpSize; ++l) lanes_[w0 + l]->state = Lane::State::kReady;
+    released = true;
+  }
+  return released;
+}
+
+void BlockRunner::FailWarp(unsigned w0, unsigned w1) const {
+  std::vector<unsigned> waiting, exited, at_barrier;
+  for (unsigned i = w0; i < w1; ++i) {
+    switch (lanes_[i]->state) {
+      case Lane::State::kWarp: waiting.push_back(i); break;
+      case Lane::State::kDone: exited.push_back(i); break;
+      case Lane::State::kBarrier: at_barrier.push_back(i); break;
+      case Lane::State::kReady: break;
+    }
+  }
+  std::ostringstream why;
+  why << "warp " << w0 / kWarpSize << ": threads " << Ranges(waiting) << " wait at "
+      << OpName(lanes_[waiting.front()]->op);
+  if (w1 - w0 < static_cast<unsigned>(kWarpSize))
+    why << ", but the block has only " << lanes_.size() << " threads, so lanes " << (w1 - w0)
+        << "-31 do not exist";
+  if (!exited.empty()) why << ", but threads " << Ranges(exited) << " have returned";
+  if (!at_barrier.empty()) why << ", but threads " << Ranges(at_barrier) << " wait at __syncthreads";
+  Fail(why.str() + " (a full-warp operation needs every lane)");
+}
+
+bool BlockRunner::ReleaseBarrier() {
+  size_t waiting = 0, exited = 0;
+  for (auto& lane : lanes_) {
+    waiting += lane->state == Lane::State::kBarrier;
+    exited += lane->state == Lane::State::kDone;
+  }
+  if (waiting == 0) return false;
+  if (exited > 0) {
+    std::vector<unsigned> w, e;
+    for (auto& lane : lanes_) {
+      if (lane->state == Lane::State::kBarrier) w.push_back(lane->linear);
+      if (lane->state == Lane::State::kDone) e.push_back(lane->linear);
+    }
+    Fail("threads " + Ranges(w) + " wait at __syncthreads, but threads " + Ranges(e) +
+         " have returned (a barrier every thread must reach)");
+  }
+  for (auto& lane : lanes_) lane->state = Lane::State::kReady;
+  return true;
+}
+
+void BlockRunner::SyncThreads() {
+  Lane* lane = running_;
+  lane->state = Lane::State::kBarrier;
+  lane->sink = std::move(lane->sink).resume();
+  running_ = lane;
+}
+
+uint64_t BlockRunner::WarpExchange(WarpOp op, unsigned mask, uint64_t bits, int operand) {
+  Lane* lane = running_;
+  lane->state = Lane::State::kWarp;
+  lane->op = op;
+  lane->mask = mask;
+  lane->bits = bits;
+  lane->operand = operand;
+  lane->sink = std::move(lane->sink).resume();
+  running_ = lane;
+  return lane->result;
+}
+
+void BlockRunner::Fail(const std::string& what) const {
+  std::ostringstream out;
+  out << "CUDA emulator: kernel " << kernel_ << ", block (" << block_idx_.x << "," << block_idx_.y << ","
+      << block_idx_.z << "): " << what;
+  throw EmulatorError(out.str());
+}
+
+// --- the device API of device_api.h ---
+const ThreadCoordinates& This() { return RunnerOrDie("threadIdx/blockIdx").current(); }
+void SyncThreads() { RunnerOrDie("__syncthreads").SyncThreads(); }
+uint64_t WarpExchange(WarpOp op, unsigned mask, uint64_t bits, int operand) {
+  return RunnerOrDie(OpName(op)).WarpExchange(op, mask, bits, operand);
+}
+void* DynamicSharedMemory() { return RunnerOrDie("extern __shared__").dynamic_shared(); }
+
+}  // namespace hetermoe::emulator

@@ -1,0 +1,71 @@
+// Runs one thread block of an emulated kernel: one fiber per CUDA thread,
+// switched at barriers and warp operations. Pure scheduling logic, no CUDA
+// runtime state (that is runtime.cc); tested by kernels/emulator tests.
+//
+// Scheduling: every ready thread runs until it blocks (at __syncthreads or a
+// warp operation) or returns. Then a warp whose 32 lanes all wait at a warp
+// operation gets its results and runs on; when none is left, and every
+// thread still alive waits at __syncthreads, the barrier opens. Anything else
+// is a kernel bug a GPU would hang or misbehave on, and Run() throws
+// EmulatorError naming the kernel, the block and the threads involved.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/emulator/device_api.h"
+
+namespace hetermoe::emulator {
+
+// A kernel bug the emulator caught (divergent barrier, partial-warp shuffle,
+// host pointer passed to a kernel, ...).
+class EmulatorError : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+class BlockRunner {
+ public:
+  BlockRunner();
+  ~BlockRunner();
+  BlockRunner(const BlockRunner&) = delete;
+  BlockRunner& operator=(const BlockRunner&) = delete;
+
+  // Runs `thread` once for every thread of block `block_idx`; returns when
+  // all have returned. dynamic_shared: bytes of the extern __shared__ array.
+  void Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx, size_t dynamic_shared,
+           const std::function<void()>& thread);
+
+  // Called from inside a running thread (via device_api.h).
+  const ThreadCoordinates& current() const;
+  void SyncThreads();
+  uint64_t WarpExchange(WarpOp op, unsigned mask, uint64_t bits, int operand);
+  void* dynamic_shared() const { return shared_.data(); }
+
+  // The runner of this host thread's running kernel (nullptr outside one).
+  static BlockRunner* Active();
+
+ private:
+  struct Lane;
+  void Schedule();
+  bool ReleaseWarps();
+  bool ReleaseBarrier();
+  [[noreturn]] void FailWarp(unsigned first_lane, unsigned end_lane) const;
+  [[noreturn]] void Fail(const std::string& what) const;
+
+  std::string kernel_;
+  uint3 block_idx_{};
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  Lane* running_ = nullptr;
+  mutable std::vector<unsigned char> shared_;
+  struct StackPool;
+  std::unique_ptr<StackPool> stacks_;
+};
+
+}  // namespace hetermoe::emulator

@@ -1,0 +1,340 @@
+// The CUDA runtime API on the CPU: device memory is host memory tracked in
+// a registry, streams and events are handles whose work completes at once
+// (every call runs in program order, a valid order for any stream graph),
+// and a kernel launch runs its grid block by block (block_runner.h).
+//
+// The registry turns the memory bugs a GPU would fault on into errors:
+// copies whose direction does not match their pointers, a range that runs
+// past its allocation, a host pointer handed to a kernel, freeing twice.
+//
+// The emulated device is one GPU named "HeterMoE CUDA emulator (CPU)" with
+// sm_80's limits. Environment:
+//   HETERMOE_EMULATED_SM=75       report another compute capability (e.g.
+//                                 to run the fp16 + loss-scaling path)
+//   HETERMOE_EMULATED_DEVICES=0   report no device (the no-GPU paths)
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "kernels/emulator/block_runner.h"
+#include "kernels/emulator/device_api.h"
+
+namespace hetermoe::emulator {
+namespace {
+
+constexpr size_t kMaxDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute opt-in
+
+struct Registry {
+  std::mutex mu;
+  std::map<const char*, size_t> allocations;  // base -> bytes
+  std::set<const void*> streams, events;
+};
+Registry& registry() {
+  static Registry* r = new Registry;  // never destroyed: frees may come from static destructors
+  return *r;
+}
+
+struct Event {
+  std::chrono::steady_clock::time_point at{};
+  bool recorded = false;
+};
+
+thread_local cudaError_t last_error = cudaSuccess;
+
+cudaError_t Fail(cudaError_t err) {
+  last_error = err;
+  return err;
+}
+
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return (v && *v) ? std::atoi(v) : fallback;
+}
+
+// Whether [p, p + bytes) lies inside one device allocation.
+bool InDeviceMemory(const void* p, size_t bytes) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  const char* c = static_cast<const char*>(p);
+  auto it = r.allocations.upper_bound(c);
+  if (it == r.allocations.begin()) return false;
+  --it;
+  return c >= it->first && c + bytes <= it->first + it->second;
+}
+
+[[noreturn]] void Bug(const std::string& what) { throw EmulatorError("CUDA emulator: " + what); }
+
+void CheckSide(const void* p, size_t bytes, bool device, const char* call, const char* which) {
+  if (device && !InDeviceMemory(p, bytes))
+    Bug(std::string(call) + ": " + which + " (" + std::to_string(bytes) +
+        " bytes) is not inside one device allocation");
+  if (!device && InDeviceMemory(p, 1))
+    Bug(std::string(call) + ": " + which + " is device memory, but the copy kind says host");
+}
+
+void CheckCopy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* call) {
+  if (bytes == 0) return;
+  switch (kind) {
+    case cudaMemcpyHostToDevice:
+      CheckSide(dst, bytes, true, call, "destination");
+      CheckSide(src, bytes, false, call, "source");
+      break;
+    case cudaMemcpyDeviceToHost:
+      CheckSide(dst, bytes, false, call, "destination");
+      CheckSide(src, bytes, true, call, "source");
+      break;
+    case cudaMemcpyDeviceToDevice:
+      CheckSide(dst, bytes, true, call, "destination");
+      CheckSide(src, bytes, true, call, "source");
+      break;
+    default: break;  // HostToHost or Default: any pointers
+  }
+}
+
+bool ValidStream(cudaStream_t s) {
+  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return true;
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return r.streams.count(s) > 0;
+}
+
+}  // namespace
+
+void CheckKernelPointer(const char* kernel, int index, const void* p) {
+  if (p == nullptr || InDeviceMemory(p, 0)) return;
+  // One past the end of an allocation is a valid (empty) range.
+  if (InDeviceMemory(static_cast<const char*>(p) - 1, 1)) return;
+  Bug(std::string("kernel ") + kernel + ": pointer argument " + std::to_string(index) +
+      " is not device memory (a host pointer faults on a GPU)");
+}
+
+void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
+  const unsigned long long threads = 1ull * c.block.x * c.block.y * c.block.z;
+  if (c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || threads == 0 || threads > 1024 || c.block.z > 64 ||
+      c.grid.y > 65535 || c.grid.z > 65535 || c.grid.x > 0x7fffffffu) {
+    Fail(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (c.shared_bytes > kMaxDynamicShared) {
+    Fail(cudaErrorInvalidValue);
+    return;
+  }
+  if (!ValidStream(c.stream)) {
+    Fail(cudaErrorInvalidResourceHandle);
+    return;
+  }
+  thread_local BlockRunner runner;
+  for (unsigned z = 0; z < c.grid.z; ++z)
+    for (unsigned y = 0; y < c.grid.y; ++y)
+      for (unsigned x = 0; x < c.grid.x; ++x) runner.Run(c.kernel, c.grid, c.block, {x, y, z}, c.shared_bytes, thread);
+}
+
+}  // namespace hetermoe::emulator
+
+using hetermoe::emulator::CheckCopy;
+using hetermoe::emulator::EnvInt;
+using hetermoe::emulator::Event;
+using hetermoe::emulator::Fail;
+using hetermoe::emulator::last_error;
+using hetermoe::emulator::registry;
+using hetermoe::emulator::ValidStream;
+
+// --- errors ---
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = last_error;
+  last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return last_error; }
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    default: return "cudaErrorUnknown";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected (HETERMOE_EMULATED_DEVICES=0)";
+    case cudaErrorNotReady: return "device not ready";
+    default: return "unknown error (CUDA emulator)";
+  }
+}
+
+// --- devices ---
+cudaError_t cudaGetDeviceCount(int* count) {
+  *count = EnvInt("HETERMOE_EMULATED_DEVICES", 1);
+  if (*count == 0) return Fail(cudaErrorNoDevice);
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) return cudaErrorNoDevice;
+  return (device >= 0 && device < n) ? cudaSuccess : Fail(cudaErrorInvalidDevice);
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) return cudaErrorNoDevice;
+  if (device < 0 || device >= n) return Fail(cudaErrorInvalidDevice);
+  std::memset(p, 0, sizeof(*p));
+  std::snprintf(p->name, sizeof(p->name), "HeterMoE CUDA emulator (CPU)");
+  const int sm = EnvInt("HETERMOE_EMULATED_SM", 80);
+  p->major = sm / 10;
+  p->minor = sm % 10;
+  p->totalGlobalMem = size_t{16} << 30;
+  p->sharedMemPerBlock = hetermoe::emulator::kMaxDynamicShared;
+  p->warpSize = 32;
+  p->maxThreadsPerBlock = 1024;
+  p->maxThreadsDim[0] = 1024;
+  p->maxThreadsDim[1] = 1024;
+  p->maxThreadsDim[2] = 64;
+  p->maxGridSize[0] = 0x7fffffff;
+  p->maxGridSize[1] = 65535;
+  p->maxGridSize[2] = 65535;
+  p->multiProcessorCount = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+// --- memory ---
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = nullptr;
+  if (bytes == 0) return cudaSuccess;
+  void* mem = std::aligned_alloc(256, (bytes + 255) / 256 * 256);  // cudaMalloc's alignment
+  if (mem == nullptr) return Fail(cudaErrorMemoryAllocation);
+  std::memset(mem, 0xFF, bytes);  // device memory starts as garbage, not zeros
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.allocations[static_cast<const char*>(mem)] = bytes;
+  *p = mem;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  {
+    auto& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    auto it = r.allocations.find(static_cast<const char*>(p));
+    if (it == r.allocations.end()) return Fail(cudaErrorInvalidValue);  // not a base pointer, or freed
+    r.allocations.erase(it);
+  }
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
+  *free_bytes = size_t{16} << 30;
+  *total = size_t{16} << 30;
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  CheckCopy(dst, src, bytes, kind, "cudaMemcpy");
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+  if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
+  CheckCopy(dst, src, bytes, kind, "cudaMemcpyAsync");
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
+  if (bytes == 0) return cudaSuccess;
+  if (!hetermoe::emulator::InDeviceMemory(p, bytes))
+    hetermoe::emulator::Bug("cudaMemsetAsync: " + std::to_string(bytes) + " bytes not inside one device allocation");
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, nullptr); }
+
+// --- streams and events ---
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
+  *s = reinterpret_cast<cudaStream_t>(new char);
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.streams.insert(*s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  if (r.streams.erase(s) == 0) return Fail(cudaErrorInvalidResourceHandle);
+  delete reinterpret_cast<char*>(s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  return ValidStream(s) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaStreamSynchronize(s); }
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
+  if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return r.events.count(e) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+}
+
+namespace {
+Event* FindEvent(cudaEvent_t e) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return r.events.count(e) ? reinterpret_cast<Event*>(e) : nullptr;
+}
+}  // namespace
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) {
+  *e = reinterpret_cast<cudaEvent_t>(new Event);
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.events.insert(*e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, cudaEventDefault); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  if (r.events.erase(e) == 0) return Fail(cudaErrorInvalidResourceHandle);
+  delete reinterpret_cast<Event*>(e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  Event* ev = FindEvent(e);
+  if (ev == nullptr || !ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
+  ev->at = std::chrono::steady_clock::now();
+  ev->recorded = true;
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  return FindEvent(e) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { return cudaEventQuery(e); }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  Event* a = FindEvent(start);
+  Event* b = FindEvent(end);
+  if (a == nullptr || b == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  if (!a->recorded || !b->recorded) return Fail(cudaErrorInvalidResourceHandle);
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+  return cudaSuccess;
+}

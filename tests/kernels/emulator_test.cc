@@ -1,0 +1,162 @@
+// The CUDA emulator itself (kernels/emulator): warp operations and barriers
+// behave as CUDA defines them, and the kernel bugs it exists to catch are
+// caught. Kernels here are written exactly as in kernels/*.cu.
+#include "kernels/emulator/device_api.h"
+
+#include <gtest/gtest.h>
+
+#include <numeric>
+#include <vector>
+
+#include "kernels/common.cuh"
+#include "kernels/emulator/block_runner.h"
+
+namespace hetermoe::kernels {
+namespace {
+
+using emulator::EmulatorError;
+
+template <typename T>
+struct Device {
+  explicit Device(size_t n) : n(n) { EXPECT_EQ(cudaMalloc(&p, sizeof(T) * n), cudaSuccess); }
+  ~Device() { cudaFree(p); }
+  std::vector<T> Get() const {
+    std::vector<T> h(n);
+    EXPECT_EQ(cudaMemcpy(h.data(), p, sizeof(T) * n, cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+  void Set(const std::vector<T>& h) { ASSERT_EQ(cudaMemcpy(p, h.data(), sizeof(T) * n, cudaMemcpyHostToDevice), cudaSuccess); }
+  T* p = nullptr;
+  size_t n;
+};
+
+__global__ void WarpOpsKernel(int* xor_out, int* down_out, unsigned* ballot_out, float* sum_out) {
+  const int lane = threadIdx.x % kWarpSize;
+  xor_out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, lane * 10, 3);
+  down_out[threadIdx.x] = __shfl_down_sync(0xffffffffu, lane, 4);
+  ballot_out[threadIdx.x] = __ballot_sync(0xffffffffu, lane % 3 == 0);
+  sum_out[threadIdx.x] = WarpSum(static_cast<float>(threadIdx.x));
+}
+
+TEST(CudaEmulator, WarpShufflesBallotsAndReductionsFollowCuda) {
+  Device<int> x(64), down(64);
+  Device<unsigned> ballot(64);
+  Device<float> sum(64);
+  HM_LAUNCH(WarpOpsKernel, 1, 64, 0, nullptr)(x.p, down.p, ballot.p, sum.p);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  unsigned expected_ballot = 0;
+  for (int l = 0; l < 32; l += 3) expected_ballot |= 1u << l;
+  const auto xs = x.Get(), ds = down.Get();
+  const auto bs = ballot.Get();
+  const auto ss = sum.Get();
+  for (int t = 0; t < 64; ++t) {
+    const int lane = t % 32, warp = t / 32;
+    EXPECT_EQ(xs[t], (lane ^ 3) * 10) << t;
+    EXPECT_EQ(ds[t], lane + 4 < 32 ? lane + 4 : lane) << t;  // past the warp: own value
+    EXPECT_EQ(bs[t], expected_ballot) << t;
+    EXPECT_EQ(ss[t], 32 * 31 / 2 + warp * 32 * 32) << t;  // sum of the warp's thread indices
+  }
+}
+
+__global__ void BlockSumKernel(const float* x, int64_t n, float* out) {
+  __shared__ float scratch[kWarpSize];
+  float v = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += x[blockIdx.x * n + i];
+  const float total = BlockSum(v, scratch);
+  if (threadIdx.x == 0) out[blockIdx.x] = total;
+}
+
+TEST(CudaEmulator, BarriersAndSharedMemoryArePerBlock) {
+  const int blocks = 3, n = 1000;
+  std::vector<float> h(blocks * n);
+  std::iota(h.begin(), h.end(), 0.0f);
+  Device<float> x(h.size()), out(blocks);
+  x.Set(h);
+  HM_LAUNCH(BlockSumKernel, blocks, 256, 0, nullptr)(x.p, n, out.p);
+  const auto o = out.Get();
+  for (int b = 0; b < blocks; ++b) {
+    double expected = 0;
+    for (int i = 0; i < n; ++i) expected += h[b * n + i];
+    EXPECT_FLOAT_EQ(o[b], static_cast<float>(expected)) << b;
+  }
+}
+
+__global__ void DivergentBarrierKernel(float* out) {
+  if (threadIdx.x < 16) {
+    __syncthreads();  // only half the block gets here: a hang on a GPU
+  }
+  out[threadIdx.x] = 1.0f;
+}
+
+__global__ void EarlyReturnBeforeShuffleKernel(float* out) {
+  if (threadIdx.x % kWarpSize == 31) return;  // not warp-uniform
+  out[threadIdx.x] = WarpSum(1.0f);
+}
+
+__global__ void SumKernel(float* out) { out[threadIdx.x] = WarpSum(1.0f); }
+
+TEST(CudaEmulator, CatchesDivergentBarriersAndPartialWarpShuffles) {
+  Device<float> out(64);
+  try {
+    HM_LAUNCH(DivergentBarrierKernel, 2, 32, 0, nullptr)(out.p);
+    FAIL() << "divergent __syncthreads not caught";
+  } catch (const EmulatorError& e) {
+    EXPECT_NE(std::string(e.what()).find("kernel DivergentBarrierKernel, block (0,0,0)"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("__syncthreads"), std::string::npos) << e.what();
+  }
+  try {
+    HM_LAUNCH(EarlyReturnBeforeShuffleKernel, 1, 64, 0, nullptr)(out.p);
+    FAIL() << "shuffle with a returned lane not caught";
+  } catch (const EmulatorError& e) {
+    EXPECT_NE(std::string(e.what()).find("threads 31 have returned"), std::string::npos) << e.what();
+  }
+  try {
+    HM_LAUNCH(SumKernel, 1, 48, 0, nullptr)(out.p);  // the second warp has 16 lanes
+    FAIL() << "shuffle in a partial warp not caught";
+  } catch (const EmulatorError& e) {
+    EXPECT_NE(std::string(e.what()).find("only 48 threads"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CudaEmulator, CatchesHostPointersBadCopiesAndBadLaunches) {
+  std::vector<float> host(64);
+  EXPECT_THROW(HM_LAUNCH(SumKernel, 1, 32, 0, nullptr)(host.data()), EmulatorError);
+  Device<float> d(16);
+  // A copy whose kind says host -> device but whose range overruns the allocation.
+  EXPECT_THROW(cudaMemcpy(d.p, host.data(), sizeof(float) * 64, cudaMemcpyHostToDevice), EmulatorError);
+  EXPECT_THROW(cudaMemcpy(host.data(), d.p, sizeof(float) * 16, cudaMemcpyHostToDevice), EmulatorError);
+  // Over the limits of the device: the launch does not run and reports it.
+  HM_LAUNCH(SumKernel, 1, 2048, 0, nullptr)(d.p);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  HM_LAUNCH(SumKernel, dim3(1, 70000), 32, 0, nullptr)(d.p);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  HM_LAUNCH(SumKernel, 1, 32, 64 * 1024, nullptr)(d.p);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // the last error resets once read
+  void* p = nullptr;
+  ASSERT_EQ(cudaMalloc(&p, 8), cudaSuccess);
+  EXPECT_EQ(cudaFree(p), cudaSuccess);
+  EXPECT_EQ(cudaFree(p), cudaErrorInvalidValue);  // twice
+  cudaGetLastError();
+}
+
+__global__ void DynamicSharedKernel(float* out, int write) {
+  HM_DYNAMIC_SHARED(float, smem);
+  if (write) smem[threadIdx.x] = static_cast<float>(threadIdx.x);
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = smem[(threadIdx.x + 1) % blockDim.x];
+}
+
+TEST(CudaEmulator, DynamicSharedMemoryStartsAsGarbage) {
+  Device<float> out(64);
+  HM_LAUNCH(DynamicSharedKernel, 2, 32, 32 * sizeof(float), nullptr)(out.p, 1);
+  auto o = out.Get();
+  for (int t = 0; t < 64; ++t) EXPECT_EQ(o[t], static_cast<float>((t % 32 + 1) % 32));
+  HM_LAUNCH(DynamicSharedKernel, 2, 32, 32 * sizeof(float), nullptr)(out.p, 0);
+  o = out.Get();
+  for (float v : o) EXPECT_TRUE(std::isnan(v)) << "an unwritten shared read must not look like data";
+}
+
+}  // namespace
+}  // namespace hetermoe::kernels
