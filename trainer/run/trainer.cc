@@ -113,6 +113,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                : backend::MakeBackend(config, layout,
                                       {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}, t.precision});
   engine->Upload(host);
+  if (writer) std::fprintf(stderr, "backend: %s\n", engine->name().c_str());
 
   std::unique_ptr<MetricsSink> metrics;
   if (writer) {

@@ -1,0 +1,129 @@
+#!/usr/bin/python3
+"""hetermoe-trainer with `train.device: cuda`, on the CUDA emulator.
+
+The trainer loads the CUDA backend as a plugin; pointing HETERMOE_CUDA_PLUGIN
+at the emulated build runs the real training loop with the CUDA backend's
+code on the CPU. Against the CPU backend on the golden fixture (itself
+checked against PyTorch), 4 steps must give:
+  - fp32: losses and gradient norms within 1e-4 relative, identical
+    per-expert token counts, final weights within 1e-5 + 1e-4 |x|;
+  - a checkpoint written by the CUDA backend at step 2 and resumed to step 4
+    equal to the uninterrupted run;
+  - bf16 (sm_80) and fp16 with loss scaling (the emulator as sm_75, precision
+    auto): losses within 2%;
+  - no device (HETERMOE_EMULATED_DEVICES=0): a clear error, exit code 1.
+
+    check_trainer_on_emulator.py --trainer PATH --plugin PATH --fixture GOLDEN_DIR --work DIR
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+from mixtral_torch import read_safetensors  # noqa: E402
+
+RUN = """model: {{config: {fx}/config.json, init: {fx}/model.safetensors}}
+data: {{train: {fx}/tokens.bin}}
+train: {{steps: 4, global_batch: 4, micro_batches: 2, seq_len: 16, lr: 1.0e-2,
+        schedule: cosine, warmup_steps: 1, min_lr: 1.0e-3, eps: 1.0e-5, grad_clip: 0.5,
+        threads: 1}}
+output: {{dir: {out}, checkpoint_every: 2}}
+"""
+
+
+def run(args, out, device, precision="fp32", env_extra=None, extra=(), expect_ok=True):
+    env = dict(os.environ, HETERMOE_CUDA_PLUGIN=args.plugin, OMP_WAIT_POLICY="passive", **(env_extra or {}))
+    cmd = [args.trainer, "--config", args.run_file, "--no-progress", "--set", f"output.dir={out}",
+           "--set", f"train.device={device}", "--set", f"train.precision={precision}", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if not expect_ok:
+        return p
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr}")
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f]
+    weights, _ = read_safetensors(os.path.join(out, "final", "model.safetensors"))
+    backend = next((l for l in p.stderr.splitlines() if l.startswith("backend: ")), "backend: ?")
+    return metrics, weights, backend[len("backend: "):]
+
+
+def compare_losses(name, ref, got, rel, problems, weights_tol=None, tokens=True):
+    (ref_m, ref_w, _), (got_m, got_w, _) = ref, got
+    if [m["step"] for m in ref_m] != [m["step"] for m in got_m]:
+        problems.append(f"{name}: steps {[m['step'] for m in got_m]}, expected {[m['step'] for m in ref_m]}")
+    for a, b in zip(ref_m, got_m):
+        keys = ("loss", "ce_loss", "grad_norm") if weights_tol else ("loss",)
+        for key in keys:
+            if abs(a[key] - b[key]) > rel * abs(a[key]):
+                problems.append(f"{name}: step {a['step']} {key} {b[key]:.7g} vs {a[key]:.7g}")
+        if tokens and a["expert_tokens"] != b["expert_tokens"]:
+            problems.append(f"{name}: step {a['step']} expert_tokens {b['expert_tokens']} vs {a['expert_tokens']}")
+    if weights_tol:
+        atol, rtol = weights_tol
+        worst, worst_name = 0.0, ""
+        for tensor, want in ref_w.items():
+            diff = ((got_w[tensor] - want).abs() - rtol * want.abs()).max().item()
+            if diff > worst:
+                worst, worst_name = diff, tensor
+        if worst > atol:
+            problems.append(f"{name}: final weights: {worst_name} off by {worst:.3g}")
+    print(f"{name}: backend {got[2]}; losses {[round(m['loss'], 6) for m in got_m]}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trainer", required=True)
+    ap.add_argument("--plugin", required=True)
+    ap.add_argument("--fixture", required=True)
+    ap.add_argument("--work", required=True)
+    args = ap.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    args.run_file = os.path.join(args.work, "run.yaml")
+    with open(args.run_file, "w") as f:
+        f.write(RUN.format(fx=args.fixture, out=os.path.join(args.work, "out")))
+
+    problems = []
+    cpu = run(args, os.path.join(args.work, "cpu"), "cpu")
+    print(f"cpu: losses {[round(m['loss'], 6) for m in cpu[0]]}")
+    gpu = run(args, os.path.join(args.work, "cuda"), "cuda")
+    if "CUDA emulator" not in gpu[2] or "fp32" not in gpu[2]:
+        problems.append(f"fp32 run used backend {gpu[2]!r}, expected the emulated CUDA device in fp32")
+    compare_losses("cuda fp32", cpu, gpu, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+
+    # Resume from the CUDA backend's own checkpoint.
+    resumed_dir = os.path.join(args.work, "resumed")
+    shutil.copytree(os.path.join(args.work, "cuda"), resumed_dir)
+    shutil.rmtree(os.path.join(resumed_dir, "final"))
+    with open(os.path.join(resumed_dir, "metrics.jsonl")) as f:
+        head = [line for line in f if json.loads(line)["step"] <= 2]
+    with open(os.path.join(resumed_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(head)
+    resumed = run(args, resumed_dir, "cuda", extra=["--resume", os.path.join(resumed_dir, "checkpoint-2")])
+    compare_losses("cuda resumed at 2", gpu, resumed, 1e-6, problems, weights_tol=(1e-7, 1e-6))
+
+    bf16 = run(args, os.path.join(args.work, "bf16"), "cuda", "bf16")
+    if "bf16" not in bf16[2]:
+        problems.append(f"bf16 run used backend {bf16[2]!r}")
+    compare_losses("cuda bf16", cpu, bf16, 2e-2, problems, tokens=False)
+    fp16 = run(args, os.path.join(args.work, "fp16"), "cuda", "auto", {"HETERMOE_EMULATED_SM": "75"})
+    if "sm_75" not in fp16[2] or "fp16" not in fp16[2]:
+        problems.append(f"precision auto on sm_75 used backend {fp16[2]!r}, expected fp16")
+    compare_losses("cuda fp16 (sm_75, auto)", cpu, fp16, 2e-2, problems, tokens=False)
+
+    p = run(args, os.path.join(args.work, "nogpu"), "cuda", env_extra={"HETERMOE_EMULATED_DEVICES": "0"},
+            expect_ok=False)
+    print(f"no device: exit {p.returncode}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
+    if p.returncode != 1 or "no usable GPU" not in p.stderr:
+        problems.append(f"device cuda without a device: exit {p.returncode}, stderr {p.stderr!r}")
+
+    for line in problems:
+        print("FAIL:", line)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
