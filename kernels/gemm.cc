@@ -59,6 +59,80 @@ void LinearBackwardWeight(cublasHandle_t handle, ComputeDtype inputs, int64_t M,
   Gemm(handle, inputs, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, x, K, dy, N, 1.0f, dW, K);
 }
 
+ExpertGemms::ExpertGemms(CachingAllocator* allocator, cudaStream_t stream) : stream_(stream) {
+  pointers_.Bind(allocator);
+}
+
+void ExpertGemms::Forward(cublasHandle_t handle, ComputeDtype inputs, int64_t N, int64_t K,
+                          const std::vector<ExpertProblem>& problems, bool accumulate) {
+  // As LinearForward: C^T[N, rows] = W (op T, ld K) x^T (op N, ld K).
+  std::vector<ColumnMajor> cm;
+  for (const ExpertProblem& p : problems)
+    if (p.rows > 0) cm.push_back({Dim(N), Dim(p.rows), Dim(K), Dim(K), Dim(K), Dim(N), p.b, p.a, p.c});
+  Issue(handle, inputs, CUBLAS_OP_T, CUBLAS_OP_N, cm, accumulate ? 1.0f : 0.0f);
+}
+
+void ExpertGemms::BackwardInput(cublasHandle_t handle, ComputeDtype inputs, int64_t N, int64_t K,
+                                const std::vector<ExpertProblem>& problems, bool accumulate) {
+  // As LinearBackwardInput: dx^T[K, rows] = W^T (op N, ld K) dy^T (op N, ld N).
+  std::vector<ColumnMajor> cm;
+  for (const ExpertProblem& p : problems)
+    if (p.rows > 0) cm.push_back({Dim(K), Dim(p.rows), Dim(N), Dim(K), Dim(N), Dim(K), p.b, p.a, p.c});
+  Issue(handle, inputs, CUBLAS_OP_N, CUBLAS_OP_N, cm, accumulate ? 1.0f : 0.0f);
+}
+
+void ExpertGemms::BackwardWeight(cublasHandle_t handle, ComputeDtype inputs, int64_t N, int64_t K,
+                                 const std::vector<ExpertProblem>& problems) {
+  // As LinearBackwardWeight: dW^T[K, N] += x^T (op N, ld K) dy (op T, ld N).
+  std::vector<ColumnMajor> cm;
+  for (const ExpertProblem& p : problems)
+    if (p.rows > 0) cm.push_back({Dim(K), Dim(N), Dim(p.rows), Dim(K), Dim(N), Dim(K), p.b, p.a, p.c});
+  Issue(handle, inputs, CUBLAS_OP_N, CUBLAS_OP_T, cm, 1.0f);
+}
+
+void ExpertGemms::Issue(cublasHandle_t handle, ComputeDtype inputs, cublasOperation_t op_a,
+                        cublasOperation_t op_b, const std::vector<ColumnMajor>& problems, float beta) {
+  if (problems.empty()) return;
+  const cudaDataType_t type = CudaType(inputs);
+  const int dtype = static_cast<int>(inputs);
+#if CUBLAS_VERSION >= 120500
+  if (grouped_ok_[dtype]) {
+    // One group per problem (sizes differ); pointer arrays go to the device.
+    const int count = static_cast<int>(problems.size());
+    std::vector<cublasOperation_t> ta(count, op_a), tb(count, op_b);
+    std::vector<int> m(count), n(count), k(count), lda(count), ldb(count), ldc(count), size(count, 1);
+    std::vector<float> alpha(count, 1.0f), betas(count, beta);
+    host_pointers_.resize(3 * count);
+    for (int i = 0; i < count; ++i) {
+      const ColumnMajor& p = problems[i];
+      m[i] = p.m, n[i] = p.n, k[i] = p.k, lda[i] = p.lda, ldb[i] = p.ldb, ldc[i] = p.ldc;
+      host_pointers_[i] = p.A;
+      host_pointers_[count + i] = p.B;
+      host_pointers_[2 * count + i] = p.C;
+    }
+    if (pointers_.size() < host_pointers_.size()) pointers_.Resize(host_pointers_.size());
+    // Pageable source: staged before the call returns, so host_pointers_ may change after.
+    HM_CUDA_CHECK(cudaMemcpyAsync(pointers_.data(), host_pointers_.data(), sizeof(void*) * host_pointers_.size(),
+                                  cudaMemcpyHostToDevice, stream_));
+    const void* const* A = pointers_.data();
+    const cublasStatus_t status = cublasGemmGroupedBatchedEx(
+        handle, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(), A, type, lda.data(),
+        A + count, type, ldb.data(), betas.data(), const_cast<void* const*>(A + 2 * count), CUDA_R_32F,
+        ldc.data(), count, size.data(), CUBLAS_COMPUTE_32F);
+    if (status == CUBLAS_STATUS_SUCCESS) {
+      ++grouped_calls_;
+      return;
+    }
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED) CheckCublas(status, "cublasGemmGroupedBatchedEx", __FILE__, __LINE__);
+    grouped_ok_[dtype] = false;  // this type combination is not grouped: one call each from now on
+  }
+#endif
+  for (const ColumnMajor& p : problems) {
+    Gemm(handle, inputs, op_a, op_b, p.m, p.n, p.k, p.A, p.lda, p.B, p.ldb, beta, p.C, p.ldc);
+    ++single_calls_;
+  }
+}
+
 BlasHandle::BlasHandle(cudaStream_t stream) {
   HM_CUBLAS_CHECK(cublasCreate(&handle_));
   HM_CUBLAS_CHECK(cublasSetStream(handle_, stream));

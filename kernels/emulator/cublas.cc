@@ -141,6 +141,10 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOpe
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (group_count < 0) return CUBLAS_STATUS_INVALID_VALUE;
   if (!hetermoe::emulator::Fp32Compute(computeType)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  // As we read cuBLAS's table of supported types for the grouped GEMM: inputs
+  // and output of one type (so 16-bit inputs with fp32 output are refused,
+  // and callers take their one-call-per-problem fallback).
+  if (Atype != Btype || Atype != Ctype) return CUBLAS_STATUS_NOT_SUPPORTED;
   // The pointer arrays live in device memory, the sizes on the host.
   int total = 0;
   for (int g = 0; g < group_count; ++g) {

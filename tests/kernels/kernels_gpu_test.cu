@@ -351,6 +351,64 @@ TEST_F(GemmTest, LinearGemmsMatchCpuPerDtype) {
   }
 }
 
+// The grouped expert GEMMs against the CPU's per-expert GEMMs, with unequal
+// row counts and an expert that gets no rows (its outputs stay untouched).
+TEST_F(GemmTest, ExpertGemmsMatchCpuPerExpertWithAnEmptyExpert) {
+  using kernels::ComputeDtype;
+  std::vector<ComputeDtype> dtypes = {ComputeDtype::kFp32, ComputeDtype::kFp16};
+  if (Sm() >= 80) dtypes.push_back(ComputeDtype::kBf16);
+  kernels::BlasHandle blas(stream());
+  const int64_t N = 24, K = 40;
+  const std::vector<int64_t> rows = {5, 0, 17, 1};  // per expert
+  int64_t total = 0;
+  std::vector<int64_t> first;
+  for (int64_t r : rows) {
+    first.push_back(total);
+    total += r;
+  }
+  const int64_t E = static_cast<int64_t>(rows.size());
+  for (ComputeDtype dtype : dtypes) {
+    SCOPED_TRACE(std::string(kernels::ComputeDtypeName(dtype)));
+    const double tol = dtype == ComputeDtype::kFp32 ? 1e-5 : 1e-4;
+    kernels::ExpertGemms gemms(allocator_.get(), stream());
+    auto x = Random(total * K, 41), dy = Random(total * N, 42), W = Random(E * N * K, 43);
+    const void* d_x = Operand(x, dtype);
+    const void* d_dy = Operand(dy, dtype);
+    const void* d_W = Operand(W, dtype);
+    if (dtype != ComputeDtype::kFp32) {
+      x = Rounded(x, dtype);
+      dy = Rounded(dy, dtype);
+      W = Rounded(W, dtype);
+    }
+    const size_t bytes = dtype == ComputeDtype::kFp32 ? 4 : 2;
+    auto at = [&](const void* base, int64_t elem) { return static_cast<const char*>(base) + elem * bytes; };
+    auto y = Random(total * N, 44), dx = Random(total * K, 45), dW = Random(E * N * K, 46);
+    auto d_y = Up(y), d_dx = Up(dx), d_dW = Up(dW);
+    std::vector<kernels::ExpertProblem> fwd, bwd_in, bwd_w;
+    for (int64_t e = 0; e < E; ++e) {
+      fwd.push_back({rows[e], at(d_x, first[e] * K), at(d_W, e * N * K), d_y.data() + first[e] * N});
+      bwd_in.push_back({rows[e], at(d_dy, first[e] * N), at(d_W, e * N * K), d_dx.data() + first[e] * K});
+      bwd_w.push_back({rows[e], at(d_dy, first[e] * N), at(d_x, first[e] * K), d_dW.data() + e * N * K});
+      ops::LinearForward(rows[e], N, K, x.data() + first[e] * K, W.data() + e * N * K, y.data() + first[e] * N, true);
+      ops::LinearBackwardInput(rows[e], N, K, dy.data() + first[e] * N, W.data() + e * N * K,
+                               dx.data() + first[e] * K, false);
+      ops::LinearBackwardWeight(rows[e], N, K, dy.data() + first[e] * N, x.data() + first[e] * K,
+                                dW.data() + e * N * K);
+    }
+    gemms.Forward(blas.get(), dtype, N, K, fwd, true);
+    gemms.BackwardInput(blas.get(), dtype, N, K, bwd_in, false);
+    gemms.BackwardWeight(blas.get(), dtype, N, K, bwd_w);
+    ExpectClose(Down(d_y), y, tol, tol, "grouped forward (accumulate)");
+    ExpectClose(Down(d_dx), dx, tol, tol, "grouped backward input");
+    ExpectClose(Down(d_dW), dW, tol, tol, "grouped backward weight (expert 1 untouched)");
+    // fp32 is grouped on cuBLAS 12.5+: three calls for the twelve problems.
+    if (dtype == ComputeDtype::kFp32 && CUBLAS_VERSION >= 120500) {
+      EXPECT_EQ(gemms.grouped_calls(), 3);
+    }
+    EXPECT_EQ(gemms.grouped_calls() * 3 + gemms.single_calls(), 9) << "3 non-empty experts x 3 products";
+  }
+}
+
 TEST_F(GpuTest, CrossEntropyForwardBackwardMatchCpu) {
   const int64_t N = 9, V = 1001;
   const auto logits = Random(N * V, 33, 3.0f);

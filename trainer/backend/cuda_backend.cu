@@ -73,6 +73,7 @@ struct CudaBackend::Impl {
     policy = kernels::ChoosePrecision(options.precision, sm);
     stream = std::make_unique<kernels::Stream>();
     blas = std::make_unique<kernels::BlasHandle>(stream->get());
+    experts = std::make_unique<kernels::ExpertGemms>(&allocator, stream->get());
     for (auto* b : {&params, &grads, &exp_avg, &exp_avg_sq}) {
       b->Bind(&allocator);
       b->Resize(layout.total());
@@ -275,23 +276,20 @@ struct CudaBackend::Impl {
       DownloadPlanSizes(la);
       HM_CUDA_CHECK(kernels::LaunchGatherRows(la.m.data(), la.token_of_row.data(), N * k, d, la.xp.data(), s()));
       const void* xp_op = Operand(la.xp.data(), N * k * d, 0);
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t n = la.host_counts[e], r0 = la.host_offsets[e];
-        if (n == 0) continue;  // an expert with no tokens: nothing to compute
-        const model::ExpertOffsets& eo = lo.experts[e];
-        kernels::LinearForward(blas->get(), policy.compute, n, f, d, At(xp_op, r0 * d), Weight(eo.w1),
-                               la.g1.data() + r0 * f, false);
-        kernels::LinearForward(blas->get(), policy.compute, n, f, d, At(xp_op, r0 * d), Weight(eo.w3),
-                               la.g3.data() + r0 * f, false);
-      }
+      const auto& ex = lo.experts;
+      // g1 = xp W1^T, g3 = xp W3^T, y = act W2^T: one grouped GEMM each over
+      // the experts' row ranges (experts with no tokens are left out).
+      experts->Forward(blas->get(), policy.compute, f, d, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(xp_op, r0 * d), Weight(ex[e].w1), la.g1.data() + r0 * f};
+      }), false);
+      experts->Forward(blas->get(), policy.compute, f, d, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(xp_op, r0 * d), Weight(ex[e].w3), la.g3.data() + r0 * f};
+      }), false);
       HM_CUDA_CHECK(kernels::LaunchSwiGluForward(la.g1.data(), la.g3.data(), N * k * f, la.act.data(), s()));
       const void* act_op = Operand(la.act.data(), N * k * f, 1);
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t n = la.host_counts[e], r0 = la.host_offsets[e];
-        if (n == 0) continue;
-        kernels::LinearForward(blas->get(), policy.compute, n, d, f, At(act_op, r0 * f),
-                               Weight(lo.experts[e].w2), la.y.data() + r0 * d, false);
-      }
+      experts->Forward(blas->get(), policy.compute, d, f, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(act_op, r0 * f), Weight(ex[e].w2), la.y.data() + r0 * d};
+      }), false);
       float* h_out = (l + 1 < L) ? layers[l + 1].resid_in.data() : resid_out.data();
       HM_CUDA_CHECK(cudaMemcpyAsync(h_out, la.h_mid.data(), la.h_mid.bytes(), cudaMemcpyDeviceToDevice, s()));
       HM_CUDA_CHECK(kernels::LaunchCombine(la.y.data(), la.topk_weight.data(), la.row_of.data(), N, k, d,
@@ -328,7 +326,20 @@ struct CudaBackend::Impl {
     return loss;
   }
 
-  // The per-expert GEMM loop needs each expert's rows on the host.
+  // One problem per expert of layer `la` (make(e, first_row) fills the
+  // operands; the row count comes from the dispatch plan).
+  template <typename Make>
+  std::vector<kernels::ExpertProblem> PerExpert(const Layer& la, Make make) const {
+    std::vector<kernels::ExpertProblem> problems;
+    for (int64_t e = 0; e < config.num_local_experts; ++e) {
+      kernels::ExpertProblem p = make(e, la.host_offsets[e]);
+      p.rows = la.host_counts[e];
+      problems.push_back(p);
+    }
+    return problems;
+  }
+
+  // The grouped expert GEMMs take each expert's rows from the host.
   void DownloadPlanSizes(Layer& la) {
     const int64_t E = config.num_local_experts;
     std::vector<int32_t> counts32(E), offsets32(E + 1);
@@ -375,36 +386,35 @@ struct CudaBackend::Impl {
       // --- MoE block backward: combine -> experts -> dispatch, and the router ---
       HM_CUDA_CHECK(kernels::LaunchCombineBackward(la.y.data(), la.topk_weight.data(), la.row_of.data(),
                                                    dh.data(), N, k, d, dy.data(), dweight.data(), s()));
-      // dact = dy W2 (held in dg1), dW2 += dy^T act, per expert.
+      // dact = dy W2 (held in dg1), dW2 += dy^T act, grouped over experts;
+      // experts with no tokens keep their weight gradients as they are.
       const void* dy_op = Operand(dy.data(), A * d, 0);
       const void* act_op = Operand(la.act.data(), A * f, 1);
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t n = la.host_counts[e], r0 = la.host_offsets[e];
-        if (n == 0) continue;  // its weight gradients stay as they are
-        const model::ExpertOffsets& eo = lo.experts[e];
-        kernels::LinearBackwardInput(blas->get(), policy.compute, n, d, f, At(dy_op, r0 * d), Weight(eo.w2),
-                                     dg1.data() + r0 * f, false);
-        kernels::LinearBackwardWeight(blas->get(), policy.compute, n, d, f, At(dy_op, r0 * d),
-                                      At(act_op, r0 * f), grads.data() + eo.w2);
-      }
+      const auto& ex = lo.experts;
+      experts->BackwardInput(blas->get(), policy.compute, d, f, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(dy_op, r0 * d), Weight(ex[e].w2), dg1.data() + r0 * f};
+      }), false);
+      experts->BackwardWeight(blas->get(), policy.compute, d, f, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(dy_op, r0 * d), At(act_op, r0 * f), grads.data() + ex[e].w2};
+      }));
       HM_CUDA_CHECK(kernels::LaunchSwiGluBackward(la.g1.data(), la.g3.data(), dg1.data(), A * f, dg1.data(),
                                                   dg3.data(), s()));
       const void* dg1_op = Operand(dg1.data(), A * f, 0);
       const void* dg3_op = Operand(dg3.data(), A * f, 1);
       const void* xp_op = Operand(la.xp.data(), A * d, 2);
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t n = la.host_counts[e], r0 = la.host_offsets[e];
-        if (n == 0) continue;
-        const model::ExpertOffsets& eo = lo.experts[e];
-        kernels::LinearBackwardWeight(blas->get(), policy.compute, n, f, d, At(dg1_op, r0 * f),
-                                      At(xp_op, r0 * d), grads.data() + eo.w1);
-        kernels::LinearBackwardWeight(blas->get(), policy.compute, n, f, d, At(dg3_op, r0 * f),
-                                      At(xp_op, r0 * d), grads.data() + eo.w3);
-        kernels::LinearBackwardInput(blas->get(), policy.compute, n, f, d, At(dg1_op, r0 * f), Weight(eo.w1),
-                                     dxp.data() + r0 * d, false);
-        kernels::LinearBackwardInput(blas->get(), policy.compute, n, f, d, At(dg3_op, r0 * f), Weight(eo.w3),
-                                     dxp.data() + r0 * d, true);
-      }
+      // dW1 += dg1^T xp, dW3 += dg3^T xp, dxp = dg1 W1 + dg3 W3.
+      experts->BackwardWeight(blas->get(), policy.compute, f, d, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(dg1_op, r0 * f), At(xp_op, r0 * d), grads.data() + ex[e].w1};
+      }));
+      experts->BackwardWeight(blas->get(), policy.compute, f, d, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(dg3_op, r0 * f), At(xp_op, r0 * d), grads.data() + ex[e].w3};
+      }));
+      experts->BackwardInput(blas->get(), policy.compute, f, d, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(dg1_op, r0 * f), Weight(ex[e].w1), dxp.data() + r0 * d};
+      }), false);
+      experts->BackwardInput(blas->get(), policy.compute, f, d, PerExpert(la, [&](int64_t e, int64_t r0) {
+        return kernels::ExpertProblem{0, At(dg3_op, r0 * f), Weight(ex[e].w3), dxp.data() + r0 * d};
+      }), true);
       HM_CUDA_CHECK(cudaMemsetAsync(dm.data(), 0, dm.bytes(), s()));
       HM_CUDA_CHECK(kernels::LaunchScatterAddRows(dxp.data(), la.row_of.data(), N, k, d, dm.data(), s()));
       // The gate's second branch: the routing weights scale the expert outputs.
@@ -491,6 +501,7 @@ struct CudaBackend::Impl {
   kernels::CachingAllocator allocator;
   std::unique_ptr<kernels::Stream> stream;
   std::unique_ptr<kernels::BlasHandle> blas;
+  std::unique_ptr<kernels::ExpertGemms> experts;
 
   DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq;  // fp32 master state, layout order
   DeviceBuffer<uint16_t> params16;                         // bf16/fp16 copy for the GEMMs

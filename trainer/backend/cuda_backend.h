@@ -5,7 +5,7 @@
 //
 // Everything runs on one compute stream in program order. The host waits
 // for the device only where it must: after each layer's dispatch plan (the
-// per-expert GEMM loop needs the token counts on the host), for the loss at
+// grouped expert GEMMs take the token counts from the host), for the loss at
 // the end of a forward pass, and for the gradient norm.
 //
 // Precision (BackendOptions::precision, kernels/precision.h): fp32 master
