@@ -12,6 +12,7 @@
 //   HETERMOE_EMULATED_SM=75       report another compute capability (e.g.
 //                                 to run the fp16 + loss-scaling path)
 //   HETERMOE_EMULATED_DEVICES=0   report no device (the no-GPU paths)
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -20,19 +21,29 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/device_api.h"
+#include "kernels/emulator/streams.h"
 
 namespace hetermoe::emulator {
 namespace {
 
 constexpr size_t kMaxDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute opt-in
 
+using PendingList = std::vector<std::shared_ptr<PendingOp>>;
+
+struct StreamState {
+  PendingList pending;
+};
+
 struct Registry {
   std::mutex mu;
   std::map<const char*, size_t> allocations;  // base -> bytes
   std::set<const void*> streams, events;
+  StreamState legacy;  // the default stream (nullptr, cudaStreamLegacy, cudaStreamPerThread)
 };
 Registry& registry() {
   static Registry* r = new Registry;  // never destroyed: frees may come from static destructors
@@ -42,7 +53,26 @@ Registry& registry() {
 struct Event {
   std::chrono::steady_clock::time_point at{};
   bool recorded = false;
+  PendingList waits;  // what its stream still had pending when it was recorded
 };
+
+// Call with registry().mu held; the stream must be valid.
+StreamState& StateOf(cudaStream_t s) {
+  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return registry().legacy;
+  return *reinterpret_cast<StreamState*>(s);
+}
+
+// Polls every op of `ops` (outside the registry lock: polling may take the
+// NCCL emulator's locks); true when all are complete.
+bool PollAll(const PendingList& ops) {
+  bool done = true;
+  for (const auto& op : ops) done = op->Poll() && done;
+  return done;
+}
+
+void WaitAll(const PendingList& ops) {
+  while (!PollAll(ops)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+}
 
 thread_local cudaError_t last_error = cudaSuccess;
 
@@ -113,6 +143,22 @@ void CheckKernelPointer(const char* kernel, int index, const void* p) {
       " is not device memory (a host pointer faults on a GPU)");
 }
 
+void EnqueuePending(cudaStream_t s, std::shared_ptr<PendingOp> op) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  StateOf(s).pending.push_back(std::move(op));
+}
+
+void DrainStream(cudaStream_t s) {
+  PendingList ops;
+  {
+    auto& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    ops.swap(StateOf(s).pending);
+  }
+  WaitAll(ops);
+}
+
 void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
   const unsigned long long threads = 1ull * c.block.x * c.block.y * c.block.z;
   if (c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || threads == 0 || threads > 1024 || c.block.z > 64 ||
@@ -128,6 +174,7 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
     Fail(cudaErrorInvalidResourceHandle);
     return;
   }
+  DrainStream(c.stream);
   thread_local BlockRunner runner;
   for (unsigned z = 0; z < c.grid.z; ++z)
     for (unsigned y = 0; y < c.grid.y; ++y)
@@ -142,7 +189,12 @@ using hetermoe::emulator::Event;
 using hetermoe::emulator::Fail;
 using hetermoe::emulator::last_error;
 using hetermoe::emulator::registry;
+using hetermoe::emulator::DrainStream;
+using hetermoe::emulator::PendingList;
+using hetermoe::emulator::StateOf;
+using hetermoe::emulator::StreamState;
 using hetermoe::emulator::ValidStream;
+using hetermoe::emulator::WaitAll;
 
 // --- errors ---
 cudaError_t cudaGetLastError() {
@@ -216,7 +268,16 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   p->multiProcessorCount = 1;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  std::vector<cudaStream_t> streams = {nullptr};
+  {
+    auto& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    for (const void* s : r.streams) streams.push_back(static_cast<cudaStream_t>(const_cast<void*>(s)));
+  }
+  for (cudaStream_t s : streams) DrainStream(s);
+  return cudaSuccess;
+}
 
 // --- memory ---
 cudaError_t cudaMalloc(void** p, size_t bytes) {
@@ -250,12 +311,14 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   CheckCopy(dst, src, bytes, kind, "cudaMemcpy");
+  DrainStream(nullptr);
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
   if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
   CheckCopy(dst, src, bytes, kind, "cudaMemcpyAsync");
+  DrainStream(s);
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
@@ -264,6 +327,7 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
   if (bytes == 0) return cudaSuccess;
   if (!hetermoe::emulator::InDeviceMemory(p, bytes))
     hetermoe::emulator::Bug("cudaMemsetAsync: " + std::to_string(bytes) + " bytes not inside one device allocation");
+  DrainStream(s);
   std::memset(p, value, bytes);
   return cudaSuccess;
 }
@@ -271,7 +335,7 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsyn
 
 // --- streams and events ---
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
-  *s = reinterpret_cast<cudaStream_t>(new char);
+  *s = reinterpret_cast<cudaStream_t>(new StreamState);
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   r.streams.insert(*s);
@@ -282,18 +346,24 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   if (r.streams.erase(s) == 0) return Fail(cudaErrorInvalidResourceHandle);
-  delete reinterpret_cast<char*>(s);
+  delete reinterpret_cast<StreamState*>(s);  // pending work is dropped, as a destroyed stream's would be
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-  return ValidStream(s) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+  if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
+  DrainStream(s);
+  return cudaSuccess;
 }
-cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaStreamSynchronize(s); }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
   if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
-  return r.events.count(e) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+  if (!r.events.count(e)) return Fail(cudaErrorInvalidResourceHandle);
+  // Later work on s waits for what the event waits for.
+  const PendingList& waits = reinterpret_cast<Event*>(e)->waits;
+  PendingList& pending = StateOf(s).pending;
+  pending.insert(pending.end(), waits.begin(), waits.end());
+  return cudaSuccess;
 }
 
 namespace {
@@ -324,12 +394,22 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (ev == nullptr || !ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
   ev->at = std::chrono::steady_clock::now();
   ev->recorded = true;
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  ev->waits = StateOf(s).pending;
   return cudaSuccess;
 }
 cudaError_t cudaEventQuery(cudaEvent_t e) {
-  return FindEvent(e) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+  Event* ev = FindEvent(e);
+  if (ev == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  return hetermoe::emulator::PollAll(ev->waits) ? cudaSuccess : cudaErrorNotReady;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t e) { return cudaEventQuery(e); }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  Event* ev = FindEvent(e);
+  if (ev == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  WaitAll(ev->waits);
+  return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   Event* a = FindEvent(start);
   Event* b = FindEvent(end);
