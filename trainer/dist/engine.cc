@@ -9,6 +9,7 @@
 #include <map>
 #include <thread>
 
+#include "trainer/model/cpu_stages.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/ops/experts.h"
 #include "trainer/util/error.h"
@@ -29,8 +30,10 @@ struct OwnerSlot {
   std::vector<char> inbox;          // header (int64 counts of the range) + rows
   int64_t rows = 0;
   ops::DispatchPlan plan;           // counts/offsets over the owner's range only
-  ops::ExpertActivations acts;      // y = outputs to send back
-  std::vector<float> dy, dxp;       // output grads in, input grads out
+  std::unique_ptr<model::ExpertBlock> block;  // the experts' compute on this rank's device
+  const float* y = nullptr;         // outputs to send back (host, owned by block)
+  const float* dxp = nullptr;       // input grads to send back (host, owned by block)
+  std::vector<float> dy;            // output grads in
   std::unique_ptr<comm::Request> inbox_request, dy_request;
 };
 
@@ -48,8 +51,9 @@ struct DistributedBackend::Impl {
   int64_t E, d, f, k;
   std::vector<Task> order;
 
-  std::vector<float> params, grads;
+  std::vector<float> params, grads;  // host copies: all-reduce, norm and AdamW run here
   optim::AdamW adamw;
+  std::unique_ptr<model::StageDevice> device;  // where the stages compute
   std::vector<bool> owned, counted;       // per tensor
   std::vector<size_t> dense_tensors, owned_expert_tensors;
   std::vector<std::vector<size_t>> group0_owned_experts;  // [local] tensors (rank 0's gather)
@@ -57,7 +61,7 @@ struct DistributedBackend::Impl {
   std::unique_ptr<comm::Communicator> dispatch, combine, dense, replicas, everyone;
 
   // attention side
-  std::vector<std::unique_ptr<model::MixtralCpu>> micro;
+  std::vector<std::unique_ptr<model::MicroBatchStages>> micro;
   std::vector<std::vector<char>> outbox;                       // [l][j][owner]
   std::vector<std::unique_ptr<comm::Request>> outputs_in;      // [l][j][owner]
   std::vector<std::unique_ptr<comm::Request>> input_grads_in;  // [l][j][owner]
@@ -71,7 +75,7 @@ struct DistributedBackend::Impl {
   double idle = 0, dispatch_wait = 0, combine_wait = 0;
 
   Impl(const io::MixtralConfig& c, const model::ParameterLayout& lay, const Placement& p,
-       comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t)
+       comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t, const StageDeviceFactory& make_device)
       : config(c), layout(lay), placement(p), world(w), rank(w->rank()), emulation(em), tracer(t),
         adamw(lay, opt) {
     L = p.layers;
@@ -86,10 +90,12 @@ struct DistributedBackend::Impl {
     order = TaskOrder(p, rank);
     params.assign(lay.total(), 0.0f);
     grads.assign(lay.total(), 0.0f);
+    device = make_device ? make_device(params.data(), grads.data())
+                         : model::MakeCpuStageDevice(config, layout, params.data(), grads.data());
     ClassifyTensors();
     Connect();
     if (p.IsAttention(rank))
-      for (int j = 0; j < R; ++j) micro.push_back(std::make_unique<model::MixtralCpu>(c, lay));
+      for (int j = 0; j < R; ++j) micro.push_back(device->NewMicroBatch());
     outbox.resize(static_cast<size_t>(L) * R * P);
     outputs_in.resize(outbox.size());
     input_grads_in.resize(outbox.size());
@@ -201,7 +207,7 @@ struct DistributedBackend::Impl {
   }
 
   void PostDispatch(int l, int j) {
-    model::MixtralCpu& mb = *micro[j];
+    model::MicroBatchStages& mb = *micro[j];
     const ops::DispatchPlan& plan = mb.plan(l);
     for (int o = 0; o < P; ++o) {
       const ExpertRange& r = Range(l, o);
@@ -222,7 +228,7 @@ struct DistributedBackend::Impl {
   void FinishCombine(int l, int j) { WaitFromOwners(outputs_in, l, j, "combine"); }
 
   void PostBackwardDispatch(int l, int j) {
-    model::MixtralCpu& mb = *micro[j];
+    model::MicroBatchStages& mb = *micro[j];
     const ops::DispatchPlan& plan = mb.plan(l);
     for (int o = 0; o < P; ++o) {
       const ExpertRange& r = Range(l, o);
@@ -239,7 +245,7 @@ struct DistributedBackend::Impl {
 
   void RunAttention(const Task& t, const backend::StepInput& step, float loss_scale) {
     const int l = t.layer, j = t.micro;
-    model::MixtralCpu& mb = *micro[j];
+    model::MicroBatchStages& mb = *micro[j];
     switch (t.kind) {
       case Task::Kind::kAttnFwd:
         if (l > 0) FinishCombine(l - 1, j);
@@ -247,12 +253,11 @@ struct DistributedBackend::Impl {
           if (l == 0) {
             const int64_t per = step.global_batch / step.micro_batches;
             const int64_t m = placement.MicroBatchOf(rank, j);
-            mb.EmbedForward(params.data(), {step.inputs + m * micro_tokens,
-                                            step.targets + m * micro_tokens, per, step.seq_len});
+            mb.EmbedForward({step.inputs + m * micro_tokens, step.targets + m * micro_tokens, per, step.seq_len});
           } else {
             mb.CombineForward(l - 1);
           }
-          mb.AttentionForward(params.data(), l);
+          mb.AttentionForward(l);
         });
         PostDispatch(l, j);
         break;
@@ -260,14 +265,14 @@ struct DistributedBackend::Impl {
         FinishCombine(L - 1, j);
         Compute(t, emulation.attention, [&] {
           mb.CombineForward(L - 1);
-          const model::LossParts loss = mb.HeadForward(params.data());
+          const model::LossParts loss = mb.HeadForward();
           loss_sum += loss.total;
           ce_sum += loss.ce;
           aux_sum += loss.aux;
           const auto counts = mb.ExpertCounts();
           for (int ll = 0; ll < L; ++ll)
             for (int64_t e = 0; e < E; ++e) expert_tokens[ll][e] += counts[ll][e];
-          mb.HeadBackward(params.data(), grads.data(), loss_scale);
+          mb.HeadBackward(loss_scale);
           mb.CombineBackward(L - 1);
         });
         PostBackwardDispatch(L - 1, j);
@@ -275,9 +280,9 @@ struct DistributedBackend::Impl {
       case Task::Kind::kAttnBwd:
         WaitFromOwners(input_grads_in, l, j, "combine-grad");
         Compute(t, emulation.attention, [&] {
-          mb.AttentionBackward(params.data(), grads.data(), l);
+          mb.AttentionBackward(l);
           if (l > 0) mb.CombineBackward(l - 1);
-          else mb.EmbedBackward(grads.data());
+          else mb.EmbedBackward();
         });
         if (l > 0) PostBackwardDispatch(l - 1, j);
         break;
@@ -287,23 +292,6 @@ struct DistributedBackend::Impl {
   }
 
   // --- owner side ---
-  std::vector<ops::ExpertWeights> WeightsOf(int l, const ExpertRange& r) {
-    std::vector<ops::ExpertWeights> w;
-    for (int64_t e = r.first; e < r.first + r.count; ++e) {
-      const auto& eo = layout.layers[l].experts[e];
-      w.push_back({params.data() + eo.w1, params.data() + eo.w2, params.data() + eo.w3});
-    }
-    return w;
-  }
-  std::vector<ops::ExpertGrads> GradsOf(int l, const ExpertRange& r) {
-    std::vector<ops::ExpertGrads> g;
-    for (int64_t e = r.first; e < r.first + r.count; ++e) {
-      const auto& eo = layout.layers[l].experts[e];
-      g.push_back({grads.data() + eo.w1, grads.data() + eo.w2, grads.data() + eo.w3});
-    }
-    return g;
-  }
-
   // Receives are posted for the whole step up front, into buffers sized for
   // the worst case (every token of the micro-batch routed to this owner).
   void PostOwnerReceives() {
@@ -348,15 +336,15 @@ struct DistributedBackend::Impl {
           OwnerSlot& s = slots[Idx(l, j, a)];
           if (s.rows == 0) continue;
           const float* xp = reinterpret_cast<const float*>(s.inbox.data() + r.count * sizeof(int64_t));
-          ops::ExpertsForward(s.plan, d, f, r.first, WeightsOf(l, r), xp, &s.acts);
+          if (!s.block) s.block = device->NewExpertBlock();
+          s.y = s.block->Forward(l, s.plan, r.first, r.count, xp);
         }
       });
       for (int a = 0; a < M; ++a) {
         OwnerSlot& s = slots[Idx(l, j, a)];
         if (s.rows == 0) continue;
-        sends.push_back(combine->Isend(s.acts.y.data(), s.rows * d * sizeof(float), a, Tag(kOutputs, l, j)));
+        sends.push_back(combine->Isend(s.y, s.rows * d * sizeof(float), a, Tag(kOutputs, l, j)));
         s.dy.resize(s.rows * d);
-        s.dxp.resize(s.rows * d);
         s.dy_request = dispatch->Irecv(s.dy.data(), s.rows * d * sizeof(float), a, Tag(kOutputGrads, l, j));
       }
       return;
@@ -372,15 +360,13 @@ struct DistributedBackend::Impl {
       for (int a = 0; a < M; ++a) {
         OwnerSlot& s = slots[Idx(l, j, a)];
         if (s.rows == 0) continue;
-        const float* xp = reinterpret_cast<const float*>(s.inbox.data() + r.count * sizeof(int64_t));
-        ops::ExpertsBackward(s.plan, d, f, r.first, WeightsOf(l, r), GradsOf(l, r), xp, s.acts,
-                             s.dy.data(), s.dxp.data());
+        s.dxp = s.block->Backward(s.dy.data());
       }
     });
     for (int a = 0; a < M; ++a) {
       OwnerSlot& s = slots[Idx(l, j, a)];
       if (s.rows == 0) continue;
-      sends.push_back(combine->Isend(s.dxp.data(), s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j)));
+      sends.push_back(combine->Isend(s.dxp, s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j)));
     }
   }
 
@@ -410,17 +396,22 @@ DistributedBackend::DistributedBackend(const io::MixtralConfig& config,
                                        const model::ParameterLayout& layout,
                                        const Placement& placement, comm::World* world,
                                        const optim::AdamWOptions& adamw, Emulation emulation,
-                                       Tracer* tracer)
-    : impl_(std::make_unique<Impl>(config, layout, placement, world, adamw, emulation, tracer)),
+                                       Tracer* tracer, const StageDeviceFactory& make_device)
+    : impl_(std::make_unique<Impl>(config, layout, placement, world, adamw, emulation, tracer, make_device)),
       rank_(world->rank()) {}
 
 DistributedBackend::~DistributedBackend() = default;
 
 void DistributedBackend::Upload(const backend::HostState& s) {
-  impl_->params = s.params;
-  impl_->adamw.exp_avg() = s.exp_avg;
-  impl_->adamw.exp_avg_sq() = s.exp_avg_sq;
-  impl_->adamw.set_step(s.optimizer_step);
+  Impl& m = *impl_;
+  if (s.params.size() != m.params.size()) throw Error("distributed upload: parameter count mismatch");
+  std::copy(s.params.begin(), s.params.end(), m.params.begin());  // in place: the CPU device aliases it
+  m.adamw.exp_avg() = s.exp_avg;
+  m.adamw.exp_avg_sq() = s.exp_avg_sq;
+  m.adamw.set_step(s.optimizer_step);
+  std::vector<size_t> all(m.layout.tensors().size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  m.device->SetParams(m.params.data(), all);
 }
 
 void DistributedBackend::Download(backend::HostState* s) {
@@ -468,7 +459,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   if (step.micro_batches != m.placement.micro_batches)
     throw Error("distributed step: micro_batches changed from the placement's");
   const auto start = Clock::now();
-  std::fill(m.grads.begin(), m.grads.end(), 0.0f);
+  m.device->ZeroGrads();
   m.micro_tokens = step.global_batch / step.micro_batches * step.seq_len;
   m.loss_sum = m.ce_sum = m.aux_sum = 0;
   m.expert_tokens.assign(m.L, std::vector<int64_t>(m.E, 0));
@@ -482,6 +473,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   }
   for (auto& s : m.sends) s->Wait();
   m.sends.clear();
+  m.device->GetGrads(m.grads.data());
   const double wall = Seconds(start, Clock::now());
 
   // Gradients: dense over every attention rank, experts over the groups.
@@ -542,10 +534,17 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
 }
 
 void DistributedBackend::OptimizerStep(double lr) {
-  impl_->adamw.Step(impl_->params.data(), impl_->grads.data(), lr, &impl_->owned);
+  Impl& m = *impl_;
+  m.adamw.Step(m.params.data(), m.grads.data(), lr, &m.owned);
+  std::vector<size_t> updated;
+  for (size_t i = 0; i < m.owned.size(); ++i)
+    if (m.owned[i]) updated.push_back(i);
+  m.device->SetParams(m.params.data(), updated);
 }
 
-void DistributedBackend::ZeroGrads() { std::fill(impl_->grads.begin(), impl_->grads.end(), 0.0f); }
+void DistributedBackend::ZeroGrads() { impl_->device->ZeroGrads(); }
+
+std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }
 
 model::LossParts DistributedBackend::ForwardBackward(const model::MicroBatch&, float) {
   throw Error("the distributed backend runs whole steps (ComputeGradients)");

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "trainer/dist/placement.h"
 #include "trainer/dist/schedule.h"
 #include "trainer/dist/trace.h"
+#include "trainer/model/stages.h"
 
 namespace hetermoe::dist {
 
@@ -39,14 +41,19 @@ struct Emulation {
   double experts = 1.0;    // factor on expert work (ExpFwd, ExpBwd)
 };
 
+// Makes the rank's device over the engine's host parameter and gradient
+// buffers (the CPU device computes in them; a GPU device copies them).
+using StageDeviceFactory = std::function<std::unique_ptr<model::StageDevice>(float* params, float* grads)>;
+
 class DistributedBackend final : public backend::Backend {
  public:
   DistributedBackend(const io::MixtralConfig& config, const model::ParameterLayout& layout,
                      const Placement& placement, comm::World* world,
-                     const optim::AdamWOptions& adamw, Emulation emulation, Tracer* tracer);
+                     const optim::AdamWOptions& adamw, Emulation emulation, Tracer* tracer,
+                     const StageDeviceFactory& make_device = nullptr);  // nullptr: the CPU
   ~DistributedBackend() override;
 
-  std::string name() const override { return "distributed"; }
+  std::string name() const override;
   bool writes_outputs() const override { return rank_ == 0; }
   void Upload(const backend::HostState& state) override;
   void Download(backend::HostState* state) override;

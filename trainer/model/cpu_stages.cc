@@ -1,0 +1,119 @@
+#include "trainer/model/cpu_stages.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "trainer/util/error.h"
+
+namespace hetermoe::model {
+namespace {
+
+class CpuMicroBatch final : public MicroBatchStages {
+ public:
+  CpuMicroBatch(const io::MixtralConfig& config, const ParameterLayout& layout, const float* params, float* grads)
+      : model_(config, layout), params_(params), grads_(grads) {}
+  void EmbedForward(const MicroBatch& batch) override { model_.EmbedForward(params_, batch); }
+  void AttentionForward(int64_t l) override { model_.AttentionForward(params_, l); }
+  void CombineForward(int64_t l) override { model_.CombineForward(l); }
+  LossParts HeadForward() override { return model_.HeadForward(params_); }
+  void HeadBackward(float loss_scale) override { model_.HeadBackward(params_, grads_, loss_scale); }
+  void CombineBackward(int64_t l) override { model_.CombineBackward(l); }
+  void AttentionBackward(int64_t l) override { model_.AttentionBackward(params_, grads_, l); }
+  void EmbedBackward() override { model_.EmbedBackward(grads_); }
+  const ops::DispatchPlan& plan(int64_t l) const override { return model_.plan(l); }
+  std::vector<float>& dispatched(int64_t l) override { return model_.dispatched(l); }
+  std::vector<float>& expert_outputs(int64_t l) override { return model_.expert_outputs(l); }
+  std::vector<float>& expert_output_grads(int64_t l) override { return model_.expert_output_grads(l); }
+  std::vector<float>& dispatched_grads(int64_t l) override { return model_.dispatched_grads(l); }
+  std::vector<std::vector<int64_t>> ExpertCounts() const override { return model_.ExpertCounts(); }
+
+ private:
+  MixtralCpu model_;
+  const float* params_;
+  float* grads_;
+};
+
+class CpuExpertBlock final : public ExpertBlock {
+ public:
+  CpuExpertBlock(const io::MixtralConfig& config, const ParameterLayout& layout, const float* params, float* grads)
+      : config_(config), layout_(layout), params_(params), grads_(grads) {}
+
+  const float* Forward(int64_t layer, const ops::DispatchPlan& plan, int64_t first, int64_t count,
+                       const float* xp) override {
+    layer_ = layer;
+    plan_ = plan;
+    first_ = first;
+    count_ = count;
+    xp_ = xp;
+    ops::ExpertsForward(plan_, config_.hidden_size, config_.intermediate_size, first, Weights(), xp, &acts_);
+    return acts_.y.data();
+  }
+
+  const float* Backward(const float* dy) override {
+    std::vector<ops::ExpertGrads> grads;
+    for (int64_t e = first_; e < first_ + count_; ++e) {
+      const auto& eo = layout_.layers[layer_].experts[e];
+      grads.push_back({grads_ + eo.w1, grads_ + eo.w2, grads_ + eo.w3});
+    }
+    dxp_.resize(static_cast<size_t>(plan_.offsets.back() * config_.hidden_size));
+    ops::ExpertsBackward(plan_, config_.hidden_size, config_.intermediate_size, first_, Weights(), grads, xp_,
+                         acts_, dy, dxp_.data());
+    return dxp_.data();
+  }
+
+ private:
+  std::vector<ops::ExpertWeights> Weights() const {
+    std::vector<ops::ExpertWeights> w;
+    for (int64_t e = first_; e < first_ + count_; ++e) {
+      const auto& eo = layout_.layers[layer_].experts[e];
+      w.push_back({params_ + eo.w1, params_ + eo.w2, params_ + eo.w3});
+    }
+    return w;
+  }
+
+  const io::MixtralConfig& config_;
+  const ParameterLayout& layout_;
+  const float* params_;
+  float* grads_;
+  int64_t layer_ = 0, first_ = 0, count_ = 0;
+  ops::DispatchPlan plan_;
+  const float* xp_ = nullptr;
+  ops::ExpertActivations acts_;
+  std::vector<float> dxp_;
+};
+
+class CpuStageDevice final : public StageDevice {
+ public:
+  CpuStageDevice(const io::MixtralConfig& config, const ParameterLayout& layout, const float* params, float* grads)
+      : config_(config), layout_(layout), params_(params), grads_(grads) {}
+  std::string name() const override { return "cpu"; }
+  std::unique_ptr<MicroBatchStages> NewMicroBatch() override {
+    return std::make_unique<CpuMicroBatch>(config_, layout_, params_, grads_);
+  }
+  std::unique_ptr<ExpertBlock> NewExpertBlock() override {
+    return std::make_unique<CpuExpertBlock>(config_, layout_, params_, grads_);
+  }
+  // The device's buffers are the engine's: nothing to copy.
+  void SetParams(const float* host_params, const std::vector<size_t>&) override {
+    if (host_params != params_) throw Error("CPU stage device: parameters must be the buffer it was made with");
+  }
+  void ZeroGrads() override { std::fill(grads_, grads_ + layout_.total(), 0.0f); }
+  void GetGrads(float* host_grads) override {
+    if (host_grads != grads_) throw Error("CPU stage device: gradients must be the buffer it was made with");
+  }
+
+ private:
+  io::MixtralConfig config_;
+  const ParameterLayout& layout_;
+  const float* params_;
+  float* grads_;
+};
+
+}  // namespace
+
+std::unique_ptr<StageDevice> MakeCpuStageDevice(const io::MixtralConfig& config, const ParameterLayout& layout,
+                                                const float* params, float* grads) {
+  return std::make_unique<CpuStageDevice>(config, layout, params, grads);
+}
+
+}  // namespace hetermoe::model
