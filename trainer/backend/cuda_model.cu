@@ -1,0 +1,575 @@
+// Every step below names the CPU call it mirrors (model/mixtral.cc), so the
+// two files read side by side.
+#include "trainer/backend/cuda_model.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/attention.cuh"
+#include "kernels/cast.cuh"
+#include "kernels/cross_entropy.cuh"
+#include "kernels/device.h"
+#include "kernels/dispatch.cuh"
+#include "kernels/embedding.cuh"
+#include "kernels/rmsnorm.cuh"
+#include "kernels/rope.cuh"
+#include "kernels/router.cuh"
+#include "kernels/shared/math.h"
+#include "kernels/shared/router_row.h"
+#include "kernels/swiglu.cuh"
+#include "trainer/ops/rope.h"
+#include "trainer/ops/router.h"
+#include "trainer/util/error.h"
+
+namespace hetermoe::backend {
+
+using kernels::ComputeDtype;
+using kernels::DeviceBuffer;
+
+namespace {
+
+size_t ElementBytes(ComputeDtype dtype) { return dtype == ComputeDtype::kFp32 ? 4 : 2; }
+
+template <typename T>
+void Alloc(DeviceModel& m, DeviceBuffer<T>& b, int64_t n) {
+  b.Bind(&m.allocator);
+  b.Resize(static_cast<size_t>(n));
+}
+
+}  // namespace
+
+// --- DeviceModel ---
+
+DeviceModel::DeviceModel(const io::MixtralConfig& c, const model::ParameterLayout& l, const BackendOptions& o)
+    : config(c), layout(l), options(o), allocator(kernels::CudaMallocBacking()) {
+  std::string why;
+  if (kernels::CudaDeviceCount(&why) == 0) throw Error("CUDA backend: no usable GPU (" + why + ")");
+  HM_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  HM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  device_name = prop.name;
+  sm = prop.major * 10 + prop.minor;
+  policy = kernels::ChoosePrecision(options.precision, sm);
+  stream = std::make_unique<kernels::Stream>();
+  blas = std::make_unique<kernels::BlasHandle>(stream->get());
+  experts = std::make_unique<kernels::ExpertGemms>(&allocator, stream->get());
+  for (auto* b : {&params, &grads, &exp_avg, &exp_avg_sq}) Alloc(*this, *b, layout.total());
+  params16.Bind(&allocator);
+  if (policy.compute != ComputeDtype::kFp32) params16.Resize(layout.total());
+  for (auto& buf : cast) buf.Bind(&allocator);
+  dg1.Bind(&allocator);
+  dg3.Bind(&allocator);
+  for (auto* b : {&params, &grads, &exp_avg, &exp_avg_sq})
+    HM_CUDA_CHECK(cudaMemsetAsync(b->data(), 0, b->bytes(), s()));
+}
+
+DeviceModel::~DeviceModel() {
+  if (stream) cudaStreamSynchronize(stream->get());  // no kernel may outlive its buffers
+}
+
+std::string DeviceModel::Describe() const {
+  return "cuda:" + std::to_string(device) + " (" + device_name + ", sm_" + std::to_string(sm) + ", " +
+         std::string(kernels::ComputeDtypeName(policy.compute)) + ")";
+}
+
+const void* DeviceModel::Weight(int64_t offset) const {
+  if (policy.compute == ComputeDtype::kFp32) return params.data() + offset;
+  return reinterpret_cast<const char*>(params16.data()) + offset * 2;
+}
+
+// Valid until scratch `slot` is used again; all on one stream, so reuse is
+// ordered after the GEMMs that read it.
+const void* DeviceModel::Operand(const float* x, int64_t n, int slot) {
+  if (policy.compute == ComputeDtype::kFp32) return x;
+  DeviceBuffer<uint16_t>& b = cast[slot];
+  if (b.size() < static_cast<size_t>(n)) b.Resize(static_cast<size_t>(n));
+  if (policy.compute == ComputeDtype::kBf16)
+    HM_CUDA_CHECK(kernels::LaunchCastToBf16(x, n, reinterpret_cast<__nv_bfloat16*>(b.data()), s()));
+  else
+    HM_CUDA_CHECK(kernels::LaunchCastToHalf(x, n, reinterpret_cast<__half*>(b.data()), s()));
+  return b.data();
+}
+
+const void* DeviceModel::At(const void* base, int64_t elem) const {
+  return static_cast<const char*>(base) + elem * ElementBytes(policy.compute);
+}
+
+void DeviceModel::RefreshCompute16() {
+  if (policy.compute == ComputeDtype::kBf16)
+    HM_CUDA_CHECK(kernels::LaunchCastToBf16(params.data(), layout.total(),
+                                            reinterpret_cast<__nv_bfloat16*>(params16.data()), s()));
+  else if (policy.compute == ComputeDtype::kFp16)
+    HM_CUDA_CHECK(kernels::LaunchCastToHalf(params.data(), layout.total(),
+                                            reinterpret_cast<__half*>(params16.data()), s()));
+}
+
+void DeviceModel::Linear(int64_t M, int64_t N, int64_t K, const float* x, int64_t w_offset, float* y,
+                         bool accumulate, int slot) {
+  kernels::LinearForward(blas->get(), policy.compute, M, N, K, Operand(x, M * K, slot), Weight(w_offset), y,
+                         accumulate);
+}
+void DeviceModel::LinearDx(int64_t M, int64_t N, int64_t K, const float* dy, int64_t w_offset, float* dx,
+                           bool accumulate) {
+  kernels::LinearBackwardInput(blas->get(), policy.compute, M, N, K, Operand(dy, M * N, 0), Weight(w_offset), dx,
+                               accumulate);
+}
+void DeviceModel::LinearDw(int64_t M, int64_t N, int64_t K, const float* dy, const float* x, int64_t g_offset) {
+  kernels::LinearBackwardWeight(blas->get(), policy.compute, M, N, K, Operand(dy, M * N, 0), Operand(x, M * K, 1),
+                                grads.data() + g_offset);
+}
+
+void DeviceModel::ToDevice(const float* host, float* device_ptr, int64_t n) {
+  if (n == 0) return;
+  HM_CUDA_CHECK(cudaMemcpyAsync(device_ptr, host, sizeof(float) * n, cudaMemcpyHostToDevice, s()));
+  HM_CUDA_CHECK(cudaStreamSynchronize(s()));  // the host buffer may change once we return
+}
+void DeviceModel::ToHost(const float* device_ptr, float* host, int64_t n) {
+  if (n == 0) return;
+  HM_CUDA_CHECK(cudaMemcpyAsync(host, device_ptr, sizeof(float) * n, cudaMemcpyDeviceToHost, s()));
+  HM_CUDA_CHECK(cudaStreamSynchronize(s()));
+}
+
+// --- ExpertRows: mirrors ops::ExpertsForward / ops::ExpertsBackward ---
+
+void ExpertRows::Bind(DeviceModel& m) {
+  for (auto* b : {&xp, &y, &dy, &dxp, &g1, &g3, &act}) b->Bind(&m.allocator);
+}
+
+void ExpertRows::Resize(DeviceModel& m, int64_t rows, bool expert_activations) {
+  const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
+  for (auto* b : {&xp, &y, &dy, &dxp})
+    if (b->size() < static_cast<size_t>(rows * d)) b->Resize(static_cast<size_t>(rows * d));
+  if (expert_activations)
+    for (auto* b : {&g1, &g3, &act})
+      if (b->size() < static_cast<size_t>(rows * f)) b->Resize(static_cast<size_t>(rows * f));
+}
+
+void ExpertRows::Forward(DeviceModel& m) {
+  const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
+  const int64_t rows = offsets.back();
+  const auto& ex = m.layout.layers[layer].experts;
+  // One problem per expert of the range over its rows (empty ones left out).
+  auto per_expert = [&](auto make) {
+    std::vector<kernels::ExpertProblem> problems;
+    for (int64_t e = first; e < first + count; ++e) {
+      kernels::ExpertProblem p = make(e, offsets[e]);
+      p.rows = counts[e];
+      problems.push_back(p);
+    }
+    return problems;
+  };
+  // g1 = xp W1^T, g3 = xp W3^T, act = silu(g1) * g3, y = act W2^T.
+  const void* xp_op = m.Operand(xp.data(), rows * d, 0);
+  m.experts->Forward(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(xp_op, r0 * d), m.Weight(ex[e].w1), g1.data() + r0 * f};
+  }), false);
+  m.experts->Forward(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(xp_op, r0 * d), m.Weight(ex[e].w3), g3.data() + r0 * f};
+  }), false);
+  HM_CUDA_CHECK(kernels::LaunchSwiGluForward(g1.data(), g3.data(), rows * f, act.data(), m.s()));
+  const void* act_op = m.Operand(act.data(), rows * f, 1);
+  m.experts->Forward(m.blas->get(), m.policy.compute, d, f, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(act_op, r0 * f), m.Weight(ex[e].w2), y.data() + r0 * d};
+  }), false);
+}
+
+void ExpertRows::Backward(DeviceModel& m) {
+  const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
+  const int64_t rows = offsets.back();
+  const auto& ex = m.layout.layers[layer].experts;
+  auto per_expert = [&](auto make) {
+    std::vector<kernels::ExpertProblem> problems;
+    for (int64_t e = first; e < first + count; ++e) {
+      kernels::ExpertProblem p = make(e, offsets[e]);
+      p.rows = counts[e];
+      problems.push_back(p);
+    }
+    return problems;
+  };
+  if (m.dg1.size() < static_cast<size_t>(rows * f)) m.dg1.Resize(static_cast<size_t>(rows * f));
+  if (m.dg3.size() < static_cast<size_t>(rows * f)) m.dg3.Resize(static_cast<size_t>(rows * f));
+  float* dg1 = m.dg1.data();
+  float* dg3 = m.dg3.data();
+  // dact = dy W2 (held in dg1), dW2 += dy^T act; experts with no tokens
+  // keep their weight gradients as they are.
+  const void* dy_op = m.Operand(dy.data(), rows * d, 0);
+  const void* act_op = m.Operand(act.data(), rows * f, 1);
+  m.experts->BackwardInput(m.blas->get(), m.policy.compute, d, f, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(dy_op, r0 * d), m.Weight(ex[e].w2), dg1 + r0 * f};
+  }), false);
+  m.experts->BackwardWeight(m.blas->get(), m.policy.compute, d, f, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(dy_op, r0 * d), m.At(act_op, r0 * f), m.grads.data() + ex[e].w2};
+  }));
+  HM_CUDA_CHECK(kernels::LaunchSwiGluBackward(g1.data(), g3.data(), dg1, rows * f, dg1, dg3, m.s()));
+  // dW1 += dg1^T xp, dW3 += dg3^T xp, dxp = dg1 W1 + dg3 W3.
+  const void* dg1_op = m.Operand(dg1, rows * f, 0);
+  const void* dg3_op = m.Operand(dg3, rows * f, 1);
+  const void* xp_op = m.Operand(xp.data(), rows * d, 2);
+  m.experts->BackwardWeight(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(dg1_op, r0 * f), m.At(xp_op, r0 * d), m.grads.data() + ex[e].w1};
+  }));
+  m.experts->BackwardWeight(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(dg3_op, r0 * f), m.At(xp_op, r0 * d), m.grads.data() + ex[e].w3};
+  }));
+  m.experts->BackwardInput(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(dg1_op, r0 * f), m.Weight(ex[e].w1), dxp.data() + r0 * d};
+  }), false);
+  m.experts->BackwardInput(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
+    return kernels::ExpertProblem{0, m.At(dg3_op, r0 * f), m.Weight(ex[e].w3), dxp.data() + r0 * d};
+  }), true);
+}
+
+// --- DeviceMicroBatch ---
+
+struct DeviceMicroBatch::State {
+  // Activations one layer's backward needs, as MixtralCpu::LayerActivations.
+  struct Layer {
+    DeviceBuffer<float> resid_in, a, rstd1;  // [N, d], [N, d], [N]
+    DeviceBuffer<float> q, k, v;             // after RoPE: [N, H*hd], [N, KV*hd] x2
+    DeviceBuffer<float> attn, lse;           // [N, H*hd], [B, H, T]
+    DeviceBuffer<float> h_mid, m, rstd2;     // [N, d], [N, d], [N]
+    DeviceBuffer<float> probs, topk_weight, topk_sum;  // [N, E], [N, k], [N]
+    DeviceBuffer<int32_t> topk_expert;                 // [N, k]
+    DeviceBuffer<int32_t> counts, offsets, row_of, token_of_row;  // the dispatch plan
+    ExpertRows rows;  // xp, y, dy, dxp [A, d] (+ expert activations when local)
+  };
+
+  explicit State(DeviceModel& model) : m(model) {}
+  DeviceModel& m;
+  int64_t batch = 0, seq_len = 0, tokens = 0;
+  bool local_experts = false;  // expert activations allocated
+  DeviceBuffer<float> rope_cos, rope_sin;
+  DeviceBuffer<int32_t> inputs, targets;
+  std::vector<Layer> layers;
+  DeviceBuffer<float> resid_out, final_normed, final_rstd, logits, row_loss, gate_logits;
+  DeviceBuffer<double> prob_sums;
+  DeviceBuffer<float> dnormed, dh, dm, dweight, dgate, aux_dprob;
+  DeviceBuffer<float> dq, dk, dv, dattn, attn_D;
+  std::vector<int64_t> aux_counts;
+  int64_t aux_rows = 0;
+
+  template <typename T>
+  void Alloc(DeviceBuffer<T>& b, int64_t n) {
+    ::hetermoe::backend::Alloc(m, b, n);
+  }
+
+  void Resize(int64_t b, int64_t t) {
+    if (b == batch && t == seq_len) return;
+    HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // old buffers may still be in use
+    batch = b;
+    seq_len = t;
+    tokens = b * t;
+    const auto& c = m.config;
+    const int64_t N = tokens, d = c.hidden_size, hd = c.HeadDim();
+    const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads;
+    const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
+    const int64_t V = c.vocab_size, A = N * k, qd = H * hd, kvd = KV * hd;
+
+    const ops::RopeTable table = ops::MakeRopeTable(t, hd, static_cast<float>(c.rope_theta));
+    Alloc(rope_cos, static_cast<int64_t>(table.cos.size()));
+    Alloc(rope_sin, static_cast<int64_t>(table.sin.size()));
+    HM_CUDA_CHECK(cudaMemcpyAsync(rope_cos.data(), table.cos.data(), rope_cos.bytes(), cudaMemcpyHostToDevice, m.s()));
+    HM_CUDA_CHECK(cudaMemcpyAsync(rope_sin.data(), table.sin.data(), rope_sin.bytes(), cudaMemcpyHostToDevice, m.s()));
+    HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // the table is a local
+
+    layers.clear();
+    layers.resize(c.num_hidden_layers);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      Layer& la = layers[l];
+      Alloc(la.resid_in, N * d);
+      Alloc(la.a, N * d);
+      Alloc(la.rstd1, N);
+      Alloc(la.q, N * qd);
+      Alloc(la.k, N * kvd);
+      Alloc(la.v, N * kvd);
+      Alloc(la.attn, N * qd);
+      Alloc(la.lse, b * H * t);
+      Alloc(la.h_mid, N * d);
+      Alloc(la.m, N * d);
+      Alloc(la.rstd2, N);
+      Alloc(la.probs, N * E);
+      Alloc(la.topk_weight, A);
+      Alloc(la.topk_sum, N);
+      Alloc(la.topk_expert, A);
+      Alloc(la.counts, E);
+      Alloc(la.offsets, E + 1);
+      Alloc(la.row_of, A);
+      Alloc(la.token_of_row, A);
+      la.rows.Bind(m);
+      la.rows.Resize(m, A, local_experts);
+      la.rows.layer = l;
+      la.rows.first = 0;
+      la.rows.count = E;
+      la.rows.counts.assign(E, 0);
+      la.rows.offsets.assign(E + 1, 0);
+    }
+    Alloc(inputs, N);
+    Alloc(targets, N);
+    Alloc(resid_out, N * d);
+    Alloc(final_normed, N * d);
+    Alloc(final_rstd, N);
+    Alloc(logits, N * V);
+    Alloc(row_loss, N);
+    Alloc(gate_logits, N * E);
+    Alloc(prob_sums, c.num_hidden_layers * E);
+    Alloc(dnormed, N * d);
+    Alloc(dh, N * d);
+    Alloc(dm, N * d);
+    Alloc(dweight, A);
+    Alloc(dgate, N * E);
+    Alloc(aux_dprob, E);
+    Alloc(dq, N * qd);
+    Alloc(dk, N * kvd);
+    Alloc(dv, N * kvd);
+    Alloc(dattn, N * qd);
+    Alloc(attn_D, b * H * t);
+  }
+
+  kernels::AttentionDims Dims() const {
+    return {batch, seq_len, m.config.num_attention_heads, m.config.num_key_value_heads, m.config.HeadDim()};
+  }
+  float* ResidualOut(int64_t l) { return l + 1 < static_cast<int64_t>(layers.size()) ? layers[l + 1].resid_in.data() : resid_out.data(); }
+};
+
+DeviceMicroBatch::DeviceMicroBatch(DeviceModel& model) : state_(std::make_unique<State>(model)) {}
+DeviceMicroBatch::~DeviceMicroBatch() = default;
+
+void DeviceMicroBatch::EmbedForward(const model::MicroBatch& mb) {
+  State& st = *state_;
+  DeviceModel& m = st.m;
+  const int64_t V = m.config.vocab_size;
+  st.Resize(mb.batch, mb.seq_len);
+  for (int64_t n = 0; n < st.tokens; ++n)
+    if (mb.inputs[n] < 0 || mb.inputs[n] >= V || mb.targets[n] < 0 || mb.targets[n] >= V)
+      throw Error("CUDA backend: token id out of range [0, " + std::to_string(V) + ") at position " + std::to_string(n));
+  HM_CUDA_CHECK(cudaMemcpyAsync(st.inputs.data(), mb.inputs, st.inputs.bytes(), cudaMemcpyHostToDevice, m.s()));
+  HM_CUDA_CHECK(cudaMemcpyAsync(st.targets.data(), mb.targets, st.targets.bytes(), cudaMemcpyHostToDevice, m.s()));
+  // h = embed_tokens[x]
+  float* h = st.layers.empty() ? st.resid_out.data() : st.layers[0].resid_in.data();
+  HM_CUDA_CHECK(kernels::LaunchEmbeddingForward(m.params.data() + m.layout.embed, st.inputs.data(), st.tokens,
+                                                m.config.hidden_size, h, m.s()));
+  HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // the token ids are the caller's host memory
+}
+
+void DeviceMicroBatch::AttentionForward(int64_t l) {
+  State& st = *state_;
+  DeviceModel& m = st.m;
+  const auto& c = m.config;
+  const int64_t N = st.tokens, d = c.hidden_size, hd = c.HeadDim();
+  const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads;
+  const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  State::Layer& la = st.layers[l];
+  const model::LayerOffsets& lo = m.layout.layers[l];
+  // --- attention block: h_mid = h + o_proj(attn(rope(q), rope(k), v)) ---
+  HM_CUDA_CHECK(kernels::LaunchRmsNormForward(la.resid_in.data(), m.params.data() + lo.input_norm, N, d, eps,
+                                              la.a.data(), la.rstd1.data(), m.s()));
+  const void* a_op = m.Operand(la.a.data(), N * d, 0);  // shared by q, k, v
+  kernels::LinearForward(m.blas->get(), m.policy.compute, N, H * hd, d, a_op, m.Weight(lo.q), la.q.data(), false);
+  kernels::LinearForward(m.blas->get(), m.policy.compute, N, KV * hd, d, a_op, m.Weight(lo.k), la.k.data(), false);
+  kernels::LinearForward(m.blas->get(), m.policy.compute, N, KV * hd, d, a_op, m.Weight(lo.v), la.v.data(), false);
+  HM_CUDA_CHECK(kernels::LaunchRope(la.q.data(), st.rope_cos.data(), st.rope_sin.data(), N, H, hd, st.seq_len, false, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchRope(la.k.data(), st.rope_cos.data(), st.rope_sin.data(), N, KV, hd, st.seq_len, false, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchAttentionForward(st.Dims(), la.q.data(), la.k.data(), la.v.data(), la.attn.data(),
+                                                la.lse.data(), m.s()));
+  HM_CUDA_CHECK(cudaMemcpyAsync(la.h_mid.data(), la.resid_in.data(), la.h_mid.bytes(), cudaMemcpyDeviceToDevice, m.s()));
+  m.Linear(N, d, H * hd, la.attn.data(), lo.o, la.h_mid.data(), true);
+
+  // --- MoE block: router -> dispatch (the experts and combine are stages of their own) ---
+  HM_CUDA_CHECK(kernels::LaunchRmsNormForward(la.h_mid.data(), m.params.data() + lo.post_norm, N, d, eps,
+                                              la.m.data(), la.rstd2.data(), m.s()));
+  m.Linear(N, E, d, la.m.data(), lo.gate, st.gate_logits.data(), false);
+  HM_CUDA_CHECK(kernels::LaunchRouterForward(st.gate_logits.data(), N, E, k, la.probs.data(), la.topk_expert.data(),
+                                             la.topk_weight.data(), la.topk_sum.data(), m.s()));
+  HM_CUDA_CHECK(kernels::LaunchRouterProbSums(la.probs.data(), N, E, st.prob_sums.data() + l * E, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchBuildDispatchPlan(la.topk_expert.data(), N, k, E, la.counts.data(), la.offsets.data(),
+                                                 la.row_of.data(), la.token_of_row.data(), m.s()));
+  // The expert GEMMs (here or on an owner rank) take each expert's rows from the host.
+  std::vector<int32_t> counts32(E), offsets32(E + 1);
+  HM_CUDA_CHECK(cudaMemcpyAsync(counts32.data(), la.counts.data(), sizeof(int32_t) * E, cudaMemcpyDeviceToHost, m.s()));
+  HM_CUDA_CHECK(cudaMemcpyAsync(offsets32.data(), la.offsets.data(), sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchGatherRows(la.m.data(), la.token_of_row.data(), N * k, d, la.rows.xp.data(), m.s()));
+  HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+  for (int64_t e = 0; e < E; ++e) la.rows.counts[e] = counts32[e];
+  for (int64_t e = 0; e <= E; ++e) la.rows.offsets[e] = offsets32[e];
+}
+
+void DeviceMicroBatch::ExpertsForward(int64_t l) {
+  State& st = *state_;
+  if (!st.local_experts) {
+    st.local_experts = true;
+    for (auto& la : st.layers) la.rows.Resize(st.m, st.tokens * st.m.config.num_experts_per_tok, true);
+  }
+  st.layers[l].rows.Forward(st.m);
+}
+
+void DeviceMicroBatch::CombineForward(int64_t l) {
+  State& st = *state_;
+  DeviceModel& m = st.m;
+  State::Layer& la = st.layers[l];
+  const int64_t N = st.tokens, d = m.config.hidden_size, k = m.config.num_experts_per_tok;
+  // h_out = h_mid + sum_slot weight * y[row_of(n, slot)]
+  float* h_out = st.ResidualOut(l);
+  HM_CUDA_CHECK(cudaMemcpyAsync(h_out, la.h_mid.data(), la.h_mid.bytes(), cudaMemcpyDeviceToDevice, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchCombine(la.rows.y.data(), la.topk_weight.data(), la.row_of.data(), N, k, d, h_out, m.s()));
+}
+
+model::LossParts DeviceMicroBatch::HeadForward() {
+  State& st = *state_;
+  DeviceModel& m = st.m;
+  const auto& c = m.config;
+  const int64_t N = st.tokens, d = c.hidden_size, V = c.vocab_size;
+  const int64_t E = c.num_local_experts, L = c.num_hidden_layers;
+  // logits = lm_head(norm(h)), then the cross-entropy per row.
+  HM_CUDA_CHECK(kernels::LaunchRmsNormForward(st.resid_out.data(), m.params.data() + m.layout.final_norm, N, d,
+                                              static_cast<float>(c.rms_norm_eps), st.final_normed.data(),
+                                              st.final_rstd.data(), m.s()));
+  m.Linear(N, V, d, st.final_normed.data(), m.layout.lm_head, st.logits.data(), false);
+  HM_CUDA_CHECK(kernels::LaunchCrossEntropyForward(st.logits.data(), st.targets.data(), N, V, st.row_loss.data(), m.s()));
+
+  std::vector<float> host_loss(N);
+  std::vector<double> host_prob_sums(L * E);
+  HM_CUDA_CHECK(cudaMemcpyAsync(host_loss.data(), st.row_loss.data(), st.row_loss.bytes(), cudaMemcpyDeviceToHost, m.s()));
+  HM_CUDA_CHECK(cudaMemcpyAsync(host_prob_sums.data(), st.prob_sums.data(), st.prob_sums.bytes(),
+                                cudaMemcpyDeviceToHost, m.s()));
+  HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+
+  st.aux_counts.assign(E, 0);
+  std::vector<double> aux_prob_sums(E, 0.0);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t e = 0; e < E; ++e) {
+      st.aux_counts[e] += st.layers[l].rows.counts[e];
+      aux_prob_sums[e] += host_prob_sums[l * E + e];
+    }
+  st.aux_rows = N * L;
+  double ce = 0.0;
+  for (float x : host_loss) ce += static_cast<double>(x);
+  model::LossParts loss;
+  loss.ce = ce / static_cast<double>(N);
+  loss.aux = st.aux_rows > 0 ? ops::AuxLoss(E, st.aux_rows, st.aux_counts, aux_prob_sums) : 0.0;
+  loss.total = loss.ce + c.router_aux_loss_coef * loss.aux;
+  return loss;
+}
+
+void DeviceMicroBatch::HeadBackward(float loss_scale) {
+  State& st = *state_;
+  DeviceModel& m = st.m;
+  if (st.tokens == 0) throw Error("CUDA backend: backward without forward");
+  const auto& c = m.config;
+  const int64_t N = st.tokens, d = c.hidden_size, V = c.vocab_size, E = c.num_local_experts;
+  // fp16: gradients of (loss_scale * scale) * loss; ClipGradNorm unscales.
+  const double scale = static_cast<double>(loss_scale) * (m.policy.dynamic_loss_scaling ? m.scaler.scale() : 1.0);
+  HM_CUDA_CHECK(kernels::LaunchCrossEntropyBackward(st.logits.data(), st.targets.data(), N, V,
+                                                    static_cast<float>(scale) / static_cast<float>(N),
+                                                    st.logits.data(), m.s()));
+  m.LinearDw(N, V, d, st.logits.data(), st.final_normed.data(), m.layout.lm_head);
+  m.LinearDx(N, V, d, st.logits.data(), m.layout.lm_head, st.dnormed.data(), false);
+  HM_CUDA_CHECK(cudaMemsetAsync(st.dh.data(), 0, st.dh.bytes(), m.s()));
+  HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(st.dnormed.data(), st.resid_out.data(),
+                                               m.params.data() + m.layout.final_norm, st.final_rstd.data(), N, d,
+                                               st.dh.data(), m.grads.data() + m.layout.final_norm, m.s()));
+  std::vector<float> host_aux_dprob(E);
+  for (int64_t e = 0; e < E; ++e)
+    host_aux_dprob[e] = math::AuxLossProbGrad(scale, c.router_aux_loss_coef, E, st.aux_counts[e], st.aux_rows);
+  HM_CUDA_CHECK(cudaMemcpyAsync(st.aux_dprob.data(), host_aux_dprob.data(), st.aux_dprob.bytes(),
+                                cudaMemcpyHostToDevice, m.s()));
+  HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // host_aux_dprob is a local
+}
+
+void DeviceMicroBatch::CombineBackward(int64_t l) {
+  State& st = *state_;
+  DeviceModel& m = st.m;
+  State::Layer& la = st.layers[l];
+  const int64_t N = st.tokens, d = m.config.hidden_size, k = m.config.num_experts_per_tok;
+  // dy[row] = weight * dh[token]; dweight = dh . y
+  HM_CUDA_CHECK(kernels::LaunchCombineBackward(la.rows.y.data(), la.topk_weight.data(), la.row_of.data(),
+                                               st.dh.data(), N, k, d, la.rows.dy.data(), st.dweight.data(), m.s()));
+}
+
+void DeviceMicroBatch::ExpertsBackward(int64_t l) { state_->layers[l].rows.Backward(state_->m); }
+
+void DeviceMicroBatch::AttentionBackward(int64_t l) {
+  State& st = *state_;
+  DeviceModel& m = st.m;
+  const auto& c = m.config;
+  const int64_t N = st.tokens, d = c.hidden_size, hd = c.HeadDim();
+  const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads;
+  const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
+  State::Layer& la = st.layers[l];
+  const model::LayerOffsets& lo = m.layout.layers[l];
+  // --- the rest of the MoE block: dispatch (scatter-add) and the router ---
+  HM_CUDA_CHECK(cudaMemsetAsync(st.dm.data(), 0, st.dm.bytes(), m.s()));
+  HM_CUDA_CHECK(kernels::LaunchScatterAddRows(la.rows.dxp.data(), la.row_of.data(), N, k, d, st.dm.data(), m.s()));
+  // The gate's second branch: the routing weights scale the expert outputs.
+  HM_CUDA_CHECK(kernels::LaunchRouterBackward(la.probs.data(), la.topk_expert.data(), la.topk_weight.data(),
+                                              la.topk_sum.data(), st.dweight.data(), st.aux_dprob.data(), N, E, k,
+                                              st.dgate.data(), m.s()));
+  m.LinearDw(N, E, d, st.dgate.data(), la.m.data(), lo.gate);
+  m.LinearDx(N, E, d, st.dgate.data(), lo.gate, st.dm.data(), true);
+  HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(st.dm.data(), la.h_mid.data(), m.params.data() + lo.post_norm,
+                                               la.rstd2.data(), N, d, st.dh.data(), m.grads.data() + lo.post_norm,
+                                               m.s()));
+  // --- attention block backward ---
+  m.LinearDw(N, d, H * hd, st.dh.data(), la.attn.data(), lo.o);
+  m.LinearDx(N, d, H * hd, st.dh.data(), lo.o, st.dattn.data(), false);
+  HM_CUDA_CHECK(kernels::LaunchAttentionBackward(st.Dims(), la.q.data(), la.k.data(), la.v.data(), la.attn.data(),
+                                                 la.lse.data(), st.dattn.data(), st.attn_D.data(), st.dq.data(),
+                                                 st.dk.data(), st.dv.data(), m.s()));
+  HM_CUDA_CHECK(kernels::LaunchRope(st.dq.data(), st.rope_cos.data(), st.rope_sin.data(), N, H, hd, st.seq_len, true, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchRope(st.dk.data(), st.rope_cos.data(), st.rope_sin.data(), N, KV, hd, st.seq_len, true, m.s()));
+  float* da = st.dm.data();  // reuse: gradient w.r.t. the normed input
+  m.LinearDw(N, H * hd, d, st.dq.data(), la.a.data(), lo.q);
+  m.LinearDw(N, KV * hd, d, st.dk.data(), la.a.data(), lo.k);
+  m.LinearDw(N, KV * hd, d, st.dv.data(), la.a.data(), lo.v);
+  m.LinearDx(N, H * hd, d, st.dq.data(), lo.q, da, false);
+  m.LinearDx(N, KV * hd, d, st.dk.data(), lo.k, da, true);
+  m.LinearDx(N, KV * hd, d, st.dv.data(), lo.v, da, true);
+  HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(da, la.resid_in.data(), m.params.data() + lo.input_norm,
+                                               la.rstd1.data(), N, d, st.dh.data(), m.grads.data() + lo.input_norm,
+                                               m.s()));
+}
+
+void DeviceMicroBatch::EmbedBackward() {
+  State& st = *state_;
+  DeviceModel& m = st.m;
+  // Scatter-add rows of dh into the embedding table's gradient.
+  HM_CUDA_CHECK(kernels::LaunchEmbeddingBackward(st.dh.data(), st.inputs.data(), st.tokens, m.config.hidden_size,
+                                                 m.grads.data() + m.layout.embed, m.s()));
+}
+
+void DeviceMicroBatch::DownloadDispatched(int64_t l, float* host) {
+  State& st = *state_;
+  st.m.ToHost(st.layers[l].rows.xp.data(), host, st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
+}
+void DeviceMicroBatch::UploadExpertOutputs(int64_t l, const float* host) {
+  State& st = *state_;
+  st.m.ToDevice(host, st.layers[l].rows.y.data(), st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
+}
+void DeviceMicroBatch::DownloadOutputGrads(int64_t l, float* host) {
+  State& st = *state_;
+  st.m.ToHost(st.layers[l].rows.dy.data(), host, st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
+}
+void DeviceMicroBatch::UploadDispatchedGrads(int64_t l, const float* host) {
+  State& st = *state_;
+  st.m.ToDevice(host, st.layers[l].rows.dxp.data(), st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
+}
+
+const std::vector<int64_t>& DeviceMicroBatch::counts(int64_t l) const { return state_->layers[l].rows.counts; }
+const std::vector<int64_t>& DeviceMicroBatch::offsets(int64_t l) const { return state_->layers[l].rows.offsets; }
+std::vector<std::vector<int64_t>> DeviceMicroBatch::ExpertCounts() const {
+  std::vector<std::vector<int64_t>> out;
+  for (const auto& la : state_->layers) out.push_back(la.rows.counts);
+  return out;
+}
+int64_t DeviceMicroBatch::tokens() const { return state_->tokens; }
+
+std::vector<float> DeviceMicroBatch::DownloadLogits() {
+  State& st = *state_;
+  std::vector<float> out(st.logits.size());
+  st.m.ToHost(st.logits.data(), out.data(), static_cast<int64_t>(out.size()));
+  return out;
+}
+
+}  // namespace hetermoe::backend

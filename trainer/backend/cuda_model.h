@@ -1,0 +1,139 @@
+// The Mixtral model on one GPU, split as model::MixtralCpu is: a DeviceModel
+// (parameters, gradients, optimizer state, the stream and cuBLAS, the
+// precision policy) shared by DeviceMicroBatch objects, each holding one
+// micro-batch's activations and running its stages. CudaBackend
+// (cuda_backend.cu) runs one micro-batch through every stage with all
+// experts local; the CUDA StageDevice (cuda_stages.cu) lets the distributed
+// engine run the stages of several micro-batches, and expert blocks, with
+// the cross-rank rows exchanged through host buffers.
+//
+// Notation as model/mixtral.cc: B sequences of T tokens, N = B*T; d hidden,
+// H/KV heads of width hd, E experts with top-k routing and width f, V
+// vocabulary, A = N*k (token, slot) assignments.
+//
+// Everything runs on the model's one stream in program order; the host
+// waits only where it needs device values (the dispatch plan's counts, the
+// loss, the gradient norm, rows that leave the rank).
+//
+// Host code, compiled by nvcc (or the emulator) because the kernel headers
+// declare __global__ functions. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/caching_allocator.h"
+#include "kernels/gemm.h"
+#include "kernels/precision.h"
+#include "kernels/stream.h"
+#include "trainer/backend/backend.h"
+#include "trainer/io/mixtral_config.h"
+#include "trainer/model/mixtral.h"
+#include "trainer/model/parameters.h"
+
+namespace hetermoe::backend {
+
+class DeviceModel {
+ public:
+  // Throws hetermoe::Error when no GPU is usable or the precision is not
+  // supported by the device. Uses the calling thread's current device.
+  DeviceModel(const io::MixtralConfig& config, const model::ParameterLayout& layout, const BackendOptions& options);
+  ~DeviceModel();
+
+  const io::MixtralConfig config;
+  const model::ParameterLayout& layout;
+  const BackendOptions options;
+  int device = 0, sm = 0;
+  std::string device_name;
+  kernels::PrecisionPolicy policy;
+  kernels::CachingAllocator allocator;
+  std::unique_ptr<kernels::Stream> stream;
+  std::unique_ptr<kernels::BlasHandle> blas;
+  std::unique_ptr<kernels::ExpertGemms> experts;
+
+  kernels::DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq;  // fp32 master state, layout order
+  kernels::DeviceBuffer<uint16_t> params16;                         // bf16/fp16 copy for the GEMMs
+  kernels::DeviceBuffer<uint16_t> cast[3];                          // activation operands in 16 bits
+  kernels::DeviceBuffer<float> dg1, dg3;                            // expert backward scratch [A, f]
+  int64_t optimizer_step = 0;
+  kernels::DynamicLossScaler scaler;
+
+  cudaStream_t s() const { return stream->get(); }
+  std::string Describe() const;  // "cuda:0 (A100, sm_80, bf16)"
+
+  // GEMM operands in the compute format: weight tensor at `offset`; an fp32
+  // activation [n] as an operand (cast into scratch `slot` unless fp32);
+  // element `elem` of such an operand.
+  const void* Weight(int64_t offset) const;
+  const void* Operand(const float* x, int64_t n, int slot);
+  const void* At(const void* base, int64_t elem) const;
+  // Re-casts the 16-bit weight copy after the fp32 parameters changed.
+  void RefreshCompute16();
+
+  void Linear(int64_t M, int64_t N, int64_t K, const float* x, int64_t w_offset, float* y, bool accumulate,
+              int slot = 0);
+  void LinearDx(int64_t M, int64_t N, int64_t K, const float* dy, int64_t w_offset, float* dx, bool accumulate);
+  void LinearDw(int64_t M, int64_t N, int64_t K, const float* dy, const float* x, int64_t g_offset);
+
+  // Uploads / downloads host vectors, waiting for the copy.
+  void ToDevice(const float* host, float* device_ptr, int64_t n);
+  void ToHost(const float* device_ptr, float* host, int64_t n);
+};
+
+// Experts [first, first + count) of one layer over rows grouped by expert
+// (counts/offsets on the host, zero outside the range): xp [rows, d] in,
+// y [rows, d] out, with g1, g3, act [rows, f] kept for backward; backward
+// takes dy and writes dxp, adding the experts' weight gradients. The
+// micro-batch uses one per layer (xp/y/dy/dxp always; the expert
+// activations only when it runs experts itself); an owner rank one per block.
+struct ExpertRows {
+  kernels::DeviceBuffer<float> xp, y, dy, dxp, g1, g3, act;
+  std::vector<int64_t> counts, offsets;
+  int64_t layer = 0, first = 0, count = 0;
+
+  void Bind(DeviceModel& m);
+  void Resize(DeviceModel& m, int64_t rows, bool expert_activations);
+  void Forward(DeviceModel& m);
+  void Backward(DeviceModel& m);
+};
+
+class DeviceMicroBatch {
+ public:
+  explicit DeviceMicroBatch(DeviceModel& model);
+  ~DeviceMicroBatch();
+
+  // The stages, as model::MixtralCpu has them.
+  void EmbedForward(const model::MicroBatch& batch);
+  void AttentionForward(int64_t layer);  // through the dispatch gather (xp)
+  void ExpertsForward(int64_t layer);    // every expert, locally
+  void CombineForward(int64_t layer);
+  model::LossParts HeadForward();
+  void HeadBackward(float loss_scale);
+  void CombineBackward(int64_t layer);
+  void ExpertsBackward(int64_t layer);  // every expert, locally
+  void AttentionBackward(int64_t layer);
+  void EmbedBackward();
+
+  // The rows that cross ranks (layer l, [A, d]): dispatched inputs and
+  // output grads out to the host, expert outputs and input grads in.
+  void DownloadDispatched(int64_t layer, float* host);
+  void UploadExpertOutputs(int64_t layer, const float* host);
+  void DownloadOutputGrads(int64_t layer, float* host);
+  void UploadDispatchedGrads(int64_t layer, const float* host);
+
+  const std::vector<int64_t>& counts(int64_t layer) const;   // [E]
+  const std::vector<int64_t>& offsets(int64_t layer) const;  // [E+1]
+  std::vector<std::vector<int64_t>> ExpertCounts() const;
+  int64_t tokens() const;
+  // For tests: the logits [N, V] of the last HeadForward (HeadBackward
+  // overwrites them with their gradient).
+  std::vector<float> DownloadLogits();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace hetermoe::backend
