@@ -11,7 +11,12 @@ checked against PyTorch), 4 steps must give:
     equal to the uninterrupted run;
   - bf16 (sm_80) and fp16 with loss scaling (the emulator as sm_75, precision
     auto): losses within 2%;
-  - no device (HETERMOE_EMULATED_DEVICES=0): a clear error, exit code 1.
+  - no device (HETERMOE_EMULATED_DEVICES=0): a clear error, exit code 1;
+  - the distributed engine on the GPU device (1+1 zebra, 2+2 sequential, 1+3
+    zebra with Asym-EA, 2 groups of 1+1 ep; ranks are local processes, each
+    with its emulated GPU): fp32 losses within 1e-4 and final weights within
+    1e-5 + 1e-4 |x| of the single-process CPU run; bf16 within 2%; fp16,
+    which it cannot loss-scale yet, refused with a clear error.
 
     check_trainer_on_emulator.py --trainer PATH --plugin PATH --fixture GOLDEN_DIR --work DIR
 """
@@ -27,11 +32,21 @@ from mixtral_torch import read_safetensors  # noqa: E402
 
 RUN = """model: {{config: {fx}/config.json, init: {fx}/model.safetensors}}
 data: {{train: {fx}/tokens.bin}}
-train: {{steps: 4, global_batch: 4, micro_batches: 2, seq_len: 16, lr: 1.0e-2,
+train: {{steps: 4, global_batch: 8, micro_batches: 4, seq_len: 16, lr: 1.0e-2,
         schedule: cosine, warmup_steps: 1, min_lr: 1.0e-3, eps: 1.0e-5, grad_clip: 0.5,
         threads: 1}}
 output: {{dir: {out}, checkpoint_every: 2}}
 """
+
+
+# (attention ranks, expert ranks, groups, schedule, asym_ea) for the 4-expert, 2-layer golden model
+SHAPES = [(1, 1, 1, "zebra", "off"), (2, 2, 1, "sequential", "off"), (1, 3, 1, "zebra", "[1, 0]"),
+          (1, 1, 2, "ep", "off")]
+
+
+def parallel(a, e, g, schedule, asym):
+    return (f"parallel={{attention_ranks: {a}, expert_ranks: {e}, groups: {g}, schedule: {schedule}, "
+            f"asym_ea: {asym}}}")
 
 
 def run(args, out, device, precision="fp32", env_extra=None, extra=(), expect_ok=True):
@@ -119,6 +134,21 @@ def main():
     print(f"no device: exit {p.returncode}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
     if p.returncode != 1 or "no usable GPU" not in p.stderr:
         problems.append(f"device cuda without a device: exit {p.returncode}, stderr {p.stderr!r}")
+
+    for a, e, g, schedule, asym in SHAPES:
+        name = f"distributed {a}+{e}x{g} {schedule} asym {asym}"
+        got = run(args, os.path.join(args.work, f"dist-{a}-{e}-{g}-{schedule}"), "cuda",
+                  extra=["--set", parallel(a, e, g, schedule, asym)])
+        if "distributed on cuda:0" not in got[2]:
+            problems.append(f"{name}: backend {got[2]!r}, expected the distributed engine on the GPU")
+        compare_losses(name, cpu, got, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    got = run(args, os.path.join(args.work, "dist-bf16"), "cuda", "bf16", extra=["--set", parallel(*SHAPES[0])])
+    compare_losses("distributed 1+1 bf16", cpu, got, 2e-2, problems, tokens=False)
+    p = run(args, os.path.join(args.work, "dist-fp16"), "cuda", "fp16", extra=["--set", parallel(*SHAPES[0])],
+            expect_ok=False)
+    print(f"distributed fp16: exit {p.returncode}")
+    if p.returncode == 0 or "precision fp16" not in p.stderr:
+        problems.append(f"distributed fp16 should be refused clearly: exit {p.returncode}, stderr {p.stderr[-300:]!r}")
 
     for line in problems:
         print("FAIL:", line)

@@ -15,6 +15,7 @@
 #include "trainer/io/mixtral_config.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/model/parameters.h"
+#include "trainer/model/stages.h"
 #include "trainer/optim/adamw.h"
 
 namespace hetermoe::backend {
@@ -85,5 +86,12 @@ struct BackendOptions {
 std::unique_ptr<Backend> MakeBackend(const io::MixtralConfig& config,
                                      const model::ParameterLayout& layout,
                                      const BackendOptions& options);
+
+// The distributed engine's device, chosen as MakeBackend chooses: the CPU
+// one computes in `params`/`grads` (the engine's host buffers), a GPU one
+// keeps its own copies.
+std::unique_ptr<model::StageDevice> MakeStageDevice(const io::MixtralConfig& config,
+                                                    const model::ParameterLayout& layout,
+                                                    const BackendOptions& options, float* params, float* grads);
 
 }  // namespace hetermoe::backend

@@ -13,6 +13,7 @@
 
 #include "kernels/device.h"
 #include "trainer/backend/cuda_backend.h"
+#include "trainer/backend/cuda_stages.h"
 #include "trainer/util/error.h"
 
 extern "C" {
@@ -35,6 +36,22 @@ hetermoe::backend::Backend* HetermoeMakeCudaBackend(const hetermoe::io::MixtralC
                                                     char* error, size_t n) {
   try {
     return hetermoe::backend::MakeCudaBackend(*config, *layout, *options).release();
+  } catch (const std::exception& e) {
+    if (error && n > 0) {
+      std::strncpy(error, e.what(), n - 1);
+      error[n - 1] = '\0';
+    }
+    return nullptr;
+  }
+}
+
+// Makes the distributed engine's GPU StageDevice; nullptr + `error` on failure.
+hetermoe::model::StageDevice* HetermoeMakeCudaStageDevice(const hetermoe::io::MixtralConfig* config,
+                                                          const hetermoe::model::ParameterLayout* layout,
+                                                          const hetermoe::backend::BackendOptions* options,
+                                                          char* error, size_t n) {
+  try {
+    return hetermoe::backend::MakeCudaStageDevice(*config, *layout, *options).release();
   } catch (const std::exception& e) {
     if (error && n > 0) {
       std::strncpy(error, e.what(), n - 1);

@@ -14,6 +14,7 @@
 
 #include "trainer/backend/backend.h"
 #include "trainer/backend/cpu_backend.h"
+#include "trainer/model/cpu_stages.h"
 #include "trainer/util/error.h"
 
 namespace hetermoe::backend {
@@ -24,6 +25,8 @@ constexpr const char* kPluginName = "libhetermoe_cuda_plugin.so";
 using DeviceCountFn = int (*)(char*, size_t);
 using MakeFn = Backend* (*)(const io::MixtralConfig*, const model::ParameterLayout*,
                             const BackendOptions*, char*, size_t);
+using MakeStagesFn = model::StageDevice* (*)(const io::MixtralConfig*, const model::ParameterLayout*,
+                                             const BackendOptions*, char*, size_t);
 
 struct Plugin {
   void* handle = nullptr;
@@ -58,30 +61,51 @@ const Plugin& LoadPlugin() {
 
 }  // namespace
 
-std::unique_ptr<Backend> MakeBackend(const io::MixtralConfig& config,
-                                     const model::ParameterLayout& layout,
-                                     const BackendOptions& options) {
+namespace {
+
+// The plugin's entry point `symbol` when options.device asks for (or, under
+// auto, allows) a GPU and one is usable; nullptr when the CPU should be used.
+void* GpuEntry(const BackendOptions& options, const char* symbol) {
   const std::string& device = options.device;
   if (device != "cpu" && device != "cuda" && device != "auto")
     throw Error("device \"" + device + "\" is not one of auto, cpu, cuda");
-  if (device == "cpu") return std::make_unique<CpuBackend>(config, layout, options.adamw);
+  if (device == "cpu") return nullptr;
   const Plugin& plugin = LoadPlugin();
   if (!plugin.handle) {
     if (device == "cuda") throw Error("device cuda: " + plugin.why);
-    return std::make_unique<CpuBackend>(config, layout, options.adamw);
+    return nullptr;
   }
   auto count = reinterpret_cast<DeviceCountFn>(::dlsym(plugin.handle, "HetermoeCudaDeviceCount"));
-  auto make = reinterpret_cast<MakeFn>(::dlsym(plugin.handle, "HetermoeMakeCudaBackend"));
-  if (!count || !make) throw Error(std::string("CUDA plugin: missing entry points (") + kPluginName + ")");
+  void* entry = ::dlsym(plugin.handle, symbol);
+  if (!count || !entry) throw Error(std::string("CUDA plugin: missing entry points (") + kPluginName + ")");
   char why[512] = {0};
-  if (count(why, sizeof why) > 0) {
-    char error[1024] = {0};
-    Backend* b = make(&config, &layout, &options, error, sizeof error);
-    if (!b) throw Error(error);
-    return std::unique_ptr<Backend>(b);
-  }
+  if (count(why, sizeof why) > 0) return entry;
   if (device == "cuda") throw Error(std::string("device cuda: no usable GPU (") + why + ")");
-  return std::make_unique<CpuBackend>(config, layout, options.adamw);
+  return nullptr;
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeBackend(const io::MixtralConfig& config,
+                                     const model::ParameterLayout& layout,
+                                     const BackendOptions& options) {
+  auto make = reinterpret_cast<MakeFn>(GpuEntry(options, "HetermoeMakeCudaBackend"));
+  if (!make) return std::make_unique<CpuBackend>(config, layout, options.adamw);
+  char error[1024] = {0};
+  Backend* b = make(&config, &layout, &options, error, sizeof error);
+  if (!b) throw Error(error);
+  return std::unique_ptr<Backend>(b);
+}
+
+std::unique_ptr<model::StageDevice> MakeStageDevice(const io::MixtralConfig& config,
+                                                    const model::ParameterLayout& layout,
+                                                    const BackendOptions& options, float* params, float* grads) {
+  auto make = reinterpret_cast<MakeStagesFn>(GpuEntry(options, "HetermoeMakeCudaStageDevice"));
+  if (!make) return model::MakeCpuStageDevice(config, layout, params, grads);
+  char error[1024] = {0};
+  model::StageDevice* d = make(&config, &layout, &options, error, sizeof error);
+  if (!d) throw Error(error);
+  return std::unique_ptr<model::StageDevice>(d);
 }
 
 }  // namespace hetermoe::backend

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "trainer/backend/backend.h"
 #include "trainer/dist/engine.h"
 #include "trainer/dist/launcher.h"
 #include "trainer/dist/profiler.h"
@@ -151,7 +152,12 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   run->backend = std::make_unique<dist::DistributedBackend>(
       config, layout, run->placement, run->world.get(),
       optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay}, em,
-      run->tracer.get());
+      run->tracer.get(), [&](float* params, float* grads) {
+        backend::BackendOptions o;
+        o.device = rc.train.device;
+        o.precision = rc.train.precision;
+        return backend::MakeStageDevice(config, layout, o, params, grads);
+      });
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
     std::error_code ec;

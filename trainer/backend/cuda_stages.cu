@@ -1,0 +1,162 @@
+// The CUDA StageDevice (model/stages.h) for the distributed engine: one
+// DeviceModel per rank, a DeviceMicroBatch per micro-batch on attention
+// ranks, an ExpertRows per expert block on owner ranks. Rows that cross
+// ranks go through host buffers (fp32), exchanged by the engine's
+// communicator; parameters and gradients are copied to and from the
+// engine's host buffers once per step (gradients before the all-reduce,
+// the tensors this rank updated after the optimizer).
+//
+// Precision: fp32, or bf16 on sm_80+. fp16 needs loss scaling coordinated
+// across ranks, which the engine does not do yet, so "auto" means bf16 on
+// sm_80+ and fp32 below, and an explicit fp16 is refused.
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_check.h"
+#include "kernels/device.h"
+#include "trainer/backend/cuda_model.h"
+#include "trainer/backend/cuda_stages.h"
+#include "trainer/util/error.h"
+
+namespace hetermoe::backend {
+namespace {
+
+class CudaMicroBatchStages final : public model::MicroBatchStages {
+ public:
+  explicit CudaMicroBatchStages(DeviceModel& m) : m_(m), mb_(m) {
+    const auto L = static_cast<size_t>(m.config.num_hidden_layers);
+    plans_.resize(L);
+    xp_.resize(L);
+    y_.resize(L);
+    dy_.resize(L);
+    dxp_.resize(L);
+  }
+  void EmbedForward(const model::MicroBatch& batch) override { mb_.EmbedForward(batch); }
+  void AttentionForward(int64_t l) override {
+    mb_.AttentionForward(l);
+    ops::DispatchPlan& p = plans_[l];
+    p.tokens = mb_.tokens();
+    p.slots = m_.config.num_experts_per_tok;
+    p.experts = m_.config.num_local_experts;
+    p.counts = mb_.counts(l);
+    p.offsets = mb_.offsets(l);
+    const size_t n = static_cast<size_t>(p.tokens * p.slots * m_.config.hidden_size);
+    for (auto* v : {&xp_[l], &y_[l], &dy_[l], &dxp_[l]}) v->resize(n);
+    mb_.DownloadDispatched(l, xp_[l].data());
+  }
+  void CombineForward(int64_t l) override {
+    mb_.UploadExpertOutputs(l, y_[l].data());
+    mb_.CombineForward(l);
+  }
+  model::LossParts HeadForward() override { return mb_.HeadForward(); }
+  void HeadBackward(float loss_scale) override { mb_.HeadBackward(loss_scale); }
+  void CombineBackward(int64_t l) override {
+    mb_.CombineBackward(l);
+    mb_.DownloadOutputGrads(l, dy_[l].data());
+  }
+  void AttentionBackward(int64_t l) override {
+    mb_.UploadDispatchedGrads(l, dxp_[l].data());
+    mb_.AttentionBackward(l);
+  }
+  void EmbedBackward() override { mb_.EmbedBackward(); }
+  const ops::DispatchPlan& plan(int64_t l) const override { return plans_[l]; }
+  std::vector<float>& dispatched(int64_t l) override { return xp_[l]; }
+  std::vector<float>& expert_outputs(int64_t l) override { return y_[l]; }
+  std::vector<float>& expert_output_grads(int64_t l) override { return dy_[l]; }
+  std::vector<float>& dispatched_grads(int64_t l) override { return dxp_[l]; }
+  std::vector<std::vector<int64_t>> ExpertCounts() const override { return mb_.ExpertCounts(); }
+
+ private:
+  DeviceModel& m_;
+  DeviceMicroBatch mb_;
+  std::vector<ops::DispatchPlan> plans_;
+  std::vector<std::vector<float>> xp_, y_, dy_, dxp_;  // [L][A * d] host copies of what crosses ranks
+};
+
+class CudaExpertBlock final : public model::ExpertBlock {
+ public:
+  explicit CudaExpertBlock(DeviceModel& m) : m_(m) { rows_.Bind(m); }
+  const float* Forward(int64_t layer, const ops::DispatchPlan& plan, int64_t first, int64_t count,
+                       const float* xp) override {
+    rows_.layer = layer;
+    rows_.first = first;
+    rows_.count = count;
+    rows_.counts = plan.counts;
+    rows_.offsets = plan.offsets;
+    const int64_t n = plan.offsets.back() * m_.config.hidden_size;
+    rows_.Resize(m_, plan.offsets.back(), true);
+    m_.ToDevice(xp, rows_.xp.data(), n);
+    rows_.Forward(m_);
+    y_.resize(static_cast<size_t>(n));
+    m_.ToHost(rows_.y.data(), y_.data(), n);
+    return y_.data();
+  }
+  const float* Backward(const float* dy) override {
+    const int64_t n = rows_.offsets.back() * m_.config.hidden_size;
+    m_.ToDevice(dy, rows_.dy.data(), n);
+    rows_.Backward(m_);
+    dxp_.resize(static_cast<size_t>(n));
+    m_.ToHost(rows_.dxp.data(), dxp_.data(), n);
+    return dxp_.data();
+  }
+
+ private:
+  DeviceModel& m_;
+  ExpertRows rows_;
+  std::vector<float> y_, dxp_;
+};
+
+class CudaStageDevice final : public model::StageDevice {
+ public:
+  CudaStageDevice(const io::MixtralConfig& config, const model::ParameterLayout& layout, const BackendOptions& options)
+      : m_(config, layout, options) {}
+  std::string name() const override { return m_.Describe(); }
+  std::unique_ptr<model::MicroBatchStages> NewMicroBatch() override {
+    return std::make_unique<CudaMicroBatchStages>(m_);
+  }
+  std::unique_ptr<model::ExpertBlock> NewExpertBlock() override { return std::make_unique<CudaExpertBlock>(m_); }
+  void SetParams(const float* host, const std::vector<size_t>& tensors) override {
+    for (size_t i : tensors) {
+      const auto& t = m_.layout.tensors()[i];
+      HM_CUDA_CHECK(cudaMemcpyAsync(m_.params.data() + t.offset, host + t.offset, sizeof(float) * t.numel,
+                                    cudaMemcpyHostToDevice, m_.s()));
+    }
+    m_.RefreshCompute16();
+    HM_CUDA_CHECK(cudaStreamSynchronize(m_.s()));
+  }
+  void ZeroGrads() override { HM_CUDA_CHECK(cudaMemsetAsync(m_.grads.data(), 0, m_.grads.bytes(), m_.s())); }
+  void GetGrads(float* host) override { m_.ToHost(m_.grads.data(), host, m_.layout.total()); }
+
+ private:
+  DeviceModel m_;
+};
+
+}  // namespace
+
+std::unique_ptr<model::StageDevice> MakeCudaStageDevice(const io::MixtralConfig& config,
+                                                        const model::ParameterLayout& layout,
+                                                        const BackendOptions& options) {
+  std::string why;
+  const int gpus = kernels::CudaDeviceCount(&why);
+  if (gpus == 0) throw Error("CUDA backend: no usable GPU (" + why + ")");
+  // Ranks launched together on one machine take one GPU each.
+  if (const char* local = std::getenv("LOCAL_RANK"); local && *local && gpus > 1)
+    HM_CUDA_CHECK(cudaSetDevice(std::atoi(local) % gpus));
+  int device = 0;
+  HM_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  HM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  const int sm = prop.major * 10 + prop.minor;
+  BackendOptions o = options;
+  if (o.precision == "auto") o.precision = sm >= 80 ? "bf16" : "fp32";
+  if (o.precision == "fp16")
+    throw Error("precision fp16: distributed GPU runs do not scale the loss across ranks yet; use fp32, or bf16 "
+                "on sm_80+ (this GPU is sm_" + std::to_string(sm) + ")");
+  return std::make_unique<CudaStageDevice>(config, layout, o);
+}
+
+}  // namespace hetermoe::backend
