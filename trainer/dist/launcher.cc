@@ -64,6 +64,7 @@ LaunchResult LaunchLocal(int world_size, const std::vector<std::string>& argv) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != launcher) ::_exit(1);  // the launcher died already
       ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);  // every rank is on this machine: GPU r % count
       ::setenv("WORLD_SIZE", std::to_string(world_size).c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
