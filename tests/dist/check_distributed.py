@@ -100,6 +100,31 @@ def check_resume(trainer, run_file, work):
     return not problems
 
 
+def check_dedup(trainer, run_file, work, ref):
+    """Token deduplication (parallel.dedup, on by default) sends fewer bytes for
+    the same training: 1 attention + 1 expert rank hold every expert on one
+    owner, so each top-2 token's dispatched row and summed input grad travel
+    once instead of twice; with 3 owners fewer tokens repeat per owner."""
+    ok = True
+    for m, n in ((1, 1), (1, 3)):
+        base = f"parallel={{attention_ranks: {m}, expert_ranks: {n}, schedule: zebra, timeout_seconds: 30"
+        on = run(trainer, run_file, os.path.join(work, f"dedup-on-{n}"), ["--set", base + "}"])
+        off = run(trainer, run_file, os.path.join(work, f"dedup-off-{n}"), ["--set", base + ", dedup: false}"])
+        problems = compare(f"dedup off {m}+{n}", ref, off)
+        sent_on = sum(x["exchange_bytes"] for x in on[0])
+        sent_off = sum(x["exchange_bytes"] for x in off[0])
+        saved = 1 - sent_on / sent_off
+        print(f"dedup {m}+{n}: {sent_on:.0f} bytes vs {sent_off:.0f} without ({saved:.1%} less)")
+        if not sent_on < sent_off:
+            problems.append(f"dedup did not reduce the exchanged bytes ({sent_on} vs {sent_off})")
+        if n == 1 and saved < 0.2:
+            problems.append(f"1+1 top-2: expected ~25% fewer bytes, got {saved:.1%}")
+        for p in problems[:5]:
+            print(f"    {p}")
+        ok = ok and not problems
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trainer", required=True)
@@ -140,6 +165,7 @@ def main():
     if "zebra" in schedules:
         failures += not check_trace(args.trainer, run_file, args.work)
         failures += not check_resume(args.trainer, run_file, args.work)
+        failures += not check_dedup(args.trainer, run_file, args.work, ref)
     if failures:
         print(f"FAIL: {failures} configuration(s) differ from the single-process run")
         sys.exit(1)

@@ -38,6 +38,7 @@ struct StepLoss {
   bool has_parallel_stats = false;
   double bubble_attention = 0, bubble_expert = 0;
   double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
+  double exchange_bytes = 0;  // sent between attention ranks and owners (both ways, all ranks)
 };
 
 struct HostState {

@@ -125,6 +125,8 @@ class DeviceMicroBatch {
 
   const std::vector<int64_t>& counts(int64_t layer) const;   // [E]
   const std::vector<int64_t>& offsets(int64_t layer) const;  // [E+1]
+  // The source token of each dispatched row [A] (downloaded on request).
+  std::vector<int64_t> TokenOfRow(int64_t layer);
   std::vector<std::vector<int64_t>> ExpertCounts() const;
   int64_t tokens() const;
   // For tests: the logits [N, V] of the last HeadForward (HeadBackward

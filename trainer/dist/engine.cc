@@ -26,9 +26,44 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 enum MessageKind : uint32_t { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
 
 // What an owner keeps of one (layer, micro-batch, source) block.
+// Token deduplication (HierMoE's, applied to HeterMoE's dispatch): a token
+// routed to several experts of one owner travels once. For one (layer,
+// micro-batch, owner) block, `index[i]` names the unique token of the
+// block's row i, and `first[u]` the first row of unique token u.
+struct Dedup {
+  std::vector<int32_t> index;  // [rows]
+  std::vector<int64_t> first;  // [uniques]
+  int64_t uniques() const { return static_cast<int64_t>(first.size()); }
+};
+
+// Rows [row0, row0 + rows) of a plan, grouped by token.
+Dedup MakeDedup(const ops::DispatchPlan& plan, int64_t row0, int64_t rows) {
+  Dedup dd;
+  dd.index.resize(rows);
+  std::map<int64_t, int32_t> seen;  // token -> unique index
+  for (int64_t i = 0; i < rows; ++i) {
+    const auto [it, fresh] = seen.emplace(plan.token_of_row[row0 + i], static_cast<int32_t>(dd.first.size()));
+    if (fresh) dd.first.push_back(i);
+    dd.index[i] = it->second;
+  }
+  return dd;
+}
+
+// Bytes of a dispatch message's header: counts of the owner's experts, then
+// with dedup the unique-token count and the row -> unique index (padded to 8).
+size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup) {
+  size_t b = experts * sizeof(int64_t);
+  if (dedup) b += sizeof(int64_t) + (rows * sizeof(int32_t) + 7) / 8 * 8;
+  return b;
+}
+
 struct OwnerSlot {
-  std::vector<char> inbox;          // header (int64 counts of the range) + rows
+  std::vector<char> inbox;          // header + rows (unique rows with dedup)
   int64_t rows = 0;
+  int64_t uniques = 0;              // dedup: unique tokens among the rows
+  std::vector<int32_t> index;       // dedup: row -> unique token
+  std::vector<float> xp;            // dedup: the rows, fanned out from the unique ones
+  std::vector<float> dx_sums;       // dedup: input grads summed per unique token
   ops::DispatchPlan plan;           // counts/offsets over the owner's range only
   std::unique_ptr<model::ExpertBlock> block;  // the experts' compute on this rank's device
   const float* y = nullptr;         // outputs to send back (host, owned by block)
@@ -65,6 +100,10 @@ struct DistributedBackend::Impl {
   std::vector<std::vector<char>> outbox;                       // [l][j][owner]
   std::vector<std::unique_ptr<comm::Request>> outputs_in;      // [l][j][owner]
   std::vector<std::unique_ptr<comm::Request>> input_grads_in;  // [l][j][owner]
+  std::vector<Dedup> dedups;                                   // [l][j][owner] (dedup on)
+  std::vector<std::vector<float>> grad_sums;                   // [l][j][owner] input grads per unique token
+  bool dedup = true;
+  double bytes_sent = 0;                                       // dispatch + combine, this step
   // owner side
   std::vector<OwnerSlot> slots;                                // [l][j][source]
   std::vector<std::unique_ptr<comm::Request>> sends;
@@ -99,6 +138,8 @@ struct DistributedBackend::Impl {
     outbox.resize(static_cast<size_t>(L) * R * P);
     outputs_in.resize(outbox.size());
     input_grads_in.resize(outbox.size());
+    dedups.resize(outbox.size());
+    grad_sums.resize(outbox.size());
     slots.resize(static_cast<size_t>(L) * R * P);
   }
 
@@ -206,6 +247,32 @@ struct DistributedBackend::Impl {
       }
   }
 
+  // Counts what this rank sends to its peers (the dispatch and combine traffic).
+  void Send(comm::Communicator* c, const void* data, size_t bytes, int peer, uint32_t tag) {
+    if (peer != placement.LocalOf(rank)) bytes_sent += static_cast<double>(bytes);  // not the self-mailbox
+    sends.push_back(c->Isend(data, bytes, peer, tag));
+  }
+
+  // Dedup: each token's summed input grad goes to its first row, zeros to
+  // the others, so that AttentionBackward's scatter-add over rows yields the
+  // same per-token sum.
+  void FanOutGradSums(int l, int j) {
+    model::MicroBatchStages& mb = *micro[j];
+    const ops::DispatchPlan& plan = mb.plan(l);
+    for (int o = 0; o < P; ++o) {
+      const ExpertRange& r = Range(l, o);
+      if (r.count == 0) continue;
+      const auto [row0, rows] = RowsOf(plan, r);
+      if (rows == 0) continue;
+      const Dedup& dd = dedups[Idx(l, j, o)];
+      const std::vector<float>& sums = grad_sums[Idx(l, j, o)];
+      float* out = mb.dispatched_grads(l).data() + row0 * d;
+      std::fill(out, out + rows * d, 0.0f);
+      for (int64_t u = 0; u < dd.uniques(); ++u)
+        std::memcpy(out + dd.first[u] * d, sums.data() + u * d, d * sizeof(float));
+    }
+  }
+
   void PostDispatch(int l, int j) {
     model::MicroBatchStages& mb = *micro[j];
     const ops::DispatchPlan& plan = mb.plan(l);
@@ -214,11 +281,23 @@ struct DistributedBackend::Impl {
       if (r.count == 0) continue;
       const auto [row0, rows] = RowsOf(plan, r);
       std::vector<char>& box = outbox[Idx(l, j, o)];
-      box.resize(r.count * sizeof(int64_t) + rows * d * sizeof(float));
+      const size_t header = HeaderBytes(r.count, rows, dedup);
+      const float* dispatched = mb.dispatched(l).data() + row0 * d;
+      if (!dedup) {
+        box.resize(header + rows * d * sizeof(float));
+        std::memcpy(box.data() + header, dispatched, rows * d * sizeof(float));
+      } else {
+        Dedup& dd = dedups[Idx(l, j, o)];
+        dd = MakeDedup(plan, row0, rows);
+        const int64_t uniques = dd.uniques();
+        box.assign(header + uniques * d * sizeof(float), 0);
+        std::memcpy(box.data() + r.count * sizeof(int64_t), &uniques, sizeof(int64_t));
+        std::memcpy(box.data() + (r.count + 1) * sizeof(int64_t), dd.index.data(), rows * sizeof(int32_t));
+        for (int64_t u = 0; u < uniques; ++u)
+          std::memcpy(box.data() + header + u * d * sizeof(float), dispatched + dd.first[u] * d, d * sizeof(float));
+      }
       std::memcpy(box.data(), plan.counts.data() + r.first, r.count * sizeof(int64_t));
-      std::memcpy(box.data() + r.count * sizeof(int64_t), mb.dispatched(l).data() + row0 * d,
-                  rows * d * sizeof(float));
-      sends.push_back(dispatch->Isend(box.data(), box.size(), o, Tag(kRows, l, j)));
+      Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
       if (rows > 0)
         outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
                                                   rows * d * sizeof(float), o, Tag(kOutputs, l, j));
@@ -235,11 +314,18 @@ struct DistributedBackend::Impl {
       if (r.count == 0) continue;
       const auto [row0, rows] = RowsOf(plan, r);
       if (rows == 0) continue;
-      sends.push_back(dispatch->Isend(mb.expert_output_grads(l).data() + row0 * d,
-                                      rows * d * sizeof(float), o, Tag(kOutputGrads, l, j)));
-      input_grads_in[Idx(l, j, o)] = combine->Irecv(mb.dispatched_grads(l).data() + row0 * d,
-                                                    rows * d * sizeof(float), o,
-                                                    Tag(kInputGrads, l, j));
+      Send(dispatch.get(), mb.expert_output_grads(l).data() + row0 * d, rows * d * sizeof(float), o,
+           Tag(kOutputGrads, l, j));
+      if (!dedup) {
+        input_grads_in[Idx(l, j, o)] = combine->Irecv(mb.dispatched_grads(l).data() + row0 * d,
+                                                      rows * d * sizeof(float), o, Tag(kInputGrads, l, j));
+      } else {
+        // The owner sums each token's input grads: one row per unique token.
+        std::vector<float>& sums = grad_sums[Idx(l, j, o)];
+        sums.resize(dedups[Idx(l, j, o)].uniques() * d);
+        input_grads_in[Idx(l, j, o)] = combine->Irecv(sums.data(), sums.size() * sizeof(float), o,
+                                                      Tag(kInputGrads, l, j));
+      }
     }
   }
 
@@ -279,6 +365,7 @@ struct DistributedBackend::Impl {
         break;
       case Task::Kind::kAttnBwd:
         WaitFromOwners(input_grads_in, l, j, "combine-grad");
+        if (dedup) FanOutGradSums(l, j);
         Compute(t, emulation.attention, [&] {
           mb.AttentionBackward(l);
           if (l > 0) mb.CombineBackward(l - 1);
@@ -303,7 +390,7 @@ struct DistributedBackend::Impl {
       for (int j = 0; j < R; ++j)
         for (int a = 0; a < M; ++a) {
           OwnerSlot& s = slots[Idx(l, j, a)];
-          s.inbox.resize(r.count * sizeof(int64_t) + max_rows * d * sizeof(float));
+          s.inbox.resize(HeaderBytes(r.count, max_rows, dedup) + max_rows * d * sizeof(float));
           s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
         }
     }
@@ -330,12 +417,26 @@ struct DistributedBackend::Impl {
         if (s.rows < 0 || s.rows > micro_tokens * k)
           throw Error("rank " + std::to_string(rank) + ": corrupt dispatch header from rank " +
                       std::to_string(placement.GlobalRank(group, a)));
+        if (dedup) {
+          // Fan the unique tokens out to their rows.
+          std::memcpy(&s.uniques, s.inbox.data() + r.count * sizeof(int64_t), sizeof(int64_t));
+          s.index.resize(s.rows);
+          std::memcpy(s.index.data(), s.inbox.data() + (r.count + 1) * sizeof(int64_t), s.rows * sizeof(int32_t));
+          const float* unique = reinterpret_cast<const float*>(s.inbox.data() + HeaderBytes(r.count, s.rows, true));
+          s.xp.resize(s.rows * d);
+          for (int64_t i = 0; i < s.rows; ++i) {
+            if (s.index[i] < 0 || s.index[i] >= s.uniques || s.uniques > s.rows)
+              throw Error("rank " + std::to_string(rank) + ": corrupt dedup index from rank " +
+                          std::to_string(placement.GlobalRank(group, a)));
+            std::memcpy(s.xp.data() + i * d, unique + s.index[i] * d, d * sizeof(float));
+          }
+        }
       }
       Compute(t, emulation.experts, [&] {
         for (int a = 0; a < M; ++a) {
           OwnerSlot& s = slots[Idx(l, j, a)];
           if (s.rows == 0) continue;
-          const float* xp = reinterpret_cast<const float*>(s.inbox.data() + r.count * sizeof(int64_t));
+          const float* xp = dedup ? s.xp.data() : reinterpret_cast<const float*>(s.inbox.data() + r.count * sizeof(int64_t));
           if (!s.block) s.block = device->NewExpertBlock();
           s.y = s.block->Forward(l, s.plan, r.first, r.count, xp);
         }
@@ -343,7 +444,7 @@ struct DistributedBackend::Impl {
       for (int a = 0; a < M; ++a) {
         OwnerSlot& s = slots[Idx(l, j, a)];
         if (s.rows == 0) continue;
-        sends.push_back(combine->Isend(s.y, s.rows * d * sizeof(float), a, Tag(kOutputs, l, j)));
+        Send(combine.get(), s.y, s.rows * d * sizeof(float), a, Tag(kOutputs, l, j));
         s.dy.resize(s.rows * d);
         s.dy_request = dispatch->Irecv(s.dy.data(), s.rows * d * sizeof(float), a, Tag(kOutputGrads, l, j));
       }
@@ -366,7 +467,18 @@ struct DistributedBackend::Impl {
     for (int a = 0; a < M; ++a) {
       OwnerSlot& s = slots[Idx(l, j, a)];
       if (s.rows == 0) continue;
-      sends.push_back(combine->Isend(s.dxp, s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j)));
+      if (!dedup) {
+        Send(combine.get(), s.dxp, s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j));
+        continue;
+      }
+      // One row per unique token: the sum of its rows' input grads.
+      s.dx_sums.assign(s.uniques * d, 0.0f);
+      for (int64_t i = 0; i < s.rows; ++i) {
+        float* dst = s.dx_sums.data() + s.index[i] * d;
+        const float* src = s.dxp + i * d;
+        for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
+      }
+      Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), a, Tag(kInputGrads, l, j));
     }
   }
 
@@ -464,6 +576,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.loss_sum = m.ce_sum = m.aux_sum = 0;
   m.expert_tokens.assign(m.L, std::vector<int64_t>(m.E, 0));
   m.idle = m.dispatch_wait = m.combine_wait = 0;
+  m.bytes_sent = 0;
   const float loss_scale = 1.0f / static_cast<float>(step.micro_batches);
 
   m.PostOwnerReceives();
@@ -487,7 +600,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   std::vector<double> sums = {m.loss_sum, m.ce_sum, m.aux_sum,
                               attention ? m.idle : 0.0, attention ? wall : 0.0,
                               attention ? 0.0 : m.idle, attention ? 0.0 : wall,
-                              m.dispatch_wait, m.combine_wait};
+                              m.dispatch_wait, m.combine_wait, m.bytes_sent};
   for (const auto& layer : m.expert_tokens)
     for (int64_t c : layer) sums.push_back(static_cast<double>(c));
   m.everyone->AllReduceSum(sums.data(), sums.size());
@@ -501,10 +614,11 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   out.bubble_expert = sums[6] > 0 ? sums[5] / sums[6] : 0;
   out.dispatch_wait_seconds = sums[7];
   out.combine_wait_seconds = sums[8];
+  out.exchange_bytes = sums[9];
   out.expert_tokens.assign(m.L, std::vector<int64_t>(m.E));
   for (int l = 0; l < m.L; ++l)
     for (int64_t e = 0; e < m.E; ++e)
-      out.expert_tokens[l][e] = static_cast<int64_t>(sums[9 + l * m.E + e]);
+      out.expert_tokens[l][e] = static_cast<int64_t>(sums[10 + l * m.E + e]);
   return out;
 }
 
@@ -543,6 +657,8 @@ void DistributedBackend::OptimizerStep(double lr) {
 }
 
 void DistributedBackend::ZeroGrads() { impl_->device->ZeroGrads(); }
+
+void DistributedBackend::SetDedup(bool on) { impl_->dedup = on; }
 
 std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }
 

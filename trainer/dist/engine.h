@@ -8,7 +8,8 @@
 //   combine channel:  owner -> attention  (expert outputs, input grads)
 // Each message is one (layer, micro-batch, owner) block: a header with the
 // owner's per-expert row counts, then the rows, exactly the slice of the
-// micro-batch's DispatchPlan that the owner's expert range covers. Receives
+// micro-batch's DispatchPlan that the owner's expert range covers (with
+// dedup, SetDedup: the block's unique tokens and each row's index into them). Receives
 // are posted before they are needed, into buffers sized up front, so transfers
 // overlap compute.
 //
@@ -54,6 +55,11 @@ class DistributedBackend final : public backend::Backend {
   ~DistributedBackend() override;
 
   std::string name() const override;
+  // HierMoE's token deduplication on the dispatch (default on; every rank of
+  // a run must agree): a token routed to several experts of one owner is
+  // sent once and fanned out there, and the owner sums that token's input
+  // grads before sending them back. Set before the first step.
+  void SetDedup(bool on);
   bool writes_outputs() const override { return rank_ == 0; }
   void Upload(const backend::HostState& state) override;
   void Download(backend::HostState* state) override;

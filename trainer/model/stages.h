@@ -37,7 +37,8 @@ class MicroBatchStages {
   virtual void AttentionBackward(int64_t layer) = 0;
   virtual void EmbedBackward() = 0;
 
-  // Counts and offsets per expert (host) after AttentionForward(layer).
+  // Counts and offsets per expert, and each row's source token (host), after
+  // AttentionForward(layer).
   virtual const ops::DispatchPlan& plan(int64_t layer) const = 0;
   virtual std::vector<float>& dispatched(int64_t layer) = 0;           // [A, d]
   virtual std::vector<float>& expert_outputs(int64_t layer) = 0;       // [A, d]

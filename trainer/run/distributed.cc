@@ -149,7 +149,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   if (!options.trace_path.empty())
     run->tracer = std::make_unique<dist::Tracer>(
         ro.rank, run->placement.IsAttention(ro.rank) ? "attention" : "expert");
-  run->backend = std::make_unique<dist::DistributedBackend>(
+  auto engine = std::make_unique<dist::DistributedBackend>(
       config, layout, run->placement, run->world.get(),
       optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay}, em,
       run->tracer.get(), [&](float* params, float* grads) {
@@ -158,6 +158,8 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
         o.precision = rc.train.precision;
         return backend::MakeStageDevice(config, layout, o, params, grads);
       });
+  engine->SetDedup(p.dedup);
+  run->backend = std::move(engine);
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
     std::error_code ec;

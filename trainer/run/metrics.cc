@@ -76,6 +76,11 @@ void MetricsSink::ServePrometheus(const std::string& bind) {
                     .Register(*registry_);
   dispatch_wait_ = &waits.Add({{"channel", "dispatch"}});
   combine_wait_ = &waits.Add({{"channel", "combine"}});
+  exchange_bytes_ = &prometheus::BuildGauge()
+                         .Name("hetermoe_trainer_exchange_bytes")
+                         .Help("Bytes sent between attention ranks and expert owners in the last step (both ways, all ranks)")
+                         .Register(*registry_)
+                         .Add({});
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(bind);
   } catch (const std::exception& e) {
@@ -106,6 +111,7 @@ void MetricsSink::Record(const StepMetrics& m) {
     line["bubble_expert"] = m.bubble_expert;
     line["dispatch_wait_seconds"] = m.dispatch_wait_seconds;
     line["combine_wait_seconds"] = m.combine_wait_seconds;
+    line["exchange_bytes"] = m.exchange_bytes;
   }
   jsonl_ << line.dump() << '\n';
   jsonl_.flush();
@@ -125,6 +131,7 @@ void MetricsSink::Record(const StepMetrics& m) {
     bubble_expert_->Set(m.bubble_expert);
     dispatch_wait_->Set(m.dispatch_wait_seconds);
     combine_wait_->Set(m.combine_wait_seconds);
+    exchange_bytes_->Set(m.exchange_bytes);
   }
   if (expert_tokens_.empty()) {
     auto& family = prometheus::BuildCounter()

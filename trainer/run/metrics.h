@@ -34,6 +34,7 @@ struct StepMetrics {
   bool has_parallel_stats = false;
   double bubble_attention = 0, bubble_expert = 0;    // idle share of the step per role
   double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
+  double exchange_bytes = 0;                         // attention <-> owner traffic this step
 };
 
 class MetricsSink {
@@ -69,6 +70,7 @@ class MetricsSink {
   prometheus::Gauge* bubble_attention_ = nullptr;
   prometheus::Gauge* bubble_expert_ = nullptr;
   prometheus::Gauge* dispatch_wait_ = nullptr;
+  prometheus::Gauge* exchange_bytes_ = nullptr;
   prometheus::Gauge* combine_wait_ = nullptr;
   std::vector<std::vector<prometheus::Counter*>> expert_tokens_;  // [L][E], made lazily
 };

@@ -191,6 +191,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     parallel.Get("schedule", &p.schedule);
     parallel.Get("launch", &p.launch);
     parallel.Get("timeout_seconds", &p.timeout_seconds);
+    parallel.Get("dedup", &p.dedup);
     const YAML::Node asym = root["parallel"]["asym_ea"];
     if (asym && asym.IsSequence()) {
       parallel.Get("asym_ea", &p.asym_ea_layers);

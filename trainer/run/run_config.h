@@ -56,6 +56,7 @@ struct RunConfig {
     std::vector<int> asym_ea_layers; // experts moved to attention ranks, per layer
     std::string launch = "local";    // local | env
     double timeout_seconds = 60;     // rendezvous and every collective
+    bool dedup = true;               // HierMoE token deduplication on the dispatch
   } parallel;
 
   // Heterogeneity emulation: slow-down factors (>= 1) per rank role and op kind.

@@ -168,6 +168,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
       m.bubble_expert = loss.bubble_expert;
       m.dispatch_wait_seconds = loss.dispatch_wait_seconds;
       m.combine_wait_seconds = loss.combine_wait_seconds;
+      m.exchange_bytes = loss.exchange_bytes;
     }
     m.grad_norm = engine->ClipGradNorm(t.grad_clip);
     m.lr = schedule.At(step);
