@@ -161,6 +161,21 @@ ReconcileResult JobController::Reconcile(const std::string& key) {
   }
 }
 
+// Best effort, as client-go's recorder: an Event that cannot be written is
+// logged, never a reason to fail or repeat the reconcile.
+void JobController::RecordEvents(const JobMeta& job, const std::vector<JobEvent>& events) {
+  for (const JobEvent& e : events) {
+    const int64_t nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::system_clock::now().time_since_epoch()).count();
+    try {
+      client_.Create(kEvents.Path(job.namespace_), EventObject(job, e, options_.identity, nanos));
+    } catch (const std::exception& x) {
+      LogInfo("cannot record event", {{"job", job.namespace_ + "/" + job.name}, {"reason", e.reason},
+                                      {"error", x.what()}});
+    }
+  }
+}
+
 ReconcileResult JobController::ReconcileObject(const json& object) {
   const json& meta = object.at("metadata");
   const std::string ns = meta.value("namespace", ""), name = meta.value("name", "");
@@ -182,6 +197,14 @@ ReconcileResult JobController::ReconcileObject(const json& object) {
                   {"status", StatusPatch(old_status_json, StatusToJson(s))}};
     RememberWrite(key, client_.MergePatch(status_path, patch));
     if (metrics_) metrics_->JobEvent("failed", ns);
+    if (options_.record_events) {
+      JobMeta m;
+      m.name = name;
+      m.namespace_ = ns;
+      m.uid = meta.value("uid", "");
+      m.resource_version = meta.value("resourceVersion", "");
+      RecordEvents(m, {{"Warning", "InvalidSpec", e.what()}});
+    }
     LogInfo("job failed", {{"job", key}, {"reason", "InvalidSpec"}, {"message", e.what()}});
     return {};
   }
@@ -288,6 +311,10 @@ ReconcileResult JobController::ReconcileObject(const json& object) {
     RememberWrite(key, client_.MergePatch(status_path, patch));
     if (d.status.state != job.status.state)
       LogInfo("job state", {{"job", key}, {"state", d.status.state}, {"restarts", std::to_string(d.status.restarts)}});
+  }
+  if (options_.record_events) {
+    const std::vector<JobEvent> events = JobEvents(job.status, d.status, act_error.empty() ? d.create_pods.size() : 0);
+    RecordEvents(job.meta, events);
   }
   if (metrics_) {
     if (d.became_created) metrics_->JobEvent("created", ns);

@@ -21,6 +21,7 @@
 
 #include "operator/controller/controller_loop.h"
 #include "operator/controller/informer.h"
+#include "operator/core/events.h"
 #include "operator/core/gpu_classification.h"
 #include "operator/core/node_inventory.h"
 #include "operator/core/placement.h"
@@ -39,6 +40,8 @@ class JobController {
   struct Options {
     std::string field_manager = "hetermoe-operator";
     TierRule tier_rule;
+    std::string identity = "hetermoe-operator";  // Events' reportingInstance
+    bool record_events = true;                    // post core/v1 Events on jobs
   };
 
   // Registers handlers on the informers (call before starting them).
@@ -50,6 +53,7 @@ class JobController {
   WorkQueue& queue() { return queue_; }
 
  private:
+  void RecordEvents(const JobMeta& job, const std::vector<JobEvent>& events);
   ReconcileResult ReconcileObject(const nlohmann::json& object);
   void EnqueueOwner(const ObjectPtr& object);
   // The job as we last wrote it, when the cache has not caught up with it.

@@ -47,6 +47,7 @@ Operator::Operator(KubeConfig config, OperatorOptions options) : options_(std::m
   labeller_ = std::make_unique<NodeLabeller>(*client_, *nodes_, options_.tier_rule, m);
   JobController::Options jopts;
   jopts.tier_rule = options_.tier_rule;
+  jopts.identity = options_.identity;
   jobs_controller_ = std::make_unique<JobController>(
       *client_, JobController::Informers{jobs_.get(), pods_.get(), services_.get(), config_maps_.get(), nodes_.get()},
       *placement_, jopts, m);

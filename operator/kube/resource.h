@@ -32,6 +32,7 @@ inline const Resource kNamespaces{"", "v1", "namespaces", false};
 inline const Resource kLeases{"coordination.k8s.io", "v1", "leases", true};
 inline const Resource kHeterMoEJobs{"hetermoe.io", "v1alpha1", "hetermoejobs", true};
 inline const Resource kPodGroups{"scheduling.volcano.sh", "v1beta1", "podgroups", true};
+inline const Resource kEvents{"", "v1", "events", true};
 inline const Resource kCrds{"apiextensions.k8s.io", "v1", "customresourcedefinitions", false};
 
 }  // namespace hetermoe::op

@@ -7,12 +7,12 @@
 //     read-only root, RuntimeDefault seccomp);
 //   - the RBAC, applied for real: `kubectl auth can-i` as the operator's
 //     ServiceAccount allows every call the operator makes and refuses what
-//     it does not need (Secrets, Events, updating pods, deleting nodes,
+//     it does not need (Secrets, changing Events, updating pods, deleting nodes,
 //     Leases outside its namespace, other namespaces when watchNamespace is
 //     set);
 //   - the operator binary itself, running with a token of the chart's
 //     ServiceAccount (and nothing else), labels GPU nodes, runs a job to its
-//     pods and status, and holds its Lease, with no request refused;
+//     pods, status and Events, and holds its Lease, with no request refused;
 //   - the PodMonitor scraping the port the operator gives trainer pods.
 // helm and kubectl come from $HETERMOE_HELM_DIR (tests/charts/setup-helm.sh).
 #include <fcntl.h>
@@ -186,12 +186,13 @@ spec:
                          Check{"patch", "services", "team-a"}, Check{"create", "configmaps", "team-a"},
                          Check{"patch", "configmaps", "team-a"}, Check{"patch", "nodes", ""},
                          Check{"watch", "nodes", ""}, Check{"create", "podgroups.scheduling.volcano.sh", "team-a"},
+                         Check{"create", "events", "team-a"},
                          Check{"update", "leases.coordination.k8s.io", ns},
                          Check{"create", "leases.coordination.k8s.io", ns}})
     EXPECT_TRUE(CanI(sa, c.verb, c.resource, c.ns)) << "the operator needs " << c.verb << " " << c.resource << " in "
                                                     << (c.ns.empty() ? "all namespaces" : c.ns) << ": " << last_can_i;
   for (const Check& c : {Check{"get", "secrets", "team-a"}, Check{"list", "secrets", ""},
-                         Check{"create", "events", "team-a"}, Check{"update", "pods", "team-a"},
+                         Check{"update", "events", "team-a"}, Check{"update", "pods", "team-a"},
                          Check{"delete", "nodes", ""}, Check{"create", "hetermoejobs.hetermoe.io", "team-a"},
                          Check{"update", "leases.coordination.k8s.io", "team-a"},
                          Check{"create", "clusterroles.rbac.authorization.k8s.io", ""},
@@ -274,6 +275,15 @@ TEST(Chart, TheOperatorWorksWithOnlyTheChartsPermissions) {
       30))
       << output("get hetermoejob e2e -n " + jobs_ns + " -o json");
   EXPECT_EQ(Shell(Kubectl() + " get leases -n " + ns + " -o name").out.empty(), false) << "no Lease in " << ns;
+  // Events on the job, as `kubectl describe hmj` shows them.
+  EXPECT_TRUE(envtest::Eventually(
+      [&] {
+        const std::string reasons =
+            output("get events -n " + jobs_ns + " --field-selector involvedObject.name=e2e -o jsonpath='{.items[*].reason}'");
+        return reasons.find("CreatedPods") != std::string::npos && reasons.find("Created") != std::string::npos;
+      },
+      20))
+      << output("get events -n " + jobs_ns);
   kill(pid, SIGTERM);
   int status = 0;
   EXPECT_TRUE(envtest::Eventually([&] { return waitpid(pid, &status, WNOHANG) == pid; }, 20));
