@@ -63,31 +63,39 @@ ExpertGemms::ExpertGemms(CachingAllocator* allocator, cudaStream_t stream) : str
   pointers_.Bind(allocator);
 }
 
+namespace {
+// The non-empty problems, each as the column-major product `map` makes of it.
+template <typename Map>
+auto NonEmpty(const std::vector<ExpertProblem>& problems, Map map) {
+  std::vector<decltype(map(problems.front()))> out;
+  for (const ExpertProblem& p : problems)
+    if (p.rows > 0) out.push_back(map(p));
+  return out;
+}
+}  // namespace
+
 void ExpertGemms::Forward(cublasHandle_t handle, ComputeDtype inputs, int64_t N, int64_t K,
                           const std::vector<ExpertProblem>& problems, bool accumulate) {
   // As LinearForward: C^T[N, rows] = W (op T, ld K) x^T (op N, ld K).
-  std::vector<ColumnMajor> cm;
-  for (const ExpertProblem& p : problems)
-    if (p.rows > 0) cm.push_back({Dim(N), Dim(p.rows), Dim(K), Dim(K), Dim(K), Dim(N), p.b, p.a, p.c});
-  Issue(handle, inputs, CUBLAS_OP_T, CUBLAS_OP_N, cm, accumulate ? 1.0f : 0.0f);
+  Issue(handle, inputs, CUBLAS_OP_T, CUBLAS_OP_N, NonEmpty(problems, [&](const ExpertProblem& p) {
+          return ColumnMajor{Dim(N), Dim(p.rows), Dim(K), Dim(K), Dim(K), Dim(N), p.b, p.a, p.c};
+        }), accumulate ? 1.0f : 0.0f);
 }
 
 void ExpertGemms::BackwardInput(cublasHandle_t handle, ComputeDtype inputs, int64_t N, int64_t K,
                                 const std::vector<ExpertProblem>& problems, bool accumulate) {
   // As LinearBackwardInput: dx^T[K, rows] = W^T (op N, ld K) dy^T (op N, ld N).
-  std::vector<ColumnMajor> cm;
-  for (const ExpertProblem& p : problems)
-    if (p.rows > 0) cm.push_back({Dim(K), Dim(p.rows), Dim(N), Dim(K), Dim(N), Dim(K), p.b, p.a, p.c});
-  Issue(handle, inputs, CUBLAS_OP_N, CUBLAS_OP_N, cm, accumulate ? 1.0f : 0.0f);
+  Issue(handle, inputs, CUBLAS_OP_N, CUBLAS_OP_N, NonEmpty(problems, [&](const ExpertProblem& p) {
+          return ColumnMajor{Dim(K), Dim(p.rows), Dim(N), Dim(K), Dim(N), Dim(K), p.b, p.a, p.c};
+        }), accumulate ? 1.0f : 0.0f);
 }
 
 void ExpertGemms::BackwardWeight(cublasHandle_t handle, ComputeDtype inputs, int64_t N, int64_t K,
                                  const std::vector<ExpertProblem>& problems) {
   // As LinearBackwardWeight: dW^T[K, N] += x^T (op N, ld K) dy (op T, ld N).
-  std::vector<ColumnMajor> cm;
-  for (const ExpertProblem& p : problems)
-    if (p.rows > 0) cm.push_back({Dim(K), Dim(N), Dim(p.rows), Dim(K), Dim(N), Dim(K), p.b, p.a, p.c});
-  Issue(handle, inputs, CUBLAS_OP_N, CUBLAS_OP_T, cm, 1.0f);
+  Issue(handle, inputs, CUBLAS_OP_N, CUBLAS_OP_T, NonEmpty(problems, [&](const ExpertProblem& p) {
+          return ColumnMajor{Dim(K), Dim(N), Dim(p.rows), Dim(K), Dim(N), Dim(K), p.b, p.a, p.c};
+        }), 1.0f);
 }
 
 void ExpertGemms::Issue(cublasHandle_t handle, ComputeDtype inputs, cublasOperation_t op_a,

@@ -188,6 +188,7 @@ using hetermoe::emulator::EnvInt;
 using hetermoe::emulator::Event;
 using hetermoe::emulator::Fail;
 using hetermoe::emulator::last_error;
+using hetermoe::emulator::Registry;
 using hetermoe::emulator::registry;
 using hetermoe::emulator::DrainStream;
 using hetermoe::emulator::PendingList;
@@ -334,21 +335,32 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
 cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, nullptr); }
 
 // --- streams and events ---
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
-  *s = reinterpret_cast<cudaStream_t>(new StreamState);
+namespace {
+// Streams and events are heap objects whose addresses are the handles; the
+// registry knows the live ones, so a stale or foreign handle is an error.
+template <typename Object, typename Handle>
+cudaError_t NewHandle(Handle* out, std::set<const void*> Registry::*live) {
+  *out = reinterpret_cast<Handle>(new Object);
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
-  r.streams.insert(*s);
+  (r.*live).insert(*out);
   return cudaSuccess;
+}
+template <typename Object, typename Handle>
+cudaError_t DeleteHandle(Handle h, std::set<const void*> Registry::*live) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  if ((r.*live).erase(h) == 0) return Fail(cudaErrorInvalidResourceHandle);
+  delete reinterpret_cast<Object*>(h);  // a stream's pending work is dropped with it, as on a GPU
+  return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
+  return NewHandle<StreamState>(s, &Registry::streams);
 }
 cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  if (r.streams.erase(s) == 0) return Fail(cudaErrorInvalidResourceHandle);
-  delete reinterpret_cast<StreamState*>(s);  // pending work is dropped, as a destroyed stream's would be
-  return cudaSuccess;
-}
+cudaError_t cudaStreamDestroy(cudaStream_t s) { return DeleteHandle<StreamState>(s, &Registry::streams); }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
   DrainStream(s);
@@ -374,21 +386,9 @@ Event* FindEvent(cudaEvent_t e) {
 }
 }  // namespace
 
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) {
-  *e = reinterpret_cast<cudaEvent_t>(new Event);
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  r.events.insert(*e);
-  return cudaSuccess;
-}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) { return NewHandle<Event>(e, &Registry::events); }
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, cudaEventDefault); }
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  if (r.events.erase(e) == 0) return Fail(cudaErrorInvalidResourceHandle);
-  delete reinterpret_cast<Event*>(e);
-  return cudaSuccess;
-}
+cudaError_t cudaEventDestroy(cudaEvent_t e) { return DeleteHandle<Event>(e, &Registry::events); }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   Event* ev = FindEvent(e);
   if (ev == nullptr || !ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);

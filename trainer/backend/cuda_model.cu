@@ -133,6 +133,21 @@ void DeviceModel::ToHost(const float* device_ptr, float* host, int64_t n) {
 
 // --- ExpertRows: mirrors ops::ExpertsForward / ops::ExpertsBackward ---
 
+namespace {
+// One grouped-GEMM problem per expert of the range; make(e, first_row) fills
+// the operands, the row count comes from the counts.
+template <typename Make>
+std::vector<kernels::ExpertProblem> PerExpert(const ExpertRows& rows, Make make) {
+  std::vector<kernels::ExpertProblem> problems;
+  for (int64_t e = rows.first; e < rows.first + rows.count; ++e) {
+    kernels::ExpertProblem p = make(e, rows.offsets[e]);
+    p.rows = rows.counts[e];
+    problems.push_back(p);
+  }
+  return problems;
+}
+}  // namespace
+
 void ExpertRows::Bind(DeviceModel& m) {
   for (auto* b : {&xp, &y, &dy, &dxp, &g1, &g3, &act}) b->Bind(&m.allocator);
 }
@@ -151,15 +166,7 @@ void ExpertRows::Forward(DeviceModel& m) {
   const int64_t rows = offsets.back();
   const auto& ex = m.layout.layers[layer].experts;
   // One problem per expert of the range over its rows (empty ones left out).
-  auto per_expert = [&](auto make) {
-    std::vector<kernels::ExpertProblem> problems;
-    for (int64_t e = first; e < first + count; ++e) {
-      kernels::ExpertProblem p = make(e, offsets[e]);
-      p.rows = counts[e];
-      problems.push_back(p);
-    }
-    return problems;
-  };
+  auto per_expert = [&](auto make) { return PerExpert(*this, make); };
   // g1 = xp W1^T, g3 = xp W3^T, act = silu(g1) * g3, y = act W2^T.
   const void* xp_op = m.Operand(xp.data(), rows * d, 0);
   m.experts->Forward(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
@@ -179,15 +186,7 @@ void ExpertRows::Backward(DeviceModel& m) {
   const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
   const int64_t rows = offsets.back();
   const auto& ex = m.layout.layers[layer].experts;
-  auto per_expert = [&](auto make) {
-    std::vector<kernels::ExpertProblem> problems;
-    for (int64_t e = first; e < first + count; ++e) {
-      kernels::ExpertProblem p = make(e, offsets[e]);
-      p.rows = counts[e];
-      problems.push_back(p);
-    }
-    return problems;
-  };
+  auto per_expert = [&](auto make) { return PerExpert(*this, make); };
   if (m.dg1.size() < static_cast<size_t>(rows * f)) m.dg1.Resize(static_cast<size_t>(rows * f));
   if (m.dg3.size() < static_cast<size_t>(rows * f)) m.dg3.Resize(static_cast<size_t>(rows * f));
   float* dg1 = m.dg1.data();

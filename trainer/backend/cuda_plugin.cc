@@ -16,6 +16,25 @@
 #include "trainer/backend/cuda_stages.h"
 #include "trainer/util/error.h"
 
+namespace {
+
+// make()'s object, released to the caller; nullptr with the message copied
+// into `error` (size n) when it throws: no exception crosses dlsym.
+template <typename Make>
+auto Released(char* error, size_t n, Make make) -> decltype(make().release()) {
+  try {
+    return make().release();
+  } catch (const std::exception& e) {
+    if (error && n > 0) {
+      std::strncpy(error, e.what(), n - 1);
+      error[n - 1] = '\0';
+    }
+    return nullptr;
+  }
+}
+
+}  // namespace
+
 extern "C" {
 
 // Usable CUDA devices; on 0, the reason is copied into `why` (size n).
@@ -34,15 +53,7 @@ hetermoe::backend::Backend* HetermoeMakeCudaBackend(const hetermoe::io::MixtralC
                                                     const hetermoe::model::ParameterLayout* layout,
                                                     const hetermoe::backend::BackendOptions* options,
                                                     char* error, size_t n) {
-  try {
-    return hetermoe::backend::MakeCudaBackend(*config, *layout, *options).release();
-  } catch (const std::exception& e) {
-    if (error && n > 0) {
-      std::strncpy(error, e.what(), n - 1);
-      error[n - 1] = '\0';
-    }
-    return nullptr;
-  }
+  return Released(error, n, [&] { return hetermoe::backend::MakeCudaBackend(*config, *layout, *options); });
 }
 
 // Makes the distributed engine's GPU StageDevice; nullptr + `error` on failure.
@@ -50,15 +61,7 @@ hetermoe::model::StageDevice* HetermoeMakeCudaStageDevice(const hetermoe::io::Mi
                                                           const hetermoe::model::ParameterLayout* layout,
                                                           const hetermoe::backend::BackendOptions* options,
                                                           char* error, size_t n) {
-  try {
-    return hetermoe::backend::MakeCudaStageDevice(*config, *layout, *options).release();
-  } catch (const std::exception& e) {
-    if (error && n > 0) {
-      std::strncpy(error, e.what(), n - 1);
-      error[n - 1] = '\0';
-    }
-    return nullptr;
-  }
+  return Released(error, n, [&] { return hetermoe::backend::MakeCudaStageDevice(*config, *layout, *options); });
 }
 
 }  // extern "C"

@@ -253,33 +253,39 @@ struct DistributedBackend::Impl {
     sends.push_back(c->Isend(data, bytes, peer, tag));
   }
 
+  // Calls fn(owner, range, first row, rows) for every owner of layer l that
+  // holds experts, over micro-batch j's plan.
+  template <typename Fn>
+  void ForEachOwner(int l, int j, Fn fn) {
+    const ops::DispatchPlan& plan = micro[j]->plan(l);
+    for (int o = 0; o < P; ++o) {
+      const ExpertRange& r = Range(l, o);
+      if (r.count == 0) continue;
+      const auto [row0, rows] = RowsOf(plan, r);
+      fn(o, r, row0, rows);
+    }
+  }
+
   // Dedup: each token's summed input grad goes to its first row, zeros to
   // the others, so that AttentionBackward's scatter-add over rows yields the
   // same per-token sum.
   void FanOutGradSums(int l, int j) {
     model::MicroBatchStages& mb = *micro[j];
-    const ops::DispatchPlan& plan = mb.plan(l);
-    for (int o = 0; o < P; ++o) {
-      const ExpertRange& r = Range(l, o);
-      if (r.count == 0) continue;
-      const auto [row0, rows] = RowsOf(plan, r);
-      if (rows == 0) continue;
+    ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+      if (rows == 0) return;
       const Dedup& dd = dedups[Idx(l, j, o)];
       const std::vector<float>& sums = grad_sums[Idx(l, j, o)];
       float* out = mb.dispatched_grads(l).data() + row0 * d;
       std::fill(out, out + rows * d, 0.0f);
       for (int64_t u = 0; u < dd.uniques(); ++u)
         std::memcpy(out + dd.first[u] * d, sums.data() + u * d, d * sizeof(float));
-    }
+    });
   }
 
   void PostDispatch(int l, int j) {
     model::MicroBatchStages& mb = *micro[j];
     const ops::DispatchPlan& plan = mb.plan(l);
-    for (int o = 0; o < P; ++o) {
-      const ExpertRange& r = Range(l, o);
-      if (r.count == 0) continue;
-      const auto [row0, rows] = RowsOf(plan, r);
+    ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
       std::vector<char>& box = outbox[Idx(l, j, o)];
       const size_t header = HeaderBytes(r.count, rows, dedup);
       const float* dispatched = mb.dispatched(l).data() + row0 * d;
@@ -301,19 +307,15 @@ struct DistributedBackend::Impl {
       if (rows > 0)
         outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
                                                   rows * d * sizeof(float), o, Tag(kOutputs, l, j));
-    }
+    });
   }
 
   void FinishCombine(int l, int j) { WaitFromOwners(outputs_in, l, j, "combine"); }
 
   void PostBackwardDispatch(int l, int j) {
     model::MicroBatchStages& mb = *micro[j];
-    const ops::DispatchPlan& plan = mb.plan(l);
-    for (int o = 0; o < P; ++o) {
-      const ExpertRange& r = Range(l, o);
-      if (r.count == 0) continue;
-      const auto [row0, rows] = RowsOf(plan, r);
-      if (rows == 0) continue;
+    ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+      if (rows == 0) return;
       Send(dispatch.get(), mb.expert_output_grads(l).data() + row0 * d, rows * d * sizeof(float), o,
            Tag(kOutputGrads, l, j));
       if (!dedup) {
@@ -326,7 +328,7 @@ struct DistributedBackend::Impl {
         input_grads_in[Idx(l, j, o)] = combine->Irecv(sums.data(), sums.size() * sizeof(float), o,
                                                       Tag(kInputGrads, l, j));
       }
-    }
+    });
   }
 
   void RunAttention(const Task& t, const backend::StepInput& step, float loss_scale) {
