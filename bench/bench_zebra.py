@@ -13,8 +13,11 @@ contention, which real GPUs do not have. Schedules:
   zebra       zebra, no experts moved
   sequential  DistEP: the same split, no overlap
   ep          both ranks run attention and hold experts (classic EP)
+  zebra, no dedup  zebra without HierMoE's token deduplication
 Prints tokens/s (median of the steps after warm-up), the ratios against
-zebra+asym, and the idle (bubble) share per role.
+zebra+asym, the idle (bubble) share per role, and the bytes the two ranks
+exchanged per step. Loopback TCP is fast next to the emulated compute, so
+deduplication shows in the bytes here, not in tokens/s.
 
     /usr/bin/python3 bench/bench_zebra.py --trainer build/trainer/hetermoe-trainer [--steps 8]
 """
@@ -49,6 +52,7 @@ VARIANTS = [
     ("zebra", ["parallel.schedule=zebra", "parallel.asym_ea=off"]),
     ("sequential", ["parallel.schedule=sequential", "parallel.asym_ea=off"]),
     ("ep", ["parallel.schedule=ep", "parallel.asym_ea=off"]),
+    ("zebra, no dedup", ["parallel.schedule=zebra", "parallel.asym_ea=off", "parallel.dedup=false"]),
 ]
 
 
@@ -89,19 +93,24 @@ def main():
                 "tps": statistics.median(s["tokens_per_second"] for s in steps),
                 "bubble_a": statistics.median(s["bubble_attention"] for s in steps),
                 "bubble_e": statistics.median(s["bubble_expert"] for s in steps),
+                "bytes": statistics.median(s["exchange_bytes"] for s in steps),
                 "note": moved[0].split("->")[-1].strip() if moved else "",
             }
-            print(f"  {name:11s} {results[name]['tps']:8.0f} tok/s", file=sys.stderr)
+            print(f"  {name:16s} {results[name]['tps']:8.0f} tok/s", file=sys.stderr)
         base = results["zebra+asym"]["tps"]
         print(f"\n1 attention rank + 1 expert rank (expert rank: attention x3.7 slower, experts x1.25), "
               f"{args.steps - args.warmup} measured steps each\n")
-        print(f"{'schedule':12s} {'tokens/s':>9s} {'vs zebra+asym':>14s} {'idle attn':>10s} {'idle expert':>12s}  note")
+        print(f"{'schedule':16s} {'tokens/s':>9s} {'vs zebra+asym':>14s} {'idle attn':>10s} {'idle expert':>12s} "
+              f"{'MB/step':>8s}  note")
         for name, r in results.items():
-            print(f"{name:12s} {r['tps']:9.0f} {r['tps'] / base:13.2f}x {r['bubble_a']:9.0%} {r['bubble_e']:11.0%}  {r['note']}")
+            print(f"{name:16s} {r['tps']:9.0f} {r['tps'] / base:13.2f}x {r['bubble_a']:9.0%} {r['bubble_e']:11.0%} "
+                  f"{r['bytes'] / 1e6:8.2f}  {r['note']}")
         print(f"\nzebra+asym / sequential = {base / results['sequential']['tps']:.2f}x "
               f"(paper: DistEP reaches 55% of HeterMoE, i.e. 1.8x)")
         print(f"zebra+asym / zebra      = {base / results['zebra']['tps']:.2f}x (paper: Asym-EA 1.14-1.20x)")
         print(f"zebra+asym / ep         = {base / results['ep']['tps']:.2f}x (paper: 1.67x avg at 16K vs EP)")
+        print(f"zebra / zebra, no dedup = {results['zebra']['tps'] / results['zebra, no dedup']['tps']:.2f}x tokens/s, "
+              f"{1 - results['zebra']['bytes'] / results['zebra, no dedup']['bytes']:.1%} fewer bytes per step")
 
 
 if __name__ == "__main__":
