@@ -292,6 +292,12 @@ TEST_F(OperatorEnv, FailedPodRestartsJobUpToBackoffLimit) {
     if (c["type"] == "Failed") backoff = c["reason"] == "BackoffLimitExceeded";
   EXPECT_TRUE(backoff) << status.dump();
   EXPECT_EQ(status["restarts"], 1);
+  // What `kubectl describe hmj flaky` lists: the restart and the failure as Warnings.
+  std::multiset<std::string> warnings;
+  for (const json& e : Api().ListAll(kEvents.Path(ns_), {}, nullptr))
+    if (e["involvedObject"]["name"] == "flaky" && e["type"] == "Warning") warnings.insert(e["reason"]);
+  EXPECT_EQ(warnings.count("PodFailed"), 1u) << "one restart";
+  EXPECT_EQ(warnings.count("BackoffLimitExceeded"), 1u);
 }
 
 TEST_F(OperatorEnv, SuspendDeletesPodsAndResumeRecreatesThem) {
