@@ -125,6 +125,18 @@ def check_dedup(trainer, run_file, work, ref):
     return ok
 
 
+def check_asym_auto(trainer, run_file, work, ref):
+    """asym_ea: auto profiles the ranks at start-up and moves experts by
+    Algorithm 1; whatever it moves, the training is the same."""
+    got = run(trainer, run_file, os.path.join(work, "asym-auto"),
+              ["--set", "parallel={attention_ranks: 1, expert_ranks: 1, schedule: zebra, asym_ea: auto}"])
+    problems = compare("asym_ea auto 1+1", ref, got)
+    print(f"{'zebra 1x(1+1) asym_ea=auto':40s} {'ok' if not problems else 'MISMATCH'} ({got[2]:.1f} s)")
+    for p in problems[:5]:
+        print(f"    {p}")
+    return not problems
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trainer", required=True)
@@ -166,6 +178,7 @@ def main():
         failures += not check_trace(args.trainer, run_file, args.work)
         failures += not check_resume(args.trainer, run_file, args.work)
         failures += not check_dedup(args.trainer, run_file, args.work, ref)
+        failures += not check_asym_auto(args.trainer, run_file, args.work, ref)
     if failures:
         print(f"FAIL: {failures} configuration(s) differ from the single-process run")
         sys.exit(1)

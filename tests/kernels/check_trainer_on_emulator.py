@@ -13,7 +13,8 @@ checked against PyTorch), 4 steps must give:
     auto): losses within 2%;
   - no device (HETERMOE_EMULATED_DEVICES=0): a clear error, exit code 1;
   - the distributed engine on the GPU device (1+1 zebra, 2+2 sequential, 1+3
-    zebra with Asym-EA, 2 groups of 1+1 ep; ranks are local processes, each
+    zebra with Asym-EA, 2 groups of 1+1 ep, 1+1 zebra with Asym-EA auto
+    profiled on the device; ranks are local processes, each
     with its emulated GPU): fp32 losses within 1e-4 and final weights within
     1e-5 + 1e-4 |x| of the single-process CPU run; bf16 within 2%; fp16,
     which it cannot loss-scale yet, refused with a clear error.
@@ -41,7 +42,7 @@ output: {{dir: {out}, checkpoint_every: 2}}
 
 # (attention ranks, expert ranks, groups, schedule, asym_ea) for the 4-expert, 2-layer golden model
 SHAPES = [(1, 1, 1, "zebra", "off"), (2, 2, 1, "sequential", "off"), (1, 3, 1, "zebra", "[1, 0]"),
-          (1, 1, 2, "ep", "off")]
+          (1, 1, 2, "ep", "off"), (1, 1, 1, "zebra", "auto")]  # auto: profiled on the GPU device
 
 
 def parallel(a, e, g, schedule, asym):

@@ -5,7 +5,6 @@
 #include <random>
 #include <vector>
 
-#include "trainer/model/mixtral.h"
 #include "trainer/ops/experts.h"
 
 namespace hetermoe::dist {
@@ -27,60 +26,50 @@ double Time(Fn fn) {
   return t[1];
 }
 
-// Seconds to run `experts` experts (each on `rows` rows) forward.
-double ExpertSeconds(const io::MixtralConfig& c, const model::ParameterLayout& layout,
-                     const std::vector<float>& params, int64_t experts, int64_t rows) {
-  const int64_t d = c.hidden_size, f = c.intermediate_size;
+// Seconds to run `experts` experts of layer 0 (each on `rows` rows) forward,
+// through an expert block of the device (what an owner runs).
+double ExpertSeconds(model::StageDevice& device, const io::MixtralConfig& c, int64_t experts, int64_t rows) {
+  const int64_t E = c.num_local_experts;
   ops::DispatchPlan plan;
-  plan.experts = experts;
+  plan.experts = E;
   plan.slots = 1;
   plan.tokens = rows * experts;
-  plan.counts.assign(experts, rows);
-  plan.offsets.resize(experts + 1);
-  for (int64_t e = 0; e <= experts; ++e) plan.offsets[e] = e * rows;
-  std::vector<ops::ExpertWeights> w;
-  for (int64_t e = 0; e < experts; ++e) {
-    const auto& eo = layout.layers[0].experts[e % c.num_local_experts];
-    w.push_back({params.data() + eo.w1, params.data() + eo.w2, params.data() + eo.w3});
-  }
-  std::vector<float> xp(plan.tokens * d, 0.01f);
-  ops::ExpertActivations acts;
-  return Time([&] { ops::ExpertsForward(plan, d, f, 0, w, xp.data(), &acts); });
+  plan.counts.assign(E, 0);
+  for (int64_t e = 0; e < experts; ++e) plan.counts[e] = rows;
+  plan.offsets.assign(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) plan.offsets[e + 1] = plan.offsets[e] + plan.counts[e];
+  const std::vector<float> xp(plan.tokens * c.hidden_size, 0.01f);
+  const auto block = device.NewExpertBlock();
+  return Time([&] { block->Forward(0, plan, 0, experts, xp.data()); });
 }
 
-std::vector<float> RandomParams(const model::ParameterLayout& layout, const io::MixtralConfig& c) {
-  std::vector<float> p(layout.total());
-  model::InitParameters(layout, c.initializer_range, 1, p.data());
-  return p;
+int64_t RowsPerExpert(const io::MixtralConfig& c, int64_t micro_batch, int64_t seq_len, int attention_ranks) {
+  return std::max<int64_t>(1, attention_ranks * micro_batch * seq_len * c.num_experts_per_tok / c.num_local_experts);
 }
 
 }  // namespace
 
-LayerTimes ProfileAttentionRank(const io::MixtralConfig& c, const model::ParameterLayout& layout,
-                                int64_t micro_batch, int64_t seq_len, int attention_ranks,
-                                double attention_factor, double experts_factor) {
-  const std::vector<float> params = RandomParams(layout, c);
+LayerTimes ProfileAttentionRank(model::StageDevice& device, const io::MixtralConfig& c, int64_t micro_batch,
+                                int64_t seq_len, int attention_ranks, double attention_factor,
+                                double experts_factor) {
   const int64_t N = micro_batch * seq_len;
   std::vector<int32_t> tokens(N);
   std::mt19937 rng(5);
   for (auto& t : tokens) t = static_cast<int32_t>(rng() % c.vocab_size);
-  model::MixtralCpu m(c, layout);
-  m.EmbedForward(params.data(), {tokens.data(), tokens.data(), micro_batch, seq_len});
+  const auto m = device.NewMicroBatch();
+  m->EmbedForward({tokens.data(), tokens.data(), micro_batch, seq_len});
   LayerTimes t;
-  t.attention_seconds = attention_factor * Time([&] { m.AttentionForward(params.data(), 0); });
-  const int64_t rows = std::max<int64_t>(1, attention_ranks * N * c.num_experts_per_tok / c.num_local_experts);
-  t.offloaded_expert_seconds = experts_factor * ExpertSeconds(c, layout, params, 1, rows);
+  t.attention_seconds = attention_factor * Time([&] { m->AttentionForward(0); });
+  t.offloaded_expert_seconds =
+      experts_factor * ExpertSeconds(device, c, 1, RowsPerExpert(c, micro_batch, seq_len, attention_ranks));
   return t;
 }
 
-LayerTimes ProfileExpertRank(const io::MixtralConfig& c, const model::ParameterLayout& layout,
-                             int64_t micro_batch, int64_t seq_len, int attention_ranks,
-                             int64_t experts_held, double experts_factor) {
-  const std::vector<float> params = RandomParams(layout, c);
-  const int64_t N = micro_batch * seq_len;
-  const int64_t rows = std::max<int64_t>(1, attention_ranks * N * c.num_experts_per_tok / c.num_local_experts);
+LayerTimes ProfileExpertRank(model::StageDevice& device, const io::MixtralConfig& c, int64_t micro_batch,
+                             int64_t seq_len, int attention_ranks, int64_t experts_held, double experts_factor) {
   LayerTimes t;
-  t.expert_rank_seconds = experts_factor * ExpertSeconds(c, layout, params, experts_held, rows);
+  t.expert_rank_seconds =
+      experts_factor * ExpertSeconds(device, c, experts_held, RowsPerExpert(c, micro_batch, seq_len, attention_ranks));
   return t;
 }
 

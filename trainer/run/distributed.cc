@@ -57,6 +57,14 @@ std::string TracePart(const std::string& path, int rank) {
 // Asym-EA `auto`: every rank profiles its side, the world agrees on the
 // slowest measurement of each kind, and everyone runs Algorithm 1 on the same
 // numbers, so all ranks derive the same placement.
+// The rank's device, as train.device and train.precision ask.
+backend::BackendOptions DeviceOptions(const RunConfig& rc) {
+  backend::BackendOptions o;
+  o.device = rc.train.device;
+  o.precision = rc.train.precision;
+  return o;
+}
+
 std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config,
                             const model::ParameterLayout& layout, comm::World& world,
                             const dist::Emulation& em, bool attention_kind) {
@@ -64,11 +72,18 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
   if (p.schedule == "ep") return {};
   const int64_t per = rc.train.global_batch / rc.train.micro_batches;
   const int64_t held = config.num_local_experts / p.expert_ranks;
+  // Measured on the device the run trains on, with random weights.
+  std::vector<float> params(layout.total()), grads(layout.total());
+  model::InitParameters(layout, config.initializer_range, 1, params.data());
+  const auto device = backend::MakeStageDevice(config, layout, DeviceOptions(rc), params.data(), grads.data());
+  std::vector<size_t> tensors(layout.tensors().size());
+  for (size_t i = 0; i < tensors.size(); ++i) tensors[i] = i;
+  device->SetParams(params.data(), tensors);
   dist::LayerTimes t =
-      attention_kind ? dist::ProfileAttentionRank(config, layout, per, rc.train.seq_len,
-                                                  p.attention_ranks, em.attention, em.experts)
-                     : dist::ProfileExpertRank(config, layout, per, rc.train.seq_len,
-                                               p.attention_ranks, held, em.experts);
+      attention_kind ? dist::ProfileAttentionRank(*device, config, per, rc.train.seq_len, p.attention_ranks,
+                                                  em.attention, em.experts)
+                     : dist::ProfileExpertRank(*device, config, per, rc.train.seq_len, p.attention_ranks, held,
+                                               em.experts);
   std::vector<int> everyone(world.size());
   for (int r = 0; r < world.size(); ++r) everyone[r] = r;
   auto all = world.Group("profile", everyone);
@@ -153,10 +168,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
       config, layout, run->placement, run->world.get(),
       optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay}, em,
       run->tracer.get(), [&](float* params, float* grads) {
-        backend::BackendOptions o;
-        o.device = rc.train.device;
-        o.precision = rc.train.precision;
-        return backend::MakeStageDevice(config, layout, o, params, grads);
+        return backend::MakeStageDevice(config, layout, DeviceOptions(rc), params, grads);
       });
   engine->SetDedup(p.dedup);
   run->backend = std::move(engine);
