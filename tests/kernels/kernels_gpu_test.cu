@@ -3,6 +3,14 @@
 // an expert with zero tokens. Skipped, with the driver's reason, where there
 // is no GPU (see gpu_test_util.h).
 //
+// The same file also builds for the CPU emulator of kernels/emulator, as
+// kernels_emulated_test (ctest -L emulator), so these tests run everywhere:
+//   build/tests/kernels/kernels_emulated_test                      # as sm_80
+//   HETERMOE_EMULATED_SM=75 build/tests/kernels/kernels_emulated_test  # fp16 paths
+// The emulator checks barriers, warp operations, launch limits and device
+// pointers, not speed or races between real warps: compute-sanitizer on a
+// GPU (below) remains the check for those.
+//
 // Tolerances, |gpu - cpu| <= atol + rtol |cpu|:
 //   fp32 element-wise (same shared code both sides)   rtol 1e-6, atol 1e-7
 //   fp32 row reductions (RMSNorm, softmax, CE)        rtol 1e-5, atol 1e-6
