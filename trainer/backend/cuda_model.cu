@@ -538,9 +538,19 @@ void DeviceMicroBatch::EmbedBackward() {
                                                  m.grads.data() + m.layout.embed, m.s()));
 }
 
-void DeviceMicroBatch::DownloadDispatched(int64_t l, float* host) {
+void DeviceMicroBatch::DownloadDispatched(int64_t l, float* host, std::vector<int64_t>* token_of_row) {
   State& st = *state_;
-  st.m.ToHost(st.layers[l].rows.xp.data(), host, st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
+  const int64_t A = st.layers[l].rows.offsets.back();
+  // Both copies on the stream, one wait.
+  std::vector<int32_t> tokens(A);
+  if (A > 0) {
+    HM_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), st.layers[l].token_of_row.data(), sizeof(int32_t) * A,
+                                  cudaMemcpyDeviceToHost, st.m.s()));
+    HM_CUDA_CHECK(cudaMemcpyAsync(host, st.layers[l].rows.xp.data(), sizeof(float) * A * st.m.config.hidden_size,
+                                  cudaMemcpyDeviceToHost, st.m.s()));
+    HM_CUDA_CHECK(cudaStreamSynchronize(st.m.s()));
+  }
+  token_of_row->assign(tokens.begin(), tokens.end());
 }
 void DeviceMicroBatch::UploadExpertOutputs(int64_t l, const float* host) {
   State& st = *state_;
@@ -557,18 +567,6 @@ void DeviceMicroBatch::UploadDispatchedGrads(int64_t l, const float* host) {
 
 const std::vector<int64_t>& DeviceMicroBatch::counts(int64_t l) const { return state_->layers[l].rows.counts; }
 const std::vector<int64_t>& DeviceMicroBatch::offsets(int64_t l) const { return state_->layers[l].rows.offsets; }
-std::vector<int64_t> DeviceMicroBatch::TokenOfRow(int64_t l) {
-  State& st = *state_;
-  const int64_t A = st.tokens * st.m.config.num_experts_per_tok;
-  std::vector<int32_t> rows(A);
-  if (A > 0) {
-    HM_CUDA_CHECK(cudaMemcpyAsync(rows.data(), st.layers[l].token_of_row.data(), sizeof(int32_t) * A,
-                                  cudaMemcpyDeviceToHost, st.m.s()));
-    HM_CUDA_CHECK(cudaStreamSynchronize(st.m.s()));
-  }
-  return std::vector<int64_t>(rows.begin(), rows.end());
-}
-
 std::vector<std::vector<int64_t>> DeviceMicroBatch::ExpertCounts() const {
   std::vector<std::vector<int64_t>> out;
   for (const auto& la : state_->layers) out.push_back(la.rows.counts);

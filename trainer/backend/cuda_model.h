@@ -116,17 +116,16 @@ class DeviceMicroBatch {
   void AttentionBackward(int64_t layer);
   void EmbedBackward();
 
-  // The rows that cross ranks (layer l, [A, d]): dispatched inputs and
-  // output grads out to the host, expert outputs and input grads in.
-  void DownloadDispatched(int64_t layer, float* host);
+  // The rows that cross ranks (layer l, [A, d]): dispatched inputs (with
+  // each row's source token) and output grads out to the host, expert
+  // outputs and input grads in.
+  void DownloadDispatched(int64_t layer, float* host, std::vector<int64_t>* token_of_row);
   void UploadExpertOutputs(int64_t layer, const float* host);
   void DownloadOutputGrads(int64_t layer, float* host);
   void UploadDispatchedGrads(int64_t layer, const float* host);
 
   const std::vector<int64_t>& counts(int64_t layer) const;   // [E]
   const std::vector<int64_t>& offsets(int64_t layer) const;  // [E+1]
-  // The source token of each dispatched row [A] (downloaded on request).
-  std::vector<int64_t> TokenOfRow(int64_t layer);
   std::vector<std::vector<int64_t>> ExpertCounts() const;
   int64_t tokens() const;
   // For tests: the logits [N, V] of the last HeadForward (HeadBackward

@@ -44,10 +44,9 @@ class CudaMicroBatchStages final : public model::MicroBatchStages {
     p.experts = m_.config.num_local_experts;
     p.counts = mb_.counts(l);
     p.offsets = mb_.offsets(l);
-    p.token_of_row = mb_.TokenOfRow(l);  // for the engine's token deduplication
     const size_t n = static_cast<size_t>(p.tokens * p.slots * m_.config.hidden_size);
     for (auto* v : {&xp_[l], &y_[l], &dy_[l], &dxp_[l]}) v->resize(n);
-    mb_.DownloadDispatched(l, xp_[l].data());
+    mb_.DownloadDispatched(l, xp_[l].data(), &p.token_of_row);  // tokens: for the engine's deduplication
   }
   void CombineForward(int64_t l) override {
     mb_.UploadExpertOutputs(l, y_[l].data());

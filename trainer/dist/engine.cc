@@ -25,7 +25,6 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 
 enum MessageKind : uint32_t { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
 
-// What an owner keeps of one (layer, micro-batch, source) block.
 // Token deduplication (HierMoE's, applied to HeterMoE's dispatch): a token
 // routed to several experts of one owner travels once. For one (layer,
 // micro-batch, owner) block, `index[i]` names the unique token of the
@@ -36,17 +35,21 @@ struct Dedup {
   int64_t uniques() const { return static_cast<int64_t>(first.size()); }
 };
 
-// Rows [row0, row0 + rows) of a plan, grouped by token.
-Dedup MakeDedup(const ops::DispatchPlan& plan, int64_t row0, int64_t rows) {
-  Dedup dd;
-  dd.index.resize(rows);
-  std::map<int64_t, int32_t> seen;  // token -> unique index
+// Rows [row0, row0 + rows) of a plan, grouped by token. `unique_of` is
+// scratch of plan.tokens entries, all -1, and is left that way.
+void MakeDedup(const ops::DispatchPlan& plan, int64_t row0, int64_t rows, std::vector<int32_t>& unique_of,
+               Dedup* dd) {
+  dd->index.resize(rows);
+  dd->first.clear();
   for (int64_t i = 0; i < rows; ++i) {
-    const auto [it, fresh] = seen.emplace(plan.token_of_row[row0 + i], static_cast<int32_t>(dd.first.size()));
-    if (fresh) dd.first.push_back(i);
-    dd.index[i] = it->second;
+    int32_t& u = unique_of[plan.token_of_row[row0 + i]];
+    if (u < 0) {
+      u = static_cast<int32_t>(dd->first.size());
+      dd->first.push_back(i);
+    }
+    dd->index[i] = u;
   }
-  return dd;
+  for (int64_t first : dd->first) unique_of[plan.token_of_row[row0 + first]] = -1;
 }
 
 // Bytes of a dispatch message's header: counts of the owner's experts, then
@@ -57,6 +60,7 @@ size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup) {
   return b;
 }
 
+// What an owner keeps of one (layer, micro-batch, source) block.
 struct OwnerSlot {
   std::vector<char> inbox;          // header + rows (unique rows with dedup)
   int64_t rows = 0;
@@ -101,6 +105,7 @@ struct DistributedBackend::Impl {
   std::vector<std::unique_ptr<comm::Request>> outputs_in;      // [l][j][owner]
   std::vector<std::unique_ptr<comm::Request>> input_grads_in;  // [l][j][owner]
   std::vector<Dedup> dedups;                                   // [l][j][owner] (dedup on)
+  std::vector<int32_t> unique_of;                              // MakeDedup's scratch: token -> unique
   std::vector<std::vector<float>> grad_sums;                   // [l][j][owner] input grads per unique token
   bool dedup = true;
   double bytes_sent = 0;                                       // dispatch + combine, this step
@@ -294,9 +299,11 @@ struct DistributedBackend::Impl {
         std::memcpy(box.data() + header, dispatched, rows * d * sizeof(float));
       } else {
         Dedup& dd = dedups[Idx(l, j, o)];
-        dd = MakeDedup(plan, row0, rows);
+        unique_of.resize(plan.tokens, -1);
+        MakeDedup(plan, row0, rows, unique_of, &dd);
         const int64_t uniques = dd.uniques();
-        box.assign(header + uniques * d * sizeof(float), 0);
+        box.resize(header + uniques * d * sizeof(float));
+        std::fill(box.begin(), box.begin() + header, 0);  // the index's padding
         std::memcpy(box.data() + r.count * sizeof(int64_t), &uniques, sizeof(int64_t));
         std::memcpy(box.data() + (r.count + 1) * sizeof(int64_t), dd.index.data(), rows * sizeof(int32_t));
         for (int64_t u = 0; u < uniques; ++u)
@@ -425,13 +432,14 @@ struct DistributedBackend::Impl {
           s.index.resize(s.rows);
           std::memcpy(s.index.data(), s.inbox.data() + (r.count + 1) * sizeof(int64_t), s.rows * sizeof(int32_t));
           const float* unique = reinterpret_cast<const float*>(s.inbox.data() + HeaderBytes(r.count, s.rows, true));
+          bool ok = s.uniques >= 0 && s.uniques <= s.rows;
+          for (int64_t i = 0; ok && i < s.rows; ++i) ok = s.index[i] >= 0 && s.index[i] < s.uniques;
+          if (!ok)
+            throw Error("rank " + std::to_string(rank) + ": corrupt dedup index from rank " +
+                        std::to_string(placement.GlobalRank(group, a)));
           s.xp.resize(s.rows * d);
-          for (int64_t i = 0; i < s.rows; ++i) {
-            if (s.index[i] < 0 || s.index[i] >= s.uniques || s.uniques > s.rows)
-              throw Error("rank " + std::to_string(rank) + ": corrupt dedup index from rank " +
-                          std::to_string(placement.GlobalRank(group, a)));
+          for (int64_t i = 0; i < s.rows; ++i)
             std::memcpy(s.xp.data() + i * d, unique + s.index[i] * d, d * sizeof(float));
-          }
         }
       }
       Compute(t, emulation.experts, [&] {
