@@ -53,6 +53,7 @@ void ReadModel(JsonReader& r, ModelSpec& m) {
     Set(m.config_map->name, c.String("name"));
     Set(m.config_map->key, c.String("key"));
   });
+  m.init = r.String("init");
 }
 
 void ReadTraining(JsonReader& r, TrainingSpec& t) {
@@ -102,11 +103,11 @@ JobSpec ParseJobSpec(const json& spec, std::set<std::string>* visited) {
     Set(out.parallel.schedule, x.String("schedule"));
     Set(out.parallel.zp_groups, x.Int("zpGroups"));
     Set(out.parallel.master_port, x.Int("masterPort"));
+    Set(out.parallel.timeout_seconds, x.Int("timeoutSeconds"));
   });
   r.Object("dispatch", [&](JsonReader& x) {
-    Set(out.dispatch.backend, x.String("backend"));
     Set(out.dispatch.asymmetric_offload, x.Bool("asymmetricOffload"));
-    Set(out.dispatch.capacity_factor, x.Number("capacityFactor"));
+    Set(out.dispatch.dedup, x.Bool("dedup"));
   });
   r.Object("checkpoint", [&](JsonReader& x) {
     out.checkpoint.claim_name = x.String("claimName");

@@ -55,6 +55,7 @@ struct ConfigMapKeyRef {
 struct ModelSpec {
   std::optional<std::string> config;         // Hugging Face config.json text
   std::optional<ConfigMapKeyRef> config_map; // or where to find it
+  std::optional<std::string> init;           // starting weights (safetensors path in the pods)
 };
 
 // The `train` section of the trainer's run file, plus where the tokens are.
@@ -79,12 +80,12 @@ struct ParallelSpec {
   std::string schedule = "zebra";   // zebra | sequential | ep
   int64_t zp_groups = 0;            // 0 = planner decides
   int64_t master_port = 29500;
+  int64_t timeout_seconds = 600;    // rendezvous (any start order) and every collective
 };
 
 struct DispatchSpec {
-  std::string backend = "gloo";     // gloo | nccl
   bool asymmetric_offload = true;   // Asym-EA: attention ranks may hold experts
-  double capacity_factor = 0;       // 0 = no token dropping
+  bool dedup = true;                // HierMoE token deduplication
 };
 
 struct CheckpointSpec {

@@ -265,13 +265,14 @@ ReconcileResult JobController::ReconcileObject(const json& object) {
   if (d.apply_config_map)
     attempt([&] { client_.Apply(kConfigMaps.Path(ns, PlanConfigMapName(name)), *d.apply_config_map, options_.field_manager); });
   if (d.apply_service) attempt([&] { client_.Apply(kServices.Path(ns, name), *d.apply_service, options_.field_manager); });
-  if (d.apply_pod_group) {
-    try {
-      client_.Apply(kPodGroups.Path(ns, name), *d.apply_pod_group, options_.field_manager);
-    } catch (const ApiError& e) {
-      if (!e.NotFound()) throw;  // Volcano not installed: pods still carry schedulerName volcano
-    }
-  }
+  if (d.apply_pod_group)
+    attempt([&] {
+      try {
+        client_.Apply(kPodGroups.Path(ns, name), *d.apply_pod_group, options_.field_manager);
+      } catch (const ApiError& e) {
+        if (!e.NotFound()) throw;  // Volcano not installed: pods still carry schedulerName volcano
+      }
+    });
   if (act_error.empty() && !d.create_pods.empty()) {
     // Pods of one job are created concurrently (the client's QPS limit still
     // applies); the first failure is reported.
@@ -297,7 +298,7 @@ ReconcileResult JobController::ReconcileObject(const json& object) {
     LogInfo("deleted finished job after its TTL", {{"job", key}});
     return {};
   }
-  if (!act_error.empty() && !IsTrue(d.status, kCondCreated)) {
+  if (!act_error.empty() && !IsFinished(d.status) && !IsTrue(d.status, kCondCreated)) {
     SetCondition(d.status, kCondCreated, false, "CreateFailed", act_error, FormatTime(o.now));
     d.status.state = StateOf(d.status);
   }

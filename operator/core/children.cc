@@ -1,6 +1,7 @@
 // Children of a HeterMoEJob: see children.h.
 #include "operator/core/children.h"
 
+#include <algorithm>
 #include <sstream>
 
 namespace hetermoe::op {
@@ -61,6 +62,19 @@ void SetEnv(json& container, const std::string& name, const std::string& value) 
   env.push_back({{"name", name}, {"value", value}});
 }
 
+// An env var from the downward API (a pod field), replacing one of that name.
+void SetFieldEnv(json& container, const std::string& name, const std::string& field_path) {
+  json& env = container["env"];
+  if (!env.is_array()) env = json::array();
+  const json value = {{"name", name}, {"valueFrom", {{"fieldRef", {{"fieldPath", field_path}}}}}};
+  for (json& e : env)
+    if (e.value("name", "") == name) {
+      e = value;
+      return;
+    }
+  env.push_back(value);
+}
+
 // Declares a container port unless the template already names it or uses it.
 void AddPort(json& container, const std::string& name, int64_t port) {
   json& ports = container["ports"];
@@ -84,16 +98,28 @@ json BuildService(const HeterMoEJob& job) {
   return svc;
 }
 
-std::string RunFileYaml(const JobSpec& spec) {
+std::string OutputDir(const HeterMoEJob& job) {
+  if (!job.spec.checkpoint.claim_name) return "/tmp/hetermoe-out";
+  std::string root = job.spec.checkpoint.mount_path;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  return root + "/" + job.meta.namespace_ + "/" + job.meta.name;
+}
+
+std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placement) {
+  const JobSpec& spec = job.spec;
   const TrainingSpec& t = spec.training;
+  const int64_t G = std::max<int64_t>(1, placement.zp_groups);
+  auto quoted = [](const std::string& s) { return json(s).dump(); };  // JSON strings are YAML
   std::ostringstream y;
-  y << "# Written by the HeterMoE operator from the HeterMoEJob's spec.training.\n"
-    << "model:\n  config: config.json\n"
-    << "data:\n  train: \"" << t.data << "\"\n"
+  y << "# Written by the HeterMoE operator from the HeterMoEJob " << job.meta.namespace_ << "/" << job.meta.name
+    << " and its plan.\n"
+    << "model:\n  config: config.json\n";
+  if (spec.model.init) y << "  init: " << quoted(*spec.model.init) << "\n";
+  y << "data:\n  train: " << quoted(t.data) << "\n"
     << "train:\n"
     << "  steps: " << t.steps << "\n"
     << "  global_batch: " << t.global_batch << "\n"
-    << "  micro_batches: " << t.micro_batches << "\n"
+    << "  micro_batches: " << (placement.micro_batches > 0 ? placement.micro_batches : t.micro_batches) << "\n"
     << "  seq_len: " << t.seq_len << "\n"
     << "  lr: " << Num(t.lr) << "\n"
     << "  schedule: " << t.schedule << "\n"
@@ -104,9 +130,26 @@ std::string RunFileYaml(const JobSpec& spec) {
     << "  weight_decay: " << Num(t.weight_decay) << "\n"
     << "  grad_clip: " << Num(t.grad_clip) << "\n"
     << "  seed: " << t.seed << "\n"
+    << "  device: " << (spec.attention.gpus_per_replica > 0 || spec.expert.gpus_per_replica > 0 ? "auto" : "cpu")
+    << "\n"
+    << "parallel:\n"
+    << "  launch: env\n"
+    << "  attention_ranks: " << placement.attention.replicas / G << "\n"
+    << "  expert_ranks: " << placement.expert.replicas / G << "\n"
+    << "  groups: " << G << "\n"
+    << "  schedule: " << spec.parallel.schedule << "\n"
+    << "  asym_ea: ";
+  if (placement.asym_ea == "list") {
+    y << "[";
+    for (size_t i = 0; i < placement.asym_ea_layers.size(); ++i) y << (i ? ", " : "") << placement.asym_ea_layers[i];
+    y << "]\n";
+  } else {
+    y << placement.asym_ea << "\n";
+  }
+  y << "  dedup: " << (spec.dispatch.dedup ? "true" : "false") << "\n"
+    << "  timeout_seconds: " << spec.parallel.timeout_seconds << "\n"
     << "output:\n"
-    << "  dir: \"" << (spec.checkpoint.claim_name ? spec.checkpoint.mount_path : std::string("/tmp/hetermoe-out"))
-    << "\"\n"
+    << "  dir: " << quoted(OutputDir(job)) << "\n"
     << "  checkpoint_every: " << spec.checkpoint.interval_steps << "\n";
   return y.str();
 }
@@ -118,7 +161,7 @@ json BuildPlanConfigMap(const HeterMoEJob& job, const PlacementDecision& placeme
              {"metadata", ChildMetadata(job, PlanConfigMapName(job.meta.name))}};
   cm["metadata"]["labels"][kLabelAttempt] = std::to_string(attempt);
   cm["data"] = {{"plan.json", PlanJson(placement, job.meta.name, attempt).dump(2)},
-                {"run.yaml", RunFileYaml(job.spec)},
+                {"run.yaml", RunFileYaml(job, placement)},
                 {"config.json", model_config_text}};
   return cm;
 }
@@ -126,7 +169,7 @@ json BuildPlanConfigMap(const HeterMoEJob& job, const PlacementDecision& placeme
 json BuildPod(const HeterMoEJob& job, const PlacementDecision& placement, Role role, int64_t index, int64_t attempt) {
   const JobSpec& spec = job.spec;
   const RolePlacement& rp = RoleOf(placement, role);
-  const int64_t rank = role == Role::kAttention ? index : placement.attention.replicas + index;
+  const int64_t rank = RankOf(placement, role, index);
   const int64_t world = placement.attention.replicas + placement.expert.replicas;
   const std::string name = PodName(job.meta.name, role, index);
   const json& tmpl = spec.role(role).template_;
@@ -172,14 +215,18 @@ json BuildPod(const HeterMoEJob& job, const PlacementDecision& placement, Role r
     if (c.value("name", "") == kTrainerContainer) trainer = &c;
   json& c = *trainer;
   if (!c.contains("image")) c["image"] = "hetermoe/trainer:latest";
+  // $(POD_IP) is expanded by the kubelet: each rank serves metrics on its own address.
   if (!c.contains("command"))
     c["command"] = {"hetermoe-trainer", "--config", std::string(kPlanMountPath) + "/run.yaml", "--resume", "auto",
-                    "--no-progress", "--metrics-port", std::to_string(spec.monitoring.metrics_port)};
+                    "--no-progress", "--metrics-host", "$(POD_IP)", "--metrics-port",
+                    std::to_string(spec.monitoring.metrics_port)};
+  if (!c.contains("terminationMessagePolicy")) c["terminationMessagePolicy"] = "FallbackToLogsOnError";
   AddPort(c, "rendezvous", spec.parallel.master_port);
   AddPort(c, "metrics", spec.monitoring.metrics_port);
 
   const std::string master = PodName(job.meta.name, Role::kAttention, 0) + "." + job.meta.name + "." +
                              job.meta.namespace_ + ".svc";
+  SetFieldEnv(c, "POD_IP", "status.podIP");  // first: the command refers to it
   SetEnv(c, "MASTER_ADDR", master);
   SetEnv(c, "MASTER_PORT", std::to_string(spec.parallel.master_port));
   SetEnv(c, "WORLD_SIZE", std::to_string(world));
@@ -189,8 +236,6 @@ json BuildPod(const HeterMoEJob& job, const PlacementDecision& placement, Role r
   SetEnv(c, "HETERMOE_ROLE_SIZE", std::to_string(rp.replicas));
   SetEnv(c, "HETERMOE_ATTEMPT", std::to_string(attempt));
   SetEnv(c, "HETERMOE_PLAN", std::string(kPlanMountPath) + "/plan.json");
-  SetEnv(c, "HETERMOE_DISPATCH_BACKEND", spec.dispatch.backend);
-  if (spec.checkpoint.claim_name) SetEnv(c, "HETERMOE_CHECKPOINT_DIR", spec.checkpoint.mount_path);
 
   json& mounts = c["volumeMounts"];
   if (!mounts.is_array()) mounts = json::array();

@@ -6,12 +6,15 @@
 //    so pod <job>-attention-0 is <job>-attention-0.<job>.<ns>.svc;
 //  - one ConfigMap <job>-plan with plan.json, run.yaml (the trainer's run
 //    file) and config.json (the model), mounted at /etc/hetermoe;
-//  - attention pods <job>-attention-<i> (ranks 0..A-1) and expert pods
-//    <job>-expert-<j> (ranks A..A+E-1), restartPolicy Never (restarts are
+//  - attention pods <job>-attention-<i> and expert pods <job>-expert-<j>,
+//    ranked as the engine orders them (RankOf: per ZP group, its attention
+//    ranks then its expert ranks), restartPolicy Never (restarts are
 //    whole-job, from the last checkpoint), node affinity on the planned GPU
 //    products, nvidia.com/gpu limits, env MASTER_ADDR/MASTER_PORT/
-//    WORLD_SIZE/RANK and the role; labels hetermoe.io/job-name, role,
-//    replica-index, rank and attempt; a controller ownerReference.
+//    WORLD_SIZE/RANK, POD_IP (downward API: the address the rank binds) and
+//    the role; labels hetermoe.io/job-name, role, replica-index, rank and
+//    attempt; a controller ownerReference. The trainer's error line becomes
+//    the container's termination message.
 //  - with schedulingPolicy.scheduler volcano, a PodGroup.
 #pragma once
 
@@ -45,7 +48,13 @@ nlohmann::json BuildPod(const HeterMoEJob& job, const PlacementDecision& placeme
                         int64_t attempt);
 nlohmann::json BuildPodGroup(const HeterMoEJob& job, const PlacementDecision& placement);
 
-// The trainer's run file for this job (YAML text).
-std::string RunFileYaml(const JobSpec& spec);
+// The trainer's run file for this job and plan (YAML text): model, data,
+// train, output (OutputDir) and the parallel section every rank joins with.
+std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placement);
+
+// Where a job's checkpoints and metrics go inside its pods: its own folder
+// on the claim (<mountPath>/<namespace>/<name>), so jobs sharing a claim never
+// resume from each other's checkpoints; /tmp/hetermoe-out without a claim.
+std::string OutputDir(const HeterMoEJob& job);
 
 }  // namespace hetermoe::op

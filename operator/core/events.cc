@@ -11,6 +11,12 @@ std::vector<JobEvent> JobEvents(const JobStatus& before, const JobStatus& now, s
   if (created_pods > 0)
     events.push_back({"Normal", "CreatedPods",
                       "Created " + std::to_string(created_pods) + " pod" + (created_pods == 1 ? "" : "s")});
+  // A child the API server refused (quota, admission, RBAC): once per message.
+  if (const Condition* c = FindCondition(now, kCondCreated); c && c->status == "False" && c->reason == "CreateFailed") {
+    const Condition* b = FindCondition(before, kCondCreated);
+    if (!b || b->reason != c->reason || b->message != c->message)
+      events.push_back({"Warning", "FailedCreate", c->message});
+  }
   for (const char* type : {kCondCreated, kCondRunning, kCondSuspended, kCondRestarting, kCondSucceeded, kCondFailed}) {
     if (!IsTrue(now, type) || IsTrue(before, type)) continue;
     const Condition* c = FindCondition(now, type);

@@ -27,6 +27,18 @@ std::optional<int64_t> LabelInt(const json& labels, const char* key) {
   }
 }
 
+// The last non-empty line, trimmed to what a condition message can carry:
+// the trainer's one-line error is its last line.
+std::string LastLine(const std::string& text) {
+  std::string line;
+  size_t end = text.find_last_not_of(" \n\r\t");
+  if (end == std::string::npos) return "";
+  size_t start = text.find_last_of('\n', end);
+  line = text.substr(start == std::string::npos ? 0 : start + 1, end + 1 - (start == std::string::npos ? 0 : start + 1));
+  if (line.size() > 512) line = line.substr(0, 509) + "...";
+  return line;
+}
+
 bool IsActive(const ObservedPod& p) { return !p.deleting && (p.phase == "Pending" || p.phase == "Running" || p.phase.empty()); }
 
 // Pods to delete for cleanPodPolicy once the job finished.
@@ -68,11 +80,18 @@ void Finish(const JobObservation& o, JobDecision& d, bool success, const std::st
 }
 
 std::string DescribeFailure(const ObservedPod& p) {
+  if (p.deleting && p.phase != "Failed") return "pod " + p.name + " was deleted" + (p.reason.empty() ? "" : " (" + p.reason + ")");
   std::string m = "pod " + p.name + " failed";
   if (p.exit_code) m += " with exit code " + std::to_string(*p.exit_code);
   if (!p.reason.empty()) m += " (" + p.reason + ")";
+  if (!p.message.empty()) m += ": " + p.message;
   return m;
 }
+
+// A pod of the current attempt that failed, or that someone else deleted
+// or evicted (the operator deletes pods only after moving to a new attempt,
+// on suspend or once the job finished, all handled before this is asked).
+bool IsLost(const ObservedPod& p) { return p.phase == "Failed" || (p.deleting && p.phase != "Succeeded"); }
 
 }  // namespace
 
@@ -100,19 +119,28 @@ std::optional<ObservedPod> ObservePod(const json& pod) {
     if (!trainer) trainer = &c;
     if (c.value("name", "") == kTrainerContainer) trainer = &c;
   }
-  if (trainer && trainer->contains("state") && (*trainer)["state"].contains("terminated"))
-    p.exit_code = (*trainer)["state"]["terminated"].value("exitCode", 0);
+  if (trainer && trainer->contains("state") && (*trainer)["state"].contains("terminated")) {
+    const json& terminated = (*trainer)["state"]["terminated"];
+    p.exit_code = terminated.value("exitCode", 0);
+    p.message = LastLine(terminated.value("message", ""));
+  }
+  if (p.message.empty()) p.message = LastLine(status.value("message", ""));
   return p;
 }
 
 bool IsRetryableFailure(const std::string& policy, const ObservedPod& pod) {
   if (policy == "Never") return false;
+  if (policy == "Always") return true;
   if (policy == "ExitCode") {
     // 1-127: the program said no (permanent); 128-255: killed by a signal or
-    // OOM (retryable); no exit code: evicted or lost node (retryable).
+    // OOM, or the trainer's retryable 175 (retryable); no exit code: evicted,
+    // deleted or lost node (retryable).
     return !pod.exit_code || *pod.exit_code >= 128 || *pod.exit_code == 0;
   }
-  return true;  // Always, OnFailure
+  // OnFailure: every failure but the trainer's own verdict that the input is
+  // wrong (1: run file, data, checkpoint or plan; 2: command line), which a
+  // restart would only repeat.
+  return !pod.exit_code || (*pod.exit_code != 1 && *pod.exit_code != 2);
 }
 
 JobDecision DecideJob(const JobObservation& o, const Placement& placement) {
@@ -202,7 +230,7 @@ JobDecision DecideJob(const JobObservation& o, const Placement& placement) {
     return std::make_pair(static_cast<int>(a->role), a->index) < std::make_pair(static_cast<int>(b->role), b->index);
   });
   for (const ObservedPod* p : current) {
-    if (p->phase != "Failed") continue;
+    if (!IsLost(*p)) continue;
     const std::string& policy = spec.role(p->role).restart_policy;
     if (!IsRetryableFailure(policy, *p)) {
       Finish(o, d, false, "PodFailed", DescribeFailure(*p) + " (restartPolicy " + policy + ")", now);
@@ -247,6 +275,7 @@ JobDecision DecideJob(const JobObservation& o, const Placement& placement) {
     request.nodes = o.nodes;
     try {
       plan = placement.Place(request);
+      FinishEnginePlan(spec, request.model, plan);
     } catch (const PlacementError& e) {
       SetCondition(s, kCondCreated, false, "Unschedulable", e.what(), now);
       d.requeue_after_seconds = 30;
@@ -284,7 +313,8 @@ JobDecision DecideJob(const JobObservation& o, const Placement& placement) {
     }
   }
   if (!d.create_pods.empty() && !s.start_time) s.start_time = now;
-  if (!IsTrue(s, kCondCreated)) {
+  // Created means the pods exist (seen in the cache), not that we asked.
+  if (!IsTrue(s, kCondCreated) && d.create_pods.empty()) {
     SetCondition(s, kCondCreated, true, "PodsCreated", std::to_string(expected) + " pods for plan: " + plan.summary,
                  now);
     d.became_created = true;

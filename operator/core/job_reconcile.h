@@ -41,6 +41,7 @@ struct ObservedPod {
   bool deleting = false;          // deletionTimestamp set
   std::optional<int> exit_code;   // trainer container's exit code, when terminated
   std::string reason;             // pod status reason (Evicted, ...)
+  std::string message;            // the trainer's termination message (its error line), else the pod's
 };
 // Reads a Pod object; nullopt when it lacks our role/index/attempt labels.
 std::optional<ObservedPod> ObservePod(const nlohmann::json& pod);

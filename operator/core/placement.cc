@@ -5,6 +5,8 @@
 #include <map>
 #include <set>
 
+#include "trainer/dist/placement.h"
+
 namespace hetermoe::op {
 
 using nlohmann::json;
@@ -78,8 +80,6 @@ PlacementDecision TierPlacement::Place(const PlacementRequest& request) const {
                            std::to_string(experts) + " experts per layer");
     d.expert.replicas = experts;  // "auto": no more ranks than experts
   }
-  d.experts_by_rank.assign(d.expert.replicas, {});
-  for (int e = 0; e < experts; ++e) d.experts_by_rank[e % d.expert.replicas].push_back(e);
   auto products = [](const RolePlacement& r) {
     if (r.gpu_products.empty()) return std::string("cpu");
     std::string s;
@@ -92,19 +92,65 @@ PlacementDecision TierPlacement::Place(const PlacementRequest& request) const {
   return d;
 }
 
+void FinishEnginePlan(const JobSpec& spec, const io::MixtralConfig& model, PlacementDecision& d) {
+  if (spec.parallel.zp_groups > 0) d.zp_groups = spec.parallel.zp_groups;
+  if (d.zp_groups < 1) d.zp_groups = 1;
+  const int64_t G = d.zp_groups;
+  if (d.attention.replicas % G != 0 || d.expert.replicas % G != 0)
+    throw PlacementError(std::to_string(d.attention.replicas) + " attention and " +
+                         std::to_string(d.expert.replicas) + " expert pods cannot form " + std::to_string(G) +
+                         " equal ZP groups (parallel.zpGroups)");
+  if (d.micro_batches <= 0) d.micro_batches = spec.training.micro_batches;
+  if (spec.training.global_batch % d.micro_batches != 0)
+    throw PlacementError("the plan's " + std::to_string(d.micro_batches) + " micro-batches do not divide training.globalBatch " +
+                         std::to_string(spec.training.global_batch));
+  const bool ep = spec.parallel.schedule == "ep";
+  if (!spec.dispatch.asymmetric_offload || ep) {
+    d.asym_ea = "off";
+    d.asym_ea_layers.clear();
+  } else if (d.asym_ea != "list") {
+    d.asym_ea = "auto";
+  }
+  try {
+    const dist::Placement engine = dist::MakePlacement(
+        dist::ParseSchedule(spec.parallel.schedule), static_cast<int>(d.attention.replicas / G),
+        static_cast<int>(d.expert.replicas / G), static_cast<int>(G), static_cast<int>(model.num_hidden_layers),
+        model.num_local_experts, static_cast<int>(d.micro_batches),
+        d.asym_ea == "list" ? d.asym_ea_layers : std::vector<int>{});
+    d.engine = json::parse(engine.ToJson());
+  } catch (const PlacementError&) {
+    throw;
+  } catch (const Error& e) {
+    throw PlacementError(std::string("the engine cannot run this plan: ") + e.what());
+  }
+}
+
+int64_t RankOf(const PlacementDecision& d, Role role, int64_t index) {
+  const int64_t G = std::max<int64_t>(1, d.zp_groups);
+  const int64_t M = d.attention.replicas / G, N = d.expert.replicas / G;
+  if (role == Role::kAttention) return (index / M) * (M + N) + index % M;
+  return (index / N) * (M + N) + M + index % N;
+}
+
 json PlanJson(const PlacementDecision& d, const std::string& job_name, int64_t attempt) {
-  auto role = [](const RolePlacement& r, int64_t first_rank) {
+  auto role = [&](const RolePlacement& r, Role which) {
+    json ranks = json::array();  // the global rank of each replica index
+    for (int64_t i = 0; i < r.replicas; ++i) ranks.push_back(RankOf(d, which, i));
     return json{{"replicas", r.replicas},
                 {"gpusPerReplica", r.gpus_per_replica},
                 {"gpuProducts", r.gpu_products},
-                {"firstRank", first_rank}};
+                {"ranks", ranks}};
   };
   json plan = {{"job", job_name},
                {"attempt", attempt},
                {"worldSize", d.attention.replicas + d.expert.replicas},
-               {"attention", role(d.attention, 0)},
-               {"expert", role(d.expert, d.attention.replicas)},
-               {"expertsByRank", d.experts_by_rank},
+               {"attention", role(d.attention, Role::kAttention)},
+               {"expert", role(d.expert, Role::kExpert)},
+               {"zpGroups", d.zp_groups},
+               {"microBatches", d.micro_batches},
+               {"asymEa", d.asym_ea},
+               {"asymEaLayers", d.asym_ea_layers},
+               {"engine", d.engine},
                {"summary", d.summary}};
   if (!d.planner_detail.is_null()) plan["planner"] = d.planner_detail;
   return plan;
@@ -121,7 +167,11 @@ PlacementDecision PlacementFromPlanJson(const json& plan) {
   };
   d.attention = role(plan.at("attention"));
   d.expert = role(plan.at("expert"));
-  d.experts_by_rank = plan.at("expertsByRank").get<std::vector<std::vector<int>>>();
+  d.zp_groups = plan.at("zpGroups").get<int64_t>();
+  d.micro_batches = plan.at("microBatches").get<int64_t>();
+  d.asym_ea = plan.at("asymEa").get<std::string>();
+  d.asym_ea_layers = plan.at("asymEaLayers").get<std::vector<int>>();
+  d.engine = plan.at("engine");
   d.summary = plan.value("summary", "");
   if (plan.contains("planner")) d.planner_detail = plan["planner"];
   return d;

@@ -48,8 +48,19 @@ struct RolePlacement {
 
 struct PlacementDecision {
   RolePlacement attention, expert;
-  // experts_by_rank[j] = expert ids held by expert rank j (every layer alike).
-  std::vector<std::vector<int>> experts_by_rank;
+  // The engine's shape: ZP groups (each with attention.replicas / zp_groups
+  // attention and expert.replicas / zp_groups expert ranks) and Asym-EA.
+  int64_t zp_groups = 1;
+  // Micro-batches per step, all attention ranks together (the run file's
+  // train.micro_batches): training.microBatches, unless the planner sized
+  // the roles, then its R per attention rank x the attention ranks. 0 = spec's.
+  int64_t micro_batches = 0;
+  std::string asym_ea = "off";     // off | auto (the ranks profile at start-up) | list
+  std::vector<int> asym_ea_layers; // experts moved to attention ranks, per layer ("list")
+  // The engine's placement as the trainer will run it (dist::Placement's
+  // JSON: every rank's group, role, micro-batches and experts per layer;
+  // with asym_ea "auto", before any expert moves). Set by FinishEnginePlan.
+  nlohmann::json engine;
   std::string summary;            // one line for status.plan.summary
   nlohmann::json planner_detail;  // the planner's full plan, or null
 };
@@ -60,14 +71,25 @@ class Placement {
   virtual PlacementDecision Place(const PlacementRequest& request) const = 0;
 };
 
+// Completes a decision with what the engine needs and checks that the engine
+// can run it: ZP groups (spec.parallel.zpGroups, else the planner's, else 1;
+// both roles' replicas must divide evenly), Asym-EA (off when
+// dispatch.asymmetricOffload is false or the schedule is ep; the planner's
+// per-layer list when it made one; else auto) and `engine`. Throws
+// PlacementError naming the mismatch (e.g. micro-batches vs attention ranks).
+void FinishEnginePlan(const JobSpec& spec, const io::MixtralConfig& model, PlacementDecision& decision);
+
+// The global rank of a role's replica `index` (the engine's order: group by
+// group, each group's attention ranks first, then its expert ranks).
+int64_t RankOf(const PlacementDecision& decision, Role role, int64_t index);
+
 // Whether a node's GPU satisfies a role's selector (null selector: any).
 bool MatchesSelector(const InventoryNode& node, const std::optional<GpuSelector>& selector);
 
 // The simple rule: each role takes the GPUs of its tier ("attention" nodes
 // for attention, "expert" nodes for experts) that match its selector;
 // "auto" replicas = those GPUs / gpusPerReplica; explicit replicas must fit.
-// CPU roles (gpusPerReplica 0) need explicit replicas and no GPUs. Experts
-// are dealt round-robin to expert ranks.
+// CPU roles (gpusPerReplica 0) need explicit replicas and no GPUs.
 class TierPlacement : public Placement {
  public:
   PlacementDecision Place(const PlacementRequest& request) const override;
@@ -77,8 +99,9 @@ class TierPlacement : public Placement {
 // planner library is linked, TierPlacement otherwise.
 std::unique_ptr<Placement> MakeDefaultPlacement();
 
-// plan.json as mounted into the pods: ranks, roles, products and the expert
-// placement (plus the planner's detail when there is one).
+// plan.json as mounted into the pods: ranks, roles, products, ZP groups,
+// Asym-EA and the engine's placement (plus the planner's detail when there
+// is one). The trainer refuses to run when its own placement differs.
 nlohmann::json PlanJson(const PlacementDecision& decision, const std::string& job_name, int64_t attempt);
 // Reads back a decision from plan.json (the ConfigMap keeps the plan stable).
 PlacementDecision PlacementFromPlanJson(const nlohmann::json& plan);

@@ -58,18 +58,20 @@ class PlannerPlacement : public Placement {
       throw PlacementError(std::string("planner: ") + e.what());
     }
 
+    // The engine runs equal groups: a plan mixing group shapes is not used.
+    if (plan.classes.size() != 1) return tier_.Place(request);
     PlacementDecision d;
     d.attention.gpus_per_replica = d.expert.gpus_per_replica = 1;
+    d.zp_groups = static_cast<int64_t>(plan.groups.size());
+    const planner::GroupClass& cls = plan.classes.front();
+    d.micro_batches = static_cast<int64_t>(cls.shape.micro_batches) * cls.shape.attention_ranks * cls.shape.groups;
+    if (cls.asym_ea_used && !cls.shape.offloaded.empty()) {
+      d.asym_ea = "list";
+      d.asym_ea_layers = cls.shape.offloaded;
+    }
     for (const planner::ZpGroup& group : plan.groups) {
       d.attention.replicas += static_cast<int64_t>(group.attention.size());
       d.expert.replicas += static_cast<int64_t>(group.expert.size());
-      const planner::GroupClass& cls = plan.classes.at(group.group_class);
-      for (size_t j = 0; j < group.expert.size(); ++j) {
-        std::vector<int> experts;
-        if (!cls.placement.empty() && j < cls.placement.front().expert_ranks.size())
-          experts = cls.placement.front().expert_ranks[j];
-        d.experts_by_rank.push_back(std::move(experts));
-      }
       // Every slot's node must satisfy its role's selector.
       for (const auto* slots : {&group.attention, &group.expert}) {
         const bool attention = slots == &group.attention;
@@ -100,7 +102,8 @@ class PlannerPlacement : public Placement {
     std::snprintf(predicted, sizeof predicted, "%.0f", plan.predicted.tokens_per_second);
     d.summary = "planner: " + std::to_string(d.attention.replicas) + " attention (" + kinds(plan.attention_kinds) +
                 ") : " + std::to_string(d.expert.replicas) + " expert (" + kinds(plan.expert_kinds) + ") in " +
-                std::to_string(plan.groups.size()) + " ZP group(s), predicted " + predicted + " tokens/s";
+                std::to_string(plan.groups.size()) + " ZP group(s), " + std::to_string(d.micro_batches) +
+                " micro-batches per step, predicted " + predicted + " tokens/s";
     d.planner_detail = planner::PlanToJson(plan);
     return d;
   }

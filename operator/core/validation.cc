@@ -16,8 +16,8 @@ void ValidateRole(const RoleSpec& role, const std::string& path, std::vector<std
   static const std::set<std::string> kFamilies = {"volta", "turing", "ampere", "ada-lovelace", "hopper", "blackwell"};
   if (role.replicas && (*role.replicas < 1 || *role.replicas > 4096))
     errors.push_back(path + ".replicas: must be 1..4096 or \"auto\"");
-  if (role.gpus_per_replica < 0 || role.gpus_per_replica > 16)
-    errors.push_back(path + ".gpusPerReplica: must be 0..16");
+  if (role.gpus_per_replica < 0 || role.gpus_per_replica > 1)
+    errors.push_back(path + ".gpusPerReplica: must be 0 or 1 (one rank per pod)");
   if (!kPolicies.count(role.restart_policy))
     errors.push_back(path + ".restartPolicy: must be Always, OnFailure, Never or ExitCode");
   if (!role.replicas && role.gpus_per_replica == 0)
@@ -80,9 +80,10 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
 
   if (spec.parallel.master_port < 1 || spec.parallel.master_port > 65535)
     errors.push_back("spec.parallel.masterPort: must be 1..65535");
-  if (spec.dispatch.backend == "nccl" &&
-      (spec.attention.gpus_per_replica == 0 || spec.expert.gpus_per_replica == 0))
-    errors.push_back("spec: dispatch.backend nccl needs GPUs in both roles");
+  if (spec.parallel.schedule != "zebra" && spec.parallel.schedule != "sequential" && spec.parallel.schedule != "ep")
+    errors.push_back("spec.parallel.schedule: must be zebra, sequential or ep");
+  if (spec.parallel.zp_groups < 0) errors.push_back("spec.parallel.zpGroups: must be >= 0");
+  if (spec.parallel.timeout_seconds < 1) errors.push_back("spec.parallel.timeoutSeconds: must be >= 1");
   if (spec.monitoring.metrics_port < 1 || spec.monitoring.metrics_port > 65535)
     errors.push_back("spec.monitoring.metricsPort: must be 1..65535");
   if (spec.monitoring.progress_interval_seconds < 0)

@@ -7,10 +7,18 @@
   named error.
 - A rank that never arrives, and an unreachable MASTER_ADDR: a clear error
   once the rendezvous timeout passes.
+- Exit statuses: 175 (retryable) for a lost peer or a rendezvous timeout, 1
+  (permanent) for a WORLD_SIZE or plan mismatch, as the operator reads them.
+- Start order: expert ranks started before rank 0, with MASTER_ADDR a name
+  that resolves only once rank 0 exists (as a pod's DNS record appears with
+  its IP), still meet and train (a private /etc/hosts per run, as root).
+- HETERMOE_PLAN (the operator's plan.json) that disagrees with the run file:
+  a named error before the rendezvous.
 
     check_faults.py --trainer PATH --fixture GOLDEN_DIR --work DIR
 """
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -20,6 +28,7 @@ import sys
 import time
 
 TIMEOUT = 4  # parallel.timeout_seconds for these runs
+RETRYABLE, PERMANENT = 175, 1  # hetermoe-trainer's exit statuses
 
 RUN = """model: {{config: {fx}/config.json, init: {fx}/model.safetensors}}
 data: {{train: {fx}/tokens.bin}}
@@ -126,8 +135,9 @@ def killed_rank_without_launcher(trainer, run_file, work):
             for q in procs:
                 q.kill()
             fail(f"rank {rank} hung after rank 2 was killed")
-        if procs[rank].returncode == 0:
-            fail(f"rank {rank} succeeded although rank 2 was killed")
+        if procs[rank].returncode != RETRYABLE:
+            fail(f"rank {rank} exited {procs[rank].returncode}, not {RETRYABLE} (retryable), "
+                 f"after rank 2 was killed:\n{err}")
         if "rank" not in err:
             fail(f"rank {rank}'s error names no rank:\n{err}")
         print(f"without a launcher, rank {rank}: exit {procs[rank].returncode} after "
@@ -135,7 +145,7 @@ def killed_rank_without_launcher(trainer, run_file, work):
     procs[2].wait()
 
 
-def env_rank(trainer, run_file, work, rank, world, port, expect, within):
+def env_rank(trainer, run_file, work, rank, world, port, expect, within, status):
     env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(port))
     t0 = time.time()
@@ -143,13 +153,85 @@ def env_rank(trainer, run_file, work, rank, world, port, expect, within):
                         "--set", f"output.dir={os.path.join(work, 'env')}"],
                        env=env, capture_output=True, text=True, timeout=TIMEOUT + 30)
     took = time.time() - t0
-    if p.returncode == 0 or expect not in p.stderr:
-        fail(f"RANK={rank} WORLD_SIZE={world}: expected an error with {expect!r}, got "
+    if p.returncode != status or expect not in p.stderr:
+        fail(f"RANK={rank} WORLD_SIZE={world}: expected exit {status} with {expect!r}, got "
              f"{p.returncode}: {p.stderr}")
     if took > within:
         fail(f"RANK={rank} WORLD_SIZE={world}: took {took:.1f} s, more than {within} s")
     print(f"RANK={rank} WORLD_SIZE={world}: exit {p.returncode} after {took:.1f} s: "
           f"{p.stderr.strip().splitlines()[-1]}")
+
+
+def wrong_plan(trainer, run_file, work):
+    """plan.json for 2 attention + 1 expert ranks; the run file says 1 + 2."""
+    plan = os.path.join(work, "plan.json")
+    ranks = [{"rank": 0, "group": 0, "role": "attention", "micro_batches": [0, 1], "experts": [[]]},
+             {"rank": 1, "group": 0, "role": "attention", "micro_batches": [2, 3], "experts": [[]]},
+             {"rank": 2, "group": 0, "role": "expert", "micro_batches": [], "experts": [[0, 1, 2, 3]]}]
+    with open(plan, "w") as f:
+        json.dump({"engine": {"format": "hetermoe-placement/1", "schedule": "zebra", "groups": 1,
+                              "ranks_per_group": 3, "attention_per_group": 2, "micro_batches": 4,
+                              "ranks": ranks}}, f)
+    env = dict(os.environ, RANK="1", WORLD_SIZE="3", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               HETERMOE_PLAN=plan)
+    t0 = time.time()
+    p = subprocess.run([trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env",
+                        "--set", f"output.dir={os.path.join(work, 'plan')}"],
+                       env=env, capture_output=True, text=True, timeout=TIMEOUT + 30)
+    if p.returncode != PERMANENT or "HETERMOE_PLAN" not in p.stderr or "attention_per_group" not in p.stderr:
+        fail(f"a plan for another shape: expected exit {PERMANENT} naming HETERMOE_PLAN, got "
+             f"{p.returncode}: {p.stderr}")
+    if time.time() - t0 > 2:
+        fail("a wrong plan was noticed only after waiting for the other ranks")
+    print(f"plan mismatch: exit {p.returncode}: {p.stderr.strip().splitlines()[-1]}")
+
+
+def late_master(trainer, fixture, work):
+    """Expert ranks start 3 s before rank 0, and MASTER_ADDR resolves only
+    once rank 0 is there: the run still trains (timeout 20 s)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        print("late master: skipped (needs root and unshare for a private /etc/hosts)")
+        return
+    hosts = os.path.join(work, "hosts")
+    with open(hosts, "w") as f:
+        f.write("127.0.0.1 localhost\n")
+    run_file = os.path.join(work, "late.yaml")
+    with open(run_file, "w") as f:
+        f.write(RUN.format(fx=os.path.abspath(fixture), out=os.path.join(work, "late"), timeout=20)
+                .replace("steps: 100000", "steps: 3"))
+    port = free_port()
+    name = "late-attention-0.late.default.svc"
+
+    def start(rank):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="3", MASTER_ADDR=name, MASTER_PORT=str(port),
+                   HETERMOE_LISTEN_ADDR="127.0.0.1")
+        script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, hosts,
+                                 trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env"],
+                                env=env, stderr=subprocess.PIPE, text=True)
+    experts = [start(1), start(2)]
+    time.sleep(3)
+    for q in experts:
+        if q.poll() is not None:
+            fail(f"an expert rank gave up before rank 0 existed: exit {q.returncode}: {q.stderr.read()}")
+    with open(hosts, "r+") as f:  # in place: the bind mounts see the same file
+        f.seek(0, os.SEEK_END)
+        f.write(f"127.0.0.1 {name}\n")
+    procs = [start(0)] + experts
+    for rank, q in enumerate(procs):
+        try:
+            _, err = q.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for x in procs:
+                x.kill()
+            fail(f"late master: rank {rank} hung")
+        if q.returncode != 0:
+            fail(f"late master: rank {rank} exited {q.returncode}:\n{err}")
+    with open(os.path.join(work, "late", "metrics.jsonl")) as f:
+        steps = [json.loads(line)["step"] for line in f if line.strip()]
+    if steps != [1, 2, 3]:
+        fail(f"late master: trained steps {steps}, expected [1, 2, 3]")
+    print("late master: expert ranks started 3 s early with MASTER_ADDR unresolvable; trained 3 steps")
 
 
 def main():
@@ -167,12 +249,16 @@ def main():
     killed_rank(args.trainer, run_file, args.work)
     killed_rank_without_launcher(args.trainer, run_file, args.work)
     # 1 + 2 ranks need WORLD_SIZE 3.
-    env_rank(args.trainer, run_file, args.work, 0, 4, free_port(), "WORLD_SIZE=4", within=2)
+    env_rank(args.trainer, run_file, args.work, 0, 4, free_port(), "WORLD_SIZE=4", within=2,
+             status=PERMANENT)
     # Rank 0 alone: the others never come.
-    env_rank(args.trainer, run_file, args.work, 0, 3, free_port(), "timed out", within=TIMEOUT + 5)
+    env_rank(args.trainer, run_file, args.work, 0, 3, free_port(), "timed out", within=TIMEOUT + 5,
+             status=RETRYABLE)
     # Rank 1 with nobody serving at MASTER_ADDR:MASTER_PORT.
     env_rank(args.trainer, run_file, args.work, 1, 3, free_port(), "cannot reach rank 0",
-             within=TIMEOUT + 5)
+             within=TIMEOUT + 5, status=RETRYABLE)
+    wrong_plan(args.trainer, run_file, args.work)
+    late_master(args.trainer, args.fixture, args.work)
     print("PASS: every fault ended in a clear error within the timeout")
 
 

@@ -33,7 +33,9 @@ PlacementDecision TinyPlacement(const HeterMoEJob& job) {
   request.spec = &job.spec;
   request.model = io::ParseMixtralConfigText(fixtures::kTinyModel, "test");
   request.nodes = fixtures::A40V100Nodes();
-  return TierPlacement().Place(request);
+  PlacementDecision d = TierPlacement().Place(request);
+  FinishEnginePlan(job.spec, request.model, d);
+  return d;
 }
 
 TEST(Children, Golden) {
@@ -54,7 +56,7 @@ TEST(Children, RanksAndEnvironment) {
     for (int64_t i = 0; i < n; ++i) {
       json pod = BuildPod(job, placement, role, i, 0);
       std::map<std::string, std::string> env;
-      for (const json& e : pod["spec"]["containers"][0]["env"]) env[e["name"]] = e["value"];
+      for (const json& e : pod["spec"]["containers"][0]["env"]) env[e["name"]] = e.value("value", "");
       EXPECT_EQ(env["WORLD_SIZE"], "6");
       EXPECT_EQ(env["MASTER_ADDR"], "tiny-attention-0.tiny.team-a.svc");
       EXPECT_EQ(env["HETERMOE_ROLE"], RoleName(role));
@@ -64,6 +66,64 @@ TEST(Children, RanksAndEnvironment) {
     }
   }
   EXPECT_EQ(ranks, (std::set<std::string>{"0", "1", "2", "3", "4", "5"}));
+}
+
+// With several ZP groups, pods take the engine's ranks: group by group, each
+// group's attention ranks first; the rank's role in plan.json's engine
+// placement is the pod's role.
+TEST(Children, RanksFollowTheEngineAcrossGroups) {
+  json object = fixtures::TinyJobJson();
+  object["spec"]["parallel"] = {{"zpGroups", 2}};
+  HeterMoEJob job = ParseJob(object);
+  PlacementDecision d = TinyPlacement(job);
+  ASSERT_EQ(d.zp_groups, 2);
+  // 2 groups of 1 attention + 2 expert ranks: A E E | A E E.
+  EXPECT_EQ(RankOf(d, Role::kAttention, 0), 0);
+  EXPECT_EQ(RankOf(d, Role::kAttention, 1), 3);
+  EXPECT_EQ(RankOf(d, Role::kExpert, 0), 1);
+  EXPECT_EQ(RankOf(d, Role::kExpert, 3), 5);
+  for (Role role : {Role::kAttention, Role::kExpert})
+    for (int64_t i = 0; i < (role == Role::kAttention ? 2 : 4); ++i) {
+      const int64_t rank = RankOf(d, role, i);
+      EXPECT_EQ(d.engine["ranks"][rank]["role"], RoleName(role)) << "rank " << rank;
+      json pod = BuildPod(job, d, role, i, 0);
+      EXPECT_EQ(pod["metadata"]["labels"][kLabelRank], std::to_string(rank));
+    }
+  const std::string yaml = RunFileYaml(job, d);
+  EXPECT_NE(yaml.find("attention_ranks: 1\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("expert_ranks: 2\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("groups: 2\n"), std::string::npos) << yaml;
+
+  object["spec"]["parallel"] = {{"zpGroups", 3}};  // 2 attention pods cannot form 3 groups
+  job = ParseJob(object);
+  EXPECT_THROW(TinyPlacement(job), PlacementError);
+}
+
+TEST(Children, EngineRefusesWhatItCannotRun) {
+  json object = fixtures::TinyJobJson();
+  object["spec"]["training"]["microBatches"] = 1;  // 2 attention ranks need whole micro-batches
+  HeterMoEJob job = ParseJob(object);
+  try {
+    TinyPlacement(job);
+    FAIL() << "expected PlacementError";
+  } catch (const PlacementError& e) {
+    EXPECT_NE(std::string(e.what()).find("micro_batches"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Children, AsymEaFollowsTheSpec) {
+  json object = fixtures::TinyJobJson();
+  HeterMoEJob job = ParseJob(object);
+  EXPECT_EQ(TinyPlacement(job).asym_ea, "auto");
+  object["spec"]["dispatch"] = {{"asymmetricOffload", false}};
+  job = ParseJob(object);
+  EXPECT_EQ(TinyPlacement(job).asym_ea, "off");
+  object["spec"]["dispatch"] = json::object();
+  object["spec"]["parallel"] = {{"schedule", "ep"}};
+  object["spec"]["training"]["globalBatch"] = 12;  // ep: all 6 ranks take micro-batches
+  object["spec"]["training"]["microBatches"] = 6;
+  job = ParseJob(object);
+  EXPECT_EQ(TinyPlacement(job).asym_ea, "off");
 }
 
 TEST(Children, TemplateAffinityIsKeptAndExtended) {
@@ -93,6 +153,7 @@ TEST(Children, CpuPodsHaveNoGpuLimitsOrAffinity) {
   HeterMoEJob job = ParseJob(object);
   PlacementRequest request{&job.spec, io::ParseMixtralConfigText(fixtures::kTinyModel, "t"), {}};
   PlacementDecision placement = TierPlacement().Place(request);
+  FinishEnginePlan(job.spec, request.model, placement);
   json pod = BuildPod(job, placement, Role::kExpert, 0, 0);
   EXPECT_FALSE(pod["spec"].contains("affinity"));
   EXPECT_FALSE(pod["spec"]["containers"][0].contains("resources"));
@@ -130,8 +191,6 @@ TEST(Placement, TierRuleAutoAndLimits) {
   PlacementDecision d = TierPlacement().Place(request);
   EXPECT_EQ(d.attention.replicas, 8);  // 2 A40 nodes x 4
   EXPECT_EQ(d.expert.replicas, 8);     // 8 V100 GPUs, 8 experts
-  ASSERT_EQ(d.experts_by_rank.size(), 8u);
-  EXPECT_EQ(d.experts_by_rank[3], (std::vector<int>{3}));
 
   object["spec"]["attention"]["replicas"] = 9;  // only 8 A40s
   job = ParseJob(object);
@@ -151,16 +210,26 @@ TEST(Placement, PlanJsonRoundTrips) {
   PlacementDecision back = PlacementFromPlanJson(PlanJson(d, "tiny", 0));
   EXPECT_EQ(back.attention.replicas, d.attention.replicas);
   EXPECT_EQ(back.expert.gpu_products, d.expert.gpu_products);
-  EXPECT_EQ(back.experts_by_rank, d.experts_by_rank);
+  EXPECT_EQ(back.engine, d.engine);
+  EXPECT_EQ(back.zp_groups, d.zp_groups);
+  EXPECT_EQ(back.asym_ea, d.asym_ea);
   EXPECT_EQ(back.summary, d.summary);
 }
 
-TEST(RunFile, FromTraining) {
-  std::string yaml = RunFileYaml(fixtures::TinyJob().spec);
+TEST(RunFile, FromTrainingAndPlan) {
+  HeterMoEJob job = fixtures::TinyJob();
+  std::string yaml = RunFileYaml(job, TinyPlacement(job));
   EXPECT_NE(yaml.find("steps: 100"), std::string::npos);
   EXPECT_NE(yaml.find("micro_batches: 2"), std::string::npos);
-  EXPECT_NE(yaml.find("dir: \"/checkpoints\""), std::string::npos);
+  EXPECT_NE(yaml.find("dir: \"/checkpoints/team-a/tiny\""), std::string::npos) << "one folder per job";
   EXPECT_NE(yaml.find("checkpoint_every: 50"), std::string::npos);
+  EXPECT_NE(yaml.find("launch: env"), std::string::npos);
+  EXPECT_NE(yaml.find("attention_ranks: 2"), std::string::npos);
+  EXPECT_NE(yaml.find("expert_ranks: 4"), std::string::npos);
+  EXPECT_NE(yaml.find("schedule: zebra"), std::string::npos);
+  EXPECT_NE(yaml.find("timeout_seconds: 600"), std::string::npos);
+  EXPECT_EQ(yaml.find("init:"), std::string::npos);
+  EXPECT_EQ(OutputDir(fixtures::TinyJob("other")), "/checkpoints/team-a/other");
 }
 
 TEST(Placement, DefaultPlacementPlansAutoRolesOverGpuKinds) {
@@ -174,10 +243,10 @@ TEST(Placement, DefaultPlacementPlansAutoRolesOverGpuKinds) {
   EXPECT_GT(d.attention.replicas, 0);
   EXPECT_GT(d.expert.replicas, 0);
   EXPECT_LE(d.attention.replicas + d.expert.replicas, 16) << "one rank per GPU at most";
-  EXPECT_EQ(static_cast<int64_t>(d.experts_by_rank.size()), d.expert.replicas);
-  std::set<int> held;
-  for (const auto& experts : d.experts_by_rank) held.insert(experts.begin(), experts.end());
-  EXPECT_FALSE(held.empty());
+  FinishEnginePlan(job.spec, request.model, d);
+  EXPECT_EQ(d.attention.replicas % d.zp_groups, 0);
+  EXPECT_EQ(d.expert.replicas % d.zp_groups, 0);
+  EXPECT_EQ(static_cast<int64_t>(d.engine["ranks"].size()), d.attention.replicas + d.expert.replicas);
   for (const RolePlacement* role : {&d.attention, &d.expert})
     for (const std::string& product : role->gpu_products)
       EXPECT_TRUE(product == "NVIDIA-A40" || product == "Tesla-V100-SXM2-32GB") << product;

@@ -84,8 +84,8 @@ TEST(Reconcile, CreatesChildrenThenFollowsPodsToSuccess) {
   JobDecision d = c.Step();
   EXPECT_TRUE(d.apply_config_map && d.apply_service);
   EXPECT_EQ(d.create_pods.size(), 6u);
-  EXPECT_TRUE(d.became_created);
-  EXPECT_EQ(c.Status().state, "Created");
+  EXPECT_FALSE(d.became_created) << "Created waits until the pods are seen";
+  EXPECT_EQ(c.Status().state, "Pending");
   EXPECT_EQ(c.Status().start_time, FormatTime(kT0));
   ASSERT_TRUE(c.Status().plan);
   EXPECT_EQ(c.Status().plan->world_size, 6);
@@ -94,7 +94,8 @@ TEST(Reconcile, CreatesChildrenThenFollowsPodsToSuccess) {
   d = c.Step();  // the caches caught up: nothing more to create
   EXPECT_TRUE(d.create_pods.empty());
   EXPECT_FALSE(d.apply_config_map) << "the plan is kept in its ConfigMap";
-  EXPECT_FALSE(d.became_created);
+  EXPECT_TRUE(d.became_created);
+  EXPECT_EQ(c.Status().state, "Created");
   EXPECT_EQ(c.Status().attention.active, 2);
   EXPECT_EQ(c.Status().expert.active, 4);
 
@@ -147,7 +148,7 @@ TEST(Reconcile, RetryableFailureRestartsWholeJobUpToBackoffLimit) {
     EXPECT_EQ(c.Status().state, "Running");
     EXPECT_EQ(c.Reason(kCondRestarting), "Running");
   }
-  c.SetPhase("tiny-attention-0", "Failed", 1);
+  c.SetPhase("tiny-attention-0", "Failed", 175);  // retryable, but no restarts left
   JobDecision d = c.Step();
   EXPECT_TRUE(d.became_failed);
   EXPECT_EQ(c.Status().state, "Failed");
@@ -179,13 +180,50 @@ TEST_P(RestartPolicy, DecidesRetry) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, RestartPolicy,
-                         ::testing::Values(PolicyCase{"OnFailure", 1, true}, PolicyCase{"Always", 1, true},
+                         ::testing::Values(PolicyCase{"OnFailure", 1, false}, PolicyCase{"OnFailure", 2, false},
+                                           PolicyCase{"OnFailure", 3, true}, PolicyCase{"OnFailure", 175, true},
+                                           PolicyCase{"OnFailure", 143, true}, PolicyCase{"Always", 1, true},
+                                           PolicyCase{"ExitCode", 175, true},
                                            PolicyCase{"Never", 137, false}, PolicyCase{"ExitCode", 1, false},
                                            PolicyCase{"ExitCode", 127, false}, PolicyCase{"ExitCode", 128, true},
                                            PolicyCase{"ExitCode", 137, true}),
                          [](const auto& info) {
                            return info.param.policy + "_" + std::to_string(info.param.exit_code);
                          });
+
+// Someone deleted (or the node evicted) a running pod of the current
+// attempt: the whole job restarts, it is not recreated alone.
+TEST(Reconcile, DeletedPodRestartsTheWholeJob) {
+  FakeCluster c;
+  c.Step();
+  c.SetAll("Running");
+  c.Step();
+  c.pods.at("tiny-expert-1")["metadata"]["deletionTimestamp"] = FormatTime(kT0);
+  JobDecision d = c.Step();
+  EXPECT_TRUE(d.restarted);
+  EXPECT_EQ(c.Status().restarts, 1);
+  EXPECT_EQ(c.Status().state, "Restarting");
+  EXPECT_NE(FindCondition(c.Status(), kCondRestarting)->message.find("tiny-expert-1 was deleted"), std::string::npos);
+  EXPECT_EQ(d.delete_pods.size(), 5u) << "the others of the attempt go too";
+  EXPECT_TRUE(d.create_pods.empty());
+}
+
+// The trainer's one-line error (its termination message) reaches the condition.
+TEST(Reconcile, PermanentFailureCarriesTheTrainersMessage) {
+  FakeCluster c;
+  c.Step();
+  c.SetAll("Running");
+  c.Step();
+  c.SetPhase("tiny-attention-0", "Failed", 1);
+  c.pods.at("tiny-attention-0")["status"]["containerStatuses"][0]["state"]["terminated"]["message"] =
+      "placement: 0 experts\nhetermoe-trainer: error: /data/tokens.bin: cannot open (No such file or directory)\n";
+  c.Step();
+  EXPECT_EQ(c.Status().state, "Failed");
+  EXPECT_EQ(c.Status().restarts, 0);
+  const std::string message = FindCondition(c.Status(), kCondFailed)->message;
+  EXPECT_NE(message.find("exit code 1: hetermoe-trainer: error: /data/tokens.bin: cannot open"), std::string::npos)
+      << message;
+}
 
 TEST(Reconcile, ExitCodePolicyRetriesEvictions) {
   ObservedPod evicted;
@@ -256,6 +294,7 @@ TEST(Reconcile, NoGpusMeansPendingUnschedulable) {
   c.nodes = fixtures::A40V100Nodes();
   d = c.Step();
   EXPECT_EQ(d.create_pods.size(), 6u);
+  c.Step();
   EXPECT_EQ(c.Status().state, "Created");
 }
 

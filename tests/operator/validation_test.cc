@@ -72,10 +72,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"Warmup", [](json& s) { s["training"]["warmupSteps"] = 101; }, "warmupSteps"},
         Case{"MinLr", [](json& s) { s["training"]["minLr"] = 1.0; }, "minLr"},
         Case{"SeqLenBeyondModel", [](json& s) { s["training"]["seqLen"] = 4096; }, "max_position_embeddings"},
-        Case{"NcclOnCpu", [](json& s) {
-               s["dispatch"] = {{"backend", "nccl"}};
-               s["expert"]["gpusPerReplica"] = 0;
-             }, "nccl needs GPUs"},
+        Case{"OneGpuPerPod", [](json& s) { s["expert"]["gpusPerReplica"] = 2; }, "must be 0 or 1"},
+        Case{"Schedule", [](json& s) { s["parallel"] = {{"schedule", "pipeline"}}; }, "zebra, sequential or ep"},
+        Case{"Timeout", [](json& s) { s["parallel"] = {{"timeoutSeconds", 0}}; }, "timeoutSeconds"},
         Case{"CheckpointWithoutClaim", [](json& s) { s["checkpoint"] = {{"intervalSteps", 10}}; },
              "intervalSteps needs claimName"},
         Case{"CleanPodPolicy", [](json& s) { s["runPolicy"]["cleanPodPolicy"] = "Some"; }, "cleanPodPolicy"},

@@ -1,11 +1,15 @@
 // hetermoe-trainer: the program's edge. Parses the command line, runs the
-// training loop or a tool, and turns every hetermoe::Error into one line on
-// stderr and exit status 1.
+// training loop or a tool, and turns every error into one line on stderr
+// (and in /dev/termination-log when a kubelet provides it) and an exit
+// status from hetermoe::exit_status: 1 for bad input, 175 for failures a
+// restart can cure (RetryableError), 3 for anything else.
 //
 //   hetermoe-trainer --config run.yaml [--set key=value ...] [--resume DIR|auto]
 //                    [--metrics-port PORT [--metrics-linger SECONDS]] [--no-progress]
 //   hetermoe-trainer prepare-data --input text.txt --output tokens.bin
 #include <CLI/CLI.hpp>
+
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -19,6 +23,24 @@
 #include "trainer/util/error.h"
 
 namespace {
+
+// Kubernetes shows this file's content as the container's termination
+// message (the operator puts it in the job's conditions). Only written when
+// the kubelet created it: never create files under /dev.
+void WriteTerminationMessage(const std::string& line) {
+  const char* path = "/dev/termination-log";
+  if (::access(path, W_OK) != 0) return;
+  if (FILE* f = std::fopen(path, "w")) {
+    std::fprintf(f, "%s\n", line.c_str());
+    std::fclose(f);
+  }
+}
+
+int Fail(const std::string& line, int status) {
+  std::fprintf(stderr, "%s\n", line.c_str());
+  WriteTerminationMessage(line);
+  return status;
+}
 
 int RunTrain(const std::string& config_path, const std::vector<std::string>& overrides,
              const std::string& resume, int metrics_port, const std::string& metrics_host,
@@ -54,7 +76,7 @@ int RunTrain(const std::string& config_path, const std::vector<std::string>& ove
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"hetermoe-trainer: trains Mixtral-style MoE models (CPU backend)"};
+  CLI::App app{"hetermoe-trainer: trains Mixtral-style MoE models, in one process or as attention and expert ranks"};
   app.set_version_flag("--version", "hetermoe-trainer 0.1.0");
   std::string config_path, resume, metrics_host = "0.0.0.0";
   std::vector<std::string> overrides;
@@ -88,15 +110,15 @@ int main(int argc, char** argv) {
     }
     if (config_path.empty()) {
       std::fprintf(stderr, "hetermoe-trainer: error: --config is required (see --help)\n");
-      return 2;
+      return hetermoe::exit_status::kUsage;
     }
     return RunTrain(config_path, overrides, resume, metrics_port, metrics_host, linger_seconds,
                     !no_progress, trace, std::vector<std::string>(argv, argv + argc));
+  } catch (const hetermoe::RetryableError& e) {
+    return Fail(std::string("hetermoe-trainer: error (retryable): ") + e.what(), hetermoe::exit_status::kRetryable);
   } catch (const hetermoe::Error& e) {
-    std::fprintf(stderr, "hetermoe-trainer: error: %s\n", e.what());
-    return 1;
+    return Fail(std::string("hetermoe-trainer: error: ") + e.what(), hetermoe::exit_status::kPermanent);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "hetermoe-trainer: internal error: %s\n", e.what());
-    return 3;
+    return Fail(std::string("hetermoe-trainer: internal error: ") + e.what(), hetermoe::exit_status::kInternal);
   }
 }

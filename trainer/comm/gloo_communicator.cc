@@ -73,7 +73,7 @@ class GlooRequest final : public Request {
       const bool ok = send_ ? buf_->waitSend(timeout_) : buf_->waitRecv(timeout_);
       if (!ok) throw gloo::IoException("aborted");
     } catch (const gloo::Exception& e) {
-      throw Error("rank " + std::to_string(self_) + ": " + (send_ ? "send to" : "receive from") +
+      throw RetryableError("rank " + std::to_string(self_) + ": " + (send_ ? "send to" : "receive from") +
                   " rank " + std::to_string(peer_) + " failed (peer dead or silent for " +
                   std::to_string(timeout_.count() / 1000) + " s): " + e.what());
     }
@@ -147,7 +147,7 @@ class GlooCommunicator final : public Communicator {
     } catch (const gloo::Exception& e) {
       std::string peers;
       for (int m : members_) peers += (peers.empty() ? "" : ",") + std::to_string(m);
-      throw Error("rank " + std::to_string(self_) + ": " + what + " over ranks {" + peers +
+      throw RetryableError("rank " + std::to_string(self_) + ": " + what + " over ranks {" + peers +
                   "} failed (a peer died or stalled): " + e.what());
     }
   }
@@ -189,8 +189,12 @@ World::World(const RendezvousOptions& o) : impl_(std::make_unique<Impl>()) {
   if (o.rank < 0 || o.rank >= o.world_size)
     throw Error("RANK " + std::to_string(o.rank) + " is outside [0, WORLD_SIZE=" +
                 std::to_string(o.world_size) + ")");
-  if (o.rank == 0) impl_->server = std::make_unique<TcpStoreServer>(
-      o.master_addr == "localhost" ? "127.0.0.1" : o.master_addr, o.master_port);
+  // Rank 0 serves the store on its own address (its pod IP), which its
+  // MASTER_ADDR name may not resolve to yet.
+  if (o.rank == 0) {
+    const std::string& host = o.listen_addr.empty() ? o.master_addr : o.listen_addr;
+    impl_->server = std::make_unique<TcpStoreServer>(host == "localhost" ? "127.0.0.1" : host, o.master_port);
+  }
   impl_->store = std::make_unique<TcpStore>(o.master_addr, o.master_port, o.timeout);
   // Every rank states the world size it was given; a mismatch is named.
   const std::string mine = std::to_string(o.world_size);
@@ -225,7 +229,7 @@ std::unique_ptr<Communicator> World::Group(const std::string& name, const std::v
     try {
       ctx->connectFullMesh(prefixed, impl_->device);
     } catch (const gloo::Exception& e) {
-      throw Error("rank " + std::to_string(rank()) + ": cannot connect communicator \"" + name +
+      throw RetryableError("rank " + std::to_string(rank()) + ": cannot connect communicator \"" + name +
                   "\": " + e.what());
     }
   }

@@ -55,17 +55,27 @@ bool ReadField(int fd, std::vector<char>* out) {
   return n == 0 || ReadAll(fd, out->data(), n);
 }
 
-sockaddr_in Resolve(const std::string& host, int port) {
+// Resolves `host`; false (and `why`) when the name does not resolve (yet).
+bool TryResolve(const std::string& host, int port, sockaddr_in* out, std::string* why) {
   addrinfo hints{};
   hints.ai_family = AF_INET;
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   const int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
-  if (rc != 0 || res == nullptr)
-    throw Error("rendezvous: cannot resolve MASTER_ADDR \"" + host + "\": " + gai_strerror(rc));
-  sockaddr_in addr = *reinterpret_cast<sockaddr_in*>(res->ai_addr);
+  if (rc != 0 || res == nullptr) {
+    *why = std::string("cannot resolve \"") + host + "\": " + gai_strerror(rc);
+    return false;
+  }
+  *out = *reinterpret_cast<sockaddr_in*>(res->ai_addr);
   ::freeaddrinfo(res);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
+  out->sin_port = htons(static_cast<uint16_t>(port));
+  return true;
+}
+
+sockaddr_in Resolve(const std::string& host, int port) {
+  sockaddr_in addr{};
+  std::string why;
+  if (!TryResolve(host, port, &addr, &why)) throw Error("rendezvous: " + why);
   return addr;
 }
 
@@ -154,17 +164,22 @@ void TcpStoreServer::Serve(int fd) {
 
 TcpStore::TcpStore(const std::string& host, int port, std::chrono::milliseconds timeout)
     : where_(host + ":" + std::to_string(port)), timeout_(timeout) {
-  const sockaddr_in addr = Resolve(host, port);
+  // Rank 0 may start after us, and its name may not resolve until it has an
+  // address (a pod's DNS record appears with its IP): retry both until the
+  // deadline.
   const auto deadline = Clock::now() + timeout;
   std::string last_error = "timed out";
   while (true) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    if (::connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) break;
-    last_error = std::strerror(errno);
-    ::close(fd_);
-    fd_ = -1;
+    sockaddr_in addr{};
+    if (TryResolve(host, port, &addr, &last_error)) {
+      fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (::connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) break;
+      last_error = std::strerror(errno);
+      ::close(fd_);
+      fd_ = -1;
+    }
     if (Clock::now() >= deadline)
-      throw Error("rendezvous: cannot reach rank 0 at MASTER_ADDR:MASTER_PORT = " + where_ +
+      throw RetryableError("rendezvous: cannot reach rank 0 at MASTER_ADDR:MASTER_PORT = " + where_ +
                   " within " + std::to_string(timeout.count() / 1000) + " s (" + last_error + ")");
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -180,7 +195,7 @@ void TcpStore::set(const std::string& key, const std::vector<char>& data) {
   std::vector<char> reply;
   if (!WriteField(fd_, "SET", 3) || !WriteField(fd_, key.data(), static_cast<uint32_t>(key.size())) ||
       !WriteField(fd_, data.data(), static_cast<uint32_t>(data.size())) || !ReadField(fd_, &reply))
-    throw Error("rendezvous: lost the connection to rank 0's store at " + where_);
+    throw RetryableError("rendezvous: lost the connection to rank 0's store at " + where_);
 }
 
 std::vector<char> TcpStore::Get(const std::string& key, std::chrono::milliseconds timeout) {
@@ -188,11 +203,11 @@ std::vector<char> TcpStore::Get(const std::string& key, std::chrono::millisecond
   std::vector<char> status, value;
   if (!WriteField(fd_, "GET", 3) || !WriteField(fd_, key.data(), static_cast<uint32_t>(key.size())) ||
       !WriteField(fd_, &ms, sizeof ms) || !ReadField(fd_, &status))
-    throw Error("rendezvous: lost the connection to rank 0's store at " + where_);
+    throw RetryableError("rendezvous: lost the connection to rank 0's store at " + where_);
   if (std::string(status.begin(), status.end()) != "VAL")
-    throw Error("rendezvous: timed out after " + std::to_string(ms / 1000) + " s waiting for \"" +
+    throw RetryableError("rendezvous: timed out after " + std::to_string(ms / 1000) + " s waiting for \"" +
                 key + "\" (a rank did not arrive: check WORLD_SIZE and that every rank started)");
-  if (!ReadField(fd_, &value)) throw Error("rendezvous: lost the connection to rank 0's store at " + where_);
+  if (!ReadField(fd_, &value)) throw RetryableError("rendezvous: lost the connection to rank 0's store at " + where_);
   return value;
 }
 

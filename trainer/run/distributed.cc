@@ -123,6 +123,39 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
   return r.offloaded;
 }
 
+// The operator's plan (HETERMOE_PLAN, plan.json) against the placement this
+// rank derived from its run file: a rank never trains a shape other than the
+// one its job was planned and scheduled for. With Asym-EA "auto" the experts
+// moved at start-up are measured, so only the rest is compared.
+void CheckOperatorPlan(const std::string& path, const dist::Placement& placement, int rank, bool asym_auto) {
+  std::ifstream in(path);
+  if (!in) throw Error("HETERMOE_PLAN " + path + ": cannot open the job's plan");
+  const auto plan = nlohmann::json::parse(in, nullptr, false);
+  const auto mine = nlohmann::json::parse(placement.ToJson());
+  const std::string where = "HETERMOE_PLAN " + path + ": ";
+  if (plan.is_discarded() || !plan.is_object() || !plan.contains("engine") || !plan["engine"].is_object())
+    throw Error(where + "not a plan.json with an \"engine\" placement");
+  const auto& planned = plan["engine"];
+  for (const char* key : {"schedule", "groups", "ranks_per_group", "attention_per_group", "micro_batches"})
+    if (planned.value(key, nlohmann::json()) != mine[key])
+      throw Error(where + "the plan's " + key + " is " + planned.value(key, nlohmann::json()).dump() +
+                  " but this run file gives " + mine[key].dump());
+  if (!planned.contains("ranks") || !planned["ranks"].is_array() || planned["ranks"].size() != mine["ranks"].size())
+    throw Error(where + "the plan's rank list does not match WORLD_SIZE=" + std::to_string(mine["ranks"].size()));
+  const auto& want = planned["ranks"][rank];
+  const auto& have = mine["ranks"][rank];
+  if (want.value("role", "") != have["role"] || want.value("group", -1) != have["group"] ||
+      want.value("micro_batches", nlohmann::json()) != have["micro_batches"])
+    throw Error(where + "rank " + std::to_string(rank) + " is planned as " + want.dump() + " but would run as " +
+                have.dump());
+  if (!asym_auto && want.value("experts", nlohmann::json()) != have["experts"])
+    throw Error(where + "rank " + std::to_string(rank) + " is planned to hold experts " +
+                want.value("experts", nlohmann::json()).dump() + " per layer but would hold " + have["experts"].dump());
+  if (const char* role = std::getenv("HETERMOE_ROLE"); role && *role && have["role"] != role)
+    throw Error("HETERMOE_ROLE=" + std::string(role) + " but rank " + std::to_string(rank) + " is an " +
+                have["role"].get<std::string>() + " rank in this run");
+}
+
 }  // namespace
 
 std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io::MixtralConfig& config,
@@ -145,6 +178,14 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
                 ") = " + std::to_string(expected) + " ranks");
   run->rank = ro.rank;
   run->world_size = ro.world_size;
+  // Checked before meeting the others: a wrong plan fails fast, not after a timeout.
+  if (const char* plan = std::getenv("HETERMOE_PLAN"); plan && *plan) {
+    const dist::Placement planned = dist::MakePlacement(
+        dist::ParseSchedule(p.schedule), p.attention_ranks, p.expert_ranks, p.groups,
+        static_cast<int>(config.num_hidden_layers), config.num_local_experts,
+        static_cast<int>(rc.train.micro_batches), p.asym_ea == "list" ? p.asym_ea_layers : std::vector<int>{});
+    CheckOperatorPlan(plan, planned, ro.rank, p.asym_ea == "auto");
+  }
 
   run->world = std::make_unique<comm::World>(ro);
   const bool attention_kind = (ro.rank % (p.attention_ranks + p.expert_ranks)) < p.attention_ranks;
