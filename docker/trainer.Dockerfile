@@ -10,8 +10,12 @@
 # libraries they link (found with ldd); the GPU driver (libcuda) comes from
 # the node through the NVIDIA container toolkit. Runs as a non-root user.
 #
+# The tiny example (examples/tiny: config, run file and its token file, made
+# from the image's own /usr/share/common-licenses) ships under
+# /opt/hetermoe/examples/tiny, which examples/hetermoejob-cpu.yaml reads.
+#
 #   docker build -f docker/trainer.Dockerfile -t hetermoe-trainer .
-#   docker run --gpus all hetermoe-trainer train --config run.yaml
+#   docker run --gpus all -v "$PWD:/work" hetermoe-trainer --config run.yaml
 ARG CUDA_PKG_VERSION=12-8
 ARG CUDA_ARCHITECTURES="70;75;80;86;89;90"
 
@@ -43,6 +47,9 @@ RUN mkdir -p /opt/hetermoe/bin /opt/hetermoe/lib \
     | awk '/=> \// {print $3}' | sort -u \
     | grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda)\.so' \
     | xargs -r -I{} cp -L {} /opt/hetermoe/lib/
+RUN mkdir -p /opt/hetermoe/examples/tiny \
+ && cp examples/tiny/config.json examples/tiny/run.yaml /opt/hetermoe/examples/tiny/ \
+ && examples/tiny/make-tokens.sh /build/trainer/hetermoe-trainer /opt/hetermoe/examples/tiny/tokens.bin
 
 FROM debian:bookworm-slim AS runtime
 COPY --from=build /opt/hetermoe /opt/hetermoe

@@ -18,10 +18,5 @@ cmake -S . -B build-trainer -G Ninja -DCMAKE_BUILD_TYPE=Release -DHETERMOE_CUDA=
   -DHETERMOE_BUILD_OPERATOR=OFF -DHETERMOE_BUILD_TESTS=OFF >/dev/null
 ninja -C build-trainer hetermoe-trainer
 
-CORPUS=build-trainer/corpus.txt
-cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/GPL-2 \
-    /usr/share/common-licenses/LGPL-2.1 /usr/share/common-licenses/LGPL-3 \
-    /usr/share/common-licenses/Apache-2.0 /usr/share/common-licenses/Artistic \
-    /usr/share/common-licenses/MPL-2.0 /usr/share/common-licenses/GFDL-1.3 > "$CORPUS"
-build-trainer/trainer/hetermoe-trainer prepare-data --input "$CORPUS" --output examples/tiny/tokens.bin
+examples/tiny/make-tokens.sh build-trainer/trainer/hetermoe-trainer examples/tiny/tokens.bin
 build-trainer/trainer/hetermoe-trainer --config examples/tiny/run.yaml "$@"
