@@ -27,6 +27,25 @@ TEST(JobEvents, OnePerConditionThatTurnedTrueAndOneForCreatedPods) {
   EXPECT_EQ(JobEvents(before, before, 1)[0].message, "Created 1 pod");
 }
 
+// A pod the API server refused: one Warning carrying its message, repeated
+// only when the message changes (the reconcile retries with backoff).
+TEST(JobEvents, RefusedChildIsOneWarningPerMessage) {
+  JobStatus before, now;
+  const std::string quota = "POST /api/v1/namespaces/a/pods: 403 Forbidden: pods \"tiny-attention-0\" is forbidden: "
+                            "exceeded quota: no-pods, requested: pods=1, used: pods=0, limited: pods=0";
+  SetCondition(now, kCondCreated, false, "CreateFailed", quota, "t1");
+  auto events = JobEvents(before, now, 0);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0], (JobEvent{"Warning", "FailedCreate", quota}));
+  EXPECT_TRUE(JobEvents(now, now, 0).empty()) << "the same refusal again: no new Event";
+  JobStatus other = now;
+  SetCondition(other, kCondCreated, false, "CreateFailed", "another message", "t2");
+  EXPECT_EQ(JobEvents(now, other, 0).size(), 1u);
+  JobStatus unschedulable;
+  SetCondition(unschedulable, kCondCreated, false, "Unschedulable", "0 fit", "t1");
+  EXPECT_TRUE(JobEvents(before, unschedulable, 0).empty());
+}
+
 TEST(JobEvents, EventObjectNamesTheJobAndIsUniquePerNanosecond) {
   JobMeta job;
   job.name = "tiny";
