@@ -2,7 +2,7 @@
 
 This module is the independent truth hetermoe-trainer is tested and benchmarked
 against. It is plain eager PyTorch written from the contract in
-shared/docs/model.md (Hugging Face Mixtral semantics), with no code shared
+docs/model.md (Hugging Face Mixtral semantics), with no code shared
 with the C++ trainer:
 
   * MixtralConfig / load_config / config_to_json   -- HF `config.json` keys

@@ -1,7 +1,7 @@
 // MixtralConfig: the model's shape, read from a Hugging Face `config.json`.
 //
 // Keys and defaults follow transformers' MixtralConfig (see
-// ../shared/docs/model.md). Parsing validates every constraint the trainer
+// docs/model.md). Parsing validates every constraint the trainer
 // relies on (positive sizes, H % KV == 0, top-k <= E, ...) and throws
 // hetermoe::Error naming the file and the key.
 #pragma once

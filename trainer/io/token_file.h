@@ -1,4 +1,4 @@
-// Token files and the batch reader of ../shared/docs/model.md.
+// Token files and the batch reader of docs/model.md ("Token data").
 //
 // A token file is a flat little-endian array of uint16 token ids (uint32 when
 // the llm.c header says so or the vocabulary exceeds 65535), optionally

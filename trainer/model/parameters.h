@@ -1,7 +1,7 @@
 // The model's parameters as one flat fp32 buffer with named views.
 //
 // ParameterLayout fixes, for a MixtralConfig, the order, shape and offset of
-// every tensor under its Hugging Face name (../shared/docs/model.md). One flat
+// every tensor under its Hugging Face name (docs/model.md). One flat
 // buffer makes the optimizer, the gradient norm, gradient all-reduce and
 // checkpoints single loops over memory; the named views keep the safetensors
 // files compatible with `transformers`.

@@ -4,7 +4,7 @@
 // efficiency factors (gemm_efficiency, attention_efficiency) are not from
 // datasheets: they are calibrated so that the cost model (cost_model.h) on
 // Mixtral-8x7B shapes reproduces the ratios HeterMoE measured (arXiv
-// 2504.03871, see shared/docs/algorithms.md):
+// 2504.03871, see docs/algorithms.md):
 //   - a V100 runs an expert at ~80% of an A40's speed (every sequence length);
 //   - an A40 runs attention 3.7x faster than a V100 at 64K tokens (Volta has
 //     no FlashAttention-2, so it falls back to a memory-efficient kernel);

@@ -4,7 +4,7 @@
 // Each optimizer step: zero grads; for each micro-batch j of R: forward,
 // backward with loss scale 1/R; clip; lr = schedule(step); AdamW. The step's
 // reported loss is the mean over micro-batches of (ce + coef * aux), computed
-// before that step's update (../shared/docs/model.md).
+// before that step's update (docs/model.md, "Loss").
 #pragma once
 
 #include <cstdint>
