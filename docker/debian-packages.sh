@@ -6,7 +6,9 @@
 #   docker/debian-packages.sh test    # + what the test suite checks against
 #                                     #   (PyTorch, Prometheus, etcd, Go for
 #                                     #   the kube-apiserver, clang for fuzzing,
-#                                     #   Boost.Context for the CUDA emulator)
+#                                     #   Boost.Context for the CUDA emulator,
+#                                     #   PyYAML, ip and openssl for
+#                                     #   tests/e2e's local cluster)
 set -eu
 
 BUILD="build-essential cmake ninja-build pkg-config git ca-certificates
@@ -15,7 +17,8 @@ BUILD="build-essential cmake ninja-build pkg-config git ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev"
 TEST="python3 python3-torch python3-numpy prometheus etcd-server
   golang-1.19-go golang-github-modern-go-reflect2-dev dpkg-dev clang
-  libclang-rt-14-dev curl nodejs libboost-context-dev"
+  libclang-rt-14-dev curl nodejs libboost-context-dev python3-yaml iproute2
+  openssl"
 
 case "${1:-build}" in
   build) PKGS="$BUILD" ;;

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# setup-envtest.sh: build kube-apiserver once from Debian's `kubernetes`
-# source package (v1.20.2) and cache it, for the operator's envtest-style
-# integration tests. Prints the KUBEBUILDER_ASSETS folder (the one holding
-# kube-apiserver and a link to Debian's etcd) as its last line of stdout.
+# setup-envtest.sh: build kube-apiserver, kube-scheduler and
+# kube-controller-manager once from Debian's `kubernetes` source package
+# (v1.20.2) and cache them, for the operator's envtest-style integration
+# tests (apiserver only) and the local cluster of tests/e2e (all three).
+# Prints the KUBEBUILDER_ASSETS folder (the one holding the binaries and a
+# link to Debian's etcd) as its last line of stdout. The apiserver takes a few
+# minutes on two cores; the other two reuse its Go cache (about a minute
+# each).
 #
-# Idempotent: when the cached binary exists the script only prints the path.
+# Idempotent: when the cached binaries exist the script only prints the path;
+# when only one is missing, only that one is built (the source is fetched
+# again if its work folder is gone).
 # The build's sources and Go caches are removed afterwards (keep them with
 # HETERMOE_ENVTEST_KEEP_WORK=1).
 # Needs root (or the packages already installed) for apt-get; the only
@@ -31,7 +37,12 @@ VERSION=v1.20.2
 
 log() { echo "setup-envtest: $*" >&2; }
 
-if [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]]; then
+COMPONENTS=(kube-apiserver kube-scheduler kube-controller-manager)
+missing=()
+for c in "${COMPONENTS[@]}"; do
+  [[ -x "$BIN/$c" ]] || missing+=("$c")
+done
+if ((${#missing[@]} == 0)) && [[ -x "$BIN/etcd" ]]; then
   echo "$BIN"
   exit 0
 fi
@@ -109,14 +120,16 @@ if [[ ! -s "$OPENAPI_OUT" ]]; then
   [[ -s "$OPENAPI_OUT" ]] || { log "openapi-gen produced nothing"; exit 1; }
 fi
 
-# 5. kube-apiserver.
-log "building kube-apiserver $VERSION (a few minutes)"
+# 5. The missing binaries, all with the same flags and tags.
 VPKG=k8s.io/kubernetes/vendor/k8s.io/component-base/version
 LDFLAGS="-s -w -X $VPKG.gitVersion=$VERSION -X $VPKG.gitMajor=1 -X $VPKG.gitMinor=20 -X $VPKG.gitTreeState=clean"
-(cd "$PKG_ROOT" && $GO build -tags providerless -ldflags "$LDFLAGS" -o "$BIN/kube-apiserver.tmp" ./cmd/kube-apiserver) >&2
-mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
+for c in "${missing[@]}"; do
+  log "building $c $VERSION (a few minutes)"
+  (cd "$PKG_ROOT" && $GO build -tags providerless -ldflags "$LDFLAGS" -o "$BIN/$c.tmp" "./cmd/$c") >&2
+  mv "$BIN/$c.tmp" "$BIN/$c"
+  log "$c: $("$BIN/$c" --version 2>&1)"
+done
 ln -sfn "$ETCD" "$BIN/etcd"
-log "kube-apiserver: $("$BIN/kube-apiserver" --version 2>&1)"
 # The sources and Go caches (~1 GB) are not needed any more.
 if [[ -z "${HETERMOE_ENVTEST_KEEP_WORK:-}" ]]; then
   chmod -R u+w "$WORK" 2>/dev/null || true
