@@ -215,14 +215,19 @@ json BuildPod(const HeterMoEJob& job, const PlacementDecision& placement, Role r
     if (c.value("name", "") == kTrainerContainer) trainer = &c;
   json& c = *trainer;
   if (!c.contains("image")) c["image"] = "hetermoe/trainer:latest";
-  // $(POD_IP) is expanded by the kubelet: each rank serves metrics on its own address.
-  if (!c.contains("command"))
+  // Rank 0 writes the run's metrics and serves them (on its pod IP: $(POD_IP)
+  // is expanded by the kubelet); the other ranks serve none.
+  if (!c.contains("command")) {
     c["command"] = {"hetermoe-trainer", "--config", std::string(kPlanMountPath) + "/run.yaml", "--resume", "auto",
-                    "--no-progress", "--metrics-host", "$(POD_IP)", "--metrics-port",
-                    std::to_string(spec.monitoring.metrics_port)};
+                    "--no-progress"};
+    if (rank == 0)
+      for (const std::string arg : {std::string("--metrics-host"), std::string("$(POD_IP)"),
+                                    std::string("--metrics-port"), std::to_string(spec.monitoring.metrics_port)})
+        c["command"].push_back(arg);
+  }
   if (!c.contains("terminationMessagePolicy")) c["terminationMessagePolicy"] = "FallbackToLogsOnError";
   AddPort(c, "rendezvous", spec.parallel.master_port);
-  AddPort(c, "metrics", spec.monitoring.metrics_port);
+  if (rank == 0) AddPort(c, "metrics", spec.monitoring.metrics_port);
 
   const std::string master = PodName(job.meta.name, Role::kAttention, 0) + "." + job.meta.name + "." +
                              job.meta.namespace_ + ".svc";
