@@ -6,6 +6,7 @@
 
 #include "operator/core/children.h"
 #include "operator/core/conditions.h"
+#include "operator/core/progress.h"
 #include "operator/core/validation.h"
 
 namespace hetermoe::op {
@@ -322,6 +323,10 @@ JobDecision DecideJob(const JobObservation& o, const Placement& placement) {
 
   // 9. Status from the pods.
   if (expected > 0 && succeeded == expected) {
+    // Rank 0's summary outlives its metrics endpoint: the last step and loss.
+    for (const ObservedPod* p : current)
+      if (p->role == Role::kAttention && p->index == 0)
+        if (auto final = ProgressFromSummary(p->message, spec.training, now)) s.progress = final;
     Finish(o, d, true, "AllPodsSucceeded", "all " + std::to_string(expected) + " pods succeeded", now);
     return done();
   }

@@ -25,4 +25,10 @@ std::map<std::string, double> ParsePrometheusSamples(const std::string& text);
 std::optional<Progress> ProgressFromMetrics(const std::string& text, const TrainingSpec& training,
                                             const std::string& now);
 
+// The final progress from rank 0's termination message when it succeeded
+// ({"step": N, "loss": x, "tokens_per_second": y}, written by
+// hetermoe-trainer); nullopt when the message is not such a summary.
+std::optional<Progress> ProgressFromSummary(const std::string& message, const TrainingSpec& training,
+                                            const std::string& now);
+
 }  // namespace hetermoe::op

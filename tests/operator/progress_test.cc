@@ -47,6 +47,23 @@ TEST(Progress, NoStepYetAndOddSamples) {
   EXPECT_DOUBLE_EQ(p->percentage, 30.0);
 }
 
+// Rank 0's termination message when it succeeded (hetermoe-trainer writes it).
+TEST(Progress, FromTheTrainersFinalSummary) {
+  TrainingSpec t;
+  t.steps = 30;
+  t.global_batch = 8;
+  t.seq_len = 64;
+  auto p = ProgressFromSummary("{\"step\": 30, \"loss\": 2.5, \"tokens_per_second\": 4096}", t, "now");
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->step, 30);
+  EXPECT_DOUBLE_EQ(p->percentage, 100.0);
+  EXPECT_DOUBLE_EQ(*p->loss, 2.5);
+  EXPECT_DOUBLE_EQ(*p->eta_seconds, 0.0);
+  EXPECT_FALSE(ProgressFromSummary("hetermoe-trainer: error: x", t, "now"));
+  EXPECT_FALSE(ProgressFromSummary("{\"loss\": 1}", t, "now"));
+  EXPECT_FALSE(ProgressFromSummary("", t, "now"));
+}
+
 TEST(Progress, MetricNamesAreTheTrainers) {
   std::ifstream in(std::string(HETERMOE_SOURCE_DIR) + "/trainer/run/metrics.cc");
   ASSERT_TRUE(in);

@@ -55,6 +55,15 @@ int RunTrain(const std::string& config_path, const std::vector<std::string>& ove
   options.trace_path = trace;
   options.argv = argv;
   const auto result = hetermoe::run::Train(rc, options);
+  // Rank 0's last word to Kubernetes: the final step, loss and speed, which
+  // the operator keeps in status.progress once the pods are gone.
+  if (!result.steps.empty() && result.wrote_outputs && !hetermoe::dist::IsLaunchedChild()) {
+    const auto& last = result.steps.back();
+    char summary[256];
+    std::snprintf(summary, sizeof summary, "{\"step\": %lld, \"loss\": %.9g, \"tokens_per_second\": %.6g}",
+                  static_cast<long long>(last.step), last.loss, last.tokens_per_second);
+    WriteTerminationMessage(summary);
+  }
   // The local launcher prints the summary, not each of its ranks.
   if (!result.steps.empty() && result.wrote_outputs && !hetermoe::dist::IsLaunchedChild()) {
     const auto& last = result.steps.back();
