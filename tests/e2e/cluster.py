@@ -2,7 +2,7 @@
 """A local Kubernetes cluster made of real parts, for end-to-end tests and demos.
 
 etcd, kube-apiserver, kube-scheduler and kube-controller-manager (garbage
-collector and namespace controllers) built from Debian's kubernetes 1.20
+collector, namespace and resource-quota controllers) built from Debian's kubernetes 1.20
 sources by tests/operator/setup-envtest.sh; Nodes carrying GPU Feature
 Discovery labels and nvidia.com/gpu capacity; a kubelet stand-in
 (kubelet.py) that runs the pods bound to those nodes as local processes; the
@@ -476,7 +476,7 @@ class LocalCluster:
             f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             # Only what a kubelet-less cluster can keep: no node lifecycle
             # (nodes never heartbeat), no PV binder (claims come pre-bound).
-            "--controllers=garbagecollector,namespace", "--leader-elect=false",
+            "--controllers=garbagecollector,namespace,resourcequota", "--leader-elect=false",
             "--bind-address=127.0.0.1", f"--secure-port={port}", "--port=0",
             f"--cert-dir={self._path('controller-manager')}"])
         self._health = getattr(self, "_health", {})

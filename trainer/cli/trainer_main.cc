@@ -11,6 +11,8 @@
 
 #include <unistd.h>
 
+#include <csignal>
+
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -34,6 +36,26 @@ void WriteTerminationMessage(const std::string& line) {
     std::fprintf(f, "%s\n", line.c_str());
     std::fclose(f);
   }
+}
+
+// SIGTERM (what Kubernetes sends a pod it deletes) and SIGINT stop a rank at
+// once with 128 + the signal, as the default action would; installed
+// explicitly because a container's PID 1 ignores signals it has no handler
+// for. Checkpoints are written to a temporary folder and renamed, so an
+// interrupted one is never read. The local launcher installs its own
+// handlers (forwarding to its ranks) while it runs.
+extern "C" void StopOnSignal(int sig) {
+  const char message[] = "hetermoe-trainer: stopped by a signal\n";
+  [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, message, sizeof message - 1);
+  ::_exit(128 + sig);
+}
+
+void InstallStopHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = StopOnSignal;
+  ::sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
 }
 
 int Fail(const std::string& line, int status) {
@@ -111,6 +133,7 @@ int main(int argc, char** argv) {
   prep->add_option("--output,-o", tokens_path, "Token file to write")->required();
 
   CLI11_PARSE(app, argc, argv);
+  InstallStopHandlers();
   try {
     if (*prep) {
       const int64_t n = hetermoe::io::PrepareByteTokens(text_path, tokens_path);
