@@ -56,7 +56,11 @@ RELEASE = "hetermoe-operator"
 # GPU Feature Discovery values of the GPUs the examples use.
 GPUS = {
     "a40": {"product": "NVIDIA-A40", "family": "ampere", "compute": (8, 6), "memory_mib": 46068},
-    "v100": {"product": "Tesla-V100-SXM2-32GB", "family": "volta", "compute": (7, 0), "memory_mib": 32768},
+    # "emulate": how much slower than an A40 this GPU runs attention and the
+    # experts (HeterMoE's measurements): pods on such nodes get
+    # HETERMOE_EMULATE, so CPU ranks standing in for it run that much slower.
+    "v100": {"product": "Tesla-V100-SXM2-32GB", "family": "volta", "compute": (7, 0), "memory_mib": 32768,
+             "emulate": "attention=3.7,experts=1.25"},
     "a100": {"product": "NVIDIA-A100-SXM4-80GB", "family": "ampere", "compute": (8, 0), "memory_mib": 81920},
     "h100": {"product": "NVIDIA-H100-80GB-HBM3", "family": "hopper", "compute": (9, 0), "memory_mib": 81559},
 }
@@ -80,7 +84,9 @@ def gpu_node(name, gpu="a40", gpus=1, cpu="32", memory="256Gi", labels=None, tai
            "nvidia.com/gpu.memory": str(g["memory_mib"]), "nvidia.com/gpu.count": str(gpus),
            "nvidia.com/gpu.present": "true"}
     lab.update(labels or {})
-    return {"name": name, "labels": lab, "cpu": cpu, "memory": memory, "gpus": gpus, "taints": taints or []}
+    env = {"HETERMOE_EMULATE": g["emulate"]} if g.get("emulate") else {}
+    return {"name": name, "labels": lab, "cpu": cpu, "memory": memory, "gpus": gpus, "taints": taints or [],
+            "env": env}
 
 
 def cpu_node(name, cpu="32", memory="128Gi", labels=None, taints=None):
@@ -299,6 +305,7 @@ class LocalCluster:
             self._start_etcd_apiserver()
             self.timings["apiserver"] = time.monotonic() - t0
             self.kubelet = Kubelet(self.api, [n["name"] for n in self.nodes], self.work_dir, images=self.images,
+                                   node_env={n["name"]: n.get("env") or {} for n in self.nodes},
                                    network=self.network, log=lambda m: self.log(f"kubelet: {m}"))
             self.kubelet.setup_network()
             self._cert("kubelet", "/CN=hetermoe-local-kubelet",
@@ -555,6 +562,7 @@ class LocalCluster:
             self.api.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"taints": keep or None}})
         if name not in self.kubelet.nodes:
             self.kubelet.nodes.add(name)
+        self.kubelet.node_env[name] = dict(spec.get("env") or {})
 
     # -------------------------------------------------------------- claims
     def create_claim(self, name, namespace="default", size="1Gi", path=None, access_modes=("ReadWriteMany",)):

@@ -218,9 +218,12 @@ class Kubelet:
     kills every pod it runs and removes what it set up on the host."""
 
     def __init__(self, client, nodes, work_dir, images=None, network="bridge", cluster_domain="cluster.local",
-                 log=None):
+                 log=None, node_env=None):
         self.client = client
         self.nodes = set(nodes)
+        # What a node's device plugin/runtime would put into its containers'
+        # environment (the emulated GPU's speed): below the pod's own env.
+        self.node_env = dict(node_env or {})
         self.work_dir = work_dir
         self.images = dict(images or {})
         self.network = network
@@ -704,6 +707,7 @@ class Kubelet:
         image = self._image(spec.get("image", ""))
         env = {"PATH": ":".join(image["path"] + [DEFAULT_PATH]), "HOSTNAME": rt.hostname(), "HOME": "/root"}
         env.update(image.get("env") or {})
+        env.update(self.node_env.get(pod["spec"].get("nodeName", ""), {}))
         ns = rt.namespace
 
         def field(path):

@@ -463,7 +463,9 @@ TEST_F(OperatorEnv, BinaryServesProbesAndMetricsAndStopsOnSigterm) {
   std::string text;
   EXPECT_TRUE(Eventually([&] {
     text = get(metrics, "/metrics");
-    return text.find("controller_runtime_reconcile_total{controller=\"hetermoejob\"") != std::string::npos;
+    // Created (hence the created counter) follows once the pods are seen.
+    return text.find("controller_runtime_reconcile_total{controller=\"hetermoejob\"") != std::string::npos &&
+           text.find("hetermoe_jobs_created_total") != std::string::npos;
   }));
   for (const char* name : {"controller_runtime_reconcile_time_seconds", "workqueue_depth", "workqueue_adds_total",
                            "rest_client_requests_total", "hetermoe_jobs_created_total"})

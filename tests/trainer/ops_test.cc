@@ -139,6 +139,25 @@ TEST(RunConfig, ParallelAndEmulateSections) {
                Error);
 }
 
+// HETERMOE_EMULATE: one rank's emulated device (a local cluster's "V100").
+TEST(RunConfig, EmulateFactorsFromTheEnvironment) {
+  auto f = run::ParseEmulateFactors("attention=3.7,experts=1.25", "HETERMOE_EMULATE");
+  EXPECT_DOUBLE_EQ(f.attention, 3.7);
+  EXPECT_DOUBLE_EQ(f.experts, 1.25);
+  f = run::ParseEmulateFactors("experts=2", "HETERMOE_EMULATE");
+  EXPECT_DOUBLE_EQ(f.attention, 1.0);
+  EXPECT_DOUBLE_EQ(f.experts, 2.0);
+  for (const char* bad : {"attention=0.5", "gpu=2", "attention", "attention=x", "attention=2,", ""}) {
+    try {
+      run::ParseEmulateFactors(bad, "HETERMOE_EMULATE");
+      ADD_FAILURE() << "accepted \"" << bad << "\"";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("HETERMOE_EMULATE=\"" + std::string(bad) + "\""), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(RunConfig, RejectsBadValuesNamingTheKey) {
   const std::string base = "model: {config: c.json}\ndata: {train: t.bin}\n";
   auto error = [&](const std::string& train) {

@@ -192,6 +192,13 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   dist::Emulation em;
   em.attention = attention_kind ? rc.emulate.attention_rank_attention : rc.emulate.expert_rank_attention;
   em.experts = attention_kind ? rc.emulate.attention_rank_experts : rc.emulate.expert_rank_experts;
+  // The emulated device of this rank's node (a local cluster's "V100"),
+  // over the run file's per-role factors.
+  if (const char* v = std::getenv("HETERMOE_EMULATE"); v && *v) {
+    const EmulateFactors f = ParseEmulateFactors(v, "HETERMOE_EMULATE");
+    em.attention = f.attention;
+    em.experts = f.experts;
+  }
 
   std::vector<int> offloaded;
   if (p.asym_ea == "list") offloaded = p.asym_ea_layers;

@@ -260,4 +260,31 @@ RunConfig LoadRunConfig(const std::string& path, const std::vector<std::string>&
   return ParseRunConfig(ss.str(), path, base.empty() ? "." : base, overrides);
 }
 
+EmulateFactors ParseEmulateFactors(const std::string& text, const std::string& source) {
+  EmulateFactors f;
+  const std::string what = source + "=\"" + text + "\": expected attention=X,experts=Y with factors >= 1";
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, end - at);
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) throw Error(what);
+    const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    double x = 0;
+    try {
+      size_t used = 0;
+      x = std::stod(value, &used);
+      if (used != value.size()) throw Error(what);
+    } catch (const std::exception&) {
+      throw Error(what);
+    }
+    if (!(x >= 1.0)) throw Error(what);
+    if (key == "attention") f.attention = x;
+    else if (key == "experts") f.experts = x;
+    else throw Error(what);
+    at = end + 1;
+  }
+  return f;
+}
+
 }  // namespace hetermoe::run

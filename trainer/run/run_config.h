@@ -72,6 +72,14 @@ struct RunConfig {
   } output;
 };
 
+// "attention=3.7,experts=1.25": slow-down factors (>= 1; either may be left
+// out, meaning 1) for one rank, as HETERMOE_EMULATE gives them. Throws
+// hetermoe::Error naming `source` when malformed.
+struct EmulateFactors {
+  double attention = 1.0, experts = 1.0;
+};
+EmulateFactors ParseEmulateFactors(const std::string& text, const std::string& source);
+
 // `overrides` are "dotted.key=value" strings (value parsed as YAML).
 RunConfig LoadRunConfig(const std::string& path, const std::vector<std::string>& overrides = {});
 RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source,
