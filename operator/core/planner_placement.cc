@@ -30,6 +30,12 @@ class PlannerPlacement : public Placement {
     const bool planner_decides = !spec.attention.replicas && !spec.expert.replicas &&
                                  spec.attention.gpus_per_replica == 1 && spec.expert.gpus_per_replica == 1;
     if (!planner_decides) return tier_.Place(request);
+    // The tier rule instead, saying why (status.plan.summary).
+    auto fallback = [&](const std::string& why) {
+      PlacementDecision d = tier_.Place(request);
+      d.summary += " (planner not used: " + why + ")";
+      return d;
+    };
 
     planner::PlanRequest plan_request;
     std::map<std::string, std::set<std::string>> products_by_kind;
@@ -42,7 +48,7 @@ class PlannerPlacement : public Placement {
       products_by_kind[*kind].insert(n.gpu.product);
       node_by_name[n.name] = &n;
     }
-    if (plan_request.inventory.nodes.empty()) return tier_.Place(request);
+    if (plan_request.inventory.nodes.empty()) return fallback("no GPU the planner's profiles know");
     plan_request.inventory.source = "cluster nodes";
     plan_request.model = planner::ModelShape::FromMixtral(request.model, "spec.model");
     plan_request.seq_len = spec.training.seq_len;
@@ -59,7 +65,8 @@ class PlannerPlacement : public Placement {
     }
 
     // The engine runs equal groups: a plan mixing group shapes is not used.
-    if (plan.classes.size() != 1) return tier_.Place(request);
+    if (plan.classes.size() != 1)
+      return fallback("its " + std::to_string(plan.classes.size()) + " group shapes; the engine runs one");
     PlacementDecision d;
     d.attention.gpus_per_replica = d.expert.gpus_per_replica = 1;
     d.zp_groups = static_cast<int64_t>(plan.groups.size());
@@ -79,7 +86,8 @@ class PlannerPlacement : public Placement {
           auto it = node_by_name.find(slot.node);
           if (it != node_by_name.end() &&
               !MatchesSelector(*it->second, attention ? spec.attention.gpu_selector : spec.expert.gpu_selector))
-            return tier_.Place(request);
+            return fallback(std::string("it puts ") + (attention ? "attention" : "expert") + " ranks on " +
+                            slot.gpu + " GPUs, outside that role's gpuSelector");
         }
       }
     }
