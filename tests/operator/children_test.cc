@@ -4,12 +4,16 @@
 #include "operator/core/children.h"
 
 #include <cstdlib>
+#include <map>
+#include <regex>
+#include <set>
 #include <fstream>
 #include <sstream>
 
 #include <gtest/gtest.h>
 
 #include "test_jobs.h"
+#include "yaml_json.h"
 
 namespace hetermoe::op {
 namespace {
@@ -124,6 +128,61 @@ TEST(Children, AsymEaFollowsTheSpec) {
   object["spec"]["training"]["microBatches"] = 6;
   job = ParseJob(object);
   EXPECT_EQ(TinyPlacement(job).asym_ea, "off");
+}
+
+// What the operator makes for a job: the plan ConfigMap (run.yaml, plan.json)
+// and every pod.
+json Made(const json& object) {
+  HeterMoEJob job = ParseJob(object);
+  PlacementDecision d = TinyPlacement(job);
+  json out = {{"configMap", BuildPlanConfigMap(job, d, fixtures::kTinyModel, 0)}, {"pods", json::array()}};
+  for (Role role : {Role::kAttention, Role::kExpert})
+    for (int64_t i = 0; i < (role == Role::kAttention ? d.attention.replicas : d.expert.replicas); ++i)
+      out["pods"].push_back(BuildPod(job, d, role, i, 0));
+  return out;
+}
+
+// No setting is silently ignored: every field of the sections the trainer
+// uses changes what the pods get (run file, plan or pod spec), and a new
+// field in those sections of the CRD fails this test until it is listed
+// here, i.e. until it reaches the pods. Fields the reconciler itself uses
+// (replicas, restartPolicy, gpuSelector, runPolicy, progressIntervalSeconds,
+// where config.json comes from) are checked by the reconcile tests.
+TEST(Children, EveryTrainerFieldReachesThePods) {
+  const std::map<std::string, json> changed = {
+      {"spec.training.data", "/other/tokens.bin"}, {"spec.training.steps", 7},
+      {"spec.training.globalBatch", 32},           {"spec.training.microBatches", 4},
+      {"spec.training.seqLen", 64},                {"spec.training.lr", 0.5},
+      {"spec.training.schedule", "cosine"},        {"spec.training.warmupSteps", 3},
+      {"spec.training.minLr", 1e-4},               {"spec.training.beta1", 0.8},
+      {"spec.training.beta2", 0.9},                {"spec.training.eps", 1e-6},
+      {"spec.training.weightDecay", 0.01},         {"spec.training.gradClip", 0.5},
+      {"spec.training.seed", 7},                   {"spec.parallel.schedule", "sequential"},
+      {"spec.parallel.zpGroups", 2},               {"spec.parallel.masterPort", 1234},
+      {"spec.parallel.timeoutSeconds", 77},        {"spec.dispatch.asymmetricOffload", false},
+      {"spec.dispatch.dedup", false},              {"spec.model.init", "/weights/model.safetensors"},
+      {"spec.checkpoint.claimName", "other"},      {"spec.checkpoint.mountPath", "/ck"},
+      {"spec.checkpoint.intervalSteps", 9},        {"spec.monitoring.metricsPort", 9191},
+      {"spec.attention.gpusPerReplica", 0},        {"spec.attention.template", json::object()},
+  };
+  const std::set<std::string> elsewhere = {"spec.model.config", "spec.model.configMap",
+                                           "spec.monitoring.progressIntervalSeconds"};
+  const json crd = fixtures::LoadYamlDocuments(std::string(HETERMOE_SOURCE_DIR) + "/crds/hetermoe.io_hetermoejobs.yaml")[0];
+  const json& spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+  for (const char* section : {"training", "parallel", "dispatch", "model", "checkpoint", "monitoring"})
+    for (auto it = spec[section]["properties"].begin(); it != spec[section]["properties"].end(); ++it) {
+      const std::string path = std::string("spec.") + section + "." + it.key();
+      EXPECT_TRUE(changed.count(path) || elsewhere.count(path)) << path << " reaches no pod: list it here once it does";
+    }
+
+  const json base = fixtures::TinyJobJson();
+  const json before = Made(base);
+  for (const auto& [path, value] : changed) {
+    json object = base;
+    json::json_pointer pointer("/" + std::regex_replace(path, std::regex("\\."), "/"));
+    object[pointer] = value;
+    EXPECT_NE(Made(object), before) << path << " changes nothing the pods get";
+  }
 }
 
 TEST(Children, TemplateAffinityIsKeptAndExtended) {
