@@ -26,7 +26,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
-from cluster import RELEASE, LocalCluster, load_yaml_documents, trainer_image  # noqa: E402
+from cluster import RELEASE, LocalCluster, Prerequisite, load_yaml_documents, trainer_image  # noqa: E402
 
 JOB = "tiny-cpu"
 CLAIM = "tiny-checkpoints"
@@ -56,7 +56,13 @@ def main():
 
     say("starting a local cluster: etcd, kube-apiserver, kube-scheduler, kube-controller-manager, "
         "a kubelet stand-in, Prometheus")
-    with LocalCluster(images={"hetermoe/trainer:*": image}, prometheus=True, quiet=True) as c:
+    cluster = LocalCluster(images={"hetermoe/trainer:*": image}, prometheus=True, quiet=True)
+    try:
+        cluster.check_prerequisites()
+    except Prerequisite as e:
+        print(f"cannot start the local cluster: {e}", file=sys.stderr)
+        return 77 if e.kind == "envtest" else 1
+    with cluster as c:
         print(f"up in {c.timings['total']:.1f} s; nodes: "
               + ", ".join(n["metadata"]["name"] for n in c.api.list("/api/v1/nodes")))
         print(f"export KUBECONFIG={c.kubeconfig}")

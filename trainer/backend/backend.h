@@ -55,12 +55,19 @@ class Backend {
   virtual void Download(HostState* state) = 0;
 
   // Zeroes the gradients and accumulates those of the whole step (every
-  // micro-batch, loss scale 1/R). The default runs ForwardBackward per
-  // micro-batch; a distributed backend schedules them across ranks.
-  virtual StepLoss ComputeGradients(const StepInput& step);
-  // False on the ranks of a distributed run that must not write metrics or
-  // checkpoints (everyone but rank 0).
-  virtual bool writes_outputs() const { return true; }
+  // micro-batch, loss scale 1/R): one process runs the micro-batches in turn
+  // (MicroBatchBackend), a distributed backend schedules them across ranks.
+  virtual StepLoss ComputeGradients(const StepInput& step) = 0;
+  // Global-norm clipping (max_norm 0 = off); returns the norm before clipping.
+  virtual double ClipGradNorm(double max_norm) = 0;
+  virtual void OptimizerStep(double lr) = 0;
+};
+
+// A backend that holds the whole model in one process and runs a step as its
+// micro-batches one after another (the CPU and CUDA backends).
+class MicroBatchBackend : public Backend {
+ public:
+  StepLoss ComputeGradients(const StepInput& step) override;
 
   virtual void ZeroGrads() = 0;
   // Forward and backward of one micro-batch; gradients of loss_scale * loss
@@ -68,9 +75,6 @@ class Backend {
   virtual model::LossParts ForwardBackward(const model::MicroBatch& batch, float loss_scale) = 0;
   // (token, slot) assignments per [layer][expert] of the last micro-batch.
   virtual std::vector<std::vector<int64_t>> ExpertCounts() const = 0;
-  // Global-norm clipping (max_norm 0 = off); returns the norm before clipping.
-  virtual double ClipGradNorm(double max_norm) = 0;
-  virtual void OptimizerStep(double lr) = 0;
 };
 
 struct BackendOptions {

@@ -4,7 +4,7 @@
 
 namespace hetermoe::backend {
 
-StepLoss Backend::ComputeGradients(const StepInput& step) {
+StepLoss MicroBatchBackend::ComputeGradients(const StepInput& step) {
   ZeroGrads();
   StepLoss out;
   const int64_t R = step.micro_batches, per = step.global_batch / R;

@@ -6,7 +6,7 @@
 
 namespace hetermoe::backend {
 
-class CpuBackend final : public Backend {
+class CpuBackend final : public MicroBatchBackend {
  public:
   CpuBackend(const io::MixtralConfig& config, const model::ParameterLayout& layout,
              const optim::AdamWOptions& adamw);

@@ -27,7 +27,7 @@
 
 namespace hetermoe::backend {
 
-class CudaBackend final : public Backend {
+class CudaBackend final : public MicroBatchBackend {
  public:
   // Throws hetermoe::Error when no GPU is usable or the precision is not
   // supported by the device.

@@ -19,6 +19,7 @@
 
 #include "trainer/dist/launcher.h"
 #include "trainer/io/token_file.h"
+#include "trainer/run/distributed.h"
 #include "trainer/run/progress.h"
 #include "trainer/run/run_config.h"
 #include "trainer/run/trainer.h"
@@ -76,18 +77,22 @@ int RunTrain(const std::string& config_path, const std::vector<std::string>& ove
   options.metrics_linger_seconds = linger_seconds;
   options.trace_path = trace;
   options.argv = argv;
-  const auto result = hetermoe::run::Train(rc, options);
+  options.role = hetermoe::run::DecideProcessRole(rc, hetermoe::dist::IsLaunchedChild());
+  const auto result = options.role == hetermoe::run::ProcessRole::kLauncher ? hetermoe::run::LaunchLocally(rc, options)
+                                                                            : hetermoe::run::Train(rc, options);
+  // The summary is the launcher's (or the single process's, or rank 0's in a
+  // pod), never a locally launched rank's.
+  const bool reports = result.wrote_outputs && options.role != hetermoe::run::ProcessRole::kLocalRank;
   // Rank 0's last word to Kubernetes: the final step, loss and speed, which
   // the operator keeps in status.progress once the pods are gone.
-  if (!result.steps.empty() && result.wrote_outputs && !hetermoe::dist::IsLaunchedChild()) {
+  if (!result.steps.empty() && reports) {
     const auto& last = result.steps.back();
     char summary[256];
     std::snprintf(summary, sizeof summary, "{\"step\": %lld, \"loss\": %.9g, \"tokens_per_second\": %.6g}",
                   static_cast<long long>(last.step), last.loss, last.tokens_per_second);
     WriteTerminationMessage(summary);
   }
-  // The local launcher prints the summary, not each of its ranks.
-  if (!result.steps.empty() && result.wrote_outputs && !hetermoe::dist::IsLaunchedChild()) {
+  if (!result.steps.empty() && reports) {
     const auto& last = result.steps.back();
     double tps = 0;
     for (const auto& s : result.steps) tps += s.tokens_per_second;

@@ -666,14 +666,10 @@ void DistributedBackend::OptimizerStep(double lr) {
   m.device->SetParams(m.params.data(), updated);
 }
 
-void DistributedBackend::ZeroGrads() { impl_->device->ZeroGrads(); }
 
 void DistributedBackend::SetDedup(bool on) { impl_->dedup = on; }
 
 std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }
 
-model::LossParts DistributedBackend::ForwardBackward(const model::MicroBatch&, float) {
-  throw Error("the distributed backend runs whole steps (ComputeGradients)");
-}
 
 }  // namespace hetermoe::dist

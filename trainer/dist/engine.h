@@ -60,17 +60,11 @@ class DistributedBackend final : public backend::Backend {
   // sent once and fanned out there, and the owner sums that token's input
   // grads before sending them back. Set before the first step.
   void SetDedup(bool on);
-  bool writes_outputs() const override { return rank_ == 0; }
   void Upload(const backend::HostState& state) override;
   void Download(backend::HostState* state) override;
   backend::StepLoss ComputeGradients(const backend::StepInput& step) override;
   double ClipGradNorm(double max_norm) override;
   void OptimizerStep(double lr) override;
-
-  // Per micro-batch calls do not apply to a distributed step.
-  void ZeroGrads() override;
-  model::LossParts ForwardBackward(const model::MicroBatch&, float) override;
-  std::vector<std::vector<int64_t>> ExpertCounts() const override { return {}; }
 
  private:
   struct Impl;

@@ -14,7 +14,6 @@
 #include "trainer/model/parameters.h"
 #include "trainer/ops/gemm.h"
 #include "trainer/optim/schedule.h"
-#include "trainer/dist/launcher.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/run/distributed.h"
 #include "trainer/run/progress.h"
@@ -60,9 +59,18 @@ void RemoveOldCheckpoints(const std::string& dir, int64_t keep) {
 
 }  // namespace
 
+ProcessRole DecideProcessRole(const RunConfig& rc, bool started_by_local_launcher) {
+  if (!rc.parallel.enabled) return ProcessRole::kSingle;
+  if (rc.parallel.launch != "local") return ProcessRole::kRank;
+  return started_by_local_launcher ? ProcessRole::kLocalRank : ProcessRole::kLauncher;
+}
+
 TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
-  if (rc.parallel.enabled && rc.parallel.launch == "local" && !dist::IsLaunchedChild())
-    return LaunchLocally(rc, options);
+  if (options.role == ProcessRole::kLauncher)
+    throw Error("Train: the local launcher trains nothing itself (LaunchLocally starts the ranks)");
+  if (rc.parallel.enabled == (options.role == ProcessRole::kSingle))
+    throw Error("Train: " + rc.source + (rc.parallel.enabled ? " has a parallel section but this process is no rank"
+                                                             : " has no parallel section but this process is a rank"));
   const auto& t = rc.train;
   const io::MixtralConfig config = io::LoadMixtralConfig(rc.model.config);
   if (t.seq_len > config.max_position_embeddings)
@@ -71,7 +79,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                 std::to_string(config.max_position_embeddings) + " of " + rc.model.config);
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   int threads = t.threads > 0 ? t.threads : cores;
-  if (rc.parallel.enabled && t.threads == 0 && dist::IsLaunchedChild()) {
+  if (t.threads == 0 && options.role == ProcessRole::kLocalRank) {
     // Ranks on one machine share its cores.
     const int world = rc.parallel.groups * (rc.parallel.attention_ranks + rc.parallel.expert_ranks);
     threads = std::max(1, cores / world);

@@ -17,7 +17,19 @@
 
 namespace hetermoe::run {
 
+// What this process is in a run, decided once by the program
+// (trainer/cli/trainer_main.cc) from the run file and whether the local
+// launcher started it.
+enum class ProcessRole {
+  kSingle,     // the whole run in this process (no parallel section)
+  kLauncher,   // parallel.launch local: starts every rank here (LaunchLocally), trains nothing itself
+  kLocalRank,  // a rank the local launcher started: shares this machine's cores with the others
+  kRank,       // a rank of a run started elsewhere (parallel.launch env: a pod)
+};
+ProcessRole DecideProcessRole(const RunConfig& config, bool started_by_local_launcher);
+
 struct TrainOptions {
+  ProcessRole role = ProcessRole::kSingle;
   std::string resume;           // checkpoint folder, "auto" (latest in output.dir) or ""
   std::string metrics_bind;     // e.g. "0.0.0.0:9400"; "" = no Prometheus endpoint
   double metrics_linger_seconds = 0;  // keep serving after the last step
