@@ -462,32 +462,28 @@ class LocalCluster:
         except (ApiError, OSError):
             return False
 
-    def _start_scheduler(self):
+    def _start_component(self, binary, cert, extra):
+        """kube-scheduler or kube-controller-manager: its own client
+        certificate, a secure port on loopback for /healthz, no leader election."""
         port = free_port()
-        kc = self._kubeconfig(self._path("scheduler.kubeconfig"), cert="scheduler")
-        os.makedirs(self._path("scheduler"))
-        self._spawn("kube-scheduler", [
-            os.path.join(self.assets, "kube-scheduler"), f"--kubeconfig={kc}",
-            f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={port}", "--port=0",
-            f"--cert-dir={self._path('scheduler')}"])
+        kc = self._kubeconfig(self._path(f"{cert}.kubeconfig"), cert=cert)
+        os.makedirs(self._path(cert))
+        self._spawn(binary, [
+            os.path.join(self.assets, binary), f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}", "--leader-elect=false",
+            "--bind-address=127.0.0.1", f"--secure-port={port}", "--port=0", f"--cert-dir={self._path(cert)}",
+            *extra])
         self._health = getattr(self, "_health", {})
-        self._health["kube-scheduler"] = f"https://127.0.0.1:{port}/healthz"
+        self._health[binary] = f"https://127.0.0.1:{port}/healthz"
+
+    def _start_scheduler(self):
+        self._start_component("kube-scheduler", "scheduler", [])
 
     def _start_controller_manager(self):
-        port = free_port()
-        kc = self._kubeconfig(self._path("controller-manager.kubeconfig"), cert="controller-manager")
-        os.makedirs(self._path("controller-manager"))
-        self._spawn("kube-controller-manager", [
-            os.path.join(self.assets, "kube-controller-manager"), f"--kubeconfig={kc}",
-            f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-            # Only what a kubelet-less cluster can keep: no node lifecycle
-            # (nodes never heartbeat), no PV binder (claims come pre-bound).
-            "--controllers=garbagecollector,namespace,resourcequota", "--leader-elect=false",
-            "--bind-address=127.0.0.1", f"--secure-port={port}", "--port=0",
-            f"--cert-dir={self._path('controller-manager')}"])
-        self._health = getattr(self, "_health", {})
-        self._health["kube-controller-manager"] = f"https://127.0.0.1:{port}/healthz"
+        # Only what a kubelet-less cluster can keep: no node lifecycle (nodes
+        # never heartbeat), no PV binder (claims come pre-bound).
+        self._start_component("kube-controller-manager", "controller-manager",
+                              ["--controllers=garbagecollector,namespace,resourcequota"])
 
     def _wait_component(self, name):
         ctx = ssl._create_unverified_context()

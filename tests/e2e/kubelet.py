@@ -454,13 +454,19 @@ class Kubelet:
                 _run("ip", "netns", "del", name, check=False)
             os.unlink(os.path.join(STATE_DIR, f))
 
+    @staticmethod
+    def _delete_link(kind, name):
+        """Deletes a bridge ("link") or network namespace ("netns") and its
+        pid file in STATE_DIR (leftovers of a killed run are found by it)."""
+        _run("ip", kind, "del", name, check=False)
+        try:
+            os.unlink(os.path.join(STATE_DIR, name + ".pid"))
+        except OSError:
+            pass
+
     def _teardown_bridge(self):
         if self.bridge:
-            _run("ip", "link", "del", self.bridge, check=False)
-            try:
-                os.unlink(os.path.join(STATE_DIR, self.bridge + ".pid"))
-            except OSError:
-                pass
+            self._delete_link("link", self.bridge)
             self.bridge = None
 
     def _assign_ip(self, rt):
@@ -1031,11 +1037,7 @@ class Kubelet:
         """After the last container exited: the pod's network namespace goes
         (its mount namespaces went with its processes)."""
         if rt.netns:
-            _run("ip", "netns", "del", rt.netns, check=False)
-            try:
-                os.unlink(os.path.join(STATE_DIR, rt.netns + ".pid"))
-            except OSError:
-                pass
+            self._delete_link("netns", rt.netns)
             rt.netns = None
 
     # --------------------------------------------------------------- status
