@@ -5,7 +5,7 @@ For each shape (1 attention + 1 expert rank, 1 + 2, ...) and each schedule
 (zebra with Asym-EA, zebra, sequential, ep) this runs `hetermoe-trainer` with
 `--trace` for a few steps, reads every rank's op times from the trace, feeds
 them to the simulator (`hetermoe-plan simulate`, the planner's own
-simulator.h / schedules.h) and prints, per schedule, the measured step time
+simulator.h / step_graph.h) and prints, per schedule, the measured step time
 (median of the steps after warm-up), the simulated one, the error, and
 whether the simulator orders the schedules as measured.
 
@@ -43,7 +43,7 @@ run. Zebra+Asym-EA moves M experts per layer (given, not `auto`: at this size
 start-up profiling finds T_A ~ T_EE and moves none).
 
     /usr/bin/python3 bench/validate_simulator.py --trainer build/trainer/hetermoe-trainer \\
-        --plan build/trainer/planner/hetermoe-plan [--shapes 1x1,1x2] [--steps 7] [--keep DIR]
+        --plan build/planner/hetermoe-plan [--shapes 1x1,1x2] [--steps 7] [--keep DIR]
 """
 import argparse
 import json

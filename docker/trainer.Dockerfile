@@ -41,7 +41,7 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DHETERMOE_NATIVE=O
 # Binaries, the CUDA backend plugin (dlopen'ed from ../lib), and every shared
 # library they load, except the C runtime and the driver, into /opt/hetermoe.
 RUN mkdir -p /opt/hetermoe/bin /opt/hetermoe/lib \
- && cp /build/trainer/hetermoe-trainer /build/trainer/planner/hetermoe-plan /opt/hetermoe/bin/ \
+ && cp /build/trainer/hetermoe-trainer /build/planner/hetermoe-plan /opt/hetermoe/bin/ \
  && cp /build/trainer/libhetermoe_cuda_plugin.so /opt/hetermoe/lib/ \
  && for b in /opt/hetermoe/bin/* /opt/hetermoe/lib/libhetermoe_cuda_plugin.so; do ldd "$b"; done \
     | awk '/=> \// {print $3}' | sort -u \

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::kernels {
 

@@ -11,7 +11,7 @@
 
 #include <string>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::kernels {
 

@@ -2,8 +2,8 @@
 
 #include <climits>
 
+#include "common/error.h"
 #include "kernels/cuda_check.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::kernels {
 namespace {

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::kernels {
 

@@ -5,7 +5,7 @@
 //
 // Peaks: memory bandwidth from the device attributes (2 x memory clock x bus
 // width); tensor-core TFLOP/s from the planner's GPU profile table
-// (trainer/planner/gpu_profiles) when the device name is known there, and an
+// (planner/gpu_profiles) when the device name is known there, and an
 // fp32 CUDA-core estimate (SMs x clock x 2 x cores per SM) for fp32 work.
 //
 // Attention FLOPs count the causal half of the two matmuls forward (4 B H T^2
@@ -36,7 +36,7 @@
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/stream.h"
-#include "trainer/planner/gpu_profiles.h"
+#include "planner/gpu_profiles.h"
 
 namespace hetermoe::kernels {
 namespace {

@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "trainer/planner/plan_json.h"
-#include "trainer/planner/planner.h"
+#include "planner/plan_json.h"
+#include "planner/planner.h"
 
 namespace {
 

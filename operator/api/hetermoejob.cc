@@ -1,8 +1,8 @@
 // HeterMoEJob parsing and status serialization: see hetermoejob.h.
 #include "operator/api/hetermoejob.h"
 
+#include "common/error.h"
 #include "operator/api/json_reader.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::op {
 

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::op {
 

@@ -12,10 +12,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/error.h"
 #include "operator/controller/log.h"
 #include "operator/controller/operator.h"
 #include "operator/core/gpu_classification.h"
-#include "trainer/util/error.h"
 
 namespace {
 

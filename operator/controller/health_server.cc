@@ -9,7 +9,7 @@
 
 #include <cstring>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::op {
 

@@ -9,6 +9,8 @@
 #include "operator/core/children.h"
 #include "operator/core/conditions.h"
 #include "operator/core/job_reconcile.h"
+#include "operator/core/policies/plan_policy.h"
+#include "operator/core/policies/validation_policy.h"
 #include "operator/kube/resource.h"
 
 namespace hetermoe::op {
@@ -56,8 +58,8 @@ json StatusPatch(const json& old_status, const json& new_status) {
 
 }  // namespace
 
-JobController::JobController(KubeClient& client, Informers informers, const Placement& placement, Options options,
-                             OperatorMetrics* metrics)
+JobController::JobController(KubeClient& client, Informers informers, const PlacementPolicy& placement,
+                             Options options, OperatorMetrics* metrics)
     : client_(client),
       informers_(informers),
       placement_(placement),
@@ -188,13 +190,10 @@ ReconcileResult JobController::ReconcileObject(const json& object) {
     o.job = ParseJob(object);
   } catch (const Error& e) {
     // A spec we cannot even read: fail it once, loudly.
-    if (old_status_json.value("state", "") == "Failed") return {};
-    JobStatus s;
-    SetCondition(s, kCondFailed, true, "InvalidSpec", e.what(), FormatTime(NowSeconds()));
-    s.state = StateOf(s);
-    s.completion_time = FormatTime(NowSeconds());
+    const std::optional<JobStatus> failed = StatusForUnreadableSpec(old_status_json, e.what(), NowSeconds());
+    if (!failed) return {};
     json patch = {{"metadata", {{"resourceVersion", meta.value("resourceVersion", "")}}},
-                  {"status", StatusPatch(old_status_json, StatusToJson(s))}};
+                  {"status", StatusPatch(old_status_json, StatusToJson(*failed))}};
     RememberWrite(key, client_.MergePatch(status_path, patch));
     if (metrics_) metrics_->JobEvent("failed", ns);
     if (options_.record_events) {
@@ -203,9 +202,9 @@ ReconcileResult JobController::ReconcileObject(const json& object) {
       m.namespace_ = ns;
       m.uid = meta.value("uid", "");
       m.resource_version = meta.value("resourceVersion", "");
-      RecordEvents(m, {{"Warning", "InvalidSpec", e.what()}});
+      RecordEvents(m, JobEvents(JobStatus{}, *failed, 0));
     }
-    LogInfo("job failed", {{"job", key}, {"reason", "InvalidSpec"}, {"message", e.what()}});
+    LogInfo("job failed", {{"job", key}, {"reason", kReasonInvalidSpec}, {"message", e.what()}});
     return {};
   }
   const HeterMoEJob& job = o.job;
@@ -241,12 +240,7 @@ ReconcileResult JobController::ReconcileObject(const json& object) {
       tolerations.push_back(t);
   // The inventory only matters when a plan is to be made (no plan for this
   // attempt yet); copying thousands of nodes on every reconcile would not.
-  bool plan_current = false;
-  if (o.plan_config_map) {
-    const json labels = (*o.plan_config_map)["metadata"].value("labels", json::object());
-    plan_current = labels.value(kLabelAttempt, "") == std::to_string(job.status.restarts);
-  }
-  if (!plan_current) o.nodes = Nodes(tolerations);
+  if (!o.plan_config_map || !PlanIsCurrent(*o.plan_config_map, CurrentAttempt(o))) o.nodes = Nodes(tolerations);
   o.now = NowSeconds();
 
   // Decide.

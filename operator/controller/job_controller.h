@@ -45,7 +45,7 @@ class JobController {
   };
 
   // Registers handlers on the informers (call before starting them).
-  JobController(KubeClient& client, Informers informers, const Placement& placement, Options options,
+  JobController(KubeClient& client, Informers informers, const PlacementPolicy& placement, Options options,
                 OperatorMetrics* metrics);
   void Start(int workers) { loop_.Start(workers); }
   void Stop() { loop_.Stop(); }
@@ -64,7 +64,7 @@ class JobController {
 
   KubeClient& client_;
   Informers informers_;
-  const Placement& placement_;
+  const PlacementPolicy& placement_;
   Options options_;
   OperatorMetrics* metrics_;
   WorkQueue queue_;

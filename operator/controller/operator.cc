@@ -29,7 +29,7 @@ Operator::Operator(KubeConfig config, OperatorOptions options) : options_(std::m
   OperatorMetrics* m = metrics_.get();
   copts.on_request = [m](const std::string& method, int code) { m->Request(method, code); };
   client_ = std::make_unique<KubeClient>(std::move(config), copts);
-  placement_ = MakeDefaultPlacement();
+  placement_ = MakeDefaultPolicy();
 
   auto informer = [&](const Resource& r, const std::string& ns, const std::string& selector) {
     Informer::Options o;

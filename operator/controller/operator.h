@@ -28,7 +28,7 @@ class JobController;
 class LeaderElector;
 class HealthServer;
 class ProgressPoller;
-class Placement;
+class PlacementPolicy;
 
 struct OperatorOptions {
   std::string namespace_;              // "" = all namespaces
@@ -76,7 +76,7 @@ class Operator {
   OperatorOptions options_;
   std::unique_ptr<OperatorMetrics> metrics_;
   std::unique_ptr<KubeClient> client_;
-  std::unique_ptr<Placement> placement_;
+  std::unique_ptr<PlacementPolicy> placement_;
   std::unique_ptr<Informer> jobs_, pods_, services_, config_maps_, nodes_;
   std::unique_ptr<NodeLabeller> labeller_;
   std::unique_ptr<JobController> jobs_controller_;

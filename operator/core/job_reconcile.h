@@ -12,6 +12,9 @@
 // last checkpoint (up to backoffLimit) or fails it, per the role's restart
 // policy; then the plan is made (kept in the ConfigMap, so it is stable for
 // an attempt), missing children are created and the status follows the pods.
+// Each step is one policy in core/policies/, in that order: finished_policy,
+// validation_policy, suspend_policy, active_deadline_policy, attempt_policy,
+// failure_policy, plan_policy, desired_children_policy, status_policy.
 //
 // Pods are named deterministically, so creating one that exists is a no-op
 // (409 AlreadyExists) and a restarted operator never duplicates work. Pods
@@ -70,9 +73,10 @@ struct JobDecision {
   bool became_created = false, became_succeeded = false, became_failed = false, restarted = false;
 };
 
-JobDecision DecideJob(const JobObservation& observed, const Placement& placement);
+JobDecision DecideJob(const JobObservation& observed, const PlacementPolicy& placement);
 
-// Whether a failed pod's failure restarts the job under `restart_policy`.
+// Whether a failed pod's failure restarts the job under `restart_policy`
+// (Never | OnFailure | ExitCode | Always; see core/policies/failure_policy.h).
 bool IsRetryableFailure(const std::string& restart_policy, const ObservedPod& pod);
 
 }  // namespace hetermoe::op

@@ -5,7 +5,7 @@
 #include <map>
 #include <set>
 
-#include "trainer/dist/placement.h"
+#include "trainer/parallel/placement.h"
 
 namespace hetermoe::op {
 
@@ -68,7 +68,7 @@ RolePlacement PlaceRole(const RoleSpec& role, Role which, const std::vector<Inve
 
 }  // namespace
 
-PlacementDecision TierPlacement::Place(const PlacementRequest& request) const {
+PlacementDecision TierPolicy::Place(const PlacementRequest& request) const {
   const JobSpec& spec = *request.spec;
   PlacementDecision d;
   d.attention = PlaceRole(spec.attention, Role::kAttention, request.nodes);
@@ -112,8 +112,8 @@ void FinishEnginePlan(const JobSpec& spec, const io::MixtralConfig& model, Place
     d.asym_ea = "auto";
   }
   try {
-    const dist::Placement engine = dist::MakePlacement(
-        dist::ParseSchedule(spec.parallel.schedule), static_cast<int>(d.attention.replicas / G),
+    const parallel::Placement engine = parallel::MakePlacement(
+        ParseSchedule(spec.parallel.schedule), static_cast<int>(d.attention.replicas / G),
         static_cast<int>(d.expert.replicas / G), static_cast<int>(G), static_cast<int>(model.num_hidden_layers),
         model.num_local_experts, static_cast<int>(d.micro_batches),
         d.asym_ea == "list" ? d.asym_ea_layers : std::vector<int>{});

@@ -1,12 +1,14 @@
-// Placement: how many attention and expert pods a job gets, on which GPU
-// products, and which experts each expert rank holds.
+// PlacementPolicy: how many attention and expert pods a job gets, on which
+// GPU products, and which experts each expert rank holds. (The engine's
+// parallel::Placement, who does what among the ranks, is one part of the
+// decision: PlacementDecision::engine.)
 //
 // The operator only needs this narrow interface from the planner. Two
-// implementations: TierPlacement (a simple rule, always available) and
-// PlannerPlacement (trainer/planner's cost-model search, when the
-// hetermoe_planner library is built). Pods are never pinned to nodes: the
-// decision names GPU products, and pods get node affinity on them so the
-// scheduler stays in charge.
+// implementations: TierPolicy (a simple rule, always available) and
+// PlannerPolicy (planner/'s cost-model search, when the hetermoe_planner
+// library is built). Pods are never pinned to nodes: the decision names GPU
+// products, and pods get node affinity on them so the scheduler stays in
+// charge.
 //
 // Implementations are pure and thread-safe (const). Place() throws
 // PlacementError with a one-line reason when the job cannot be placed now
@@ -22,10 +24,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
+#include "common/mixtral_config.h"
 #include "operator/api/hetermoejob.h"
 #include "operator/core/node_inventory.h"
-#include "trainer/io/mixtral_config.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::op {
 
@@ -57,7 +59,7 @@ struct PlacementDecision {
   int64_t micro_batches = 0;
   std::string asym_ea = "off";     // off | auto (the ranks profile at start-up) | list
   std::vector<int> asym_ea_layers; // experts moved to attention ranks, per layer ("list")
-  // The engine's placement as the trainer will run it (dist::Placement's
+  // The engine's placement as the trainer will run it (parallel::Placement's
   // JSON: every rank's group, role, micro-batches and experts per layer;
   // with asym_ea "auto", before any expert moves). Set by FinishEnginePlan.
   nlohmann::json engine;
@@ -65,9 +67,9 @@ struct PlacementDecision {
   nlohmann::json planner_detail;  // the planner's full plan, or null
 };
 
-class Placement {
+class PlacementPolicy {
  public:
-  virtual ~Placement() = default;
+  virtual ~PlacementPolicy() = default;
   virtual PlacementDecision Place(const PlacementRequest& request) const = 0;
 };
 
@@ -90,14 +92,14 @@ bool MatchesSelector(const InventoryNode& node, const std::optional<GpuSelector>
 // for attention, "expert" nodes for experts) that match its selector;
 // "auto" replicas = those GPUs / gpusPerReplica; explicit replicas must fit.
 // CPU roles (gpusPerReplica 0) need explicit replicas and no GPUs.
-class TierPlacement : public Placement {
+class TierPolicy : public PlacementPolicy {
  public:
   PlacementDecision Place(const PlacementRequest& request) const override;
 };
 
-// The best placement available in this build: PlannerPlacement when the
-// planner library is linked, TierPlacement otherwise.
-std::unique_ptr<Placement> MakeDefaultPlacement();
+// The best placement available in this build: PlannerPolicy when the
+// planner library is linked, TierPolicy otherwise.
+std::unique_ptr<PlacementPolicy> MakeDefaultPolicy();
 
 // plan.json as mounted into the pods: ranks, roles, products, ZP groups,
 // Asym-EA and the engine's placement (plus the planner's detail when there

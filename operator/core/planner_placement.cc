@@ -1,4 +1,4 @@
-// PlannerPlacement: the Placement backed by trainer/planner's plan search
+// PlannerPolicy: the PlacementPolicy backed by planner/'s plan search
 // (built only when the hetermoe_planner library exists; see placement.h).
 //
 // The planner plans one rank per GPU and picks the attention/expert split of
@@ -11,19 +11,19 @@
 #include <set>
 
 #include "operator/core/placement.h"
-#include "trainer/planner/gpu_profiles.h"
-#include "trainer/planner/inventory.h"
-#include "trainer/planner/model_shape.h"
-#include "trainer/planner/plan_json.h"
-#include "trainer/planner/planner.h"
+#include "planner/gpu_profiles.h"
+#include "planner/inventory.h"
+#include "planner/model_shape.h"
+#include "planner/plan_json.h"
+#include "planner/planner.h"
 
 namespace hetermoe::op {
 
 namespace {
 
-class PlannerPlacement : public Placement {
+class PlannerPolicy : public PlacementPolicy {
  public:
-  PlannerPlacement() : profiles_(planner::GpuProfileTable::Builtin()) {}
+  PlannerPolicy() : profiles_(planner::GpuProfileTable::Builtin()) {}
 
   PlacementDecision Place(const PlacementRequest& request) const override {
     const JobSpec& spec = *request.spec;
@@ -118,11 +118,11 @@ class PlannerPlacement : public Placement {
 
  private:
   planner::GpuProfileTable profiles_;
-  TierPlacement tier_;
+  TierPolicy tier_;
 };
 
 }  // namespace
 
-std::unique_ptr<Placement> MakePlannerPlacement() { return std::make_unique<PlannerPlacement>(); }
+std::unique_ptr<PlacementPolicy> MakePlannerPolicy() { return std::make_unique<PlannerPolicy>(); }
 
 }  // namespace hetermoe::op

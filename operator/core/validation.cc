@@ -3,9 +3,10 @@
 
 #include <set>
 
+#include "common/error.h"
+#include "common/mixtral_config.h"
+#include "common/schedule.h"
 #include "operator/core/gpu_classification.h"
-#include "trainer/io/mixtral_config.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::op {
 
@@ -80,7 +81,7 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
 
   if (spec.parallel.master_port < 1 || spec.parallel.master_port > 65535)
     errors.push_back("spec.parallel.masterPort: must be 1..65535");
-  if (spec.parallel.schedule != "zebra" && spec.parallel.schedule != "sequential" && spec.parallel.schedule != "ep")
+  if (!ScheduleFromName(spec.parallel.schedule))
     errors.push_back("spec.parallel.schedule: must be zebra, sequential or ep");
   if (spec.parallel.zp_groups < 0) errors.push_back("spec.parallel.zpGroups: must be >= 0");
   if (spec.parallel.timeout_seconds < 1) errors.push_back("spec.parallel.timeoutSeconds: must be >= 1");

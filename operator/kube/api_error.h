@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::op {
 

@@ -8,7 +8,7 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::op {
 

@@ -117,7 +117,8 @@ def trainer_image(trainer_dir):
     hetermoe-trainer (and hetermoe-plan) on PATH, its ENTRYPOINT/CMD, and the
     tiny example it ships under /opt/hetermoe/examples/tiny."""
     d = os.path.abspath(trainer_dir)
-    return {"path": [d] + ([os.path.join(d, "planner")] if os.path.isdir(os.path.join(d, "planner")) else []),
+    plan_dir = os.path.join(os.path.dirname(d), "planner")  # build/planner beside build/trainer
+    return {"path": [d] + ([plan_dir] if os.path.isdir(plan_dir) else []),
             "entrypoint": ["hetermoe-trainer"], "cmd": ["--help"],
             "mounts": {"/opt/hetermoe/examples/tiny": os.path.join(REPO, "examples", "tiny")}}
 

@@ -15,9 +15,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
+#include "common/mixtral_config.h"
 #include "tests/fuzz/fuzz_targets.h"
-#include "trainer/io/mixtral_config.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::fuzz {
 

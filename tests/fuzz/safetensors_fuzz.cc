@@ -13,9 +13,9 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/error.h"
 #include "tests/fuzz/fuzz_targets.h"
 #include "trainer/io/safetensors.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::fuzz {
 

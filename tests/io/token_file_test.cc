@@ -10,8 +10,8 @@
 
 #include <gtest/gtest.h>
 
-#include "tests/io/test_util.h"
-#include "trainer/util/error.h"
+#include "common/error.h"
+#include "tests/support/test_util.h"
 
 namespace hetermoe::io {
 namespace {

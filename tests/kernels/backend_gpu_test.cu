@@ -16,13 +16,13 @@
 // relative L2 error 5e-2.
 #include <cmath>
 
+#include "common/error.h"
+#include "common/mixtral_config.h"
 #include "tests/kernels/gpu_test_util.h"
 #include "trainer/backend/cpu_backend.h"
 #include "trainer/backend/cuda_backend.h"
-#include "trainer/io/mixtral_config.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/model/parameters.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe {
 namespace {

@@ -10,10 +10,10 @@
 #include <thread>
 #include <vector>
 
+#include "common/error.h"
 #include "kernels/cuda_check.h"
 #include "kernels/device.h"
 #include "trainer/comm/nccl_communicator.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::comm {
 namespace {

@@ -21,6 +21,7 @@
 #include <set>
 #include <vector>
 
+#include "common/error.h"
 #include "kernels/caching_allocator.h"
 #include "kernels/precision.h"
 #include "kernels/shared/math.h"
@@ -29,7 +30,6 @@
 #include "trainer/ops/rmsnorm.h"
 #include "trainer/ops/router.h"
 #include "trainer/optim/adamw.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe {
 namespace {

@@ -37,7 +37,7 @@ PlacementDecision TinyPlacement(const HeterMoEJob& job) {
   request.spec = &job.spec;
   request.model = io::ParseMixtralConfigText(fixtures::kTinyModel, "test");
   request.nodes = fixtures::A40V100Nodes();
-  PlacementDecision d = TierPlacement().Place(request);
+  PlacementDecision d = TierPolicy().Place(request);
   FinishEnginePlan(job.spec, request.model, d);
   return d;
 }
@@ -211,7 +211,7 @@ TEST(Children, CpuPodsHaveNoGpuLimitsOrAffinity) {
   object["spec"]["expert"]["gpusPerReplica"] = 0;
   HeterMoEJob job = ParseJob(object);
   PlacementRequest request{&job.spec, io::ParseMixtralConfigText(fixtures::kTinyModel, "t"), {}};
-  PlacementDecision placement = TierPlacement().Place(request);
+  PlacementDecision placement = TierPolicy().Place(request);
   FinishEnginePlan(job.spec, request.model, placement);
   json pod = BuildPod(job, placement, Role::kExpert, 0, 0);
   EXPECT_FALSE(pod["spec"].contains("affinity"));
@@ -247,20 +247,20 @@ TEST(Placement, TierRuleAutoAndLimits) {
   object["spec"]["expert"]["replicas"] = "auto";
   HeterMoEJob job = ParseJob(object);
   PlacementRequest request{&job.spec, io::ParseMixtralConfigText(fixtures::kTinyModel, "t"), fixtures::A40V100Nodes()};
-  PlacementDecision d = TierPlacement().Place(request);
+  PlacementDecision d = TierPolicy().Place(request);
   EXPECT_EQ(d.attention.replicas, 8);  // 2 A40 nodes x 4
   EXPECT_EQ(d.expert.replicas, 8);     // 8 V100 GPUs, 8 experts
 
   object["spec"]["attention"]["replicas"] = 9;  // only 8 A40s
   job = ParseJob(object);
   request.spec = &job.spec;
-  EXPECT_THROW(TierPlacement().Place(request), PlacementError);
+  EXPECT_THROW(TierPolicy().Place(request), PlacementError);
 
   object["spec"]["attention"]["replicas"] = 2;
   object["spec"]["attention"]["gpuSelector"] = {{"minComputeCapability", "9.0"}};  // no Hopper here
   job = ParseJob(object);
   request.spec = &job.spec;
-  EXPECT_THROW(TierPlacement().Place(request), PlacementError);
+  EXPECT_THROW(TierPolicy().Place(request), PlacementError);
 }
 
 TEST(Placement, PlanJsonRoundTrips) {
@@ -297,7 +297,7 @@ TEST(Placement, DefaultPlacementPlansAutoRolesOverGpuKinds) {
   object["spec"]["expert"]["replicas"] = "auto";
   HeterMoEJob job = ParseJob(object);
   PlacementRequest request{&job.spec, io::ParseMixtralConfigText(fixtures::kTinyModel, "t"), fixtures::A40V100Nodes()};
-  auto placement = MakeDefaultPlacement();
+  auto placement = MakeDefaultPolicy();
   PlacementDecision d = placement->Place(request);
   EXPECT_GT(d.attention.replicas, 0);
   EXPECT_GT(d.expert.replicas, 0);

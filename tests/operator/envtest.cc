@@ -18,8 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/error.h"
 #include "operator/kube/resource.h"
-#include "trainer/util/error.h"
 #include "tests/support/loopback.h"
 #include "yaml_json.h"
 

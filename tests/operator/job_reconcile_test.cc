@@ -24,7 +24,7 @@ struct FakeCluster {
   std::optional<json> plan;
   std::vector<InventoryNode> nodes = fixtures::A40V100Nodes();
   int64_t now = kT0;
-  TierPlacement placement;
+  TierPolicy placement;
   bool job_deleted = false;
 
   JobObservation Observe() {

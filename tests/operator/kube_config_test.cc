@@ -8,7 +8,7 @@
 
 #include <gtest/gtest.h>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::op {
 namespace {

@@ -1,7 +1,7 @@
 // Spec validation: each CRD cross-field rule (and the model check CEL cannot
 // do) rejects a bad spec with a message naming the field; a good spec passes.
+#include "common/error.h"
 #include "operator/core/validation.h"
-#include "trainer/util/error.h"
 
 #include <gtest/gtest.h>
 

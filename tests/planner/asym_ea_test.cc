@@ -1,12 +1,12 @@
 // Algorithm 1 (Asym-EA): the paper's worked example and the edge cases
 // (memory caps and floors, M != N, no gain, bad shapes).
-#include "trainer/planner/asym_ea.h"
+#include "planner/asym_ea.h"
 
 #include <gtest/gtest.h>
 
 #include <numeric>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::planner {
 namespace {

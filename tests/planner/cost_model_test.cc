@@ -1,6 +1,6 @@
 // Cost model: FLOP counts by hand on a tiny shape, linearity, measured
 // overrides, and the alpha-beta links.
-#include "trainer/planner/cost_model.h"
+#include "planner/cost_model.h"
 
 #include <gtest/gtest.h>
 

@@ -1,12 +1,12 @@
 // The built-in GPU table: lookups, and the calibration the efficiencies were
 // tuned for (HeterMoE's measured ratios on Mixtral-8x7B shapes, fwd+bwd).
-#include "trainer/planner/gpu_profiles.h"
+#include "planner/gpu_profiles.h"
 
 #include <gtest/gtest.h>
 
+#include "common/error.h"
+#include "planner/cost_model.h"
 #include "tests/planner/test_models.h"
-#include "trainer/planner/cost_model.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::planner {
 namespace {

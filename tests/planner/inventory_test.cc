@@ -1,13 +1,13 @@
 // The inventory YAML and the profiles YAML: what they accept, and the one-line
 // errors that name the file, the field and the problem.
-#include "trainer/planner/inventory.h"
+#include "planner/inventory.h"
 
 #include <gtest/gtest.h>
 
+#include "common/error.h"
+#include "planner/cost_model.h"
+#include "planner/profiles_yaml.h"
 #include "tests/planner/test_models.h"
-#include "trainer/planner/cost_model.h"
-#include "trainer/planner/profiles_yaml.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::planner {
 namespace {

@@ -1,6 +1,6 @@
 // Memory model: n_min / n_max of a ZP group, the refusals it explains, and
 // the EP rank's footprint.
-#include "trainer/planner/memory_model.h"
+#include "planner/memory_model.h"
 
 #include <gtest/gtest.h>
 

@@ -1,12 +1,12 @@
 // The plan file's contract: the fields the trainer and the operator read.
-#include "trainer/planner/plan_json.h"
+#include "planner/plan_json.h"
 
 #include <gtest/gtest.h>
 
+#include "planner/plan_table.h"
+#include "planner/planner.h"
 #include "tests/planner/test_clusters.h"
 #include "tests/planner/test_models.h"
-#include "trainer/planner/plan_table.h"
-#include "trainer/planner/planner.h"
 
 namespace hetermoe::planner {
 namespace {

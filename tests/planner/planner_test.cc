@@ -1,16 +1,16 @@
 // The planner end to end on in-memory inputs: roles, groups and placement
 // are consistent; budgets and options are honoured; impossible requests are
 // refused with a reason.
-#include "trainer/planner/planner.h"
+#include "planner/planner.h"
 
 #include <gtest/gtest.h>
 
 #include <set>
 
+#include "common/error.h"
+#include "planner/plan_json.h"
 #include "tests/planner/test_clusters.h"
 #include "tests/planner/test_models.h"
-#include "trainer/planner/plan_json.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::planner {
 namespace {

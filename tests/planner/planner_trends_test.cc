@@ -12,9 +12,9 @@
 #include <cstdio>
 #include <map>
 
+#include "planner/planner.h"
 #include "tests/planner/test_clusters.h"
 #include "tests/planner/test_models.h"
-#include "trainer/planner/planner.h"
 
 namespace hetermoe::planner {
 namespace {

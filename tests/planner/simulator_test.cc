@@ -2,14 +2,14 @@
 // worked example of zebra parallelism and Asym-EA. Its predictions against
 // measured runs of the distributed engine are bench/validate_simulator.py
 // (timed, so a benchmark run on demand, not a test).
-#include "trainer/planner/simulator.h"
+#include "planner/simulator.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
-#include "trainer/planner/schedules.h"
-#include "trainer/util/error.h"
+#include "common/error.h"
+#include "planner/step_graph.h"
 
 namespace hetermoe::planner {
 namespace {

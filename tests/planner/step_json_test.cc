@@ -1,11 +1,11 @@
 // The simulator's JSON edge (`hetermoe-plan simulate`): steps described by
 // per-op times become the same task graphs the planner simulates, transfers
 // in bytes are priced by the alpha-beta link, and bad input names its path.
-#include "trainer/planner/step_json.h"
+#include "planner/step_json.h"
 
 #include <gtest/gtest.h>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::planner {
 namespace {

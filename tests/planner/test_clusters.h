@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/planner/inventory.h"
+#include "planner/inventory.h"
 
 namespace hetermoe::planner::testing {
 

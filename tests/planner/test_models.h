@@ -7,7 +7,7 @@
 // head_dim 128, 4 query heads per KV head, vocabulary 32000.
 #pragma once
 
-#include "trainer/planner/model_shape.h"
+#include "planner/model_shape.h"
 
 namespace hetermoe::planner::testing {
 

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/io/mixtral_config.h"
+#include "common/mixtral_config.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/io/token_file.h"
 #include "trainer/model/mixtral.h"

@@ -7,12 +7,12 @@
 #include <numbers>
 #include <random>
 
+#include "common/error.h"
 #include "trainer/ops/experts.h"
 #include "trainer/ops/rope.h"
-#include "trainer/optim/schedule.h"
+#include "trainer/optim/lr_schedule.h"
 #include "trainer/run/progress.h"
 #include "trainer/run/run_config.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe {
 namespace {
@@ -54,7 +54,7 @@ TEST(Rope, InverseUndoesForward) {
   for (int i = 0; i < 18; ++i) EXPECT_EQ(z[i], x[i]);
 }
 
-TEST(Schedule, ConstantAndWarmupCosine) {
+TEST(LrSchedule, ConstantAndWarmupCosine) {
   optim::LrSchedule s;
   s.lr = 1.0;
   EXPECT_EQ(s.At(1), 1.0);

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/error.h"
 #include "tests/trainer/workspace.h"
 #include "trainer/io/safetensors.h"
 #include "trainer/model/mixtral.h"
@@ -12,7 +13,6 @@
 #include "trainer/ops/gemm.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/run/trainer.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe {
 namespace {

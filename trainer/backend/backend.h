@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/io/mixtral_config.h"
+#include "common/mixtral_config.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/model/parameters.h"
 #include "trainer/model/stages.h"

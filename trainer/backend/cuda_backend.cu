@@ -6,11 +6,11 @@
 
 #include <cmath>
 
+#include "common/error.h"
 #include "kernels/adamw.cuh"
 #include "kernels/grad_norm.cuh"
 #include "kernels/shared/math.h"
 #include "trainer/backend/cuda_model.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::backend {
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/error.h"
 #include "kernels/attention.cuh"
 #include "kernels/cast.cuh"
 #include "kernels/cross_entropy.cuh"
@@ -21,7 +22,6 @@
 #include "kernels/swiglu.cuh"
 #include "trainer/ops/rope.h"
 #include "trainer/ops/router.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::backend {
 

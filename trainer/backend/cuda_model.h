@@ -24,12 +24,12 @@
 #include <string>
 #include <vector>
 
+#include "common/mixtral_config.h"
 #include "kernels/caching_allocator.h"
 #include "kernels/gemm.h"
 #include "kernels/precision.h"
 #include "kernels/stream.h"
 #include "trainer/backend/backend.h"
-#include "trainer/io/mixtral_config.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/model/parameters.h"
 

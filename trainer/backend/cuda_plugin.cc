@@ -11,10 +11,10 @@
 #include <cstring>
 #include <string>
 
+#include "common/error.h"
 #include "kernels/device.h"
 #include "trainer/backend/cuda_backend.h"
 #include "trainer/backend/cuda_stages.h"
-#include "trainer/util/error.h"
 
 namespace {
 

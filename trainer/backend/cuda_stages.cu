@@ -16,11 +16,11 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "kernels/cuda_check.h"
 #include "kernels/device.h"
 #include "trainer/backend/cuda_model.h"
 #include "trainer/backend/cuda_stages.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::backend {
 namespace {

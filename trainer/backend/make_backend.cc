@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "trainer/backend/backend.h"
 #include "trainer/backend/cpu_backend.h"
 #include "trainer/model/cpu_stages.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::backend {
 namespace {

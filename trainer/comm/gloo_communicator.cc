@@ -9,9 +9,9 @@
 #include <cstring>
 #include <map>
 
+#include "common/error.h"
 #include "trainer/comm/communicator.h"
 #include "trainer/comm/tcp_store.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::comm {
 namespace {

@@ -2,9 +2,9 @@
 
 #include <cstring>
 
+#include "common/error.h"
 #include "kernels/cuda_check.h"
 #include "trainer/comm/deadline.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::comm {
 namespace {

@@ -11,7 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::comm {
 namespace {

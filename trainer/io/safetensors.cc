@@ -15,8 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "trainer/io/file_bytes.h"
-#include "trainer/util/error.h"
+#include "common/error.h"
+#include "common/file_bytes.h"
 
 namespace hetermoe::io {
 namespace {

@@ -6,8 +6,8 @@
 #include <cstring>
 #include <limits>
 
-#include "trainer/io/file_bytes.h"
-#include "trainer/util/error.h"
+#include "common/error.h"
+#include "common/file_bytes.h"
 
 namespace hetermoe::io {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::model {
 namespace {

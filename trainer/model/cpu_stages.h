@@ -5,7 +5,7 @@
 
 #include <memory>
 
-#include "trainer/io/mixtral_config.h"
+#include "common/mixtral_config.h"
 #include "trainer/model/parameters.h"
 #include "trainer/model/stages.h"
 

@@ -22,7 +22,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "trainer/io/mixtral_config.h"
+#include "common/mixtral_config.h"
 #include "trainer/model/parameters.h"
 #include "trainer/ops/attention.h"
 #include "trainer/ops/experts.h"

@@ -3,8 +3,8 @@
 #include <cmath>
 #include <random>
 
+#include "common/error.h"
 #include "trainer/io/safetensors.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::model {
 

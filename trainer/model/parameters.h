@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/io/mixtral_config.h"
+#include "common/mixtral_config.h"
 
 namespace hetermoe::model {
 

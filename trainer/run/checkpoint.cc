@@ -9,8 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "trainer/io/safetensors.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::run {
 namespace {

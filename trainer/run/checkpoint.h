@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <string>
 
-#include "trainer/io/mixtral_config.h"
+#include "common/mixtral_config.h"
 #include "trainer/model/parameters.h"
 
 namespace hetermoe::run {

@@ -8,12 +8,12 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/error.h"
+#include "planner/asym_ea.h"
 #include "trainer/backend/backend.h"
-#include "trainer/dist/engine.h"
-#include "trainer/dist/launcher.h"
-#include "trainer/dist/profiler.h"
-#include "trainer/planner/asym_ea.h"
-#include "trainer/util/error.h"
+#include "trainer/parallel/engine.h"
+#include "trainer/parallel/launcher.h"
+#include "trainer/parallel/profiler.h"
 
 namespace hetermoe::run {
 namespace {
@@ -67,7 +67,7 @@ backend::BackendOptions DeviceOptions(const RunConfig& rc) {
 
 std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config,
                             const model::ParameterLayout& layout, comm::World& world,
-                            const dist::Emulation& em, bool attention_kind) {
+                            const parallel::Emulation& em, bool attention_kind) {
   const auto& p = rc.parallel;
   if (p.schedule == "ep") return {};
   const int64_t per = rc.train.global_batch / rc.train.micro_batches;
@@ -79,10 +79,10 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
   std::vector<size_t> tensors(layout.tensors().size());
   for (size_t i = 0; i < tensors.size(); ++i) tensors[i] = i;
   device->SetParams(params.data(), tensors);
-  dist::LayerTimes t =
-      attention_kind ? dist::ProfileAttentionRank(*device, config, per, rc.train.seq_len, p.attention_ranks,
+  parallel::LayerTimes t =
+      attention_kind ? parallel::ProfileAttentionRank(*device, config, per, rc.train.seq_len, p.attention_ranks,
                                                   em.attention, em.experts)
-                     : dist::ProfileExpertRank(*device, config, per, rc.train.seq_len, p.attention_ranks, held,
+                     : parallel::ProfileExpertRank(*device, config, per, rc.train.seq_len, p.attention_ranks, held,
                                                em.experts);
   std::vector<int> everyone(world.size());
   for (int r = 0; r < world.size(); ++r) everyone[r] = r;
@@ -127,7 +127,7 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
 // rank derived from its run file: a rank never trains a shape other than the
 // one its job was planned and scheduled for. With Asym-EA "auto" the experts
 // moved at start-up are measured, so only the rest is compared.
-void CheckOperatorPlan(const std::string& path, const dist::Placement& placement, int rank, bool asym_auto) {
+void CheckOperatorPlan(const std::string& path, const parallel::Placement& placement, int rank, bool asym_auto) {
   std::ifstream in(path);
   if (!in) throw Error("HETERMOE_PLAN " + path + ": cannot open the job's plan");
   const auto plan = nlohmann::json::parse(in, nullptr, false);
@@ -180,8 +180,8 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   run->world_size = ro.world_size;
   // Checked before meeting the others: a wrong plan fails fast, not after a timeout.
   if (const char* plan = std::getenv("HETERMOE_PLAN"); plan && *plan) {
-    const dist::Placement planned = dist::MakePlacement(
-        dist::ParseSchedule(p.schedule), p.attention_ranks, p.expert_ranks, p.groups,
+    const parallel::Placement planned = parallel::MakePlacement(
+        ParseSchedule(p.schedule), p.attention_ranks, p.expert_ranks, p.groups,
         static_cast<int>(config.num_hidden_layers), config.num_local_experts,
         static_cast<int>(rc.train.micro_batches), p.asym_ea == "list" ? p.asym_ea_layers : std::vector<int>{});
     CheckOperatorPlan(plan, planned, ro.rank, p.asym_ea == "auto");
@@ -189,7 +189,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
 
   run->world = std::make_unique<comm::World>(ro);
   const bool attention_kind = (ro.rank % (p.attention_ranks + p.expert_ranks)) < p.attention_ranks;
-  dist::Emulation em;
+  parallel::Emulation em;
   em.attention = attention_kind ? rc.emulate.attention_rank_attention : rc.emulate.expert_rank_attention;
   em.experts = attention_kind ? rc.emulate.attention_rank_experts : rc.emulate.expert_rank_experts;
   // The emulated device of this rank's node (a local cluster's "V100"),
@@ -203,16 +203,16 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   std::vector<int> offloaded;
   if (p.asym_ea == "list") offloaded = p.asym_ea_layers;
   if (p.asym_ea == "auto") offloaded = AutoAsymEa(rc, config, layout, *run->world, em, attention_kind);
-  run->placement = dist::MakePlacement(dist::ParseSchedule(p.schedule), p.attention_ranks,
+  run->placement = parallel::MakePlacement(ParseSchedule(p.schedule), p.attention_ranks,
                                        p.expert_ranks, p.groups,
                                        static_cast<int>(config.num_hidden_layers),
                                        config.num_local_experts,
                                        static_cast<int>(rc.train.micro_batches), offloaded);
 
   if (!options.trace_path.empty())
-    run->tracer = std::make_unique<dist::Tracer>(
+    run->tracer = std::make_unique<parallel::Tracer>(
         ro.rank, run->placement.IsAttention(ro.rank) ? "attention" : "expert");
-  auto engine = std::make_unique<dist::DistributedBackend>(
+  auto engine = std::make_unique<parallel::DistributedBackend>(
       config, layout, run->placement, run->world.get(),
       optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay}, em,
       run->tracer.get(), [&](float* params, float* grads) {
@@ -239,7 +239,7 @@ TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options) {
   {
     // Refuse an impossible shape here, once, rather than in every rank.
     const io::MixtralConfig config = io::LoadMixtralConfig(rc.model.config);
-    dist::MakePlacement(dist::ParseSchedule(rc.parallel.schedule), rc.parallel.attention_ranks,
+    parallel::MakePlacement(ParseSchedule(rc.parallel.schedule), rc.parallel.attention_ranks,
                         rc.parallel.expert_ranks, rc.parallel.groups,
                         static_cast<int>(config.num_hidden_layers), config.num_local_experts,
                         static_cast<int>(rc.train.micro_batches),
@@ -248,11 +248,11 @@ TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options) {
   std::fprintf(stderr, "launching %d ranks locally (%d group(s) x %d attention + %d expert, %s)\n",
                world, rc.parallel.groups, rc.parallel.attention_ranks, rc.parallel.expert_ranks,
                rc.parallel.schedule.c_str());
-  const dist::LaunchResult launched = dist::LaunchLocal(world, options.argv);
+  const parallel::LaunchResult launched = parallel::LaunchLocal(world, options.argv);
   if (!options.trace_path.empty()) {
     std::vector<std::string> parts;
     for (int r = 0; r < world; ++r) parts.push_back(TracePart(options.trace_path, r));
-    dist::Tracer::Merge(parts, options.trace_path);
+    parallel::Tracer::Merge(parts, options.trace_path);
     for (const auto& part : parts) std::filesystem::remove(part);
   }
   if (!launched.ok) throw Error(launched.message);

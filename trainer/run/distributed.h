@@ -6,12 +6,12 @@
 #include <memory>
 #include <string>
 
+#include "common/mixtral_config.h"
 #include "trainer/backend/backend.h"
 #include "trainer/comm/communicator.h"
-#include "trainer/dist/placement.h"
-#include "trainer/dist/trace.h"
-#include "trainer/io/mixtral_config.h"
 #include "trainer/model/parameters.h"
+#include "trainer/parallel/placement.h"
+#include "trainer/parallel/trace.h"
 #include "trainer/run/run_config.h"
 #include "trainer/run/trainer.h"
 
@@ -20,9 +20,9 @@ namespace hetermoe::run {
 struct DistributedRun {
   int rank = 0;
   int world_size = 1;
-  dist::Placement placement;
+  parallel::Placement placement;
   std::unique_ptr<comm::World> world;
-  std::unique_ptr<dist::Tracer> tracer;
+  std::unique_ptr<parallel::Tracer> tracer;
   std::unique_ptr<backend::Backend> backend;
 };
 

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
 
 namespace hetermoe::run {
 

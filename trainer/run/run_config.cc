@@ -8,7 +8,9 @@
 #include <set>
 #include <sstream>
 
-#include "trainer/util/error.h"
+#include "common/error.h"
+#include "common/schedule.h"
+#include "common/yaml_section.h"
 
 namespace hetermoe::run {
 namespace {
@@ -18,53 +20,9 @@ namespace fs = std::filesystem;
 // Keys that came from --set, whose relative paths resolve against the cwd.
 using OverriddenKeys = std::set<std::string>;
 
-// Reads one section, rejecting keys it does not know.
-class Section {
- public:
-  Section(const YAML::Node& node, std::string name, const std::string& source)
-      : node_(node), name_(std::move(name)), source_(source) {
-    if (node_ && !node_.IsMap()) Fail(name_, "must be a mapping");
-  }
-
-  template <typename T>
-  void Get(const std::string& key, T* out, bool required = false) {
-    known_.insert(key);
-    const YAML::Node v = node_ ? node_[key] : YAML::Node();
-    if (!v || v.IsNull()) {
-      if (required) Fail(Dotted(key), "is required");
-      return;
-    }
-    try {
-      *out = v.as<T>();
-    } catch (const YAML::Exception&) {
-      Fail(Dotted(key), "has the wrong type (got \"" + Dump(v) + "\")");
-    }
-  }
-
-  void Finish() {
-    if (!node_) return;
-    for (const auto& kv : node_) {
-      const std::string key = kv.first.as<std::string>();
-      if (!known_.count(key)) Fail(Dotted(key), "is not a known key");
-    }
-  }
-
-  std::string Dotted(const std::string& key) const { return name_ + "." + key; }
-  [[noreturn]] void Fail(const std::string& key, const std::string& problem) const {
-    throw Error(source_ + ": " + key + " " + problem);
-  }
-
- private:
-  static std::string Dump(const YAML::Node& n) {
-    YAML::Emitter e;
-    e << YAML::Flow << n;
-    return e.c_str();
-  }
-  YAML::Node node_;
-  std::string name_;
-  const std::string& source_;
-  std::set<std::string> known_;
-};
+// Each section is read with yaml_fields::Section (common/yaml_section.h),
+// which rejects keys it does not know.
+using yaml_fields::Section;
 
 void ApplyOverride(YAML::Node root, const std::string& assignment, const std::string& source,
                    OverriddenKeys* keys) {
@@ -207,7 +165,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     if (p.attention_ranks < 1) parallel.Fail("parallel.attention_ranks", "must be >= 1");
     if (p.expert_ranks < 0) parallel.Fail("parallel.expert_ranks", "must be >= 0");
     if (p.groups < 1) parallel.Fail("parallel.groups", "must be >= 1");
-    if (p.schedule != "zebra" && p.schedule != "sequential" && p.schedule != "ep")
+    if (!ScheduleFromName(p.schedule))
       parallel.Fail("parallel.schedule", "must be zebra, sequential or ep (got \"" + p.schedule + "\")");
     if (p.schedule != "ep" && p.expert_ranks < 1)
       parallel.Fail("parallel.expert_ranks", "must be >= 1 for the " + p.schedule + " schedule");

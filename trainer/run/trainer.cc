@@ -8,16 +8,16 @@
 #include <fstream>
 #include <thread>
 
+#include "common/error.h"
+#include "common/mixtral_config.h"
 #include "trainer/backend/backend.h"
-#include "trainer/io/mixtral_config.h"
 #include "trainer/io/token_file.h"
 #include "trainer/model/parameters.h"
 #include "trainer/ops/gemm.h"
-#include "trainer/optim/schedule.h"
+#include "trainer/optim/lr_schedule.h"
 #include "trainer/run/checkpoint.h"
 #include "trainer/run/distributed.h"
 #include "trainer/run/progress.h"
-#include "trainer/util/error.h"
 
 namespace hetermoe::run {
 namespace {

@@ -18,7 +18,7 @@
 namespace hetermoe::run {
 
 // What this process is in a run, decided once by the program
-// (trainer/cli/trainer_main.cc) from the run file and whether the local
+// (trainer/cmd/trainer_main.cc) from the run file and whether the local
 // launcher started it.
 enum class ProcessRole {
   kSingle,     // the whole run in this process (no parallel section)

@@ -1,0 +1,81 @@
+// Whole-file reads and checked, fsync'ed writes (see file_bytes.h).
+#include "common/file_bytes.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/error.h"
+
+namespace hetermoe::io {
+namespace {
+
+[[noreturn]] void ThrowErrno(const std::string& path, const char* what, int err) {
+  throw Error(path + ": " + what + ": " + std::strerror(err));
+}
+
+}  // namespace
+
+std::string ReadFileBytes(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) ThrowErrno(path, "cannot open", errno);
+  std::string bytes;
+  try {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) ThrowErrno(path, "cannot stat", errno);
+    if (S_ISDIR(st.st_mode)) ThrowErrno(path, "cannot read", EISDIR);
+    // st_size is a hint (0 for pipes and /proc files): read until EOF.
+    if (S_ISREG(st.st_mode) && st.st_size > 0) bytes.reserve(static_cast<size_t>(st.st_size));
+    char buffer[1 << 16];
+    for (;;) {
+      ssize_t n = ::read(fd, buffer, sizeof buffer);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        ThrowErrno(path, "cannot read", errno);
+      }
+      if (n == 0) break;
+      bytes.append(buffer, static_cast<size_t>(n));
+    }
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  return bytes;
+}
+
+FileWriter::FileWriter(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) ThrowErrno(path_, "cannot create", errno);
+}
+
+FileWriter::~FileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void FileWriter::Write(const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd_, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      ThrowErrno(path_, "cannot write", errno);
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+void FileWriter::Finish() {
+  // fsync before close so that a checkpoint directory renamed into place
+  // afterwards never holds a file whose data is still only in the page cache.
+  if (::fsync(fd_) != 0) ThrowErrno(path_, "cannot fsync", errno);
+  int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) ThrowErrno(path_, "cannot close", errno);
+}
+
+}  // namespace hetermoe::io

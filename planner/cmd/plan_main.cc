@@ -1,0 +1,149 @@
+// hetermoe-plan: the planner's edge. Reads the inventory, the model config
+// and optional profiles, plans, and prints the plan as a table or as the
+// JSON plan file. Every hetermoe::Error becomes one line on stderr,
+// "hetermoe-plan: error: ...", and exit status 1.
+//
+//   hetermoe-plan --inventory cluster.yaml --model config.json
+//                 --seq-len 16384 --global-batch 32 [--profiles p.yaml] [--json]
+//                 [--gpu-budget N] [--no-asym-ea] [--max-micro-batches R]
+//                 [--no-baselines] [--timeline] [--output plan.json]
+//   hetermoe-plan simulate steps.json [--timeline]
+//
+// `simulate` runs the step simulator alone on steps described by per-op
+// times (step_json.h): one JSON object or a list of them in, a JSON list of
+// {label, schedule, step_seconds, busy} out. bench/validate_simulator.py
+// feeds it the op times measured in traces of the distributed engine.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/mixtral_config.h"
+#include "planner/gpu_profiles.h"
+#include "planner/inventory.h"
+#include "planner/plan_json.h"
+#include "planner/plan_table.h"
+#include "planner/planner.h"
+#include "planner/profiles_yaml.h"
+#include "planner/step_json.h"
+
+namespace {
+
+namespace planner = hetermoe::planner;
+
+struct Options {
+  std::string inventory, model, profiles, output;
+  int64_t seq_len = 0, global_batch = 0;
+  int gpu_budget = 0, max_micro_batches = 64;
+  bool json = false, no_asym_ea = false, no_baselines = false, timeline = false;
+};
+
+struct SimulateOptions {
+  std::string steps;
+  bool timeline = false;
+};
+
+int Simulate(const SimulateOptions& o) {
+  std::ifstream in(o.steps);
+  if (!in) throw hetermoe::Error(o.steps + ": cannot read");
+  const nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+  if (doc.is_discarded()) throw hetermoe::Error(o.steps + ": not valid JSON");
+  nlohmann::json out = nlohmann::json::array();
+  auto one = [&](const nlohmann::json& step, const std::string& where) {
+    const planner::StepRequest request = planner::StepRequestFromJson(step, o.steps, where);
+    out.push_back(planner::SimulationToJson(request, planner::Simulate(planner::BuildStep(request), o.timeline),
+                                            o.timeline));
+  };
+  if (doc.is_array()) {
+    for (size_t i = 0; i < doc.size(); ++i) one(doc[i], "[" + std::to_string(i) + "]");
+  } else {
+    one(doc, "");
+  }
+  std::cout << out.dump(2) << "\n";
+  return 0;
+}
+
+int Run(const Options& o) {
+  planner::GpuProfileTable profiles = planner::GpuProfileTable::Builtin();
+  if (!o.profiles.empty()) planner::LoadProfiles(o.profiles, profiles);
+
+  planner::PlanRequest request;
+  request.inventory = planner::LoadInventory(o.inventory, profiles);
+  request.model = planner::ModelShape::FromMixtral(hetermoe::io::LoadMixtralConfig(o.model), o.model);
+  request.seq_len = o.seq_len;
+  request.global_batch = o.global_batch;
+  request.gpu_budget = o.gpu_budget;
+  request.asym_ea = !o.no_asym_ea;
+  request.max_micro_batches = o.max_micro_batches;
+  request.baselines = !o.no_baselines;
+  const planner::Plan plan = planner::MakePlan(request, profiles);
+
+  const std::string text = o.json || !o.output.empty() ? planner::PlanToJson(plan, o.timeline).dump(2) + "\n"
+                                                        : planner::PlanTable(plan);
+  if (!o.output.empty()) {
+    std::ofstream out(o.output);
+    if (!out || !(out << text) || !out.flush()) throw hetermoe::Error(o.output + ": cannot write the plan");
+    if (!o.json) std::cout << planner::PlanTable(plan);
+  } else {
+    std::cout << text;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"hetermoe-plan: choose ZP groups, micro-batches and Asym-EA for a heterogeneous cluster"};
+  app.set_version_flag("--version", "hetermoe-plan 0.1.0");
+  Options o;
+  // Required unless the subcommand `simulate` is given (checked after parsing).
+  const std::vector<CLI::Option*> plan_inputs = {
+      app.add_option("--inventory", o.inventory, "Cluster inventory (YAML: nodes with gpu and count) (required)"),
+      app.add_option("--model", o.model, "Model config (Hugging Face config.json, Mixtral) (required)"),
+      app.add_option("--seq-len", o.seq_len, "Tokens per sequence (required)"),
+      app.add_option("--global-batch", o.global_batch, "Sequences per training step (required)")};
+  app.add_option("--profiles", o.profiles, "GPU profiles YAML overriding the built-in table");
+  app.add_option("--gpu-budget", o.gpu_budget, "Use at most this many GPUs (0 = all)");
+  app.add_option("--max-micro-batches", o.max_micro_batches, "Upper bound on the micro-batch count R");
+  app.add_flag("--json", o.json, "Print the plan file (JSON) instead of the table");
+  app.add_flag("--no-asym-ea", o.no_asym_ea, "Do not move experts onto attention ranks");
+  app.add_flag("--no-baselines", o.no_baselines, "Skip the EP, DistEP, EP-Ideal and PP predictions");
+  app.add_flag("--timeline", o.timeline, "Include the simulated per-rank timeline in the JSON");
+  app.add_option("--output,-o", o.output, "Also write the JSON plan to this file");
+
+  SimulateOptions so;
+  CLI::App* simulate = app.add_subcommand(
+      "simulate", "Simulate steps given by per-op times (JSON, see planner/step_json.h); print step times");
+  simulate->add_option("steps", so.steps, "JSON file: one step or a list of steps")->required();
+  simulate->add_flag("--timeline", so.timeline, "Include each resource's busy intervals");
+  app.require_subcommand(0, 1);
+
+  try {
+    app.parse(argc, argv);
+    if (!simulate->parsed()) {
+      for (CLI::Option* input : plan_inputs) {
+        if (input->count() == 0) throw CLI::RequiredError(input->get_name());
+      }
+    }
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "hetermoe-plan: error: %s\n", e.what());
+    return 1;
+  }
+  try {
+    return simulate->parsed() ? Simulate(so) : Run(o);
+  } catch (const hetermoe::Error& e) {
+    std::fprintf(stderr, "hetermoe-plan: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hetermoe-plan: internal error: %s\n", e.what());
+    return 3;
+  }
+}

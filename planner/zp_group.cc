@@ -1,0 +1,252 @@
+// Pricing of one ZP group shape (see zp_group.h).
+#include "planner/zp_group.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+
+namespace hetermoe::planner {
+namespace {
+
+PassSeconds Scaled(const PassSeconds& p, double x) { return {p.forward * x, p.backward * x}; }
+
+int ExpertsOnBusiestRank(int experts, int ranks) { return (experts + ranks - 1) / ranks; }
+
+int OffloadedAt(const GroupShape& shape, int layer) {
+  return shape.offloaded.empty() ? 0 : shape.offloaded[static_cast<size_t>(layer)];
+}
+
+}  // namespace
+
+PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inventory,
+                                 const GpuProfileTable& profiles, int64_t seq_len, Precision precision)
+    : model_(model), inventory_(inventory), seq_len_(seq_len), precision_(precision) {
+  for (const std::string& kind : inventory_.Kinds()) {
+    KindContext& k = kinds_[kind];
+    k.gpu = profiles.Find(kind);
+    if (const MeasuredProfile* m = FindMeasured(profiles, kind, model_, seq_len)) k.measured = *m;
+    k.cost = std::make_unique<ComputeCostModel>(model_, k.gpu, precision, seq_len,
+                                                k.measured ? &*k.measured : nullptr);
+    k.count = inventory_.Count(kind);
+    k.max_per_node = inventory_.MaxGpusPerNode(kind);
+    k.nic_gbps = inventory_.SlowestNicGbps(kind);
+  }
+}
+
+const KindContext& PlanningContext::Kind(const std::string& kind) const {
+  const auto it = kinds_.find(kind);
+  if (it == kinds_.end()) throw Error("planner: GPU kind '" + kind + "' is not in the inventory");
+  return it->second;
+}
+
+std::vector<std::string> PlanningContext::Kinds() const { return inventory_.Kinds(); }
+
+LinkModel PlanningContext::Link(const std::string& kind, bool remote) const {
+  const KindContext& k = Kind(kind);
+  return remote ? InterNodeLink(k.gpu, k.nic_gbps, inventory_.latency_us, k.max_per_node)
+                : IntraNodeLink(k.gpu, inventory_.latency_us);
+}
+
+double PlanningContext::AllReduceSeconds(const std::string& kind, double bytes, int participants) const {
+  if (participants <= 1 || bytes <= 0) return 0;
+  const LinkModel link = Link(kind, participants > Kind(kind).max_per_node);
+  // Bandwidth term of a ring, latency term of a tree (NCCL picks per size).
+  const double p = participants;
+  return 2.0 * (p - 1) / p * bytes / link.bytes_per_second + 2.0 * std::ceil(std::log2(p)) * link.latency_seconds;
+}
+
+ZpMemory GroupMemory(const PlanningContext& ctx, const GroupShape& shape, Schedule schedule) {
+  const KindContext& a = ctx.Kind(shape.attention_gpu);
+  const KindContext& e = ctx.Kind(shape.expert_gpu);
+  ZpMemoryInputs in;
+  in.model = &ctx.model();
+  in.seq_len = ctx.seq_len();
+  in.sequences_per_attention_rank = shape.sequences_per_attention_rank;
+  in.micro_batches = shape.micro_batches;
+  in.micro_batches_in_flight = schedule == Schedule::kZebra ? shape.micro_batches : 1;
+  in.attention_ranks = shape.attention_ranks;
+  in.expert_ranks = shape.expert_ranks;
+  in.attention_gpu = &a.gpu;
+  in.expert_gpu = &e.gpu;
+  in.attention_measured = a.measured ? &*a.measured : nullptr;
+  in.expert_measured = e.measured ? &*e.measured : nullptr;
+  return ZpMemoryModel(in);
+}
+
+AsymEaInputs GroupAsymEaInputs(const PlanningContext& ctx, const GroupShape& shape, const ZpMemory& memory,
+                               bool head_aware) {
+  const ModelShape& m = ctx.model();
+  const KindContext& a = ctx.Kind(shape.attention_gpu);
+  const KindContext& e = ctx.Kind(shape.expert_gpu);
+  const double b = static_cast<double>(shape.sequences_per_attention_rank) / shape.micro_batches;
+  const double tokens_per_expert = shape.attention_ranks * b * static_cast<double>(ctx.seq_len() * m.top_k) /
+                                   static_cast<double>(m.experts);
+  AsymEaInputs in;
+  in.layers = static_cast<int>(m.layers);
+  in.experts_per_layer = static_cast<int>(m.experts);
+  in.attention_ranks = shape.attention_ranks;
+  in.expert_ranks = shape.expert_ranks;
+  const PassSeconds attention = a.cost->Attention(b);
+  in.attention_seconds = attention.forward;
+  if (head_aware) in.attention_seconds += a.cost->Head(b) * attention.forward / attention.Total() / in.layers;
+  in.expert_rank_seconds =
+      e.cost->Expert(tokens_per_expert).forward * ExpertsOnBusiestRank(in.experts_per_layer, shape.expert_ranks);
+  in.offloaded_expert_seconds = a.cost->Expert(tokens_per_expert).forward;
+  in.n_min = memory.n_min;
+  in.n_max = memory.n_max;
+  return in;
+}
+
+ZebraStepSpec GroupStepSpec(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world) {
+  const ModelShape& m = ctx.model();
+  const KindContext& a = ctx.Kind(shape.attention_gpu);
+  const KindContext& e = ctx.Kind(shape.expert_gpu);
+  const int L = static_cast<int>(m.layers);
+  const int n = static_cast<int>(m.experts);
+  const int M = shape.attention_ranks, N = shape.expert_ranks;
+  const double b = static_cast<double>(shape.sequences_per_attention_rank) / shape.micro_batches;
+  const double tokens = b * static_cast<double>(ctx.seq_len());  // per attention rank per micro-batch
+  const double tokens_per_expert = M * tokens * static_cast<double>(m.top_k) / n;
+
+  ZebraStepSpec spec;
+  spec.layers = L;
+  spec.micro_batches = shape.micro_batches;
+  spec.attention = a.cost->Attention(b);
+  spec.head = a.cost->Head(b);
+  const PassSeconds on_expert_rank = e.cost->Expert(tokens_per_expert);
+  const PassSeconds on_attention_rank = a.cost->Expert(tokens_per_expert);
+
+  // Different kinds never share a node (inventory.h); one kind split into
+  // both roles shares nodes when the group fits in one.
+  const bool remote = !shape.SameKind() || M + N > a.max_per_node;
+  const LinkModel attention_link = ctx.Link(shape.attention_gpu, remote);
+  const LinkModel expert_link = ctx.Link(shape.expert_gpu, remote);
+  const double bytes_per_token = DispatchBytesPerToken(m);
+
+  int most_offloaded = 0;
+  int most_on_expert_rank = 0;
+  for (int l = 0; l < L; ++l) {
+    const int offloaded = OffloadedAt(shape, l);
+    const int on_rank = ExpertsOnBusiestRank(n - offloaded, N);
+    most_offloaded += offloaded / M;
+    most_on_expert_rank += on_rank;
+    spec.expert_rank.push_back(Scaled(on_expert_rank, on_rank));
+    spec.offloaded_experts.push_back(Scaled(on_attention_rank, static_cast<double>(offloaded) / M));
+
+    const double to_expert_ranks = tokens * bytes_per_token * (n - offloaded) / n;
+    const double to_attention_peers = tokens * bytes_per_token * offloaded / n * (M - 1) / M;
+    const int peers = N + (offloaded > 0 ? M - 1 : 0);
+    const double send = attention_link.Seconds(to_expert_ranks + to_attention_peers, peers);
+    const double receive = expert_link.Seconds(M * tokens * bytes_per_token * on_rank / n, M);
+    spec.dispatch.push_back(std::max(send, receive));
+    spec.combine.push_back(std::max(send, receive));
+  }
+
+  const double grad_bytes = kActivationBytes;  // fp16/bf16 gradients
+  const double expert_params = m.ExpertParams();
+  spec.attention_sync = ExpertlessGradientSync(ctx, shape.attention_gpu, world.attention_ranks);
+  for (int l = 0; l < L; ++l) {
+    const int offloaded = OffloadedAt(shape, l);
+    const int on_rank = ExpertsOnBusiestRank(n - offloaded, N);
+    spec.offloaded_expert_sync.push_back(
+        ctx.AllReduceSeconds(shape.attention_gpu, grad_bytes * offloaded / M * expert_params, world.groups));
+    spec.expert_sync.push_back(ctx.AllReduceSeconds(shape.expert_gpu, grad_bytes * on_rank * expert_params, world.groups));
+  }
+  spec.attention_optimizer = a.cost->Optimizer(m.ExpertlessParams() + most_offloaded * expert_params);
+  spec.expert_optimizer = e.cost->Optimizer(most_on_expert_rank * expert_params);
+  return spec;
+}
+
+GradientSync ExpertlessGradientSync(const PlanningContext& ctx, const std::string& kind, int participants) {
+  const ModelShape& m = ctx.model();
+  const double embedding = static_cast<double>(m.vocab * m.hidden);
+  GradientSync sync;
+  sync.head = ctx.AllReduceSeconds(kind, kActivationBytes * (embedding + m.hidden), participants);
+  sync.layer = ctx.AllReduceSeconds(kind, kActivationBytes * m.AttentionParamsPerLayer(), participants);
+  sync.embedding = ctx.AllReduceSeconds(kind, kActivationBytes * embedding, participants);
+  return sync;
+}
+
+std::vector<int> MicroBatchCandidates(int s, int cap) {
+  std::vector<int> out;
+  for (int r = 1; r <= std::min(s, cap); ++r) {
+    if (s % r == 0) out.push_back(r);
+  }
+  if (out.empty()) out.push_back(1);
+  return out;
+}
+
+GroupEvaluation EvaluateGroup(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world,
+                              Schedule schedule, bool allow_asym_ea, int max_micro_batches) {
+  if (shape.attention_ranks < 1 || shape.expert_ranks < 1 || shape.sequences_per_attention_rank < 1) {
+    throw Error("planner: a ZP group needs an attention rank, an expert rank and a sequence");
+  }
+  const bool asym_ok =
+      allow_asym_ea && schedule == Schedule::kZebra && AsymEaShapeOk(shape.attention_ranks, shape.expert_ranks);
+  const int n1 = asym_ok ? std::max(1, shape.expert_ranks / shape.attention_ranks) : 0;
+  const int n2 = asym_ok ? n1 * shape.attention_ranks / shape.expert_ranks : 0;
+
+  GroupEvaluation best;
+  bool found = false;
+  std::string problem;
+  for (int r : MicroBatchCandidates(shape.sequences_per_attention_rank, max_micro_batches)) {
+    GroupShape candidate = shape;
+    candidate.micro_batches = r;
+    candidate.offloaded.clear();
+    const ZpMemory memory = GroupMemory(ctx, candidate, schedule);
+    const std::string why = memory.Problem(asym_ok, n1, n2);
+    if (!why.empty()) {
+      problem = why;
+      continue;
+    }
+    AsymEaResult asym;
+    std::vector<std::vector<int>> options;
+    std::vector<AsymEaResult> proposals;
+    if (memory.n_min == 0) {
+      options.push_back({});
+      proposals.push_back({});
+    }
+    if (asym_ok) {
+      for (bool head_aware : {false, true}) {
+        try {
+          const AsymEaResult proposal =
+              AssignAsymmetricExperts(GroupAsymEaInputs(ctx, candidate, memory, head_aware));
+          if (!head_aware) asym = proposal;
+          if (proposal.TotalOffloaded() > 0 &&
+              std::find(options.begin(), options.end(), proposal.offloaded) == options.end()) {
+            options.push_back(proposal.offloaded);
+            proposals.push_back(proposal);
+          }
+        } catch (const Error& e) {
+          problem = e.what();
+        }
+      }
+    }
+    for (size_t o = 0; o < options.size(); ++o) {
+      const std::vector<int>& offloaded = options[o];
+      candidate.offloaded = offloaded;
+      const ZebraStepSpec spec = GroupStepSpec(ctx, candidate, world);
+      const StepGraph graph = schedule == Schedule::kZebra ? BuildZebraStep(spec) : BuildSequentialStep(spec);
+      const SimulationResult sim = Simulate(graph);
+      if (!found || sim.step_seconds < best.step_seconds) {
+        found = true;
+        best.shape = candidate;
+        best.step_seconds = sim.step_seconds;
+        best.attention_busy = sim.BusyFraction("attention");
+        best.expert_busy = sim.BusyFraction("expert");
+        best.asym_ea_used = !offloaded.empty();
+        best.asym_ea = offloaded.empty() ? asym : proposals[o];
+        best.memory = memory;
+      }
+    }
+  }
+  if (!found) {
+    throw Error("model does not fit in a " + std::to_string(shape.attention_ranks) + " " + shape.attention_gpu +
+                " : " + std::to_string(shape.expert_ranks) + " " + shape.expert_gpu + " group with " +
+                std::to_string(shape.sequences_per_attention_rank) + " sequences per attention rank: " + problem);
+  }
+  return best;
+}
+
+}  // namespace hetermoe::planner

@@ -1,0 +1,127 @@
+// One ZP group shape, priced: from (attention kind x M, expert kind x N,
+// sequences per attention rank S, micro-batches R, Asym-EA offload) to the
+// per-op durations the simulator needs, its memory, and its simulated step.
+//
+// PlanningContext gathers what every evaluation shares: the model, the
+// sequence length, one cost model per GPU kind, the cluster's links. It is
+// built once per plan and only read afterwards.
+//
+// Communication per micro-batch and layer, one attention rank's view: its
+// b*T tokens go to their k experts; the share routed to experts on expert
+// ranks crosses to the N expert ranks, the share routed to experts Asym-EA
+// moved onto attention ranks goes to the other M-1 attention ranks. An
+// expert rank receives from all M attention ranks. The dispatch takes as
+// long as the slower side (sender or receiver), per the alpha-beta model;
+// the combine moves the same bytes back; backward repeats both.
+// Gradients are all-reduced as they become ready: 2 (P-1)/P of the bytes over
+// the slowest link of a ring, plus 2 log2(P) message latencies (NCCL's tree
+// algorithm keeps the latency logarithmic at scale).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "planner/asym_ea.h"
+#include "planner/cost_model.h"
+#include "planner/inventory.h"
+#include "planner/memory_model.h"
+#include "planner/step_graph.h"
+
+namespace hetermoe::planner {
+
+struct KindContext {
+  GpuProfile gpu;
+  std::optional<MeasuredProfile> measured;    // the measurement matching the model, if any
+  std::unique_ptr<ComputeCostModel> cost;     // refers to gpu, measured and the context's model
+  int count = 0;             // GPUs of this kind in the inventory
+  int max_per_node = 0;      // GPUs of this kind on its largest node
+  double nic_gbps = 0;       // slowest NIC among its nodes
+};
+
+class PlanningContext {
+ public:
+  PlanningContext(const ModelShape& model, const Inventory& inventory, const GpuProfileTable& profiles,
+                  int64_t seq_len, Precision precision);
+  PlanningContext(const PlanningContext&) = delete;
+  PlanningContext& operator=(const PlanningContext&) = delete;
+
+  const ModelShape& model() const { return model_; }
+  const Inventory& inventory() const { return inventory_; }
+  int64_t seq_len() const { return seq_len_; }
+  Precision precision() const { return precision_; }
+  const KindContext& Kind(const std::string& kind) const;
+  std::vector<std::string> Kinds() const;  // inventory order
+
+  // Per-GPU link for traffic between kinds; `remote` when it leaves the node.
+  LinkModel Link(const std::string& kind, bool remote) const;
+  // Ring all-reduce of `bytes` over `participants` GPUs of `kind`.
+  double AllReduceSeconds(const std::string& kind, double bytes, int participants) const;
+
+ private:
+  ModelShape model_;
+  Inventory inventory_;
+  int64_t seq_len_;
+  Precision precision_;
+  std::map<std::string, KindContext> kinds_;
+};
+
+struct GroupShape {
+  std::string attention_gpu;
+  std::string expert_gpu;
+  int attention_ranks = 0;               // M
+  int expert_ranks = 0;                  // N
+  int groups = 0;                        // identical groups of this shape (data-parallel replicas)
+  int sequences_per_attention_rank = 0;  // S
+  int micro_batches = 1;                 // R, divides S
+  std::vector<int> offloaded;            // Asym-EA experts moved per layer (group total); empty = none
+
+  bool SameKind() const { return attention_gpu == expert_gpu; }
+  int Gpus() const { return groups * (attention_ranks + expert_ranks); }
+};
+
+// Who the data-parallel gradient all-reduces span (over the whole plan).
+struct DataParallelWorld {
+  int attention_ranks = 1;  // all attention ranks of all groups
+  int groups = 1;           // all ZP groups (each holds one copy of every expert)
+};
+
+// `schedule` decides how many micro-batches' activations are alive at once.
+ZpMemory GroupMemory(const PlanningContext& ctx, const GroupShape& shape, Schedule schedule = Schedule::kZebra);
+// Algorithm 1's inputs for a shape. With `head_aware`, T_A also carries the
+// attention rank's share of the LM head (spread over the layers): the head
+// runs on attention ranks too, which the paper's T_A leaves out [inferred].
+AsymEaInputs GroupAsymEaInputs(const PlanningContext& ctx, const GroupShape& shape, const ZpMemory& memory,
+                               bool head_aware = false);
+ZebraStepSpec GroupStepSpec(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world);
+
+struct GroupEvaluation {
+  GroupShape shape;          // with the chosen micro_batches and offloaded
+  double step_seconds = 0;
+  double attention_busy = 0; // compute busy fraction of the representative ranks
+  double expert_busy = 0;
+  bool asym_ea_used = false;
+  AsymEaResult asym_ea;      // Algorithm 1's output (also when not used)
+  ZpMemory memory;
+};
+
+// Simulates `shape` under `schedule` for each candidate R (divisors of S, at
+// most `max_micro_batches`), without Asym-EA and with the offloads Algorithm
+// 1 proposes (paper inputs and head-aware inputs); Asym-EA is forced when
+// memory requires it, skipped when disabled or the shape does not allow it.
+// The simulation, not Algorithm 1, has the last word: an offload that does
+// not shorten the simulated step is not used. Returns the fastest. Throws hetermoe::Error with the memory problem
+// when the shape cannot fit.
+GroupEvaluation EvaluateGroup(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world,
+                              Schedule schedule, bool allow_asym_ea, int max_micro_batches);
+
+// The all-reduces of the expert-less model's gradients over `participants`
+// GPUs of `kind` (LM head, one layer, embedding), as GradientSync splits them.
+GradientSync ExpertlessGradientSync(const PlanningContext& ctx, const std::string& kind, int participants);
+
+// Divisors of s up to `cap`, ascending.
+std::vector<int> MicroBatchCandidates(int s, int cap);
+
+}  // namespace hetermoe::planner

@@ -1,0 +1,675 @@
+// Notation: L layers, E experts, P ranks per group (local indices), M
+// attention ranks per group, R micro-batches per attention rank, d hidden,
+// f expert width, k experts per token. Message tags encode (kind, layer,
+// micro-batch); the pair (peer, tag) is unique within a step.
+#include "trainer/parallel/engine.h"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "common/error.h"
+#include "trainer/model/cpu_stages.h"
+#include "trainer/model/mixtral.h"
+#include "trainer/ops/experts.h"
+
+namespace hetermoe::parallel {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+enum MessageKind : uint32_t { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
+
+// Token deduplication (HierMoE's, applied to HeterMoE's dispatch): a token
+// routed to several experts of one owner travels once. For one (layer,
+// micro-batch, owner) block, `index[i]` names the unique token of the
+// block's row i, and `first[u]` the first row of unique token u.
+struct Dedup {
+  std::vector<int32_t> index;  // [rows]
+  std::vector<int64_t> first;  // [uniques]
+  int64_t uniques() const { return static_cast<int64_t>(first.size()); }
+};
+
+// Rows [row0, row0 + rows) of a plan, grouped by token. `unique_of` is
+// scratch of plan.tokens entries, all -1, and is left that way.
+void MakeDedup(const ops::DispatchPlan& plan, int64_t row0, int64_t rows, std::vector<int32_t>& unique_of,
+               Dedup* dd) {
+  dd->index.resize(rows);
+  dd->first.clear();
+  for (int64_t i = 0; i < rows; ++i) {
+    int32_t& u = unique_of[plan.token_of_row[row0 + i]];
+    if (u < 0) {
+      u = static_cast<int32_t>(dd->first.size());
+      dd->first.push_back(i);
+    }
+    dd->index[i] = u;
+  }
+  for (int64_t first : dd->first) unique_of[plan.token_of_row[row0 + first]] = -1;
+}
+
+// Bytes of a dispatch message's header: counts of the owner's experts, then
+// with dedup the unique-token count and the row -> unique index (padded to 8).
+size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup) {
+  size_t b = experts * sizeof(int64_t);
+  if (dedup) b += sizeof(int64_t) + (rows * sizeof(int32_t) + 7) / 8 * 8;
+  return b;
+}
+
+// What an owner keeps of one (layer, micro-batch, source) block.
+struct OwnerSlot {
+  std::vector<char> inbox;          // header + rows (unique rows with dedup)
+  int64_t rows = 0;
+  int64_t uniques = 0;              // dedup: unique tokens among the rows
+  std::vector<int32_t> index;       // dedup: row -> unique token
+  std::vector<float> xp;            // dedup: the rows, fanned out from the unique ones
+  std::vector<float> dx_sums;       // dedup: input grads summed per unique token
+  ops::DispatchPlan plan;           // counts/offsets over the owner's range only
+  std::unique_ptr<model::ExpertBlock> block;  // the experts' compute on this rank's device
+  const float* y = nullptr;         // outputs to send back (host, owned by block)
+  const float* dxp = nullptr;       // input grads to send back (host, owned by block)
+  std::vector<float> dy;            // output grads in
+  std::unique_ptr<comm::Request> inbox_request, dy_request;
+};
+
+}  // namespace
+
+struct DistributedBackend::Impl {
+  io::MixtralConfig config;
+  const model::ParameterLayout& layout;
+  Placement placement;
+  comm::World* world;
+  int rank;
+  Emulation emulation;
+  Tracer* tracer;
+  int L, P, M, R, group;
+  int64_t E, d, f, k;
+  std::vector<Task> order;
+
+  std::vector<float> params, grads;  // host copies: all-reduce, norm and AdamW run here
+  optim::AdamW adamw;
+  std::unique_ptr<model::StageDevice> device;  // where the stages compute
+  std::vector<bool> owned, counted;       // per tensor
+  std::vector<size_t> dense_tensors, owned_expert_tensors;
+  std::vector<std::vector<size_t>> group0_owned_experts;  // [local] tensors (rank 0's gather)
+
+  std::unique_ptr<comm::Communicator> dispatch, combine, dense, replicas, everyone;
+
+  // attention side
+  std::vector<std::unique_ptr<model::MicroBatchStages>> micro;
+  std::vector<std::vector<char>> outbox;                       // [l][j][owner]
+  std::vector<std::unique_ptr<comm::Request>> outputs_in;      // [l][j][owner]
+  std::vector<std::unique_ptr<comm::Request>> input_grads_in;  // [l][j][owner]
+  std::vector<Dedup> dedups;                                   // [l][j][owner] (dedup on)
+  std::vector<int32_t> unique_of;                              // MakeDedup's scratch: token -> unique
+  std::vector<std::vector<float>> grad_sums;                   // [l][j][owner] input grads per unique token
+  bool dedup = true;
+  double bytes_sent = 0;                                       // dispatch + combine, this step
+  // owner side
+  std::vector<OwnerSlot> slots;                                // [l][j][source]
+  std::vector<std::unique_ptr<comm::Request>> sends;
+
+  int64_t micro_tokens = 0;
+  double loss_sum = 0, ce_sum = 0, aux_sum = 0;
+  std::vector<std::vector<int64_t>> expert_tokens;
+  double idle = 0, dispatch_wait = 0, combine_wait = 0;
+
+  Impl(const io::MixtralConfig& c, const model::ParameterLayout& lay, const Placement& p,
+       comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t, const StageDeviceFactory& make_device)
+      : config(c), layout(lay), placement(p), world(w), rank(w->rank()), emulation(em), tracer(t),
+        adamw(lay, opt) {
+    L = p.layers;
+    P = p.group_size;
+    M = p.attention_per_group;
+    R = p.micro_per_rank;
+    group = p.GroupOf(rank);
+    E = c.num_local_experts;
+    d = c.hidden_size;
+    f = c.intermediate_size;
+    k = c.num_experts_per_tok;
+    order = TaskOrder(p, rank);
+    params.assign(lay.total(), 0.0f);
+    grads.assign(lay.total(), 0.0f);
+    device = make_device ? make_device(params.data(), grads.data())
+                         : model::MakeCpuStageDevice(config, layout, params.data(), grads.data());
+    ClassifyTensors();
+    Connect();
+    if (p.IsAttention(rank))
+      for (int j = 0; j < R; ++j) micro.push_back(device->NewMicroBatch());
+    outbox.resize(static_cast<size_t>(L) * R * P);
+    outputs_in.resize(outbox.size());
+    input_grads_in.resize(outbox.size());
+    dedups.resize(outbox.size());
+    grad_sums.resize(outbox.size());
+    slots.resize(static_cast<size_t>(L) * R * P);
+  }
+
+  size_t Idx(int l, int j, int x) const { return (static_cast<size_t>(l) * R + j) * P + x; }
+  uint32_t Tag(MessageKind kind, int l, int j) const {
+    return (static_cast<uint32_t>(kind) * L + l) * R + j;
+  }
+  const ExpertRange& Range(int l, int local) const { return placement.owners[l][local]; }
+
+  // Which tensors this rank updates, and which it counts in the global norm.
+  void ClassifyTensors() {
+    const auto& ts = layout.tensors();
+    std::map<int64_t, std::pair<int, int64_t>> expert_at;  // offset -> (layer, expert)
+    for (int l = 0; l < L; ++l)
+      for (int64_t e = 0; e < E; ++e) {
+        const auto& eo = layout.layers[l].experts[e];
+        for (int64_t off : {eo.w1, eo.w2, eo.w3}) expert_at[off] = {l, e};
+      }
+    owned.assign(ts.size(), false);
+    counted.assign(ts.size(), false);
+    group0_owned_experts.assign(P, {});
+    const int local = placement.LocalOf(rank);
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const auto it = expert_at.find(ts[i].offset);
+      if (it == expert_at.end()) {
+        dense_tensors.push_back(i);
+        owned[i] = placement.IsAttention(rank);
+        counted[i] = rank == 0;  // identical on every attention rank after the sum
+        continue;
+      }
+      const auto [l, e] = it->second;
+      for (int o = 0; o < P; ++o) {
+        const auto& r = Range(l, o);
+        if (e >= r.first && e < r.first + r.count) {
+          group0_owned_experts[o].push_back(i);
+          if (o == local) {
+            owned[i] = true;
+            owned_expert_tensors.push_back(i);
+            counted[i] = group == 0;
+          }
+        }
+      }
+    }
+  }
+
+  void Connect() {
+    std::vector<int> members;
+    for (int x = 0; x < P; ++x) members.push_back(placement.GlobalRank(group, x));
+    const std::string g = std::to_string(group);
+    dispatch = world->Group("dispatch-" + g, members);
+    combine = world->Group("combine-" + g, members);
+    if (placement.IsAttention(rank)) {
+      std::vector<int> attention;
+      for (int gg = 0; gg < placement.groups; ++gg)
+        for (int x = 0; x < M; ++x) attention.push_back(placement.GlobalRank(gg, x));
+      dense = world->Group("dense", attention);
+    }
+    std::vector<int> same_local;
+    for (int gg = 0; gg < placement.groups; ++gg)
+      same_local.push_back(placement.GlobalRank(gg, placement.LocalOf(rank)));
+    replicas = world->Group("replicas-" + std::to_string(placement.LocalOf(rank)), same_local);
+    std::vector<int> all;
+    for (int r = 0; r < placement.world_size(); ++r) all.push_back(r);
+    everyone = world->Group("world", all);
+  }
+
+  // --- timing, emulation, tracing ---
+  template <typename Fn>
+  void Compute(const Task& task, double factor, Fn fn) {
+    const auto t0 = Clock::now();
+    fn();
+    const double spent = Seconds(t0, Clock::now());
+    if (factor > 1.0) std::this_thread::sleep_for(std::chrono::duration<double>(spent * (factor - 1.0)));
+    if (tracer) tracer->Add(ToString(task), Tracer::kCompute, t0, Clock::now());
+  }
+
+  void Wait(comm::Request* r, bool dispatch_channel, const char* what, int l, int j) {
+    const auto t0 = Clock::now();
+    r->Wait();
+    const auto t1 = Clock::now();
+    const double s = Seconds(t0, t1);
+    idle += s;
+    (dispatch_channel ? dispatch_wait : combine_wait) += s;
+    if (tracer && s > 20e-6)
+      tracer->Add(std::string(what) + "(" + std::to_string(l + 1) + "," + std::to_string(j + 1) + ")",
+                  dispatch_channel ? Tracer::kDispatch : Tracer::kCombine, t0, t1);
+  }
+
+  // --- attention side ---
+  // The rows of a micro-batch's dispatch plan that owner range r covers.
+  struct Rows {
+    int64_t first, count;
+  };
+  static Rows RowsOf(const ops::DispatchPlan& plan, const ExpertRange& r) {
+    const int64_t first = plan.offsets[r.first];
+    return {first, plan.offsets[r.first + r.count] - first};
+  }
+
+  void WaitFromOwners(std::vector<std::unique_ptr<comm::Request>>& requests, int l, int j,
+                      const char* what) {
+    for (int o = 0; o < P; ++o)
+      if (auto& r = requests[Idx(l, j, o)]) {
+        Wait(r.get(), false, what, l, j);
+        r.reset();
+      }
+  }
+
+  // Counts what this rank sends to its peers (the dispatch and combine traffic).
+  void Send(comm::Communicator* c, const void* data, size_t bytes, int peer, uint32_t tag) {
+    if (peer != placement.LocalOf(rank)) bytes_sent += static_cast<double>(bytes);  // not the self-mailbox
+    sends.push_back(c->Isend(data, bytes, peer, tag));
+  }
+
+  // Calls fn(owner, range, first row, rows) for every owner of layer l that
+  // holds experts, over micro-batch j's plan.
+  template <typename Fn>
+  void ForEachOwner(int l, int j, Fn fn) {
+    const ops::DispatchPlan& plan = micro[j]->plan(l);
+    for (int o = 0; o < P; ++o) {
+      const ExpertRange& r = Range(l, o);
+      if (r.count == 0) continue;
+      const auto [row0, rows] = RowsOf(plan, r);
+      fn(o, r, row0, rows);
+    }
+  }
+
+  // Dedup: each token's summed input grad goes to its first row, zeros to
+  // the others, so that AttentionBackward's scatter-add over rows yields the
+  // same per-token sum.
+  void FanOutGradSums(int l, int j) {
+    model::MicroBatchStages& mb = *micro[j];
+    ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+      if (rows == 0) return;
+      const Dedup& dd = dedups[Idx(l, j, o)];
+      const std::vector<float>& sums = grad_sums[Idx(l, j, o)];
+      float* out = mb.dispatched_grads(l).data() + row0 * d;
+      std::fill(out, out + rows * d, 0.0f);
+      for (int64_t u = 0; u < dd.uniques(); ++u)
+        std::memcpy(out + dd.first[u] * d, sums.data() + u * d, d * sizeof(float));
+    });
+  }
+
+  void PostDispatch(int l, int j) {
+    model::MicroBatchStages& mb = *micro[j];
+    const ops::DispatchPlan& plan = mb.plan(l);
+    ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
+      std::vector<char>& box = outbox[Idx(l, j, o)];
+      const size_t header = HeaderBytes(r.count, rows, dedup);
+      const float* dispatched = mb.dispatched(l).data() + row0 * d;
+      if (!dedup) {
+        box.resize(header + rows * d * sizeof(float));
+        std::memcpy(box.data() + header, dispatched, rows * d * sizeof(float));
+      } else {
+        Dedup& dd = dedups[Idx(l, j, o)];
+        unique_of.resize(plan.tokens, -1);
+        MakeDedup(plan, row0, rows, unique_of, &dd);
+        const int64_t uniques = dd.uniques();
+        box.resize(header + uniques * d * sizeof(float));
+        std::fill(box.begin(), box.begin() + header, 0);  // the index's padding
+        std::memcpy(box.data() + r.count * sizeof(int64_t), &uniques, sizeof(int64_t));
+        std::memcpy(box.data() + (r.count + 1) * sizeof(int64_t), dd.index.data(), rows * sizeof(int32_t));
+        for (int64_t u = 0; u < uniques; ++u)
+          std::memcpy(box.data() + header + u * d * sizeof(float), dispatched + dd.first[u] * d, d * sizeof(float));
+      }
+      std::memcpy(box.data(), plan.counts.data() + r.first, r.count * sizeof(int64_t));
+      Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
+      if (rows > 0)
+        outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
+                                                  rows * d * sizeof(float), o, Tag(kOutputs, l, j));
+    });
+  }
+
+  void FinishCombine(int l, int j) { WaitFromOwners(outputs_in, l, j, "combine"); }
+
+  void PostBackwardDispatch(int l, int j) {
+    model::MicroBatchStages& mb = *micro[j];
+    ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+      if (rows == 0) return;
+      Send(dispatch.get(), mb.expert_output_grads(l).data() + row0 * d, rows * d * sizeof(float), o,
+           Tag(kOutputGrads, l, j));
+      if (!dedup) {
+        input_grads_in[Idx(l, j, o)] = combine->Irecv(mb.dispatched_grads(l).data() + row0 * d,
+                                                      rows * d * sizeof(float), o, Tag(kInputGrads, l, j));
+      } else {
+        // The owner sums each token's input grads: one row per unique token.
+        std::vector<float>& sums = grad_sums[Idx(l, j, o)];
+        sums.resize(dedups[Idx(l, j, o)].uniques() * d);
+        input_grads_in[Idx(l, j, o)] = combine->Irecv(sums.data(), sums.size() * sizeof(float), o,
+                                                      Tag(kInputGrads, l, j));
+      }
+    });
+  }
+
+  void RunAttention(const Task& t, const backend::StepInput& step, float loss_scale) {
+    const int l = t.layer, j = t.micro;
+    model::MicroBatchStages& mb = *micro[j];
+    switch (t.kind) {
+      case Task::Kind::kAttnFwd:
+        if (l > 0) FinishCombine(l - 1, j);
+        Compute(t, emulation.attention, [&] {
+          if (l == 0) {
+            const int64_t per = step.global_batch / step.micro_batches;
+            const int64_t m = placement.MicroBatchOf(rank, j);
+            mb.EmbedForward({step.inputs + m * micro_tokens, step.targets + m * micro_tokens, per, step.seq_len});
+          } else {
+            mb.CombineForward(l - 1);
+          }
+          mb.AttentionForward(l);
+        });
+        PostDispatch(l, j);
+        break;
+      case Task::Kind::kHead:
+        FinishCombine(L - 1, j);
+        Compute(t, emulation.attention, [&] {
+          mb.CombineForward(L - 1);
+          const model::LossParts loss = mb.HeadForward();
+          loss_sum += loss.total;
+          ce_sum += loss.ce;
+          aux_sum += loss.aux;
+          const auto counts = mb.ExpertCounts();
+          for (int ll = 0; ll < L; ++ll)
+            for (int64_t e = 0; e < E; ++e) expert_tokens[ll][e] += counts[ll][e];
+          mb.HeadBackward(loss_scale);
+          mb.CombineBackward(L - 1);
+        });
+        PostBackwardDispatch(L - 1, j);
+        break;
+      case Task::Kind::kAttnBwd:
+        WaitFromOwners(input_grads_in, l, j, "combine-grad");
+        if (dedup) FanOutGradSums(l, j);
+        Compute(t, emulation.attention, [&] {
+          mb.AttentionBackward(l);
+          if (l > 0) mb.CombineBackward(l - 1);
+          else mb.EmbedBackward();
+        });
+        if (l > 0) PostBackwardDispatch(l - 1, j);
+        break;
+      default:
+        break;
+    }
+  }
+
+  // --- owner side ---
+  // Receives are posted for the whole step up front, into buffers sized for
+  // the worst case (every token of the micro-batch routed to this owner).
+  void PostOwnerReceives() {
+    const int local = placement.LocalOf(rank);
+    const int64_t max_rows = micro_tokens * k;
+    for (int l = 0; l < L; ++l) {
+      const ExpertRange& r = Range(l, local);
+      if (r.count == 0) continue;
+      for (int j = 0; j < R; ++j)
+        for (int a = 0; a < M; ++a) {
+          OwnerSlot& s = slots[Idx(l, j, a)];
+          s.inbox.resize(HeaderBytes(r.count, max_rows, dedup) + max_rows * d * sizeof(float));
+          s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
+        }
+    }
+  }
+
+  void RunOwner(const Task& t) {
+    const int l = t.layer, j = t.micro;
+    const ExpertRange& r = Range(l, placement.LocalOf(rank));
+    if (t.kind == Task::Kind::kExpFwd) {
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        Wait(s.inbox_request.get(), true, "dispatch", l, j);
+        s.inbox_request.reset();
+        // The owner-side plan: counts over all E experts, zero outside the range.
+        s.plan = ops::DispatchPlan{};
+        s.plan.experts = E;
+        s.plan.slots = 1;
+        s.plan.counts.assign(E, 0);
+        std::memcpy(s.plan.counts.data() + r.first, s.inbox.data(), r.count * sizeof(int64_t));
+        s.plan.offsets.assign(E + 1, 0);
+        for (int64_t e = 0; e < E; ++e) s.plan.offsets[e + 1] = s.plan.offsets[e] + s.plan.counts[e];
+        s.rows = s.plan.offsets[E];
+        s.plan.tokens = s.rows;
+        if (s.rows < 0 || s.rows > micro_tokens * k)
+          throw Error("rank " + std::to_string(rank) + ": corrupt dispatch header from rank " +
+                      std::to_string(placement.GlobalRank(group, a)));
+        if (dedup) {
+          // Fan the unique tokens out to their rows.
+          std::memcpy(&s.uniques, s.inbox.data() + r.count * sizeof(int64_t), sizeof(int64_t));
+          s.index.resize(s.rows);
+          std::memcpy(s.index.data(), s.inbox.data() + (r.count + 1) * sizeof(int64_t), s.rows * sizeof(int32_t));
+          const float* unique = reinterpret_cast<const float*>(s.inbox.data() + HeaderBytes(r.count, s.rows, true));
+          bool ok = s.uniques >= 0 && s.uniques <= s.rows;
+          for (int64_t i = 0; ok && i < s.rows; ++i) ok = s.index[i] >= 0 && s.index[i] < s.uniques;
+          if (!ok)
+            throw Error("rank " + std::to_string(rank) + ": corrupt dedup index from rank " +
+                        std::to_string(placement.GlobalRank(group, a)));
+          s.xp.resize(s.rows * d);
+          for (int64_t i = 0; i < s.rows; ++i)
+            std::memcpy(s.xp.data() + i * d, unique + s.index[i] * d, d * sizeof(float));
+        }
+      }
+      Compute(t, emulation.experts, [&] {
+        for (int a = 0; a < M; ++a) {
+          OwnerSlot& s = slots[Idx(l, j, a)];
+          if (s.rows == 0) continue;
+          const float* xp = dedup ? s.xp.data() : reinterpret_cast<const float*>(s.inbox.data() + r.count * sizeof(int64_t));
+          if (!s.block) s.block = device->NewExpertBlock();
+          s.y = s.block->Forward(l, s.plan, r.first, r.count, xp);
+        }
+      });
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        if (s.rows == 0) continue;
+        Send(combine.get(), s.y, s.rows * d * sizeof(float), a, Tag(kOutputs, l, j));
+        s.dy.resize(s.rows * d);
+        s.dy_request = dispatch->Irecv(s.dy.data(), s.rows * d * sizeof(float), a, Tag(kOutputGrads, l, j));
+      }
+      return;
+    }
+    // kExpBwd
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      Wait(s.dy_request.get(), true, "dispatch-grad", l, j);
+      s.dy_request.reset();
+    }
+    Compute(t, emulation.experts, [&] {
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        if (s.rows == 0) continue;
+        s.dxp = s.block->Backward(s.dy.data());
+      }
+    });
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      if (!dedup) {
+        Send(combine.get(), s.dxp, s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j));
+        continue;
+      }
+      // One row per unique token: the sum of its rows' input grads.
+      s.dx_sums.assign(s.uniques * d, 0.0f);
+      for (int64_t i = 0; i < s.rows; ++i) {
+        float* dst = s.dx_sums.data() + s.index[i] * d;
+        const float* src = s.dxp + i * d;
+        for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
+      }
+      Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), a, Tag(kInputGrads, l, j));
+    }
+  }
+
+  // Sums the listed tensors' gradients over a communicator, packed.
+  void AllReduceTensors(comm::Communicator* c, const std::vector<size_t>& tensors) {
+    if (!c || c->size() == 1 || tensors.empty()) return;
+    size_t n = 0;
+    for (size_t i : tensors) n += layout.tensors()[i].numel;
+    std::vector<float> packed(n);
+    size_t at = 0;
+    for (size_t i : tensors) {
+      const auto& t = layout.tensors()[i];
+      std::memcpy(packed.data() + at, grads.data() + t.offset, t.numel * sizeof(float));
+      at += t.numel;
+    }
+    c->AllReduceSum(packed.data(), n);
+    at = 0;
+    for (size_t i : tensors) {
+      const auto& t = layout.tensors()[i];
+      std::memcpy(grads.data() + t.offset, packed.data() + at, t.numel * sizeof(float));
+      at += t.numel;
+    }
+  }
+};
+
+DistributedBackend::DistributedBackend(const io::MixtralConfig& config,
+                                       const model::ParameterLayout& layout,
+                                       const Placement& placement, comm::World* world,
+                                       const optim::AdamWOptions& adamw, Emulation emulation,
+                                       Tracer* tracer, const StageDeviceFactory& make_device)
+    : impl_(std::make_unique<Impl>(config, layout, placement, world, adamw, emulation, tracer, make_device)),
+      rank_(world->rank()) {}
+
+DistributedBackend::~DistributedBackend() = default;
+
+void DistributedBackend::Upload(const backend::HostState& s) {
+  Impl& m = *impl_;
+  if (s.params.size() != m.params.size()) throw Error("distributed upload: parameter count mismatch");
+  std::copy(s.params.begin(), s.params.end(), m.params.begin());  // in place: the CPU device aliases it
+  m.adamw.exp_avg() = s.exp_avg;
+  m.adamw.exp_avg_sq() = s.exp_avg_sq;
+  m.adamw.set_step(s.optimizer_step);
+  std::vector<size_t> all(m.layout.tensors().size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  m.device->SetParams(m.params.data(), all);
+}
+
+void DistributedBackend::Download(backend::HostState* s) {
+  Impl& m = *impl_;
+  s->params = m.params;
+  s->exp_avg = m.adamw.exp_avg();
+  s->exp_avg_sq = m.adamw.exp_avg_sq();
+  s->optimizer_step = m.adamw.step();
+  // Rank 0 gathers group 0's experts (params and both moments) from their owners.
+  if (m.group != 0) return;
+  const uint32_t tag = 1u << 30;
+  auto pack_size = [&](const std::vector<size_t>& ts) {
+    size_t n = 0;
+    for (size_t i : ts) n += m.layout.tensors()[i].numel;
+    return 3 * n;
+  };
+  if (rank_ == 0) {
+    for (int o = 1; o < m.P; ++o) {
+      const auto& ts = m.group0_owned_experts[o];
+      if (ts.empty()) continue;
+      std::vector<float> buf(pack_size(ts));
+      m.everyone->Irecv(buf.data(), buf.size() * sizeof(float), o, tag)->Wait();
+      size_t at = 0;
+      for (std::vector<float>* dst : {&s->params, &s->exp_avg, &s->exp_avg_sq})
+        for (size_t i : ts) {
+          const auto& t = m.layout.tensors()[i];
+          std::memcpy(dst->data() + t.offset, buf.data() + at, t.numel * sizeof(float));
+          at += t.numel;
+        }
+    }
+  } else if (!m.owned_expert_tensors.empty()) {
+    std::vector<float> buf;
+    buf.reserve(pack_size(m.owned_expert_tensors));
+    for (const std::vector<float>* src : {&s->params, &s->exp_avg, &s->exp_avg_sq})
+      for (size_t i : m.owned_expert_tensors) {
+        const auto& t = m.layout.tensors()[i];
+        buf.insert(buf.end(), src->begin() + t.offset, src->begin() + t.offset + t.numel);
+      }
+    m.everyone->Isend(buf.data(), buf.size() * sizeof(float), 0, tag)->Wait();
+  }
+}
+
+backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput& step) {
+  Impl& m = *impl_;
+  if (step.micro_batches != m.placement.micro_batches)
+    throw Error("distributed step: micro_batches changed from the placement's");
+  const auto start = Clock::now();
+  m.device->ZeroGrads();
+  m.micro_tokens = step.global_batch / step.micro_batches * step.seq_len;
+  m.loss_sum = m.ce_sum = m.aux_sum = 0;
+  m.expert_tokens.assign(m.L, std::vector<int64_t>(m.E, 0));
+  m.idle = m.dispatch_wait = m.combine_wait = 0;
+  m.bytes_sent = 0;
+  const float loss_scale = 1.0f / static_cast<float>(step.micro_batches);
+
+  m.PostOwnerReceives();
+  for (const Task& t : m.order) {
+    if (t.kind == Task::Kind::kExpFwd || t.kind == Task::Kind::kExpBwd) m.RunOwner(t);
+    else m.RunAttention(t, step, loss_scale);
+  }
+  for (auto& s : m.sends) s->Wait();
+  m.sends.clear();
+  m.device->GetGrads(m.grads.data());
+  const double wall = Seconds(start, Clock::now());
+
+  // Gradients: dense over every attention rank, experts over the groups.
+  std::vector<size_t> owned_dense;
+  if (m.placement.IsAttention(rank_)) owned_dense = m.dense_tensors;
+  m.AllReduceTensors(m.dense.get(), owned_dense);
+  m.AllReduceTensors(m.replicas.get(), m.owned_expert_tensors);
+
+  // Losses, routing counts and idle time, summed over the world.
+  const bool attention = m.placement.IsAttention(rank_);
+  std::vector<double> sums = {m.loss_sum, m.ce_sum, m.aux_sum,
+                              attention ? m.idle : 0.0, attention ? wall : 0.0,
+                              attention ? 0.0 : m.idle, attention ? 0.0 : wall,
+                              m.dispatch_wait, m.combine_wait, m.bytes_sent};
+  for (const auto& layer : m.expert_tokens)
+    for (int64_t c : layer) sums.push_back(static_cast<double>(c));
+  m.everyone->AllReduceSum(sums.data(), sums.size());
+
+  backend::StepLoss out;
+  out.loss = sums[0] / step.micro_batches;
+  out.ce = sums[1] / step.micro_batches;
+  out.aux = sums[2] / step.micro_batches;
+  out.has_parallel_stats = true;
+  out.bubble_attention = sums[4] > 0 ? sums[3] / sums[4] : 0;
+  out.bubble_expert = sums[6] > 0 ? sums[5] / sums[6] : 0;
+  out.dispatch_wait_seconds = sums[7];
+  out.combine_wait_seconds = sums[8];
+  out.exchange_bytes = sums[9];
+  out.expert_tokens.assign(m.L, std::vector<int64_t>(m.E));
+  for (int l = 0; l < m.L; ++l)
+    for (int64_t e = 0; e < m.E; ++e)
+      out.expert_tokens[l][e] = static_cast<int64_t>(sums[10 + l * m.E + e]);
+  return out;
+}
+
+double DistributedBackend::ClipGradNorm(double max_norm) {
+  Impl& m = *impl_;
+  double sq = 0;
+  const auto& ts = m.layout.tensors();
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (!m.counted[i]) continue;
+    const float* g = m.grads.data() + ts[i].offset;
+    for (int64_t x = 0; x < ts[i].numel; ++x) sq += static_cast<double>(g[x]) * g[x];
+  }
+  m.everyone->AllReduceSum(&sq, 1);
+  const double norm = std::sqrt(sq);
+  if (max_norm > 0.0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+      const float c = static_cast<float>(coef);
+      for (size_t i = 0; i < ts.size(); ++i) {
+        if (!m.owned[i]) continue;
+        float* g = m.grads.data() + ts[i].offset;
+        for (int64_t x = 0; x < ts[i].numel; ++x) g[x] *= c;
+      }
+    }
+  }
+  return norm;
+}
+
+void DistributedBackend::OptimizerStep(double lr) {
+  Impl& m = *impl_;
+  m.adamw.Step(m.params.data(), m.grads.data(), lr, &m.owned);
+  std::vector<size_t> updated;
+  for (size_t i = 0; i < m.owned.size(); ++i)
+    if (m.owned[i]) updated.push_back(i);
+  m.device->SetParams(m.params.data(), updated);
+}
+
+
+void DistributedBackend::SetDedup(bool on) { impl_->dedup = on; }
+
+std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }
+
+
+}  // namespace hetermoe::parallel

@@ -1,0 +1,75 @@
+// The distributed engine: one rank of a zebra-parallel (or sequential, or
+// expert-parallel) run, as a training Backend.
+//
+// Every rank runs the same training loop and reads the same global batch; the
+// engine runs this rank's tasks (schedule.h) in order, moving rows between
+// attention ranks and expert owners:
+//   dispatch channel: attention -> owner  (forward rows, backward output grads)
+//   combine channel:  owner -> attention  (expert outputs, input grads)
+// Each message is one (layer, micro-batch, owner) block: a header with the
+// owner's per-expert row counts, then the rows, exactly the slice of the
+// micro-batch's DispatchPlan that the owner's expert range covers (with
+// dedup, SetDedup: the block's unique tokens and each row's index into them). Receives
+// are posted before they are needed, into buffers sized up front, so transfers
+// overlap compute.
+//
+// After the tasks: gradients of the dense (non-expert) parameters are summed
+// over all attention ranks, those of each expert over the groups; the global
+// gradient norm is summed over the owners of group 0; every rank updates only
+// the tensors it owns. Checkpoints gather group 0's experts on rank 0.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trainer/backend/backend.h"
+#include "trainer/comm/communicator.h"
+#include "trainer/model/stages.h"
+#include "trainer/parallel/placement.h"
+#include "trainer/parallel/task_order.h"
+#include "trainer/parallel/trace.h"
+
+namespace hetermoe::parallel {
+
+// Slow-down factors (>= 1) that pad each op's measured time with sleep, so a
+// V100-like expert rank and an A40-like attention rank can be emulated on one
+// CPU. Which pair applies depends on the rank's role.
+struct Emulation {
+  double attention = 1.0;  // factor on attention work (AttnFwd, Head, AttnBwd)
+  double experts = 1.0;    // factor on expert work (ExpFwd, ExpBwd)
+};
+
+// Makes the rank's device over the engine's host parameter and gradient
+// buffers (the CPU device computes in them; a GPU device copies them).
+using StageDeviceFactory = std::function<std::unique_ptr<model::StageDevice>(float* params, float* grads)>;
+
+class DistributedBackend final : public backend::Backend {
+ public:
+  DistributedBackend(const io::MixtralConfig& config, const model::ParameterLayout& layout,
+                     const Placement& placement, comm::World* world,
+                     const optim::AdamWOptions& adamw, Emulation emulation, Tracer* tracer,
+                     const StageDeviceFactory& make_device = nullptr);  // nullptr: the CPU
+  ~DistributedBackend() override;
+
+  std::string name() const override;
+  // HierMoE's token deduplication on the dispatch (default on; every rank of
+  // a run must agree): a token routed to several experts of one owner is
+  // sent once and fanned out there, and the owner sums that token's input
+  // grads before sending them back. Set before the first step.
+  void SetDedup(bool on);
+  void Upload(const backend::HostState& state) override;
+  void Download(backend::HostState* state) override;
+  backend::StepLoss ComputeGradients(const backend::StepInput& step) override;
+  double ClipGradNorm(double max_norm) override;
+  void OptimizerStep(double lr) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int rank_;
+};
+
+}  // namespace hetermoe::parallel
