@@ -13,7 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/error.h"
-#include "operator/controller/log.h"
+#include "operator/machinery/log.h"
 #include "operator/controller/operator.h"
 #include "operator/core/gpu_classification.h"
 

@@ -4,8 +4,8 @@
 #include <chrono>
 #include <future>
 
-#include "operator/controller/log.h"
-#include "operator/controller/operator_metrics.h"
+#include "operator/machinery/log.h"
+#include "operator/machinery/operator_metrics.h"
 #include "operator/core/children.h"
 #include "operator/core/conditions.h"
 #include "operator/core/job_reconcile.h"

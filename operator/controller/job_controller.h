@@ -19,8 +19,8 @@
 #include <mutex>
 #include <string>
 
-#include "operator/controller/controller_loop.h"
-#include "operator/controller/informer.h"
+#include "operator/machinery/controller_loop.h"
+#include "operator/machinery/informer.h"
 #include "operator/core/events.h"
 #include "operator/core/gpu_classification.h"
 #include "operator/core/node_inventory.h"

@@ -1,8 +1,8 @@
 // NodeLabeller: see node_labeller.h.
 #include "operator/controller/node_labeller.h"
 
-#include "operator/controller/log.h"
-#include "operator/controller/operator_metrics.h"
+#include "operator/machinery/log.h"
+#include "operator/machinery/operator_metrics.h"
 #include "operator/kube/resource.h"
 
 namespace hetermoe::op {

@@ -7,8 +7,8 @@
 #include <memory>
 #include <string>
 
-#include "operator/controller/controller_loop.h"
-#include "operator/controller/informer.h"
+#include "operator/machinery/controller_loop.h"
+#include "operator/machinery/informer.h"
 #include "operator/core/gpu_classification.h"
 
 namespace hetermoe::op {

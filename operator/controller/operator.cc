@@ -3,11 +3,11 @@
 
 #include <unistd.h>
 
-#include "operator/controller/health_server.h"
-#include "operator/controller/informer.h"
+#include "operator/machinery/health_server.h"
+#include "operator/machinery/informer.h"
 #include "operator/controller/job_controller.h"
-#include "operator/controller/leader_election.h"
-#include "operator/controller/log.h"
+#include "operator/machinery/leader_election.h"
+#include "operator/machinery/log.h"
 #include "operator/controller/node_labeller.h"
 #include "operator/controller/progress_poller.h"
 #include "operator/core/children.h"

@@ -16,7 +16,7 @@
 #include <string>
 #include <thread>
 
-#include "operator/controller/operator_metrics.h"
+#include "operator/machinery/operator_metrics.h"
 #include "operator/core/gpu_classification.h"
 #include "operator/kube/kube_client.h"
 

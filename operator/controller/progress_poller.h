@@ -17,7 +17,7 @@
 #include <string>
 #include <thread>
 
-#include "operator/controller/informer.h"
+#include "operator/machinery/informer.h"
 
 namespace hetermoe::op {
 

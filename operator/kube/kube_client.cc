@@ -15,7 +15,7 @@
 #include <cpprest/containerstream.h>
 #include <cpprest/http_client.h>
 
-#include "operator/core/rate_limiter.h"
+#include "operator/machinery/rate_limiter.h"
 
 namespace hetermoe::op {
 

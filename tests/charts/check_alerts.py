@@ -11,7 +11,7 @@ binary and Prometheus's own promtool:
     each with a severity label and summary/description annotations naming
     the job's namespace (and the job, for the trainer alerts);
   * every metric name the rules and the unit tests use is one the operator
-    (operator/controller/operator_metrics.cc) or the trainer
+    (operator/machinery/operator_metrics.cc) or the trainer
     (trainer/run/metrics.cc) registers;
   * its `spec` written as a plain Prometheus rules file passes
     `promtool check rules`, and `promtool test rules` passes on each unit
@@ -50,7 +50,7 @@ RULE_FILES = {
 }
 ENABLED = ["--set", "prometheusRule.enabled=true",
            "--set", "prometheusRule.additionalLabels.release=kube-prometheus-stack"]
-METRIC_SOURCES = ("operator/controller/operator_metrics.cc", "trainer/run/metrics.cc")
+METRIC_SOURCES = ("operator/machinery/operator_metrics.cc", "trainer/run/metrics.cc")
 
 failures = []
 

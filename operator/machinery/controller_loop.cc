@@ -1,10 +1,10 @@
 // ControllerLoop: see controller_loop.h.
-#include "operator/controller/controller_loop.h"
+#include "operator/machinery/controller_loop.h"
 
 #include <chrono>
 
-#include "operator/controller/log.h"
-#include "operator/controller/operator_metrics.h"
+#include "operator/machinery/log.h"
+#include "operator/machinery/operator_metrics.h"
 
 namespace hetermoe::op {
 

@@ -1,5 +1,5 @@
 // WorkQueue: see work_queue.h.
-#include "operator/controller/work_queue.h"
+#include "operator/machinery/work_queue.h"
 
 namespace hetermoe::op {
 

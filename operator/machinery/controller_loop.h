@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "operator/controller/work_queue.h"
+#include "operator/machinery/work_queue.h"
 
 namespace hetermoe::op {
 

@@ -1,5 +1,5 @@
 // Informer: see informer.h.
-#include "operator/controller/informer.h"
+#include "operator/machinery/informer.h"
 
 #include <chrono>
 #include <random>

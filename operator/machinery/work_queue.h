@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "operator/core/rate_limiter.h"
+#include "operator/machinery/rate_limiter.h"
 
 namespace hetermoe::op {
 

@@ -1,5 +1,5 @@
 // Token bucket and per-item backoff: see rate_limiter.h.
-#include "operator/core/rate_limiter.h"
+#include "operator/machinery/rate_limiter.h"
 
 #include <algorithm>
 #include <cmath>

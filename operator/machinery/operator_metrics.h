@@ -17,7 +17,7 @@
 #include <memory>
 #include <string>
 
-#include "operator/controller/work_queue.h"
+#include "operator/machinery/work_queue.h"
 
 namespace prometheus {
 class Registry;

@@ -1,5 +1,5 @@
 // HealthServer: see health_server.h.
-#include "operator/controller/health_server.h"
+#include "operator/machinery/health_server.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -1,5 +1,5 @@
 // Operator metrics: see operator_metrics.h.
-#include "operator/controller/operator_metrics.h"
+#include "operator/machinery/operator_metrics.h"
 
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>

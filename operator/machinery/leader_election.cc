@@ -1,5 +1,5 @@
 // Leader election on a Lease: see leader_election.h.
-#include "operator/controller/leader_election.h"
+#include "operator/machinery/leader_election.h"
 
 #include <chrono>
 #include <cmath>

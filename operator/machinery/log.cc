@@ -1,5 +1,5 @@
 // Operator logging: see log.h.
-#include "operator/controller/log.h"
+#include "operator/machinery/log.h"
 
 #include <atomic>
 #include <chrono>
