@@ -110,6 +110,31 @@ def killed_rank(trainer, run_file, work):
     print(f"killed rank 2: exit {p.returncode} after {took:.1f} s: {err.strip().splitlines()[-1]}")
 
 
+def interrupted_launcher(trainer, run_file, work):
+    """Ctrl-C to the local launcher: every rank stops, the launcher exits 130."""
+    out = os.path.join(work, "interrupt")
+    p = subprocess.Popen([trainer, "--config", run_file, "--no-progress", "--set", f"output.dir={out}"],
+                         stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        time.sleep(0.1)
+    ranks = children_of(p.pid)
+    p.send_signal(signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=TIMEOUT + 15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        fail("the launcher hung after Ctrl-C")
+    if p.returncode != 128 + signal.SIGINT:
+        fail(f"Ctrl-C: the launcher exited {p.returncode}, not 130:\n{err}")
+    time.sleep(0.2)
+    left = [r for r in ranks if os.path.exists(f"/proc/{r}") and open(f"/proc/{r}/stat").read().split()[2] != "Z"]
+    if left:
+        fail(f"Ctrl-C left rank processes behind: {left}")
+    print(f"Ctrl-C to the launcher: exit {p.returncode}: {err.strip().splitlines()[-1]}")
+
+
 def killed_rank_without_launcher(trainer, run_file, work):
     """As in a cluster: one process per rank, no launcher to stop the rest."""
     port = free_port()
@@ -247,6 +272,7 @@ def main():
         f.write(RUN.format(fx=os.path.abspath(args.fixture), out="out", timeout=TIMEOUT))
 
     killed_rank(args.trainer, run_file, args.work)
+    interrupted_launcher(args.trainer, run_file, args.work)
     killed_rank_without_launcher(args.trainer, run_file, args.work)
     # 1 + 2 ranks need WORLD_SIZE 3.
     env_rank(args.trainer, run_file, args.work, 0, 4, free_port(), "WORLD_SIZE=4", within=2,

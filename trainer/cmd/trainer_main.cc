@@ -82,6 +82,10 @@ int RunTrain(const std::string& config_path, const std::vector<std::string>& ove
                                                                             : hetermoe::run::Train(rc, options);
   // The summary is the launcher's (or the single process's, or rank 0's in a
   // pod), never a locally launched rank's.
+  if (result.stopped_by_signal != 0) {
+    std::fprintf(stderr, "hetermoe-trainer: stopped by a signal (every rank too)\n");
+    return 128 + result.stopped_by_signal;
+  }
   const bool reports = result.wrote_outputs && options.role != hetermoe::run::ProcessRole::kLocalRank;
   // Rank 0's last word to Kubernetes: the final step, loss and speed, which
   // the operator keeps in status.progress once the pods are gone.

@@ -24,6 +24,14 @@ void ForwardSignal(int sig) {
     if (p > 0) ::kill(p, sig);
 }
 
+volatile sig_atomic_t g_stop_signal = 0;
+
+// SIGINT/SIGTERM to the launcher: remembered, and passed to every rank.
+void OnStopSignal(int sig) {
+  g_stop_signal = sig;
+  ForwardSignal(sig);
+}
+
 int FreePort() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -78,8 +86,9 @@ LaunchResult LaunchLocal(int world_size, const std::vector<std::string>& argv) {
     }
     g_children[r] = pid;
   }
+  g_stop_signal = 0;
   struct sigaction sa {};
-  sa.sa_handler = ForwardSignal;
+  sa.sa_handler = OnStopSignal;
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
 
@@ -99,7 +108,7 @@ LaunchResult LaunchLocal(int world_size, const std::vector<std::string>& argv) {
     g_children[rank] = -1;
     --alive;
     const bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    if (failed && result.ok) {
+    if (failed && result.ok && g_stop_signal == 0) {
       result.ok = false;
       result.message = "rank " + std::to_string(rank) + " (pid " + std::to_string(pid) + ") failed: " +
                        Describe(status) + "; stopped the other ranks";
@@ -113,6 +122,11 @@ LaunchResult LaunchLocal(int world_size, const std::vector<std::string>& argv) {
   }
   ::signal(SIGINT, SIG_DFL);
   ::signal(SIGTERM, SIG_DFL);
+  if (g_stop_signal != 0) {
+    result.ok = false;
+    result.stopped_by_signal = g_stop_signal;
+    result.message = std::string("stopped by ") + strsignal(g_stop_signal) + "; so were the ranks";
+  }
   return result;
 }
 

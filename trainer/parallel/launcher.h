@@ -17,7 +17,8 @@ namespace hetermoe::parallel {
 
 struct LaunchResult {
   bool ok = true;
-  std::string message;  // why not, naming the rank
+  std::string message;         // why not, naming the rank
+  int stopped_by_signal = 0;   // SIGINT/SIGTERM the launcher got (and passed on), else 0
 };
 
 // argv: the full command line to re-run (argv[0] is ignored: /proc/self/exe).

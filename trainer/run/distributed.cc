@@ -255,6 +255,11 @@ TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options) {
     parallel::Tracer::Merge(parts, options.trace_path);
     for (const auto& part : parts) std::filesystem::remove(part);
   }
+  if (launched.stopped_by_signal != 0) {
+    TrainResult stopped;
+    stopped.stopped_by_signal = launched.stopped_by_signal;
+    return stopped;
+  }
   if (!launched.ok) throw Error(launched.message);
 
   // The ranks wrote the results; read back what the summary line needs.

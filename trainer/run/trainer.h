@@ -46,6 +46,7 @@ struct TrainResult {
   std::vector<StepMetrics> steps;
   std::string final_dir;
   bool wrote_outputs = true;    // false on distributed ranks other than 0
+  int stopped_by_signal = 0;    // the local launcher was stopped (Ctrl-C): exit 128 + this
 };
 
 TrainResult Train(const RunConfig& config, const TrainOptions& options);
