@@ -238,9 +238,9 @@ ReconcileResult JobController::ReconcileObject(const json& object) {
   for (Role role : {Role::kAttention, Role::kExpert})
     for (const json& t : job.spec.role(role).template_.value("spec", json::object()).value("tolerations", json::array()))
       tolerations.push_back(t);
-  // The inventory only matters when a plan is to be made (no plan for this
-  // attempt yet); copying thousands of nodes on every reconcile would not.
-  if (!o.plan_config_map || !PlanIsCurrent(*o.plan_config_map, CurrentAttempt(o))) o.nodes = Nodes(tolerations);
+  // The inventory only matters when a plan is to be made (no readable plan
+  // for this attempt yet); copying thousands of nodes on every reconcile would not.
+  if (!KeptPlan(o.plan_config_map, CurrentAttempt(o))) o.nodes = Nodes(tolerations);
   o.now = NowSeconds();
 
   // Decide.

@@ -21,8 +21,8 @@
 
 #include "envtest.h"
 #include "tests/support/loopback.h"
-#include "operator/controller/informer.h"
-#include "operator/controller/log.h"
+#include "operator/machinery/informer.h"
+#include "operator/machinery/log.h"
 #include "operator/controller/operator.h"
 #include "operator/controller/progress_poller.h"
 #include "operator/core/children.h"
@@ -298,6 +298,22 @@ TEST_F(OperatorEnv, FailedPodRestartsJobUpToBackoffLimit) {
     if (e["involvedObject"]["name"] == "flaky" && e["type"] == "Warning") warnings.insert(e["reason"]);
   EXPECT_EQ(warnings.count("PodFailed"), 1u) << "one restart";
   EXPECT_EQ(warnings.count("BackoffLimitExceeded"), 1u);
+}
+
+// A plan ConfigMap of the current attempt whose plan.json cannot be read is
+// planned again from the nodes (it once left the job Unschedulable forever:
+// the controller skipped the node inventory for any ConfigMap of the attempt).
+TEST_F(OperatorEnv, UnreadablePlanIsMadeAgain) {
+  StartOperator();
+  CreateJob("replan");
+  ASSERT_TRUE(WaitPods("replan", 6));
+  Api().MergePatch(kConfigMaps.Path(ns_, "replan-plan"), {{"data", {{"plan.json", "not a plan"}}}});
+  EXPECT_TRUE(Eventually([&] {
+    const json cm = Api().Get(kConfigMaps.Path(ns_, "replan-plan"));
+    return !json::parse(cm["data"].value("plan.json", ""), nullptr, false).is_discarded();
+  })) << "the operator wrote the plan again";
+  const json status = Job("replan")["status"];
+  EXPECT_NE(status.value("state", ""), "Pending") << status.dump();
 }
 
 TEST_F(OperatorEnv, SuspendDeletesPodsAndResumeRecreatesThem) {

@@ -7,8 +7,9 @@
 // Created False (Unschedulable, the placement's reason) and the reconcile
 // comes back in 30 s. Either way status.plan summarises the plan. Pure.
 //
-// PlanIsCurrent is the attempt check alone: the controller asks it to know
-// whether the node inventory is needed at all.
+// PlanIsCurrent is the attempt check alone; the controller asks KeptPlan to
+// know whether the node inventory is needed at all (a ConfigMap of this
+// attempt whose plan.json cannot be read needs a new plan, hence the nodes).
 #pragma once
 
 #include <cstdint>
