@@ -20,8 +20,8 @@
 #include <CLI/CLI.hpp>
 
 #include "envtest.h"
-#include "operator/controller/informer.h"
-#include "operator/controller/log.h"
+#include "operator/machinery/informer.h"
+#include "operator/machinery/log.h"
 #include "operator/controller/operator.h"
 #include "operator/core/children.h"
 #include "operator/core/gpu_classification.h"

@@ -2,7 +2,7 @@
 // paging, resuming from the last resourceVersion (bookmarks included), and a
 // relist with add/update/delete diffs after 410 Gone, both as an in-stream
 // ERROR event and as the HTTP status.
-#include "operator/controller/informer.h"
+#include "operator/machinery/informer.h"
 
 #include <netinet/in.h>
 #include <poll.h>
@@ -16,7 +16,7 @@
 
 #include <gtest/gtest.h>
 
-#include "operator/controller/work_queue.h"
+#include "operator/machinery/work_queue.h"
 #include "tests/support/loopback.h"
 
 namespace hetermoe::op {

@@ -1,13 +1,13 @@
 // The rate limiter (driven by an explicit clock) and the work queue's
 // guarantees (dedup, one worker per key, delayed adds, shutdown).
-#include "operator/core/rate_limiter.h"
+#include "operator/machinery/rate_limiter.h"
 
 #include <atomic>
 #include <thread>
 
 #include <gtest/gtest.h>
 
-#include "operator/controller/work_queue.h"
+#include "operator/machinery/work_queue.h"
 
 namespace hetermoe::op {
 namespace {
