@@ -43,8 +43,13 @@ bool DynamicLossScaler::Update(bool found_nonfinite) {
     scale_ = std::max(options_.min_scale, scale_ * options_.backoff_factor);
     clean_steps_ = 0;
     ++skipped_;
+    if (++skipped_in_a_row_ > options_.max_consecutive_skips)
+      throw Error("fp16 loss scaling: " + std::to_string(skipped_in_a_row_) +
+                  " steps in a row had inf/nan gradients (loss scale now " + std::to_string(scale_) +
+                  "): the model overflows fp16; train with train.precision bf16 or fp32, or a lower train.lr");
     return false;
   }
+  skipped_in_a_row_ = 0;
   if (++clean_steps_ >= options_.growth_interval) {
     scale_ *= options_.growth_factor;
     clean_steps_ = 0;

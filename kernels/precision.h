@@ -34,7 +34,10 @@ PrecisionPolicy ChoosePrecision(std::string_view requested, int sm);
 // Dynamic loss scaling as torch.cuda.amp.GradScaler: the loss is multiplied
 // by scale() before backward; a step whose gradients hold inf/nan is skipped
 // and the scale halved; after growth_interval clean steps in a row the scale
-// doubles. Not thread-safe.
+// doubles. More than max_consecutive_skips skipped steps in a row (with the
+// defaults: the scale fell from 65536 to 1 and the gradients still overflow)
+// is a hetermoe::Error instead of a run that trains nothing forever.
+// Not thread-safe.
 class DynamicLossScaler {
  public:
   struct Options {
@@ -43,6 +46,7 @@ class DynamicLossScaler {
     double backoff_factor = 0.5;
     int64_t growth_interval = 2000;
     double min_scale = 1.0;  // never scale below this (1 = no scaling)
+    int64_t max_consecutive_skips = 32;
   };
   DynamicLossScaler() : DynamicLossScaler(Options{}) {}
   explicit DynamicLossScaler(Options options);
@@ -58,6 +62,7 @@ class DynamicLossScaler {
   double scale_;
   int64_t clean_steps_ = 0;
   int64_t skipped_ = 0;
+  int64_t skipped_in_a_row_ = 0;
 };
 
 }  // namespace hetermoe::kernels

@@ -381,5 +381,23 @@ TEST(Precision, DynamicLossScalerBacksOffAndGrows) {
   EXPECT_EQ(s.skipped_steps(), 4);
 }
 
+// A forward that overflows fp16 even at the smallest scale is an error after
+// a bounded number of skipped steps in a row, not a run that never trains.
+TEST(Precision, DynamicLossScalerGivesUpAfterTooManySkipsInARow) {
+  kernels::DynamicLossScaler::Options o;
+  o.max_consecutive_skips = 3;
+  kernels::DynamicLossScaler s(o);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(s.Update(true));
+  EXPECT_TRUE(s.Update(false)) << "a clean step resets the count";
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(s.Update(true));
+  try {
+    s.Update(true);
+    FAIL() << "a fourth skip in a row must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("4 steps in a row"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bf16 or fp32"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace hetermoe
