@@ -68,6 +68,7 @@ import urllib.parse
 from kubeapi import ApiError, Informer, now_rfc3339
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+IMAGE_BIN = "/opt/hetermoe-local-image/bin"  # where an image stand-in's binary folders appear
 LOCK_FILE = "/run/hetermoe-e2e.lock"
 STATE_DIR = "/run/hetermoe-e2e"
 
@@ -787,7 +788,16 @@ class Kubelet:
             if fnmatch.fnmatch(image, pattern):
                 t = dict(target) if isinstance(target, dict) else {"path": target}
                 p = t.get("path") or []
-                t["path"] = [p] if isinstance(p, str) else list(p)
+                # The binaries' folders are mounted at fixed container paths,
+                # as an image has them: a host folder under /tmp would be
+                # hidden by the container's private /tmp.
+                mounts = dict(t.get("mounts") or {})
+                t["path"] = []
+                for i, host_dir in enumerate([p] if isinstance(p, str) else list(p)):
+                    target_dir = f"{IMAGE_BIN}/{i}"
+                    mounts[target_dir] = os.path.abspath(host_dir)
+                    t["path"].append(target_dir)
+                t["mounts"] = mounts
                 return t
         return {"path": []}
 

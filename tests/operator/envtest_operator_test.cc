@@ -243,7 +243,10 @@ TEST_F(OperatorEnv, JobRunsToSuccessWithCorrectPlacement) {
   RunAll("tiny", "Succeeded");
   ASSERT_TRUE(WaitState("tiny", "Succeeded"));
   EXPECT_TRUE(Job("tiny")["status"].contains("completionTime"));
-  EXPECT_NE(op.metrics().Text().find("hetermoe_jobs_succeeded_total{namespace=\"" + ns_ + "\"} 1"), std::string::npos);
+  // Counted right after the status write that the wait above saw.
+  EXPECT_TRUE(Eventually([&] {
+    return op.metrics().Text().find("hetermoe_jobs_succeeded_total{namespace=\"" + ns_ + "\"} 1") != std::string::npos;
+  }));
 }
 
 TEST_F(OperatorEnv, AutoReplicasUseThePlanner) {
