@@ -99,6 +99,9 @@ def main():
             watch.wait()
 
         say(f"{JOB}: {status['state']}")
+        for cond in status.get("conditions", []):
+            if cond["type"] == "Failed" and cond["status"] == "True":
+                print(f"why: {cond.get('reason')}: {cond.get('message')}")
         progress = status.get("progress", {})
         print(f"status.progress: step {progress.get('step')}/{progress.get('totalSteps')}, "
               f"loss {progress.get('loss')}")
