@@ -12,6 +12,7 @@
 #include "trainer/ops/rope.h"
 #include "trainer/optim/lr_schedule.h"
 #include "trainer/run/progress.h"
+#include "trainer/run/cpu_budget.h"
 #include "trainer/run/run_config.h"
 
 namespace hetermoe {
@@ -156,6 +157,26 @@ TEST(RunConfig, EmulateFactorsFromTheEnvironment) {
           << e.what();
     }
   }
+}
+
+// train.threads 0: the CPUs the process may use (a pod's CPU limit and
+// cpuset), OMP_NUM_THREADS when the user set it, shared by local ranks.
+TEST(CpuBudget, DefaultThreadsFollowTheLimits) {
+  run::CpuLimits machine{64, std::nullopt, std::nullopt};
+  EXPECT_EQ(run::DefaultThreads(machine, 1), 64);
+  EXPECT_EQ(run::DefaultThreads(machine, 3), 21) << "local ranks share the machine";
+  run::CpuLimits pod{64, 1.5, std::nullopt};  // a Kubernetes CPU limit of 1500m on a 64-core node
+  EXPECT_EQ(run::DefaultThreads(pod, 1), 2);
+  run::CpuLimits cpuset{4, 8.0, std::nullopt};
+  EXPECT_EQ(run::DefaultThreads(cpuset, 1), 4);
+  run::CpuLimits user{64, 2.0, 7};
+  EXPECT_EQ(run::DefaultThreads(user, 3), 7) << "OMP_NUM_THREADS is the user's word";
+  EXPECT_EQ(run::DefaultThreads({1, 0.1, std::nullopt}, 4), 1);
+  EXPECT_EQ(run::ParseCpuMax("max 100000\n"), std::nullopt);
+  EXPECT_DOUBLE_EQ(*run::ParseCpuMax("150000 100000\n"), 1.5);
+  EXPECT_EQ(run::ParseCpuMax("-1 100000"), std::nullopt) << "cgroup v1: no quota";
+  EXPECT_EQ(run::ParseCpuMax(""), std::nullopt);
+  EXPECT_EQ(run::ParseCpuMax("abc 100000"), std::nullopt);
 }
 
 TEST(RunConfig, RejectsBadValuesNamingTheKey) {

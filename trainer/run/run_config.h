@@ -40,7 +40,7 @@ struct RunConfig {
     double weight_decay = 0.1;
     double grad_clip = 1.0;      // 0 = off
     uint64_t seed = 1234;
-    int threads = 0;             // 0 = every core
+    int threads = 0;             // 0 = the CPUs this process may use (run/cpu_budget.h)
     std::string device = "auto"; // auto | cpu | cuda
     std::string precision = "fp32";  // GPU GEMM format: fp32 | bf16 | fp16 | auto (per GPU generation)
   } train;

@@ -16,6 +16,7 @@
 #include "trainer/ops/gemm.h"
 #include "trainer/optim/lr_schedule.h"
 #include "trainer/run/checkpoint.h"
+#include "trainer/run/cpu_budget.h"
 #include "trainer/run/distributed.h"
 #include "trainer/run/progress.h"
 
@@ -77,14 +78,11 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     throw Error(rc.source + ": train.seq_len " + std::to_string(t.seq_len) +
                 " exceeds max_position_embeddings " +
                 std::to_string(config.max_position_embeddings) + " of " + rc.model.config);
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  int threads = t.threads > 0 ? t.threads : cores;
-  if (t.threads == 0 && options.role == ProcessRole::kLocalRank) {
-    // Ranks on one machine share its cores.
-    const int world = rc.parallel.groups * (rc.parallel.attention_ranks + rc.parallel.expert_ranks);
-    threads = std::max(1, cores / world);
-  }
-  ops::SetNumThreads(threads);
+  // Ranks the local launcher started share this machine's CPUs.
+  const int sharing = options.role == ProcessRole::kLocalRank
+                          ? rc.parallel.groups * (rc.parallel.attention_ranks + rc.parallel.expert_ranks)
+                          : 1;
+  ops::SetNumThreads(t.threads > 0 ? static_cast<int>(t.threads) : DefaultThreads(ReadCpuLimits(), sharing));
 
   const std::vector<uint32_t> tokens = io::LoadTokenFile(rc.data.train, config.vocab_size);
   io::BatchReader reader(&tokens, t.global_batch, t.seq_len, rc.data.train);
