@@ -117,6 +117,7 @@ JobSpec ParseJobSpec(const json& spec, std::set<std::string>* visited) {
   r.Object("monitoring", [&](JsonReader& x) {
     Set(out.monitoring.metrics_port, x.Int("metricsPort"));
     Set(out.monitoring.progress_interval_seconds, x.Int("progressIntervalSeconds"));
+    Set(out.monitoring.metrics_linger_seconds, x.Int("metricsLingerSeconds"));
   });
   r.Object("runPolicy", [&](JsonReader& x) { ReadRunPolicy(x, out.run_policy); });
   r.Finish();

@@ -97,6 +97,7 @@ struct CheckpointSpec {
 struct MonitoringSpec {
   int64_t metrics_port = 9090;              // the trainer's --metrics-port
   int64_t progress_interval_seconds = 30;   // 0 = no progress reading
+  int64_t metrics_linger_seconds = 0;       // rank 0's --metrics-linger
 };
 
 struct SchedulingPolicy {

@@ -220,10 +220,15 @@ json BuildPod(const HeterMoEJob& job, const PlacementDecision& placement, Role r
   if (!c.contains("command")) {
     c["command"] = {"hetermoe-trainer", "--config", std::string(kPlanMountPath) + "/run.yaml", "--resume", "auto",
                     "--no-progress"};
-    if (rank == 0)
+    if (rank == 0) {
       for (const std::string arg : {std::string("--metrics-host"), std::string("$(POD_IP)"),
                                     std::string("--metrics-port"), std::to_string(spec.monitoring.metrics_port)})
         c["command"].push_back(arg);
+      if (spec.monitoring.metrics_linger_seconds > 0) {
+        c["command"].push_back("--metrics-linger");
+        c["command"].push_back(std::to_string(spec.monitoring.metrics_linger_seconds));
+      }
+    }
   }
   if (!c.contains("terminationMessagePolicy")) c["terminationMessagePolicy"] = "FallbackToLogsOnError";
   AddPort(c, "rendezvous", spec.parallel.master_port);

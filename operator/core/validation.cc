@@ -87,6 +87,8 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
   if (spec.parallel.timeout_seconds < 1) errors.push_back("spec.parallel.timeoutSeconds: must be >= 1");
   if (spec.monitoring.metrics_port < 1 || spec.monitoring.metrics_port > 65535)
     errors.push_back("spec.monitoring.metricsPort: must be 1..65535");
+  if (spec.monitoring.metrics_linger_seconds < 0)
+    errors.push_back("spec.monitoring.metricsLingerSeconds: must be >= 0");
   if (spec.monitoring.progress_interval_seconds < 0)
     errors.push_back("spec.monitoring.progressIntervalSeconds: must be >= 0");
   if (spec.checkpoint.interval_steps < 0) errors.push_back("spec.checkpoint.intervalSteps: must be >= 0");

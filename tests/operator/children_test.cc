@@ -163,6 +163,7 @@ TEST(Children, EveryTrainerFieldReachesThePods) {
       {"spec.dispatch.dedup", false},              {"spec.model.init", "/weights/model.safetensors"},
       {"spec.checkpoint.claimName", "other"},      {"spec.checkpoint.mountPath", "/ck"},
       {"spec.checkpoint.intervalSteps", 9},        {"spec.monitoring.metricsPort", 9191},
+      {"spec.monitoring.metricsLingerSeconds", 15},
       {"spec.attention.gpusPerReplica", 0},        {"spec.attention.template", json::object()},
   };
   const std::set<std::string> elsewhere = {"spec.model.config", "spec.model.configMap",
