@@ -66,14 +66,27 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_first_step(metrics, seconds=60):
+    """Until a run's metrics.jsonl has its first step (or `seconds` pass)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        time.sleep(0.1)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 def killed_rank(trainer, run_file, work):
     out = os.path.join(work, "kill")
     p = subprocess.Popen([trainer, "--config", run_file, "--no-progress", "--set", f"output.dir={out}"],
                          stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(out, "metrics.jsonl")
-    deadline = time.time() + 60
-    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-        time.sleep(0.1)
+    wait_first_step(metrics)
     ranks = {}
     for _ in range(50):  # the ranks' environments become readable as they exec
         ranks = {rank_of(c): c for c in children_of(p.pid)}
@@ -98,12 +111,6 @@ def killed_rank(trainer, run_file, work):
         fail("the run succeeded although rank 2 was killed")
     if "rank 2" not in err:
         fail(f"the error does not name rank 2:\n{err}")
-    def alive(pid):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split()[2] != "Z"
-        except OSError:
-            return False
     left = [c for c in ranks.values() if alive(c)]
     if left:
         fail(f"rank processes left behind: {left}")
@@ -116,9 +123,7 @@ def interrupted_launcher(trainer, run_file, work):
     p = subprocess.Popen([trainer, "--config", run_file, "--no-progress", "--set", f"output.dir={out}"],
                          stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(out, "metrics.jsonl")
-    deadline = time.time() + 60
-    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-        time.sleep(0.1)
+    wait_first_step(metrics)
     ranks = children_of(p.pid)
     p.send_signal(signal.SIGINT)
     try:
@@ -129,7 +134,7 @@ def interrupted_launcher(trainer, run_file, work):
     if p.returncode != 128 + signal.SIGINT:
         fail(f"Ctrl-C: the launcher exited {p.returncode}, not 130:\n{err}")
     time.sleep(0.2)
-    left = [r for r in ranks if os.path.exists(f"/proc/{r}") and open(f"/proc/{r}/stat").read().split()[2] != "Z"]
+    left = [r for r in ranks if alive(r)]
     if left:
         fail(f"Ctrl-C left rank processes behind: {left}")
     print(f"Ctrl-C to the launcher: exit {p.returncode}: {err.strip().splitlines()[-1]}")
@@ -147,9 +152,7 @@ def killed_rank_without_launcher(trainer, run_file, work):
              "--set", f"output.dir={os.path.join(work, 'env-kill')}"],
             env=env, stderr=subprocess.PIPE, text=True))
     metrics = os.path.join(work, "env-kill", "metrics.jsonl")
-    deadline = time.time() + 60
-    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-        time.sleep(0.1)
+    wait_first_step(metrics)
     time.sleep(0.05)
     procs[2].kill()
     t0 = time.time()
