@@ -51,28 +51,25 @@ void RequireNodeExpression(json& pod_spec, const json& expr) {
   }
 }
 
-void SetEnv(json& container, const std::string& name, const std::string& value) {
+// Puts `entry` (an EnvVar) into the container's env, replacing one of its name.
+void PutEnv(json& container, const json& entry) {
   json& env = container["env"];
   if (!env.is_array()) env = json::array();
   for (json& e : env)
-    if (e.value("name", "") == name) {
-      e = {{"name", name}, {"value", value}};
+    if (e.value("name", "") == entry["name"]) {
+      e = entry;
       return;
     }
-  env.push_back({{"name", name}, {"value", value}});
+  env.push_back(entry);
 }
 
-// An env var from the downward API (a pod field), replacing one of that name.
+void SetEnv(json& container, const std::string& name, const std::string& value) {
+  PutEnv(container, {{"name", name}, {"value", value}});
+}
+
+// An env var from the downward API (a pod field).
 void SetFieldEnv(json& container, const std::string& name, const std::string& field_path) {
-  json& env = container["env"];
-  if (!env.is_array()) env = json::array();
-  const json value = {{"name", name}, {"valueFrom", {{"fieldRef", {{"fieldPath", field_path}}}}}};
-  for (json& e : env)
-    if (e.value("name", "") == name) {
-      e = value;
-      return;
-    }
-  env.push_back(value);
+  PutEnv(container, {{"name", name}, {"valueFrom", {{"fieldRef", {{"fieldPath", field_path}}}}}});
 }
 
 // Declares a container port unless the template already names it or uses it.
