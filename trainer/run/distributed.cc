@@ -123,6 +123,21 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
   return r.offloaded;
 }
 
+// The placement the run file's parallel section gives, with `offloaded`
+// experts per layer moved to attention ranks (Asym-EA).
+parallel::Placement RunFilePlacement(const RunConfig& rc, const io::MixtralConfig& config,
+                                     const std::vector<int>& offloaded) {
+  const auto& p = rc.parallel;
+  return parallel::MakePlacement(ParseSchedule(p.schedule), p.attention_ranks, p.expert_ranks, p.groups,
+                                 static_cast<int>(config.num_hidden_layers), config.num_local_experts,
+                                 static_cast<int>(rc.train.micro_batches), offloaded);
+}
+
+// Asym-EA's offloads known before start-up (a list; auto measures them later).
+std::vector<int> ListedOffloads(const RunConfig& rc) {
+  return rc.parallel.asym_ea == "list" ? rc.parallel.asym_ea_layers : std::vector<int>{};
+}
+
 // The operator's plan (HETERMOE_PLAN, plan.json) against the placement this
 // rank derived from its run file: a rank never trains a shape other than the
 // one its job was planned and scheduled for. With Asym-EA "auto" the experts
@@ -180,11 +195,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   run->world_size = ro.world_size;
   // Checked before meeting the others: a wrong plan fails fast, not after a timeout.
   if (const char* plan = std::getenv("HETERMOE_PLAN"); plan && *plan) {
-    const parallel::Placement planned = parallel::MakePlacement(
-        ParseSchedule(p.schedule), p.attention_ranks, p.expert_ranks, p.groups,
-        static_cast<int>(config.num_hidden_layers), config.num_local_experts,
-        static_cast<int>(rc.train.micro_batches), p.asym_ea == "list" ? p.asym_ea_layers : std::vector<int>{});
-    CheckOperatorPlan(plan, planned, ro.rank, p.asym_ea == "auto");
+    CheckOperatorPlan(plan, RunFilePlacement(rc, config, ListedOffloads(rc)), ro.rank, p.asym_ea == "auto");
   }
 
   run->world = std::make_unique<comm::World>(ro);
@@ -200,14 +211,9 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
     em.experts = f.experts;
   }
 
-  std::vector<int> offloaded;
-  if (p.asym_ea == "list") offloaded = p.asym_ea_layers;
+  std::vector<int> offloaded = ListedOffloads(rc);
   if (p.asym_ea == "auto") offloaded = AutoAsymEa(rc, config, layout, *run->world, em, attention_kind);
-  run->placement = parallel::MakePlacement(ParseSchedule(p.schedule), p.attention_ranks,
-                                       p.expert_ranks, p.groups,
-                                       static_cast<int>(config.num_hidden_layers),
-                                       config.num_local_experts,
-                                       static_cast<int>(rc.train.micro_batches), offloaded);
+  run->placement = RunFilePlacement(rc, config, offloaded);
 
   if (!options.trace_path.empty())
     run->tracer = std::make_unique<parallel::Tracer>(
@@ -239,11 +245,7 @@ TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options) {
   {
     // Refuse an impossible shape here, once, rather than in every rank.
     const io::MixtralConfig config = io::LoadMixtralConfig(rc.model.config);
-    parallel::MakePlacement(ParseSchedule(rc.parallel.schedule), rc.parallel.attention_ranks,
-                        rc.parallel.expert_ranks, rc.parallel.groups,
-                        static_cast<int>(config.num_hidden_layers), config.num_local_experts,
-                        static_cast<int>(rc.train.micro_batches),
-                        rc.parallel.asym_ea == "list" ? rc.parallel.asym_ea_layers : std::vector<int>{});
+    RunFilePlacement(rc, config, ListedOffloads(rc));
   }
   std::fprintf(stderr, "launching %d ranks locally (%d group(s) x %d attention + %d expert, %s)\n",
                world, rc.parallel.groups, rc.parallel.attention_ranks, rc.parallel.expert_ranks,
