@@ -63,7 +63,8 @@ void ValidateInventory(Inventory& inventory, const GpuProfileTable& profiles) {
     const std::string where = src + ": nodes[" + std::to_string(i) + "]";
     if (node.name.empty()) throw Error(where + ": empty node name");
     if (!names.insert(node.name).second) {
-      throw Error(where + ": node '" + node.name + "' is listed twice (one entry per node; a node with two GPU kinds is not supported)");
+      throw Error(where + ": node '" + node.name +
+                  "' is listed twice (one entry per GPU kind; entries of one machine share a `host`)");
     }
     const auto kind = profiles.Canonical(node.gpu);
     if (!kind) {
@@ -78,6 +79,15 @@ void ValidateInventory(Inventory& inventory, const GpuProfileTable& profiles) {
                   ", got " + std::to_string(node.count));
     }
     if (node.nic_gbps < 0) throw Error(where + " (" + node.name + "): nic_gbps must be positive");
+  }
+  // Entries of one host hold different kinds (one entry per kind).
+  std::set<std::pair<std::string, std::string>> host_kinds;
+  for (size_t i = 0; i < inventory.nodes.size(); ++i) {
+    const InventoryNode& node = inventory.nodes[i];
+    if (!host_kinds.insert({node.Host(), node.gpu}).second) {
+      throw Error(src + ": nodes[" + std::to_string(i) + "] (" + node.name + "): host '" + node.Host() +
+                  "' already has an entry for " + node.gpu + " (one entry per GPU kind and host)");
+    }
   }
 }
 
@@ -105,7 +115,7 @@ Inventory ParseInventoryYaml(const std::string& text, const std::string& source,
     const yf::Where where = root.Key("nodes").Index(i);
     const YAML::Node entry = nodes[i];
     yf::RequireMap(entry, where);
-    yf::CheckKeys(entry, {"name", "gpu", "count", "nic_gbps"}, where);
+    yf::CheckKeys(entry, {"name", "host", "gpu", "count", "nic_gbps"}, where);
     InventoryNode node;
     node.name = yf::RequiredString(entry, "name", where);
     node.gpu = yf::RequiredString(entry, "gpu", where);
@@ -118,6 +128,7 @@ Inventory ParseInventoryYaml(const std::string& text, const std::string& source,
     const auto nic = yf::OptionalDouble(entry, "nic_gbps", where);
     if (nic && !(*nic > 0)) where.Key("nic_gbps").Fail("must be positive");
     node.nic_gbps = nic.value_or(0);
+    node.host = yf::OptionalString(entry, "host", where).value_or("");
     inventory.nodes.push_back(std::move(node));
   }
   ValidateInventory(inventory, profiles);

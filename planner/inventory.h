@@ -7,8 +7,13 @@
 //     - {name: a40-0, gpu: A40, count: 4}
 //     - {name: v100-0, gpu: V100, count: 8, nic_gbps: 200}   # nic_gbps overrides per node
 //
-// A node holds GPUs of one kind (a node with two kinds is written as two
-// nodes). GPU kinds are resolved against the profile table, so kinds added
+// A node entry holds GPUs of one kind; a machine with two kinds is written as
+// two entries with the same `host` (they then talk over the machine's
+// NVLink/PCIe, not its NIC):
+//
+//     - {name: mix-0-a40, host: mix-0, gpu: A40, count: 4}
+//     - {name: mix-0-v100, host: mix-0, gpu: V100, count: 4}
+// GPU kinds are resolved against the profile table, so kinds added
 // by a profiles YAML are accepted; names are canonicalized ("nvidia-a40" ->
 // "A40"). Validation rejects unknown kinds, duplicate or empty node names,
 // non-positive counts or bandwidths, and unknown keys.
@@ -26,6 +31,9 @@ struct InventoryNode {
   std::string gpu;        // canonical kind after validation
   int count = 0;          // GPUs on the node, indices 0..count-1
   double nic_gbps = 0;    // 0 = the cluster's default
+  std::string host;       // the machine; empty = its own (the name)
+
+  const std::string& Host() const { return host.empty() ? name : host; }
 };
 
 struct Inventory {

@@ -3,9 +3,9 @@
 // ConfigMap; people read it as a table (plan_table.h).
 //
 // Groups of the same shape form a GroupClass (same GPU kinds, M:N, S, R and
-// Asym-EA offload, hence the same per-layer expert placement). A cluster of
-// two GPU kinds yields one class; more kinds may yield several, and the
-// global batch is then split between classes in proportion to their speed.
+// Asym-EA offload, hence the same per-layer expert placement). The engine
+// runs identical groups, so the planner makes one class (`classes` keeps
+// room for plans of several shapes, which JSON readers accept).
 #pragma once
 
 #include <map>
@@ -82,6 +82,15 @@ struct Plan {
   Baselines baselines;
   SimulationResult timeline;     // zebra step of class 0's group, with intervals
   std::vector<std::string> notes;
+
+  // How the search got there (hetermoe-plan --explain): the next best shapes
+  // (fastest first; the first is the runner-up), the most promising shapes
+  // that did not fit, and how many shapes the space had and how many were
+  // priced (the rest could not beat the plan: their lower bound was slower).
+  std::vector<GroupEvaluation> alternatives;
+  std::vector<RefusedShape> refused;
+  int shapes_enumerated = 0;
+  int shapes_priced = 0;
 };
 
 }  // namespace hetermoe::planner

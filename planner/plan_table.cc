@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <sstream>
+#include <utility>
 
 namespace hetermoe::planner {
 namespace {
@@ -27,7 +28,61 @@ std::string Join(const std::vector<std::string>& items) {
   return out;
 }
 
+std::string ShapeName(const GroupShape& s) {
+  return std::to_string(s.groups) + " x (" + std::to_string(s.attention_ranks) + " " + s.attention_gpu + " : " +
+         std::to_string(s.expert_ranks) + " " + s.expert_gpu + ")";
+}
+
+// Bytes an attention and an expert rank hold under the shape's offload.
+std::pair<double, double> RankBytes(const GroupShape& s, const ZpMemory& m) {
+  double moved = 0;
+  for (int o : s.offloaded) moved += o;
+  const double on_attention = moved / s.attention_ranks;
+  const double on_expert = m.experts_per_expert_rank - moved / s.expert_ranks;
+  return {m.attention_base + on_attention * m.expert_on_attention_rank,
+          m.expert_base + on_expert * m.expert_on_expert_rank};
+}
+
+std::string ExplainRow(const char* mark, const Plan& plan, const GroupShape& s, double step, double a_busy,
+                       double e_busy, const ZpMemory& m) {
+  const auto [a_bytes, e_bytes] = RankBytes(s, m);
+  double moved = 0;
+  for (int o : s.offloaded) moved += o;
+  char line[256];
+  std::snprintf(line, sizeof(line), "%-2s %-28s %4d %4d %6.0f %9.3f %10.0f %4.0f%%/%3.0f%%  %s / %s\n", mark,
+                ShapeName(s).c_str(), s.sequences_per_attention_rank, s.micro_batches, moved, step,
+                static_cast<double>(plan.global_batch * plan.seq_len) / step, 100 * a_busy, 100 * e_busy,
+                (GiB(a_bytes) + " of " + GiB(m.attention_usable)).c_str(),
+                (GiB(e_bytes) + " of " + GiB(m.expert_usable)).c_str());
+  return line;
+}
+
 }  // namespace
+
+std::string PlanExplanation(const Plan& plan) {
+  std::ostringstream out;
+  out << "search: " << plan.shapes_enumerated << " group shapes enumerated, " << plan.shapes_priced
+      << " priced (the others' lower bound was slower than the plan)\n\n";
+  char header[256];
+  std::snprintf(header, sizeof(header), "%-2s %-28s %4s %4s %6s %9s %10s %10s  %s\n", "", "shape", "S", "R",
+                "moved", "step (s)", "tokens/s", "busy A/E", "memory per attention / expert rank");
+  out << header;
+  for (const GroupClass& c : plan.classes) {
+    out << ExplainRow("*", plan, c.shape, c.step_seconds, c.attention_busy, c.expert_busy, c.memory);
+  }
+  for (const GroupEvaluation& e : plan.alternatives) {
+    out << ExplainRow("", plan, e.shape, e.step_seconds, e.attention_busy, e.expert_busy, e.memory);
+  }
+  out << "(* the plan; S sequences per attention rank, R micro-batches, moved: experts Asym-EA moves in all)\n";
+  if (!plan.refused.empty()) {
+    out << "\ndid not fit (most promising first):\n";
+    for (const RefusedShape& r : plan.refused) {
+      out << "  " << ShapeName(r.shape) << ", " << r.shape.sequences_per_attention_rank << " per attention rank: "
+          << r.reason << "\n";
+    }
+  }
+  return out.str();
+}
 
 std::string PlanTable(const Plan& plan) {
   std::ostringstream out;

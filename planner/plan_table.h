@@ -12,4 +12,10 @@ namespace hetermoe::planner {
 
 std::string PlanTable(const Plan& plan);
 
+// How the search chose (hetermoe-plan --explain): the plan's shape and the
+// next best, each with its predicted step, tokens/s, busy fractions and
+// memory per rank; the most promising shapes that did not fit, and why; how
+// many shapes were enumerated and priced.
+std::string PlanExplanation(const Plan& plan);
+
 }  // namespace hetermoe::planner

@@ -3,27 +3,16 @@
 // ranks, the group shape M:N, the micro-batch count R, the Asym-EA offload
 // per layer) with predicted speed and the baselines' predictions.
 //
-// Search, in order:
-//  1. Roles. GPU kinds are ranked by how much cheaper attention is for them
-//     relative to experts (expert time / attention time for one sequence);
-//     every split of that ranking into attention kinds (front) and expert
-//     kinds (back) is tried. A cluster of one kind splits that kind.
-//  2. Classes. Attention and expert kinds are paired front to front, each
-//     attention GPU taking the expert GPUs that balance its work, until one
-//     side runs out; what remains joins the last pair.
-//  3. Shapes. For each pair every M:N (M up to kMaxAttentionRanks, N up to
-//     the experts per layer) is priced with a bottleneck estimate that
-//     assumes Asym-EA's balancing; the best few are simulated (zebra) for
-//     every R and with and without Asym-EA; shapes that do not fit in
-//     memory are dropped (n_min / n_max).
-//  4. Budget. A GPU budget, if given, keeps the groups with the best
-//     throughput per GPU.
-//  5. Batch. The global batch is split between classes to minimize the
-//     slowest class's simulated step (binary search on the step time), whole
-//     sequences per attention rank; groups the batch does not need are
-//     released (reported as unused GPUs).
-// The role split with the highest tokens/s wins; baselines are predicted on
-// the GPUs the plan uses.
+// The plan is what the engine runs: identical ZP groups of M attention ranks
+// of one GPU kind and N expert ranks of one kind (experts partitioned over
+// the N), the global batch split evenly over the attention ranks. Every such
+// shape the inventory allows is a candidate (search.h): kinds in either
+// role (one kind in both), M, N, the number of groups (data parallelism),
+// R and the Asym-EA offload, transfers priced by where the groups sit
+// (inside a machine or across NICs). The planner's branch and bound finds
+// the fastest predicted step, exactly as the exhaustive enumeration does;
+// ties go to fewer GPUs. Baselines are predicted on all the inventory's GPUs
+// (on the plan's own under a GPU budget).
 // Throws hetermoe::Error with a one-line reason when no plan exists (the
 // model does not fit, too few GPUs, impossible budget, bad numbers).
 // MakePlan is pure (no I/O, no globals): concurrent calls are safe.
@@ -40,6 +29,11 @@ namespace hetermoe::planner {
 
 inline constexpr int kMaxAttentionRanks = 64;  // per group; larger groups gain nothing in the model
 
+enum class SearchMode {
+  kBranchAndBound,  // the planner's: prices shapes in lower-bound order, stops when none can win
+  kExhaustive,      // prices every shape (the truth the tests compare against)
+};
+
 struct PlanRequest {
   Inventory inventory;
   ModelShape model;
@@ -51,6 +45,9 @@ struct PlanRequest {
   bool baselines = true;       // also predict EP, DistEP, EP-Ideal, PP
 };
 
-Plan MakePlan(const PlanRequest& request, const GpuProfileTable& profiles);
+// When nothing fits, the error names the most promising shape's memory
+// problem and what would fit (a smaller global batch, more GPUs).
+Plan MakePlan(const PlanRequest& request, const GpuProfileTable& profiles,
+              SearchMode mode = SearchMode::kBranchAndBound);
 
 }  // namespace hetermoe::planner

@@ -13,6 +13,22 @@ PassSeconds Scaled(const PassSeconds& p, double x) { return {p.forward * x, p.ba
 
 int ExpertsOnBusiestRank(int experts, int ranks) { return (experts + ranks - 1) / ranks; }
 
+// Asym-EA's chunk: every attention rank takes n1, every expert rank gives n2.
+struct AsymChunks {
+  bool ok = false;
+  int n1 = 0, n2 = 0;
+};
+
+AsymChunks AsymChunksOf(const GroupShape& shape, bool allowed) {
+  AsymChunks c;
+  c.ok = allowed && AsymEaShapeOk(shape.attention_ranks, shape.expert_ranks);
+  if (c.ok) {
+    c.n1 = std::max(1, shape.expert_ranks / shape.attention_ranks);
+    c.n2 = c.n1 * shape.attention_ranks / shape.expert_ranks;
+  }
+  return c;
+}
+
 int OffloadedAt(const GroupShape& shape, int layer) {
   return shape.offloaded.empty() ? 0 : shape.offloaded[static_cast<size_t>(layer)];
 }
@@ -32,6 +48,7 @@ PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inven
     k.max_per_node = inventory_.MaxGpusPerNode(kind);
     k.nic_gbps = inventory_.SlowestNicGbps(kind);
   }
+  for (const InventoryNode& node : inventory_.nodes) hosts_[node.Host()][node.gpu] += node.count;
 }
 
 const KindContext& PlanningContext::Kind(const std::string& kind) const {
@@ -42,10 +59,37 @@ const KindContext& PlanningContext::Kind(const std::string& kind) const {
 
 std::vector<std::string> PlanningContext::Kinds() const { return inventory_.Kinds(); }
 
-LinkModel PlanningContext::Link(const std::string& kind, bool remote) const {
+LinkModel PlanningContext::Link(const std::string& kind, bool remote, int nic_sharing) const {
   const KindContext& k = Kind(kind);
-  return remote ? InterNodeLink(k.gpu, k.nic_gbps, inventory_.latency_us, k.max_per_node)
+  const int sharing = nic_sharing > 0 ? std::min(nic_sharing, k.max_per_node) : k.max_per_node;
+  return remote ? InterNodeLink(k.gpu, k.nic_gbps, inventory_.latency_us, sharing)
                 : IntraNodeLink(k.gpu, inventory_.latency_us);
+}
+
+int GroupsInsideMachines(const PlanningContext& ctx, const std::string& attention, const std::string& expert, int M,
+                         int N) {
+  int groups = 0;
+  for (const auto& [host, counts] : ctx.Hosts()) {
+    const auto a = counts.find(attention), e = counts.find(expert);
+    if (a == counts.end() || e == counts.end()) continue;
+    groups += attention == expert ? a->second / (M + N) : std::min(a->second / M, e->second / N);
+  }
+  return groups;
+}
+
+GroupLinks LinksOf(const PlanningContext& ctx, const GroupShape& shape) {
+  const int M = shape.attention_ranks, N = shape.expert_ranks, g = std::max(1, shape.groups);
+  GroupLinks links;
+  links.remote = GroupsInsideMachines(ctx, shape.attention_gpu, shape.expert_gpu, M, N) < g;
+  const int per_node_a = ctx.Kind(shape.attention_gpu).max_per_node;
+  const int per_node_e = ctx.Kind(shape.expert_gpu).max_per_node;
+  if (shape.SameKind()) {
+    links.attention_nic_sharing = links.expert_nic_sharing = std::min(per_node_a, g * (M + N));
+  } else {
+    links.attention_nic_sharing = std::min(per_node_a, g * M);
+    links.expert_nic_sharing = std::min(per_node_e, g * N);
+  }
+  return links;
 }
 
 double PlanningContext::AllReduceSeconds(const std::string& kind, double bytes, int participants) const {
@@ -117,11 +161,9 @@ ZebraStepSpec GroupStepSpec(const PlanningContext& ctx, const GroupShape& shape,
   const PassSeconds on_expert_rank = e.cost->Expert(tokens_per_expert);
   const PassSeconds on_attention_rank = a.cost->Expert(tokens_per_expert);
 
-  // Different kinds never share a node (inventory.h); one kind split into
-  // both roles shares nodes when the group fits in one.
-  const bool remote = !shape.SameKind() || M + N > a.max_per_node;
-  const LinkModel attention_link = ctx.Link(shape.attention_gpu, remote);
-  const LinkModel expert_link = ctx.Link(shape.expert_gpu, remote);
+  const GroupLinks links = LinksOf(ctx, shape);
+  const LinkModel attention_link = ctx.Link(shape.attention_gpu, links.remote, links.attention_nic_sharing);
+  const LinkModel expert_link = ctx.Link(shape.expert_gpu, links.remote, links.expert_nic_sharing);
   const double bytes_per_token = DispatchBytesPerToken(m);
 
   int most_offloaded = 0;
@@ -177,15 +219,25 @@ std::vector<int> MicroBatchCandidates(int s, int cap) {
   return out;
 }
 
+bool FitsInMemory(const PlanningContext& ctx, const GroupShape& shape, bool allow_asym_ea, int max_micro_batches) {
+  const AsymChunks chunks = AsymChunksOf(shape, allow_asym_ea);
+  GroupShape candidate = shape;
+  candidate.offloaded.clear();
+  for (int r : MicroBatchCandidates(shape.sequences_per_attention_rank, max_micro_batches)) {
+    candidate.micro_batches = r;
+    if (GroupMemory(ctx, candidate, Schedule::kZebra).Problem(chunks.ok, chunks.n1, chunks.n2).empty()) return true;
+  }
+  return false;
+}
+
 GroupEvaluation EvaluateGroup(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world,
                               Schedule schedule, bool allow_asym_ea, int max_micro_batches) {
   if (shape.attention_ranks < 1 || shape.expert_ranks < 1 || shape.sequences_per_attention_rank < 1) {
     throw Error("planner: a ZP group needs an attention rank, an expert rank and a sequence");
   }
-  const bool asym_ok =
-      allow_asym_ea && schedule == Schedule::kZebra && AsymEaShapeOk(shape.attention_ranks, shape.expert_ranks);
-  const int n1 = asym_ok ? std::max(1, shape.expert_ranks / shape.attention_ranks) : 0;
-  const int n2 = asym_ok ? n1 * shape.attention_ranks / shape.expert_ranks : 0;
+  const AsymChunks chunks = AsymChunksOf(shape, allow_asym_ea && schedule == Schedule::kZebra);
+  const bool asym_ok = chunks.ok;
+  const int n1 = chunks.n1, n2 = chunks.n2;
 
   GroupEvaluation best;
   bool found = false;

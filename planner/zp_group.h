@@ -55,8 +55,11 @@ class PlanningContext {
   const KindContext& Kind(const std::string& kind) const;
   std::vector<std::string> Kinds() const;  // inventory order
 
-  // Per-GPU link for traffic between kinds; `remote` when it leaves the node.
-  LinkModel Link(const std::string& kind, bool remote) const;
+  // Per-GPU link of `kind`: within a node, or leaving it while
+  // `nic_sharing` GPUs of the node send at once (0 = all of the largest node's).
+  LinkModel Link(const std::string& kind, bool remote, int nic_sharing = 0) const;
+  // GPUs of `kind` on `host` (inventory nodes with the same host share a machine).
+  const std::map<std::string, std::map<std::string, int>>& Hosts() const { return hosts_; }
   // Ring all-reduce of `bytes` over `participants` GPUs of `kind`.
   double AllReduceSeconds(const std::string& kind, double bytes, int participants) const;
 
@@ -66,6 +69,7 @@ class PlanningContext {
   int64_t seq_len_;
   Precision precision_;
   std::map<std::string, KindContext> kinds_;
+  std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind -> GPUs
 };
 
 struct GroupShape {
@@ -81,6 +85,19 @@ struct GroupShape {
   bool SameKind() const { return attention_gpu == expert_gpu; }
   int Gpus() const { return groups * (attention_ranks + expert_ranks); }
 };
+
+// Where a shape's groups sit, as Assemble places them: every group inside
+// one machine when the machines can hold them all (dispatch over NVLink/PCIe),
+// else across machines, through NICs shared by the role's GPUs of a node.
+struct GroupLinks {
+  bool remote = true;
+  int attention_nic_sharing = 1;  // GPUs of a node sending at once
+  int expert_nic_sharing = 1;
+};
+GroupLinks LinksOf(const PlanningContext& ctx, const GroupShape& shape);
+// Groups of M `attention` + N `expert` GPUs that fit inside machines.
+int GroupsInsideMachines(const PlanningContext& ctx, const std::string& attention, const std::string& expert, int M,
+                         int N);
 
 // Who the data-parallel gradient all-reduces span (over the whole plan).
 struct DataParallelWorld {
@@ -116,6 +133,16 @@ struct GroupEvaluation {
 // when the shape cannot fit.
 GroupEvaluation EvaluateGroup(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world,
                               Schedule schedule, bool allow_asym_ea, int max_micro_batches);
+
+// Whether `shape` (its S) fits in memory at some R, moving experts with
+// Asym-EA if allowed and needed.
+bool FitsInMemory(const PlanningContext& ctx, const GroupShape& shape, bool allow_asym_ea, int max_micro_batches);
+
+// A shape that was priced and does not fit.
+struct RefusedShape {
+  GroupShape shape;
+  std::string reason;  // one line: the memory problem
+};
 
 // The all-reduces of the expert-less model's gradients over `participants`
 // GPUs of `kind` (LM head, one layer, embedding), as GradientSync splits them.

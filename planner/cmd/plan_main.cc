@@ -7,6 +7,7 @@
 //                 --seq-len 16384 --global-batch 32 [--profiles p.yaml] [--json]
 //                 [--gpu-budget N] [--no-asym-ea] [--max-micro-batches R]
 //                 [--no-baselines] [--timeline] [--output plan.json]
+//                 [--explain] [--exhaustive]
 //   hetermoe-plan simulate steps.json [--timeline]
 //
 // `simulate` runs the step simulator alone on steps described by per-op
@@ -39,7 +40,8 @@ struct Options {
   std::string inventory, model, profiles, output;
   int64_t seq_len = 0, global_batch = 0;
   int gpu_budget = 0, max_micro_batches = 64;
-  bool json = false, no_asym_ea = false, no_baselines = false, timeline = false;
+  bool json = false, no_asym_ea = false, no_baselines = false, timeline = false, explain = false,
+       exhaustive = false;
 };
 
 struct SimulateOptions {
@@ -80,7 +82,8 @@ int Run(const Options& o) {
   request.asym_ea = !o.no_asym_ea;
   request.max_micro_batches = o.max_micro_batches;
   request.baselines = !o.no_baselines;
-  const planner::Plan plan = planner::MakePlan(request, profiles);
+  const planner::Plan plan = planner::MakePlan(
+      request, profiles, o.exhaustive ? planner::SearchMode::kExhaustive : planner::SearchMode::kBranchAndBound);
 
   const std::string text = o.json || !o.output.empty() ? planner::PlanToJson(plan, o.timeline).dump(2) + "\n"
                                                         : planner::PlanTable(plan);
@@ -91,6 +94,7 @@ int Run(const Options& o) {
   } else {
     std::cout << text;
   }
+  if (o.explain) (o.json ? std::cerr : std::cout) << "\n" << planner::PlanExplanation(plan);
   return 0;
 }
 
@@ -114,6 +118,11 @@ int main(int argc, char** argv) {
   app.add_flag("--no-baselines", o.no_baselines, "Skip the EP, DistEP, EP-Ideal and PP predictions");
   app.add_flag("--timeline", o.timeline, "Include the simulated per-rank timeline in the JSON");
   app.add_option("--output,-o", o.output, "Also write the JSON plan to this file");
+  app.add_flag("--explain", o.explain,
+               "Also list the best group shapes with their predicted step and memory per rank, and why others "
+               "did not fit (to stderr with --json)");
+  app.add_flag("--exhaustive", o.exhaustive,
+               "Price every group shape instead of pruning by lower bound (same plan, slower; for checking)");
 
   SimulateOptions so;
   CLI::App* simulate = app.add_subcommand(

@@ -69,6 +69,29 @@ TEST(Cli, WithoutJsonPrintsTheTable) {
   EXPECT_NE(run.out.find("HeterMoE plan for"), std::string::npos);
 }
 
+TEST(Cli, ExplainListsTheBestShapesAndWhyOthersDidNotFit) {
+  const std::string args = "--inventory " + Data("cluster_6a40_6v100.yaml") + " --model " + Data("d1_config.json") +
+                           " --seq-len 16384 --global-batch 24 --no-baselines";
+  const PlanRun run = Plan(args + " --explain");
+  ASSERT_EQ(run.status, 0) << run.err;
+  const size_t search = run.out.find("search: ");
+  ASSERT_NE(search, std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("group shapes enumerated"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("memory per attention / expert rank"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("GiB of"), std::string::npos) << run.out;
+  // The plan's row is marked, and at least the runner-up follows it.
+  const size_t plan_row = run.out.find("\n*  ", search);
+  ASSERT_NE(plan_row, std::string::npos) << run.out;
+  EXPECT_NE(run.out.find(" x (", plan_row + 4), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("did not fit"), std::string::npos) << run.out;
+
+  // --exhaustive prices every shape and lands on the same plan.
+  const PlanRun fast = Plan(args + " --json");
+  const PlanRun all = Plan(args + " --json --exhaustive");
+  ASSERT_EQ(all.status, 0) << all.err;
+  EXPECT_EQ(nlohmann::json::parse(fast.out)["predicted"], nlohmann::json::parse(all.out)["predicted"]);
+}
+
 TEST(Cli, BadInputEndsWithOneErrorLine) {
   const std::string model = " --model " + Data("w1_config.json");
   const std::string inventory = " --inventory " + Data("cluster_6a40_6v100.yaml");

@@ -43,6 +43,25 @@ nodes:
   EXPECT_DOUBLE_EQ(inv.SlowestNicGbps("A40"), 200);
 }
 
+TEST(Inventory, EntriesOfOneMachineShareAHost) {
+  const GpuProfileTable table = GpuProfileTable::Builtin();
+  const Inventory inv = ParseInventoryYaml(R"(
+nodes:
+  - {name: mix-0-a40, host: mix-0, gpu: A40, count: 4}
+  - {name: mix-0-v100, host: mix-0, gpu: V100, count: 4}
+  - {name: v100-9, gpu: V100, count: 8}
+)", "cluster.yaml", table);
+  EXPECT_EQ(inv.nodes[0].Host(), "mix-0");
+  EXPECT_EQ(inv.nodes[1].Host(), "mix-0");
+  EXPECT_EQ(inv.nodes[2].Host(), "v100-9");  // no host: its own machine
+  EXPECT_NE(ErrorOf([&] {
+              ParseInventoryYaml("nodes:\n  - {name: a, host: m, gpu: A40, count: 2}\n"
+                                 "  - {name: b, host: m, gpu: nvidia-a40, count: 2}\n",
+                                 "cluster.yaml", table);
+            }).find("cluster.yaml: nodes[1] (b): host 'm' already has an entry for A40"),
+            std::string::npos);
+}
+
 TEST(Inventory, BadInputsGiveOneLineErrorsNamingFileAndField) {
   const GpuProfileTable table = GpuProfileTable::Builtin();
   const struct {
