@@ -111,6 +111,23 @@ json PlanToJson(const Plan& plan, bool with_timeline) {
                   {"over_ep_ideal", Speedup(plan, plan.baselines.ep_ideal)},
                   {"over_pp", Speedup(plan, plan.baselines.pp)}};
   j["notes"] = plan.notes;
+  json alternatives = json::array();
+  for (const GroupEvaluation& e : plan.alternatives) {
+    alternatives.push_back({{"shape", ShapeText(e.shape)},
+                            {"sequences_per_attention_rank", e.shape.sequences_per_attention_rank},
+                            {"micro_batches", e.shape.micro_batches},
+                            {"step_seconds", e.step_seconds}});
+  }
+  json refused = json::array();
+  for (const RefusedShape& r : plan.refused) {
+    refused.push_back({{"shape", ShapeText(r.shape)},
+                       {"sequences_per_attention_rank", r.shape.sequences_per_attention_rank},
+                       {"reason", r.reason}});
+  }
+  j["search"] = {{"shapes_enumerated", plan.shapes_enumerated},
+                 {"shapes_priced", plan.shapes_priced},
+                 {"alternatives", alternatives},
+                 {"refused", refused}};
   if (with_timeline) j["timeline"] = TimelineToJson(plan.timeline);
   return j;
 }

@@ -22,6 +22,11 @@
 //   baselines          {ep, distep, ep_ideal, pp: {feasible, tokens_per_second, step_seconds, note}}
 //   speedup            {over_ep, over_distep, over_ep_ideal, over_pp} (0 when infeasible)
 //   notes              [strings]
+//   search             {shapes_enumerated, shapes_priced, alternatives: the
+//                      next best shapes [{shape, sequences_per_attention_rank,
+//                      micro_batches, step_seconds}] (the first is the
+//                      runner-up), refused: [{shape, sequences_per_attention_rank,
+//                      reason}]}
 //   timeline           (with_timeline only) [{resource, busy_seconds,
 //                        intervals: [{op, layer, micro_batch, backward, start, end}]}]
 #pragma once

@@ -28,11 +28,6 @@ std::string Join(const std::vector<std::string>& items) {
   return out;
 }
 
-std::string ShapeName(const GroupShape& s) {
-  return std::to_string(s.groups) + " x (" + std::to_string(s.attention_ranks) + " " + s.attention_gpu + " : " +
-         std::to_string(s.expert_ranks) + " " + s.expert_gpu + ")";
-}
-
 // Bytes an attention and an expert rank hold under the shape's offload.
 std::pair<double, double> RankBytes(const GroupShape& s, const ZpMemory& m) {
   double moved = 0;
@@ -50,7 +45,7 @@ std::string ExplainRow(const char* mark, const Plan& plan, const GroupShape& s, 
   for (int o : s.offloaded) moved += o;
   char line[256];
   std::snprintf(line, sizeof(line), "%-2s %-28s %4d %4d %6.0f %9.3f %10.0f %4.0f%%/%3.0f%%  %s / %s\n", mark,
-                ShapeName(s).c_str(), s.sequences_per_attention_rank, s.micro_batches, moved, step,
+                ShapeText(s).c_str(), s.sequences_per_attention_rank, s.micro_batches, moved, step,
                 static_cast<double>(plan.global_batch * plan.seq_len) / step, 100 * a_busy, 100 * e_busy,
                 (GiB(a_bytes) + " of " + GiB(m.attention_usable)).c_str(),
                 (GiB(e_bytes) + " of " + GiB(m.expert_usable)).c_str());
@@ -77,7 +72,7 @@ std::string PlanExplanation(const Plan& plan) {
   if (!plan.refused.empty()) {
     out << "\ndid not fit (most promising first):\n";
     for (const RefusedShape& r : plan.refused) {
-      out << "  " << ShapeName(r.shape) << ", " << r.shape.sequences_per_attention_rank << " per attention rank: "
+      out << "  " << ShapeText(r.shape) << ", " << r.shape.sequences_per_attention_rank << " per attention rank: "
           << r.reason << "\n";
     }
   }

@@ -54,11 +54,6 @@ int LargestFittingS(const PlanningContext& ctx, GroupShape shape, bool allow_asy
   return lo;
 }
 
-std::string Describe(const GroupShape& s) {
-  return std::to_string(s.groups) + " x (" + std::to_string(s.attention_ranks) + " " + s.attention_gpu + " : " +
-         std::to_string(s.expert_ranks) + " " + s.expert_gpu + ")";
-}
-
 }  // namespace
 
 double StepLowerBound(const PlanningContext& ctx, const GroupShape& shape, bool allow_asym_ea) {
@@ -214,7 +209,7 @@ std::string WhatWouldFit(const PlanningContext& ctx, const PlanRequest& request)
   std::string out;
   if (most > 0 && most < G) {
     out = "at most " + std::to_string(most) + " sequences per step fit on this inventory (lower --global-batch or " +
-          "--seq-len; e.g. " + Describe(most_shape) + " with " +
+          "--seq-len; e.g. " + ShapeText(most_shape) + " with " +
           std::to_string(most_shape.sequences_per_attention_rank) + " per attention rank)";
   }
   if (fewest_gpus > 0) {
@@ -223,7 +218,7 @@ std::string WhatWouldFit(const PlanningContext& ctx, const PlanRequest& request)
         f.SameKind() ? std::to_string(fewest_gpus) + " " + f.attention_gpu
                      : std::to_string(f.groups * f.attention_ranks) + " " + f.attention_gpu + " + " +
                            std::to_string(f.groups * f.expert_ranks) + " " + f.expert_gpu;
-    out += std::string(out.empty() ? "" : "; ") + "this batch needs " + gpus + " (" + Describe(f) + " with " +
+    out += std::string(out.empty() ? "" : "; ") + "this batch needs " + gpus + " (" + ShapeText(f) + " with " +
            std::to_string(f.sequences_per_attention_rank) + " sequences per attention rank)";
   }
   return out;

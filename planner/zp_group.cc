@@ -219,6 +219,11 @@ std::vector<int> MicroBatchCandidates(int s, int cap) {
   return out;
 }
 
+std::string ShapeText(const GroupShape& s) {
+  return std::to_string(s.groups) + " x (" + std::to_string(s.attention_ranks) + " " + s.attention_gpu + " : " +
+         std::to_string(s.expert_ranks) + " " + s.expert_gpu + ")";
+}
+
 bool FitsInMemory(const PlanningContext& ctx, const GroupShape& shape, bool allow_asym_ea, int max_micro_batches) {
   const AsymChunks chunks = AsymChunksOf(shape, allow_asym_ea);
   GroupShape candidate = shape;

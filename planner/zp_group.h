@@ -134,6 +134,9 @@ struct GroupEvaluation {
 GroupEvaluation EvaluateGroup(const PlanningContext& ctx, const GroupShape& shape, const DataParallelWorld& world,
                               Schedule schedule, bool allow_asym_ea, int max_micro_batches);
 
+// "2 x (3 A40 : 3 V100)": groups x (M attention kind : N expert kind).
+std::string ShapeText(const GroupShape& shape);
+
 // Whether `shape` (its S) fits in memory at some R, moving experts with
 // Asym-EA if allowed and needed.
 bool FitsInMemory(const PlanningContext& ctx, const GroupShape& shape, bool allow_asym_ea, int max_micro_batches);

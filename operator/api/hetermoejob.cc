@@ -160,6 +160,8 @@ JobStatus ParseJobStatus(const json& status, std::set<std::string>* visited) {
     Set(p.expert_gpu, x.String("expertGPU"));
     Set(p.config_map, x.String("configMap"));
     Set(p.summary, x.String("summary"));
+    Set(p.shape, x.String("shape"));
+    Set(p.runner_up, x.String("runnerUp"));
     out.plan = std::move(p);
   });
   r.Object("progress", [&](JsonReader& x) {
@@ -224,6 +226,8 @@ json StatusToJson(const JobStatus& s) {
                    {"expertGPU", s.plan->expert_gpu},
                    {"configMap", s.plan->config_map},
                    {"summary", s.plan->summary}};
+    if (!s.plan->shape.empty()) out["plan"]["shape"] = s.plan->shape;
+    if (!s.plan->runner_up.empty()) out["plan"]["runnerUp"] = s.plan->runner_up;
   }
   if (s.progress) {
     json p = {{"step", s.progress->step}, {"totalSteps", s.progress->total_steps},

@@ -161,6 +161,8 @@ struct PlanSummary {
   std::string expert_gpu;
   std::string config_map;      // the ConfigMap holding plan.json
   std::string summary;         // one line from the planner
+  std::string shape;           // the planner's group shape and predicted step ("" = not planned by it)
+  std::string runner_up;       // the next best shape the planner priced
   bool operator==(const PlanSummary&) const = default;
 };
 

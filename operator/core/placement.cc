@@ -152,6 +152,8 @@ json PlanJson(const PlacementDecision& d, const std::string& job_name, int64_t a
                {"asymEaLayers", d.asym_ea_layers},
                {"engine", d.engine},
                {"summary", d.summary}};
+  if (!d.shape.empty()) plan["shape"] = d.shape;
+  if (!d.runner_up.empty()) plan["runnerUp"] = d.runner_up;
   if (!d.planner_detail.is_null()) plan["planner"] = d.planner_detail;
   return plan;
 }
@@ -173,6 +175,8 @@ PlacementDecision PlacementFromPlanJson(const json& plan) {
   d.asym_ea_layers = plan.at("asymEaLayers").get<std::vector<int>>();
   d.engine = plan.at("engine");
   d.summary = plan.value("summary", "");
+  d.shape = plan.value("shape", "");
+  d.runner_up = plan.value("runnerUp", "");
   if (plan.contains("planner")) d.planner_detail = plan["planner"];
   return d;
 }

@@ -64,6 +64,11 @@ struct PlacementDecision {
   // with asym_ea "auto", before any expert moves). Set by FinishEnginePlan.
   nlohmann::json engine;
   std::string summary;            // one line for status.plan.summary
+  // The planner's chosen group shape and the next best, each with its
+  // predicted step (status.plan.shape, status.plan.runnerUp); empty when the
+  // planner did not decide.
+  std::string shape;
+  std::string runner_up;
   nlohmann::json planner_detail;  // the planner's full plan, or null
 };
 

@@ -113,6 +113,15 @@ class PlannerPolicy : public PlacementPolicy {
                 std::to_string(plan.groups.size()) + " ZP group(s), " + std::to_string(d.micro_batches) +
                 " micro-batches per step, predicted " + predicted + " tokens/s";
     d.planner_detail = planner::PlanToJson(plan);
+    auto shape_line = [&](const planner::GroupShape& s, double step) {
+      char predicted_step[48];
+      std::snprintf(predicted_step, sizeof predicted_step, ", predicted %.3f s/step", step);
+      return planner::ShapeText(s) + ", " + std::to_string(s.sequences_per_attention_rank) +
+             " sequences per attention rank, R " + std::to_string(s.micro_batches) + predicted_step;
+    };
+    d.shape = shape_line(cls.shape, cls.step_seconds);
+    if (!plan.alternatives.empty())
+      d.runner_up = shape_line(plan.alternatives.front().shape, plan.alternatives.front().step_seconds);
     return d;
   }
 

@@ -260,6 +260,11 @@ TEST_F(OperatorEnv, AutoReplicasUseThePlanner) {
   EXPECT_GT(plan["attentionReplicas"].get<int>(), 0);
   EXPECT_GT(plan["expertReplicas"].get<int>(), 0);
   EXPECT_LE(plan["worldSize"].get<int>(), 16) << "no more ranks than GPUs";
+  // The planner decided, and the status says which shape won and which came next.
+  EXPECT_EQ(plan["summary"].get<std::string>().rfind("planner: ", 0), 0u) << plan.dump();
+  EXPECT_NE(plan.value("shape", "").find(" x ("), std::string::npos) << plan.dump();
+  EXPECT_NE(plan.value("shape", "").find("predicted"), std::string::npos) << plan.dump();
+  EXPECT_NE(plan.value("runnerUp", "").find(" x ("), std::string::npos) << plan.dump();
   ASSERT_TRUE(WaitPods("auto", plan["worldSize"].get<size_t>()));
   RecordProperty("plan", plan["summary"].get<std::string>());
 }

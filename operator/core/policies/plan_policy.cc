@@ -44,7 +44,9 @@ PlanSummary SummarisePlan(const HeterMoEJob& job, const PlacementDecision& plan)
                      plan.attention.gpu_products.empty() ? "cpu" : plan.attention.gpu_products.front(),
                      plan.expert.gpu_products.empty() ? "cpu" : plan.expert.gpu_products.front(),
                      PlanConfigMapName(job.meta.name),
-                     plan.summary};
+                     plan.summary,
+                     plan.shape,
+                     plan.runner_up};
 }
 
 std::optional<PlacementDecision> PlanPolicy(const JobObservation& o, const PlacementPolicy& placement, JobDecision& d) {
