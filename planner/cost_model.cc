@@ -75,7 +75,30 @@ ComputeCostModel::ComputeCostModel(const ModelShape& shape, const GpuProfile& gp
   }
 }
 
+ComputeCostModel::ComputeCostModel(const GpuProfile& pool, std::vector<const ComputeCostModel*> members)
+    : shape_(members.at(0)->shape_),
+      gpu_(&pool),
+      peak_flops_(0),
+      bytes_per_second_(0),
+      seq_len_(members.at(0)->seq_len_),
+      members_(std::move(members)) {}
+
+namespace {
+
+template <typename F>
+PassSeconds Slowest(const std::vector<const ComputeCostModel*>& members, F op) {
+  PassSeconds slowest;
+  for (const ComputeCostModel* m : members) {
+    const PassSeconds p = op(*m);
+    if (p.Total() > slowest.Total()) slowest = p;
+  }
+  return slowest;
+}
+
+}  // namespace
+
 PassSeconds ComputeCostModel::Attention(double sequences) const {
+  if (!members_.empty()) return Slowest(members_, [&](const ComputeCostModel& m) { return m.Attention(sequences); });
   if (measured_attention_ != nullptr) {
     const double scale = sequences / static_cast<double>(measured_attention_->attention_sequences);
     return {measured_attention_->attention_forward_seconds * scale,
@@ -92,6 +115,7 @@ PassSeconds ComputeCostModel::Attention(double sequences) const {
 }
 
 PassSeconds ComputeCostModel::Expert(double tokens) const {
+  if (!members_.empty()) return Slowest(members_, [&](const ComputeCostModel& m) { return m.Expert(tokens); });
   if (measured_expert_ != nullptr) {
     const double scale = tokens / static_cast<double>(measured_expert_->expert_tokens);
     return {measured_expert_->expert_forward_seconds * scale, measured_expert_->expert_backward_seconds * scale};
@@ -104,6 +128,9 @@ PassSeconds ComputeCostModel::Expert(double tokens) const {
 }
 
 double ComputeCostModel::Head(double sequences) const {
+  if (!members_.empty()) {
+    return Slowest(members_, [&](const ComputeCostModel& m) { return PassSeconds{m.Head(sequences), 0}; }).forward;
+  }
   const double tokens = sequences * static_cast<double>(seq_len_);
   const double gemm = (1.0 + kGemmBackward) * HeadFlopsPerToken(*shape_) * tokens / (peak_flops_ * gpu_->gemm_efficiency);
   const double logits = kHeadLogitBytes * static_cast<double>(shape_->vocab) * tokens / bytes_per_second_;
@@ -111,6 +138,9 @@ double ComputeCostModel::Head(double sequences) const {
 }
 
 double ComputeCostModel::Optimizer(double params) const {
+  if (!members_.empty()) {
+    return Slowest(members_, [&](const ComputeCostModel& m) { return PassSeconds{m.Optimizer(params), 0}; }).forward;
+  }
   return kOptimizerBytesPerParam * params / bytes_per_second_;
 }
 

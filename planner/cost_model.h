@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "planner/gpu_profiles.h"
 #include "planner/model_shape.h"
@@ -55,6 +56,10 @@ class ComputeCostModel {
   // `measured` may be null; when set it must describe `shape` (see Matches).
   ComputeCostModel(const ModelShape& shape, const GpuProfile& gpu, Precision precision, int64_t seq_len,
                    const MeasuredProfile* measured = nullptr);
+  // A pool: ranks of several kinds in one role, given equal work, keep the
+  // pace of the slowest, so every op takes as long as on the slowest member.
+  // `pool` (the pool's profile) and the members must outlive it.
+  ComputeCostModel(const GpuProfile& pool, std::vector<const ComputeCostModel*> members);
 
   // Attention + gate of one layer on `sequences` sequences of seq_len tokens.
   PassSeconds Attention(double sequences) const;
@@ -76,6 +81,7 @@ class ComputeCostModel {
   int64_t seq_len_;
   const MeasuredProfile* measured_attention_ = nullptr;
   const MeasuredProfile* measured_expert_ = nullptr;
+  std::vector<const ComputeCostModel*> members_;  // a pool's; empty for one kind
 };
 
 // The measurement in `table` for `kind` that describes `shape` (any sequence

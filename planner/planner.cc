@@ -61,10 +61,13 @@ LayerPlacement PlaceLayer(int experts, int M, int N, int offloaded) {
   return p;
 }
 
-std::vector<GpuSlot> Slots(const Inventory& inventory, const std::string& kind, const std::string& host = "") {
+// The GPUs of a kind or pool (on `host`, if given), in inventory order.
+std::vector<GpuSlot> Slots(const PlanningContext& ctx, const std::string& kind, const std::string& host = "") {
+  const std::vector<std::string>& members = ctx.Kind(kind).members;
   std::vector<GpuSlot> slots;
-  for (const InventoryNode& node : inventory.nodes) {
-    if (node.gpu != kind || (!host.empty() && node.Host() != host)) continue;
+  for (const InventoryNode& node : ctx.inventory().nodes) {
+    if (std::find(members.begin(), members.end(), node.gpu) == members.end()) continue;
+    if (!host.empty() && node.Host() != host) continue;
     for (int i = 0; i < node.count; ++i) slots.push_back({node.name, i, node.gpu});
   }
   return slots;
@@ -74,9 +77,6 @@ std::vector<GpuSlot> Slots(const Inventory& inventory, const std::string& kind, 
 // machines can hold them all (as LinksOf priced them), else in inventory
 // order. Returns the groups and leaves the rest in `unused`.
 std::vector<ZpGroup> PlaceGroups(const PlanningContext& ctx, const GroupShape& shape, std::vector<GpuSlot>& unused) {
-  const Inventory& inventory = ctx.inventory();
-  std::map<std::string, std::vector<GpuSlot>> free_slots;
-  for (const std::string& kind : ctx.Kinds()) free_slots[kind] = Slots(inventory, kind);
   std::set<std::pair<std::string, int>> taken;
   auto take = [&](std::vector<GpuSlot>& from, int count) {
     std::vector<GpuSlot> out;
@@ -95,8 +95,8 @@ std::vector<ZpGroup> PlaceGroups(const PlanningContext& ctx, const GroupShape& s
   };
   if (!LinksOf(ctx, shape).remote) {
     for (const auto& [host, counts] : ctx.Hosts()) {
-      std::vector<GpuSlot> a = Slots(inventory, shape.attention_gpu, host);
-      std::vector<GpuSlot> e = Slots(inventory, shape.expert_gpu, host);
+      std::vector<GpuSlot> a = Slots(ctx, shape.attention_gpu, host);
+      std::vector<GpuSlot> e = Slots(ctx, shape.expert_gpu, host);
       while (static_cast<int>(groups.size()) < shape.groups) {
         int free_a = 0, free_e = 0;
         for (const GpuSlot& slot : a) free_a += taken.count({slot.node, slot.gpu_index}) ? 0 : 1;
@@ -108,9 +108,10 @@ std::vector<ZpGroup> PlaceGroups(const PlanningContext& ctx, const GroupShape& s
       }
     }
   }
-  while (static_cast<int>(groups.size()) < shape.groups) add(free_slots[shape.attention_gpu], free_slots[shape.expert_gpu]);
+  std::vector<GpuSlot> a = Slots(ctx, shape.attention_gpu), e = Slots(ctx, shape.expert_gpu);
+  while (static_cast<int>(groups.size()) < shape.groups) add(a, e);
   for (const std::string& kind : ctx.Kinds()) {
-    for (const GpuSlot& slot : free_slots[kind]) {
+    for (const GpuSlot& slot : Slots(ctx, kind)) {
       if (!taken.count({slot.node, slot.gpu_index})) unused.push_back(slot);
     }
   }
@@ -126,8 +127,8 @@ Plan Assemble(const PlanningContext& ctx, const PlanRequest& request, const Sear
   plan.seq_len = request.seq_len;
   plan.global_batch = request.global_batch;
   plan.precision = ctx.precision();
-  plan.attention_kinds = {shape.attention_gpu};
-  plan.expert_kinds = {shape.expert_gpu};
+  plan.attention_kinds = ctx.Kind(shape.attention_gpu).members;
+  plan.expert_kinds = ctx.Kind(shape.expert_gpu).members;
 
   const int L = static_cast<int>(request.model.layers), n = static_cast<int>(request.model.experts);
   GroupClass gc;
@@ -147,12 +148,19 @@ Plan Assemble(const PlanningContext& ctx, const PlanRequest& request, const Sear
 
   plan.predicted.step_seconds = best.step_seconds;
   plan.predicted.tokens_per_second = static_cast<double>(request.global_batch * request.seq_len) / best.step_seconds;
+  // Per GPU kind: a pool's members share its role's busy fraction (the
+  // slowest member's; faster members idle a little more).
   std::map<std::string, double> busy_seconds, ranks;
-  const double a_ranks = shape.groups * shape.attention_ranks, e_ranks = shape.groups * shape.expert_ranks;
-  busy_seconds[shape.attention_gpu] += best.attention_busy * best.step_seconds * a_ranks;
-  busy_seconds[shape.expert_gpu] += best.expert_busy * best.step_seconds * e_ranks;
-  ranks[shape.attention_gpu] += a_ranks;
-  ranks[shape.expert_gpu] += e_ranks;
+  for (const ZpGroup& group : plan.groups) {
+    for (const GpuSlot& slot : group.attention) {
+      busy_seconds[slot.gpu] += best.attention_busy * best.step_seconds;
+      ranks[slot.gpu] += 1;
+    }
+    for (const GpuSlot& slot : group.expert) {
+      busy_seconds[slot.gpu] += best.expert_busy * best.step_seconds;
+      ranks[slot.gpu] += 1;
+    }
+  }
   for (const auto& [kind, r] : ranks) plan.predicted.utilisation[kind] = busy_seconds[kind] / (best.step_seconds * r);
 
   const DataParallelWorld world{shape.groups * shape.attention_ranks, shape.groups};

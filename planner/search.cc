@@ -21,14 +21,22 @@ std::vector<int64_t> Divisors(int64_t x) {
   return out;
 }
 
-// Kind pairs (attention, expert) in inventory order: every ordered pair of
-// two kinds, and each kind with at least 2 GPUs in both roles.
+// Role pairs (attention, expert): every ordered pair of kinds or pools with
+// no kind in common, and each kind with at least 2 GPUs in both roles.
 std::vector<std::pair<std::string, std::string>> KindPairs(const PlanningContext& ctx) {
+  auto disjoint = [&](const std::string& a, const std::string& e) {
+    for (const std::string& x : ctx.Kind(a).members) {
+      for (const std::string& y : ctx.Kind(e).members) {
+        if (x == y) return false;
+      }
+    }
+    return true;
+  };
   std::vector<std::pair<std::string, std::string>> pairs;
-  for (const std::string& a : ctx.Kinds()) {
-    for (const std::string& e : ctx.Kinds()) {
-      if (a == e && ctx.Kind(a).count < 2) continue;
-      pairs.push_back({a, e});
+  for (const std::string& a : ctx.RoleKinds()) {
+    for (const std::string& e : ctx.RoleKinds()) {
+      const bool shared = a == e && ctx.Kind(a).members.size() == 1 && ctx.Kind(a).count >= 2;
+      if (shared || disjoint(a, e)) pairs.push_back({a, e});
     }
   }
   return pairs;

@@ -2,6 +2,7 @@
 #include "planner/zp_group.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 #include "common/error.h"
@@ -49,7 +50,48 @@ PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inven
     k.nic_gbps = inventory_.SlowestNicGbps(kind);
   }
   for (const InventoryNode& node : inventory_.nodes) hosts_[node.Host()][node.gpu] += node.count;
+
+  const std::vector<std::string> kinds = inventory_.Kinds();
+  role_kinds_ = kinds;
+  for (const std::string& kind : kinds) kinds_[kind].members = {kind};
+  if (kinds.size() < 2 || kinds.size() > static_cast<size_t>(kMaxPooledKinds)) return;
+  for (unsigned mask = 1; mask < (1u << kinds.size()); ++mask) {
+    if (std::popcount(mask) < 2) continue;
+    std::vector<std::string> members;
+    for (size_t i = 0; i < kinds.size(); ++i) {
+      if (mask & (1u << i)) members.push_back(kinds[i]);
+    }
+    std::string name;
+    for (const std::string& m : members) name += (name.empty() ? "" : "+") + m;
+    KindContext& pool = kinds_[name];
+    pool.members = members;
+    pool.gpu.kind = name;
+    pool.gpu.source = "pool of " + name;
+    std::vector<const ComputeCostModel*> costs;
+    for (const std::string& m : members) {
+      const KindContext& k = kinds_.at(m);
+      const bool first = costs.empty();
+      pool.gpu.memory_gib = first ? k.gpu.memory_gib : std::min(pool.gpu.memory_gib, k.gpu.memory_gib);
+      pool.gpu.intra_node_gbs = first ? k.gpu.intra_node_gbs : std::min(pool.gpu.intra_node_gbs, k.gpu.intra_node_gbs);
+      pool.nic_gbps = first ? k.nic_gbps : std::min(pool.nic_gbps, k.nic_gbps);
+      pool.count += k.count;
+      pool.max_per_node = std::max(pool.max_per_node, k.max_per_node);
+      costs.push_back(k.cost.get());
+    }
+    pool.cost = std::make_unique<ComputeCostModel>(pool.gpu, std::move(costs));
+    for (auto& [host, counts] : hosts_) {
+      int here = 0;
+      for (const std::string& m : members) {
+        const auto it = counts.find(m);
+        here += it == counts.end() ? 0 : it->second;
+      }
+      if (here > 0) counts[name] = here;
+    }
+    role_kinds_.push_back(name);
+  }
 }
+
+std::vector<std::string> PlanningContext::RoleKinds() const { return role_kinds_; }
 
 const KindContext& PlanningContext::Kind(const std::string& kind) const {
   const auto it = kinds_.find(kind);
@@ -61,6 +103,18 @@ std::vector<std::string> PlanningContext::Kinds() const { return inventory_.Kind
 
 LinkModel PlanningContext::Link(const std::string& kind, bool remote, int nic_sharing) const {
   const KindContext& k = Kind(kind);
+  if (k.members.size() > 1) {
+    // A pool's ranks wait for the slowest member's link.
+    LinkModel slowest;
+    for (const std::string& m : k.members) {
+      const LinkModel link = Link(m, remote, nic_sharing);
+      if (slowest.bytes_per_second == 0 || link.bytes_per_second < slowest.bytes_per_second) {
+        slowest.bytes_per_second = link.bytes_per_second;
+      }
+      slowest.latency_seconds = std::max(slowest.latency_seconds, link.latency_seconds);
+    }
+    return slowest;
+  }
   const int sharing = nic_sharing > 0 ? std::min(nic_sharing, k.max_per_node) : k.max_per_node;
   return remote ? InterNodeLink(k.gpu, k.nic_gbps, inventory_.latency_us, sharing)
                 : IntraNodeLink(k.gpu, inventory_.latency_us);

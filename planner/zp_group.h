@@ -32,8 +32,12 @@
 
 namespace hetermoe::planner {
 
+// A GPU kind, or a pool of kinds sharing one role ("H100+A100-80GB"): its
+// ranks take equal work, so it runs at its slowest member's pace, with its
+// smallest member's memory and slowest link.
 struct KindContext {
-  GpuProfile gpu;
+  std::vector<std::string> members;           // the kinds (one for a plain kind)
+  GpuProfile gpu;                             // a pool's: the smallest memory and links of its members
   std::optional<MeasuredProfile> measured;    // the measurement matching the model, if any
   std::unique_ptr<ComputeCostModel> cost;     // refers to gpu, measured and the context's model
   int count = 0;             // GPUs of this kind in the inventory
@@ -54,6 +58,10 @@ class PlanningContext {
   Precision precision() const { return precision_; }
   const KindContext& Kind(const std::string& kind) const;
   std::vector<std::string> Kinds() const;  // inventory order
+  // What may fill a role: every kind, then every pool of 2 or more kinds
+  // (clusters of up to kMaxPooledKinds kinds), each in inventory order.
+  std::vector<std::string> RoleKinds() const;
+  static constexpr int kMaxPooledKinds = 5;
 
   // Per-GPU link of `kind`: within a node, or leaving it while
   // `nic_sharing` GPUs of the node send at once (0 = all of the largest node's).
@@ -68,8 +76,9 @@ class PlanningContext {
   Inventory inventory_;
   int64_t seq_len_;
   Precision precision_;
-  std::map<std::string, KindContext> kinds_;
-  std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind -> GPUs
+  std::map<std::string, KindContext> kinds_;                 // kinds and pools
+  std::vector<std::string> role_kinds_;
+  std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind or pool -> GPUs
 };
 
 struct GroupShape {

@@ -31,6 +31,10 @@
 
 namespace hetermoe::op {
 
+// Node label: the node's NIC bandwidth in Gbit/s, for the planner's transfer
+// prices (set by the cluster admin; the planner assumes 100 otherwise).
+inline constexpr const char* kLabelNicGbps = "hetermoe.io/nic-gbps";
+
 class PlacementError : public Error {
  public:
   using Error::Error;

@@ -7,6 +7,12 @@
 // numbers through the tier rule. Nodes whose GFD product the profile table
 // does not know are left out of the planner's inventory. A plan whose roles
 // break a role's gpuSelector is not used either (the tier rule decides).
+//
+// A node's NIC bandwidth comes from its label hetermoe.io/nic-gbps (Gbit/s,
+// the whole node's); without it the planner's default (100 Gb/s per node)
+// holds. The planner prices transfers between nodes with it, so whole-node
+// clusters should carry the label.
+#include <cstdlib>
 #include <map>
 #include <set>
 
@@ -38,13 +44,25 @@ class PlannerPolicy : public PlacementPolicy {
     };
 
     planner::PlanRequest plan_request;
+    std::string label_notes;
     std::map<std::string, std::set<std::string>> products_by_kind;
     std::map<std::string, const InventoryNode*> node_by_name;
     for (const InventoryNode& n : request.nodes) {
       if (!MatchesSelector(n, spec.attention.gpu_selector) && !MatchesSelector(n, spec.expert.gpu_selector)) continue;
       auto kind = profiles_.Canonical(n.gpu.product);
       if (!kind || n.gpus <= 0) continue;
-      plan_request.inventory.nodes.push_back({n.name, *kind, static_cast<int>(n.gpus), 0});
+      double nic_gbps = 0;
+      if (const auto label = n.labels.find(kLabelNicGbps); label != n.labels.end()) {
+        char* end = nullptr;
+        const double value = std::strtod(label->second.c_str(), &end);
+        if (end != label->second.c_str() && *end == '\0' && value > 0 && value < 1e6) {
+          nic_gbps = value;
+        } else {
+          label_notes += "; node " + n.name + ": " + kLabelNicGbps + " '" + label->second +
+                         "' is not a bandwidth in Gbit/s, ignored";
+        }
+      }
+      plan_request.inventory.nodes.push_back({n.name, *kind, static_cast<int>(n.gpus), nic_gbps});
       products_by_kind[*kind].insert(n.gpu.product);
       node_by_name[n.name] = &n;
     }
@@ -111,7 +129,7 @@ class PlannerPolicy : public PlacementPolicy {
     d.summary = "planner: " + std::to_string(d.attention.replicas) + " attention (" + kinds(plan.attention_kinds) +
                 ") : " + std::to_string(d.expert.replicas) + " expert (" + kinds(plan.expert_kinds) + ") in " +
                 std::to_string(plan.groups.size()) + " ZP group(s), " + std::to_string(d.micro_batches) +
-                " micro-batches per step, predicted " + predicted + " tokens/s";
+                " micro-batches per step, predicted " + predicted + " tokens/s" + label_notes;
     d.planner_detail = planner::PlanToJson(plan);
     auto shape_line = [&](const planner::GroupShape& s, double step) {
       char predicted_step[48];

@@ -320,5 +320,35 @@ TEST(Placement, DefaultPlacementPlansAutoRolesOverGpuKinds) {
   EXPECT_EQ(d.expert.replicas, 4);
 }
 
+TEST(Placement, NodeNicLabelReachesThePlanner) {
+  json object = fixtures::TinyJobJson();
+  object["spec"]["attention"]["replicas"] = "auto";
+  object["spec"]["expert"]["replicas"] = "auto";
+  object["spec"]["training"]["seqLen"] = 1024;
+  HeterMoEJob job = ParseJob(object);
+  auto placement = MakeDefaultPolicy();
+  auto predicted_step = [&](const std::string& nic) {
+    // One GPU per node: every group's dispatch crosses NICs.
+    std::vector<InventoryNode> nodes;
+    for (int i = 0; i < 4; ++i) {
+      nodes.push_back(ReadInventoryNode(fixtures::GpuNodeJson("a40-" + std::to_string(i), "NVIDIA-A40", 8, 6, 1), {}));
+      nodes.push_back(
+          ReadInventoryNode(fixtures::GpuNodeJson("v100-" + std::to_string(i), "Tesla-V100-SXM2-32GB", 7, 0, 1), {}));
+    }
+    for (InventoryNode& n : nodes)
+      if (!nic.empty()) n.labels[kLabelNicGbps] = nic;
+    PlacementRequest request{&job.spec, io::ParseMixtralConfigText(fixtures::kTinyModel, "t"), nodes};
+    const PlacementDecision d = placement->Place(request);
+    EXPECT_EQ(d.summary.rfind("planner: ", 0), 0u) << d.summary;
+    return std::make_pair(d.planner_detail["predicted"]["step_seconds"].get<double>(), d.summary);
+  };
+  const auto [default_step, default_summary] = predicted_step("");
+  const auto [slow_step, slow_summary] = predicted_step("0.01");  // 10 Mbit/s per node
+  EXPECT_GT(slow_step, default_step) << "the planner saw the slower NIC";
+  const auto [bad_step, bad_summary] = predicted_step("fast");
+  EXPECT_DOUBLE_EQ(bad_step, default_step);
+  EXPECT_NE(bad_summary.find("hetermoe.io/nic-gbps 'fast' is not a bandwidth"), std::string::npos) << bad_summary;
+}
+
 }  // namespace
 }  // namespace hetermoe::op

@@ -5,10 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 
 #include "common/error.h"
 #include "planner/plan_json.h"
+#include "planner/zp_group.h"
 #include "tests/planner/test_clusters.h"
 #include "tests/planner/test_models.h"
 
@@ -35,6 +37,17 @@ std::string ErrorOf(const PlanRequest& request, const GpuProfileTable& table) {
   return "(no error)";
 }
 
+// Whether GPU kind `gpu` fills a role of kind or pool `role` ("H100+A40").
+bool InRole(const std::string& gpu, const std::string& role) {
+  size_t begin = 0;
+  while (begin <= role.size()) {
+    const size_t end = std::min(role.find('+', begin), role.size());
+    if (role.substr(begin, end - begin) == gpu) return true;
+    begin = end + 1;
+  }
+  return false;
+}
+
 // Invariants every plan keeps.
 void ExpectConsistent(const Plan& plan, const Inventory& inventory) {
   std::set<std::pair<std::string, int>> seen;
@@ -45,11 +58,11 @@ void ExpectConsistent(const Plan& plan, const Inventory& inventory) {
     EXPECT_EQ(static_cast<int>(g.attention.size()), s.attention_ranks);
     EXPECT_EQ(static_cast<int>(g.expert.size()), s.expert_ranks);
     for (const GpuSlot& slot : g.attention) {
-      EXPECT_EQ(slot.gpu, s.attention_gpu);
+      EXPECT_TRUE(InRole(slot.gpu, s.attention_gpu)) << slot.gpu << " in " << s.attention_gpu;
       EXPECT_TRUE(seen.insert({slot.node, slot.gpu_index}).second) << slot.node << ":" << slot.gpu_index;
     }
     for (const GpuSlot& slot : g.expert) {
-      EXPECT_EQ(slot.gpu, s.expert_gpu);
+      EXPECT_TRUE(InRole(slot.gpu, s.expert_gpu)) << slot.gpu << " in " << s.expert_gpu;
       EXPECT_TRUE(seen.insert({slot.node, slot.gpu_index}).second) << slot.node << ":" << slot.gpu_index;
     }
     capacity += static_cast<int64_t>(s.attention_ranks) * s.sequences_per_attention_rank;
@@ -134,14 +147,38 @@ TEST(Planner, GpuBudgetCapsTheGpusUsed) {
   EXPECT_LE(12 - static_cast<int>(plan.unused.size()), 6);
 }
 
-TEST(Planner, FourKindsFormSeveralClassesWithoutSharingAGpu) {
+TEST(Planner, FourKindsCanShareARoleWithoutSharingAGpu) {
   const GpuProfileTable table = GpuProfileTable::Builtin();
   const Inventory inventory = Cluster({{"H100", 16, 8}, {"A100-80GB", 16, 8}, {"V100", 32, 8}, {"T4", 32, 8}});
   const Plan plan = MakePlan(Request(inventory, testing::D1(), 4096, 256), table);
   ExpectConsistent(plan, inventory);
   EXPECT_FALSE(plan.attention_kinds.empty());
   EXPECT_FALSE(plan.expert_kinds.empty());
+  // One kind in both roles, or roles with no kind in common.
+  if (plan.attention_kinds != plan.expert_kinds || plan.attention_kinds.size() != 1) {
+    for (const std::string& kind : plan.attention_kinds) {
+      EXPECT_EQ(std::count(plan.expert_kinds.begin(), plan.expert_kinds.end(), kind), 0) << kind << " in both roles";
+    }
+  }
   EXPECT_GT(plan.predicted.tokens_per_second, 0);
+}
+
+TEST(Planner, APoolRunsAtItsSlowestMembersPace) {
+  // 4 H100 + 4 A100 as one attention role: priced as 8 A100s would be, with
+  // the smaller memory, and placed on both kinds.
+  const GpuProfileTable table = GpuProfileTable::Builtin();
+  const Inventory inventory = Cluster({{"H100", 4, 4}, {"A100-80GB", 4, 4}, {"V100", 8, 8}});
+  const PlanningContext ctx(testing::D1(), inventory, table, 8192, Precision::kFp16);
+  const KindContext& pool = ctx.Kind("H100+A100-80GB");
+  EXPECT_EQ(pool.count, 8);
+  EXPECT_EQ(pool.members, (std::vector<std::string>{"H100", "A100-80GB"}));
+  const double h100 = ctx.Kind("H100").cost->Attention(2).Total();
+  const double a100 = ctx.Kind("A100-80GB").cost->Attention(2).Total();
+  EXPECT_LT(h100, a100);
+  EXPECT_DOUBLE_EQ(pool.cost->Attention(2).Total(), a100);
+  EXPECT_DOUBLE_EQ(pool.gpu.memory_gib, std::min(ctx.Kind("H100").gpu.memory_gib, ctx.Kind("A100-80GB").gpu.memory_gib));
+  const std::vector<std::string> roles = ctx.RoleKinds();
+  EXPECT_EQ(roles.size(), 3u + 4u);  // 3 kinds, 3 pairs and the triple
 }
 
 TEST(Planner, SameInputSamePlan) {
