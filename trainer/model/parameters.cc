@@ -1,6 +1,7 @@
 #include "trainer/model/parameters.h"
 
 #include <cmath>
+#include <map>
 #include <random>
 
 #include "common/error.h"
@@ -42,6 +43,35 @@ int64_t ParameterLayout::Add(std::string name, std::vector<int64_t> shape, bool 
   tensors_.push_back({std::move(name), std::move(shape), total_, numel, decay});
   total_ += numel;
   return total_ - numel;
+}
+
+ParameterLayout ParameterLayout::Subset(const std::vector<bool>& keep) const {
+  if (keep.size() != tensors_.size()) throw Error("ParameterLayout::Subset: mask size mismatch");
+  ParameterLayout out = *this;
+  out.tensors_.clear();
+  out.total_ = 0;
+  std::map<int64_t, int64_t> moved;  // old offset -> new
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (!keep[i]) continue;
+    const TensorSlot& t = tensors_[i];
+    moved[t.offset] = out.Add(t.name, t.shape, t.weight_decay);
+  }
+  auto remap = [&](int64_t& offset) {
+    const auto it = moved.find(offset);
+    offset = it == moved.end() ? kAbsent : it->second;
+  };
+  remap(out.embed);
+  remap(out.final_norm);
+  remap(out.lm_head);
+  for (LayerOffsets& l : out.layers) {
+    for (int64_t* o : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.post_norm, &l.gate}) remap(*o);
+    for (ExpertOffsets& e : l.experts) {
+      remap(e.w1);
+      remap(e.w2);
+      remap(e.w3);
+    }
+  }
+  return out;
 }
 
 const TensorSlot* ParameterLayout::Find(const std::string& name) const {

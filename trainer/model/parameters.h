@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <climits>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,13 @@ class ParameterLayout {
   const std::vector<TensorSlot>& tensors() const { return tensors_; }
   int64_t total() const { return total_; }
   const TensorSlot* Find(const std::string& name) const;
+
+  // The layout of the tensors with keep[i] (i indexes tensors()), packed into
+  // a buffer of their own: what one rank of a distributed run stores. The
+  // named offsets of the others become kAbsent, so code that reaches a
+  // tensor the rank does not hold fails at once instead of reading another's.
+  ParameterLayout Subset(const std::vector<bool>& keep) const;
+  static constexpr int64_t kAbsent = INT64_MIN / 4;
 
   int64_t embed = 0, final_norm = 0, lm_head = 0;
   std::vector<LayerOffsets> layers;

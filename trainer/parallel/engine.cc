@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "common/error.h"
@@ -90,8 +91,10 @@ struct DistributedBackend::Impl {
   int64_t E, d, f, k;
   std::vector<Task> order;
 
-  std::vector<float> params, grads;  // host copies: all-reduce, norm and AdamW run here
-  optim::AdamW adamw;
+  model::ParameterLayout local;      // the tensors this rank owns, packed
+  std::vector<int64_t> local_offset; // per tensor of `layout`: its offset in `local`'s buffers, -1 if not owned
+  std::vector<float> params, grads;  // host copies over `local`: all-reduce, norm and AdamW run here
+  std::optional<optim::AdamW> adamw;
   std::unique_ptr<model::StageDevice> device;  // where the stages compute
   std::vector<bool> owned, counted;       // per tensor
   std::vector<size_t> dense_tensors, owned_expert_tensors;
@@ -120,8 +123,7 @@ struct DistributedBackend::Impl {
 
   Impl(const io::MixtralConfig& c, const model::ParameterLayout& lay, const Placement& p,
        comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t, const StageDeviceFactory& make_device)
-      : config(c), layout(lay), placement(p), world(w), rank(w->rank()), emulation(em), tracer(t),
-        adamw(lay, opt) {
+      : config(c), layout(lay), placement(p), world(w), rank(w->rank()), emulation(em), tracer(t), local(lay) {
     L = p.layers;
     P = p.group_size;
     M = p.attention_per_group;
@@ -132,11 +134,16 @@ struct DistributedBackend::Impl {
     f = c.intermediate_size;
     k = c.num_experts_per_tok;
     order = TaskOrder(p, rank);
-    params.assign(lay.total(), 0.0f);
-    grads.assign(lay.total(), 0.0f);
-    device = make_device ? make_device(params.data(), grads.data())
-                         : model::MakeCpuStageDevice(config, layout, params.data(), grads.data());
     ClassifyTensors();
+    local = layout.Subset(owned);
+    local_offset.assign(owned.size(), -1);
+    for (size_t i = 0, at = 0; i < owned.size(); ++i)
+      if (owned[i]) local_offset[i] = local.tensors()[at++].offset;
+    params.assign(local.total(), 0.0f);
+    grads.assign(local.total(), 0.0f);
+    adamw.emplace(local, opt);
+    device = make_device ? make_device(local, params.data(), grads.data())
+                         : model::MakeCpuStageDevice(config, local, params.data(), grads.data());
     Connect();
     if (p.IsAttention(rank))
       for (int j = 0; j < R; ++j) micro.push_back(device->NewMicroBatch());
@@ -152,7 +159,10 @@ struct DistributedBackend::Impl {
   uint32_t Tag(MessageKind kind, int l, int j) const {
     return (static_cast<uint32_t>(kind) * L + l) * R + j;
   }
-  const ExpertRange& Range(int l, int local) const { return placement.owners[l][local]; }
+  const ExpertRange& Range(int l, int x) const { return placement.owners[l][x]; }
+  // Tensor i of `layout` in this rank's buffers (it must own it).
+  float* Grad(size_t i) { return grads.data() + local_offset[i]; }
+  float* Param(size_t i) { return params.data() + local_offset[i]; }
 
   // Which tensors this rank updates, and which it counts in the global norm.
   void ClassifyTensors() {
@@ -501,14 +511,14 @@ struct DistributedBackend::Impl {
     size_t at = 0;
     for (size_t i : tensors) {
       const auto& t = layout.tensors()[i];
-      std::memcpy(packed.data() + at, grads.data() + t.offset, t.numel * sizeof(float));
+      std::memcpy(packed.data() + at, Grad(i), t.numel * sizeof(float));
       at += t.numel;
     }
     c->AllReduceSum(packed.data(), n);
     at = 0;
     for (size_t i : tensors) {
       const auto& t = layout.tensors()[i];
-      std::memcpy(grads.data() + t.offset, packed.data() + at, t.numel * sizeof(float));
+      std::memcpy(Grad(i), packed.data() + at, t.numel * sizeof(float));
       at += t.numel;
     }
   }
@@ -526,54 +536,72 @@ DistributedBackend::~DistributedBackend() = default;
 
 void DistributedBackend::Upload(const backend::HostState& s) {
   Impl& m = *impl_;
-  if (s.params.size() != m.params.size()) throw Error("distributed upload: parameter count mismatch");
-  std::copy(s.params.begin(), s.params.end(), m.params.begin());  // in place: the CPU device aliases it
-  m.adamw.exp_avg() = s.exp_avg;
-  m.adamw.exp_avg_sq() = s.exp_avg_sq;
-  m.adamw.set_step(s.optimizer_step);
-  std::vector<size_t> all(m.layout.tensors().size());
-  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  const int64_t total = m.layout.total();
+  if (static_cast<int64_t>(s.params.size()) != total || static_cast<int64_t>(s.exp_avg.size()) != total ||
+      static_cast<int64_t>(s.exp_avg_sq.size()) != total)
+    throw Error("distributed upload: the state is not the whole model's (" + std::to_string(s.params.size()) +
+                " parameters, expected " + std::to_string(total) + ")");
+  const auto& ts = m.layout.tensors();
+  std::vector<size_t> all;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (!m.owned[i]) continue;
+    const int64_t at = m.local_offset[i];
+    std::copy_n(s.params.begin() + ts[i].offset, ts[i].numel, m.params.begin() + at);  // in place: the CPU device aliases it
+    std::copy_n(s.exp_avg.begin() + ts[i].offset, ts[i].numel, m.adamw->exp_avg().begin() + at);
+    std::copy_n(s.exp_avg_sq.begin() + ts[i].offset, ts[i].numel, m.adamw->exp_avg_sq().begin() + at);
+    all.push_back(all.size());
+  }
+  m.adamw->set_step(s.optimizer_step);
   m.device->SetParams(m.params.data(), all);
 }
 
 void DistributedBackend::Download(backend::HostState* s) {
   Impl& m = *impl_;
-  s->params = m.params;
-  s->exp_avg = m.adamw.exp_avg();
-  s->exp_avg_sq = m.adamw.exp_avg_sq();
-  s->optimizer_step = m.adamw.step();
   // Rank 0 gathers group 0's experts (params and both moments) from their owners.
   if (m.group != 0) return;
+  const auto& ts = m.layout.tensors();
   const uint32_t tag = 1u << 30;
-  auto pack_size = [&](const std::vector<size_t>& ts) {
+  auto pack_size = [&](const std::vector<size_t>& list) {
     size_t n = 0;
-    for (size_t i : ts) n += m.layout.tensors()[i].numel;
+    for (size_t i : list) n += ts[i].numel;
     return 3 * n;
   };
+  const std::vector<float>* mine[] = {&m.params, &m.adamw->exp_avg(), &m.adamw->exp_avg_sq()};
   if (rank_ == 0) {
+    for (std::vector<float>* dst : {&s->params, &s->exp_avg, &s->exp_avg_sq}) dst->assign(m.layout.total(), 0.0f);
+    s->optimizer_step = m.adamw->step();
+    std::vector<float>* whole[] = {&s->params, &s->exp_avg, &s->exp_avg_sq};
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (!m.owned[i]) continue;
+      for (int b = 0; b < 3; ++b)
+        std::copy_n(mine[b]->begin() + m.local_offset[i], ts[i].numel, whole[b]->begin() + ts[i].offset);
+    }
     for (int o = 1; o < m.P; ++o) {
-      const auto& ts = m.group0_owned_experts[o];
-      if (ts.empty()) continue;
-      std::vector<float> buf(pack_size(ts));
+      const auto& list = m.group0_owned_experts[o];
+      if (list.empty()) continue;
+      std::vector<float> buf(pack_size(list));
       m.everyone->Irecv(buf.data(), buf.size() * sizeof(float), o, tag)->Wait();
       size_t at = 0;
-      for (std::vector<float>* dst : {&s->params, &s->exp_avg, &s->exp_avg_sq})
-        for (size_t i : ts) {
-          const auto& t = m.layout.tensors()[i];
-          std::memcpy(dst->data() + t.offset, buf.data() + at, t.numel * sizeof(float));
-          at += t.numel;
+      for (std::vector<float>* dst : whole)
+        for (size_t i : list) {
+          std::memcpy(dst->data() + ts[i].offset, buf.data() + at, ts[i].numel * sizeof(float));
+          at += ts[i].numel;
         }
     }
   } else if (!m.owned_expert_tensors.empty()) {
     std::vector<float> buf;
     buf.reserve(pack_size(m.owned_expert_tensors));
-    for (const std::vector<float>* src : {&s->params, &s->exp_avg, &s->exp_avg_sq})
+    for (const std::vector<float>* src : mine)
       for (size_t i : m.owned_expert_tensors) {
-        const auto& t = m.layout.tensors()[i];
-        buf.insert(buf.end(), src->begin() + t.offset, src->begin() + t.offset + t.numel);
+        const auto begin = src->begin() + m.local_offset[i];
+        buf.insert(buf.end(), begin, begin + ts[i].numel);
       }
     m.everyone->Isend(buf.data(), buf.size() * sizeof(float), 0, tag)->Wait();
   }
+}
+
+int64_t DistributedBackend::OwnedStateBytes() const {
+  return 4 * static_cast<int64_t>(sizeof(float)) * impl_->local.total();  // params, grads, two moments
 }
 
 backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput& step) {
@@ -638,7 +666,7 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
   const auto& ts = m.layout.tensors();
   for (size_t i = 0; i < ts.size(); ++i) {
     if (!m.counted[i]) continue;
-    const float* g = m.grads.data() + ts[i].offset;
+    const float* g = m.Grad(i);
     for (int64_t x = 0; x < ts[i].numel; ++x) sq += static_cast<double>(g[x]) * g[x];
   }
   m.everyone->AllReduceSum(&sq, 1);
@@ -649,7 +677,7 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
       const float c = static_cast<float>(coef);
       for (size_t i = 0; i < ts.size(); ++i) {
         if (!m.owned[i]) continue;
-        float* g = m.grads.data() + ts[i].offset;
+        float* g = m.Grad(i);
         for (int64_t x = 0; x < ts[i].numel; ++x) g[x] *= c;
       }
     }
@@ -659,10 +687,9 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
 
 void DistributedBackend::OptimizerStep(double lr) {
   Impl& m = *impl_;
-  m.adamw.Step(m.params.data(), m.grads.data(), lr, &m.owned);
-  std::vector<size_t> updated;
-  for (size_t i = 0; i < m.owned.size(); ++i)
-    if (m.owned[i]) updated.push_back(i);
+  m.adamw->Step(m.params.data(), m.grads.data(), lr);  // every local tensor is owned
+  std::vector<size_t> updated(m.local.tensors().size());
+  for (size_t i = 0; i < updated.size(); ++i) updated[i] = i;
   m.device->SetParams(m.params.data(), updated);
 }
 

@@ -17,6 +17,12 @@
 // over all attention ranks, those of each expert over the groups; the global
 // gradient norm is summed over the owners of group 0; every rank updates only
 // the tensors it owns. Checkpoints gather group 0's experts on rank 0.
+//
+// Memory follows ownership: a rank allocates parameters, gradients and both
+// AdamW moments only for the tensors it owns (attention ranks: the dense
+// model and the experts Asym-EA moved to them; expert ranks: their experts),
+// laid out by ParameterLayout::Subset. Upload takes the rank's tensors from a
+// whole-model state; Download fills a whole-model state on rank 0 only.
 #pragma once
 
 #include <chrono>
@@ -43,8 +49,10 @@ struct Emulation {
 };
 
 // Makes the rank's device over the engine's host parameter and gradient
-// buffers (the CPU device computes in them; a GPU device copies them).
-using StageDeviceFactory = std::function<std::unique_ptr<model::StageDevice>(float* params, float* grads)>;
+// buffers, laid out by `layout` (the rank's own tensors; the CPU device
+// computes in them; a GPU device copies them).
+using StageDeviceFactory = std::function<std::unique_ptr<model::StageDevice>(
+    const model::ParameterLayout& layout, float* params, float* grads)>;
 
 class DistributedBackend final : public backend::Backend {
  public:
@@ -60,8 +68,13 @@ class DistributedBackend final : public backend::Backend {
   // sent once and fanned out there, and the owner sums that token's input
   // grads before sending them back. Set before the first step.
   void SetDedup(bool on);
+  // `state` holds the whole model (every rank reads its own tensors).
   void Upload(const backend::HostState& state) override;
+  // Collective. Rank 0 resizes `state` to the whole model and fills it
+  // (group 0's experts gathered from their owners); other ranks leave it.
   void Download(backend::HostState* state) override;
+  // Bytes this rank holds for the model: parameters, gradients, AdamW moments.
+  int64_t OwnedStateBytes() const;
   backend::StepLoss ComputeGradients(const backend::StepInput& step) override;
   double ClipGradNorm(double max_norm) override;
   void OptimizerStep(double lr) override;

@@ -221,8 +221,8 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   auto engine = std::make_unique<parallel::DistributedBackend>(
       config, layout, run->placement, run->world.get(),
       optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay}, em,
-      run->tracer.get(), [&](float* params, float* grads) {
-        return backend::MakeStageDevice(config, layout, DeviceOptions(rc), params, grads);
+      run->tracer.get(), [&](const model::ParameterLayout& owned, float* params, float* grads) {
+        return backend::MakeStageDevice(config, owned, DeviceOptions(rc), params, grads);
       });
   engine->SetDedup(p.dedup);
   run->backend = std::move(engine);

@@ -119,6 +119,11 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                : backend::MakeBackend(config, layout,
                                       {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}, t.precision});
   engine->Upload(host);
+  if (dist_run) {
+    // Each rank now holds only its own tensors; the whole-model copy comes
+    // back on rank 0 for a checkpoint only (Download).
+    host = backend::HostState{};
+  }
   if (writer) std::fprintf(stderr, "backend: %s\n", engine->name().c_str());
 
   std::unique_ptr<MetricsSink> metrics;
@@ -153,6 +158,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     if (!writer) return;
     WriteCheckpoint(dir, {&config, &layout, host.params.data(), host.exp_avg.data(),
                           host.exp_avg_sq.data(), state});
+    if (dist_run) host = backend::HostState{};
     metrics->RecordCheckpoint(Seconds(c0, Clock::now()));
   };
 
