@@ -39,6 +39,7 @@ struct StepLoss {
   double bubble_attention = 0, bubble_expert = 0;
   double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
   double exchange_bytes = 0;  // sent between attention ranks and owners (both ways, all ranks)
+  std::vector<int64_t> rank_state_bytes;  // per rank: parameters, gradients and AdamW moments it holds
 };
 
 struct HostState {

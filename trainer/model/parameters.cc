@@ -81,25 +81,35 @@ const TensorSlot* ParameterLayout::Find(const std::string& name) const {
 }
 
 void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed, float* params) {
+  InitParameters(layout, std_dev, seed, layout, params);
+}
+
+void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed, const ParameterLayout& into,
+                    float* params) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, static_cast<float>(std_dev));
   for (const auto& t : layout.tensors()) {
-    float* p = params + t.offset;
+    const TensorSlot* slot = &into == &layout ? &t : into.Find(t.name);
+    float* p = slot ? params + slot->offset : nullptr;
     if (t.shape.size() == 1) {
-      for (int64_t i = 0; i < t.numel; ++i) p[i] = 1.0f;
-    } else {
+      if (p)
+        for (int64_t i = 0; i < t.numel; ++i) p[i] = 1.0f;
+    } else if (p) {
       for (int64_t i = 0; i < t.numel; ++i) p[i] = normal(rng);
+    } else {
+      for (int64_t i = 0; i < t.numel; ++i) normal(rng);  // the same draws, so the held tensors match
     }
   }
 }
 
-void LoadParameters(const ParameterLayout& layout, const std::string& path, float* params) {
+void LoadParameters(const ParameterLayout& layout, const std::string& path, float* params, bool others_allowed) {
   const io::SafetensorsFile file = io::SafetensorsFile::Load(path);
   for (const auto& t : layout.tensors()) {
     if (!file.Find(t.name))
       throw Error(path + ": tensor \"" + t.name + "\" is missing (the config expects it)");
     file.ReadInto(t.name, t.shape, params + t.offset);
   }
+  if (others_allowed) return;
   for (const auto& info : file.tensors())
     if (!layout.Find(info.name))
       throw Error(path + ": unexpected tensor \"" + info.name +

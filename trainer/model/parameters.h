@@ -61,10 +61,16 @@ class ParameterLayout {
 // initializer_range) for every matrix, ones for RMSNorm weights. Seeded and
 // deterministic across runs.
 void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed, float* params);
+// The same values for the tensors of `into` (a Subset of `layout`), written
+// into a buffer laid out by `into`: a rank initialises only what it holds.
+void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed, const ParameterLayout& into,
+                    float* params);
 
 // Loads every tensor of the layout from a safetensors file (F32/F16/BF16),
-// checking names and shapes; the error names the file and the tensor.
-void LoadParameters(const ParameterLayout& layout, const std::string& path, float* params);
+// checking names and shapes; the error names the file and the tensor. The
+// file may hold other tensors only with `others_allowed` (a Subset layout).
+void LoadParameters(const ParameterLayout& layout, const std::string& path, float* params,
+                    bool others_allowed = false);
 
 // Writes the tensors of `buffer` (parameters, or optimizer moments laid out
 // the same way) under the layout's names, each prefixed with `prefix`.

@@ -116,6 +116,7 @@ struct DistributedBackend::Impl {
   std::vector<OwnerSlot> slots;                                // [l][j][source]
   std::vector<std::unique_ptr<comm::Request>> sends;
 
+  std::vector<int64_t> rank_state_bytes;  // every rank's OwnedStateBytes, gathered once
   int64_t micro_tokens = 0;
   double loss_sum = 0, ce_sum = 0, aux_sum = 0;
   std::vector<std::vector<int64_t>> expert_tokens;
@@ -147,6 +148,10 @@ struct DistributedBackend::Impl {
     Connect();
     if (p.IsAttention(rank))
       for (int j = 0; j < R; ++j) micro.push_back(device->NewMicroBatch());
+    std::vector<double> bytes(static_cast<size_t>(world->size()), 0.0);
+    bytes[rank] = 4.0 * sizeof(float) * static_cast<double>(local.total());
+    everyone->AllReduceSum(bytes.data(), bytes.size());
+    for (double b : bytes) rank_state_bytes.push_back(static_cast<int64_t>(b));
     outbox.resize(static_cast<size_t>(L) * R * P);
     outputs_in.resize(outbox.size());
     input_grads_in.resize(outbox.size());
@@ -536,19 +541,21 @@ DistributedBackend::~DistributedBackend() = default;
 
 void DistributedBackend::Upload(const backend::HostState& s) {
   Impl& m = *impl_;
-  const int64_t total = m.layout.total();
-  if (static_cast<int64_t>(s.params.size()) != total || static_cast<int64_t>(s.exp_avg.size()) != total ||
-      static_cast<int64_t>(s.exp_avg_sq.size()) != total)
-    throw Error("distributed upload: the state is not the whole model's (" + std::to_string(s.params.size()) +
-                " parameters, expected " + std::to_string(total) + ")");
+  const int64_t n = static_cast<int64_t>(s.params.size());
+  const bool whole = n == m.layout.total();
+  if ((!whole && n != m.local.total()) || static_cast<int64_t>(s.exp_avg.size()) != n ||
+      static_cast<int64_t>(s.exp_avg_sq.size()) != n)
+    throw Error("distributed upload: a state of " + std::to_string(n) + " parameters is neither the whole model (" +
+                std::to_string(m.layout.total()) + ") nor this rank's tensors (" + std::to_string(m.local.total()) + ")");
   const auto& ts = m.layout.tensors();
   std::vector<size_t> all;
   for (size_t i = 0; i < ts.size(); ++i) {
     if (!m.owned[i]) continue;
     const int64_t at = m.local_offset[i];
-    std::copy_n(s.params.begin() + ts[i].offset, ts[i].numel, m.params.begin() + at);  // in place: the CPU device aliases it
-    std::copy_n(s.exp_avg.begin() + ts[i].offset, ts[i].numel, m.adamw->exp_avg().begin() + at);
-    std::copy_n(s.exp_avg_sq.begin() + ts[i].offset, ts[i].numel, m.adamw->exp_avg_sq().begin() + at);
+    const int64_t from = whole ? ts[i].offset : at;
+    std::copy_n(s.params.begin() + from, ts[i].numel, m.params.begin() + at);  // in place: the CPU device aliases it
+    std::copy_n(s.exp_avg.begin() + from, ts[i].numel, m.adamw->exp_avg().begin() + at);
+    std::copy_n(s.exp_avg_sq.begin() + from, ts[i].numel, m.adamw->exp_avg_sq().begin() + at);
     all.push_back(all.size());
   }
   m.adamw->set_step(s.optimizer_step);
@@ -600,9 +607,9 @@ void DistributedBackend::Download(backend::HostState* s) {
   }
 }
 
-int64_t DistributedBackend::OwnedStateBytes() const {
-  return 4 * static_cast<int64_t>(sizeof(float)) * impl_->local.total();  // params, grads, two moments
-}
+const std::vector<int64_t>& DistributedBackend::RankStateBytes() const { return impl_->rank_state_bytes; }
+
+const std::vector<bool>& DistributedBackend::OwnedTensors() const { return impl_->owned; }
 
 backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput& step) {
   Impl& m = *impl_;
@@ -653,6 +660,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   out.dispatch_wait_seconds = sums[7];
   out.combine_wait_seconds = sums[8];
   out.exchange_bytes = sums[9];
+  out.rank_state_bytes = m.rank_state_bytes;
   out.expert_tokens.assign(m.L, std::vector<int64_t>(m.E));
   for (int l = 0; l < m.L; ++l)
     for (int64_t e = 0; e < m.E; ++e)

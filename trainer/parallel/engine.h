@@ -68,13 +68,17 @@ class DistributedBackend final : public backend::Backend {
   // sent once and fanned out there, and the owner sums that token's input
   // grads before sending them back. Set before the first step.
   void SetDedup(bool on);
-  // `state` holds the whole model (every rank reads its own tensors).
+  // `state` holds the whole model, or just this rank's tensors laid out by
+  // ParameterLayout::Subset(OwnedTensors()).
   void Upload(const backend::HostState& state) override;
   // Collective. Rank 0 resizes `state` to the whole model and fills it
   // (group 0's experts gathered from their owners); other ranks leave it.
   void Download(backend::HostState* state) override;
-  // Bytes this rank holds for the model: parameters, gradients, AdamW moments.
-  int64_t OwnedStateBytes() const;
+  // Bytes each rank holds for the model (parameters, gradients, AdamW
+  // moments), by global rank; gathered when the engine is made.
+  const std::vector<int64_t>& RankStateBytes() const;
+  // Per tensor of the layout: whether this rank holds it.
+  const std::vector<bool>& OwnedTensors() const;
   backend::StepLoss ComputeGradients(const backend::StepInput& step) override;
   double ClipGradNorm(double max_norm) override;
   void OptimizerStep(double lr) override;

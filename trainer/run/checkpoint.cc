@@ -91,7 +91,7 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
 
 LoadedCheckpoint ReadCheckpoint(const std::string& dir_str, const io::MixtralConfig& config,
                                 const model::ParameterLayout& layout, float* params,
-                                float* exp_avg, float* exp_avg_sq) {
+                                float* exp_avg, float* exp_avg_sq, const model::ParameterLayout* into) {
   const fs::path dir(dir_str);
   if (!fs::is_directory(dir)) throw Error(dir_str + ": checkpoint folder does not exist");
   const io::MixtralConfig saved = io::LoadMixtralConfig((dir / "config.json").string());
@@ -102,9 +102,10 @@ LoadedCheckpoint ReadCheckpoint(const std::string& dir_str, const io::MixtralCon
       saved.num_attention_heads != config.num_attention_heads ||
       saved.num_key_value_heads != config.num_key_value_heads)
     throw Error(dir_str + "/config.json: the checkpoint's model differs from the run's model");
-  model::LoadParameters(layout, (dir / "model.safetensors").string(), params);
+  const model::ParameterLayout& held = into ? *into : layout;
+  model::LoadParameters(held, (dir / "model.safetensors").string(), params, into != nullptr);
   const io::SafetensorsFile opt = io::SafetensorsFile::Load((dir / "optimizer.safetensors").string());
-  for (const auto& t : layout.tensors()) {
+  for (const auto& t : held.tensors()) {
     opt.ReadInto("exp_avg." + t.name, t.shape, exp_avg + t.offset);
     opt.ReadInto("exp_avg_sq." + t.name, t.shape, exp_avg_sq + t.offset);
   }

@@ -38,10 +38,12 @@ struct LoadedCheckpoint {
   TrainerState state;
 };
 // Loads params and moments (buffers sized layout.total()) from `dir`,
-// checking that its config matches `config` in every shape.
+// checking that its config matches `config` in every shape. With `into` (a
+// Subset of `layout`), loads only its tensors, into buffers laid out by it.
 LoadedCheckpoint ReadCheckpoint(const std::string& dir, const io::MixtralConfig& config,
                                 const model::ParameterLayout& layout, float* params,
-                                float* exp_avg, float* exp_avg_sq);
+                                float* exp_avg, float* exp_avg_sq,
+                                const model::ParameterLayout* into = nullptr);
 
 // The newest checkpoint-<step>/ or final/ under output_dir by step; "" if none.
 std::string FindLatestCheckpoint(const std::string& output_dir);

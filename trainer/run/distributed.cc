@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "common/error.h"
@@ -72,11 +73,18 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
   if (p.schedule == "ep") return {};
   const int64_t per = rc.train.global_batch / rc.train.micro_batches;
   const int64_t held = config.num_local_experts / p.expert_ranks;
-  // Measured on the device the run trains on, with random weights.
-  std::vector<float> params(layout.total()), grads(layout.total());
-  model::InitParameters(layout, config.initializer_range, 1, params.data());
-  const auto device = backend::MakeStageDevice(config, layout, DeviceOptions(rc), params.data(), grads.data());
-  std::vector<size_t> tensors(layout.tensors().size());
+  // Measured on the device the run trains on, with random weights: the
+  // profile runs layer 0 only, so the other layers' experts are left out.
+  std::set<int64_t> later_experts;
+  for (size_t l = 1; l < layout.layers.size(); ++l)
+    for (const model::ExpertOffsets& e : layout.layers[l].experts) later_experts.insert({e.w1, e.w2, e.w3});
+  std::vector<bool> keep;
+  for (const model::TensorSlot& t : layout.tensors()) keep.push_back(!later_experts.count(t.offset));
+  const model::ParameterLayout profiled = layout.Subset(keep);
+  std::vector<float> params(profiled.total()), grads(profiled.total());
+  model::InitParameters(layout, config.initializer_range, 1, profiled, params.data());
+  const auto device = backend::MakeStageDevice(config, profiled, DeviceOptions(rc), params.data(), grads.data());
+  std::vector<size_t> tensors(profiled.tensors().size());
   for (size_t i = 0; i < tensors.size(); ++i) tensors[i] = i;
   device->SetParams(params.data(), tensors);
   parallel::LayerTimes t =
@@ -225,9 +233,19 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
         return backend::MakeStageDevice(config, owned, DeviceOptions(rc), params, grads);
       });
   engine->SetDedup(p.dedup);
+  const std::vector<int64_t> bytes = engine->RankStateBytes();
+  run->owned = engine->OwnedTensors();
   run->backend = std::move(engine);
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
+    std::string held;
+    for (size_t r = 0; r < bytes.size(); ++r) {
+      char one[64];
+      std::snprintf(one, sizeof one, "%s%zu %.1f MiB", r ? ", " : "", r, static_cast<double>(bytes[r]) / (1 << 20));
+      held += one;
+    }
+    std::fprintf(stderr, "model state held per rank (parameters, gradients, AdamW moments): %s; whole model %.1f MiB\n",
+                 held.c_str(), 16.0 * static_cast<double>(layout.total()) / (1 << 20));
     std::error_code ec;
     std::filesystem::create_directories(rc.output.dir, ec);
     std::ofstream(std::filesystem::path(rc.output.dir) / "plan.json") << run->placement.ToJson() << "\n";

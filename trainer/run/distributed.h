@@ -24,6 +24,7 @@ struct DistributedRun {
   std::unique_ptr<comm::World> world;
   std::unique_ptr<parallel::Tracer> tracer;
   std::unique_ptr<backend::Backend> backend;
+  std::vector<bool> owned;  // per tensor of the layout: held by this rank (its Upload takes just these)
 };
 
 // Reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (and HETERMOE_LISTEN_ADDR

@@ -112,6 +112,7 @@ void MetricsSink::Record(const StepMetrics& m) {
     line["dispatch_wait_seconds"] = m.dispatch_wait_seconds;
     line["combine_wait_seconds"] = m.combine_wait_seconds;
     line["exchange_bytes"] = m.exchange_bytes;
+    line["rank_state_bytes"] = m.rank_state_bytes;
   }
   jsonl_ << line.dump() << '\n';
   jsonl_.flush();
@@ -132,6 +133,16 @@ void MetricsSink::Record(const StepMetrics& m) {
     dispatch_wait_->Set(m.dispatch_wait_seconds);
     combine_wait_->Set(m.combine_wait_seconds);
     exchange_bytes_->Set(m.exchange_bytes);
+    if (rank_state_bytes_.empty() && !m.rank_state_bytes.empty()) {
+      auto& family = prometheus::BuildGauge()
+                         .Name("hetermoe_trainer_rank_state_bytes")
+                         .Help("Bytes of parameters, gradients and AdamW moments each rank holds")
+                         .Register(*registry_);
+      for (size_t r = 0; r < m.rank_state_bytes.size(); ++r)
+        rank_state_bytes_.push_back(&family.Add({{"rank", std::to_string(r)}}));
+    }
+    for (size_t r = 0; r < rank_state_bytes_.size() && r < m.rank_state_bytes.size(); ++r)
+      rank_state_bytes_[r]->Set(static_cast<double>(m.rank_state_bytes[r]));
   }
   if (expert_tokens_.empty()) {
     auto& family = prometheus::BuildCounter()

@@ -35,6 +35,7 @@ struct StepMetrics {
   double bubble_attention = 0, bubble_expert = 0;    // idle share of the step per role
   double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
   double exchange_bytes = 0;                         // attention <-> owner traffic this step
+  std::vector<int64_t> rank_state_bytes;             // per rank: parameters, gradients, AdamW moments held
 };
 
 class MetricsSink {
@@ -73,6 +74,7 @@ class MetricsSink {
   prometheus::Gauge* exchange_bytes_ = nullptr;
   prometheus::Gauge* combine_wait_ = nullptr;
   std::vector<std::vector<prometheus::Counter*>> expert_tokens_;  // [L][E], made lazily
+  std::vector<prometheus::Gauge*> rank_state_bytes_;              // by rank, made lazily
 };
 
 }  // namespace hetermoe::run

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "common/error.h"
@@ -92,17 +93,22 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   const bool writer = !dist_run || dist_run->rank == 0;
   if (writer) PrepareOutputDir(rc.output.dir);
 
+  // A rank of a distributed run reads, initialises and uploads only the
+  // tensors it holds; the whole model exists on rank 0 at checkpoints only.
+  std::optional<model::ParameterLayout> owned_layout;
+  if (dist_run) owned_layout = layout.Subset(dist_run->owned);
+  const model::ParameterLayout& held = owned_layout ? *owned_layout : layout;
   backend::HostState host;
-  host.params.assign(layout.total(), 0.0f);
-  host.exp_avg.assign(layout.total(), 0.0f);
-  host.exp_avg_sq.assign(layout.total(), 0.0f);
+  host.params.assign(held.total(), 0.0f);
+  host.exp_avg.assign(held.total(), 0.0f);
+  host.exp_avg_sq.assign(held.total(), 0.0f);
 
   TrainerState state;
   std::string resume_dir = options.resume;
   if (resume_dir == "auto") resume_dir = FindLatestCheckpoint(rc.output.dir);
   if (!resume_dir.empty()) {
     state = ReadCheckpoint(resume_dir, config, layout, host.params.data(), host.exp_avg.data(),
-                           host.exp_avg_sq.data())
+                           host.exp_avg_sq.data(), owned_layout ? &*owned_layout : nullptr)
                 .state;
     host.optimizer_step = state.step;
     reader.set_position(state.data_position);
@@ -110,9 +116,9 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
       std::fprintf(stderr, "resumed from %s at step %lld\n", resume_dir.c_str(),
                    static_cast<long long>(state.step));
   } else if (!rc.model.init.empty()) {
-    model::LoadParameters(layout, rc.model.init, host.params.data());
+    model::LoadParameters(held, rc.model.init, host.params.data(), owned_layout.has_value());
   } else {
-    model::InitParameters(layout, config.initializer_range, t.seed, host.params.data());
+    model::InitParameters(layout, config.initializer_range, t.seed, held, host.params.data());
   }
   const std::unique_ptr<backend::Backend> engine =
       dist_run ? std::move(dist_run->backend)
@@ -181,6 +187,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
       m.dispatch_wait_seconds = loss.dispatch_wait_seconds;
       m.combine_wait_seconds = loss.combine_wait_seconds;
       m.exchange_bytes = loss.exchange_bytes;
+      m.rank_state_bytes = loss.rank_state_bytes;
     }
     m.grad_norm = engine->ClipGradNorm(t.grad_clip);
     m.lr = schedule.At(step);
