@@ -1,0 +1,155 @@
+#!/usr/bin/python3
+"""Memory follows ownership in a distributed run.
+
+A model whose experts are >= 80% of its parameters (fixture vocabulary, 4
+layers of 8 experts, d 256, f 1024) trains 2 steps single-process and as 1
+attention + 3 expert ranks (four processes started with `parallel.launch:
+env`, each measured by the kernel: ru_maxrss from wait4). The truth for the
+state bytes is counted here from the config (Mixtral's tensor shapes, 16
+bytes per parameter: fp32 weight, gradient and two AdamW moments):
+
+- every expert rank reports (metrics.jsonl rank_state_bytes) at most 40% of
+  the single-process run's parameter + optimizer bytes, and exactly what
+  the experts plan.json gives it take; the attention rank, exactly the
+  dense model's;
+- peak RSS follows: an expert rank's peak is below the single-process
+  run's by at least half of the state it does not hold;
+- both runs start from the same weights: the first step's loss agrees
+  (random init drawn from one seeded sequence, each rank keeping its part).
+
+    check_memory.py --trainer PATH --fixture GOLDEN_DIR --work DIR
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+D, F, LAYERS, EXPERTS = 256, 1024, 4, 8
+RUN = """model: {{config: {work}/config.json}}
+data: {{train: {fx}/tokens.bin}}
+train: {{steps: 2, global_batch: 8, micro_batches: 4, seq_len: 16, lr: 1.0e-3, threads: 1}}
+output: {{dir: {out}, checkpoint_every: 0}}
+"""
+PARALLEL = "parallel: {attention_ranks: 1, expert_ranks: 3, schedule: zebra, asym_ea: off, timeout_seconds: 120}\n"
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def param_counts(c):
+    """Dense and per-expert parameter counts of a Mixtral config."""
+    d, hd = c["hidden_size"], c["hidden_size"] // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    per_layer = d + q * d + 2 * kv * d + d * q + d + c["num_local_experts"] * d
+    dense = 2 * c["vocab_size"] * d + d + c["num_hidden_layers"] * per_layer
+    expert = 3 * d * c["intermediate_size"]
+    return dense, expert
+
+
+def run(cmd, env=None):
+    """Runs cmd to the end; returns (exit status, stderr, peak RSS in bytes)."""
+    p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, err, usage.ru_maxrss * 1024
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trainer", required=True)
+    ap.add_argument("--fixture", required=True)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    shutil.rmtree(a.work, ignore_errors=True)
+    os.makedirs(a.work)
+    with open(os.path.join(a.fixture, "config.json")) as f:
+        config = json.load(f)
+    config.update(hidden_size=D, intermediate_size=F, num_hidden_layers=LAYERS, num_local_experts=EXPERTS)
+    with open(os.path.join(a.work, "config.json"), "w") as f:
+        json.dump(config, f)
+    dense, expert = param_counts(config)
+    total = dense + LAYERS * EXPERTS * expert
+    share = LAYERS * EXPERTS * expert / total
+    if share < 0.8:
+        fail(f"the model's experts are {share:.0%} of its parameters, not >= 80%")
+    whole = 16 * total
+
+    single_file, run_file = os.path.join(a.work, "single.yaml"), os.path.join(a.work, "run.yaml")
+    single_out, dist_out = os.path.join(a.work, "single"), os.path.join(a.work, "dist")
+    with open(single_file, "w") as f:
+        f.write(RUN.format(work=a.work, fx=os.path.abspath(a.fixture), out=single_out))
+    with open(run_file, "w") as f:
+        f.write(RUN.format(work=a.work, fx=os.path.abspath(a.fixture), out=dist_out) + PARALLEL)
+
+    status, err, single_rss = run([a.trainer, "--config", single_file, "--no-progress"])
+    if status != 0:
+        fail(f"single-process run exited {status}:\n{err}")
+
+    port = free_port()
+    procs = []
+    for rank in range(4):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="4", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([a.trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env"],
+                                      env=env, stderr=subprocess.PIPE, text=True))
+    rss = []
+    for rank, p in enumerate(procs):
+        err = p.stderr.read()
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            for q in procs:
+                q.kill()
+            fail(f"rank {rank} exited {p.returncode}:\n{err}")
+        rss.append(usage.ru_maxrss * 1024)
+
+    got = metrics(dist_out)
+    ref = metrics(single_out)
+    held = got[-1].get("rank_state_bytes")
+    if not held or len(held) != 4:
+        fail(f"metrics.jsonl has no rank_state_bytes for 4 ranks: {got[-1]}")
+    mib = 1 << 20
+    print(f"model: {total} parameters, experts {share:.1%}; single-process state {whole / mib:.1f} MiB, "
+          f"peak RSS {single_rss / mib:.1f} MiB")
+    # Which experts each rank holds: the placement the run wrote (plan.json).
+    with open(os.path.join(dist_out, "plan.json")) as f:
+        placement = json.load(f)["ranks"]
+    for rank in range(4):
+        experts = sum(len(layer) for layer in placement[rank]["experts"])
+        want = 16 * ((dense if placement[rank]["role"] == "attention" else 0) + experts * expert)
+        role = "attention" if rank == 0 else "expert"
+        print(f"rank {rank} ({role}): holds {held[rank] / mib:.1f} MiB = {held[rank] / whole:.1%} of the "
+              f"single-process state (counted: {want / mib:.1f} MiB); peak RSS {rss[rank] / mib:.1f} MiB "
+              f"= {rss[rank] / single_rss:.0%} of single-process")
+        if held[rank] != want:
+            fail(f"rank {rank} reports {held[rank]} bytes of state, the config gives {want}")
+        if rank > 0:
+            if held[rank] > 0.4 * whole:
+                fail(f"expert rank {rank} holds {held[rank] / whole:.0%} of the single-process state, more than 40%")
+            if single_rss - rss[rank] < 0.5 * (whole - held[rank]):
+                fail(f"expert rank {rank}'s peak RSS {rss[rank] / mib:.1f} MiB is not below the single-process "
+                     f"{single_rss / mib:.1f} MiB by half of the {(whole - held[rank]) / mib:.1f} MiB it does not hold")
+    if abs(got[0]["loss"] - ref[0]["loss"]) > 1e-5 * abs(ref[0]["loss"]):
+        fail(f"first loss {got[0]['loss']} differs from the single-process {ref[0]['loss']}: not the same weights")
+    print(f"first loss {got[0]['loss']:.6f} = single-process {ref[0]['loss']:.6f}")
+    print("memory follows ownership: ok")
+
+
+if __name__ == "__main__":
+    main()
