@@ -15,7 +15,10 @@ bytes per parameter: fp32 weight, gradient and two AdamW moments):
 - peak RSS follows: an expert rank's peak is below the single-process
   run's by at least half of the state it does not hold;
 - both runs start from the same weights: the first step's loss agrees
-  (random init drawn from one seeded sequence, each rank keeping its part).
+  (random init drawn from one seeded sequence, each rank keeping its part);
+- a model 2.5x over a per-rank limit (train.memory_limit_mib) is refused
+  single-process with exit 1 and a message naming the key, and trains as
+  1+3 ranks under the same limit (the distributed run above has it).
 
     check_memory.py --trainer PATH --fixture GOLDEN_DIR --work DIR
 """
@@ -101,12 +104,21 @@ def main():
     status, err, single_rss = run([a.trainer, "--config", single_file, "--no-progress"])
     if status != 0:
         fail(f"single-process run exited {status}:\n{err}")
+    limit = int(whole / 2.5 / (1 << 20))
+    status, err, _ = run([a.trainer, "--config", single_file, "--no-progress", "--set",
+                          f"train.memory_limit_mib={limit}", "--set", f"output.dir={single_out}-limited"])
+    if status != 1 or "train.memory_limit_mib" not in err:
+        fail(f"single-process run over train.memory_limit_mib {limit}: expected exit 1 naming the key, got "
+             f"{status}:\n{err}")
+    print(f"single-process under train.memory_limit_mib {limit} (the model's state is {whole / (1 << 20) / limit:.1f}x "
+          f"that): exit {status}: {err.strip().splitlines()[-1]}")
 
     port = free_port()
     procs = []
     for rank in range(4):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="4", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([a.trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env"],
+        procs.append(subprocess.Popen([a.trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env",
+                                       "--set", f"train.memory_limit_mib={limit}"],
                                       env=env, stderr=subprocess.PIPE, text=True))
     rss = []
     for rank, p in enumerate(procs):

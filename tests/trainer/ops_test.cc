@@ -197,6 +197,8 @@ TEST(RunConfig, RejectsBadValuesNamingTheKey) {
   EXPECT_EQ(error("{steps: 1, seq_len: 8}"), "run.yaml: train.global_batch is required");
   EXPECT_EQ(error("{steps: 1, global_batch: 4, seq_len: 8, device: tpu}"),
             "run.yaml: train.device must be auto, cpu or cuda (got \"tpu\")");
+  EXPECT_EQ(error("{steps: 1, global_batch: 4, seq_len: 8, memory_limit_mib: -1}"),
+            "run.yaml: train.memory_limit_mib must be >= 0 (0 = no limit)");
 }
 
 TEST(Progress, FormatsBarLossThroughputAndEta) {

@@ -109,6 +109,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   train.Get("grad_clip", &t.grad_clip);
   train.Get("seed", &t.seed);
   train.Get("threads", &t.threads);
+  train.Get("memory_limit_mib", &t.memory_limit_mib);
   train.Get("device", &t.device);
   train.Get("precision", &t.precision);
   train.Finish();
@@ -138,6 +139,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   if (t.precision != "fp32" && t.precision != "bf16" && t.precision != "fp16" && t.precision != "auto")
     train.Fail("train.precision", "must be fp32, bf16, fp16 or auto (got \"" + t.precision + "\")");
   if (t.threads < 0) train.Fail("train.threads", "must be >= 0 (0 = every core)");
+  if (t.memory_limit_mib < 0) train.Fail("train.memory_limit_mib", "must be >= 0 (0 = no limit)");
 
   if (root["parallel"]) {
     auto& p = c.parallel;

@@ -59,6 +59,27 @@ void RemoveOldCheckpoints(const std::string& dir, int64_t keep) {
   for (size_t i = 0; i + keep < found.size(); ++i) fs::remove_all(found[i].second, ec);
 }
 
+// train.memory_limit_mib: the model state (fp32 parameters, gradients and
+// two AdamW moments: 16 bytes per parameter) this rank would hold must fit.
+void CheckMemoryLimit(int64_t limit_mib, int64_t held_params, int64_t model_params, int rank) {
+  if (limit_mib <= 0) return;
+  const double mib = 16.0 * static_cast<double>(held_params) / (1 << 20);
+  if (mib <= static_cast<double>(limit_mib)) return;
+  char text[320];
+  if (rank < 0) {
+    std::snprintf(text, sizeof text,
+                  "the model's state (parameters, gradients, AdamW moments) needs %.1f MiB, over "
+                  "train.memory_limit_mib %lld: split it over attention and expert ranks (a parallel section)",
+                  mib, static_cast<long long>(limit_mib));
+  } else {
+    std::snprintf(text, sizeof text,
+                  "rank %d holds %.1f MiB of model state (parameters, gradients, AdamW moments; the whole model "
+                  "%.1f MiB), over train.memory_limit_mib %lld: add expert ranks",
+                  rank, mib, 16.0 * static_cast<double>(model_params) / (1 << 20), static_cast<long long>(limit_mib));
+  }
+  throw Error(text);
+}
+
 }  // namespace
 
 ProcessRole DecideProcessRole(const RunConfig& rc, bool started_by_local_launcher) {
@@ -98,6 +119,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   std::optional<model::ParameterLayout> owned_layout;
   if (dist_run) owned_layout = layout.Subset(dist_run->owned);
   const model::ParameterLayout& held = owned_layout ? *owned_layout : layout;
+  CheckMemoryLimit(t.memory_limit_mib, held.total(), layout.total(), dist_run ? dist_run->rank : -1);
   backend::HostState host;
   host.params.assign(held.total(), 0.0f);
   host.exp_avg.assign(held.total(), 0.0f);
