@@ -81,6 +81,8 @@ ZpMemory ZpMemoryModel(const ZpMemoryInputs& in) {
   const double activations = live * tokens_per_expert * ExpertActivationBytesPerToken(s);
   out.expert_on_attention_rank = ExpertStateBytes(s, in.attention_measured) + activations;
   out.expert_on_expert_rank = ExpertStateBytes(s, in.expert_measured) + activations;
+  out.attention_state = ExpertlessStateBytes(s, in.attention_measured);
+  out.expert_state = ExpertStateBytes(s, in.expert_measured);
 
   out.experts_per_expert_rank = static_cast<int>(L) * ((s.experts + in.expert_ranks - 1) / in.expert_ranks);
   const double expert_room = std::max(0.0, out.expert_usable - out.expert_base);

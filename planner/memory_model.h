@@ -61,6 +61,8 @@ struct ZpMemory {
   double expert_base = 0;               // buffers
   double expert_on_attention_rank = 0;  // one offloaded expert: state + its tokens' activations
   double expert_on_expert_rank = 0;
+  double attention_state = 0;           // the expert-less model's parameters + optimizer state
+  double expert_state = 0;              // one expert's parameters + optimizer state (expert rank's kind)
   int experts_per_expert_rank = 0;      // over all layers, before Asym-EA
   int n_min = 0;
   int n_max = 0;

@@ -56,7 +56,12 @@ json Class(const GroupClass& c) {
         {"attention_rank_bytes", c.memory.attention_base},
         {"attention_usable_bytes", c.memory.attention_usable},
         {"expert_usable_bytes", c.memory.expert_usable},
-        {"experts_per_expert_rank", c.memory.experts_per_expert_rank}}},
+        {"experts_per_expert_rank", c.memory.experts_per_expert_rank},
+        // Parameters + optimizer state alone (what the engine reports as
+        // rank_state_bytes): an attention rank's without offloaded experts,
+        // the busiest expert rank's before Asym-EA.
+        {"attention_state_bytes", c.memory.attention_state},
+        {"expert_rank_state_bytes", c.memory.expert_state * c.memory.experts_per_expert_rank}}},
   };
 }
 

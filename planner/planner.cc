@@ -29,6 +29,8 @@ void ValidateRequest(const PlanRequest& r) {
   if (r.gpu_budget < 0) throw Error("gpu-budget " + std::to_string(r.gpu_budget) + " is negative");
   if (r.gpu_budget == 1) throw Error("gpu-budget 1 is too small: a ZP group needs an attention and an expert GPU");
   if (r.max_micro_batches < 1) throw Error("max-micro-batches must be positive");
+  if (r.attention_ranks < 0 || r.expert_ranks < 0 || r.groups < 0)
+    throw Error("--shape and --groups take positive numbers");
   if (r.inventory.TotalGpus() < 2) {
     throw Error(r.inventory.source + ": " + std::to_string(r.inventory.TotalGpus()) +
                 " GPU(s); a ZP group needs at least an attention and an expert GPU");
@@ -215,6 +217,10 @@ Plan MakePlan(const PlanRequest& request, const GpuProfileTable& profiles, Searc
     if (search.enumerated == 0) {
       throw Error("no plan: no ZP group shape fits " + std::to_string(inventory.TotalGpus()) + " GPUs" +
                   (request.gpu_budget > 0 ? " within gpu-budget " + std::to_string(request.gpu_budget) : "") +
+                  (request.attention_ranks > 0 ? " as " + std::to_string(request.attention_ranks) + ":" +
+                                                     std::to_string(request.expert_ranks) + " groups"
+                                               : "") +
+                  (request.groups > 0 ? " in " + std::to_string(request.groups) + " group(s)" : "") +
                   " (a group needs an attention and an expert GPU, and groups x attention ranks must divide "
                   "the global batch of " + std::to_string(request.global_batch) + ")");
     }

@@ -43,6 +43,11 @@ struct PlanRequest {
   bool asym_ea = true;         // allow Asym-EA
   int max_micro_batches = 64;  // upper bound on R
   bool baselines = true;       // also predict EP, DistEP, EP-Ideal, PP
+  // Only shapes with these attention : expert ranks per group (0 = any) and
+  // this many groups (0 = any): to price a shape someone chose.
+  int attention_ranks = 0;
+  int expert_ranks = 0;
+  int groups = 0;
 };
 
 // When nothing fits, the error names the most promising shape's memory

@@ -109,6 +109,9 @@ std::vector<ShapeCandidate> EnumerateShapes(const PlanningContext& ctx, const Pl
           const bool fits = shared ? g * (M + N) <= a_count : g * M <= a_count && g * N <= e_count;
           if (!fits) break;  // rows ascend
           if (request.gpu_budget > 0 && g * (M + N) > request.gpu_budget) break;
+          if ((request.attention_ranks > 0 && M != request.attention_ranks) ||
+              (request.expert_ranks > 0 && N != request.expert_ranks) || (request.groups > 0 && g != request.groups))
+            continue;
           ShapeCandidate c;
           c.shape.attention_gpu = a;
           c.shape.expert_gpu = e;

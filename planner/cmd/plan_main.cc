@@ -39,7 +39,8 @@ namespace planner = hetermoe::planner;
 struct Options {
   std::string inventory, model, profiles, output;
   int64_t seq_len = 0, global_batch = 0;
-  int gpu_budget = 0, max_micro_batches = 64;
+  int gpu_budget = 0, max_micro_batches = 64, groups = 0;
+  std::string shape;
   bool json = false, no_asym_ea = false, no_baselines = false, timeline = false, explain = false,
        exhaustive = false;
 };
@@ -82,6 +83,15 @@ int Run(const Options& o) {
   request.asym_ea = !o.no_asym_ea;
   request.max_micro_batches = o.max_micro_batches;
   request.baselines = !o.no_baselines;
+  request.groups = o.groups;
+  if (!o.shape.empty()) {
+    int m = 0, n = 0;
+    char extra = 0;
+    if (std::sscanf(o.shape.c_str(), "%d:%d%c", &m, &n, &extra) != 2 || m < 1 || n < 1)
+      throw hetermoe::Error("--shape " + o.shape + ": expected M:N, attention and expert ranks per group (e.g. 1:3)");
+    request.attention_ranks = m;
+    request.expert_ranks = n;
+  }
   const planner::Plan plan = planner::MakePlan(
       request, profiles, o.exhaustive ? planner::SearchMode::kExhaustive : planner::SearchMode::kBranchAndBound);
 
@@ -121,6 +131,8 @@ int main(int argc, char** argv) {
   app.add_flag("--explain", o.explain,
                "Also list the best group shapes with their predicted step and memory per rank, and why others "
                "did not fit (to stderr with --json)");
+  app.add_option("--shape", o.shape, "Only ZP groups of M attention : N expert ranks (\"M:N\"), to price a chosen shape");
+  app.add_option("--groups", o.groups, "Only this many ZP groups");
   app.add_flag("--exhaustive", o.exhaustive,
                "Price every group shape instead of pruning by lower bound (same plan, slower; for checking)");
 

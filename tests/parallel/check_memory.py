@@ -16,11 +16,14 @@ bytes per parameter: fp32 weight, gradient and two AdamW moments):
   run's by at least half of the state it does not hold;
 - both runs start from the same weights: the first step's loss agrees
   (random init drawn from one seeded sequence, each rank keeping its part);
+- the planner's memory model predicts those bytes: hetermoe-plan, asked to
+  price this 1+3 shape (--shape 1:3), gives the attention rank's and the
+  busiest expert rank's state within 10% of what the ranks report;
 - a model 2.5x over a per-rank limit (train.memory_limit_mib) is refused
   single-process with exit 1 and a message naming the key, and trains as
   1+3 ranks under the same limit (the distributed run above has it).
 
-    check_memory.py --trainer PATH --fixture GOLDEN_DIR --work DIR
+    check_memory.py --trainer PATH --plan PATH --fixture GOLDEN_DIR --work DIR
 """
 import argparse
 import json
@@ -77,6 +80,7 @@ def metrics(out):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trainer", required=True)
+    ap.add_argument("--plan", required=True, help="the hetermoe-plan binary")
     ap.add_argument("--fixture", required=True)
     ap.add_argument("--work", required=True)
     a = ap.parse_args()
@@ -157,6 +161,20 @@ def main():
             if single_rss - rss[rank] < 0.5 * (whole - held[rank]):
                 fail(f"expert rank {rank}'s peak RSS {rss[rank] / mib:.1f} MiB is not below the single-process "
                      f"{single_rss / mib:.1f} MiB by half of the {(whole - held[rank]) / mib:.1f} MiB it does not hold")
+    inventory = os.path.join(a.work, "inventory.yaml")
+    with open(inventory, "w") as f:
+        f.write("nodes:\n  - {name: a40-0, gpu: A40, count: 1}\n  - {name: v100-0, gpu: V100, count: 3}\n")
+    p = subprocess.run([a.plan, "--inventory", inventory, "--model", os.path.join(a.work, "config.json"),
+                        "--seq-len", "16", "--global-batch", "8", "--shape", "1:3", "--groups", "1", "--no-asym-ea",
+                        "--no-baselines", "--json"], capture_output=True, text=True)
+    if p.returncode != 0:
+        fail(f"hetermoe-plan --shape 1:3 exited {p.returncode}: {p.stderr}")
+    memory = json.loads(p.stdout)["group_classes"][0]["memory"]
+    for name, predicted, measured in (("attention rank", memory["attention_state_bytes"], held[0]),
+                                      ("busiest expert rank", memory["expert_rank_state_bytes"], max(held[1:]))):
+        print(f"planner predicts the {name} holds {predicted / mib:.1f} MiB; it reports {measured / mib:.1f} MiB")
+        if abs(predicted - measured) > 0.1 * measured:
+            fail(f"the planner's {name} state {predicted} bytes is more than 10% off the engine's {measured}")
     if abs(got[0]["loss"] - ref[0]["loss"]) > 1e-5 * abs(ref[0]["loss"]):
         fail(f"first loss {got[0]['loss']} differs from the single-process {ref[0]['loss']}: not the same weights")
     print(f"first loss {got[0]['loss']:.6f} = single-process {ref[0]['loss']:.6f}")
