@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -182,6 +183,15 @@ Plan Assemble(const PlanningContext& ctx, const PlanRequest& request, const Sear
     plan.baselines.ep_ideal = PredictEpIdeal(ctx, used, request.global_batch);
     plan.baselines.pp = PredictPipeline(ctx, used, request.global_batch);
     plan.baselines.distep = PredictDistEp(ctx, plan.classes, world, request.global_batch);
+    const BaselinePrediction& ep = plan.baselines.ep;
+    if (ep.feasible && ep.tokens_per_second > plan.predicted.tokens_per_second) {
+      char note[160];
+      std::snprintf(note, sizeof note,
+                    "expert parallelism is predicted faster here (%.0f tokens/s, %.2fx this plan): "
+                    "the engine runs it as parallel.schedule ep",
+                    ep.tokens_per_second, ep.tokens_per_second / plan.predicted.tokens_per_second);
+      plan.notes.push_back(note);
+    }
   }
   if (!plan.unused.empty()) {
     plan.notes.push_back(std::to_string(plan.unused.size()) + " GPU(s) unused: no group shape gains from them");
