@@ -283,7 +283,7 @@ void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>&
         fail("cannot write tensor " + Quote(t.name) + ": bad shape " + ShapeString(t.shape));
       }
     }
-    if (elements > 0 && t.data == nullptr) fail("cannot write tensor " + Quote(t.name) + ": no data");
+    if (elements > 0 && t.data == nullptr && !t.fill) fail("cannot write tensor " + Quote(t.name) + ": no data");
     uint64_t bytes;
     if (__builtin_mul_overflow(elements, sizeof(float), &bytes) || offset + bytes < offset) {
       fail("cannot write tensor " + Quote(t.name) + ": too large");
@@ -307,8 +307,16 @@ void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>&
   const uint64_t header_size = text.size();
   out.Write(&header_size, sizeof header_size);  // little-endian host
   out.Write(text.data(), text.size());
+  std::vector<float> one;  // the tensor being filled
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (byte_counts[i] > 0) out.Write(tensors[i].data, byte_counts[i]);
+    if (byte_counts[i] == 0) continue;
+    if (tensors[i].data) {
+      out.Write(tensors[i].data, byte_counts[i]);
+      continue;
+    }
+    one.resize(byte_counts[i] / sizeof(float));
+    tensors[i].fill(one.data());
+    out.Write(one.data(), byte_counts[i]);
   }
   out.Finish();
 }

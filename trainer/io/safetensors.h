@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -61,6 +62,10 @@ struct TensorToWrite {
   std::string name;
   std::vector<int64_t> shape;
   const float* data = nullptr;  // NumElements(shape) floats
+  // Instead of `data`: writes the tensor's floats into `out` when the writer
+  // reaches it (tensors are filled one at a time, in order), so the whole
+  // file never needs to be in memory.
+  std::function<void(float* out)> fill;
 };
 
 // Writes an F32 safetensors file at `path` (plain write + fsync; atomicity

@@ -609,6 +609,51 @@ void DistributedBackend::Download(backend::HostState* s) {
 
 const std::vector<int64_t>& DistributedBackend::RankStateBytes() const { return impl_->rank_state_bytes; }
 
+void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorFetch& fetch)>& write) {
+  Impl& m = *impl_;
+  if (m.group != 0) return;
+  constexpr uint32_t kRequest = (1u << 30) + 1, kReply = (1u << 30) + 2;
+  const auto& ts = m.layout.tensors();
+  const std::vector<float>* mine[] = {&m.params, &m.adamw->exp_avg(), &m.adamw->exp_avg_sq()};
+  if (rank_ != 0) {
+    // Serve rank 0's requests: {tensor, buffer}, or tensor -1 when it is done.
+    for (;;) {
+      int64_t request[2];
+      m.everyone->Irecv(request, sizeof request, 0, kRequest)->Wait();
+      if (request[0] < 0) return;
+      const size_t i = static_cast<size_t>(request[0]);
+      if (i >= ts.size() || !m.owned[i] || request[1] < 0 || request[1] > 2)
+        throw Error("checkpoint: rank 0 asked rank " + std::to_string(rank_) + " for a tensor it does not hold");
+      m.everyone->Isend(mine[request[1]]->data() + m.local_offset[i], ts[i].numel * sizeof(float), 0, kReply)->Wait();
+    }
+  }
+  std::vector<int> owner(ts.size(), -1);  // group 0's local rank holding each tensor rank 0 lacks
+  for (int o = 1; o < m.P; ++o)
+    for (size_t i : m.group0_owned_experts[o]) owner[i] = o;
+  const TensorFetch fetch = [&](size_t i, int buffer, float* out) {
+    if (m.owned[i]) {
+      std::copy_n(mine[buffer]->data() + m.local_offset[i], ts[i].numel, out);
+      return;
+    }
+    if (owner[i] < 0) throw Error("checkpoint: no rank of group 0 holds " + ts[i].name);
+    const int peer = m.placement.GlobalRank(0, owner[i]);
+    const int64_t request[2] = {static_cast<int64_t>(i), buffer};
+    m.everyone->Isend(request, sizeof request, peer, kRequest)->Wait();
+    m.everyone->Irecv(out, ts[i].numel * sizeof(float), peer, kReply)->Wait();
+  };
+  auto release = [&] {
+    const int64_t done[2] = {-1, 0};
+    for (int o = 1; o < m.P; ++o) m.everyone->Isend(done, sizeof done, m.placement.GlobalRank(0, o), kRequest)->Wait();
+  };
+  try {
+    if (write) write(fetch);
+  } catch (...) {
+    release();
+    throw;
+  }
+  release();
+}
+
 const std::vector<bool>& DistributedBackend::OwnedTensors() const { return impl_->owned; }
 
 backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput& step) {

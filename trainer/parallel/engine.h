@@ -74,6 +74,14 @@ class DistributedBackend final : public backend::Backend {
   // Collective. Rank 0 resizes `state` to the whole model and fills it
   // (group 0's experts gathered from their owners); other ranks leave it.
   void Download(backend::HostState* state) override;
+  // A checkpoint without the whole model in one rank's memory. Collective:
+  // rank 0 calls `write` with a fetch that puts tensor `tensor` (an index
+  // into the layout) of buffer `buffer` (0 parameters, 1 exp_avg, 2
+  // exp_avg_sq) into `out`, from its own buffers or, one tensor at a time,
+  // from the rank of group 0 that holds it; those ranks answer its requests
+  // until it is done (also when `write` throws). `write` is ignored elsewhere.
+  using TensorFetch = std::function<void(size_t tensor, int buffer, float* out)>;
+  void StreamCheckpoint(const std::function<void(const TensorFetch& fetch)>& write);
   // Bytes each rank holds for the model (parameters, gradients, AdamW
   // moments), by global rank; gathered when the engine is made.
   const std::vector<int64_t>& RankStateBytes() const;

@@ -60,12 +60,22 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
     throw Error(tmp.string() + ": cannot create checkpoint folder: " + ec.message());
 
   WriteTextFile(tmp / "config.json", io::MixtralConfigToJson(*v.config).dump(2) + "\n");
-  model::SaveParameters(*v.layout, (tmp / "model.safetensors").string(), v.params);
+  const auto& ts = v.layout->tensors();
+  auto tensor = [&](std::string name, size_t i, StateBuffer b, const float* buffer) {
+    if (buffer) return io::TensorToWrite{std::move(name), ts[i].shape, buffer + ts[i].offset, {}};
+    return io::TensorToWrite{std::move(name), ts[i].shape, nullptr, [&v, i, b](float* out) { v.source(i, b, out); }};
+  };
+  if (!v.params && !v.source) throw Error(dir_str + ": a checkpoint needs the model's tensors");
+  {
+    std::vector<io::TensorToWrite> params;
+    for (size_t i = 0; i < ts.size(); ++i) params.push_back(tensor(ts[i].name, i, StateBuffer::kParams, v.params));
+    io::WriteSafetensors((tmp / "model.safetensors").string(), params, {{"format", "pt"}});
+  }
   {
     std::vector<io::TensorToWrite> moments;
-    for (const auto& t : v.layout->tensors()) {
-      moments.push_back({"exp_avg." + t.name, t.shape, v.exp_avg + t.offset});
-      moments.push_back({"exp_avg_sq." + t.name, t.shape, v.exp_avg_sq + t.offset});
+    for (size_t i = 0; i < ts.size(); ++i) {
+      moments.push_back(tensor("exp_avg." + ts[i].name, i, StateBuffer::kExpAvg, v.exp_avg));
+      moments.push_back(tensor("exp_avg_sq." + ts[i].name, i, StateBuffer::kExpAvgSq, v.exp_avg_sq));
     }
     io::WriteSafetensors((tmp / "optimizer.safetensors").string(), moments,
                          {{"optimizer", "adamw"}, {"step", std::to_string(v.state.step)}});

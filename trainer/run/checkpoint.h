@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "common/mixtral_config.h"
@@ -22,13 +23,20 @@ struct TrainerState {
   int64_t tokens_seen = 0;
 };
 
+// Which buffer a tensor comes from.
+enum class StateBuffer { kParams = 0, kExpAvg = 1, kExpAvgSq = 2 };
+// Fills `out` with tensor `tensor` (an index into layout.tensors()) of one
+// buffer; a distributed run fetches it from the rank that holds it.
+using TensorSource = std::function<void(size_t tensor, StateBuffer buffer, float* out)>;
+
 struct CheckpointView {
   const io::MixtralConfig* config;
   const model::ParameterLayout* layout;
-  const float* params;
+  const float* params;      // whole-model buffers, or null with `source`
   const float* exp_avg;
   const float* exp_avg_sq;
   TrainerState state;
+  TensorSource source;      // used when the buffers are null: one tensor at a time
 };
 
 // Writes `dir` atomically (replacing an existing folder of that name).

@@ -235,6 +235,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   engine->SetDedup(p.dedup);
   const std::vector<int64_t> bytes = engine->RankStateBytes();
   run->owned = engine->OwnedTensors();
+  run->engine = engine.get();
   run->backend = std::move(engine);
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());

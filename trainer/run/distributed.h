@@ -10,6 +10,7 @@
 #include "trainer/backend/backend.h"
 #include "trainer/comm/communicator.h"
 #include "trainer/model/parameters.h"
+#include "trainer/parallel/engine.h"
 #include "trainer/parallel/placement.h"
 #include "trainer/parallel/trace.h"
 #include "trainer/run/run_config.h"
@@ -25,6 +26,7 @@ struct DistributedRun {
   std::unique_ptr<parallel::Tracer> tracer;
   std::unique_ptr<backend::Backend> backend;
   std::vector<bool> owned;  // per tensor of the layout: held by this rank (its Upload takes just these)
+  parallel::DistributedBackend* engine = nullptr;  // `backend`, for what only a distributed run does
 };
 
 // Reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (and HETERMOE_LISTEN_ADDR

@@ -182,11 +182,18 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   auto checkpoint = [&](const std::string& dir) {
     const auto c0 = Clock::now();
     state.data_position = reader.position();
-    engine->Download(&host);  // collective in a distributed run
+    if (dist_run) {
+      // Rank 0 writes tensor by tensor, fetching each from the rank that holds it.
+      dist_run->engine->StreamCheckpoint([&](const parallel::DistributedBackend::TensorFetch& fetch) {
+        WriteCheckpoint(dir, {&config, &layout, nullptr, nullptr, nullptr, state,
+                              [&](size_t i, StateBuffer b, float* out) { fetch(i, static_cast<int>(b), out); }});
+      });
+    } else {
+      engine->Download(&host);
+      WriteCheckpoint(dir, {&config, &layout, host.params.data(), host.exp_avg.data(), host.exp_avg_sq.data(),
+                            state});
+    }
     if (!writer) return;
-    WriteCheckpoint(dir, {&config, &layout, host.params.data(), host.exp_avg.data(),
-                          host.exp_avg_sq.data(), state});
-    if (dist_run) host = backend::HostState{};
     metrics->RecordCheckpoint(Seconds(c0, Clock::now()));
   };
 
