@@ -14,6 +14,7 @@
 #include "trainer/model/cpu_stages.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/ops/experts.h"
+#include "trainer/parallel/wire.h"
 
 namespace hetermoe::parallel {
 namespace {
@@ -26,40 +27,8 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
 
 enum MessageKind : uint32_t { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
 
-// Token deduplication (HierMoE's, applied to HeterMoE's dispatch): a token
-// routed to several experts of one owner travels once. For one (layer,
-// micro-batch, owner) block, `index[i]` names the unique token of the
-// block's row i, and `first[u]` the first row of unique token u.
-struct Dedup {
-  std::vector<int32_t> index;  // [rows]
-  std::vector<int64_t> first;  // [uniques]
-  int64_t uniques() const { return static_cast<int64_t>(first.size()); }
-};
-
-// Rows [row0, row0 + rows) of a plan, grouped by token. `unique_of` is
-// scratch of plan.tokens entries, all -1, and is left that way.
-void MakeDedup(const ops::DispatchPlan& plan, int64_t row0, int64_t rows, std::vector<int32_t>& unique_of,
-               Dedup* dd) {
-  dd->index.resize(rows);
-  dd->first.clear();
-  for (int64_t i = 0; i < rows; ++i) {
-    int32_t& u = unique_of[plan.token_of_row[row0 + i]];
-    if (u < 0) {
-      u = static_cast<int32_t>(dd->first.size());
-      dd->first.push_back(i);
-    }
-    dd->index[i] = u;
-  }
-  for (int64_t first : dd->first) unique_of[plan.token_of_row[row0 + first]] = -1;
-}
-
-// Bytes of a dispatch message's header: counts of the owner's experts, then
-// with dedup the unique-token count and the row -> unique index (padded to 8).
-size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup) {
-  size_t b = experts * sizeof(int64_t);
-  if (dedup) b += sizeof(int64_t) + (rows * sizeof(int32_t) + 7) / 8 * 8;
-  return b;
-}
+using wire::Dedup;
+using wire::HeaderBytes;
 
 // What an owner keeps of one (layer, micro-batch, source) block.
 struct OwnerSlot {
@@ -68,6 +37,7 @@ struct OwnerSlot {
   int64_t uniques = 0;              // dedup: unique tokens among the rows
   std::vector<int32_t> index;       // dedup: row -> unique token
   std::vector<float> xp;            // dedup: the rows, fanned out from the unique ones
+  const float* x = nullptr;         // the rows the experts run on (in `inbox`, or `xp` with dedup)
   std::vector<float> dx_sums;       // dedup: input grads summed per unique token
   ops::DispatchPlan plan;           // counts/offsets over the owner's range only
   std::unique_ptr<model::ExpertBlock> block;  // the experts' compute on this rank's device
@@ -293,12 +263,8 @@ struct DistributedBackend::Impl {
     model::MicroBatchStages& mb = *micro[j];
     ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
       if (rows == 0) return;
-      const Dedup& dd = dedups[Idx(l, j, o)];
-      const std::vector<float>& sums = grad_sums[Idx(l, j, o)];
-      float* out = mb.dispatched_grads(l).data() + row0 * d;
-      std::fill(out, out + rows * d, 0.0f);
-      for (int64_t u = 0; u < dd.uniques(); ++u)
-        std::memcpy(out + dd.first[u] * d, sums.data() + u * d, d * sizeof(float));
+      wire::ScatterSums(dedups[Idx(l, j, o)], grad_sums[Idx(l, j, o)].data(), d,
+                        mb.dispatched_grads(l).data() + row0 * d);
     });
   }
 
@@ -307,24 +273,14 @@ struct DistributedBackend::Impl {
     const ops::DispatchPlan& plan = mb.plan(l);
     ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
       std::vector<char>& box = outbox[Idx(l, j, o)];
-      const size_t header = HeaderBytes(r.count, rows, dedup);
       const float* dispatched = mb.dispatched(l).data() + row0 * d;
-      if (!dedup) {
-        box.resize(header + rows * d * sizeof(float));
-        std::memcpy(box.data() + header, dispatched, rows * d * sizeof(float));
-      } else {
-        Dedup& dd = dedups[Idx(l, j, o)];
+      Dedup* dd = nullptr;
+      if (dedup) {
+        dd = &dedups[Idx(l, j, o)];
         unique_of.resize(plan.tokens, -1);
-        MakeDedup(plan, row0, rows, unique_of, &dd);
-        const int64_t uniques = dd.uniques();
-        box.resize(header + uniques * d * sizeof(float));
-        std::fill(box.begin(), box.begin() + header, 0);  // the index's padding
-        std::memcpy(box.data() + r.count * sizeof(int64_t), &uniques, sizeof(int64_t));
-        std::memcpy(box.data() + (r.count + 1) * sizeof(int64_t), dd.index.data(), rows * sizeof(int32_t));
-        for (int64_t u = 0; u < uniques; ++u)
-          std::memcpy(box.data() + header + u * d * sizeof(float), dispatched + dd.first[u] * d, d * sizeof(float));
+        wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, dd);
       }
-      std::memcpy(box.data(), plan.counts.data() + r.first, r.count * sizeof(int64_t));
+      wire::PackDispatch(plan.counts.data() + r.first, r.count, dispatched, rows, d, dd, &box);
       Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
       if (rows > 0)
         outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
@@ -428,42 +384,39 @@ struct DistributedBackend::Impl {
         OwnerSlot& s = slots[Idx(l, j, a)];
         Wait(s.inbox_request.get(), true, "dispatch", l, j);
         s.inbox_request.reset();
+        wire::DispatchBlock block;
+        try {
+          block = wire::UnpackDispatch(s.inbox.data(), s.inbox.size(), r.count, micro_tokens * k, d, dedup);
+        } catch (const Error& e) {
+          throw Error("rank " + std::to_string(rank) + ": " + e.what() + " from rank " +
+                      std::to_string(placement.GlobalRank(group, a)));
+        }
         // The owner-side plan: counts over all E experts, zero outside the range.
         s.plan = ops::DispatchPlan{};
         s.plan.experts = E;
         s.plan.slots = 1;
         s.plan.counts.assign(E, 0);
-        std::memcpy(s.plan.counts.data() + r.first, s.inbox.data(), r.count * sizeof(int64_t));
+        std::copy(block.counts.begin(), block.counts.end(), s.plan.counts.begin() + r.first);
         s.plan.offsets.assign(E + 1, 0);
         for (int64_t e = 0; e < E; ++e) s.plan.offsets[e + 1] = s.plan.offsets[e] + s.plan.counts[e];
-        s.rows = s.plan.offsets[E];
+        s.rows = block.rows;
         s.plan.tokens = s.rows;
-        if (s.rows < 0 || s.rows > micro_tokens * k)
-          throw Error("rank " + std::to_string(rank) + ": corrupt dispatch header from rank " +
-                      std::to_string(placement.GlobalRank(group, a)));
+        s.x = block.data;
         if (dedup) {
           // Fan the unique tokens out to their rows.
-          std::memcpy(&s.uniques, s.inbox.data() + r.count * sizeof(int64_t), sizeof(int64_t));
-          s.index.resize(s.rows);
-          std::memcpy(s.index.data(), s.inbox.data() + (r.count + 1) * sizeof(int64_t), s.rows * sizeof(int32_t));
-          const float* unique = reinterpret_cast<const float*>(s.inbox.data() + HeaderBytes(r.count, s.rows, true));
-          bool ok = s.uniques >= 0 && s.uniques <= s.rows;
-          for (int64_t i = 0; ok && i < s.rows; ++i) ok = s.index[i] >= 0 && s.index[i] < s.uniques;
-          if (!ok)
-            throw Error("rank " + std::to_string(rank) + ": corrupt dedup index from rank " +
-                        std::to_string(placement.GlobalRank(group, a)));
+          s.uniques = block.uniques;
           s.xp.resize(s.rows * d);
-          for (int64_t i = 0; i < s.rows; ++i)
-            std::memcpy(s.xp.data() + i * d, unique + s.index[i] * d, d * sizeof(float));
+          wire::FanOut(block, d, s.xp.data());
+          s.index = std::move(block.index);
+          s.x = s.xp.data();
         }
       }
       Compute(t, emulation.experts, [&] {
         for (int a = 0; a < M; ++a) {
           OwnerSlot& s = slots[Idx(l, j, a)];
           if (s.rows == 0) continue;
-          const float* xp = dedup ? s.xp.data() : reinterpret_cast<const float*>(s.inbox.data() + r.count * sizeof(int64_t));
           if (!s.block) s.block = device->NewExpertBlock();
-          s.y = s.block->Forward(l, s.plan, r.first, r.count, xp);
+          s.y = s.block->Forward(l, s.plan, r.first, r.count, s.x);
         }
       });
       for (int a = 0; a < M; ++a) {
@@ -497,12 +450,8 @@ struct DistributedBackend::Impl {
         continue;
       }
       // One row per unique token: the sum of its rows' input grads.
-      s.dx_sums.assign(s.uniques * d, 0.0f);
-      for (int64_t i = 0; i < s.rows; ++i) {
-        float* dst = s.dx_sums.data() + s.index[i] * d;
-        const float* src = s.dxp + i * d;
-        for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
-      }
+      s.dx_sums.resize(s.uniques * d);
+      wire::SumByUnique(s.index, s.uniques, s.dxp, d, s.dx_sums.data());
       Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), a, Tag(kInputGrads, l, j));
     }
   }

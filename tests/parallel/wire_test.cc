@@ -1,0 +1,132 @@
+// The dispatch wire format: a block packs and unpacks to the same rows, with
+// and without deduplication; corrupt blocks are refused; the dedup gradient
+// path (sum per unique token on the owner, the sum on the token's first row
+// on the attention rank) gives every token the same total as sending each
+// row's gradient back.
+#include "trainer/parallel/wire.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "common/error.h"
+
+namespace hetermoe::parallel::wire {
+namespace {
+
+constexpr int64_t kD = 3;
+
+// Rows of one owner block: token ids in plan order (a token appears once per
+// expert of the owner it is routed to), rows[i] = token + 0.1 * column.
+struct Block {
+  std::vector<int64_t> token_of_row = {4, 1, 7, 1, 4, 2};  // tokens 1 and 4 go to two experts
+  std::vector<int64_t> counts = {3, 3};                    // two experts
+  std::vector<float> rows;
+  Block() {
+    for (int64_t t : token_of_row)
+      for (int64_t c = 0; c < kD; ++c) rows.push_back(static_cast<float>(t) + 0.1f * c);
+  }
+  int64_t size() const { return static_cast<int64_t>(token_of_row.size()); }
+};
+
+TEST(Wire, DedupGroupsRowsByToken) {
+  const Block b;
+  std::vector<int32_t> scratch(8, -1);
+  Dedup dd;
+  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  EXPECT_EQ(dd.uniques(), 4);                                  // tokens 4, 1, 7, 2
+  EXPECT_EQ(dd.index, (std::vector<int32_t>{0, 1, 2, 1, 0, 3}));
+  EXPECT_EQ(dd.first, (std::vector<int64_t>{0, 1, 2, 5}));
+  EXPECT_EQ(scratch, std::vector<int32_t>(8, -1)) << "the scratch is left clean";
+  // A slice of the plan's rows.
+  MakeDedup(b.token_of_row, 3, 3, scratch, &dd);
+  EXPECT_EQ(dd.index, (std::vector<int32_t>{0, 1, 2}));
+}
+
+TEST(Wire, BlocksRoundTripWithAndWithoutDedup) {
+  const Block b;
+  for (bool dedup : {false, true}) {
+    std::vector<int32_t> scratch(8, -1);
+    Dedup dd;
+    MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+    std::vector<char> box;
+    PackDispatch(b.counts.data(), 2, b.rows.data(), b.size(), kD, dedup ? &dd : nullptr, &box);
+    const size_t rows_on_wire = dedup ? 4 : 6;
+    EXPECT_EQ(box.size(), HeaderBytes(2, b.size(), dedup) + rows_on_wire * kD * sizeof(float));
+    const DispatchBlock got = UnpackDispatch(box.data(), box.size(), 2, 100, kD, dedup);
+    EXPECT_EQ(got.counts, b.counts);
+    EXPECT_EQ(got.rows, 6);
+    std::vector<float> rows(b.rows.size());
+    if (dedup) {
+      EXPECT_EQ(got.uniques, 4);
+      FanOut(got, kD, rows.data());
+    } else {
+      std::memcpy(rows.data(), got.data, rows.size() * sizeof(float));
+    }
+    EXPECT_EQ(rows, b.rows) << (dedup ? "dedup" : "plain");
+  }
+}
+
+TEST(Wire, CorruptBlocksAreRefused) {
+  const Block b;
+  std::vector<int32_t> scratch(8, -1);
+  Dedup dd;
+  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  std::vector<char> box;
+  PackDispatch(b.counts.data(), 2, b.rows.data(), b.size(), kD, &dd, &box);
+  auto error = [&](std::vector<char> bad, int64_t max_rows = 100) {
+    try {
+      UnpackDispatch(bad.data(), bad.size(), 2, max_rows, kD, true);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  EXPECT_EQ(error(box), "(accepted)");
+  EXPECT_NE(error(box, 5).find("corrupt dispatch header"), std::string::npos) << "more rows than can arrive";
+  std::vector<char> negative = box;
+  const int64_t minus = -1;
+  std::memcpy(negative.data(), &minus, sizeof minus);
+  EXPECT_NE(error(negative).find("corrupt dispatch header"), std::string::npos);
+  std::vector<char> bad_index = box;
+  const int32_t out_of_range = 9;
+  std::memcpy(bad_index.data() + 3 * sizeof(int64_t), &out_of_range, sizeof out_of_range);
+  EXPECT_NE(error(bad_index).find("corrupt dedup index"), std::string::npos);
+  EXPECT_NE(error(std::vector<char>(box.begin(), box.end() - 4)).find("corrupt dedup index"), std::string::npos)
+      << "a truncated block";
+}
+
+TEST(Wire, DedupGradientsSumPerToken) {
+  const Block b;
+  std::vector<int32_t> scratch(8, -1);
+  Dedup dd;
+  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  // Each row's input grad: row index + column.
+  std::vector<float> dx;
+  for (int64_t r = 0; r < b.size(); ++r)
+    for (int64_t c = 0; c < kD; ++c) dx.push_back(static_cast<float>(r * 10 + c));
+  std::vector<float> sums(dd.uniques() * kD);
+  SumByUnique(dd.index, dd.uniques(), dx.data(), kD, sums.data());
+  std::vector<float> rows(dx.size(), -1.0f);
+  ScatterSums(dd, sums.data(), kD, rows.data());
+  // Scatter-adding the rows onto tokens gives, per token, the sum of its rows.
+  std::map<int64_t, std::vector<float>> want, got;
+  for (int64_t r = 0; r < b.size(); ++r) {
+    auto& w = want[b.token_of_row[r]];
+    auto& g = got[b.token_of_row[r]];
+    w.resize(kD);
+    g.resize(kD);
+    for (int64_t c = 0; c < kD; ++c) {
+      w[c] += dx[r * kD + c];
+      g[c] += rows[r * kD + c];
+    }
+  }
+  EXPECT_EQ(got, want);
+  // Only first rows carry a sum.
+  for (int64_t c = 0; c < kD; ++c) EXPECT_EQ(rows[3 * kD + c], 0.0f);  // token 1's second row
+}
+
+}  // namespace
+}  // namespace hetermoe::parallel::wire

@@ -1,0 +1,99 @@
+// The dispatch wire format (see wire.h).
+#include "trainer/parallel/wire.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/error.h"
+
+namespace hetermoe::parallel::wire {
+
+void MakeDedup(const std::vector<int64_t>& token_of_row, int64_t row0, int64_t rows, std::vector<int32_t>& scratch,
+               Dedup* out) {
+  out->index.resize(rows);
+  out->first.clear();
+  for (int64_t i = 0; i < rows; ++i) {
+    int32_t& u = scratch[token_of_row[row0 + i]];
+    if (u < 0) {
+      u = static_cast<int32_t>(out->first.size());
+      out->first.push_back(i);
+    }
+    out->index[i] = u;
+  }
+  for (int64_t first : out->first) scratch[token_of_row[row0 + first]] = -1;
+}
+
+size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup) {
+  size_t b = experts * sizeof(int64_t);
+  if (dedup) b += sizeof(int64_t) + (rows * sizeof(int32_t) + 7) / 8 * 8;
+  return b;
+}
+
+void PackDispatch(const int64_t* counts, int64_t experts, const float* data, int64_t rows, int64_t d,
+                  const Dedup* dedup, std::vector<char>* box) {
+  const size_t header = HeaderBytes(experts, rows, dedup != nullptr);
+  const size_t row_bytes = d * sizeof(float);
+  if (dedup == nullptr) {
+    box->resize(header + rows * row_bytes);
+    std::memcpy(box->data() + header, data, rows * row_bytes);
+  } else {
+    const int64_t uniques = dedup->uniques();
+    box->resize(header + uniques * row_bytes);
+    std::fill(box->begin(), box->begin() + header, 0);  // the index's padding
+    std::memcpy(box->data() + experts * sizeof(int64_t), &uniques, sizeof(int64_t));
+    std::memcpy(box->data() + (experts + 1) * sizeof(int64_t), dedup->index.data(), rows * sizeof(int32_t));
+    for (int64_t u = 0; u < uniques; ++u)
+      std::memcpy(box->data() + header + u * row_bytes, data + dedup->first[u] * d, row_bytes);
+  }
+  std::memcpy(box->data(), counts, experts * sizeof(int64_t));
+}
+
+DispatchBlock UnpackDispatch(const char* box, size_t bytes, int64_t experts, int64_t max_rows, int64_t d, bool dedup) {
+  DispatchBlock b;
+  if (bytes < experts * sizeof(int64_t)) throw Error("corrupt dispatch header (block too short)");
+  b.counts.resize(experts);
+  std::memcpy(b.counts.data(), box, experts * sizeof(int64_t));
+  for (int64_t c : b.counts) {
+    if (c < 0 || c > max_rows || b.rows > max_rows - c) throw Error("corrupt dispatch header (row counts)");
+    b.rows += c;
+  }
+  const size_t header = HeaderBytes(experts, b.rows, dedup);
+  const size_t row_bytes = d * sizeof(float);
+  if (!dedup) {
+    if (bytes < header + b.rows * row_bytes) throw Error("corrupt dispatch header (rows missing)");
+    b.data = reinterpret_cast<const float*>(box + header);
+    return b;
+  }
+  if (bytes < header) throw Error("corrupt dedup index (block too short)");
+  std::memcpy(&b.uniques, box + experts * sizeof(int64_t), sizeof(int64_t));
+  if (b.uniques < 0 || b.uniques > b.rows || bytes < header + b.uniques * row_bytes)
+    throw Error("corrupt dedup index (unique tokens)");
+  b.index.resize(b.rows);
+  std::memcpy(b.index.data(), box + (experts + 1) * sizeof(int64_t), b.rows * sizeof(int32_t));
+  for (int32_t u : b.index)
+    if (u < 0 || u >= b.uniques) throw Error("corrupt dedup index (row -> token)");
+  b.data = reinterpret_cast<const float*>(box + header);
+  return b;
+}
+
+void FanOut(const DispatchBlock& block, int64_t d, float* out) {
+  for (int64_t i = 0; i < block.rows; ++i)
+    std::memcpy(out + i * d, block.data + block.index[i] * d, d * sizeof(float));
+}
+
+void SumByUnique(const std::vector<int32_t>& index, int64_t uniques, const float* dx, int64_t d, float* sums) {
+  std::fill(sums, sums + uniques * d, 0.0f);
+  for (size_t i = 0; i < index.size(); ++i) {
+    float* dst = sums + index[i] * d;
+    const float* src = dx + i * d;
+    for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
+  }
+}
+
+void ScatterSums(const Dedup& dedup, const float* sums, int64_t d, float* out) {
+  std::fill(out, out + dedup.index.size() * d, 0.0f);
+  for (int64_t u = 0; u < dedup.uniques(); ++u)
+    std::memcpy(out + dedup.first[u] * d, sums + u * d, d * sizeof(float));
+}
+
+}  // namespace hetermoe::parallel::wire

@@ -1,0 +1,70 @@
+// The dispatch wire format between an attention rank and one expert owner,
+// as pure functions (no communication): what a (layer, micro-batch, owner)
+// block carries, and HierMoE's token deduplication on it.
+//
+// A dispatch block is
+//   counts   int64 x experts      rows for each of the owner's experts
+//   [dedup]  int64                unique tokens U among the rows
+//            int32 x rows         row -> unique token, padded to 8 bytes
+//   rows     float x d x (U with dedup, else rows)
+// Rows are in the dispatch plan's order (grouped by expert). With dedup a
+// token routed to several of the owner's experts travels once; the owner
+// fans it out to its rows, and on the way back sums the input grads of a
+// token's rows into one row per unique token; the attention rank puts each
+// sum on the token's first row and zeros on the others, so its scatter-add
+// over rows gives the same per-token gradient.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace hetermoe::parallel::wire {
+
+// Rows [row0, row0 + rows) of a dispatch plan grouped by token.
+struct Dedup {
+  std::vector<int32_t> index;  // [rows] row -> unique token
+  std::vector<int64_t> first;  // [uniques] the first row of each unique token
+  int64_t uniques() const { return static_cast<int64_t>(first.size()); }
+};
+
+// `token_of_row` is the plan's row -> token map. `scratch` has an entry per
+// token of the plan, all -1, and is left that way.
+void MakeDedup(const std::vector<int64_t>& token_of_row, int64_t row0, int64_t rows, std::vector<int32_t>& scratch,
+               Dedup* out);
+
+// Bytes before the rows.
+size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup);
+
+// Fills `box` with one block: `counts` of the owner's experts (summing to
+// `rows`), then the rows of `data` (rows x d), or with `dedup` only each
+// unique token's first row.
+void PackDispatch(const int64_t* counts, int64_t experts, const float* data, int64_t rows, int64_t d,
+                  const Dedup* dedup, std::vector<char>* box);
+
+// A received block, read in place.
+struct DispatchBlock {
+  std::vector<int64_t> counts;  // [experts]
+  int64_t rows = 0;
+  int64_t uniques = 0;          // dedup only
+  std::vector<int32_t> index;   // dedup only: row -> unique token
+  const float* data = nullptr;  // rows (or unique rows with dedup) x d, inside the box
+};
+
+// Reads a block of `bytes` bytes. Throws hetermoe::Error("corrupt dispatch
+// header" / "corrupt dedup index") when the counts are negative or exceed
+// `max_rows`, the rows do not fit in `bytes`, or an index is out of range.
+DispatchBlock UnpackDispatch(const char* box, size_t bytes, int64_t experts, int64_t max_rows, int64_t d, bool dedup);
+
+// Dedup: the block's rows, each its unique token's row (rows x d into `out`).
+void FanOut(const DispatchBlock& block, int64_t d, float* out);
+
+// Dedup, on the owner: the input grads of each unique token's rows summed
+// (`dx` rows x d -> `sums` uniques x d).
+void SumByUnique(const std::vector<int32_t>& index, int64_t uniques, const float* dx, int64_t d, float* sums);
+
+// Dedup, on the attention rank: each unique token's sum on its first row,
+// zeros on the others (`out` rows x d).
+void ScatterSums(const Dedup& dedup, const float* sums, int64_t d, float* out);
+
+}  // namespace hetermoe::parallel::wire
