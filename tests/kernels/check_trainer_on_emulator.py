@@ -16,8 +16,11 @@ checked against PyTorch), 4 steps must give:
     zebra with Asym-EA, 2 groups of 1+1 ep, 1+1 zebra with Asym-EA auto
     profiled on the device; ranks are local processes, each
     with its emulated GPU): fp32 losses within 1e-4 and final weights within
-    1e-5 + 1e-4 |x| of the single-process CPU run; bf16 within 2%; fp16,
-    which it cannot loss-scale yet, refused with a clear error.
+    1e-5 + 1e-4 |x| of the single-process CPU run; bf16 within 2%; fp16 on
+    sm_75 (precision auto) within 2% of the CPU run, and, started at a loss
+    scale that overflows (train.loss_scale_init 2^24), skipping exactly the
+    steps the single-process fp16 run skips (every rank skips together),
+    with its losses within 1e-4.
 
     check_trainer_on_emulator.py --trainer PATH --plugin PATH --fixture GOLDEN_DIR --work DIR
 """
@@ -145,11 +148,21 @@ def main():
         compare_losses(name, cpu, got, 1e-4, problems, weights_tol=(1e-5, 1e-4))
     got = run(args, os.path.join(args.work, "dist-bf16"), "cuda", "bf16", extra=["--set", parallel(*SHAPES[0])])
     compare_losses("distributed 1+1 bf16", cpu, got, 2e-2, problems, tokens=False)
-    p = run(args, os.path.join(args.work, "dist-fp16"), "cuda", "fp16", extra=["--set", parallel(*SHAPES[0])],
-            expect_ok=False)
-    print(f"distributed fp16: exit {p.returncode}")
-    if p.returncode == 0 or "precision fp16" not in p.stderr:
-        problems.append(f"distributed fp16 should be refused clearly: exit {p.returncode}, stderr {p.stderr[-300:]!r}")
+    sm75 = {"HETERMOE_EMULATED_SM": "75"}
+    got = run(args, os.path.join(args.work, "dist-fp16"), "cuda", "auto", sm75, extra=["--set", parallel(*SHAPES[2])])
+    if "fp16" not in got[2]:
+        problems.append(f"distributed precision auto on sm_75 used backend {got[2]!r}, expected fp16")
+    compare_losses("distributed 1+3 fp16 (sm_75, auto)", cpu, got, 2e-2, problems, tokens=False)
+    overflow = ["--set", "train.loss_scale_init=16777216"]
+    single = run(args, os.path.join(args.work, "fp16-overflow"), "cuda", "fp16", sm75, extra=overflow)
+    dist = run(args, os.path.join(args.work, "dist-fp16-overflow"), "cuda", "fp16", sm75,
+               extra=overflow + ["--set", parallel(*SHAPES[2])])
+    skipped = [[m.get("step_skipped", False) for m in r[0]] for r in (single, dist)]
+    print(f"fp16 from loss scale 2^24: skipped steps single {skipped[0]}, 1+3 {skipped[1]}")
+    if not any(skipped[0]) or skipped[0] != skipped[1]:
+        problems.append(f"fp16 overflow: the distributed run skipped {skipped[1]}, the single-process run "
+                        f"{skipped[0]} (expected the same, with at least one skip)")
+    compare_losses("distributed 1+3 fp16 from loss scale 2^24", single, dist, 1e-4, problems, tokens=False)
 
     for line in problems:
         print("FAIL:", line)

@@ -62,6 +62,10 @@ class Backend {
   // Global-norm clipping (max_norm 0 = off); returns the norm before clipping.
   virtual double ClipGradNorm(double max_norm) = 0;
   virtual void OptimizerStep(double lr) = 0;
+  // fp16 dynamic loss scaling: the scale the last ComputeGradients ran with
+  // (1 = none), and the optimizer steps skipped for an overflow so far.
+  virtual double LossScale() const { return 1.0; }
+  virtual int64_t SkippedSteps() const { return 0; }
 };
 
 // A backend that holds the whole model in one process and runs a step as its
@@ -85,6 +89,7 @@ struct BackendOptions {
   // auto (bf16 on sm_80+, fp16 with dynamic loss scaling on sm_70/75).
   // The CPU backend always runs fp32.
   std::string precision = "fp32";
+  double loss_scale_init = 65536.0;  // fp16: the first loss scale (dynamic scaling moves it)
 };
 
 // Makes the backend for options.device ("auto" = cuda when a GPU is usable,

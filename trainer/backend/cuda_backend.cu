@@ -157,6 +157,10 @@ std::vector<float> CudaBackend::DownloadLogits() { return impl_->micro.DownloadL
 
 int64_t CudaBackend::skipped_steps() const { return impl_->m.scaler.skipped_steps(); }
 
+double CudaBackend::LossScale() const {
+  return impl_->m.policy.dynamic_loss_scaling ? impl_->m.scaler.scale() : 1.0;
+}
+
 std::unique_ptr<Backend> MakeCudaBackend(const io::MixtralConfig& config, const model::ParameterLayout& layout,
                                          const BackendOptions& options) {
   return std::make_unique<CudaBackend>(config, layout, options);

@@ -55,6 +55,8 @@ class CudaBackend final : public MicroBatchBackend {
   std::vector<float> DownloadLogits();
   // Steps skipped by fp16 loss scaling so far (0 in fp32/bf16 mode).
   int64_t skipped_steps() const;
+  double LossScale() const override;
+  int64_t SkippedSteps() const override { return skipped_steps(); }
 
  private:
   struct Impl;

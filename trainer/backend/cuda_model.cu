@@ -52,6 +52,9 @@ DeviceModel::DeviceModel(const io::MixtralConfig& c, const model::ParameterLayou
   device_name = prop.name;
   sm = prop.major * 10 + prop.minor;
   policy = kernels::ChoosePrecision(options.precision, sm);
+  kernels::DynamicLossScaler::Options scaling;
+  scaling.initial_scale = options.loss_scale_init;
+  scaler = kernels::DynamicLossScaler(scaling);
   stream = std::make_unique<kernels::Stream>();
   blas = std::make_unique<kernels::BlasHandle>(stream->get());
   experts = std::make_unique<kernels::ExpertGemms>(&allocator, stream->get());

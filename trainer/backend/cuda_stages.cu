@@ -6,9 +6,10 @@
 // engine's host buffers once per step (gradients before the all-reduce,
 // the tensors this rank updated after the optimizer).
 //
-// Precision: fp32, or bf16 on sm_80+. fp16 needs loss scaling coordinated
-// across ranks, which the engine does not do yet, so "auto" means bf16 on
-// sm_80+ and fp32 below, and an explicit fp16 is refused.
+// Precision: fp32, bf16 on sm_80+, or fp16 with dynamic loss scaling ("auto":
+// bf16 on sm_80+, fp16 below, as single-process). The scale lives in each
+// rank's DeviceModel; the engine keeps the ranks' scales equal by giving
+// every rank the same overflow verdict each step (UpdateLossScale).
 #include <cuda_runtime.h>
 
 #include <cstdlib>
@@ -130,6 +131,10 @@ class CudaStageDevice final : public model::StageDevice {
   }
   void ZeroGrads() override { HM_CUDA_CHECK(cudaMemsetAsync(m_.grads.data(), 0, m_.grads.bytes(), m_.s())); }
   void GetGrads(float* host) override { m_.ToHost(m_.grads.data(), host, m_.layout.total()); }
+  double LossScale() const override { return m_.policy.dynamic_loss_scaling ? m_.scaler.scale() : 1.0; }
+  bool UpdateLossScale(bool found_nonfinite) override {
+    return m_.policy.dynamic_loss_scaling ? m_.scaler.Update(found_nonfinite) : true;
+  }
 
  private:
   DeviceModel m_;
@@ -152,10 +157,7 @@ std::unique_ptr<model::StageDevice> MakeCudaStageDevice(const io::MixtralConfig&
   HM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   const int sm = prop.major * 10 + prop.minor;
   BackendOptions o = options;
-  if (o.precision == "auto") o.precision = sm >= 80 ? "bf16" : "fp32";
-  if (o.precision == "fp16")
-    throw Error("precision fp16: distributed GPU runs do not scale the loss across ranks yet; use fp32, or bf16 "
-                "on sm_80+ (this GPU is sm_" + std::to_string(sm) + ")");
+  if (o.precision == "auto") o.precision = sm >= 80 ? "bf16" : "fp16";
   return std::make_unique<CudaStageDevice>(config, layout, o);
 }
 

@@ -75,6 +75,17 @@ class StageDevice {
   virtual void ZeroGrads() = 0;
   // Copies the device's gradients into host_grads (layout.total() floats).
   virtual void GetGrads(float* host_grads) = 0;
+  // Dynamic loss scaling (fp16): the factor HeadBackward multiplies the loss
+  // by, so gradients come out scaled by it; 1 without loss scaling.
+  virtual double LossScale() const { return 1.0; }
+  // Call once per step, on every rank alike, with whether any rank found a
+  // non-finite gradient; returns whether the step is applied (with loss
+  // scaling: skipped on overflow and the scale backed off). Throws after
+  // too many overflows in a row.
+  virtual bool UpdateLossScale(bool found_nonfinite) {
+    (void)found_nonfinite;
+    return true;
+  }
 };
 
 }  // namespace hetermoe::model

@@ -87,6 +87,9 @@ struct DistributedBackend::Impl {
   std::vector<std::unique_ptr<comm::Request>> sends;
 
   std::vector<int64_t> rank_state_bytes;  // every rank's OwnedStateBytes, gathered once
+  bool apply_step = true;                 // false: a rank found an overflow, every rank skips this step
+  double last_loss_scale = 1.0;
+  int64_t skipped_steps = 0;
   int64_t micro_tokens = 0;
   double loss_sum = 0, ce_sum = 0, aux_sum = 0;
   std::vector<std::vector<int64_t>> expert_tokens;
@@ -605,6 +608,10 @@ void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorF
 
 const std::vector<bool>& DistributedBackend::OwnedTensors() const { return impl_->owned; }
 
+double DistributedBackend::LossScale() const { return impl_->last_loss_scale; }
+
+int64_t DistributedBackend::SkippedSteps() const { return impl_->skipped_steps; }
+
 backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput& step) {
   Impl& m = *impl_;
   if (step.micro_batches != m.placement.micro_batches)
@@ -627,6 +634,13 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.sends.clear();
   m.device->GetGrads(m.grads.data());
   const double wall = Seconds(start, Clock::now());
+  // fp16: an overflow anywhere is every rank's (one sum with the losses below).
+  double nonfinite = 0;
+  for (float g : m.grads)
+    if (!std::isfinite(g)) {
+      nonfinite = 1;
+      break;
+    }
 
   // Gradients: dense over every attention rank, experts over the groups.
   std::vector<size_t> owned_dense;
@@ -639,7 +653,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   std::vector<double> sums = {m.loss_sum, m.ce_sum, m.aux_sum,
                               attention ? m.idle : 0.0, attention ? wall : 0.0,
                               attention ? 0.0 : m.idle, attention ? 0.0 : wall,
-                              m.dispatch_wait, m.combine_wait, m.bytes_sent};
+                              m.dispatch_wait, m.combine_wait, m.bytes_sent, nonfinite};
   for (const auto& layer : m.expert_tokens)
     for (int64_t c : layer) sums.push_back(static_cast<double>(c));
   m.everyone->AllReduceSum(sums.data(), sums.size());
@@ -658,7 +672,16 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   out.expert_tokens.assign(m.L, std::vector<int64_t>(m.E));
   for (int l = 0; l < m.L; ++l)
     for (int64_t e = 0; e < m.E; ++e)
-      out.expert_tokens[l][e] = static_cast<int64_t>(sums[10 + l * m.E + e]);
+      out.expert_tokens[l][e] = static_cast<int64_t>(sums[11 + l * m.E + e]);
+  // Loss scaling: every rank gets the same verdict, so the scales stay equal.
+  const double scale = m.device->LossScale();
+  m.last_loss_scale = scale;
+  m.apply_step = m.device->UpdateLossScale(sums[10] > 0);
+  if (!m.apply_step) ++m.skipped_steps;
+  if (m.apply_step && scale != 1.0) {
+    const float unscale = static_cast<float>(1.0 / scale);
+    for (float& g : m.grads) g *= unscale;
+  }
   return out;
 }
 
@@ -689,6 +712,7 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
 
 void DistributedBackend::OptimizerStep(double lr) {
   Impl& m = *impl_;
+  if (!m.apply_step) return;  // an overflow: parameters, moments and the AdamW step stay
   m.adamw->Step(m.params.data(), m.grads.data(), lr);  // every local tensor is owned
   std::vector<size_t> updated(m.local.tensors().size());
   for (size_t i = 0; i < updated.size(); ++i) updated[i] = i;

@@ -89,7 +89,10 @@ class DistributedBackend final : public backend::Backend {
   const std::vector<bool>& OwnedTensors() const;
   backend::StepLoss ComputeGradients(const backend::StepInput& step) override;
   double ClipGradNorm(double max_norm) override;
+  // Skipped, on every rank alike, when any rank's gradients overflowed (fp16).
   void OptimizerStep(double lr) override;
+  double LossScale() const override;
+  int64_t SkippedSteps() const override;
 
  private:
   struct Impl;

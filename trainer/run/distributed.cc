@@ -63,6 +63,7 @@ backend::BackendOptions DeviceOptions(const RunConfig& rc) {
   backend::BackendOptions o;
   o.device = rc.train.device;
   o.precision = rc.train.precision;
+  o.loss_scale_init = rc.train.loss_scale_init;
   return o;
 }
 

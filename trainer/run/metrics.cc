@@ -114,6 +114,8 @@ void MetricsSink::Record(const StepMetrics& m) {
     line["exchange_bytes"] = m.exchange_bytes;
     line["rank_state_bytes"] = m.rank_state_bytes;
   }
+  if (m.loss_scale != 1.0) line["loss_scale"] = m.loss_scale;
+  if (m.step_skipped) line["step_skipped"] = true;
   jsonl_ << line.dump() << '\n';
   jsonl_.flush();
   if (!jsonl_) throw Error(path_ + ": cannot write metrics");

@@ -36,6 +36,8 @@ struct StepMetrics {
   double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
   double exchange_bytes = 0;                         // attention <-> owner traffic this step
   std::vector<int64_t> rank_state_bytes;             // per rank: parameters, gradients, AdamW moments held
+  double loss_scale = 1.0;                           // fp16 loss scaling (1 = none)
+  bool step_skipped = false;                         // fp16: overflow, the optimizer step was skipped
 };
 
 class MetricsSink {

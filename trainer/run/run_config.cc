@@ -110,6 +110,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   train.Get("seed", &t.seed);
   train.Get("threads", &t.threads);
   train.Get("memory_limit_mib", &t.memory_limit_mib);
+  train.Get("loss_scale_init", &t.loss_scale_init);
   train.Get("device", &t.device);
   train.Get("precision", &t.precision);
   train.Finish();
@@ -140,6 +141,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     train.Fail("train.precision", "must be fp32, bf16, fp16 or auto (got \"" + t.precision + "\")");
   if (t.threads < 0) train.Fail("train.threads", "must be >= 0 (0 = every core)");
   if (t.memory_limit_mib < 0) train.Fail("train.memory_limit_mib", "must be >= 0 (0 = no limit)");
+  if (!(t.loss_scale_init >= 1)) train.Fail("train.loss_scale_init", "must be >= 1");
 
   if (root["parallel"]) {
     auto& p = c.parallel;

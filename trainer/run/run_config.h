@@ -41,7 +41,8 @@ struct RunConfig {
     double grad_clip = 1.0;      // 0 = off
     uint64_t seed = 1234;
     int threads = 0;             // 0 = the CPUs this process may use (run/cpu_budget.h)
-    int64_t memory_limit_mib = 0;  // most model state (params, grads, AdamW moments) one rank may hold; 0 = none
+    int64_t memory_limit_mib = 0;
+    double loss_scale_init = 65536.0;  // fp16: the first dynamic loss scale  // most model state (params, grads, AdamW moments) one rank may hold; 0 = none
     std::string device = "auto"; // auto | cpu | cuda
     std::string precision = "fp32";  // GPU GEMM format: fp32 | bf16 | fp16 | auto (per GPU generation)
   } train;

@@ -145,7 +145,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   const std::unique_ptr<backend::Backend> engine =
       dist_run ? std::move(dist_run->backend)
                : backend::MakeBackend(config, layout,
-                                      {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}, t.precision});
+                                      {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}, t.precision, t.loss_scale_init});
   engine->Upload(host);
   if (dist_run) {
     // Each rank now holds only its own tensors; the whole-model copy comes
@@ -201,6 +201,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     const auto t0 = Clock::now();
     const int64_t step = state.step + 1;
     reader.Next(inputs.data(), targets.data());
+    const int64_t skipped_before = engine->SkippedSteps();
     const backend::StepLoss loss =
         engine->ComputeGradients({inputs.data(), targets.data(), t.global_batch, t.seq_len, R});
     StepMetrics m;
@@ -220,7 +221,9 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     }
     m.grad_norm = engine->ClipGradNorm(t.grad_clip);
     m.lr = schedule.At(step);
+    m.loss_scale = engine->LossScale();
     engine->OptimizerStep(m.lr);
+    m.step_skipped = engine->SkippedSteps() > skipped_before;
     state.step = step;
     state.tokens_seen += step_tokens;
     m.tokens = step_tokens;
