@@ -199,6 +199,8 @@ TEST(RunConfig, RejectsBadValuesNamingTheKey) {
             "run.yaml: train.device must be auto, cpu or cuda (got \"tpu\")");
   EXPECT_EQ(error("{steps: 1, global_batch: 4, seq_len: 8, memory_limit_mib: -1}"),
             "run.yaml: train.memory_limit_mib must be >= 0 (0 = no limit)");
+  EXPECT_EQ(error("{steps: 1, global_batch: 4, seq_len: 8, loss_scale_init: 0.5}"),
+            "run.yaml: train.loss_scale_init must be >= 1");
 }
 
 TEST(Progress, FormatsBarLossThroughputAndEta) {
