@@ -7,9 +7,15 @@
 // one are accepted (overlaps are not).
 #include "trainer/io/safetensors.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cerrno>
 #include <cstring>
 #include <limits>
 
@@ -150,11 +156,47 @@ int64_t TensorInfo::NumElements() const {
   return n;
 }
 
+namespace {
+
+// A read-only private mapping of a whole file, unmapped with the last owner.
+struct Mapping {
+  void* data = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (data != nullptr) ::munmap(data, size);
+  }
+};
+
+}  // namespace
+
 SafetensorsFile SafetensorsFile::Load(const std::string& path) {
-  return Parse(ReadFileBytes(path), path);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+    // Not a regular file (a pipe, /proc), or empty: read it whole.
+    ::close(fd);
+    return Parse(ReadFileBytes(path), path);
+  }
+  auto mapping = std::make_shared<Mapping>();
+  mapping->size = static_cast<size_t>(st.st_size);
+  void* data = ::mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  ::close(fd);
+  if (data == MAP_FAILED) throw Error(path + ": cannot map: " + std::strerror(err));
+  mapping->data = data;
+  const std::string_view bytes(static_cast<const char*>(data), mapping->size);
+  return ParseView(std::move(mapping), bytes, path);
 }
 
 SafetensorsFile SafetensorsFile::Parse(std::string bytes, const std::string& source) {
+  auto owner = std::make_shared<const std::string>(std::move(bytes));
+  const std::string_view view(*owner);
+  return ParseView(std::move(owner), view, source);
+}
+
+SafetensorsFile SafetensorsFile::ParseView(std::shared_ptr<const void> owner, std::string_view bytes,
+                                           const std::string& source) {
   const Fail fail{source};
   SafetensorsFile file;
   file.source_ = source;
@@ -219,7 +261,8 @@ SafetensorsFile SafetensorsFile::Parse(std::string bytes, const std::string& sou
   }
 
   file.data_start_ = kHeaderSizeBytes + header_size;
-  file.bytes_ = std::move(bytes);
+  file.owner_ = std::move(owner);
+  file.bytes_ = bytes;
   return file;
 }
 
@@ -251,6 +294,7 @@ void SafetensorsFile::ReadInto(std::string_view name, const std::vector<int64_t>
   // An empty tensor may come with out == nullptr (an empty vector's data()),
   // which memcpy must not see even for zero bytes (found by libFuzzer/UBSan).
   if (n == 0) return;
+  bytes_read_ += t->end - t->begin;
   if (t->dtype == DType::kF32) {
     std::memcpy(out, src, n * sizeof(float));
     return;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,7 +33,9 @@ struct TensorInfo {
   int64_t NumElements() const;
 };
 
-// An in-memory safetensors file. Thread-compatible.
+// A safetensors file. Load maps a regular file into memory read-only, so
+// only the pages of the tensors read are brought in: a rank that reads its
+// own tensors of a whole-model file does not hold the rest. Thread-compatible.
 class SafetensorsFile {
  public:
   static SafetensorsFile Load(const std::string& path);
@@ -50,9 +53,16 @@ class SafetensorsFile {
   // (error names the tensor, the expected and the actual shape).
   void ReadInto(std::string_view name, const std::vector<int64_t>& shape, float* out) const;
 
+  // Bytes of the data section the reads so far touched (tensor data only).
+  uint64_t bytes_read() const { return bytes_read_; }
+
  private:
+  static SafetensorsFile ParseView(std::shared_ptr<const void> owner, std::string_view bytes,
+                                   const std::string& source);
   std::string source_;
-  std::string bytes_;
+  std::shared_ptr<const void> owner_;  // keeps `bytes_` alive: a string, or a file mapping
+  std::string_view bytes_;
+  mutable uint64_t bytes_read_ = 0;
   uint64_t data_start_ = 0;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
