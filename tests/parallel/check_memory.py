@@ -20,6 +20,10 @@ bytes per parameter: fp32 weight, gradient and two AdamW moments):
 - the planner's memory model predicts those bytes: hetermoe-plan, asked to
   price this 1+3 shape (--shape 1:3), gives the attention rank's and the
   busiest expert rank's state within 10% of what the ranks report;
+- resuming the 1+3 run from its final checkpoint (written by rank 0 tensor
+  by tensor, one whole-model file set), each rank reads only its tensors:
+  the bytes it reports reading are its parameters and two moments (12 of
+  its 16 bytes per parameter), and its peak RSS still follows;
 - a model 2.5x over a per-rank limit (train.memory_limit_mib) is refused
   single-process with exit 1 and a message naming the key, and trains as
   1+3 ranks under the same limit (the distributed run above has it).
@@ -73,6 +77,28 @@ def run(cmd, env=None):
     return p.returncode, err, usage.ru_maxrss * 1024
 
 
+def run_ranks(trainer, run_file, extra):
+    """Starts the 4 ranks as separate processes; returns their peak RSS and stderr."""
+    port = free_port()
+    procs = []
+    for rank in range(4):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="4", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env",
+                                       *extra], env=env, stderr=subprocess.PIPE, text=True))
+    rss, errs = [], []
+    for rank, p in enumerate(procs):
+        err = p.stderr.read()
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            for q in procs:
+                q.kill()
+            fail(f"rank {rank} exited {p.returncode}:\n{err}")
+        rss.append(usage.ru_maxrss * 1024)
+        errs.append(err)
+    return rss, errs
+
+
 def metrics(out):
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -118,23 +144,7 @@ def main():
     print(f"single-process under train.memory_limit_mib {limit} (the model's state is {whole / (1 << 20) / limit:.1f}x "
           f"that): exit {status}: {err.strip().splitlines()[-1]}")
 
-    port = free_port()
-    procs = []
-    for rank in range(4):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="4", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([a.trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env",
-                                       "--set", f"train.memory_limit_mib={limit}"],
-                                      env=env, stderr=subprocess.PIPE, text=True))
-    rss = []
-    for rank, p in enumerate(procs):
-        err = p.stderr.read()
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        if p.returncode != 0:
-            for q in procs:
-                q.kill()
-            fail(f"rank {rank} exited {p.returncode}:\n{err}")
-        rss.append(usage.ru_maxrss * 1024)
+    rss, _ = run_ranks(a.trainer, run_file, ["--set", f"train.memory_limit_mib={limit}"])
 
     got = metrics(dist_out)
     ref = metrics(single_out)
@@ -175,6 +185,21 @@ def main():
         print(f"planner predicts the {name} holds {predicted / mib:.1f} MiB; it reports {measured / mib:.1f} MiB")
         if abs(predicted - measured) > 0.1 * measured:
             fail(f"the planner's {name} state {predicted} bytes is more than 10% off the engine's {measured}")
+    # Resume from the run's final checkpoint for one more step.
+    resume_rss, errs = run_ranks(a.trainer, run_file, ["--set", "train.steps=3", "--set", f"output.dir={dist_out}-resumed",
+                                                       "--resume", os.path.join(dist_out, "final")])
+    for rank in range(4):
+        line = next((l for l in errs[rank].splitlines() if l.startswith(f"rank {rank} read ")), None)
+        if line is None:
+            fail(f"rank {rank} did not report what it read on resume:\n{errs[rank]}")
+        read_mib = float(line.split()[3])
+        want_mib = held[rank] * 12 / 16 / mib
+        print(f"resume: {line}; it holds {held[rank] / mib:.1f} MiB of state, so expected {want_mib:.1f} MiB; "
+              f"peak RSS {resume_rss[rank] / mib:.1f} MiB")
+        if abs(read_mib - want_mib) > 0.1 + 0.001 * want_mib:
+            fail(f"rank {rank} read {read_mib} MiB on resume, its tensors are {want_mib:.1f} MiB")
+        if single_rss - resume_rss[rank] < 0.5 * (whole - held[rank]):
+            fail(f"rank {rank}'s peak RSS on resume {resume_rss[rank] / mib:.1f} MiB does not follow what it holds")
     if abs(got[0]["loss"] - ref[0]["loss"]) > 1e-5 * abs(ref[0]["loss"]):
         fail(f"first loss {got[0]['loss']} differs from the single-process {ref[0]['loss']}: not the same weights")
     print(f"first loss {got[0]['loss']:.6f} = single-process {ref[0]['loss']:.6f}")

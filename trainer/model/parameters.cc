@@ -102,18 +102,19 @@ void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed
   }
 }
 
-void LoadParameters(const ParameterLayout& layout, const std::string& path, float* params, bool others_allowed) {
+uint64_t LoadParameters(const ParameterLayout& layout, const std::string& path, float* params, bool others_allowed) {
   const io::SafetensorsFile file = io::SafetensorsFile::Load(path);
   for (const auto& t : layout.tensors()) {
     if (!file.Find(t.name))
       throw Error(path + ": tensor \"" + t.name + "\" is missing (the config expects it)");
     file.ReadInto(t.name, t.shape, params + t.offset);
   }
-  if (others_allowed) return;
+  if (others_allowed) return file.bytes_read();
   for (const auto& info : file.tensors())
     if (!layout.Find(info.name))
       throw Error(path + ": unexpected tensor \"" + info.name +
                   "\" (not part of the model described by the config)");
+  return file.bytes_read();
 }
 
 void SaveParameters(const ParameterLayout& layout, const std::string& path, const float* buffer,

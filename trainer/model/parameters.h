@@ -69,8 +69,9 @@ void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed
 // Loads every tensor of the layout from a safetensors file (F32/F16/BF16),
 // checking names and shapes; the error names the file and the tensor. The
 // file may hold other tensors only with `others_allowed` (a Subset layout).
-void LoadParameters(const ParameterLayout& layout, const std::string& path, float* params,
-                    bool others_allowed = false);
+// Returns the bytes of tensor data read.
+uint64_t LoadParameters(const ParameterLayout& layout, const std::string& path, float* params,
+                        bool others_allowed = false);
 
 // Writes the tensors of `buffer` (parameters, or optimizer moments laid out
 // the same way) under the layout's names, each prefixed with `prefix`.

@@ -113,15 +113,17 @@ LoadedCheckpoint ReadCheckpoint(const std::string& dir_str, const io::MixtralCon
       saved.num_key_value_heads != config.num_key_value_heads)
     throw Error(dir_str + "/config.json: the checkpoint's model differs from the run's model");
   const model::ParameterLayout& held = into ? *into : layout;
-  model::LoadParameters(held, (dir / "model.safetensors").string(), params, into != nullptr);
+  uint64_t bytes_read = model::LoadParameters(held, (dir / "model.safetensors").string(), params, into != nullptr);
   const io::SafetensorsFile opt = io::SafetensorsFile::Load((dir / "optimizer.safetensors").string());
   for (const auto& t : held.tensors()) {
     opt.ReadInto("exp_avg." + t.name, t.shape, exp_avg + t.offset);
     opt.ReadInto("exp_avg_sq." + t.name, t.shape, exp_avg_sq + t.offset);
   }
+  bytes_read += opt.bytes_read();
   const fs::path state_path = dir / "trainer_state.json";
   const nlohmann::json s = ReadJson(state_path);
   LoadedCheckpoint out;
+  out.bytes_read = bytes_read;
   try {
     out.state.step = s.at("step").get<int64_t>();
     out.state.data_position = s.at("data_position").get<int64_t>();

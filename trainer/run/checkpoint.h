@@ -44,6 +44,7 @@ void WriteCheckpoint(const std::string& dir, const CheckpointView& view);
 
 struct LoadedCheckpoint {
   TrainerState state;
+  uint64_t bytes_read = 0;  // tensor data read (parameters and moments)
 };
 // Loads params and moments (buffers sized layout.total()) from `dir`,
 // checking that its config matches `config` in every shape. With `into` (a

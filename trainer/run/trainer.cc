@@ -128,17 +128,25 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   TrainerState state;
   std::string resume_dir = options.resume;
   if (resume_dir == "auto") resume_dir = FindLatestCheckpoint(rc.output.dir);
+  // Each rank of a distributed run says how much of the files it read.
+  auto report_read = [&](uint64_t bytes, const std::string& from) {
+    if (dist_run)
+      std::fprintf(stderr, "rank %d read %.1f MiB of tensors from %s\n", dist_run->rank,
+                   static_cast<double>(bytes) / (1 << 20), from.c_str());
+  };
   if (!resume_dir.empty()) {
-    state = ReadCheckpoint(resume_dir, config, layout, host.params.data(), host.exp_avg.data(),
-                           host.exp_avg_sq.data(), owned_layout ? &*owned_layout : nullptr)
-                .state;
+    const LoadedCheckpoint loaded = ReadCheckpoint(resume_dir, config, layout, host.params.data(), host.exp_avg.data(),
+                                                   host.exp_avg_sq.data(), owned_layout ? &*owned_layout : nullptr);
+    state = loaded.state;
+    report_read(loaded.bytes_read, resume_dir);
     host.optimizer_step = state.step;
     reader.set_position(state.data_position);
     if (writer)
       std::fprintf(stderr, "resumed from %s at step %lld\n", resume_dir.c_str(),
                    static_cast<long long>(state.step));
   } else if (!rc.model.init.empty()) {
-    model::LoadParameters(held, rc.model.init, host.params.data(), owned_layout.has_value());
+    report_read(model::LoadParameters(held, rc.model.init, host.params.data(), owned_layout.has_value()),
+                rc.model.init);
   } else {
     model::InitParameters(layout, config.initializer_range, t.seed, held, host.params.data());
   }
