@@ -16,7 +16,8 @@ contention, which real GPUs do not have. Schedules:
   zebra, no dedup  zebra without HierMoE's token deduplication
 Prints tokens/s (median of the steps after warm-up), the ratios against
 zebra+asym, the idle (bubble) share per role, and the bytes the two ranks
-exchanged per step. Loopback TCP is fast next to the emulated compute, so
+exchanged per step, and the model state (parameters, gradients, AdamW
+moments) each rank holds. Loopback TCP is fast next to the emulated compute, so
 deduplication shows in the bytes here, not in tokens/s.
 
     /usr/bin/python3 bench/bench_zebra.py --trainer build/trainer/hetermoe-trainer [--steps 8]
@@ -95,16 +96,18 @@ def main():
                 "bubble_e": statistics.median(s["bubble_expert"] for s in steps),
                 "bytes": statistics.median(s["exchange_bytes"] for s in steps),
                 "note": moved[0].split("->")[-1].strip() if moved else "",
+                "state": steps[-1].get("rank_state_bytes", []),
             }
             print(f"  {name:16s} {results[name]['tps']:8.0f} tok/s", file=sys.stderr)
         base = results["zebra+asym"]["tps"]
         print(f"\n1 attention rank + 1 expert rank (expert rank: attention x3.7 slower, experts x1.25), "
               f"{args.steps - args.warmup} measured steps each\n")
         print(f"{'schedule':16s} {'tokens/s':>9s} {'vs zebra+asym':>14s} {'idle attn':>10s} {'idle expert':>12s} "
-              f"{'MB/step':>8s}  note")
+              f"{'MB/step':>8s} {'state MB per rank':>18s}  note")
         for name, r in results.items():
+            state = "/".join(f"{b / 1e6:.1f}" for b in r["state"])
             print(f"{name:16s} {r['tps']:9.0f} {r['tps'] / base:13.2f}x {r['bubble_a']:9.0%} {r['bubble_e']:11.0%} "
-                  f"{r['bytes'] / 1e6:8.2f}  {r['note']}")
+                  f"{r['bytes'] / 1e6:8.2f} {state:>18s}  {r['note']}")
         print(f"\nzebra+asym / sequential = {base / results['sequential']['tps']:.2f}x "
               f"(paper: DistEP reaches 55% of HeterMoE, i.e. 1.8x)")
         print(f"zebra+asym / zebra      = {base / results['zebra']['tps']:.2f}x (paper: Asym-EA 1.14-1.20x)")

@@ -4,6 +4,7 @@
 // micro-batch); the pair (peer, tag) is unique within a step.
 #include "trainer/parallel/engine.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -363,17 +364,21 @@ struct DistributedBackend::Impl {
 
   // --- owner side ---
   // Receives are posted for the whole step up front, into buffers sized for
-  // the worst case (every token of the micro-batch routed to this owner).
+  // the most that can arrive: a token picks k distinct experts, so it sends
+  // at most min(k, experts held) rows to this owner, and with dedup the
+  // rows on the wire are at most one per token.
+  int64_t MaxRows(const ExpertRange& r) const { return micro_tokens * std::min<int64_t>(k, r.count); }
   void PostOwnerReceives() {
     const int local = placement.LocalOf(rank);
-    const int64_t max_rows = micro_tokens * k;
     for (int l = 0; l < L; ++l) {
       const ExpertRange& r = Range(l, local);
       if (r.count == 0) continue;
+      const int64_t max_rows = MaxRows(r);
+      const int64_t on_wire = dedup ? std::min(max_rows, micro_tokens) : max_rows;
       for (int j = 0; j < R; ++j)
         for (int a = 0; a < M; ++a) {
           OwnerSlot& s = slots[Idx(l, j, a)];
-          s.inbox.resize(HeaderBytes(r.count, max_rows, dedup) + max_rows * d * sizeof(float));
+          s.inbox.resize(HeaderBytes(r.count, max_rows, dedup) + on_wire * d * sizeof(float));
           s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
         }
     }
@@ -389,7 +394,7 @@ struct DistributedBackend::Impl {
         s.inbox_request.reset();
         wire::DispatchBlock block;
         try {
-          block = wire::UnpackDispatch(s.inbox.data(), s.inbox.size(), r.count, micro_tokens * k, d, dedup);
+          block = wire::UnpackDispatch(s.inbox.data(), s.inbox.size(), r.count, MaxRows(r), d, dedup);
         } catch (const Error& e) {
           throw Error("rank " + std::to_string(rank) + ": " + e.what() + " from rank " +
                       std::to_string(placement.GlobalRank(group, a)));
