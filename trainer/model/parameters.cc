@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "trainer/io/safetensors.h"
+#include "trainer/io/safetensors_set.h"
 
 namespace hetermoe::model {
 
@@ -103,17 +104,16 @@ void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed
 }
 
 uint64_t LoadParameters(const ParameterLayout& layout, const std::string& path, float* params, bool others_allowed) {
-  const io::SafetensorsFile file = io::SafetensorsFile::Load(path);
+  io::SafetensorsSet file = io::SafetensorsSet::Open(path);
   for (const auto& t : layout.tensors()) {
-    if (!file.Find(t.name))
-      throw Error(path + ": tensor \"" + t.name + "\" is missing (the config expects it)");
+    if (!file.Has(t.name))
+      throw Error(file.source() + ": tensor \"" + t.name + "\" is missing (the config expects it)");
     file.ReadInto(t.name, t.shape, params + t.offset);
   }
   if (others_allowed) return file.bytes_read();
-  for (const auto& info : file.tensors())
-    if (!layout.Find(info.name))
-      throw Error(path + ": unexpected tensor \"" + info.name +
-                  "\" (not part of the model described by the config)");
+  for (const std::string& name : file.Names())
+    if (!layout.Find(name))
+      throw Error(file.source() + ": unexpected tensor \"" + name + "\" (not part of the model described by the config)");
   return file.bytes_read();
 }
 

@@ -66,7 +66,8 @@ void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed
 void InitParameters(const ParameterLayout& layout, double std_dev, uint64_t seed, const ParameterLayout& into,
                     float* params);
 
-// Loads every tensor of the layout from a safetensors file (F32/F16/BF16),
+// Loads every tensor of the layout from safetensors (F32/F16/BF16): one file,
+// or Hugging Face shards (an index file, or a folder; io/safetensors_set.h),
 // checking names and shapes; the error names the file and the tensor. The
 // file may hold other tensors only with `others_allowed` (a Subset layout).
 // Returns the bytes of tensor data read.

@@ -131,8 +131,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   // Each rank of a distributed run says how much of the files it read.
   auto report_read = [&](uint64_t bytes, const std::string& from) {
     if (dist_run)
-      std::fprintf(stderr, "rank %d read %.1f MiB of tensors from %s\n", dist_run->rank,
-                   static_cast<double>(bytes) / (1 << 20), from.c_str());
+      std::fprintf(stderr, "rank %d read %.1f MiB (%llu bytes) of tensors from %s\n", dist_run->rank,
+                   static_cast<double>(bytes) / (1 << 20), static_cast<unsigned long long>(bytes), from.c_str());
   };
   if (!resume_dir.empty()) {
     const LoadedCheckpoint loaded = ReadCheckpoint(resume_dir, config, layout, host.params.data(), host.exp_avg.data(),

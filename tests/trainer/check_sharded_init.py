@@ -1,0 +1,185 @@
+#!/usr/bin/python3
+"""model.init from a Hugging Face sharded checkpoint (index + shards).
+
+The golden fixture's start weights are rewritten as the Hugging Face ecosystem
+publishes bigger models: two shards, written in BF16 and F32 (one each), plus
+model.safetensors.index.json. Then:
+
+- a single-process run with model.init = the folder gives the losses of a
+  run from one F32 file holding the same values (the BF16 shard's tensors
+  rounded to bf16 by PyTorch; 1e-7 relative);
+- an index of F32 shards, given as the index file, trains like PyTorch on
+  the fixture's weights (train_golden.json, 1e-4 relative);
+- a 1+3 run from the same folder: every rank reports reading exactly its own
+  tensors' bytes (BF16 2 bytes, F32 4 bytes per value), counted here from
+  the index and the engine's plan.json;
+- bad folders give exit 1 and one line naming the file: a missing shard, an
+  index that is not JSON, an index naming a tensor its shard does not hold.
+
+    check_sharded_init.py --trainer PATH --fixture GOLDEN_DIR --work DIR
+"""
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+import mixtral_torch as mt  # noqa: E402
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def write_shard(path, tensors, dtype):
+    """Writes `tensors` (name -> float tensor) as BF16 or F32 safetensors."""
+    header, chunks, offset = {}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous()
+        if dtype == "BF16":
+            raw = t.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
+        else:
+            raw = np.ascontiguousarray(t.to(torch.float32).numpy(), dtype="<f4").tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in chunks:
+            f.write(raw)
+
+
+def run(trainer, fixture, out, extra=(), ok=True):
+    cmd = [trainer, "--config", os.path.join(fixture, "run.yaml"), "--no-progress",
+           "--set", f"output.dir={out}", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if ok and p.returncode != 0:
+        fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr}")
+    return p
+
+
+def losses(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line)["loss"] for line in f]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trainer", required=True)
+    ap.add_argument("--fixture", required=True)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    shutil.rmtree(a.work, ignore_errors=True)
+    os.makedirs(a.work)
+    weights, _ = mt.read_safetensors(os.path.join(a.fixture, "model.safetensors"))
+    names = sorted(weights)
+    # Shard 1 (BF16): the embedding and the first half of the layers' tensors; shard 2 (F32): the rest.
+    first = set(names[: len(names) // 2])
+    shard_of = {n: ("model-00001-of-00002.safetensors" if n in first else "model-00002-of-00002.safetensors")
+                for n in names}
+    rounded = {n: (w.to(torch.bfloat16).to(torch.float32) if n in first else w) for n, w in weights.items()}
+
+    sharded = os.path.join(a.work, "sharded")
+    os.makedirs(sharded)
+    write_shard(os.path.join(sharded, "model-00001-of-00002.safetensors"), {n: weights[n] for n in first}, "BF16")
+    write_shard(os.path.join(sharded, "model-00002-of-00002.safetensors"),
+                {n: weights[n] for n in names if n not in first}, "F32")
+    with open(os.path.join(sharded, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": shard_of}, f, indent=2)
+    single = os.path.join(a.work, "rounded.safetensors")
+    mt.write_safetensors(single, rounded)
+
+    # The trainer's view of the shards: its own checkpoint of step 0 is not
+    # written, so compare through training: same losses as the F32 file of
+    # the same (bf16-rounded) values.
+    from_shards = os.path.join(a.work, "from-shards")
+    from_single = os.path.join(a.work, "from-single")
+    run(a.trainer, a.fixture, from_shards, ["--set", f"model.init={sharded}"])
+    run(a.trainer, a.fixture, from_single, ["--set", f"model.init={single}"])
+    got, want = losses(from_shards), losses(from_single)
+    print(f"losses from 2 shards (BF16 + F32) {got}\nlosses from one F32 file          {want}")
+    if len(got) != len(want) or any(abs(x - y) > 1e-7 * abs(y) for x, y in zip(got, want)):
+        fail("a run from the shards differs from a run from the same values in one file")
+
+    # The index as a file path works too, and so does an F32-only index (exact to PyTorch).
+    f32 = os.path.join(a.work, "sharded-f32")
+    os.makedirs(f32)
+    write_shard(os.path.join(f32, "model-00001-of-00002.safetensors"), {n: weights[n] for n in first}, "F32")
+    write_shard(os.path.join(f32, "model-00002-of-00002.safetensors"),
+                {n: weights[n] for n in names if n not in first}, "F32")
+    with open(os.path.join(f32, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": shard_of}, f)
+    from_f32 = os.path.join(a.work, "from-f32-shards")
+    run(a.trainer, a.fixture, from_f32, ["--set", f"model.init={os.path.join(f32, 'model.safetensors.index.json')}"])
+    with open(os.path.join(a.fixture, "train_golden.json")) as f:
+        torch_losses = [row["loss"] for row in json.load(f)]
+    got = losses(from_f32)
+    print(f"losses from 2 F32 shards (index file) {got}\nPyTorch on the same weights          {torch_losses}")
+    if len(got) != len(torch_losses) or any(abs(x - y) > 1e-4 * abs(y) for x, y in zip(got, torch_losses)):
+        fail("a run from F32 shards does not train like PyTorch (1e-4 relative)")
+
+    # 1+3: each rank reads only its tensors.
+    experts = {n for n in names if ".block_sparse_moe.experts." in n}
+    dist = os.path.join(a.work, "dist")
+    p = run(a.trainer, a.fixture, dist, ["--set", f"model.init={sharded}",
+                                         "--set", "parallel={attention_ranks: 1, expert_ranks: 3}"])
+    if not any(shard_of[n].startswith("model-00001") for n in experts) or \
+            not any(shard_of[n].startswith("model-00002") for n in experts):
+        fail("the test wants experts in both shards")
+    with open(os.path.join(dist, "plan.json")) as f:
+        placement = json.load(f)["ranks"]
+    size = {n: weights[n].numel() * (2 if n in first else 4) for n in names}
+    for rank, r in enumerate(placement):
+        mine = set()
+        for layer, ids in enumerate(r["experts"]):
+            for e in ids:
+                mine |= {f"model.layers.{layer}.block_sparse_moe.experts.{e}.w{i}.weight" for i in (1, 2, 3)}
+        if r["role"] == "attention":
+            mine |= set(names) - experts
+        want = sum(size[n] for n in mine)
+        line = next((l for l in p.stderr.splitlines() if l.startswith(f"rank {rank} read ")), None)
+        if line is None:
+            fail(f"rank {rank} did not say what it read:\n{p.stderr}")
+        read = int(line.split("(")[1].split()[0])
+        print(f"{line}; its tensors are {want} bytes")
+        if read != want:
+            fail(f"rank {rank} read {read} bytes, its tensors are {want} bytes")
+
+    # Bad folders: one line naming the file.
+    def bad(name, change, expect):
+        folder = os.path.join(a.work, name)
+        shutil.copytree(sharded, folder)
+        change(folder)
+        p = run(a.trainer, a.fixture, os.path.join(a.work, name + "-out"), ["--set", f"model.init={folder}"], ok=False)
+        last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+        print(f"{name}: exit {p.returncode}: {last}")
+        if p.returncode != 1 or expect(folder) not in last:
+            fail(f"{name}: expected exit 1 naming {expect(folder)!r}, got {p.returncode}: {p.stderr}")
+
+    bad("missing-shard", lambda d: os.remove(os.path.join(d, "model-00002-of-00002.safetensors")),
+        lambda d: os.path.join(d, "model-00002-of-00002.safetensors"))
+    bad("index-not-json", lambda d: open(os.path.join(d, "model.safetensors.index.json"), "w").write("{weight"),
+        lambda d: os.path.join(d, "model.safetensors.index.json"))
+
+    def wrong_shard(d):
+        index = os.path.join(d, "model.safetensors.index.json")
+        doc = json.load(open(index))
+        doc["weight_map"]["lm_head.weight"] = "model-00001-of-00002.safetensors" \
+            if shard_of["lm_head.weight"].startswith("model-00002") else "model-00002-of-00002.safetensors"
+        json.dump(doc, open(index, "w"))
+    bad("wrong-shard", wrong_shard, lambda d: "says it is in this shard")
+    print("sharded model.init: ok")
+
+
+if __name__ == "__main__":
+    main()
