@@ -15,6 +15,7 @@
 #include "trainer/model/cpu_stages.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/ops/experts.h"
+#include "trainer/parallel/ownership.h"
 #include "trainer/parallel/wire.h"
 
 namespace hetermoe::parallel {
@@ -62,14 +63,10 @@ struct DistributedBackend::Impl {
   int64_t E, d, f, k;
   std::vector<Task> order;
 
-  model::ParameterLayout local;      // the tensors this rank owns, packed
-  std::vector<int64_t> local_offset; // per tensor of `layout`: its offset in `local`'s buffers, -1 if not owned
+  Ownership own;                     // what this rank holds (packed into `own.local`)
   std::vector<float> params, grads;  // host copies over `local`: all-reduce, norm and AdamW run here
   std::optional<optim::AdamW> adamw;
   std::unique_ptr<model::StageDevice> device;  // where the stages compute
-  std::vector<bool> owned, counted;       // per tensor
-  std::vector<size_t> dense_tensors, owned_expert_tensors;
-  std::vector<std::vector<size_t>> group0_owned_experts;  // [local] tensors (rank 0's gather)
 
   std::unique_ptr<comm::Communicator> dispatch, combine, dense, replicas, everyone;
 
@@ -98,7 +95,7 @@ struct DistributedBackend::Impl {
 
   Impl(const io::MixtralConfig& c, const model::ParameterLayout& lay, const Placement& p,
        comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t, const StageDeviceFactory& make_device)
-      : config(c), layout(lay), placement(p), world(w), rank(w->rank()), emulation(em), tracer(t), local(lay) {
+      : config(c), layout(lay), placement(p), world(w), rank(w->rank()), emulation(em), tracer(t), own(lay, p, w->rank()) {
     L = p.layers;
     P = p.group_size;
     M = p.attention_per_group;
@@ -109,21 +106,16 @@ struct DistributedBackend::Impl {
     f = c.intermediate_size;
     k = c.num_experts_per_tok;
     order = TaskOrder(p, rank);
-    ClassifyTensors();
-    local = layout.Subset(owned);
-    local_offset.assign(owned.size(), -1);
-    for (size_t i = 0, at = 0; i < owned.size(); ++i)
-      if (owned[i]) local_offset[i] = local.tensors()[at++].offset;
-    params.assign(local.total(), 0.0f);
-    grads.assign(local.total(), 0.0f);
-    adamw.emplace(local, opt);
-    device = make_device ? make_device(local, params.data(), grads.data())
-                         : model::MakeCpuStageDevice(config, local, params.data(), grads.data());
+    params.assign(own.local.total(), 0.0f);
+    grads.assign(own.local.total(), 0.0f);
+    adamw.emplace(own.local, opt);
+    device = make_device ? make_device(own.local, params.data(), grads.data())
+                         : model::MakeCpuStageDevice(config, own.local, params.data(), grads.data());
     Connect();
     if (p.IsAttention(rank))
       for (int j = 0; j < R; ++j) micro.push_back(device->NewMicroBatch());
     std::vector<double> bytes(static_cast<size_t>(world->size()), 0.0);
-    bytes[rank] = 4.0 * sizeof(float) * static_cast<double>(local.total());
+    bytes[rank] = 4.0 * sizeof(float) * static_cast<double>(own.local.total());
     everyone->AllReduceSum(bytes.data(), bytes.size());
     for (double b : bytes) rank_state_bytes.push_back(static_cast<int64_t>(b));
     outbox.resize(static_cast<size_t>(L) * R * P);
@@ -140,44 +132,8 @@ struct DistributedBackend::Impl {
   }
   const ExpertRange& Range(int l, int x) const { return placement.owners[l][x]; }
   // Tensor i of `layout` in this rank's buffers (it must own it).
-  float* Grad(size_t i) { return grads.data() + local_offset[i]; }
-  float* Param(size_t i) { return params.data() + local_offset[i]; }
-
-  // Which tensors this rank updates, and which it counts in the global norm.
-  void ClassifyTensors() {
-    const auto& ts = layout.tensors();
-    std::map<int64_t, std::pair<int, int64_t>> expert_at;  // offset -> (layer, expert)
-    for (int l = 0; l < L; ++l)
-      for (int64_t e = 0; e < E; ++e) {
-        const auto& eo = layout.layers[l].experts[e];
-        for (int64_t off : {eo.w1, eo.w2, eo.w3}) expert_at[off] = {l, e};
-      }
-    owned.assign(ts.size(), false);
-    counted.assign(ts.size(), false);
-    group0_owned_experts.assign(P, {});
-    const int local = placement.LocalOf(rank);
-    for (size_t i = 0; i < ts.size(); ++i) {
-      const auto it = expert_at.find(ts[i].offset);
-      if (it == expert_at.end()) {
-        dense_tensors.push_back(i);
-        owned[i] = placement.IsAttention(rank);
-        counted[i] = rank == 0;  // identical on every attention rank after the sum
-        continue;
-      }
-      const auto [l, e] = it->second;
-      for (int o = 0; o < P; ++o) {
-        const auto& r = Range(l, o);
-        if (e >= r.first && e < r.first + r.count) {
-          group0_owned_experts[o].push_back(i);
-          if (o == local) {
-            owned[i] = true;
-            owned_expert_tensors.push_back(i);
-            counted[i] = group == 0;
-          }
-        }
-      }
-    }
-  }
+  float* Grad(size_t i) { return grads.data() + own.local_offset[i]; }
+  float* Param(size_t i) { return params.data() + own.local_offset[i]; }
 
   void Connect() {
     std::vector<int> members;
@@ -500,15 +456,15 @@ void DistributedBackend::Upload(const backend::HostState& s) {
   Impl& m = *impl_;
   const int64_t n = static_cast<int64_t>(s.params.size());
   const bool whole = n == m.layout.total();
-  if ((!whole && n != m.local.total()) || static_cast<int64_t>(s.exp_avg.size()) != n ||
+  if ((!whole && n != m.own.local.total()) || static_cast<int64_t>(s.exp_avg.size()) != n ||
       static_cast<int64_t>(s.exp_avg_sq.size()) != n)
     throw Error("distributed upload: a state of " + std::to_string(n) + " parameters is neither the whole model (" +
-                std::to_string(m.layout.total()) + ") nor this rank's tensors (" + std::to_string(m.local.total()) + ")");
+                std::to_string(m.layout.total()) + ") nor this rank's tensors (" + std::to_string(m.own.local.total()) + ")");
   const auto& ts = m.layout.tensors();
   std::vector<size_t> all;
   for (size_t i = 0; i < ts.size(); ++i) {
-    if (!m.owned[i]) continue;
-    const int64_t at = m.local_offset[i];
+    if (!m.own.owned[i]) continue;
+    const int64_t at = m.own.local_offset[i];
     const int64_t from = whole ? ts[i].offset : at;
     std::copy_n(s.params.begin() + from, ts[i].numel, m.params.begin() + at);  // in place: the CPU device aliases it
     std::copy_n(s.exp_avg.begin() + from, ts[i].numel, m.adamw->exp_avg().begin() + at);
@@ -536,12 +492,12 @@ void DistributedBackend::Download(backend::HostState* s) {
     s->optimizer_step = m.adamw->step();
     std::vector<float>* whole[] = {&s->params, &s->exp_avg, &s->exp_avg_sq};
     for (size_t i = 0; i < ts.size(); ++i) {
-      if (!m.owned[i]) continue;
+      if (!m.own.owned[i]) continue;
       for (int b = 0; b < 3; ++b)
-        std::copy_n(mine[b]->begin() + m.local_offset[i], ts[i].numel, whole[b]->begin() + ts[i].offset);
+        std::copy_n(mine[b]->begin() + m.own.local_offset[i], ts[i].numel, whole[b]->begin() + ts[i].offset);
     }
     for (int o = 1; o < m.P; ++o) {
-      const auto& list = m.group0_owned_experts[o];
+      const auto& list = m.own.group_experts[o];
       if (list.empty()) continue;
       std::vector<float> buf(pack_size(list));
       m.everyone->Irecv(buf.data(), buf.size() * sizeof(float), o, tag)->Wait();
@@ -552,12 +508,12 @@ void DistributedBackend::Download(backend::HostState* s) {
           at += ts[i].numel;
         }
     }
-  } else if (!m.owned_expert_tensors.empty()) {
+  } else if (!m.own.owned_expert_tensors.empty()) {
     std::vector<float> buf;
-    buf.reserve(pack_size(m.owned_expert_tensors));
+    buf.reserve(pack_size(m.own.owned_expert_tensors));
     for (const std::vector<float>* src : mine)
-      for (size_t i : m.owned_expert_tensors) {
-        const auto begin = src->begin() + m.local_offset[i];
+      for (size_t i : m.own.owned_expert_tensors) {
+        const auto begin = src->begin() + m.own.local_offset[i];
         buf.insert(buf.end(), begin, begin + ts[i].numel);
       }
     m.everyone->Isend(buf.data(), buf.size() * sizeof(float), 0, tag)->Wait();
@@ -579,17 +535,17 @@ void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorF
       m.everyone->Irecv(request, sizeof request, 0, kRequest)->Wait();
       if (request[0] < 0) return;
       const size_t i = static_cast<size_t>(request[0]);
-      if (i >= ts.size() || !m.owned[i] || request[1] < 0 || request[1] > 2)
+      if (i >= ts.size() || !m.own.owned[i] || request[1] < 0 || request[1] > 2)
         throw Error("checkpoint: rank 0 asked rank " + std::to_string(rank_) + " for a tensor it does not hold");
-      m.everyone->Isend(mine[request[1]]->data() + m.local_offset[i], ts[i].numel * sizeof(float), 0, kReply)->Wait();
+      m.everyone->Isend(mine[request[1]]->data() + m.own.local_offset[i], ts[i].numel * sizeof(float), 0, kReply)->Wait();
     }
   }
   std::vector<int> owner(ts.size(), -1);  // group 0's local rank holding each tensor rank 0 lacks
   for (int o = 1; o < m.P; ++o)
-    for (size_t i : m.group0_owned_experts[o]) owner[i] = o;
+    for (size_t i : m.own.group_experts[o]) owner[i] = o;
   const TensorFetch fetch = [&](size_t i, int buffer, float* out) {
-    if (m.owned[i]) {
-      std::copy_n(mine[buffer]->data() + m.local_offset[i], ts[i].numel, out);
+    if (m.own.owned[i]) {
+      std::copy_n(mine[buffer]->data() + m.own.local_offset[i], ts[i].numel, out);
       return;
     }
     if (owner[i] < 0) throw Error("checkpoint: no rank of group 0 holds " + ts[i].name);
@@ -611,7 +567,7 @@ void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorF
   release();
 }
 
-const std::vector<bool>& DistributedBackend::OwnedTensors() const { return impl_->owned; }
+const std::vector<bool>& DistributedBackend::OwnedTensors() const { return impl_->own.owned; }
 
 double DistributedBackend::LossScale() const { return impl_->last_loss_scale; }
 
@@ -649,9 +605,9 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
 
   // Gradients: dense over every attention rank, experts over the groups.
   std::vector<size_t> owned_dense;
-  if (m.placement.IsAttention(rank_)) owned_dense = m.dense_tensors;
+  if (m.placement.IsAttention(rank_)) owned_dense = m.own.dense_tensors;
   m.AllReduceTensors(m.dense.get(), owned_dense);
-  m.AllReduceTensors(m.replicas.get(), m.owned_expert_tensors);
+  m.AllReduceTensors(m.replicas.get(), m.own.owned_expert_tensors);
 
   // Losses, routing counts and idle time, summed over the world.
   const bool attention = m.placement.IsAttention(rank_);
@@ -695,7 +651,7 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
   double sq = 0;
   const auto& ts = m.layout.tensors();
   for (size_t i = 0; i < ts.size(); ++i) {
-    if (!m.counted[i]) continue;
+    if (!m.own.counted[i]) continue;
     const float* g = m.Grad(i);
     for (int64_t x = 0; x < ts[i].numel; ++x) sq += static_cast<double>(g[x]) * g[x];
   }
@@ -706,7 +662,7 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
     if (coef < 1.0) {
       const float c = static_cast<float>(coef);
       for (size_t i = 0; i < ts.size(); ++i) {
-        if (!m.owned[i]) continue;
+        if (!m.own.owned[i]) continue;
         float* g = m.Grad(i);
         for (int64_t x = 0; x < ts[i].numel; ++x) g[x] *= c;
       }
@@ -719,7 +675,7 @@ void DistributedBackend::OptimizerStep(double lr) {
   Impl& m = *impl_;
   if (!m.apply_step) return;  // an overflow: parameters, moments and the AdamW step stay
   m.adamw->Step(m.params.data(), m.grads.data(), lr);  // every local tensor is owned
-  std::vector<size_t> updated(m.local.tensors().size());
+  std::vector<size_t> updated(m.own.local.tensors().size());
   for (size_t i = 0; i < updated.size(); ++i) updated[i] = i;
   m.device->SetParams(m.params.data(), updated);
 }
