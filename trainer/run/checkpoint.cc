@@ -67,9 +67,36 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
   };
   if (!v.params && !v.source) throw Error(dir_str + ": a checkpoint needs the model's tensors");
   {
-    std::vector<io::TensorToWrite> params;
-    for (size_t i = 0; i < ts.size(); ++i) params.push_back(tensor(ts[i].name, i, StateBuffer::kParams, v.params));
-    io::WriteSafetensors((tmp / "model.safetensors").string(), params, {{"format", "pt"}});
+    // Shards: tensors in layout order, a new shard when the next would pass the limit.
+    std::vector<std::vector<size_t>> shards(1);
+    int64_t in_shard = 0;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const int64_t bytes = ts[i].numel * static_cast<int64_t>(sizeof(float));
+      if (v.max_shard_bytes > 0 && in_shard > 0 && in_shard + bytes > v.max_shard_bytes) {
+        shards.emplace_back();
+        in_shard = 0;
+      }
+      shards.back().push_back(i);
+      in_shard += bytes;
+    }
+    nlohmann::json weight_map = nlohmann::json::object();
+    int64_t total = 0;
+    for (size_t s = 0; s < shards.size(); ++s) {
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      const std::string file = shards.size() == 1 && v.max_shard_bytes == 0 ? "model.safetensors" : name;
+      std::vector<io::TensorToWrite> params;
+      for (size_t i : shards[s]) {
+        params.push_back(tensor(ts[i].name, i, StateBuffer::kParams, v.params));
+        weight_map[ts[i].name] = file;
+        total += ts[i].numel * static_cast<int64_t>(sizeof(float));
+      }
+      io::WriteSafetensors((tmp / file).string(), params, {{"format", "pt"}});
+    }
+    if (v.max_shard_bytes > 0) {
+      const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+      WriteTextFile(tmp / "model.safetensors.index.json", index.dump(2) + "\n");
+    }
   }
   {
     std::vector<io::TensorToWrite> moments;
@@ -113,7 +140,8 @@ LoadedCheckpoint ReadCheckpoint(const std::string& dir_str, const io::MixtralCon
       saved.num_key_value_heads != config.num_key_value_heads)
     throw Error(dir_str + "/config.json: the checkpoint's model differs from the run's model");
   const model::ParameterLayout& held = into ? *into : layout;
-  uint64_t bytes_read = model::LoadParameters(held, (dir / "model.safetensors").string(), params, into != nullptr);
+  // The folder: one model.safetensors, or shards with their index.
+  uint64_t bytes_read = model::LoadParameters(held, dir.string(), params, into != nullptr);
   const io::SafetensorsFile opt = io::SafetensorsFile::Load((dir / "optimizer.safetensors").string());
   for (const auto& t : held.tensors()) {
     opt.ReadInto("exp_avg." + t.name, t.shape, exp_avg + t.offset);

@@ -37,6 +37,10 @@ struct CheckpointView {
   const float* exp_avg_sq;
   TrainerState state;
   TensorSource source;      // used when the buffers are null: one tensor at a time
+  // Model weights in shards of at most this many bytes (a tensor larger than
+  // that gets a shard of its own) plus model.safetensors.index.json, as
+  // Hugging Face writes them; 0 = one model.safetensors.
+  int64_t max_shard_bytes = 0;
 };
 
 // Writes `dir` atomically (replacing an existing folder of that name).

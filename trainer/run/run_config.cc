@@ -201,10 +201,12 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   output.Get("dir", &c.output.dir);
   output.Get("checkpoint_every", &c.output.checkpoint_every);
   output.Get("keep_checkpoints", &c.output.keep_checkpoints);
+  output.Get("max_shard_mib", &c.output.max_shard_mib);
   output.Finish();
   if (c.output.dir.empty()) output.Fail("output.dir", "must not be empty");
   if (c.output.checkpoint_every < 0) output.Fail("output.checkpoint_every", "must be >= 0");
   if (c.output.keep_checkpoints < 0) output.Fail("output.keep_checkpoints", "must be >= 0");
+  if (c.output.max_shard_mib < 0) output.Fail("output.max_shard_mib", "must be >= 0 (0 = one file)");
 
   c.model.config = ResolvePath(c.model.config, "model.config", base_dir, overridden);
   c.model.init = ResolvePath(c.model.init, "model.init", base_dir, overridden);

@@ -71,6 +71,7 @@ struct RunConfig {
     std::string dir = "out";
     int64_t checkpoint_every = 0;  // 0 = only final/
     int64_t keep_checkpoints = 0;  // 0 = keep all checkpoint-<step>/ folders
+    double max_shard_mib = 0;      // model weights in shards of at most this size + an index; 0 = one file
   } output;
 };
 

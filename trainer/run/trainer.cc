@@ -190,16 +190,18 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   auto checkpoint = [&](const std::string& dir) {
     const auto c0 = Clock::now();
     state.data_position = reader.position();
+    const auto shard_bytes = static_cast<int64_t>(rc.output.max_shard_mib * (1 << 20));
     if (dist_run) {
       // Rank 0 writes tensor by tensor, fetching each from the rank that holds it.
       dist_run->engine->StreamCheckpoint([&](const parallel::DistributedBackend::TensorFetch& fetch) {
         WriteCheckpoint(dir, {&config, &layout, nullptr, nullptr, nullptr, state,
-                              [&](size_t i, StateBuffer b, float* out) { fetch(i, static_cast<int>(b), out); }});
+                              [&](size_t i, StateBuffer b, float* out) { fetch(i, static_cast<int>(b), out); },
+                              shard_bytes});
       });
     } else {
       engine->Download(&host);
       WriteCheckpoint(dir, {&config, &layout, host.params.data(), host.exp_avg.data(), host.exp_avg_sq.data(),
-                            state});
+                            state, nullptr, shard_bytes});
     }
     if (!writer) return;
     metrics->RecordCheckpoint(Seconds(c0, Clock::now()));

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""model.init from a Hugging Face sharded checkpoint (index + shards).
+"""Hugging Face sharded checkpoints (index + shards), in and out.
 
 The golden fixture's start weights are rewritten as the Hugging Face ecosystem
 publishes bigger models: two shards, written in BF16 and F32 (one each), plus
@@ -14,9 +14,14 @@ model.safetensors.index.json. Then:
   tensors' bytes (BF16 2 bytes, F32 4 bytes per value), counted here from
   the index and the engine's plan.json;
 - bad folders give exit 1 and one line naming the file: a missing shard, an
-  index that is not JSON, an index naming a tensor its shard does not hold.
+  index that is not JSON, an index naming a tensor its shard does not hold;
+- out: with output.max_shard_mib the final checkpoint is several shards and
+  an index whose weight_map covers every tensor; read back by the PyTorch
+  reference's reader, the tensors equal those of a run writing one file, and
+  a run resumed from a sharded checkpoint-3 ends like the uninterrupted one
+  (single-process and 1+3).
 
-    check_sharded_init.py --trainer PATH --fixture GOLDEN_DIR --work DIR
+    check_sharded_checkpoints.py --trainer PATH --fixture GOLDEN_DIR --work DIR
 """
 import argparse
 import json
@@ -178,7 +183,53 @@ def main():
             if shard_of["lm_head.weight"].startswith("model-00002") else "model-00002-of-00002.safetensors"
         json.dump(doc, open(index, "w"))
     bad("wrong-shard", wrong_shard, lambda d: "says it is in this shard")
-    print("sharded model.init: ok")
+    # Out: shards of at most 0.01 MiB (the fixture's tensors are a few KiB each).
+    shard_mib = "0.01"
+    plain_out = os.path.join(a.work, "plain-out")
+    run(a.trainer, a.fixture, plain_out)
+    want, _ = mt.read_safetensors(os.path.join(plain_out, "final", "model.safetensors"))
+    for parallel in (None, "{attention_ranks: 1, expert_ranks: 3}"):
+        label = "1+3" if parallel else "single process"
+        extra = ["--set", f"output.max_shard_mib={shard_mib}"] + (["--set", f"parallel={parallel}"] if parallel else [])
+        straight = os.path.join(a.work, f"straight-{bool(parallel)}")
+        run(a.trainer, a.fixture, straight, extra + ["--set", "output.checkpoint_every=3"])
+        resumed = os.path.join(a.work, f"resumed-{bool(parallel)}")
+        run(a.trainer, a.fixture, resumed, extra + ["--resume", os.path.join(straight, "checkpoint-3")])
+
+        def read_sharded(folder):
+            index_path = os.path.join(folder, "model.safetensors.index.json")
+            if not os.path.exists(index_path):
+                fail(f"output.max_shard_mib {shard_mib}: no {index_path}")
+            index = json.load(open(index_path))
+            tensors = {}
+            shards = sorted(set(index["weight_map"].values()))
+            for shard in shards:
+                part, _ = mt.read_safetensors(os.path.join(folder, shard))
+                if any(index["weight_map"].get(n) != shard for n in part):
+                    fail(f"{folder}/{shard} holds tensors the index places elsewhere")
+                if sum(t.numel() * 4 for t in part.values()) > float(shard_mib) * (1 << 20) and len(part) > 1:
+                    fail(f"{folder}/{shard} is larger than {shard_mib} MiB")
+                tensors.update(part)
+            if set(index["weight_map"]) != set(tensors) or index["metadata"]["total_size"] != sum(
+                    t.numel() * 4 for t in tensors.values()):
+                fail(f"{index_path}: weight_map or total_size does not match the shards")
+            return tensors, len(shards)
+
+        got, count = read_sharded(os.path.join(straight, "final"))
+        if count < 2 or set(got) != set(want):
+            fail(f"{label}: {count} shard(s) holding {len(got)} tensors, expected several holding {len(want)}")
+        if not parallel:
+            worst = max((got[n] - want[n]).abs().max().item() for n in want)
+            if worst != 0:
+                fail(f"the sharded export differs from the one-file export by {worst}")
+        again, _ = read_sharded(os.path.join(resumed, "final"))
+        worst = max((got[n] - again[n]).abs().max().item() for n in got)
+        print(f"{label}: final checkpoint in {count} shards + index (PyTorch reader: every tensor, "
+              f"{'equal to the one-file export' if not parallel else 'as the index says'}); resumed from the "
+              f"sharded checkpoint-3, final weights differ by {worst:.2e}")
+        if worst > 1e-6:
+            fail(f"{label}: resume from a sharded checkpoint is not exact")
+    print("sharded checkpoints: ok")
 
 
 if __name__ == "__main__":
