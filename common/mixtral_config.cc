@@ -261,4 +261,15 @@ json MixtralConfigToJson(const MixtralConfig& c) {
   return j;
 }
 
+json MixtralConfigToJsonKeeping(const MixtralConfig& config, const json& original, std::vector<std::string>* kept) {
+  json out = MixtralConfigToJson(config);
+  if (!original.is_object()) return out;
+  for (const auto& [key, value] : original.items()) {
+    if (out.contains(key)) continue;
+    out[key] = value;
+    if (kept) kept->push_back(key);
+  }
+  return out;
+}
+
 }  // namespace hetermoe::io

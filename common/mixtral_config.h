@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -41,5 +42,12 @@ MixtralConfig LoadMixtralConfig(const std::string& path);
 // A Hugging Face config.json for the model (model_type "mixtral",
 // architectures ["MixtralForCausalLM"], torch_dtype "float32").
 nlohmann::json MixtralConfigToJson(const MixtralConfig& config);
+
+// MixtralConfigToJson(config), keeping every other key of `original` (the
+// config.json the run was given) as it was: an exported checkpoint carries
+// what the trainer does not use (token ids, use_cache, ...). `kept` (may be
+// null) receives those keys' names.
+nlohmann::json MixtralConfigToJsonKeeping(const MixtralConfig& config, const nlohmann::json& original,
+                                          std::vector<std::string>* kept = nullptr);
 
 }  // namespace hetermoe::io

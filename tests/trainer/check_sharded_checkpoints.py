@@ -19,7 +19,10 @@ model.safetensors.index.json. Then:
   an index whose weight_map covers every tensor; read back by the PyTorch
   reference's reader, the tensors equal those of a run writing one file, and
   a run resumed from a sharded checkpoint-3 ends like the uninterrupted one
-  (single-process and 1+3).
+  (single-process and 1+3);
+- the exported config.json keeps the given config's keys the trainer does
+  not use (reported once at start), and generation_config.json and the
+  tokenizer files beside the initial weights are copied alongside.
 
     check_sharded_checkpoints.py --trainer PATH --fixture GOLDEN_DIR --work DIR
 """
@@ -229,6 +232,28 @@ def main():
               f"sharded checkpoint-3, final weights differ by {worst:.2e}")
         if worst > 1e-6:
             fail(f"{label}: resume from a sharded checkpoint is not exact")
+    # Keys and files a Hugging Face folder carries come through.
+    config = json.load(open(os.path.join(a.fixture, "config.json")))
+    config.update(bos_token_id=1, eos_token_id=2, use_cache=True)
+    config_path = os.path.join(a.work, "config-with-extras.json")
+    json.dump(config, open(config_path, "w"))
+    for name, text in (("generation_config.json", '{"bos_token_id": 1, "eos_token_id": 2}\n'),
+                       ("tokenizer_config.json", '{"model_max_length": 64}\n')):
+        open(os.path.join(sharded, name), "w").write(text)
+    out = os.path.join(a.work, "companions")
+    p = run(a.trainer, a.fixture, out, ["--set", f"model.config={config_path}", "--set", f"model.init={sharded}"])
+    final = os.path.join(out, "final")
+    exported = json.load(open(os.path.join(final, "config.json")))
+    for key in ("bos_token_id", "eos_token_id", "use_cache"):
+        if exported.get(key) != config[key]:
+            fail(f"exported config.json has {key} = {exported.get(key)!r}, the given config {config[key]!r}")
+    if "kept in exported configs: bos_token_id, eos_token_id, use_cache" not in p.stderr:
+        fail(f"the run did not report the keys it keeps:\n{p.stderr}")
+    for name in ("generation_config.json", "tokenizer_config.json"):
+        if open(os.path.join(final, name)).read() != open(os.path.join(sharded, name)).read():
+            fail(f"{name} was not copied into {final}")
+    print("exported config keeps bos_token_id, eos_token_id, use_cache; generation_config.json and "
+          "tokenizer_config.json copied")
     print("sharded checkpoints: ok")
 
 

@@ -59,7 +59,12 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
   if (!fs::create_directories(tmp, ec) && ec)
     throw Error(tmp.string() + ": cannot create checkpoint folder: " + ec.message());
 
-  WriteTextFile(tmp / "config.json", io::MixtralConfigToJson(*v.config).dump(2) + "\n");
+  WriteTextFile(tmp / "config.json",
+                (v.config_json ? *v.config_json : io::MixtralConfigToJson(*v.config)).dump(2) + "\n");
+  for (const std::string& file : v.extra_files) {
+    fs::copy_file(file, tmp / fs::path(file).filename(), fs::copy_options::overwrite_existing, ec);
+    if (ec) throw Error(file + ": cannot copy into the checkpoint: " + ec.message());
+  }
   const auto& ts = v.layout->tensors();
   auto tensor = [&](std::string name, size_t i, StateBuffer b, const float* buffer) {
     if (buffer) return io::TensorToWrite{std::move(name), ts[i].shape, buffer + ts[i].offset, {}};

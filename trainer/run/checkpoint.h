@@ -11,6 +11,9 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "common/mixtral_config.h"
 #include "trainer/model/parameters.h"
@@ -41,6 +44,10 @@ struct CheckpointView {
   // that gets a shard of its own) plus model.safetensors.index.json, as
   // Hugging Face writes them; 0 = one model.safetensors.
   int64_t max_shard_bytes = 0;
+  // config.json as written (MixtralConfigToJsonKeeping); null = MixtralConfigToJson(*config).
+  const nlohmann::json* config_json = nullptr;
+  // Files copied beside the weights (generation_config.json, tokenizer files).
+  std::vector<std::string> extra_files;
 };
 
 // Writes `dir` atomically (replacing an existing folder of that name).

@@ -9,7 +9,10 @@
 #include <optional>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
+#include "common/file_bytes.h"
 #include "common/mixtral_config.h"
 #include "trainer/backend/backend.h"
 #include "trainer/io/token_file.h"
@@ -96,6 +99,20 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                                                              : " has no parallel section but this process is a rank"));
   const auto& t = rc.train;
   const io::MixtralConfig config = io::LoadMixtralConfig(rc.model.config);
+  // Checkpoints carry the given config.json's other keys, and the files that
+  // came with the initial weights (what from_pretrained and generate read).
+  std::vector<std::string> unused_keys;
+  const nlohmann::json exported_config = io::MixtralConfigToJsonKeeping(
+      config, nlohmann::json::parse(io::ReadFileBytes(rc.model.config), nullptr, false), &unused_keys);
+  std::vector<std::string> companion_files;
+  if (!rc.model.init.empty()) {
+    const fs::path init(rc.model.init);
+    const fs::path folder = fs::is_directory(init) ? init : init.parent_path();
+    if (fs::is_directory(init) || init.filename() == "model.safetensors.index.json")
+      for (const char* name : {"generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                               "special_tokens_map.json"})
+        if (fs::is_regular_file(folder / name)) companion_files.push_back((folder / name).string());
+  }
   if (t.seq_len > config.max_position_embeddings)
     throw Error(rc.source + ": train.seq_len " + std::to_string(t.seq_len) +
                 " exceeds max_position_embeddings " +
@@ -113,6 +130,12 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   if (rc.parallel.enabled) dist_run = JoinDistributedRun(rc, config, layout, options);
   const bool writer = !dist_run || dist_run->rank == 0;
   if (writer) PrepareOutputDir(rc.output.dir);
+  if (writer && !unused_keys.empty()) {
+    std::string list;
+    for (const std::string& k : unused_keys) list += (list.empty() ? "" : ", ") + k;
+    std::fprintf(stderr, "%s: not used by the trainer, kept in exported configs: %s\n", rc.model.config.c_str(),
+                 list.c_str());
+  }
 
   // A rank of a distributed run reads, initialises and uploads only the
   // tensors it holds; the whole model exists on rank 0 at checkpoints only.
@@ -196,12 +219,12 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
       dist_run->engine->StreamCheckpoint([&](const parallel::DistributedBackend::TensorFetch& fetch) {
         WriteCheckpoint(dir, {&config, &layout, nullptr, nullptr, nullptr, state,
                               [&](size_t i, StateBuffer b, float* out) { fetch(i, static_cast<int>(b), out); },
-                              shard_bytes});
+                              shard_bytes, &exported_config, companion_files});
       });
     } else {
       engine->Download(&host);
       WriteCheckpoint(dir, {&config, &layout, host.params.data(), host.exp_avg.data(), host.exp_avg_sq.data(),
-                            state, nullptr, shard_bytes});
+                            state, nullptr, shard_bytes, &exported_config, companion_files});
     }
     if (!writer) return;
     metrics->RecordCheckpoint(Seconds(c0, Clock::now()));
