@@ -162,8 +162,10 @@ def zebra(c, args, data_dir, ckpt_dir):
     t = job["spec"]["training"]                                  # a size a CPU trains in seconds
     t.update(steps=24, globalBatch=8, seqLen=64, warmupSteps=4, lr=3.0e-3, minLr=3.0e-4)
     job["spec"]["checkpoint"]["intervalSteps"] = 8
-    # A run of seconds: rank 0 serves its last values long enough to be scraped.
-    job["spec"]["monitoring"] = {"metricsLingerSeconds": 3}
+    # A run of seconds: rank 0 serves its last values long enough to be scraped
+    # (10 s: with 1 s service discovery and scrapes, a loaded CI machine once
+    # missed a 3 s window).
+    job["spec"]["monitoring"] = {"metricsLingerSeconds": 10}
     for role in ("attention", "expert"):
         one_thread(job["spec"][role]["template"])
     c.delay_pod_start(f"{name}-attention-0", 10)                 # expert pods start 10 s earlier
