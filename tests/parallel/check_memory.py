@@ -68,13 +68,18 @@ def param_counts(c):
     return dense, expert
 
 
-def run(cmd, env=None):
-    """Runs cmd to the end; returns (exit status, stderr, peak RSS in bytes)."""
-    p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+def finish(p):
+    """Waits for a process started with stderr=PIPE; returns (exit status,
+    stderr, peak RSS in bytes as the kernel counted it)."""
     err = p.stderr.read()
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     return p.returncode, err, usage.ru_maxrss * 1024
+
+
+def run(cmd, env=None):
+    """Runs cmd to the end; returns what finish() does."""
+    return finish(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
 
 
 def run_ranks(trainer, run_file, extra):
@@ -87,14 +92,12 @@ def run_ranks(trainer, run_file, extra):
                                        *extra], env=env, stderr=subprocess.PIPE, text=True))
     rss, errs = [], []
     for rank, p in enumerate(procs):
-        err = p.stderr.read()
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        if p.returncode != 0:
+        status, err, peak = finish(p)
+        if status != 0:
             for q in procs:
                 q.kill()
-            fail(f"rank {rank} exited {p.returncode}:\n{err}")
-        rss.append(usage.ru_maxrss * 1024)
+            fail(f"rank {rank} exited {status}:\n{err}")
+        rss.append(peak)
         errs.append(err)
     return rss, errs
 

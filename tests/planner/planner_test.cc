@@ -18,15 +18,7 @@ namespace hetermoe::planner {
 namespace {
 
 using testing::Cluster;
-
-PlanRequest Request(Inventory inventory, ModelShape model, int64_t seq_len, int64_t global_batch) {
-  PlanRequest r;
-  r.inventory = std::move(inventory);
-  r.model = std::move(model);
-  r.seq_len = seq_len;
-  r.global_batch = global_batch;
-  return r;
-}
+using testing::Request;
 
 std::string ErrorOf(const PlanRequest& request, const GpuProfileTable& table) {
   try {

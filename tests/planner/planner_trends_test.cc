@@ -40,11 +40,7 @@ Inventory WholeNodes(const Inventory& cluster, const std::string& name) {
 
 Plan PlanFor(const Inventory& inventory, const ModelShape& model, int64_t seq_len, int64_t global_batch,
              bool asym_ea = true) {
-  PlanRequest r;
-  r.inventory = inventory;
-  r.model = model;
-  r.seq_len = seq_len;
-  r.global_batch = global_batch;
+  PlanRequest r = testing::Request(inventory, model, seq_len, global_batch);
   r.asym_ea = asym_ea;
   return MakePlan(r, GpuProfileTable::Builtin());
 }

@@ -29,12 +29,9 @@ namespace {
 
 using testing::Cluster;
 
+// Without the baselines: the search is what these tests look at.
 PlanRequest Request(Inventory inventory, ModelShape model, int64_t seq_len, int64_t global_batch) {
-  PlanRequest r;
-  r.inventory = std::move(inventory);
-  r.model = std::move(model);
-  r.seq_len = seq_len;
-  r.global_batch = global_batch;
+  PlanRequest r = testing::Request(std::move(inventory), std::move(model), seq_len, global_batch);
   r.baselines = false;
   return r;
 }

@@ -1,6 +1,6 @@
 // Inventories the planner tests build in memory: `count` GPUs of a kind on
 // nodes of `per_node`, named <kind>-<i>, on the cluster's default network
-// (100 Gb/s per node, HeterMoE's testbed).
+// (100 Gb/s per node, HeterMoE's testbed); and plan requests over them.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "planner/inventory.h"
+#include "planner/planner.h"
 
 namespace hetermoe::planner::testing {
 
@@ -29,6 +30,15 @@ inline Inventory Cluster(const std::vector<KindCount>& kinds, const std::string&
     }
   }
   return inventory;
+}
+
+inline PlanRequest Request(Inventory inventory, ModelShape model, int64_t seq_len, int64_t global_batch) {
+  PlanRequest r;
+  r.inventory = std::move(inventory);
+  r.model = std::move(model);
+  r.seq_len = seq_len;
+  r.global_batch = global_batch;
+  return r;
 }
 
 }  // namespace hetermoe::planner::testing

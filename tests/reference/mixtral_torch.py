@@ -155,8 +155,9 @@ def read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]
 
 
 def write_safetensors(path: str, tensors: Dict[str, torch.Tensor],
-                      metadata: Optional[Dict[str, str]] = None) -> None:
-    """Writes every tensor as F32 in name order (byte-for-byte deterministic).
+                      metadata: Optional[Dict[str, str]] = None, dtype: str = "F32") -> None:
+    """Writes every tensor as F32 (or BF16, rounded by PyTorch) in name order
+    (byte-for-byte deterministic).
 
     The JSON header is padded with spaces to a multiple of 8 bytes so the
     data section is aligned, as the reference implementation does.
@@ -167,9 +168,15 @@ def write_safetensors(path: str, tensors: Dict[str, torch.Tensor],
     chunks = []
     offset = 0
     for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name].detach().cpu().to(torch.float32).numpy(), dtype="<f4")
+        t = tensors[name].detach().cpu()
+        if dtype == "BF16":
+            array = np.ascontiguousarray(t.to(torch.bfloat16).view(torch.int16).numpy(), dtype="<i2")
+        elif dtype == "F32":
+            array = np.ascontiguousarray(t.to(torch.float32).numpy(), dtype="<f4")
+        else:
+            raise ValueError(f"write_safetensors: dtype {dtype} (F32 or BF16)")
         raw = array.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape),
+        header[name] = {"dtype": dtype, "shape": list(array.shape),
                         "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)
         offset += len(raw)

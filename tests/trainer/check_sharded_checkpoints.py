@@ -30,11 +30,9 @@ import argparse
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
@@ -46,25 +44,19 @@ def fail(msg):
     sys.exit(1)
 
 
-def write_shard(path, tensors, dtype):
-    """Writes `tensors` (name -> float tensor) as BF16 or F32 safetensors."""
-    header, chunks, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
-        if dtype == "BF16":
-            raw = t.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
-        else:
-            raw = np.ascontiguousarray(t.to(torch.float32).numpy(), dtype="<f4").tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for raw in chunks:
-            f.write(raw)
+def write_shards(folder, weights, first, first_dtype):
+    """The model as two shards (the tensors in `first`, in `first_dtype`; the
+    rest in F32) and model.safetensors.index.json; returns the weight_map."""
+    os.makedirs(folder)
+    shard_of = {n: ("model-00001-of-00002.safetensors" if n in first else "model-00002-of-00002.safetensors")
+                for n in weights}
+    mt.write_safetensors(os.path.join(folder, "model-00001-of-00002.safetensors"),
+                         {n: w for n, w in weights.items() if n in first}, dtype=first_dtype)
+    mt.write_safetensors(os.path.join(folder, "model-00002-of-00002.safetensors"),
+                         {n: w for n, w in weights.items() if n not in first})
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": shard_of}, f, indent=2)
+    return shard_of
 
 
 def run(trainer, fixture, out, extra=(), ok=True):
@@ -93,17 +85,9 @@ def main():
     names = sorted(weights)
     # Shard 1 (BF16): the embedding and the first half of the layers' tensors; shard 2 (F32): the rest.
     first = set(names[: len(names) // 2])
-    shard_of = {n: ("model-00001-of-00002.safetensors" if n in first else "model-00002-of-00002.safetensors")
-                for n in names}
     rounded = {n: (w.to(torch.bfloat16).to(torch.float32) if n in first else w) for n, w in weights.items()}
-
     sharded = os.path.join(a.work, "sharded")
-    os.makedirs(sharded)
-    write_shard(os.path.join(sharded, "model-00001-of-00002.safetensors"), {n: weights[n] for n in first}, "BF16")
-    write_shard(os.path.join(sharded, "model-00002-of-00002.safetensors"),
-                {n: weights[n] for n in names if n not in first}, "F32")
-    with open(os.path.join(sharded, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": 0}, "weight_map": shard_of}, f, indent=2)
+    shard_of = write_shards(sharded, weights, first, "BF16")
     single = os.path.join(a.work, "rounded.safetensors")
     mt.write_safetensors(single, rounded)
 
@@ -121,12 +105,7 @@ def main():
 
     # The index as a file path works too, and so does an F32-only index (exact to PyTorch).
     f32 = os.path.join(a.work, "sharded-f32")
-    os.makedirs(f32)
-    write_shard(os.path.join(f32, "model-00001-of-00002.safetensors"), {n: weights[n] for n in first}, "F32")
-    write_shard(os.path.join(f32, "model-00002-of-00002.safetensors"),
-                {n: weights[n] for n in names if n not in first}, "F32")
-    with open(os.path.join(f32, "model.safetensors.index.json"), "w") as f:
-        json.dump({"weight_map": shard_of}, f)
+    write_shards(f32, weights, first, "F32")
     from_f32 = os.path.join(a.work, "from-f32-shards")
     run(a.trainer, a.fixture, from_f32, ["--set", f"model.init={os.path.join(f32, 'model.safetensors.index.json')}"])
     with open(os.path.join(a.fixture, "train_golden.json")) as f:

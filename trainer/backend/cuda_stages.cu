@@ -131,6 +131,7 @@ class CudaStageDevice final : public model::StageDevice {
   }
   void ZeroGrads() override { HM_CUDA_CHECK(cudaMemsetAsync(m_.grads.data(), 0, m_.grads.bytes(), m_.s())); }
   void GetGrads(float* host) override { m_.ToHost(m_.grads.data(), host, m_.layout.total()); }
+  bool ScalesLoss() const override { return m_.policy.dynamic_loss_scaling; }
   double LossScale() const override { return m_.policy.dynamic_loss_scaling ? m_.scaler.scale() : 1.0; }
   bool UpdateLossScale(bool found_nonfinite) override {
     return m_.policy.dynamic_loss_scaling ? m_.scaler.Update(found_nonfinite) : true;

@@ -75,8 +75,10 @@ class StageDevice {
   virtual void ZeroGrads() = 0;
   // Copies the device's gradients into host_grads (layout.total() floats).
   virtual void GetGrads(float* host_grads) = 0;
-  // Dynamic loss scaling (fp16): the factor HeadBackward multiplies the loss
-  // by, so gradients come out scaled by it; 1 without loss scaling.
+  // Dynamic loss scaling (fp16): whether the device scales the loss (and so
+  // needs each step's overflow verdict), and the factor HeadBackward
+  // multiplies the loss by, so gradients come out scaled by it.
+  virtual bool ScalesLoss() const { return false; }
   virtual double LossScale() const { return 1.0; }
   // Call once per step, on every rank alike, with whether any rank found a
   // non-finite gradient; returns whether the step is applied (with loss

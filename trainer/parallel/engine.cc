@@ -595,13 +595,15 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.sends.clear();
   m.device->GetGrads(m.grads.data());
   const double wall = Seconds(start, Clock::now());
-  // fp16: an overflow anywhere is every rank's (one sum with the losses below).
+  // fp16: an overflow anywhere is every rank's (one sum with the losses
+  // below). Without loss scaling the verdict is not used: no scan.
   double nonfinite = 0;
-  for (float g : m.grads)
-    if (!std::isfinite(g)) {
-      nonfinite = 1;
-      break;
-    }
+  if (m.device->ScalesLoss())
+    for (float g : m.grads)
+      if (!std::isfinite(g)) {
+        nonfinite = 1;
+        break;
+      }
 
   // Gradients: dense over every attention rank, experts over the groups.
   std::vector<size_t> owned_dense;

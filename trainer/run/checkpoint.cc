@@ -89,7 +89,7 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
     for (size_t s = 0; s < shards.size(); ++s) {
       char name[64];
       std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
-      const std::string file = shards.size() == 1 && v.max_shard_bytes == 0 ? "model.safetensors" : name;
+      const std::string file = v.max_shard_bytes == 0 ? "model.safetensors" : name;
       std::vector<io::TensorToWrite> params;
       for (size_t i : shards[s]) {
         params.push_back(tensor(ts[i].name, i, StateBuffer::kParams, v.params));
