@@ -13,6 +13,7 @@
 //                                 to run the fp16 + loss-scaling path)
 //   HETERMOE_EMULATED_DEVICES=0   report no device (the no-GPU paths)
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -33,7 +34,33 @@ namespace {
 
 constexpr size_t kMaxDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute opt-in
 
-using PendingList = std::vector<std::shared_ptr<PendingOp>>;
+// An operation in stream order: it runs after `before` (what its stream
+// had pending when it was enqueued) completes.
+class InOrder final : public PendingOp {
+ public:
+  InOrder(std::vector<std::shared_ptr<InOrder>> before, std::shared_ptr<PendingOp> op)
+      : before_(std::move(before)), op_(std::move(op)) {}
+  bool Poll() override {
+    if (done_) return true;
+    std::lock_guard<std::mutex> lock(mu_);  // nested locks go from newer to older ops: no cycle
+    if (done_) return true;
+    for (const auto& b : before_)
+      if (!b->Poll()) return false;
+    before_.clear();
+    if (!op_->Poll()) return false;
+    op_.reset();
+    return done_ = true;
+  }
+  bool done() const { return done_; }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::shared_ptr<InOrder>> before_;
+  std::shared_ptr<PendingOp> op_;
+  std::atomic<bool> done_{false};
+};
+
+using PendingList = std::vector<std::shared_ptr<InOrder>>;
 
 struct StreamState {
   PendingList pending;
@@ -143,10 +170,14 @@ void CheckKernelPointer(const char* kernel, int index, const void* p) {
       " is not device memory (a host pointer faults on a GPU)");
 }
 
-void EnqueuePending(cudaStream_t s, std::shared_ptr<PendingOp> op) {
+std::shared_ptr<PendingOp> EnqueuePending(cudaStream_t s, std::shared_ptr<PendingOp> op) {
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
-  StateOf(s).pending.push_back(std::move(op));
+  PendingList& pending = StateOf(s).pending;
+  std::erase_if(pending, [](const std::shared_ptr<InOrder>& p) { return p->done(); });
+  auto ordered = std::make_shared<InOrder>(pending, std::move(op));
+  pending.push_back(ordered);
+  return ordered;
 }
 
 void DrainStream(cudaStream_t s) {

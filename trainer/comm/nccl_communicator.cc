@@ -84,10 +84,15 @@ NcclCommunicator::~NcclCommunicator() {
 
 void NcclCommunicator::Abort(const std::string& why) {
   broken_ = true;
-  if (comm_ != nullptr) ncclCommAbort(comm_);
+  std::string detail;
+  if (comm_ != nullptr) {
+    const char* last = ncclGetLastError(comm_);
+    if (last != nullptr && *last != '\0') detail = " (" + std::string(last) + ")";
+    ncclCommAbort(comm_);
+  }
   comm_ = nullptr;
   throw Error("NCCL error on " + kernels::HostName() + " (rank " + std::to_string(rank_) + " of " +
-              std::to_string(size_) + "): " + why + "; the communicator was aborted");
+              std::to_string(size_) + "): " + why + detail + "; the communicator was aborted");
 }
 
 void NcclCommunicator::Check(ncclResult_t result, const std::string& what) {
@@ -130,13 +135,33 @@ void NcclCommunicator::Before(cudaStream_t consumer) {
 void NcclCommunicator::Send(const void* data, size_t count, NcclDtype dtype, int peer) {
   last_op_ = "send of " + std::to_string(count) + " " + DtypeName(dtype) + " to rank " + std::to_string(peer);
   if (broken_) Abort(last_op_ + " on a broken communicator");
+  outstanding_.push_back(last_op_);
   FinishGroup(ncclSend(data, count, NcclType(dtype), peer, comm_, stream_), last_op_);
 }
 
 void NcclCommunicator::Recv(void* data, size_t count, NcclDtype dtype, int peer) {
   last_op_ = "receive of " + std::to_string(count) + " " + DtypeName(dtype) + " from rank " + std::to_string(peer);
   if (broken_) Abort(last_op_ + " on a broken communicator");
+  outstanding_.push_back(last_op_);
   FinishGroup(ncclRecv(data, count, NcclType(dtype), peer, comm_, stream_), last_op_);
+}
+
+void NcclCommunicator::SendRecv(const void* send, size_t send_count, int to, void* recv, size_t recv_count,
+                                int from, NcclDtype dtype) {
+  last_op_ = "exchange (" + std::string(DtypeName(dtype)) + "): " + std::to_string(send_count) + " to rank " +
+             std::to_string(to) + ", " + std::to_string(recv_count) + " from rank " + std::to_string(from);
+  if (broken_) Abort(last_op_ + " on a broken communicator");
+  outstanding_.push_back(last_op_);
+  ncclResult_t first_error = ncclSuccess;
+  auto note = [&](ncclResult_t x) {
+    if (first_error == ncclSuccess && x != ncclSuccess && x != ncclInProgress) first_error = x;
+  };
+  note(ncclGroupStart());
+  if (send_count > 0) note(ncclSend(send, send_count, NcclType(dtype), to, comm_, stream_));
+  if (recv_count > 0) note(ncclRecv(recv, recv_count, NcclType(dtype), from, comm_, stream_));
+  const ncclResult_t end = ncclGroupEnd();
+  Check(first_error, last_op_);
+  FinishGroup(end, last_op_);
 }
 
 void NcclCommunicator::AllToAllV(const void* send, const std::vector<size_t>& send_counts, void* recv,
@@ -145,6 +170,7 @@ void NcclCommunicator::AllToAllV(const void* send, const std::vector<size_t>& se
     throw Error("NCCL all-to-all: need one send and one receive count per rank (" + std::to_string(size_) + ")");
   last_op_ = "all-to-all (" + std::string(DtypeName(dtype)) + ") over " + std::to_string(size_) + " ranks";
   if (broken_) Abort(last_op_ + " on a broken communicator");
+  outstanding_.push_back(last_op_);
   const size_t elem = NcclDtypeBytes(dtype);
   const auto* s = static_cast<const char*>(send);
   auto* r = static_cast<char*>(recv);
@@ -168,6 +194,7 @@ void NcclCommunicator::AllToAllV(const void* send, const std::vector<size_t>& se
 void NcclCommunicator::AllReduceSum(const void* send, void* recv, size_t count, NcclDtype dtype) {
   last_op_ = "all-reduce of " + std::to_string(count) + " " + DtypeName(dtype);
   if (broken_) Abort(last_op_ + " on a broken communicator");
+  outstanding_.push_back(last_op_);
   FinishGroup(ncclAllReduce(send, recv, count, NcclType(dtype), ncclSum, comm_, stream_), last_op_);
 }
 
@@ -191,10 +218,16 @@ void NcclCommunicator::Wait() {
         return PollState::kPending;
       },
       timeout_);
-  if (w.kind == WaitOutcome::Kind::kFailed) Abort(last_op_ + ": " + failure);
+  // What was issued since the last Wait: one of these did not finish.
+  std::string ops;
+  for (size_t i = 0; i < outstanding_.size() && i < 4; ++i) ops += (i ? "; " : "") + outstanding_[i];
+  if (outstanding_.size() > 4) ops += "; and " + std::to_string(outstanding_.size() - 4) + " more";
+  if (ops.empty()) ops = last_op_;
+  if (w.kind == WaitOutcome::Kind::kFailed) Abort(ops + ": " + failure);
   if (w.kind == WaitOutcome::Kind::kTimedOut)
-    Abort(last_op_ + ": no completion after " + std::to_string(timeout_.count()) +
+    Abort(ops + ": no completion after " + std::to_string(timeout_.count()) +
           " ms (a peer is dead or stuck)");
+  outstanding_.clear();
 }
 
 }  // namespace hetermoe::comm

@@ -8,7 +8,11 @@
 // consumer stream wait for the operations enqueued so far.
 //
 //   Send / Recv    point-to-point; a matching pair must be posted on both
-//                  sides (NCCL matches them by order per peer).
+//                  sides (NCCL matches them by order per peer). Each is its
+//                  own kernel on the stream: a large send does not complete
+//                  until the peer's receive runs, so two ranks that each
+//                  Send and then Recv deadlock. Use SendRecv for that.
+//   SendRecv       a send and a receive started together (one NCCL group).
 //   AllToAllV      unequal splits, as grouped sends and receives (one NCCL
 //                  group, so the pairwise exchanges cannot deadlock): the
 //                  token dispatch and combine of the MoE layer, with the
@@ -65,6 +69,8 @@ class NcclCommunicator {
 
   void Send(const void* data, size_t count, NcclDtype dtype, int peer);
   void Recv(void* data, size_t count, NcclDtype dtype, int peer);
+  void SendRecv(const void* send, size_t send_count, int to, void* recv, size_t recv_count, int from,
+                NcclDtype dtype);
   // send_counts[p] elements (consecutive in `send`, in member order) go to
   // member p; recv_counts[p] elements from p land consecutively in `recv`.
   // Zero counts are skipped; the counts must agree pairwise across members.
@@ -86,6 +92,7 @@ class NcclCommunicator {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ready_ = nullptr, done_ = nullptr;
   std::string last_op_ = "nothing";
+  std::vector<std::string> outstanding_;  // operations issued since the last Wait
   bool broken_ = false;
 };
 
