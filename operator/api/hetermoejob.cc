@@ -72,6 +72,7 @@ void ReadTraining(JsonReader& r, TrainingSpec& t) {
   Set(t.weight_decay, r.Number("weightDecay"));
   Set(t.grad_clip, r.Number("gradClip"));
   Set(t.seed, r.Int("seed"));
+  Set(t.precision, r.String("precision"));
 }
 
 void ReadRunPolicy(JsonReader& r, RunPolicy& p) {
@@ -108,6 +109,7 @@ JobSpec ParseJobSpec(const json& spec, std::set<std::string>* visited) {
   r.Object("dispatch", [&](JsonReader& x) {
     Set(out.dispatch.asymmetric_offload, x.Bool("asymmetricOffload"));
     Set(out.dispatch.dedup, x.Bool("dedup"));
+    Set(out.dispatch.transport, x.String("transport"));
   });
   r.Object("checkpoint", [&](JsonReader& x) {
     out.checkpoint.claim_name = x.String("claimName");

@@ -74,6 +74,7 @@ struct TrainingSpec {
   double weight_decay = 0.1;
   double grad_clip = 1.0;
   int64_t seed = 1234;
+  std::string precision = "auto";   // GPU GEMM format: auto (per GPU generation) | fp32 | bf16 | fp16
 };
 
 struct ParallelSpec {
@@ -86,6 +87,7 @@ struct ParallelSpec {
 struct DispatchSpec {
   bool asymmetric_offload = true;   // Asym-EA: attention ranks may hold experts
   bool dedup = true;                // HierMoE token deduplication
+  std::string transport = "auto";   // rows between ranks: auto | nccl | gloo
 };
 
 struct CheckpointSpec {

@@ -128,6 +128,7 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
     << "  grad_clip: " << Num(t.grad_clip) << "\n"
     << "  seed: " << t.seed << "\n"
     << "  device: " << (spec.attention.gpus_per_replica > 0 || spec.expert.gpus_per_replica > 0 ? "auto" : "cpu")
+    << "\n  precision: " << t.precision
     << "\n"
     << "parallel:\n"
     << "  launch: env\n"
@@ -144,6 +145,7 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
     y << placement.asym_ea << "\n";
   }
   y << "  dedup: " << (spec.dispatch.dedup ? "true" : "false") << "\n"
+    << "  transport: " << spec.dispatch.transport << "\n"
     << "  timeout_seconds: " << spec.parallel.timeout_seconds << "\n"
     << "output:\n"
     << "  dir: " << quoted(OutputDir(job)) << "\n"

@@ -78,6 +78,13 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
   if (t.min_lr < 0 || t.min_lr > t.lr) errors.push_back("spec.training: minLr must not exceed lr");
   if (t.schedule != "constant" && t.schedule != "cosine")
     errors.push_back("spec.training.schedule: must be constant or cosine");
+  if (t.precision != "auto" && t.precision != "fp32" && t.precision != "bf16" && t.precision != "fp16")
+    errors.push_back("spec.training.precision: must be auto, fp32, bf16 or fp16");
+  const std::string& transport = spec.dispatch.transport;
+  if (transport != "auto" && transport != "nccl" && transport != "gloo")
+    errors.push_back("spec.dispatch.transport: must be auto, nccl or gloo");
+  if (transport == "nccl" && (spec.attention.gpus_per_replica < 1 || spec.expert.gpus_per_replica < 1))
+    errors.push_back("spec.dispatch.transport: nccl needs a GPU in every pod (gpusPerReplica >= 1 for both roles)");
 
   if (spec.parallel.master_port < 1 || spec.parallel.master_port > 65535)
     errors.push_back("spec.parallel.masterPort: must be 1..65535");

@@ -15,8 +15,11 @@ checked against PyTorch), 4 steps must give:
   - the distributed engine on the GPU device (1+1 zebra, 2+2 sequential, 1+3
     zebra with Asym-EA, 2 groups of 1+1 ep, 1+1 zebra with Asym-EA auto
     profiled on the device; ranks are local processes, each
-    with its emulated GPU): fp32 losses within 1e-4 and final weights within
-    1e-5 + 1e-4 |x| of the single-process CPU run; bf16 within 2%; fp16 on
+    with its emulated GPU, rows moved device to device over the emulator's
+    NCCL): fp32 losses within 1e-4 and final weights within
+    1e-5 + 1e-4 |x| of the single-process CPU run; the NCCL transport
+    bitwise equal to Gloo through the host in fp32 (2+2 with experts on both
+    attention ranks, dedup on and off), half its bytes in bf16; bf16 within 2%; fp16 on
     sm_75 (precision auto) within 2% of the CPU run, and, started at a loss
     scale that overflows (train.loss_scale_init 2^24), skipping exactly the
     steps the single-process fp16 run skips (every rank skips together),
@@ -66,11 +69,12 @@ def run(args, out, device, precision="fp32", env_extra=None, extra=(), expect_ok
         metrics = [json.loads(line) for line in f]
     weights, _ = read_safetensors(os.path.join(out, "final", "model.safetensors"))
     backend = next((l for l in p.stderr.splitlines() if l.startswith("backend: ")), "backend: ?")
-    return metrics, weights, backend[len("backend: "):]
+    transport = next((l for l in p.stderr.splitlines() if l.startswith("rows between ranks: ")), "")
+    return metrics, weights, backend[len("backend: "):], transport[len("rows between ranks: "):]
 
 
 def compare_losses(name, ref, got, rel, problems, weights_tol=None, tokens=True):
-    (ref_m, ref_w, _), (got_m, got_w, _) = ref, got
+    (ref_m, ref_w), (got_m, got_w) = ref[:2], got[:2]
     if [m["step"] for m in ref_m] != [m["step"] for m in got_m]:
         problems.append(f"{name}: steps {[m['step'] for m in got_m]}, expected {[m['step'] for m in ref_m]}")
     for a, b in zip(ref_m, got_m):
@@ -145,7 +149,37 @@ def main():
                   extra=["--set", parallel(a, e, g, schedule, asym)])
         if "distributed on cuda:0" not in got[2]:
             problems.append(f"{name}: backend {got[2]!r}, expected the distributed engine on the GPU")
+        if got[3] != "nccl (fp32 on the wire)":  # parallel.transport auto on GPUs
+            problems.append(f"{name}: rows moved by {got[3]!r}, expected nccl in fp32")
         compare_losses(name, cpu, got, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+
+    # The NCCL transport against Gloo through the host, with two attention
+    # ranks that both own experts (each channel carries sends and receives
+    # on every rank): fp32 bitwise equal with the same bytes, with and
+    # without dedup; bf16 halves the bytes on the wire.
+    two = "parallel={attention_ranks: 2, expert_ranks: 2, groups: 1, schedule: zebra, asym_ea: [2, 2]"
+    for dedup in ("true", "false"):
+        runs = {}
+        for transport in ("gloo", "nccl"):
+            runs[transport] = run(args, os.path.join(args.work, f"t-{transport}-{dedup}"), "cuda",
+                                  extra=["--set", f"{two}, dedup: {dedup}, transport: {transport}}}"])
+        (gm, _, _, gt), (nm, nw, _, nt) = runs["gloo"], runs["nccl"]
+        if gt != "gloo" or nt != "nccl (fp32 on the wire)":
+            problems.append(f"transport gloo/nccl ran {gt!r}/{nt!r}")
+        same = [(a["loss"], a["grad_norm"], a["exchange_bytes"]) == (b["loss"], b["grad_norm"], b["exchange_bytes"])
+                for a, b in zip(gm, nm)]
+        print(f"2+2 asym [2, 2] dedup {dedup}: nccl == gloo per step {same}; exchange bytes "
+              f"{[m['exchange_bytes'] for m in nm]}")
+        if not all(same) or len(gm) != len(nm):
+            problems.append(f"dedup {dedup}: the NCCL transport's losses, norms or bytes differ from Gloo's")
+        compare_losses(f"2+2 nccl dedup {dedup}", cpu, runs["nccl"], 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    bf16 = {t: run(args, os.path.join(args.work, f"t-{t}-bf16"), "cuda", "bf16",
+                   extra=["--set", f"{two}, transport: {t}}}"]) for t in ("gloo", "nccl")}
+    ratio = sum(m["exchange_bytes"] for m in bf16["nccl"][0]) / sum(m["exchange_bytes"] for m in bf16["gloo"][0])
+    print(f"bf16: {bf16['nccl'][3]}; exchange bytes nccl / gloo (fp32 through the host) = {ratio:.3f}")
+    if bf16["nccl"][3] != "nccl (bf16 on the wire)" or not 0.45 <= ratio <= 0.55:
+        problems.append(f"bf16 over NCCL: {bf16['nccl'][3]!r}, bytes ratio {ratio:.3f} (expected about 0.5)")
+    compare_losses("2+2 nccl bf16", cpu, bf16["nccl"], 2e-2, problems, tokens=False)
     got = run(args, os.path.join(args.work, "dist-bf16"), "cuda", "bf16", extra=["--set", parallel(*SHAPES[0])])
     compare_losses("distributed 1+1 bf16", cpu, got, 2e-2, problems, tokens=False)
     sm75 = {"HETERMOE_EMULATED_SM": "75"}

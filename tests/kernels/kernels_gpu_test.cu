@@ -45,6 +45,7 @@
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/router.cuh"
+#include "kernels/rows.cuh"
 #include "kernels/shared/math.h"
 #include "kernels/swiglu.cuh"
 #include "tests/kernels/gpu_test_util.h"
@@ -487,6 +488,68 @@ TEST_F(GpuTest, CastsRoundToNearestEven) {
     std::memcpy(&hh, &eh, 2);
     ASSERT_EQ(b[i], bb) << i;
     ASSERT_EQ(h[i], hh) << i;
+  }
+}
+
+// The NCCL transport's packing (kernels/rows.cuh) against the host wire
+// format's definitions (trainer/parallel/wire.h): unique rows gathered,
+// fanned out again, a token's rows summed in row order (bitwise in fp32),
+// the sums put on first rows; in bf16/fp16 the values round to nearest even.
+TEST_F(GpuTest, RowsPackUnpackAndSumLikeTheWireFormat) {
+  const int64_t d = 37, rows = 13;
+  const auto x = Random(rows * d, 41, 3.0f);
+  // Row -> unique token (first occurrences in row order), as wire::MakeDedup.
+  const std::vector<int32_t> index = {0, 1, 0, 2, 1, 3, 4, 2, 5, 0, 6, 6, 1};
+  const int64_t uniques = 7;
+  std::vector<int32_t> first(uniques, -1), start(uniques + 1, 0), by_unique;
+  for (int32_t i = 0; i < rows; ++i) {
+    if (first[index[i]] < 0) first[index[i]] = i;
+    ++start[index[i] + 1];
+  }
+  for (int64_t u = 0; u < uniques; ++u) start[u + 1] += start[u];
+  for (int64_t u = 0; u < uniques; ++u)
+    for (int32_t i = 0; i < rows; ++i)
+      if (index[i] == u) by_unique.push_back(i);
+  auto d_x = Up(x);
+  auto d_first = Up(first), d_index = Up(index), d_start = Up(start), d_rows = Up(by_unique);
+  std::vector<uint8_t> is_first(rows, 0);
+  for (int64_t u = 0; u < uniques; ++u) is_first[first[u]] = 1;
+  auto d_is_first = Up(is_first);
+
+  // fp32: gather, fan out, sum, scatter.
+  auto d_wire = Empty<float>(uniques * d), d_back = Empty<float>(rows * d), d_sums = Empty<float>(uniques * d);
+  ASSERT_EQ(kernels::LaunchPackRows(d_x.data(), d_first.data(), uniques, d, d_wire.data(), kernels::ComputeDtype::kFp32,
+                                    stream()), cudaSuccess);
+  ASSERT_EQ(kernels::LaunchUnpackRows(d_wire.data(), kernels::ComputeDtype::kFp32, d_index.data(), nullptr, rows, d,
+                                      d_back.data(), stream()), cudaSuccess);
+  ASSERT_EQ(kernels::LaunchPackSums(d_x.data(), d_start.data(), d_rows.data(), uniques, d, d_sums.data(),
+                                    kernels::ComputeDtype::kFp32, stream()), cudaSuccess);
+  auto d_scattered = Empty<float>(rows * d);
+  ASSERT_EQ(kernels::LaunchUnpackRows(d_sums.data(), kernels::ComputeDtype::kFp32, d_index.data(), d_is_first.data(),
+                                      rows, d, d_scattered.data(), stream()), cudaSuccess);
+  const auto back = Down(d_back), sums = Down(d_sums), scattered = Down(d_scattered);
+  std::vector<float> want_sums(uniques * d, 0.0f);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < d; ++c) want_sums[index[i] * d + c] += x[i * d + c];  // wire::SumByUnique's order
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < d; ++c) {
+      ASSERT_EQ(back[i * d + c], x[first[index[i]] * d + c]) << i;
+      ASSERT_EQ(scattered[i * d + c], is_first[i] ? want_sums[index[i] * d + c] : 0.0f) << i;
+    }
+  ASSERT_EQ(sums, want_sums);
+
+  // 16-bit wire: every row through the wire (no pick), rounded to nearest even.
+  for (auto dtype : {kernels::ComputeDtype::kBf16, kernels::ComputeDtype::kFp16}) {
+    auto d_w16 = Empty<uint16_t>(rows * d);
+    ASSERT_EQ(kernels::LaunchPackRows(d_x.data(), nullptr, rows, d, d_w16.data(), dtype, stream()), cudaSuccess);
+    ASSERT_EQ(kernels::LaunchUnpackRows(d_w16.data(), dtype, nullptr, nullptr, rows, d, d_back.data(), stream()),
+              cudaSuccess);
+    const auto got = Down(d_back);
+    for (int64_t i = 0; i < rows * d; ++i) {
+      const float want = dtype == kernels::ComputeDtype::kBf16 ? __bfloat162float(__float2bfloat16_rn(x[i]))
+                                                               : __half2float(__float2half_rn(x[i]));
+      ASSERT_EQ(got[i], want) << i;
+    }
   }
 }
 

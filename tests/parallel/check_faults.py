@@ -2,7 +2,10 @@
 """Faults in a distributed run end with a clear error, never a hang.
 
 - A rank killed mid-step: the launcher exits non-zero within the collective
-  timeout, naming the rank, and leaves no rank process behind.
+  timeout, naming the rank, and leaves no rank process behind. Without a
+  launcher (one process per rank, as pods), the others exit retryable
+  naming a rank; also with the ranks on emulated GPUs moving rows over
+  NCCL (--plugin).
 - WORLD_SIZE that disagrees with the run file's parallel section: immediate,
   named error.
 - A rank that never arrives, and an unreachable MASTER_ADDR: a clear error
@@ -140,18 +143,24 @@ def interrupted_launcher(trainer, run_file, work):
     print(f"Ctrl-C to the launcher: exit {p.returncode}: {err.strip().splitlines()[-1]}")
 
 
-def killed_rank_without_launcher(trainer, run_file, work):
-    """As in a cluster: one process per rank, no launcher to stop the rest."""
+def killed_rank_without_launcher(trainer, run_file, work, plugin=None):
+    """As in a cluster: one process per rank, no launcher to stop the rest.
+    With `plugin` (the emulated CUDA plugin) the ranks run on emulated GPUs
+    and move rows over NCCL, so NCCL is where they meet the dead peer."""
     port = free_port()
     procs = []
+    out = os.path.join(work, "env-kill-nccl" if plugin else "env-kill")
+    extra = ["--set", "train.device=cuda", "--set", "parallel.transport=nccl"] if plugin else []
     for rank in range(3):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="3", MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))
+        if plugin:
+            env.update(HETERMOE_CUDA_PLUGIN=plugin, OMP_WAIT_POLICY="passive")
         procs.append(subprocess.Popen(
             [trainer, "--config", run_file, "--no-progress", "--set", "parallel.launch=env",
-             "--set", f"output.dir={os.path.join(work, 'env-kill')}"],
+             "--set", f"output.dir={out}", *extra],
             env=env, stderr=subprocess.PIPE, text=True))
-    metrics = os.path.join(work, "env-kill", "metrics.jsonl")
+    metrics = os.path.join(out, "metrics.jsonl")
     wait_first_step(metrics)
     time.sleep(0.05)
     procs[2].kill()
@@ -168,7 +177,9 @@ def killed_rank_without_launcher(trainer, run_file, work):
                  f"after rank 2 was killed:\n{err}")
         if "rank" not in err:
             fail(f"rank {rank}'s error names no rank:\n{err}")
-        print(f"without a launcher, rank {rank}: exit {procs[rank].returncode} after "
+        if plugin and rank == 0 and "rows between ranks: nccl" not in err:
+            fail(f"rank {rank} did not move rows over NCCL:\n{err}")
+        print(f"without a launcher{' (NCCL transport)' if plugin else ''}, rank {rank}: exit {procs[rank].returncode} after "
               f"{time.time() - t0:.1f} s: {err.strip().splitlines()[-1]}")
     procs[2].wait()
 
@@ -267,6 +278,7 @@ def main():
     ap.add_argument("--trainer", required=True)
     ap.add_argument("--fixture", required=True)
     ap.add_argument("--work", required=True)
+    ap.add_argument("--plugin", help="the emulated CUDA plugin: also kill a rank of an NCCL-transport run")
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
@@ -277,6 +289,8 @@ def main():
     killed_rank(args.trainer, run_file, args.work)
     interrupted_launcher(args.trainer, run_file, args.work)
     killed_rank_without_launcher(args.trainer, run_file, args.work)
+    if args.plugin:
+        killed_rank_without_launcher(args.trainer, run_file, args.work, args.plugin)
     # 1 + 2 ranks need WORLD_SIZE 3.
     env_rank(args.trainer, run_file, args.work, 0, 4, free_port(), "WORLD_SIZE=4", within=2,
              status=PERMANENT)

@@ -128,5 +128,31 @@ TEST(Wire, DedupGradientsSumPerToken) {
   for (int64_t c = 0; c < kD; ++c) EXPECT_EQ(rows[3 * kD + c], 0.0f);  // token 1's second row
 }
 
+// The unique tokens' rows as ranges (what the device's PackSums reads) give
+// the same sums as SumByUnique, and a header-only block (d = 0) round-trips.
+TEST(Wire, RowsByUniqueAndHeaderOnlyBlocks) {
+  const Block b;
+  std::vector<int32_t> scratch(8, -1);
+  Dedup dd;
+  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  std::vector<int32_t> start, rows;
+  RowsByUnique(dd.index, dd.uniques(), &start, &rows);
+  EXPECT_EQ(start, (std::vector<int32_t>{0, 2, 4, 5, 6}));
+  EXPECT_EQ(rows, (std::vector<int32_t>{0, 4, 1, 3, 2, 5}));
+  std::vector<float> sums(dd.uniques() * kD), again(dd.uniques() * kD, 0.0f);
+  SumByUnique(dd.index, dd.uniques(), b.rows.data(), kD, sums.data());
+  for (int64_t u = 0; u < dd.uniques(); ++u)
+    for (int32_t j = start[u]; j < start[u + 1]; ++j)
+      for (int64_t c = 0; c < kD; ++c) again[u * kD + c] += b.rows[rows[j] * kD + c];
+  EXPECT_EQ(again, sums);
+  std::vector<char> box;
+  PackDispatch(b.counts.data(), 2, nullptr, b.size(), 0, &dd, &box);
+  EXPECT_EQ(box.size(), HeaderBytes(2, b.size(), true));
+  const DispatchBlock got = UnpackDispatch(box.data(), box.size(), 2, 100, 0, true);
+  EXPECT_EQ(got.rows, b.size());
+  EXPECT_EQ(got.uniques, dd.uniques());
+  EXPECT_EQ(got.index, dd.index);
+}
+
 }  // namespace
 }  // namespace hetermoe::parallel::wire

@@ -549,8 +549,9 @@ void DeviceMicroBatch::DownloadDispatched(int64_t l, float* host, std::vector<in
   if (A > 0) {
     HM_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), st.layers[l].token_of_row.data(), sizeof(int32_t) * A,
                                   cudaMemcpyDeviceToHost, st.m.s()));
-    HM_CUDA_CHECK(cudaMemcpyAsync(host, st.layers[l].rows.xp.data(), sizeof(float) * A * st.m.config.hidden_size,
-                                  cudaMemcpyDeviceToHost, st.m.s()));
+    if (host != nullptr)
+      HM_CUDA_CHECK(cudaMemcpyAsync(host, st.layers[l].rows.xp.data(), sizeof(float) * A * st.m.config.hidden_size,
+                                    cudaMemcpyDeviceToHost, st.m.s()));
     HM_CUDA_CHECK(cudaStreamSynchronize(st.m.s()));
   }
   token_of_row->assign(tokens.begin(), tokens.end());
@@ -566,6 +567,11 @@ void DeviceMicroBatch::DownloadOutputGrads(int64_t l, float* host) {
 void DeviceMicroBatch::UploadDispatchedGrads(int64_t l, const float* host) {
   State& st = *state_;
   st.m.ToDevice(host, st.layers[l].rows.dxp.data(), st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
+}
+
+model::DeviceRows DeviceMicroBatch::Rows(int64_t l) {
+  ExpertRows& r = state_->layers[l].rows;
+  return {r.xp.data(), r.y.data(), r.dy.data(), r.dxp.data()};
 }
 
 const std::vector<int64_t>& DeviceMicroBatch::counts(int64_t l) const { return state_->layers[l].rows.counts; }

@@ -32,6 +32,7 @@
 #include "trainer/backend/backend.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/model/parameters.h"
+#include "trainer/model/stages.h"
 
 namespace hetermoe::backend {
 
@@ -117,9 +118,11 @@ class DeviceMicroBatch {
   void EmbedBackward();
 
   // The rows that cross ranks (layer l, [A, d]): dispatched inputs (with
-  // each row's source token) and output grads out to the host, expert
-  // outputs and input grads in.
+  // each row's source token; host null: the tokens only) and output grads
+  // out to the host, expert outputs and input grads in; or the device rows
+  // themselves, for a transport that moves them on the device.
   void DownloadDispatched(int64_t layer, float* host, std::vector<int64_t>* token_of_row);
+  model::DeviceRows Rows(int64_t layer);
   void UploadExpertOutputs(int64_t layer, const float* host);
   void DownloadOutputGrads(int64_t layer, float* host);
   void UploadDispatchedGrads(int64_t layer, const float* host);

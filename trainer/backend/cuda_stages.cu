@@ -22,6 +22,9 @@
 #include "kernels/device.h"
 #include "trainer/backend/cuda_model.h"
 #include "trainer/backend/cuda_stages.h"
+#ifdef HETERMOE_HAVE_NCCL
+#include "trainer/backend/cuda_exchange.h"
+#endif
 
 namespace hetermoe::backend {
 namespace {
@@ -45,22 +48,26 @@ class CudaMicroBatchStages final : public model::MicroBatchStages {
     p.experts = m_.config.num_local_experts;
     p.counts = mb_.counts(l);
     p.offsets = mb_.offsets(l);
+    if (!host_rows_) {
+      mb_.DownloadDispatched(l, nullptr, &p.token_of_row);  // tokens: for the engine's deduplication
+      return;
+    }
     const size_t n = static_cast<size_t>(p.tokens * p.slots * m_.config.hidden_size);
     for (auto* v : {&xp_[l], &y_[l], &dy_[l], &dxp_[l]}) v->resize(n);
-    mb_.DownloadDispatched(l, xp_[l].data(), &p.token_of_row);  // tokens: for the engine's deduplication
+    mb_.DownloadDispatched(l, xp_[l].data(), &p.token_of_row);
   }
   void CombineForward(int64_t l) override {
-    mb_.UploadExpertOutputs(l, y_[l].data());
+    if (host_rows_) mb_.UploadExpertOutputs(l, y_[l].data());
     mb_.CombineForward(l);
   }
   model::LossParts HeadForward() override { return mb_.HeadForward(); }
   void HeadBackward(float loss_scale) override { mb_.HeadBackward(loss_scale); }
   void CombineBackward(int64_t l) override {
     mb_.CombineBackward(l);
-    mb_.DownloadOutputGrads(l, dy_[l].data());
+    if (host_rows_) mb_.DownloadOutputGrads(l, dy_[l].data());
   }
   void AttentionBackward(int64_t l) override {
-    mb_.UploadDispatchedGrads(l, dxp_[l].data());
+    if (host_rows_) mb_.UploadDispatchedGrads(l, dxp_[l].data());
     mb_.AttentionBackward(l);
   }
   void EmbedBackward() override { mb_.EmbedBackward(); }
@@ -70,10 +77,13 @@ class CudaMicroBatchStages final : public model::MicroBatchStages {
   std::vector<float>& expert_output_grads(int64_t l) override { return dy_[l]; }
   std::vector<float>& dispatched_grads(int64_t l) override { return dxp_[l]; }
   std::vector<std::vector<int64_t>> ExpertCounts() const override { return mb_.ExpertCounts(); }
+  void SetHostRows(bool on) override { host_rows_ = on; }
+  model::DeviceRows device_rows(int64_t l) override { return mb_.Rows(l); }
 
  private:
   DeviceModel& m_;
   DeviceMicroBatch mb_;
+  bool host_rows_ = true;
   std::vector<ops::DispatchPlan> plans_;
   std::vector<std::vector<float>> xp_, y_, dy_, dxp_;  // [L][A * d] host copies of what crosses ranks
 };
@@ -104,6 +114,18 @@ class CudaExpertBlock final : public model::ExpertBlock {
     m_.ToHost(rows_.dxp.data(), dxp_.data(), n);
     return dxp_.data();
   }
+  model::DeviceRows PrepareOnDevice(int64_t layer, const ops::DispatchPlan& plan, int64_t first,
+                                    int64_t count) override {
+    rows_.layer = layer;
+    rows_.first = first;
+    rows_.count = count;
+    rows_.counts = plan.counts;
+    rows_.offsets = plan.offsets;
+    rows_.Resize(m_, plan.offsets.back(), true);
+    return {rows_.xp.data(), rows_.y.data(), rows_.dy.data(), rows_.dxp.data()};
+  }
+  void ForwardOnDevice() override { rows_.Forward(m_); }
+  void BackwardOnDevice() override { rows_.Backward(m_); }
 
  private:
   DeviceModel& m_;
@@ -136,6 +158,15 @@ class CudaStageDevice final : public model::StageDevice {
   bool UpdateLossScale(bool found_nonfinite) override {
     return m_.policy.dynamic_loss_scaling ? m_.scaler.Update(found_nonfinite) : true;
   }
+#ifdef HETERMOE_HAVE_NCCL
+  bool HasRowExchange() const override { return true; }
+  std::string NewExchangeId() override { return NewRowExchangeId(); }
+  size_t NewExchangeIdBytes() const override { return RowExchangeIdBytes(); }
+  std::unique_ptr<model::RowExchange> NewRowExchange(const std::vector<std::string>& ids, int rank, int size,
+                                                     std::chrono::milliseconds timeout) override {
+    return MakeCudaRowExchange(m_, ids, rank, size, timeout);
+  }
+#endif
 
  private:
   DeviceModel m_;

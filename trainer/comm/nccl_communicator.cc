@@ -29,6 +29,9 @@ const char* DtypeName(NcclDtype dtype) {
 
 }  // namespace
 
+// Failures a restart can cure: a peer process or host gone, the network.
+static bool PeerLost(ncclResult_t r) { return r == ncclRemoteError || r == ncclSystemError; }
+
 size_t NcclDtypeBytes(NcclDtype dtype) { return dtype == NcclDtype::kFloat32 ? 4 : 2; }
 
 NcclId NewNcclId() {
@@ -82,7 +85,7 @@ NcclCommunicator::~NcclCommunicator() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-void NcclCommunicator::Abort(const std::string& why) {
+void NcclCommunicator::Abort(const std::string& why, bool retryable) {
   broken_ = true;
   std::string detail;
   if (comm_ != nullptr) {
@@ -91,8 +94,10 @@ void NcclCommunicator::Abort(const std::string& why) {
     ncclCommAbort(comm_);
   }
   comm_ = nullptr;
-  throw Error("NCCL error on " + kernels::HostName() + " (rank " + std::to_string(rank_) + " of " +
-              std::to_string(size_) + "): " + why + detail + "; the communicator was aborted");
+  const std::string message = "NCCL error on " + kernels::HostName() + " (rank " + std::to_string(rank_) + " of " +
+                              std::to_string(size_) + "): " + why + detail + "; the communicator was aborted";
+  if (retryable) throw RetryableError(message);
+  throw Error(message);
 }
 
 void NcclCommunicator::Check(ncclResult_t result, const std::string& what) {
@@ -117,9 +122,9 @@ void NcclCommunicator::FinishGroup(ncclResult_t result, const std::string& what)
         return st == ncclSuccess ? PollState::kDone : PollState::kFailed;
       },
       timeout_);
-  if (w.kind == WaitOutcome::Kind::kFailed) Abort(what + ": " + ncclGetErrorString(failure));
+  if (w.kind == WaitOutcome::Kind::kFailed) Abort(what + ": " + ncclGetErrorString(failure), PeerLost(failure));
   if (w.kind == WaitOutcome::Kind::kTimedOut)
-    Abort(what + ": not issued after " + std::to_string(timeout_.count()) + " ms (a peer is missing?)");
+    Abort(what + ": not issued after " + std::to_string(timeout_.count()) + " ms (a peer is missing?)", true);
 }
 
 void NcclCommunicator::After(cudaStream_t producer) {
@@ -135,31 +140,41 @@ void NcclCommunicator::Before(cudaStream_t consumer) {
 void NcclCommunicator::Send(const void* data, size_t count, NcclDtype dtype, int peer) {
   last_op_ = "send of " + std::to_string(count) + " " + DtypeName(dtype) + " to rank " + std::to_string(peer);
   if (broken_) Abort(last_op_ + " on a broken communicator");
-  outstanding_.push_back(last_op_);
+  Issued();
   FinishGroup(ncclSend(data, count, NcclType(dtype), peer, comm_, stream_), last_op_);
 }
 
 void NcclCommunicator::Recv(void* data, size_t count, NcclDtype dtype, int peer) {
   last_op_ = "receive of " + std::to_string(count) + " " + DtypeName(dtype) + " from rank " + std::to_string(peer);
   if (broken_) Abort(last_op_ + " on a broken communicator");
-  outstanding_.push_back(last_op_);
+  Issued();
   FinishGroup(ncclRecv(data, count, NcclType(dtype), peer, comm_, stream_), last_op_);
 }
 
 void NcclCommunicator::SendRecv(const void* send, size_t send_count, int to, void* recv, size_t recv_count,
                                 int from, NcclDtype dtype) {
-  last_op_ = "exchange (" + std::string(DtypeName(dtype)) + "): " + std::to_string(send_count) + " to rank " +
-             std::to_string(to) + ", " + std::to_string(recv_count) + " from rank " + std::to_string(from);
+  Group({{const_cast<void*>(send), send_count, to}}, {{recv, recv_count, from}}, dtype);
+}
+
+void NcclCommunicator::Group(const std::vector<Transfer>& sends, const std::vector<Transfer>& recvs,
+                             NcclDtype dtype) {
+  last_op_ = "group (" + std::string(DtypeName(dtype)) + "):";
+  for (const Transfer& t : sends) last_op_ += " " + std::to_string(t.count) + " to rank " + std::to_string(t.peer) + ",";
+  for (const Transfer& t : recvs)
+    last_op_ += " " + std::to_string(t.count) + " from rank " + std::to_string(t.peer) + ",";
+  last_op_.pop_back();
   if (broken_) Abort(last_op_ + " on a broken communicator");
-  outstanding_.push_back(last_op_);
+  Issued();
   ncclResult_t first_error = ncclSuccess;
   auto note = [&](ncclResult_t x) {
     if (first_error == ncclSuccess && x != ncclSuccess && x != ncclInProgress) first_error = x;
   };
   note(ncclGroupStart());
-  if (send_count > 0) note(ncclSend(send, send_count, NcclType(dtype), to, comm_, stream_));
-  if (recv_count > 0) note(ncclRecv(recv, recv_count, NcclType(dtype), from, comm_, stream_));
-  const ncclResult_t end = ncclGroupEnd();
+  for (const Transfer& t : sends)
+    if (t.count > 0) note(ncclSend(t.data, t.count, NcclType(dtype), t.peer, comm_, stream_));
+  for (const Transfer& t : recvs)
+    if (t.count > 0) note(ncclRecv(t.data, t.count, NcclType(dtype), t.peer, comm_, stream_));
+  const ncclResult_t end = ncclGroupEnd();  // always close the group
   Check(first_error, last_op_);
   FinishGroup(end, last_op_);
 }
@@ -170,7 +185,7 @@ void NcclCommunicator::AllToAllV(const void* send, const std::vector<size_t>& se
     throw Error("NCCL all-to-all: need one send and one receive count per rank (" + std::to_string(size_) + ")");
   last_op_ = "all-to-all (" + std::string(DtypeName(dtype)) + ") over " + std::to_string(size_) + " ranks";
   if (broken_) Abort(last_op_ + " on a broken communicator");
-  outstanding_.push_back(last_op_);
+  Issued();
   const size_t elem = NcclDtypeBytes(dtype);
   const auto* s = static_cast<const char*>(send);
   auto* r = static_cast<char*>(recv);
@@ -194,17 +209,29 @@ void NcclCommunicator::AllToAllV(const void* send, const std::vector<size_t>& se
 void NcclCommunicator::AllReduceSum(const void* send, void* recv, size_t count, NcclDtype dtype) {
   last_op_ = "all-reduce of " + std::to_string(count) + " " + DtypeName(dtype);
   if (broken_) Abort(last_op_ + " on a broken communicator");
-  outstanding_.push_back(last_op_);
+  Issued();
   FinishGroup(ncclAllReduce(send, recv, count, NcclType(dtype), ncclSum, comm_, stream_), last_op_);
+}
+
+void NcclCommunicator::Issued() {
+  outstanding_.push_back(last_op_);
+  if (outstanding_.size() > 64) outstanding_.erase(outstanding_.begin(), outstanding_.begin() + 32);
 }
 
 void NcclCommunicator::Wait() {
   if (broken_) Abort("wait on a broken communicator");
   HM_CUDA_CHECK(cudaEventRecord(done_, stream_));
+  Wait(done_);
+  outstanding_.clear();
+}
+
+void NcclCommunicator::Wait(cudaEvent_t event) {
+  if (broken_) Abort("wait on a broken communicator");
   std::string failure;
+  ncclResult_t nccl_failure = ncclSuccess;
   const WaitOutcome w = WaitWithDeadline(
       [&] {
-        const cudaError_t q = cudaEventQuery(done_);
+        const cudaError_t q = cudaEventQuery(event);
         if (q == cudaSuccess) return PollState::kDone;
         if (q != cudaErrorNotReady) {
           failure = cudaGetErrorString(q);
@@ -213,21 +240,22 @@ void NcclCommunicator::Wait() {
         ncclResult_t st = ncclSuccess;
         if (ncclCommGetAsyncError(comm_, &st) != ncclSuccess || (st != ncclSuccess && st != ncclInProgress)) {
           failure = ncclGetErrorString(st);
+          nccl_failure = st;
           return PollState::kFailed;
         }
         return PollState::kPending;
       },
       timeout_);
-  // What was issued since the last Wait: one of these did not finish.
+  // The latest operations issued since the last Wait(): one of them (or one
+  // before them) did not finish.
   std::string ops;
-  for (size_t i = 0; i < outstanding_.size() && i < 4; ++i) ops += (i ? "; " : "") + outstanding_[i];
-  if (outstanding_.size() > 4) ops += "; and " + std::to_string(outstanding_.size() - 4) + " more";
+  const size_t from = outstanding_.size() > 4 ? outstanding_.size() - 4 : 0;
+  if (from > 0) ops = std::to_string(from) + " earlier operations; ";
+  for (size_t i = from; i < outstanding_.size(); ++i) ops += (i > from ? "; " : "") + outstanding_[i];
   if (ops.empty()) ops = last_op_;
-  if (w.kind == WaitOutcome::Kind::kFailed) Abort(ops + ": " + failure);
+  if (w.kind == WaitOutcome::Kind::kFailed) Abort(ops + ": " + failure, PeerLost(nccl_failure));
   if (w.kind == WaitOutcome::Kind::kTimedOut)
-    Abort(ops + ": no completion after " + std::to_string(timeout_.count()) +
-          " ms (a peer is dead or stuck)");
-  outstanding_.clear();
+    Abort(ops + ": no completion after " + std::to_string(timeout_.count()) + " ms (a peer is dead or stuck)", true);
 }
 
 }  // namespace hetermoe::comm

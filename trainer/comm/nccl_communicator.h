@@ -13,6 +13,7 @@
 //                  until the peer's receive runs, so two ranks that each
 //                  Send and then Recv deadlock. Use SendRecv for that.
 //   SendRecv       a send and a receive started together (one NCCL group).
+//   Group          any sends and receives started together.
 //   AllToAllV      unequal splits, as grouped sends and receives (one NCCL
 //                  group, so the pairwise exchanges cannot deadlock): the
 //                  token dispatch and combine of the MoE layer, with the
@@ -25,7 +26,7 @@
 // the communicator (ncclCommAbort) and throws hetermoe::Error naming this
 // host and rank, the operation and the peer(s). After an error the
 // communicator is unusable; the process is expected to exit and be
-// restarted from a checkpoint.
+// restarted from a checkpoint (a lost or silent peer is a RetryableError).
 //
 // Data formats: fp32, and the 16-bit compute formats (bf16 where every GPU
 // of the exchange is sm_80+, fp16 otherwise: kernels/precision.h).
@@ -71,6 +72,14 @@ class NcclCommunicator {
   void Recv(void* data, size_t count, NcclDtype dtype, int peer);
   void SendRecv(const void* send, size_t send_count, int to, void* recv, size_t recv_count, int from,
                 NcclDtype dtype);
+  // Any sends and receives started together (one NCCL group); zero counts
+  // are skipped.
+  struct Transfer {
+    void* data;
+    size_t count;
+    int peer;
+  };
+  void Group(const std::vector<Transfer>& sends, const std::vector<Transfer>& recvs, NcclDtype dtype);
   // send_counts[p] elements (consecutive in `send`, in member order) go to
   // member p; recv_counts[p] elements from p land consecutively in `recv`.
   // Zero counts are skipped; the counts must agree pairwise across members.
@@ -80,11 +89,17 @@ class NcclCommunicator {
 
   // Blocks until everything enqueued so far has completed (see Failure).
   void Wait();
+  // Blocks until what the stream held when `event` was recorded on it has
+  // completed (see Failure).
+  void Wait(cudaEvent_t event);
 
  private:
+  void Issued();  // records last_op_ as outstanding
   void Check(ncclResult_t result, const std::string& what);
   void FinishGroup(ncclResult_t result, const std::string& what);
-  [[noreturn]] void Abort(const std::string& why);
+  // Throws RetryableError when `retryable` (a peer lost or silent: a
+  // restart from the checkpoint can cure it), else Error.
+  [[noreturn]] void Abort(const std::string& why, bool retryable = false);
 
   int rank_ = 0, size_ = 0;
   std::chrono::milliseconds timeout_;

@@ -117,3 +117,15 @@ std::unique_ptr<StageDevice> MakeCpuStageDevice(const io::MixtralConfig& config,
 }
 
 }  // namespace hetermoe::model
+
+namespace hetermoe::model {
+
+// Devices without device rows (the CPU) never get a RowExchange, so the
+// engine never calls these on them.
+DeviceRows ExpertBlock::PrepareOnDevice(int64_t, const ops::DispatchPlan&, int64_t, int64_t) {
+  throw Error("this device has no device rows (the NCCL transport needs a GPU)");
+}
+void ExpertBlock::ForwardOnDevice() { throw Error("this device has no device rows"); }
+void ExpertBlock::BackwardOnDevice() { throw Error("this device has no device rows"); }
+
+}  // namespace hetermoe::model

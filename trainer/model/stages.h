@@ -6,10 +6,13 @@
 // (backend/cuda_stages.cu, in the CUDA plugin) keeps parameters, gradients
 // and activations on the GPU and copies only what crosses ranks.
 //
-// What crosses ranks is always on the host, fp32, rows grouped by expert as
-// the micro-batch's DispatchPlan says (the format every GPU kind supports).
+// What crosses ranks is on the host, fp32, rows grouped by expert as the
+// micro-batch's DispatchPlan says (the format every device supports); a GPU
+// device can instead keep the rows on the device and move them with its
+// RowExchange (NCCL, device to device, 16-bit on the wire in 16-bit runs).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -19,6 +22,61 @@
 #include "trainer/ops/experts.h"
 
 namespace hetermoe::model {
+
+// The rows of one layer (a micro-batch's, or an expert block's) on a GPU,
+// [rows, d] fp32 each: dispatched inputs, expert outputs, output grads,
+// input grads. Device pointers; null on devices without them.
+struct DeviceRows {
+  float* xp = nullptr;
+  float* y = nullptr;
+  float* dy = nullptr;
+  float* dxp = nullptr;
+};
+
+// Rows moved device to device: the distributed engine's NCCL transport,
+// made by a GPU StageDevice. One communicator per channel (kind of row
+// traffic) over the group's ranks, so each channel's messages match in the
+// order they are posted: every rank posts a channel's groups in the same
+// order (the schedule's order of (layer, micro-batch)), each group with all
+// of that rank's sends and receives of it, so no rank waits on a peer that
+// waits on it. Row pointers are DeviceRows; index lists are on the host.
+class RowExchange {
+ public:
+  enum Channel { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
+  static constexpr int kChannels = 4;
+  struct Send {
+    int peer = 0;                 // rank in the group
+    const float* rows = nullptr;  // device
+    int64_t count = 0;            // rows on the wire
+    std::vector<int32_t> pick;    // wire row u = rows[pick[u]] (empty: rows[u])
+    // Or, when sum_start is set: wire row u = the sum of rows[sum_rows[j]]
+    // for j in [sum_start[u], sum_start[u + 1]), in that order.
+    std::vector<int32_t> sum_start, sum_rows;
+  };
+  struct Recv {
+    int peer = 0;
+    int64_t count = 0;          // rows on the wire
+    float* rows = nullptr;      // device, n rows written
+    int64_t n = 0;
+    std::vector<int32_t> index;  // rows[i] = wire[index[i]] (empty: wire[i], n == count)
+    bool first_only = false;     // rows that are not the first of their index value get zeros
+  };
+  virtual ~RowExchange() = default;
+  virtual std::string wire_format() const = 0;  // fp32 | bf16 | fp16
+  virtual size_t wire_value_bytes() const = 0;
+  // Posts one group on channel c: packs the sends after the compute enqueued
+  // so far and starts every send and receive together. A send to this rank
+  // itself is a device copy (post its receive in the same group). Returns
+  // the group's handle.
+  virtual int64_t Post(Channel c, std::vector<Send> sends, std::vector<Recv> recvs) = 0;
+  // Blocks until group g's transfers are complete, then unpacks its
+  // receives into their rows, in order before any compute enqueued later; a
+  // dead or silent peer is a hetermoe::RetryableError naming it after the
+  // timeout.
+  virtual void Wait(int64_t group) = 0;
+  // Blocks until everything posted is complete, and frees the wire buffers.
+  virtual void WaitAll() = 0;
+};
 
 // One micro-batch on an attention rank; the same stage order as MixtralCpu.
 class MicroBatchStages {
@@ -45,6 +103,15 @@ class MicroBatchStages {
   virtual std::vector<float>& expert_output_grads(int64_t layer) = 0;  // [A, d]
   virtual std::vector<float>& dispatched_grads(int64_t layer) = 0;     // [A, d]
   virtual std::vector<std::vector<int64_t>> ExpertCounts() const = 0;
+
+  // GPU devices: with host rows off, the rows stay on the device (a
+  // RowExchange moves them) and the host vectors above are not used; the
+  // plan's token_of_row is still filled.
+  virtual void SetHostRows(bool on) { (void)on; }
+  virtual DeviceRows device_rows(int64_t layer) {
+    (void)layer;
+    return {};
+  }
 };
 
 // The expert work of one (layer, micro-batch, source rank) block on an owner
@@ -59,6 +126,13 @@ class ExpertBlock {
   // dy: [rows, d] on the host; returns dxp [rows, d] on the host, and adds
   // the experts' weight gradients into the device's gradients.
   virtual const float* Backward(const float* dy) = 0;
+
+  // GPU devices, for a RowExchange: sizes the block for `plan` and returns
+  // its device rows; fill xp before ForwardOnDevice (which fills y), dy
+  // before BackwardOnDevice (which fills dxp).
+  virtual DeviceRows PrepareOnDevice(int64_t layer, const ops::DispatchPlan& plan, int64_t first, int64_t count);
+  virtual void ForwardOnDevice();
+  virtual void BackwardOnDevice();
 };
 
 // A rank's device: its copy of the parameters and gradients (laid out as
@@ -87,6 +161,18 @@ class StageDevice {
   virtual bool UpdateLossScale(bool found_nonfinite) {
     (void)found_nonfinite;
     return true;
+  }
+
+  // The NCCL transport, where the device has one (else nullptr and ""):
+  // one id per channel, made by one rank with NewExchangeId and handed to
+  // the group's others; `rank` and `size` are the group's.
+  virtual bool HasRowExchange() const { return false; }
+  virtual std::string NewExchangeId() { return ""; }
+  virtual size_t NewExchangeIdBytes() const { return 0; }
+  virtual std::unique_ptr<RowExchange> NewRowExchange(const std::vector<std::string>& ids, int rank, int size,
+                                                      std::chrono::milliseconds timeout) {
+    (void)ids, (void)rank, (void)size, (void)timeout;
+    return nullptr;
   }
 };
 

@@ -47,7 +47,10 @@ struct OwnerSlot {
   const float* dxp = nullptr;       // input grads to send back (host, owned by block)
   std::vector<float> dy;            // output grads in
   std::unique_ptr<comm::Request> inbox_request, dy_request;
+  model::DeviceRows dev;            // NCCL transport: the block's rows on the device
 };
+
+using Channel = model::RowExchange::Channel;
 
 }  // namespace
 
@@ -69,6 +72,11 @@ struct DistributedBackend::Impl {
   std::unique_ptr<model::StageDevice> device;  // where the stages compute
 
   std::unique_ptr<comm::Communicator> dispatch, combine, dense, replicas, everyone;
+  // The NCCL transport (SetTransport): rows stay on the device and move
+  // device to device; the Gloo dispatch channel carries only the headers.
+  // Null: rows go through the host over Gloo.
+  std::unique_ptr<model::RowExchange> exchange;
+  std::vector<int64_t> posted;  // [channel][l][j]: the exchange group posted this step, -1 before
 
   // attention side
   std::vector<std::unique_ptr<model::MicroBatchStages>> micro;
@@ -127,6 +135,8 @@ struct DistributedBackend::Impl {
   }
 
   size_t Idx(int l, int j, int x) const { return (static_cast<size_t>(l) * R + j) * P + x; }
+  int64_t& Posted(Channel c, int l, int j) { return posted[(static_cast<size_t>(c) * L + l) * R + j]; }
+  bool OwnsLayer(int l) const { return Range(l, placement.LocalOf(rank)).count > 0; }
   uint32_t Tag(MessageKind kind, int l, int j) const {
     return (static_cast<uint32_t>(kind) * L + l) * R + j;
   }
@@ -167,8 +177,18 @@ struct DistributedBackend::Impl {
   }
 
   void Wait(comm::Request* r, bool dispatch_channel, const char* what, int l, int j) {
+    Waited([&] { r->Wait(); }, dispatch_channel, what, l, j);
+  }
+  // Waits for an exchange group (NCCL transport).
+  void WaitGroup(Channel c, int l, int j, const char* what) {
+    const int64_t g = Posted(c, l, j);
+    if (g < 0) throw Error(std::string("engine: waiting for ") + what + " that was never posted");
+    Waited([&] { exchange->Wait(g); }, c == Channel::kRows || c == Channel::kOutputGrads, what, l, j);
+  }
+  template <typename Fn>
+  void Waited(Fn wait, bool dispatch_channel, const char* what, int l, int j) {
     const auto t0 = Clock::now();
-    r->Wait();
+    wait();
     const auto t1 = Clock::now();
     const double s = Seconds(t0, t1);
     idle += s;
@@ -228,30 +248,65 @@ struct DistributedBackend::Impl {
     });
   }
 
+  // The header (and, over Gloo, the rows) of micro-batch j's layer-l block
+  // for each owner; with the NCCL transport the rows go in one exchange
+  // group with this rank's own receives of that block as an owner.
   void PostDispatch(int l, int j) {
     model::MicroBatchStages& mb = *micro[j];
     const ops::DispatchPlan& plan = mb.plan(l);
+    std::vector<model::RowExchange::Send> sends;
     ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
       std::vector<char>& box = outbox[Idx(l, j, o)];
-      const float* dispatched = mb.dispatched(l).data() + row0 * d;
       Dedup* dd = nullptr;
       if (dedup) {
         dd = &dedups[Idx(l, j, o)];
         unique_of.resize(plan.tokens, -1);
         wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, dd);
       }
-      wire::PackDispatch(plan.counts.data() + r.first, r.count, dispatched, rows, d, dd, &box);
+      if (exchange) {
+        wire::PackDispatch(plan.counts.data() + r.first, r.count, nullptr, rows, 0, dd, &box);
+        Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
+        if (rows == 0) return;
+        model::RowExchange::Send s;
+        s.peer = o;
+        s.rows = mb.device_rows(l).xp + row0 * d;
+        s.count = dd ? dd->uniques() : rows;
+        if (dd) s.pick.assign(dd->first.begin(), dd->first.end());
+        sends.push_back(std::move(s));
+        return;
+      }
+      wire::PackDispatch(plan.counts.data() + r.first, r.count, mb.dispatched(l).data() + row0 * d, rows, d, dd, &box);
       Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
       if (rows > 0)
         outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
                                                   rows * d * sizeof(float), o, Tag(kOutputs, l, j));
     });
+    if (!exchange) return;
+    PostGroup(Channel::kRows, l, j, std::move(sends), OwnsLayer(l) ? OwnerRowRecvs(l, j) : Recvs{});
+    if (!OwnsLayer(l)) PostGroup(Channel::kOutputs, l, j, {}, AttentionOutputRecvs(l, j));
   }
 
-  void FinishCombine(int l, int j) { WaitFromOwners(outputs_in, l, j, "combine"); }
+  void FinishCombine(int l, int j) {
+    if (exchange) WaitGroup(Channel::kOutputs, l, j, "combine");
+    else WaitFromOwners(outputs_in, l, j, "combine");
+  }
 
   void PostBackwardDispatch(int l, int j) {
     model::MicroBatchStages& mb = *micro[j];
+    if (exchange) {
+      std::vector<model::RowExchange::Send> sends;
+      ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+        if (rows == 0) return;
+        model::RowExchange::Send s;
+        s.peer = o;
+        s.rows = mb.device_rows(l).dy + row0 * d;
+        s.count = rows;
+        sends.push_back(std::move(s));
+      });
+      PostGroup(Channel::kOutputGrads, l, j, std::move(sends), OwnsLayer(l) ? OwnerOutputGradRecvs(l, j) : Recvs{});
+      if (!OwnsLayer(l)) PostGroup(Channel::kInputGrads, l, j, {}, AttentionInputGradRecvs(l, j));
+      return;
+    }
     ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
       if (rows == 0) return;
       Send(dispatch.get(), mb.expert_output_grads(l).data() + row0 * d, rows * d * sizeof(float), o,
@@ -267,6 +322,88 @@ struct DistributedBackend::Impl {
                                                       Tag(kInputGrads, l, j));
       }
     });
+  }
+
+  // --- the NCCL transport's groups ---
+  // Each channel's groups are posted in the schedule's (layer, micro-batch)
+  // order on every rank, each with all of this rank's sends and receives of
+  // it (RowExchange): at the first moment the rank has its sends ready, or,
+  // with none, when it first needs the receives.
+  using Recvs = std::vector<model::RowExchange::Recv>;
+  void PostGroup(Channel c, int l, int j, std::vector<model::RowExchange::Send> sends, Recvs recvs) {
+    const int local = placement.LocalOf(rank);
+    for (const auto& s : sends)
+      if (s.peer != local) bytes_sent += static_cast<double>(s.count * d * exchange->wire_value_bytes());
+    Posted(c, l, j) = exchange->Post(c, std::move(sends), std::move(recvs));
+  }
+
+  // Owner: the rows of (l, j) from every attention rank, fanned out.
+  Recvs OwnerRowRecvs(int l, int j) {
+    Recvs recvs;
+    for (int a = 0; a < M; ++a) {
+      ReadHeader(l, j, a);
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      model::RowExchange::Recv r;
+      r.peer = a;
+      r.count = dedup ? s.uniques : s.rows;
+      r.rows = s.dev.xp;
+      r.n = s.rows;
+      if (dedup) r.index = s.index;
+      recvs.push_back(std::move(r));
+    }
+    return recvs;
+  }
+  // Attention: the expert outputs of (l, j) from every owner.
+  Recvs AttentionOutputRecvs(int l, int j) {
+    Recvs recvs;
+    model::MicroBatchStages& mb = *micro[j];
+    ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+      if (rows == 0) return;
+      model::RowExchange::Recv r;
+      r.peer = o;
+      r.count = r.n = rows;
+      r.rows = mb.device_rows(l).y + row0 * d;
+      recvs.push_back(std::move(r));
+    });
+    return recvs;
+  }
+  // Owner: the output grads of (l, j) from every attention rank.
+  Recvs OwnerOutputGradRecvs(int l, int j) {
+    Recvs recvs;
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      model::RowExchange::Recv r;
+      r.peer = a;
+      r.count = r.n = s.rows;
+      r.rows = s.dev.dy;
+      recvs.push_back(std::move(r));
+    }
+    return recvs;
+  }
+  // Attention: the input grads of (l, j) from every owner; with dedup one
+  // row per unique token, put on the token's first row (zeros elsewhere).
+  Recvs AttentionInputGradRecvs(int l, int j) {
+    Recvs recvs;
+    model::MicroBatchStages& mb = *micro[j];
+    ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+      if (rows == 0) return;
+      model::RowExchange::Recv r;
+      r.peer = o;
+      r.n = rows;
+      r.rows = mb.device_rows(l).dxp + row0 * d;
+      if (dedup) {
+        const Dedup& dd = dedups[Idx(l, j, o)];
+        r.count = dd.uniques();
+        r.index = dd.index;
+        r.first_only = true;
+      } else {
+        r.count = rows;
+      }
+      recvs.push_back(std::move(r));
+    });
+    return recvs;
   }
 
   void RunAttention(const Task& t, const backend::StepInput& step, float loss_scale) {
@@ -304,8 +441,12 @@ struct DistributedBackend::Impl {
         PostBackwardDispatch(L - 1, j);
         break;
       case Task::Kind::kAttnBwd:
-        WaitFromOwners(input_grads_in, l, j, "combine-grad");
-        if (dedup) FanOutGradSums(l, j);
+        if (exchange) {
+          WaitGroup(Channel::kInputGrads, l, j, "combine-grad");
+        } else {
+          WaitFromOwners(input_grads_in, l, j, "combine-grad");
+          if (dedup) FanOutGradSums(l, j);
+        }
         Compute(t, emulation.attention, [&] {
           mb.AttentionBackward(l);
           if (l > 0) mb.CombineBackward(l - 1);
@@ -319,10 +460,10 @@ struct DistributedBackend::Impl {
   }
 
   // --- owner side ---
-  // Receives are posted for the whole step up front, into buffers sized for
-  // the most that can arrive: a token picks k distinct experts, so it sends
-  // at most min(k, experts held) rows to this owner, and with dedup the
-  // rows on the wire are at most one per token.
+  // Headers (and, over Gloo, rows) are received for the whole step up
+  // front, into buffers sized for the most that can arrive: a token picks k
+  // distinct experts, so it sends at most min(k, experts held) rows to this
+  // owner, and with dedup the rows on the wire are at most one per token.
   int64_t MaxRows(const ExpertRange& r) const { return micro_tokens * std::min<int64_t>(k, r.count); }
   void PostOwnerReceives() {
     const int local = placement.LocalOf(rank);
@@ -330,7 +471,7 @@ struct DistributedBackend::Impl {
       const ExpertRange& r = Range(l, local);
       if (r.count == 0) continue;
       const int64_t max_rows = MaxRows(r);
-      const int64_t on_wire = dedup ? std::min(max_rows, micro_tokens) : max_rows;
+      const int64_t on_wire = exchange ? 0 : dedup ? std::min(max_rows, micro_tokens) : max_rows;
       for (int j = 0; j < R; ++j)
         for (int a = 0; a < M; ++a) {
           OwnerSlot& s = slots[Idx(l, j, a)];
@@ -340,49 +481,87 @@ struct DistributedBackend::Impl {
     }
   }
 
+  // Waits for attention rank a's block of (l, j) and reads its header; over
+  // Gloo the rows too (fanned out with dedup), with the NCCL transport the
+  // block's device rows are made ready for the exchange to fill.
+  void ReadHeader(int l, int j, int a) {
+    const ExpertRange& r = Range(l, placement.LocalOf(rank));
+    OwnerSlot& s = slots[Idx(l, j, a)];
+    if (!s.inbox_request) return;  // read already
+    Wait(s.inbox_request.get(), true, "dispatch", l, j);
+    s.inbox_request.reset();
+    wire::DispatchBlock block;
+    try {
+      block = wire::UnpackDispatch(s.inbox.data(), s.inbox.size(), r.count, MaxRows(r), exchange ? 0 : d, dedup);
+    } catch (const Error& e) {
+      throw Error("rank " + std::to_string(rank) + ": " + e.what() + " from rank " +
+                  std::to_string(placement.GlobalRank(group, a)));
+    }
+    // The owner-side plan: counts over all E experts, zero outside the range.
+    s.plan = ops::DispatchPlan{};
+    s.plan.experts = E;
+    s.plan.slots = 1;
+    s.plan.counts.assign(E, 0);
+    std::copy(block.counts.begin(), block.counts.end(), s.plan.counts.begin() + r.first);
+    s.plan.offsets.assign(E + 1, 0);
+    for (int64_t e = 0; e < E; ++e) s.plan.offsets[e + 1] = s.plan.offsets[e] + s.plan.counts[e];
+    s.rows = block.rows;
+    s.plan.tokens = s.rows;
+    s.uniques = block.uniques;
+    s.index = std::move(block.index);
+    if (exchange) {
+      if (s.rows == 0) return;
+      if (!s.block) s.block = device->NewExpertBlock();
+      s.dev = s.block->PrepareOnDevice(l, s.plan, r.first, r.count);
+      return;
+    }
+    s.x = block.data;
+    if (dedup) {
+      // Fan the unique tokens out to their rows.
+      s.xp.resize(s.rows * d);
+      block.index = s.index;
+      wire::FanOut(block, d, s.xp.data());
+      s.x = s.xp.data();
+    }
+  }
+
   void RunOwner(const Task& t) {
     const int l = t.layer, j = t.micro;
     const ExpertRange& r = Range(l, placement.LocalOf(rank));
     if (t.kind == Task::Kind::kExpFwd) {
-      for (int a = 0; a < M; ++a) {
-        OwnerSlot& s = slots[Idx(l, j, a)];
-        Wait(s.inbox_request.get(), true, "dispatch", l, j);
-        s.inbox_request.reset();
-        wire::DispatchBlock block;
-        try {
-          block = wire::UnpackDispatch(s.inbox.data(), s.inbox.size(), r.count, MaxRows(r), d, dedup);
-        } catch (const Error& e) {
-          throw Error("rank " + std::to_string(rank) + ": " + e.what() + " from rank " +
-                      std::to_string(placement.GlobalRank(group, a)));
-        }
-        // The owner-side plan: counts over all E experts, zero outside the range.
-        s.plan = ops::DispatchPlan{};
-        s.plan.experts = E;
-        s.plan.slots = 1;
-        s.plan.counts.assign(E, 0);
-        std::copy(block.counts.begin(), block.counts.end(), s.plan.counts.begin() + r.first);
-        s.plan.offsets.assign(E + 1, 0);
-        for (int64_t e = 0; e < E; ++e) s.plan.offsets[e + 1] = s.plan.offsets[e] + s.plan.counts[e];
-        s.rows = block.rows;
-        s.plan.tokens = s.rows;
-        s.x = block.data;
-        if (dedup) {
-          // Fan the unique tokens out to their rows.
-          s.uniques = block.uniques;
-          s.xp.resize(s.rows * d);
-          wire::FanOut(block, d, s.xp.data());
-          s.index = std::move(block.index);
-          s.x = s.xp.data();
-        }
+      if (exchange) {
+        if (Posted(Channel::kRows, l, j) < 0) PostGroup(Channel::kRows, l, j, {}, OwnerRowRecvs(l, j));
+        WaitGroup(Channel::kRows, l, j, "dispatch");
+      } else {
+        for (int a = 0; a < M; ++a) ReadHeader(l, j, a);
       }
       Compute(t, emulation.experts, [&] {
         for (int a = 0; a < M; ++a) {
           OwnerSlot& s = slots[Idx(l, j, a)];
           if (s.rows == 0) continue;
+          if (exchange) {
+            s.block->ForwardOnDevice();
+            continue;
+          }
           if (!s.block) s.block = device->NewExpertBlock();
           s.y = s.block->Forward(l, s.plan, r.first, r.count, s.x);
         }
       });
+      if (exchange) {
+        std::vector<model::RowExchange::Send> sends;
+        for (int a = 0; a < M; ++a) {
+          OwnerSlot& s = slots[Idx(l, j, a)];
+          if (s.rows == 0) continue;
+          model::RowExchange::Send out;
+          out.peer = a;
+          out.rows = s.dev.y;
+          out.count = s.rows;
+          sends.push_back(std::move(out));
+        }
+        PostGroup(Channel::kOutputs, l, j, std::move(sends),
+                  placement.IsAttention(rank) ? AttentionOutputRecvs(l, j) : Recvs{});
+        return;
+      }
       for (int a = 0; a < M; ++a) {
         OwnerSlot& s = slots[Idx(l, j, a)];
         if (s.rows == 0) continue;
@@ -393,19 +572,46 @@ struct DistributedBackend::Impl {
       return;
     }
     // kExpBwd
-    for (int a = 0; a < M; ++a) {
-      OwnerSlot& s = slots[Idx(l, j, a)];
-      if (s.rows == 0) continue;
-      Wait(s.dy_request.get(), true, "dispatch-grad", l, j);
-      s.dy_request.reset();
+    if (exchange) {
+      if (Posted(Channel::kOutputGrads, l, j) < 0)
+        PostGroup(Channel::kOutputGrads, l, j, {}, OwnerOutputGradRecvs(l, j));
+      WaitGroup(Channel::kOutputGrads, l, j, "dispatch-grad");
+    } else {
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        if (s.rows == 0) continue;
+        Wait(s.dy_request.get(), true, "dispatch-grad", l, j);
+        s.dy_request.reset();
+      }
     }
     Compute(t, emulation.experts, [&] {
       for (int a = 0; a < M; ++a) {
         OwnerSlot& s = slots[Idx(l, j, a)];
         if (s.rows == 0) continue;
-        s.dxp = s.block->Backward(s.dy.data());
+        if (exchange) s.block->BackwardOnDevice();
+        else s.dxp = s.block->Backward(s.dy.data());
       }
     });
+    if (exchange) {
+      std::vector<model::RowExchange::Send> sends;
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        if (s.rows == 0) continue;
+        model::RowExchange::Send out;
+        out.peer = a;
+        out.rows = s.dev.dxp;
+        out.count = s.rows;
+        if (dedup) {
+          // One row per unique token: the sum of its rows' input grads.
+          out.count = s.uniques;
+          wire::RowsByUnique(s.index, s.uniques, &out.sum_start, &out.sum_rows);
+        }
+        sends.push_back(std::move(out));
+      }
+      PostGroup(Channel::kInputGrads, l, j, std::move(sends),
+                placement.IsAttention(rank) ? AttentionInputGradRecvs(l, j) : Recvs{});
+      return;
+    }
     for (int a = 0; a < M; ++a) {
       OwnerSlot& s = slots[Idx(l, j, a)];
       if (s.rows == 0) continue;
@@ -586,6 +792,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.bytes_sent = 0;
   const float loss_scale = 1.0f / static_cast<float>(step.micro_batches);
 
+  m.posted.assign(static_cast<size_t>(model::RowExchange::kChannels) * m.L * m.R, -1);
   m.PostOwnerReceives();
   for (const Task& t : m.order) {
     if (t.kind == Task::Kind::kExpFwd || t.kind == Task::Kind::kExpBwd) m.RunOwner(t);
@@ -593,6 +800,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   }
   for (auto& s : m.sends) s->Wait();
   m.sends.clear();
+  if (m.exchange) m.exchange->WaitAll();
   m.device->GetGrads(m.grads.data());
   const double wall = Seconds(start, Clock::now());
   // fp16: an overflow anywhere is every rank's (one sum with the losses
@@ -684,6 +892,40 @@ void DistributedBackend::OptimizerStep(double lr) {
 
 
 void DistributedBackend::SetDedup(bool on) { impl_->dedup = on; }
+
+std::string DistributedBackend::SetTransport(const std::string& transport, std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  if (transport != "auto" && transport != "nccl" && transport != "gloo")
+    throw Error("parallel.transport: '" + transport + "' is not auto, nccl or gloo");
+  // Every rank must take the same path: NCCL only when every device has it.
+  double without = m.device->HasRowExchange() ? 0.0 : 1.0;
+  m.everyone->AllReduceSum(&without, 1);
+  if (transport == "gloo" || (transport == "auto" && without > 0)) return "gloo";
+  if (without > 0)
+    throw Error("parallel.transport: nccl needs train.device cuda on every rank with NCCL (" +
+                std::to_string(static_cast<int>(without)) + " of " + std::to_string(m.placement.world_size()) +
+                " ranks have no NCCL-capable device; this one runs on " + m.device->name() + ")");
+  // The group's local rank 0 makes one NCCL id per channel and hands them out.
+  const int local = m.placement.LocalOf(rank_);
+  constexpr uint32_t kIdTag = 1u << 29;
+  std::vector<std::string> ids;
+  std::string packed;
+  if (local == 0) {
+    for (int c = 0; c < model::RowExchange::kChannels; ++c) {
+      ids.push_back(m.device->NewExchangeId());
+      packed += ids.back();
+    }
+    for (int x = 1; x < m.P; ++x) m.dispatch->Isend(packed.data(), packed.size(), x, kIdTag)->Wait();
+  } else {
+    const size_t each = m.device->NewExchangeIdBytes();
+    packed.resize(each * model::RowExchange::kChannels);
+    m.dispatch->Irecv(packed.data(), packed.size(), 0, kIdTag)->Wait();
+    for (int c = 0; c < model::RowExchange::kChannels; ++c) ids.push_back(packed.substr(c * each, each));
+  }
+  m.exchange = m.device->NewRowExchange(ids, local, m.P, timeout);
+  for (auto& mb : m.micro) mb->SetHostRows(false);
+  return "nccl (" + m.exchange->wire_format() + " on the wire)";
+}
 
 std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }
 

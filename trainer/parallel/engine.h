@@ -68,6 +68,13 @@ class DistributedBackend final : public backend::Backend {
   // sent once and fanned out there, and the owner sums that token's input
   // grads before sending them back. Set before the first step.
   void SetDedup(bool on);
+  // parallel.transport: "gloo" (rows through the host over Gloo), "nccl"
+  // (rows stay on the GPU and move device to device over NCCL, in the run's
+  // compute format; needs a GPU device with NCCL on every rank, else an
+  // Error) or "auto" (nccl where every rank can, else gloo). Collective;
+  // call before the first step. Returns what runs, e.g. "nccl (bf16 on the
+  // wire)". `timeout`: a dead or silent peer's NCCL error comes after it.
+  std::string SetTransport(const std::string& transport, std::chrono::milliseconds timeout);
   // `state` holds the whole model, or just this rank's tensors laid out by
   // ParameterLayout::Subset(OwnedTensors()).
   void Upload(const backend::HostState& state) override;

@@ -35,15 +35,16 @@ void PackDispatch(const int64_t* counts, int64_t experts, const float* data, int
   const size_t row_bytes = d * sizeof(float);
   if (dedup == nullptr) {
     box->resize(header + rows * row_bytes);
-    std::memcpy(box->data() + header, data, rows * row_bytes);
+    if (rows * row_bytes > 0) std::memcpy(box->data() + header, data, rows * row_bytes);
   } else {
     const int64_t uniques = dedup->uniques();
     box->resize(header + uniques * row_bytes);
     std::fill(box->begin(), box->begin() + header, 0);  // the index's padding
     std::memcpy(box->data() + experts * sizeof(int64_t), &uniques, sizeof(int64_t));
     std::memcpy(box->data() + (experts + 1) * sizeof(int64_t), dedup->index.data(), rows * sizeof(int32_t));
-    for (int64_t u = 0; u < uniques; ++u)
-      std::memcpy(box->data() + header + u * row_bytes, data + dedup->first[u] * d, row_bytes);
+    if (row_bytes > 0)
+      for (int64_t u = 0; u < uniques; ++u)
+        std::memcpy(box->data() + header + u * row_bytes, data + dedup->first[u] * d, row_bytes);
   }
   std::memcpy(box->data(), counts, experts * sizeof(int64_t));
 }
@@ -74,6 +75,16 @@ DispatchBlock UnpackDispatch(const char* box, size_t bytes, int64_t experts, int
     if (u < 0 || u >= b.uniques) throw Error("corrupt dedup index (row -> token)");
   b.data = reinterpret_cast<const float*>(box + header);
   return b;
+}
+
+void RowsByUnique(const std::vector<int32_t>& index, int64_t uniques, std::vector<int32_t>* start,
+                  std::vector<int32_t>* rows) {
+  start->assign(static_cast<size_t>(uniques) + 1, 0);
+  for (int32_t u : index) ++(*start)[u + 1];
+  for (int64_t u = 0; u < uniques; ++u) (*start)[u + 1] += (*start)[u];
+  rows->resize(index.size());
+  std::vector<int32_t> at(start->begin(), start->end() - 1);
+  for (size_t i = 0; i < index.size(); ++i) (*rows)[at[index[i]]++] = static_cast<int32_t>(i);
 }
 
 void FanOut(const DispatchBlock& block, int64_t d, float* out) {

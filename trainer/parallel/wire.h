@@ -38,7 +38,9 @@ size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup);
 
 // Fills `box` with one block: `counts` of the owner's experts (summing to
 // `rows`), then the rows of `data` (rows x d), or with `dedup` only each
-// unique token's first row.
+// unique token's first row. With d = 0 the block is the header alone (the
+// rows travel separately: the NCCL transport); UnpackDispatch reads it
+// with d = 0 too.
 void PackDispatch(const int64_t* counts, int64_t experts, const float* data, int64_t rows, int64_t d,
                   const Dedup* dedup, std::vector<char>* box);
 
@@ -62,6 +64,11 @@ void FanOut(const DispatchBlock& block, int64_t d, float* out);
 // Dedup, on the owner: the input grads of each unique token's rows summed
 // (`dx` rows x d -> `sums` uniques x d).
 void SumByUnique(const std::vector<int32_t>& index, int64_t uniques, const float* dx, int64_t d, float* sums);
+
+// Dedup: the rows of each unique token, as the ranges [start[u], start[u+1])
+// of `rows`, in row order (what the device sums, as SumByUnique does).
+void RowsByUnique(const std::vector<int32_t>& index, int64_t uniques, std::vector<int32_t>* start,
+                  std::vector<int32_t>* rows);
 
 // Dedup, on the attention rank: each unique token's sum on its first row,
 // zeros on the others (`out` rows x d).

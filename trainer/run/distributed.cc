@@ -234,12 +234,15 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
         return backend::MakeStageDevice(config, owned, DeviceOptions(rc), params, grads);
       });
   engine->SetDedup(p.dedup);
+  const std::string transport = engine->SetTransport(
+      p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));
   const std::vector<int64_t> bytes = engine->RankStateBytes();
   run->owned = engine->OwnedTensors();
   run->engine = engine.get();
   run->backend = std::move(engine);
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
+    std::fprintf(stderr, "rows between ranks: %s\n", transport.c_str());
     std::string held;
     for (size_t r = 0; r < bytes.size(); ++r) {
       char one[64];

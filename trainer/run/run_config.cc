@@ -154,6 +154,9 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     parallel.Get("launch", &p.launch);
     parallel.Get("timeout_seconds", &p.timeout_seconds);
     parallel.Get("dedup", &p.dedup);
+    parallel.Get("transport", &p.transport);
+    if (p.transport != "auto" && p.transport != "nccl" && p.transport != "gloo")
+      parallel.Fail("parallel.transport", "must be auto, nccl or gloo");
     const YAML::Node asym = root["parallel"]["asym_ea"];
     if (asym && asym.IsSequence()) {
       parallel.Get("asym_ea", &p.asym_ea_layers);

@@ -59,6 +59,7 @@ struct RunConfig {
     std::string launch = "local";    // local | env
     double timeout_seconds = 60;     // rendezvous and every collective
     bool dedup = true;               // HierMoE token deduplication on the dispatch
+    std::string transport = "auto";  // rows between ranks: auto | nccl (GPU to GPU) | gloo (through the host)
   } parallel;
 
   // Heterogeneity emulation: slow-down factors (>= 1) per rank role and op kind.
