@@ -16,10 +16,12 @@ checked against PyTorch), 4 steps must give:
     zebra with Asym-EA, 2 groups of 1+1 ep, 1+1 zebra with Asym-EA auto
     profiled on the device; ranks are local processes, each
     with its emulated GPU, rows moved device to device over the emulator's
-    NCCL): fp32 losses within 1e-4 and final weights within
-    1e-5 + 1e-4 |x| of the single-process CPU run; the NCCL transport
-    bitwise equal to Gloo through the host in fp32 (2+2 with experts on both
-    attention ranks, dedup on and off), half its bytes in bf16; bf16 within 2%; fp16 on
+    NCCL; resumed at step 2 equal to the uninterrupted run): fp32 losses within 1e-4 and final weights within
+    1e-5 + 1e-4 |x| of the single-process CPU run; the NCCL transport (rows,
+    gradient sums and AdamW on the device) equal to Gloo through the host in
+    fp32 (2+2 with experts on both attention ranks, dedup on and off: the
+    same bytes, losses within 1e-9, weights within 1e-6), half its bytes in
+    bf16; bf16 within 2%; fp16 on
     sm_75 (precision auto) within 2% of the CPU run, and, started at a loss
     scale that overflows (train.loss_scale_init 2^24), skipping exactly the
     steps the single-process fp16 run skips (every rank skips together),
@@ -149,9 +151,25 @@ def main():
                   extra=["--set", parallel(a, e, g, schedule, asym)])
         if "distributed on cuda:0" not in got[2]:
             problems.append(f"{name}: backend {got[2]!r}, expected the distributed engine on the GPU")
-        if got[3] != "nccl (fp32 on the wire)":  # parallel.transport auto on GPUs
+        if not got[3].startswith("nccl (fp32 on the wire"):  # parallel.transport auto on GPUs
             problems.append(f"{name}: rows moved by {got[3]!r}, expected nccl in fp32")
         compare_losses(name, cpu, got, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+
+    # Resume of a distributed run whose optimizer lives on the GPUs: the
+    # checkpoint pulls the state from the devices, resume pushes it back.
+    base = os.path.join(args.work, "dist-1-3-1-zebra")
+    resumed_dir = os.path.join(args.work, "dist-resumed")
+    shutil.copytree(base, resumed_dir)
+    shutil.rmtree(os.path.join(resumed_dir, "final"))
+    with open(os.path.join(resumed_dir, "metrics.jsonl")) as f:
+        head = [line for line in f if json.loads(line)["step"] <= 2]
+    with open(os.path.join(resumed_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(head)
+    full = run(args, base + "-again", "cuda", extra=["--set", parallel(*SHAPES[2])])
+    resumed = run(args, resumed_dir, "cuda", extra=["--set", parallel(*SHAPES[2]),
+                                                    "--resume", os.path.join(resumed_dir, "checkpoint-2")])
+    compare_losses("distributed 1+3 on the GPUs resumed at 2", full, resumed, 1e-6, problems,
+                   weights_tol=(1e-7, 1e-6))
 
     # The NCCL transport against Gloo through the host, with two attention
     # ranks that both own experts (each channel carries sends and receives
@@ -164,20 +182,23 @@ def main():
             runs[transport] = run(args, os.path.join(args.work, f"t-{transport}-{dedup}"), "cuda",
                                   extra=["--set", f"{two}, dedup: {dedup}, transport: {transport}}}"])
         (gm, _, _, gt), (nm, nw, _, nt) = runs["gloo"], runs["nccl"]
-        if gt != "gloo" or nt != "nccl (fp32 on the wire)":
+        if gt != "gloo" or not nt.startswith("nccl (fp32 on the wire"):
             problems.append(f"transport gloo/nccl ran {gt!r}/{nt!r}")
-        same = [(a["loss"], a["grad_norm"], a["exchange_bytes"]) == (b["loss"], b["grad_norm"], b["exchange_bytes"])
-                for a, b in zip(gm, nm)]
-        print(f"2+2 asym [2, 2] dedup {dedup}: nccl == gloo per step {same}; exchange bytes "
-              f"{[m['exchange_bytes'] for m in nm]}")
-        if not all(same) or len(gm) != len(nm):
-            problems.append(f"dedup {dedup}: the NCCL transport's losses, norms or bytes differ from Gloo's")
+        # The rows are bitwise the same; the step on the GPU sums the norm in
+        # another order (double), so the losses agree to ~1e-14.
+        same = [a["exchange_bytes"] == b["exchange_bytes"] and
+                all(abs(a[k] - b[k]) <= 1e-9 * abs(a[k]) for k in ("loss", "grad_norm")) for a, b in zip(gm, nm)]
+        worst = max(((runs["gloo"][1][t] - w).abs().max().item() for t, w in nw.items()), default=0.0)
+        print(f"2+2 asym [2, 2] dedup {dedup}: nccl vs gloo per step (same bytes, losses within 1e-9) {same}; "
+              f"final weights differ by {worst:.2g}; exchange bytes {[m['exchange_bytes'] for m in nm]}")
+        if not all(same) or len(gm) != len(nm) or worst > 1e-6:
+            problems.append(f"dedup {dedup}: the NCCL transport's losses, norms, bytes or weights differ from Gloo's")
         compare_losses(f"2+2 nccl dedup {dedup}", cpu, runs["nccl"], 1e-4, problems, weights_tol=(1e-5, 1e-4))
     bf16 = {t: run(args, os.path.join(args.work, f"t-{t}-bf16"), "cuda", "bf16",
                    extra=["--set", f"{two}, transport: {t}}}"]) for t in ("gloo", "nccl")}
     ratio = sum(m["exchange_bytes"] for m in bf16["nccl"][0]) / sum(m["exchange_bytes"] for m in bf16["gloo"][0])
     print(f"bf16: {bf16['nccl'][3]}; exchange bytes nccl / gloo (fp32 through the host) = {ratio:.3f}")
-    if bf16["nccl"][3] != "nccl (bf16 on the wire)" or not 0.45 <= ratio <= 0.55:
+    if not bf16["nccl"][3].startswith("nccl (bf16 on the wire") or not 0.45 <= ratio <= 0.55:
         problems.append(f"bf16 over NCCL: {bf16['nccl'][3]!r}, bytes ratio {ratio:.3f} (expected about 0.5)")
     compare_losses("2+2 nccl bf16", cpu, bf16["nccl"], 2e-2, problems, tokens=False)
     got = run(args, os.path.join(args.work, "dist-bf16"), "cuda", "bf16", extra=["--set", parallel(*SHAPES[0])])

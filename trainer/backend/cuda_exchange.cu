@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -183,6 +184,40 @@ std::string NewRowExchangeId() {
 }
 
 size_t RowExchangeIdBytes() { return sizeof(comm::NcclId); }
+
+namespace {
+
+class CudaGradReducer final : public model::GradReducer {
+ public:
+  CudaGradReducer(DeviceModel& m, const std::string& id, int rank, int size, std::chrono::milliseconds timeout)
+      : m_(m) {
+    comm::NcclId nid{};
+    if (id.size() != nid.size()) throw Error("gradient reducer: an NCCL id of " + std::to_string(id.size()) + " bytes");
+    std::memcpy(nid.data(), id.data(), nid.size());
+    comm_ = std::make_unique<NcclCommunicator>(nid, rank, size, timeout);
+  }
+  void Sum(const std::vector<model::BufferRange>& ranges) override {
+    comm_->After(m_.s());
+    for (const model::BufferRange& r : ranges)
+      for (int64_t at = 0; at < r.count; at += kGradBucketFloats) {
+        float* p = m_.grads.data() + r.offset + at;
+        comm_->AllReduceSum(p, p, static_cast<size_t>(std::min(kGradBucketFloats, r.count - at)),
+                            NcclDtype::kFloat32);
+      }
+    comm_->Wait();
+  }
+
+ private:
+  DeviceModel& m_;
+  std::unique_ptr<NcclCommunicator> comm_;
+};
+
+}  // namespace
+
+std::unique_ptr<model::GradReducer> MakeCudaGradReducer(DeviceModel& model, const std::string& id, int rank,
+                                                        int size, std::chrono::milliseconds timeout) {
+  return std::make_unique<CudaGradReducer>(model, id, rank, size, timeout);
+}
 
 std::unique_ptr<model::RowExchange> MakeCudaRowExchange(DeviceModel& model, const std::vector<std::string>& ids,
                                                         int rank, int size, std::chrono::milliseconds timeout) {

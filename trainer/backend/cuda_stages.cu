@@ -19,7 +19,10 @@
 
 #include "common/error.h"
 #include "kernels/cuda_check.h"
+#include "kernels/adamw.cuh"
 #include "kernels/device.h"
+#include "kernels/grad_norm.cuh"
+#include "kernels/shared/math.h"
 #include "trainer/backend/cuda_model.h"
 #include "trainer/backend/cuda_stages.h"
 #ifdef HETERMOE_HAVE_NCCL
@@ -136,7 +139,11 @@ class CudaExpertBlock final : public model::ExpertBlock {
 class CudaStageDevice final : public model::StageDevice {
  public:
   CudaStageDevice(const io::MixtralConfig& config, const model::ParameterLayout& layout, const BackendOptions& options)
-      : m_(config, layout, options) {}
+      : m_(config, layout, options) {
+    norm_partials_.Bind(&m_.allocator);
+    norm_partials_.Resize(kernels::kNormBlocks);
+    norm_out_.Bind(&m_.allocator);
+  }
   std::string name() const override { return m_.Describe(); }
   std::unique_ptr<model::MicroBatchStages> NewMicroBatch() override {
     return std::make_unique<CudaMicroBatchStages>(m_);
@@ -162,14 +169,65 @@ class CudaStageDevice final : public model::StageDevice {
   bool HasRowExchange() const override { return true; }
   std::string NewExchangeId() override { return NewRowExchangeId(); }
   size_t NewExchangeIdBytes() const override { return RowExchangeIdBytes(); }
+  std::unique_ptr<model::GradReducer> NewGradReducer(const std::string& id, int rank, int size,
+                                                     std::chrono::milliseconds timeout) override {
+    return MakeCudaGradReducer(m_, id, rank, size, timeout);
+  }
+  bool HasOptimizer() const override { return true; }
   std::unique_ptr<model::RowExchange> NewRowExchange(const std::vector<std::string>& ids, int rank, int size,
                                                      std::chrono::milliseconds timeout) override {
     return MakeCudaRowExchange(m_, ids, rank, size, timeout);
+  }
+
+  void SetState(const float* params, const float* exp_avg, const float* exp_avg_sq, int64_t step) override {
+    const size_t bytes = sizeof(float) * static_cast<size_t>(m_.layout.total());
+    HM_CUDA_CHECK(cudaMemcpyAsync(m_.params.data(), params, bytes, cudaMemcpyHostToDevice, m_.s()));
+    HM_CUDA_CHECK(cudaMemcpyAsync(m_.exp_avg.data(), exp_avg, bytes, cudaMemcpyHostToDevice, m_.s()));
+    HM_CUDA_CHECK(cudaMemcpyAsync(m_.exp_avg_sq.data(), exp_avg_sq, bytes, cudaMemcpyHostToDevice, m_.s()));
+    m_.optimizer_step = step;
+    m_.RefreshCompute16();
+    HM_CUDA_CHECK(cudaStreamSynchronize(m_.s()));
+  }
+  void GetState(float* params, float* exp_avg, float* exp_avg_sq) override {
+    m_.ToHost(m_.params.data(), params, m_.layout.total());
+    m_.ToHost(m_.exp_avg.data(), exp_avg, m_.layout.total());
+    m_.ToHost(m_.exp_avg_sq.data(), exp_avg_sq, m_.layout.total());
+  }
+  // One deterministic sum of squares per range, added on the host in order.
+  double GradSquares(const std::vector<model::BufferRange>& ranges) override {
+    if (ranges.empty()) return 0.0;
+    if (norm_out_.size() < ranges.size()) norm_out_.Resize(ranges.size());
+    for (size_t i = 0; i < ranges.size(); ++i)
+      HM_CUDA_CHECK(kernels::LaunchSumOfSquares(m_.grads.data() + ranges[i].offset, ranges[i].count,
+                                                norm_partials_.data(), norm_out_.data() + i, m_.s()));
+    std::vector<double> sums(ranges.size());
+    HM_CUDA_CHECK(cudaMemcpyAsync(sums.data(), norm_out_.data(), sizeof(double) * sums.size(),
+                                  cudaMemcpyDeviceToHost, m_.s()));
+    HM_CUDA_CHECK(cudaStreamSynchronize(m_.s()));
+    double total = 0.0;
+    for (double s : sums) total += s;
+    return total;
+  }
+  void ScaleGrads(float factor) override {
+    if (factor != 1.0f) HM_CUDA_CHECK(kernels::LaunchScale(m_.grads.data(), m_.layout.total(), factor, m_.s()));
+  }
+  void AdamWStep(double lr) override {
+    ++m_.optimizer_step;
+    const auto& a = m_.options.adamw;
+    const math::AdamWStep step = math::MakeAdamWStep(lr, a.beta1, a.beta2, a.eps, a.weight_decay, m_.optimizer_step);
+    for (const auto& t : m_.layout.tensors())
+      HM_CUDA_CHECK(kernels::LaunchAdamW(m_.params.data() + t.offset, m_.grads.data() + t.offset,
+                                         m_.exp_avg.data() + t.offset, m_.exp_avg_sq.data() + t.offset, t.numel, step,
+                                         t.weight_decay, m_.s()));
+    m_.RefreshCompute16();
   }
 #endif
 
  private:
   DeviceModel m_;
+#ifdef HETERMOE_HAVE_NCCL
+  kernels::DeviceBuffer<double> norm_partials_, norm_out_;
+#endif
 };
 
 }  // namespace

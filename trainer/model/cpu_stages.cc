@@ -128,4 +128,16 @@ DeviceRows ExpertBlock::PrepareOnDevice(int64_t, const ops::DispatchPlan&, int64
 void ExpertBlock::ForwardOnDevice() { throw Error("this device has no device rows"); }
 void ExpertBlock::BackwardOnDevice() { throw Error("this device has no device rows"); }
 
+// Nor a device optimizer (the engine asks HasOptimizer first).
+void StageDevice::SetState(const float*, const float*, const float*, int64_t) {
+  throw Error("this device has no optimizer of its own");
+}
+void StageDevice::GetState(float*, float*, float*) { throw Error("this device has no optimizer of its own"); }
+std::unique_ptr<GradReducer> StageDevice::NewGradReducer(const std::string&, int, int, std::chrono::milliseconds) {
+  throw Error("this device has no gradient reducer");
+}
+double StageDevice::GradSquares(const std::vector<BufferRange>&) { throw Error("this device has no optimizer of its own"); }
+void StageDevice::ScaleGrads(float) { throw Error("this device has no optimizer of its own"); }
+void StageDevice::AdamWStep(double) { throw Error("this device has no optimizer of its own"); }
+
 }  // namespace hetermoe::model

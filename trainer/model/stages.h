@@ -23,6 +23,21 @@
 
 namespace hetermoe::model {
 
+// A span of a device's parameter, gradient or moment buffers: elements, in
+// its layout's order.
+struct BufferRange {
+  int64_t offset = 0, count = 0;
+};
+
+// Gradients summed across ranks on the devices (GPUs over NCCL): in place,
+// over the ranges, the same sum on every member afterwards. Made by a
+// StageDevice from an id one member made and handed to the others.
+class GradReducer {
+ public:
+  virtual ~GradReducer() = default;
+  virtual void Sum(const std::vector<BufferRange>& ranges) = 0;
+};
+
 // The rows of one layer (a micro-batch's, or an expert block's) on a GPU,
 // [rows, d] fp32 each: dispatched inputs, expert outputs, output grads,
 // input grads. Device pointers; null on devices without them.
@@ -174,6 +189,23 @@ class StageDevice {
     (void)ids, (void)rank, (void)size, (void)timeout;
     return nullptr;
   }
+
+  // The optimizer on the device (GPU devices with a RowExchange): the
+  // engine then keeps the step there, gradients summed across ranks by
+  // GradReducers, norm, clipping and AdamW on the device, and fills its host
+  // buffers from the device only for checkpoints. Buffers below are laid out
+  // as the device's layout.
+  virtual bool HasOptimizer() const { return false; }
+  virtual void SetState(const float* params, const float* exp_avg, const float* exp_avg_sq, int64_t step);
+  virtual void GetState(float* params, float* exp_avg, float* exp_avg_sq);
+  virtual std::unique_ptr<GradReducer> NewGradReducer(const std::string& id, int rank, int size,
+                                                      std::chrono::milliseconds timeout);
+  // The sum of the squares of the gradients in `ranges` (inf or nan when one
+  // is not finite).
+  virtual double GradSquares(const std::vector<BufferRange>& ranges);
+  virtual void ScaleGrads(float factor);
+  // One AdamW step of every tensor (the AdamW options the device was made with).
+  virtual void AdamWStep(double lr);
 };
 
 }  // namespace hetermoe::model

@@ -77,6 +77,12 @@ struct DistributedBackend::Impl {
   // Null: rows go through the host over Gloo.
   std::unique_ptr<model::RowExchange> exchange;
   std::vector<int64_t> posted;  // [channel][l][j]: the exchange group posted this step, -1 before
+  // With the NCCL transport the optimizer step stays on the device too:
+  // gradient sums over NCCL (dense over the attention ranks, experts over
+  // the groups), norm, clipping and AdamW there; the host buffers are filled
+  // from the device only for checkpoints (PullState).
+  bool device_step = false;
+  std::unique_ptr<model::GradReducer> dense_sums, replica_sums;
 
   // attention side
   std::vector<std::unique_ptr<model::MicroBatchStages>> micro;
@@ -144,6 +150,41 @@ struct DistributedBackend::Impl {
   // Tensor i of `layout` in this rank's buffers (it must own it).
   float* Grad(size_t i) { return grads.data() + own.local_offset[i]; }
   float* Param(size_t i) { return params.data() + own.local_offset[i]; }
+
+  // The listed tensors (layout indices, held here) as spans of this rank's
+  // buffers, adjacent ones merged.
+  std::vector<model::BufferRange> Ranges(const std::vector<size_t>& tensors) const {
+    std::vector<model::BufferRange> r;
+    for (size_t i : tensors) r.push_back({own.local_offset[i], layout.tensors()[i].numel});
+    std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
+    std::vector<model::BufferRange> merged;
+    for (const auto& x : r) {
+      if (!merged.empty() && merged.back().offset + merged.back().count == x.offset) merged.back().count += x.count;
+      else merged.push_back(x);
+    }
+    return merged;
+  }
+  std::vector<model::BufferRange> AllLocal() const { return {{0, own.local.total()}}; }
+
+  // Device optimizer: the device's parameters and moments into the host buffers.
+  void PullState() {
+    if (device_step) device->GetState(params.data(), adamw->exp_avg().data(), adamw->exp_avg_sq().data());
+  }
+
+  // A GradReducer over communicator c's members, if it has more than one.
+  std::unique_ptr<model::GradReducer> ReducerOver(comm::Communicator* c, std::chrono::milliseconds timeout) {
+    if (c == nullptr || c->size() < 2) return nullptr;
+    constexpr uint32_t kIdTag = (1u << 29) + 1;
+    std::string id;
+    if (c->rank() == 0) {
+      id = device->NewExchangeId();
+      for (int x = 1; x < c->size(); ++x) c->Isend(id.data(), id.size(), x, kIdTag)->Wait();
+    } else {
+      id.resize(device->NewExchangeIdBytes());
+      c->Irecv(id.data(), id.size(), 0, kIdTag)->Wait();
+    }
+    return device->NewGradReducer(id, c->rank(), c->size(), timeout);
+  }
 
   void Connect() {
     std::vector<int> members;
@@ -678,11 +719,14 @@ void DistributedBackend::Upload(const backend::HostState& s) {
     all.push_back(all.size());
   }
   m.adamw->set_step(s.optimizer_step);
-  m.device->SetParams(m.params.data(), all);
+  if (m.device_step) m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(),
+                                        s.optimizer_step);
+  else m.device->SetParams(m.params.data(), all);
 }
 
 void DistributedBackend::Download(backend::HostState* s) {
   Impl& m = *impl_;
+  m.PullState();
   // Rank 0 gathers group 0's experts (params and both moments) from their owners.
   if (m.group != 0) return;
   const auto& ts = m.layout.tensors();
@@ -731,6 +775,7 @@ const std::vector<int64_t>& DistributedBackend::RankStateBytes() const { return 
 void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorFetch& fetch)>& write) {
   Impl& m = *impl_;
   if (m.group != 0) return;
+  m.PullState();
   constexpr uint32_t kRequest = (1u << 30) + 1, kReply = (1u << 30) + 2;
   const auto& ts = m.layout.tensors();
   const std::vector<float>* mine[] = {&m.params, &m.adamw->exp_avg(), &m.adamw->exp_avg_sq()};
@@ -801,23 +846,31 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   for (auto& s : m.sends) s->Wait();
   m.sends.clear();
   if (m.exchange) m.exchange->WaitAll();
-  m.device->GetGrads(m.grads.data());
+  if (!m.device_step) m.device->GetGrads(m.grads.data());
   const double wall = Seconds(start, Clock::now());
   // fp16: an overflow anywhere is every rank's (one sum with the losses
   // below). Without loss scaling the verdict is not used: no scan.
   double nonfinite = 0;
-  if (m.device->ScalesLoss())
+  if (m.device->ScalesLoss() && m.device_step) {
+    nonfinite = std::isfinite(m.device->GradSquares(m.AllLocal())) ? 0 : 1;
+  } else if (m.device->ScalesLoss()) {
     for (float g : m.grads)
       if (!std::isfinite(g)) {
         nonfinite = 1;
         break;
       }
+  }
 
   // Gradients: dense over every attention rank, experts over the groups.
   std::vector<size_t> owned_dense;
   if (m.placement.IsAttention(rank_)) owned_dense = m.own.dense_tensors;
-  m.AllReduceTensors(m.dense.get(), owned_dense);
-  m.AllReduceTensors(m.replicas.get(), m.own.owned_expert_tensors);
+  if (m.device_step) {
+    if (m.dense_sums && !owned_dense.empty()) m.dense_sums->Sum(m.Ranges(owned_dense));
+    if (m.replica_sums && !m.own.owned_expert_tensors.empty()) m.replica_sums->Sum(m.Ranges(m.own.owned_expert_tensors));
+  } else {
+    m.AllReduceTensors(m.dense.get(), owned_dense);
+    m.AllReduceTensors(m.replicas.get(), m.own.owned_expert_tensors);
+  }
 
   // Losses, routing counts and idle time, summed over the world.
   const bool attention = m.placement.IsAttention(rank_);
@@ -851,7 +904,9 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   if (!m.apply_step) ++m.skipped_steps;
   if (m.apply_step && scale != 1.0) {
     const float unscale = static_cast<float>(1.0 / scale);
-    for (float& g : m.grads) g *= unscale;
+    if (m.device_step) m.device->ScaleGrads(unscale);
+    else
+      for (float& g : m.grads) g *= unscale;
   }
   return out;
 }
@@ -860,16 +915,25 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
   Impl& m = *impl_;
   double sq = 0;
   const auto& ts = m.layout.tensors();
-  for (size_t i = 0; i < ts.size(); ++i) {
-    if (!m.own.counted[i]) continue;
-    const float* g = m.Grad(i);
-    for (int64_t x = 0; x < ts[i].numel; ++x) sq += static_cast<double>(g[x]) * g[x];
+  if (m.device_step) {
+    std::vector<size_t> counted;
+    for (size_t i = 0; i < ts.size(); ++i)
+      if (m.own.counted[i]) counted.push_back(i);
+    sq = m.device->GradSquares(m.Ranges(counted));
+  } else {
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (!m.own.counted[i]) continue;
+      const float* g = m.Grad(i);
+      for (int64_t x = 0; x < ts[i].numel; ++x) sq += static_cast<double>(g[x]) * g[x];
+    }
   }
   m.everyone->AllReduceSum(&sq, 1);
   const double norm = std::sqrt(sq);
   if (max_norm > 0.0) {
     const double coef = max_norm / (norm + 1e-6);
-    if (coef < 1.0) {
+    if (coef < 1.0 && m.device_step) {
+      m.device->ScaleGrads(static_cast<float>(coef));
+    } else if (coef < 1.0) {
       const float c = static_cast<float>(coef);
       for (size_t i = 0; i < ts.size(); ++i) {
         if (!m.own.owned[i]) continue;
@@ -884,6 +948,11 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
 void DistributedBackend::OptimizerStep(double lr) {
   Impl& m = *impl_;
   if (!m.apply_step) return;  // an overflow: parameters, moments and the AdamW step stay
+  if (m.device_step) {
+    m.device->AdamWStep(lr);  // every local tensor is owned
+    m.adamw->set_step(m.adamw->step() + 1);
+    return;
+  }
   m.adamw->Step(m.params.data(), m.grads.data(), lr);  // every local tensor is owned
   std::vector<size_t> updated(m.own.local.tensors().size());
   for (size_t i = 0; i < updated.size(); ++i) updated[i] = i;
@@ -924,7 +993,13 @@ std::string DistributedBackend::SetTransport(const std::string& transport, std::
   }
   m.exchange = m.device->NewRowExchange(ids, local, m.P, timeout);
   for (auto& mb : m.micro) mb->SetHostRows(false);
-  return "nccl (" + m.exchange->wire_format() + " on the wire)";
+  // The optimizer step moves to the device with the rows.
+  if (!m.device->HasOptimizer()) throw Error("parallel.transport nccl: " + m.device->name() + " has no optimizer");
+  m.dense_sums = m.ReducerOver(m.dense.get(), timeout);
+  m.replica_sums = m.ReducerOver(m.replicas.get(), timeout);
+  m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(), m.adamw->step());
+  m.device_step = true;
+  return "nccl (" + m.exchange->wire_format() + " on the wire; gradient sums and AdamW on the GPU)";
 }
 
 std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }

@@ -64,6 +64,8 @@ backend::BackendOptions DeviceOptions(const RunConfig& rc) {
   o.device = rc.train.device;
   o.precision = rc.train.precision;
   o.loss_scale_init = rc.train.loss_scale_init;
+  // The device runs AdamW itself when the optimizer step stays on the GPU.
+  o.adamw = optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay};
   return o;
 }
 
@@ -229,7 +231,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
         ro.rank, run->placement.IsAttention(ro.rank) ? "attention" : "expert");
   auto engine = std::make_unique<parallel::DistributedBackend>(
       config, layout, run->placement, run->world.get(),
-      optim::AdamWOptions{rc.train.beta1, rc.train.beta2, rc.train.eps, rc.train.weight_decay}, em,
+      DeviceOptions(rc).adamw, em,
       run->tracer.get(), [&](const model::ParameterLayout& owned, float* params, float* grads) {
         return backend::MakeStageDevice(config, owned, DeviceOptions(rc), params, grads);
       });
