@@ -458,7 +458,8 @@ ncclResult_t ncclSend(const void* buf, size_t count, ncclDataType_t type, int pe
   if (c == nullptr || peer < 0 || peer >= c->state->nranks || (bytes == 0 && count > 0)) return ncclInvalidArgument;
   if (count > 0) hetermoe::emulator::CheckKernelPointer("ncclSend", 0, buf);
   const int64_t index = c->state->sends_to[peer]++;
-  return hetermoe::emulator::Issue(stream, std::make_shared<hetermoe::emulator::SendOp>(c->state, peer, buf, bytes, index));
+  return hetermoe::emulator::Issue(stream,
+                                   std::make_shared<hetermoe::emulator::SendOp>(c->state, peer, buf, bytes, index));
 }
 
 ncclResult_t ncclRecv(void* buf, size_t count, ncclDataType_t type, int peer, ncclComm_t comm,

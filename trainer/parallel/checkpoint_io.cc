@@ -1,0 +1,136 @@
+// The distributed engine's state in and out (engine_impl.h): a rank's
+// tensors from a whole-model or own-tensors state, the whole model gathered
+// on rank 0, and checkpoints streamed tensor by tensor from their holders.
+#include "trainer/parallel/engine_impl.h"
+
+#include <cstring>
+
+#include "common/error.h"
+
+namespace hetermoe::parallel {
+
+// Device optimizer: the device's parameters and moments into the host buffers.
+void DistributedBackend::Impl::PullState() {
+  if (device_step) device->GetState(params.data(), adamw->exp_avg().data(), adamw->exp_avg_sq().data());
+}
+
+void DistributedBackend::Upload(const backend::HostState& s) {
+  Impl& m = *impl_;
+  const int64_t n = static_cast<int64_t>(s.params.size());
+  const bool whole = n == m.layout.total();
+  if ((!whole && n != m.own.local.total()) || static_cast<int64_t>(s.exp_avg.size()) != n ||
+      static_cast<int64_t>(s.exp_avg_sq.size()) != n)
+    throw Error("distributed upload: a state of " + std::to_string(n) + " parameters is neither the whole model (" +
+                std::to_string(m.layout.total()) + ") nor this rank's tensors (" + std::to_string(m.own.local.total()) +
+                ")");
+  const auto& ts = m.layout.tensors();
+  std::vector<size_t> all;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (!m.own.owned[i]) continue;
+    const int64_t at = m.own.local_offset[i];
+    const int64_t from = whole ? ts[i].offset : at;
+    std::copy_n(s.params.begin() + from, ts[i].numel, m.params.begin() + at);  // in place: the CPU device aliases it
+    std::copy_n(s.exp_avg.begin() + from, ts[i].numel, m.adamw->exp_avg().begin() + at);
+    std::copy_n(s.exp_avg_sq.begin() + from, ts[i].numel, m.adamw->exp_avg_sq().begin() + at);
+    all.push_back(all.size());
+  }
+  m.adamw->set_step(s.optimizer_step);
+  if (m.device_step) m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(),
+                                        s.optimizer_step);
+  else m.device->SetParams(m.params.data(), all);
+}
+
+void DistributedBackend::Download(backend::HostState* s) {
+  Impl& m = *impl_;
+  m.PullState();
+  // Rank 0 gathers group 0's experts (params and both moments) from their owners.
+  if (m.group != 0) return;
+  const auto& ts = m.layout.tensors();
+  const uint32_t tag = 1u << 30;
+  auto pack_size = [&](const std::vector<size_t>& list) {
+    size_t n = 0;
+    for (size_t i : list) n += ts[i].numel;
+    return 3 * n;
+  };
+  const std::vector<float>* mine[] = {&m.params, &m.adamw->exp_avg(), &m.adamw->exp_avg_sq()};
+  if (rank_ == 0) {
+    for (std::vector<float>* dst : {&s->params, &s->exp_avg, &s->exp_avg_sq}) dst->assign(m.layout.total(), 0.0f);
+    s->optimizer_step = m.adamw->step();
+    std::vector<float>* whole[] = {&s->params, &s->exp_avg, &s->exp_avg_sq};
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (!m.own.owned[i]) continue;
+      for (int b = 0; b < 3; ++b)
+        std::copy_n(mine[b]->begin() + m.own.local_offset[i], ts[i].numel, whole[b]->begin() + ts[i].offset);
+    }
+    for (int o = 1; o < m.P; ++o) {
+      const auto& list = m.own.group_experts[o];
+      if (list.empty()) continue;
+      std::vector<float> buf(pack_size(list));
+      m.everyone->Irecv(buf.data(), buf.size() * sizeof(float), o, tag)->Wait();
+      size_t at = 0;
+      for (std::vector<float>* dst : whole)
+        for (size_t i : list) {
+          std::memcpy(dst->data() + ts[i].offset, buf.data() + at, ts[i].numel * sizeof(float));
+          at += ts[i].numel;
+        }
+    }
+  } else if (!m.own.owned_expert_tensors.empty()) {
+    std::vector<float> buf;
+    buf.reserve(pack_size(m.own.owned_expert_tensors));
+    for (const std::vector<float>* src : mine)
+      for (size_t i : m.own.owned_expert_tensors) {
+        const auto begin = src->begin() + m.own.local_offset[i];
+        buf.insert(buf.end(), begin, begin + ts[i].numel);
+      }
+    m.everyone->Isend(buf.data(), buf.size() * sizeof(float), 0, tag)->Wait();
+  }
+}
+
+void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorFetch& fetch)>& write) {
+  Impl& m = *impl_;
+  if (m.group != 0) return;
+  m.PullState();
+  constexpr uint32_t kRequest = (1u << 30) + 1, kReply = (1u << 30) + 2;
+  const auto& ts = m.layout.tensors();
+  const std::vector<float>* mine[] = {&m.params, &m.adamw->exp_avg(), &m.adamw->exp_avg_sq()};
+  if (rank_ != 0) {
+    // Serve rank 0's requests: {tensor, buffer}, or tensor -1 when it is done.
+    for (;;) {
+      int64_t request[2];
+      m.everyone->Irecv(request, sizeof request, 0, kRequest)->Wait();
+      if (request[0] < 0) return;
+      const size_t i = static_cast<size_t>(request[0]);
+      if (i >= ts.size() || !m.own.owned[i] || request[1] < 0 || request[1] > 2)
+        throw Error("checkpoint: rank 0 asked rank " + std::to_string(rank_) + " for a tensor it does not hold");
+      m.everyone->Isend(mine[request[1]]->data() + m.own.local_offset[i], ts[i].numel * sizeof(float), 0, kReply)
+          ->Wait();
+    }
+  }
+  std::vector<int> owner(ts.size(), -1);  // group 0's local rank holding each tensor rank 0 lacks
+  for (int o = 1; o < m.P; ++o)
+    for (size_t i : m.own.group_experts[o]) owner[i] = o;
+  const TensorFetch fetch = [&](size_t i, int buffer, float* out) {
+    if (m.own.owned[i]) {
+      std::copy_n(mine[buffer]->data() + m.own.local_offset[i], ts[i].numel, out);
+      return;
+    }
+    if (owner[i] < 0) throw Error("checkpoint: no rank of group 0 holds " + ts[i].name);
+    const int peer = m.placement.GlobalRank(0, owner[i]);
+    const int64_t request[2] = {static_cast<int64_t>(i), buffer};
+    m.everyone->Isend(request, sizeof request, peer, kRequest)->Wait();
+    m.everyone->Irecv(out, ts[i].numel * sizeof(float), peer, kReply)->Wait();
+  };
+  auto release = [&] {
+    const int64_t done[2] = {-1, 0};
+    for (int o = 1; o < m.P; ++o) m.everyone->Isend(done, sizeof done, m.placement.GlobalRank(0, o), kRequest)->Wait();
+  };
+  try {
+    if (write) write(fetch);
+  } catch (...) {
+    release();
+    throw;
+  }
+  release();
+}
+
+}  // namespace hetermoe::parallel

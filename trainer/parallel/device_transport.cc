@@ -1,0 +1,137 @@
+// The distributed engine's NCCL transport (engine_impl.h): choosing it
+// (SetTransport), and the exchange groups each task posts, so that every
+// rank posts a channel's groups in the schedule's order.
+#include "trainer/parallel/engine_impl.h"
+
+#include "common/error.h"
+
+namespace hetermoe::parallel {
+
+// Waits for an exchange group (NCCL transport).
+void DistributedBackend::Impl::WaitGroup(Channel c, int l, int j, const char* what) {
+  const int64_t g = Posted(c, l, j);
+  if (g < 0) throw Error(std::string("engine: waiting for ") + what + " that was never posted");
+  Waited([&] { exchange->Wait(g); }, c == Channel::kRows || c == Channel::kOutputGrads, what, l, j);
+}
+
+void DistributedBackend::Impl::PostGroup(Channel c, int l, int j, std::vector<model::RowExchange::Send> sends,
+                                         Recvs recvs) {
+  const int local = placement.LocalOf(rank);
+  for (const auto& s : sends)
+    if (s.peer != local) bytes_sent += static_cast<double>(s.count * d * exchange->wire_value_bytes());
+  Posted(c, l, j) = exchange->Post(c, std::move(sends), std::move(recvs));
+}
+
+// Owner: the rows of (l, j) from every attention rank, fanned out.
+DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerRowRecvs(int l, int j) {
+  Recvs recvs;
+  for (int a = 0; a < M; ++a) {
+    ReadHeader(l, j, a);
+    OwnerSlot& s = slots[Idx(l, j, a)];
+    if (s.rows == 0) continue;
+    model::RowExchange::Recv r;
+    r.peer = a;
+    r.count = dedup ? s.uniques : s.rows;
+    r.rows = s.dev.xp;
+    r.n = s.rows;
+    if (dedup) r.index = s.index;
+    recvs.push_back(std::move(r));
+  }
+  return recvs;
+}
+
+// Attention: the expert outputs of (l, j) from every owner.
+DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionOutputRecvs(int l, int j) {
+  Recvs recvs;
+  model::MicroBatchStages& mb = *micro[j];
+  ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+    if (rows == 0) return;
+    model::RowExchange::Recv r;
+    r.peer = o;
+    r.count = r.n = rows;
+    r.rows = mb.device_rows(l).y + row0 * d;
+    recvs.push_back(std::move(r));
+  });
+  return recvs;
+}
+
+// Owner: the output grads of (l, j) from every attention rank.
+DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerOutputGradRecvs(int l, int j) {
+  Recvs recvs;
+  for (int a = 0; a < M; ++a) {
+    OwnerSlot& s = slots[Idx(l, j, a)];
+    if (s.rows == 0) continue;
+    model::RowExchange::Recv r;
+    r.peer = a;
+    r.count = r.n = s.rows;
+    r.rows = s.dev.dy;
+    recvs.push_back(std::move(r));
+  }
+  return recvs;
+}
+
+// Attention: the input grads of (l, j) from every owner; with dedup one
+// row per unique token, put on the token's first row (zeros elsewhere).
+DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionInputGradRecvs(int l, int j) {
+  Recvs recvs;
+  model::MicroBatchStages& mb = *micro[j];
+  ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
+    if (rows == 0) return;
+    model::RowExchange::Recv r;
+    r.peer = o;
+    r.n = rows;
+    r.rows = mb.device_rows(l).dxp + row0 * d;
+    if (dedup) {
+      const Dedup& dd = dedups[Idx(l, j, o)];
+      r.count = dd.uniques();
+      r.index = dd.index;
+      r.first_only = true;
+    } else {
+      r.count = rows;
+    }
+    recvs.push_back(std::move(r));
+  });
+  return recvs;
+}
+
+std::string DistributedBackend::SetTransport(const std::string& transport, std::chrono::milliseconds timeout) {
+  Impl& m = *impl_;
+  if (transport != "auto" && transport != "nccl" && transport != "gloo")
+    throw Error("parallel.transport: '" + transport + "' is not auto, nccl or gloo");
+  // Every rank must take the same path: NCCL only when every device has it.
+  double without = m.device->HasRowExchange() ? 0.0 : 1.0;
+  m.everyone->AllReduceSum(&without, 1);
+  if (transport == "gloo" || (transport == "auto" && without > 0)) return "gloo";
+  if (without > 0)
+    throw Error("parallel.transport: nccl needs train.device cuda on every rank with NCCL (" +
+                std::to_string(static_cast<int>(without)) + " of " + std::to_string(m.placement.world_size()) +
+                " ranks have no NCCL-capable device; this one runs on " + m.device->name() + ")");
+  // The group's local rank 0 makes one NCCL id per channel and hands them out.
+  const int local = m.placement.LocalOf(rank_);
+  constexpr uint32_t kIdTag = 1u << 29;
+  std::vector<std::string> ids;
+  std::string packed;
+  if (local == 0) {
+    for (int c = 0; c < model::RowExchange::kChannels; ++c) {
+      ids.push_back(m.device->NewExchangeId());
+      packed += ids.back();
+    }
+    for (int x = 1; x < m.P; ++x) m.dispatch->Isend(packed.data(), packed.size(), x, kIdTag)->Wait();
+  } else {
+    const size_t each = m.device->NewExchangeIdBytes();
+    packed.resize(each * model::RowExchange::kChannels);
+    m.dispatch->Irecv(packed.data(), packed.size(), 0, kIdTag)->Wait();
+    for (int c = 0; c < model::RowExchange::kChannels; ++c) ids.push_back(packed.substr(c * each, each));
+  }
+  m.exchange = m.device->NewRowExchange(ids, local, m.P, timeout);
+  for (auto& mb : m.micro) mb->SetHostRows(false);
+  // The optimizer step moves to the device with the rows.
+  if (!m.device->HasOptimizer()) throw Error("parallel.transport nccl: " + m.device->name() + " has no optimizer");
+  m.dense_sums = m.ReducerOver(m.dense.get(), timeout);
+  m.replica_sums = m.ReducerOver(m.replicas.get(), timeout);
+  m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(), m.adamw->step());
+  m.device_step = true;
+  return "nccl (" + m.exchange->wire_format() + " on the wire; gradient sums and AdamW on the GPU)";
+}
+
+}  // namespace hetermoe::parallel

@@ -1,0 +1,254 @@
+// The distributed engine's state, shared by its parts (see engine.cc for
+// the map). Internal to trainer/parallel: users include engine.h.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <optional>
+#include <thread>
+
+#include "trainer/model/mixtral.h"
+#include "trainer/ops/experts.h"
+#include "trainer/parallel/engine.h"
+#include "trainer/parallel/ownership.h"
+#include "trainer/parallel/wire.h"
+
+namespace hetermoe::parallel {
+namespace engine_detail {
+
+using Clock = std::chrono::steady_clock;
+
+inline double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+enum MessageKind : uint32_t { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
+
+using wire::Dedup;
+using wire::HeaderBytes;
+
+// What an owner keeps of one (layer, micro-batch, source) block.
+struct OwnerSlot {
+  std::vector<char> inbox;          // header + rows (unique rows with dedup)
+  int64_t rows = 0;
+  int64_t uniques = 0;              // dedup: unique tokens among the rows
+  std::vector<int32_t> index;       // dedup: row -> unique token
+  std::vector<float> xp;            // dedup: the rows, fanned out from the unique ones
+  const float* x = nullptr;         // the rows the experts run on (in `inbox`, or `xp` with dedup)
+  std::vector<float> dx_sums;       // dedup: input grads summed per unique token
+  ops::DispatchPlan plan;           // counts/offsets over the owner's range only
+  std::unique_ptr<model::ExpertBlock> block;  // the experts' compute on this rank's device
+  const float* y = nullptr;         // outputs to send back (host, owned by block)
+  const float* dxp = nullptr;       // input grads to send back (host, owned by block)
+  std::vector<float> dy;            // output grads in
+  std::unique_ptr<comm::Request> inbox_request, dy_request;
+  model::DeviceRows dev;            // NCCL transport: the block's rows on the device
+};
+
+using Channel = model::RowExchange::Channel;
+
+}  // namespace engine_detail
+
+using namespace engine_detail;  // NOLINT: the parts' shared vocabulary
+
+struct DistributedBackend::Impl {
+  io::MixtralConfig config;
+  const model::ParameterLayout& layout;
+  Placement placement;
+  comm::World* world;
+  int rank;
+  Emulation emulation;
+  Tracer* tracer;
+  int L, P, M, R, group;
+  int64_t E, d, f, k;
+  std::vector<Task> order;
+
+  Ownership own;                     // what this rank holds (packed into `own.local`)
+  std::vector<float> params, grads;  // host copies over `local`: all-reduce, norm and AdamW run here
+  std::optional<optim::AdamW> adamw;
+  std::unique_ptr<model::StageDevice> device;  // where the stages compute
+
+  std::unique_ptr<comm::Communicator> dispatch, combine, dense, replicas, everyone;
+  // The NCCL transport (SetTransport): rows stay on the device and move
+  // device to device; the Gloo dispatch channel carries only the headers.
+  // Null: rows go through the host over Gloo.
+  std::unique_ptr<model::RowExchange> exchange;
+  std::vector<int64_t> posted;  // [channel][l][j]: the exchange group posted this step, -1 before
+  // With the NCCL transport the optimizer step stays on the device too:
+  // gradient sums over NCCL (dense over the attention ranks, experts over
+  // the groups), norm, clipping and AdamW there; the host buffers are filled
+  // from the device only for checkpoints (PullState).
+  bool device_step = false;
+  std::unique_ptr<model::GradReducer> dense_sums, replica_sums;
+
+  // attention side
+  std::vector<std::unique_ptr<model::MicroBatchStages>> micro;
+  std::vector<std::vector<char>> outbox;                       // [l][j][owner]
+  std::vector<std::unique_ptr<comm::Request>> outputs_in;      // [l][j][owner]
+  std::vector<std::unique_ptr<comm::Request>> input_grads_in;  // [l][j][owner]
+  std::vector<Dedup> dedups;                                   // [l][j][owner] (dedup on)
+  std::vector<int32_t> unique_of;                              // MakeDedup's scratch: token -> unique
+  std::vector<std::vector<float>> grad_sums;                   // [l][j][owner] input grads per unique token
+  bool dedup = true;
+  double bytes_sent = 0;                                       // dispatch + combine, this step
+  // owner side
+  std::vector<OwnerSlot> slots;                                // [l][j][source]
+  std::vector<std::unique_ptr<comm::Request>> sends;
+
+  std::vector<int64_t> rank_state_bytes;  // every rank's OwnedStateBytes, gathered once
+  bool apply_step = true;                 // false: a rank found an overflow, every rank skips this step
+  double last_loss_scale = 1.0;
+  int64_t skipped_steps = 0;
+  int64_t micro_tokens = 0;
+  double loss_sum = 0, ce_sum = 0, aux_sum = 0;
+  std::vector<std::vector<int64_t>> expert_tokens;
+  double idle = 0, dispatch_wait = 0, combine_wait = 0;
+
+  Impl(const io::MixtralConfig& c, const model::ParameterLayout& lay, const Placement& p,
+       comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t, const StageDeviceFactory& make_device);
+
+  size_t Idx(int l, int j, int x) const { return (static_cast<size_t>(l) * R + j) * P + x; }
+  int64_t& Posted(Channel c, int l, int j) { return posted[(static_cast<size_t>(c) * L + l) * R + j]; }
+  bool OwnsLayer(int l) const { return Range(l, placement.LocalOf(rank)).count > 0; }
+  uint32_t Tag(MessageKind kind, int l, int j) const {
+    return (static_cast<uint32_t>(kind) * L + l) * R + j;
+  }
+  const ExpertRange& Range(int l, int x) const { return placement.owners[l][x]; }
+  // Tensor i of `layout` in this rank's buffers (it must own it).
+  float* Grad(size_t i) { return grads.data() + own.local_offset[i]; }
+  float* Param(size_t i) { return params.data() + own.local_offset[i]; }
+
+  // The listed tensors (layout indices, held here) as spans of this rank's
+  // buffers, adjacent ones merged.
+  std::vector<model::BufferRange> Ranges(const std::vector<size_t>& tensors) const;
+  std::vector<model::BufferRange> AllLocal() const { return {{0, own.local.total()}}; }
+
+  // Device optimizer: the device's parameters and moments into the host buffers.
+  void PullState();
+
+  // A GradReducer over communicator c's members, if it has more than one.
+  std::unique_ptr<model::GradReducer> ReducerOver(comm::Communicator* c, std::chrono::milliseconds timeout);
+
+  void Connect();
+
+  // --- timing, emulation, tracing ---
+  template <typename Fn>
+  void Compute(const Task& task, double factor, Fn fn) {
+    const auto t0 = Clock::now();
+    fn();
+    const double spent = Seconds(t0, Clock::now());
+    if (factor > 1.0) std::this_thread::sleep_for(std::chrono::duration<double>(spent * (factor - 1.0)));
+    if (tracer) tracer->Add(ToString(task), Tracer::kCompute, t0, Clock::now());
+  }
+
+  void Wait(comm::Request* r, bool dispatch_channel, const char* what, int l, int j) {
+    Waited([&] { r->Wait(); }, dispatch_channel, what, l, j);
+  }
+  // Waits for an exchange group (NCCL transport).
+  void WaitGroup(Channel c, int l, int j, const char* what);
+  template <typename Fn>
+  void Waited(Fn wait, bool dispatch_channel, const char* what, int l, int j) {
+    const auto t0 = Clock::now();
+    wait();
+    const auto t1 = Clock::now();
+    const double s = Seconds(t0, t1);
+    idle += s;
+    (dispatch_channel ? dispatch_wait : combine_wait) += s;
+    if (tracer && s > 20e-6)
+      tracer->Add(std::string(what) + "(" + std::to_string(l + 1) + "," + std::to_string(j + 1) + ")",
+                  dispatch_channel ? Tracer::kDispatch : Tracer::kCombine, t0, t1);
+  }
+
+  // --- attention side ---
+  // The rows of a micro-batch's dispatch plan that owner range r covers.
+  struct Rows {
+    int64_t first, count;
+  };
+  static Rows RowsOf(const ops::DispatchPlan& plan, const ExpertRange& r) {
+    const int64_t first = plan.offsets[r.first];
+    return {first, plan.offsets[r.first + r.count] - first};
+  }
+
+  void WaitFromOwners(std::vector<std::unique_ptr<comm::Request>>& requests, int l, int j,
+                      const char* what) {
+    for (int o = 0; o < P; ++o)
+      if (auto& r = requests[Idx(l, j, o)]) {
+        Wait(r.get(), false, what, l, j);
+        r.reset();
+      }
+  }
+
+  // Counts what this rank sends to its peers (the dispatch and combine traffic).
+  void Send(comm::Communicator* c, const void* data, size_t bytes, int peer, uint32_t tag) {
+    if (peer != placement.LocalOf(rank)) bytes_sent += static_cast<double>(bytes);  // not the self-mailbox
+    sends.push_back(c->Isend(data, bytes, peer, tag));
+  }
+
+  // Calls fn(owner, range, first row, rows) for every owner of layer l that
+  // holds experts, over micro-batch j's plan.
+  template <typename Fn>
+  void ForEachOwner(int l, int j, Fn fn) {
+    const ops::DispatchPlan& plan = micro[j]->plan(l);
+    for (int o = 0; o < P; ++o) {
+      const ExpertRange& r = Range(l, o);
+      if (r.count == 0) continue;
+      const auto [row0, rows] = RowsOf(plan, r);
+      fn(o, r, row0, rows);
+    }
+  }
+
+  // Dedup: each token's summed input grad goes to its first row, zeros to
+  // the others, so that AttentionBackward's scatter-add over rows yields the
+  // same per-token sum.
+  void FanOutGradSums(int l, int j);
+
+  // The header (and, over Gloo, the rows) of micro-batch j's layer-l block
+  // for each owner; with the NCCL transport the rows go in one exchange
+  // group with this rank's own receives of that block as an owner.
+  void PostDispatch(int l, int j);
+
+  void FinishCombine(int l, int j);
+
+  void PostBackwardDispatch(int l, int j);
+
+  // --- the NCCL transport's groups ---
+  // Each channel's groups are posted in the schedule's (layer, micro-batch)
+  // order on every rank, each with all of this rank's sends and receives of
+  // it (RowExchange): at the first moment the rank has its sends ready, or,
+  // with none, when it first needs the receives.
+  using Recvs = std::vector<model::RowExchange::Recv>;
+  void PostGroup(Channel c, int l, int j, std::vector<model::RowExchange::Send> sends, Recvs recvs);
+
+  // Owner: the rows of (l, j) from every attention rank, fanned out.
+  Recvs OwnerRowRecvs(int l, int j);
+  // Attention: the expert outputs of (l, j) from every owner.
+  Recvs AttentionOutputRecvs(int l, int j);
+  // Owner: the output grads of (l, j) from every attention rank.
+  Recvs OwnerOutputGradRecvs(int l, int j);
+  // Attention: the input grads of (l, j) from every owner; with dedup one
+  // row per unique token, put on the token's first row (zeros elsewhere).
+  Recvs AttentionInputGradRecvs(int l, int j);
+
+  void RunAttention(const Task& t, const backend::StepInput& step, float loss_scale);
+
+  // --- owner side ---
+  // Headers (and, over Gloo, rows) are received for the whole step up
+  // front, into buffers sized for the most that can arrive: a token picks k
+  // distinct experts, so it sends at most min(k, experts held) rows to this
+  // owner, and with dedup the rows on the wire are at most one per token.
+  int64_t MaxRows(const ExpertRange& r) const { return micro_tokens * std::min<int64_t>(k, r.count); }
+  void PostOwnerReceives();
+
+  // Waits for attention rank a's block of (l, j) and reads its header; over
+  // Gloo the rows too (fanned out with dedup), with the NCCL transport the
+  // block's device rows are made ready for the exchange to fill.
+  void ReadHeader(int l, int j, int a);
+
+  void RunOwner(const Task& t);
+
+  // Sums the listed tensors' gradients over a communicator, packed.
+  void AllReduceTensors(comm::Communicator* c, const std::vector<size_t>& tensors);
+};
+
+}  // namespace hetermoe::parallel

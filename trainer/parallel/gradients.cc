@@ -1,0 +1,114 @@
+// The distributed engine's gradient reduction and optimizer step
+// (engine_impl.h): sums across ranks (Gloo on the host, or NCCL on the
+// device), the global norm counted once per tensor, clipping, AdamW on the
+// tensors this rank owns.
+#include "trainer/parallel/engine_impl.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/error.h"
+
+namespace hetermoe::parallel {
+
+// The listed tensors (layout indices, held here) as spans of this rank's
+// buffers, adjacent ones merged.
+std::vector<model::BufferRange> DistributedBackend::Impl::Ranges(const std::vector<size_t>& tensors) const {
+  std::vector<model::BufferRange> r;
+  for (size_t i : tensors) r.push_back({own.local_offset[i], layout.tensors()[i].numel});
+  std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
+  std::vector<model::BufferRange> merged;
+  for (const auto& x : r) {
+    if (!merged.empty() && merged.back().offset + merged.back().count == x.offset) merged.back().count += x.count;
+    else merged.push_back(x);
+  }
+  return merged;
+}
+
+// A GradReducer over communicator c's members, if it has more than one.
+std::unique_ptr<model::GradReducer> DistributedBackend::Impl::ReducerOver(comm::Communicator* c,
+                                                                          std::chrono::milliseconds timeout) {
+  if (c == nullptr || c->size() < 2) return nullptr;
+  constexpr uint32_t kIdTag = (1u << 29) + 1;
+  std::string id;
+  if (c->rank() == 0) {
+    id = device->NewExchangeId();
+    for (int x = 1; x < c->size(); ++x) c->Isend(id.data(), id.size(), x, kIdTag)->Wait();
+  } else {
+    id.resize(device->NewExchangeIdBytes());
+    c->Irecv(id.data(), id.size(), 0, kIdTag)->Wait();
+  }
+  return device->NewGradReducer(id, c->rank(), c->size(), timeout);
+}
+
+// Sums the listed tensors' gradients over a communicator, packed.
+void DistributedBackend::Impl::AllReduceTensors(comm::Communicator* c, const std::vector<size_t>& tensors) {
+  if (!c || c->size() == 1 || tensors.empty()) return;
+  size_t n = 0;
+  for (size_t i : tensors) n += layout.tensors()[i].numel;
+  std::vector<float> packed(n);
+  size_t at = 0;
+  for (size_t i : tensors) {
+    const auto& t = layout.tensors()[i];
+    std::memcpy(packed.data() + at, Grad(i), t.numel * sizeof(float));
+    at += t.numel;
+  }
+  c->AllReduceSum(packed.data(), n);
+  at = 0;
+  for (size_t i : tensors) {
+    const auto& t = layout.tensors()[i];
+    std::memcpy(Grad(i), packed.data() + at, t.numel * sizeof(float));
+    at += t.numel;
+  }
+}
+
+double DistributedBackend::ClipGradNorm(double max_norm) {
+  Impl& m = *impl_;
+  double sq = 0;
+  const auto& ts = m.layout.tensors();
+  if (m.device_step) {
+    std::vector<size_t> counted;
+    for (size_t i = 0; i < ts.size(); ++i)
+      if (m.own.counted[i]) counted.push_back(i);
+    sq = m.device->GradSquares(m.Ranges(counted));
+  } else {
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (!m.own.counted[i]) continue;
+      const float* g = m.Grad(i);
+      for (int64_t x = 0; x < ts[i].numel; ++x) sq += static_cast<double>(g[x]) * g[x];
+    }
+  }
+  m.everyone->AllReduceSum(&sq, 1);
+  const double norm = std::sqrt(sq);
+  if (max_norm > 0.0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0 && m.device_step) {
+      m.device->ScaleGrads(static_cast<float>(coef));
+    } else if (coef < 1.0) {
+      const float c = static_cast<float>(coef);
+      for (size_t i = 0; i < ts.size(); ++i) {
+        if (!m.own.owned[i]) continue;
+        float* g = m.Grad(i);
+        for (int64_t x = 0; x < ts[i].numel; ++x) g[x] *= c;
+      }
+    }
+  }
+  return norm;
+}
+
+void DistributedBackend::OptimizerStep(double lr) {
+  Impl& m = *impl_;
+  if (!m.apply_step) return;  // an overflow: parameters, moments and the AdamW step stay
+  if (m.device_step) {
+    m.device->AdamWStep(lr);  // every local tensor is owned
+    m.adamw->set_step(m.adamw->step() + 1);
+    return;
+  }
+  m.adamw->Step(m.params.data(), m.grads.data(), lr);  // every local tensor is owned
+  std::vector<size_t> updated(m.own.local.tensors().size());
+  for (size_t i = 0; i < updated.size(); ++i) updated[i] = i;
+  m.device->SetParams(m.params.data(), updated);
+}
+
+}  // namespace hetermoe::parallel

@@ -1,0 +1,173 @@
+// The distributed engine's expert-owner tasks (engine_impl.h): the dispatch
+// headers (and, over Gloo, rows) from every attention rank, the experts'
+// forward and backward, and the replies.
+#include "trainer/parallel/engine_impl.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+
+namespace hetermoe::parallel {
+
+void DistributedBackend::Impl::PostOwnerReceives() {
+  const int local = placement.LocalOf(rank);
+  for (int l = 0; l < L; ++l) {
+    const ExpertRange& r = Range(l, local);
+    if (r.count == 0) continue;
+    const int64_t max_rows = MaxRows(r);
+    const int64_t on_wire = exchange ? 0 : dedup ? std::min(max_rows, micro_tokens) : max_rows;
+    for (int j = 0; j < R; ++j)
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        s.inbox.resize(HeaderBytes(r.count, max_rows, dedup) + on_wire * d * sizeof(float));
+        s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
+      }
+  }
+}
+
+// Waits for attention rank a's block of (l, j) and reads its header; over
+// Gloo the rows too (fanned out with dedup), with the NCCL transport the
+// block's device rows are made ready for the exchange to fill.
+void DistributedBackend::Impl::ReadHeader(int l, int j, int a) {
+  const ExpertRange& r = Range(l, placement.LocalOf(rank));
+  OwnerSlot& s = slots[Idx(l, j, a)];
+  if (!s.inbox_request) return;  // read already
+  Wait(s.inbox_request.get(), true, "dispatch", l, j);
+  s.inbox_request.reset();
+  wire::DispatchBlock block;
+  try {
+    block = wire::UnpackDispatch(s.inbox.data(), s.inbox.size(), r.count, MaxRows(r), exchange ? 0 : d, dedup);
+  } catch (const Error& e) {
+    throw Error("rank " + std::to_string(rank) + ": " + e.what() + " from rank " +
+                std::to_string(placement.GlobalRank(group, a)));
+  }
+  // The owner-side plan: counts over all E experts, zero outside the range.
+  s.plan = ops::DispatchPlan{};
+  s.plan.experts = E;
+  s.plan.slots = 1;
+  s.plan.counts.assign(E, 0);
+  std::copy(block.counts.begin(), block.counts.end(), s.plan.counts.begin() + r.first);
+  s.plan.offsets.assign(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) s.plan.offsets[e + 1] = s.plan.offsets[e] + s.plan.counts[e];
+  s.rows = block.rows;
+  s.plan.tokens = s.rows;
+  s.uniques = block.uniques;
+  s.index = std::move(block.index);
+  if (exchange) {
+    if (s.rows == 0) return;
+    if (!s.block) s.block = device->NewExpertBlock();
+    s.dev = s.block->PrepareOnDevice(l, s.plan, r.first, r.count);
+    return;
+  }
+  s.x = block.data;
+  if (dedup) {
+    // Fan the unique tokens out to their rows.
+    s.xp.resize(s.rows * d);
+    block.index = s.index;
+    wire::FanOut(block, d, s.xp.data());
+    s.x = s.xp.data();
+  }
+}
+
+void DistributedBackend::Impl::RunOwner(const Task& t) {
+  const int l = t.layer, j = t.micro;
+  const ExpertRange& r = Range(l, placement.LocalOf(rank));
+  if (t.kind == Task::Kind::kExpFwd) {
+    if (exchange) {
+      if (Posted(Channel::kRows, l, j) < 0) PostGroup(Channel::kRows, l, j, {}, OwnerRowRecvs(l, j));
+      WaitGroup(Channel::kRows, l, j, "dispatch");
+    } else {
+      for (int a = 0; a < M; ++a) ReadHeader(l, j, a);
+    }
+    Compute(t, emulation.experts, [&] {
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        if (s.rows == 0) continue;
+        if (exchange) {
+          s.block->ForwardOnDevice();
+          continue;
+        }
+        if (!s.block) s.block = device->NewExpertBlock();
+        s.y = s.block->Forward(l, s.plan, r.first, r.count, s.x);
+      }
+    });
+    if (exchange) {
+      std::vector<model::RowExchange::Send> sends;
+      for (int a = 0; a < M; ++a) {
+        OwnerSlot& s = slots[Idx(l, j, a)];
+        if (s.rows == 0) continue;
+        model::RowExchange::Send out;
+        out.peer = a;
+        out.rows = s.dev.y;
+        out.count = s.rows;
+        sends.push_back(std::move(out));
+      }
+      PostGroup(Channel::kOutputs, l, j, std::move(sends),
+                placement.IsAttention(rank) ? AttentionOutputRecvs(l, j) : Recvs{});
+      return;
+    }
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      Send(combine.get(), s.y, s.rows * d * sizeof(float), a, Tag(kOutputs, l, j));
+      s.dy.resize(s.rows * d);
+      s.dy_request = dispatch->Irecv(s.dy.data(), s.rows * d * sizeof(float), a, Tag(kOutputGrads, l, j));
+    }
+    return;
+  }
+  // kExpBwd
+  if (exchange) {
+    if (Posted(Channel::kOutputGrads, l, j) < 0)
+      PostGroup(Channel::kOutputGrads, l, j, {}, OwnerOutputGradRecvs(l, j));
+    WaitGroup(Channel::kOutputGrads, l, j, "dispatch-grad");
+  } else {
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      Wait(s.dy_request.get(), true, "dispatch-grad", l, j);
+      s.dy_request.reset();
+    }
+  }
+  Compute(t, emulation.experts, [&] {
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      if (exchange) s.block->BackwardOnDevice();
+      else s.dxp = s.block->Backward(s.dy.data());
+    }
+  });
+  if (exchange) {
+    std::vector<model::RowExchange::Send> sends;
+    for (int a = 0; a < M; ++a) {
+      OwnerSlot& s = slots[Idx(l, j, a)];
+      if (s.rows == 0) continue;
+      model::RowExchange::Send out;
+      out.peer = a;
+      out.rows = s.dev.dxp;
+      out.count = s.rows;
+      if (dedup) {
+        // One row per unique token: the sum of its rows' input grads.
+        out.count = s.uniques;
+        wire::RowsByUnique(s.index, s.uniques, &out.sum_start, &out.sum_rows);
+      }
+      sends.push_back(std::move(out));
+    }
+    PostGroup(Channel::kInputGrads, l, j, std::move(sends),
+              placement.IsAttention(rank) ? AttentionInputGradRecvs(l, j) : Recvs{});
+    return;
+  }
+  for (int a = 0; a < M; ++a) {
+    OwnerSlot& s = slots[Idx(l, j, a)];
+    if (s.rows == 0) continue;
+    if (!dedup) {
+      Send(combine.get(), s.dxp, s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j));
+      continue;
+    }
+    // One row per unique token: the sum of its rows' input grads.
+    s.dx_sums.resize(s.uniques * d);
+    wire::SumByUnique(s.index, s.uniques, s.dxp, d, s.dx_sums.data());
+    Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), a, Tag(kInputGrads, l, j));
+  }
+}
+
+}  // namespace hetermoe::parallel
