@@ -73,6 +73,7 @@ void ReadTraining(JsonReader& r, TrainingSpec& t) {
   Set(t.grad_clip, r.Number("gradClip"));
   Set(t.seed, r.Int("seed"));
   Set(t.precision, r.String("precision"));
+  Set(t.zero, r.Int("zero"));
 }
 
 void ReadRunPolicy(JsonReader& r, RunPolicy& p) {

@@ -80,6 +80,9 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
     errors.push_back("spec.training.schedule: must be constant or cosine");
   if (t.precision != "auto" && t.precision != "fp32" && t.precision != "bf16" && t.precision != "fp16")
     errors.push_back("spec.training.precision: must be auto, fp32, bf16 or fp16");
+  if (t.zero != 0 && t.zero != 1) errors.push_back("spec.training.zero: must be 0 or 1");
+  if (t.zero == 1 && spec.dispatch.transport == "nccl")
+    errors.push_back("spec.training.zero: 1 keeps the optimizer on the host, which transport nccl does not");
   const std::string& transport = spec.dispatch.transport;
   if (transport != "auto" && transport != "nccl" && transport != "gloo")
     errors.push_back("spec.dispatch.transport: must be auto, nccl or gloo");

@@ -5,7 +5,9 @@ For every rank shape (1+1, 2+2, 1+3, 2+4 ranks, and 2 groups of 1+1), every
 schedule (zebra, sequential, ep) and Asym-EA on and off, 5 training steps of
 the golden tiny model through the local launcher must give the losses
 (relative 1e-5) and final weights (|diff| <= 1e-6 + 1e-5 |x|) of one
-process on the same run file. The single-process trainer is itself checked
+process on the same run file; so must ZeRO-1 (train.zero 1), with less
+state per attention rank, the same checkpoints and an exact resume. The
+single-process trainer is itself checked
 against PyTorch (tests/reference), so this chains the distributed run to the
 independent truth.
 
@@ -125,6 +127,40 @@ def check_dedup(trainer, run_file, work, ref):
     return ok
 
 
+def check_zero(trainer, run_file, work, ref):
+    """train.zero 1 (ZeRO-1: the dense AdamW moments sharded over the
+    attention ranks of every group) trains the same model, holds less on
+    each attention rank than without, writes the same checkpoint (the
+    moments fetched from their shards, across groups) and resumes exactly."""
+    ok = True
+    for name, parallel in (("zebra 2+2 asym", "{attention_ranks: 2, expert_ranks: 2, asym_ea: [2, 0]}"),
+                           ("ep 2 groups of 1+1", "{attention_ranks: 1, expert_ranks: 1, groups: 2, schedule: ep}")):
+        outs = {z: os.path.join(work, f"zero{z}-{name.split()[0]}") for z in (0, 1)}
+        runs = {z: run(trainer, run_file, outs[z], ["--set", f"parallel={parallel}", "--set", f"train.zero={z}",
+                                                    "--set", "output.checkpoint_every=2"]) for z in (0, 1)}
+        problems = compare(f"zero 1 {name}", ref, runs[1])
+        held = {z: runs[z][0][-1]["rank_state_bytes"] for z in (0, 1)}
+        attention = [0, 1] if "2+2" in name else [0, 1, 2, 3]
+        for r in attention:
+            if not held[1][r] < held[0][r]:
+                problems.append(f"rank {r} holds {held[1][r]} bytes with ZeRO-1, not less than {held[0][r]}")
+        for f in ("model.safetensors", "optimizer.safetensors"):
+            with open(os.path.join(outs[0], "final", f), "rb") as a, open(os.path.join(outs[1], "final", f), "rb") as b:
+                if a.read() != b.read():
+                    problems.append(f"final/{f} differs from the run without ZeRO-1")
+        resumed = run(trainer, run_file, outs[1] + "-resumed",
+                      ["--set", f"parallel={parallel}", "--set", "train.zero=1",
+                       "--resume", os.path.join(outs[1], "checkpoint-2")])
+        problems += compare("zero 1 resumed", (runs[1][0][2:], runs[1][1], 0), resumed)
+        shares = ", ".join(f"{held[1][r] / held[0][r]:.2f}" for r in attention)
+        print(f"{'zero 1 ' + name:40s} {'ok' if not problems else 'MISMATCH'}: attention ranks hold "
+              f"{shares} of their state without ZeRO-1; checkpoints identical; resume exact")
+        for p in problems[:5]:
+            print(f"    {p}")
+        ok = ok and not problems
+    return ok
+
+
 def check_asym_auto(trainer, run_file, work, ref):
     """asym_ea: auto profiles the ranks at start-up and moves experts by
     Algorithm 1; whatever it moves, the training is the same."""
@@ -179,6 +215,7 @@ def main():
         failures += not check_resume(args.trainer, run_file, args.work)
         failures += not check_dedup(args.trainer, run_file, args.work, ref)
         failures += not check_asym_auto(args.trainer, run_file, args.work, ref)
+        failures += not check_zero(args.trainer, run_file, args.work, ref)
     if failures:
         print(f"FAIL: {failures} configuration(s) differ from the single-process run")
         sys.exit(1)

@@ -7,8 +7,21 @@
 namespace hetermoe::optim {
 
 AdamW::AdamW(const model::ParameterLayout& layout, AdamWOptions options)
-    : layout_(layout), options_(options), exp_avg_(layout.total(), 0.0f),
-      exp_avg_sq_(layout.total(), 0.0f) {}
+    : AdamW(layout, options, std::vector<bool>(layout.tensors().size(), true)) {}
+
+AdamW::AdamW(const model::ParameterLayout& layout, AdamWOptions options, const std::vector<bool>& with_moments)
+    : layout_(layout), options_(options) {
+  const auto& tensors = layout.tensors();
+  moment_offset_.assign(tensors.size(), -1);
+  int64_t total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (i < with_moments.size() && with_moments[i]) {
+      moment_offset_[i] = total;
+      total += tensors[i].numel;
+    }
+  exp_avg_.assign(total, 0.0f);
+  exp_avg_sq_.assign(total, 0.0f);
+}
 
 void AdamW::Step(float* params, const float* grads, double lr, const std::vector<bool>* only) {
   ++step_;
@@ -16,12 +29,12 @@ void AdamW::Step(float* params, const float* grads, double lr, const std::vector
                                                 options_.weight_decay, step_);
   const auto& tensors = layout_.tensors();
   for (size_t ti = 0; ti < tensors.size(); ++ti) {
-    if (only && !(*only)[ti]) continue;
+    if ((only && !(*only)[ti]) || moment_offset_[ti] < 0) continue;
     const auto& t = tensors[ti];
     float* p = params + t.offset;
     const float* g = grads + t.offset;
-    float* m = exp_avg_.data() + t.offset;
-    float* v = exp_avg_sq_.data() + t.offset;
+    float* m = exp_avg_.data() + moment_offset_[ti];
+    float* v = exp_avg_sq_.data() + moment_offset_[ti];
     const bool decay = t.weight_decay;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < t.numel; ++i) math::AdamWUpdate(p[i], g[i], m[i], v[i], s, decay);

@@ -17,11 +17,17 @@ struct AdamWOptions {
 class AdamW {
  public:
   AdamW(const model::ParameterLayout& layout, AdamWOptions options);
+  // Moments only for the tensors with with_moments[i] (per layout tensor),
+  // packed in layout order: the tensors this optimizer updates (ZeRO-1: a
+  // rank keeps the moments of its shard of the replicated tensors).
+  AdamW(const model::ParameterLayout& layout, AdamWOptions options, const std::vector<bool>& with_moments);
 
-  // One update with learning rate `lr`; increments step(). With `only`, the
-  // tensors whose entry is false are left alone (a distributed rank updates
-  // just the tensors it owns).
+  // One update with learning rate `lr` of the tensors with moments;
+  // increments step(). With `only`, the tensors whose entry is false are
+  // left alone too (a distributed rank updates just the tensors it owns).
   void Step(float* params, const float* grads, double lr, const std::vector<bool>* only = nullptr);
+  // Where tensor i's moments start in exp_avg()/exp_avg_sq(); -1 without.
+  int64_t moment_offset(size_t i) const { return moment_offset_[i]; }
 
   int64_t step() const { return step_; }
   void set_step(int64_t step) { step_ = step; }
@@ -33,6 +39,7 @@ class AdamW {
   AdamWOptions options_;
   int64_t step_ = 0;
   std::vector<float> exp_avg_, exp_avg_sq_;
+  std::vector<int64_t> moment_offset_;  // per layout tensor
 };
 
 // L2 norm of the whole gradient (accumulated in double).

@@ -3,6 +3,7 @@
 // on rank 0, and checkpoints streamed tensor by tensor from their holders.
 #include "trainer/parallel/engine_impl.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/error.h"
@@ -30,8 +31,10 @@ void DistributedBackend::Upload(const backend::HostState& s) {
     const int64_t at = m.own.local_offset[i];
     const int64_t from = whole ? ts[i].offset : at;
     std::copy_n(s.params.begin() + from, ts[i].numel, m.params.begin() + at);  // in place: the CPU device aliases it
-    std::copy_n(s.exp_avg.begin() + from, ts[i].numel, m.adamw->exp_avg().begin() + at);
-    std::copy_n(s.exp_avg_sq.begin() + from, ts[i].numel, m.adamw->exp_avg_sq().begin() + at);
+    if (m.own.moments[i]) {
+      std::copy_n(s.exp_avg.begin() + from, ts[i].numel, m.Moment(1, i));
+      std::copy_n(s.exp_avg_sq.begin() + from, ts[i].numel, m.Moment(2, i));
+    }
     all.push_back(all.size());
   }
   m.adamw->set_step(s.optimizer_step);
@@ -42,6 +45,9 @@ void DistributedBackend::Upload(const backend::HostState& s) {
 
 void DistributedBackend::Download(backend::HostState* s) {
   Impl& m = *impl_;
+  if (m.own.zero)
+    throw Error("distributed download: with train.zero 1 no rank holds every dense moment; "
+                "checkpoints stream them (StreamCheckpoint)");
   m.PullState();
   // Rank 0 gathers group 0's experts (params and both moments) from their owners.
   if (m.group != 0) return;
@@ -88,11 +94,22 @@ void DistributedBackend::Download(backend::HostState* s) {
 
 void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorFetch& fetch)>& write) {
   Impl& m = *impl_;
-  if (m.group != 0) return;
+  // Rank 0 asks group 0's other ranks for their experts and, with ZeRO-1,
+  // the attention ranks of every group for the moments of their shards.
+  std::vector<int> servers;
+  for (int o = 1; o < m.P; ++o) servers.push_back(m.placement.GlobalRank(0, o));
+  if (m.own.zero)
+    for (int g = 1; g < m.placement.groups; ++g)
+      for (int x = 0; x < m.M; ++x) servers.push_back(m.placement.GlobalRank(g, x));
+  if (rank_ != 0 && std::find(servers.begin(), servers.end(), rank_) == servers.end()) return;
   m.PullState();
   constexpr uint32_t kRequest = (1u << 30) + 1, kReply = (1u << 30) + 2;
   const auto& ts = m.layout.tensors();
-  const std::vector<float>* mine[] = {&m.params, &m.adamw->exp_avg(), &m.adamw->exp_avg_sq()};
+  // Tensor i of buffer b (0 parameters, 1 exp_avg, 2 exp_avg_sq) here, or null.
+  auto mine = [&](size_t i, int64_t b) -> const float* {
+    if (!m.own.owned[i] || (b != 0 && !m.own.moments[i])) return nullptr;
+    return b == 0 ? m.Param(i) : m.Moment(static_cast<int>(b), i);
+  };
   if (rank_ != 0) {
     // Serve rank 0's requests: {tensor, buffer}, or tensor -1 when it is done.
     for (;;) {
@@ -100,29 +117,31 @@ void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorF
       m.everyone->Irecv(request, sizeof request, 0, kRequest)->Wait();
       if (request[0] < 0) return;
       const size_t i = static_cast<size_t>(request[0]);
-      if (i >= ts.size() || !m.own.owned[i] || request[1] < 0 || request[1] > 2)
+      const float* src = i < ts.size() && request[1] >= 0 && request[1] <= 2 ? mine(i, request[1]) : nullptr;
+      if (src == nullptr)
         throw Error("checkpoint: rank 0 asked rank " + std::to_string(rank_) + " for a tensor it does not hold");
-      m.everyone->Isend(mine[request[1]]->data() + m.own.local_offset[i], ts[i].numel * sizeof(float), 0, kReply)
-          ->Wait();
+      m.everyone->Isend(src, ts[i].numel * sizeof(float), 0, kReply)->Wait();
     }
   }
   std::vector<int> owner(ts.size(), -1);  // group 0's local rank holding each tensor rank 0 lacks
   for (int o = 1; o < m.P; ++o)
     for (size_t i : m.own.group_experts[o]) owner[i] = o;
   const TensorFetch fetch = [&](size_t i, int buffer, float* out) {
-    if (m.own.owned[i]) {
-      std::copy_n(mine[buffer]->data() + m.own.local_offset[i], ts[i].numel, out);
+    if (const float* src = mine(i, buffer)) {
+      std::copy_n(src, ts[i].numel, out);
       return;
     }
-    if (owner[i] < 0) throw Error("checkpoint: no rank of group 0 holds " + ts[i].name);
-    const int peer = m.placement.GlobalRank(0, owner[i]);
+    int peer = -1;
+    if (buffer != 0 && m.own.dense_moment_rank[i] >= 0) peer = m.own.dense_moment_rank[i];  // ZeRO-1's shard
+    else if (owner[i] >= 0) peer = m.placement.GlobalRank(0, owner[i]);
+    if (peer < 0) throw Error("checkpoint: no rank of group 0 holds " + ts[i].name);
     const int64_t request[2] = {static_cast<int64_t>(i), buffer};
     m.everyone->Isend(request, sizeof request, peer, kRequest)->Wait();
     m.everyone->Irecv(out, ts[i].numel * sizeof(float), peer, kReply)->Wait();
   };
   auto release = [&] {
     const int64_t done[2] = {-1, 0};
-    for (int o = 1; o < m.P; ++o) m.everyone->Isend(done, sizeof done, m.placement.GlobalRank(0, o), kRequest)->Wait();
+    for (int peer : servers) m.everyone->Isend(done, sizeof done, peer, kRequest)->Wait();
   };
   try {
     if (write) write(fetch);

@@ -102,6 +102,9 @@ std::string DistributedBackend::SetTransport(const std::string& transport, std::
   double without = m.device->HasRowExchange() ? 0.0 : 1.0;
   m.everyone->AllReduceSum(&without, 1);
   if (transport == "gloo" || (transport == "auto" && without > 0)) return "gloo";
+  // ZeRO-1 shards the host optimizer's moments; the device optimizer has no shards yet.
+  if (m.own.zero && transport == "auto") return "gloo (train.zero 1 keeps the optimizer on the host)";
+  if (m.own.zero) throw Error("parallel.transport: nccl runs the optimizer on the GPU, which train.zero 1 does not support yet");
   if (without > 0)
     throw Error("parallel.transport: nccl needs train.device cuda on every rank with NCCL (" +
                 std::to_string(static_cast<int>(without)) + " of " + std::to_string(m.placement.world_size()) +

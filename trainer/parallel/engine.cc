@@ -24,7 +24,7 @@ namespace hetermoe::parallel {
 
 DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::ParameterLayout& lay, const Placement& p,
                                comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t,
-                               const StageDeviceFactory& make_device)
+                               const StageDeviceFactory& make_device, bool zero)
     : config(c),
       layout(lay),
       placement(p),
@@ -32,7 +32,7 @@ DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::Paramete
       rank(w->rank()),
       emulation(em),
       tracer(t),
-      own(lay, p, w->rank()) {
+      own(lay, p, w->rank(), zero) {
   L = p.layers;
   P = p.group_size;
   M = p.attention_per_group;
@@ -45,14 +45,18 @@ DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::Paramete
   order = TaskOrder(p, rank);
   params.assign(own.local.total(), 0.0f);
   grads.assign(own.local.total(), 0.0f);
-  adamw.emplace(own.local, opt);
+  std::vector<bool> local_moments(own.local.tensors().size(), false);
+  for (size_t i = 0; i < own.owned.size(); ++i)
+    if (own.owned[i]) local_moments[own.local_index[i]] = own.moments[i];
+  adamw.emplace(own.local, opt, local_moments);
   device = make_device ? make_device(own.local, params.data(), grads.data())
                        : model::MakeCpuStageDevice(config, own.local, params.data(), grads.data());
   Connect();
   if (p.IsAttention(rank))
     for (int j = 0; j < R; ++j) micro.push_back(device->NewMicroBatch());
   std::vector<double> bytes(static_cast<size_t>(world->size()), 0.0);
-  bytes[rank] = 4.0 * sizeof(float) * static_cast<double>(own.local.total());
+  bytes[rank] = sizeof(float) * (2.0 * static_cast<double>(own.local.total()) +
+                                 2.0 * static_cast<double>(adamw->exp_avg().size()));
   everyone->AllReduceSum(bytes.data(), bytes.size());
   for (double b : bytes) rank_state_bytes.push_back(static_cast<int64_t>(b));
   outbox.resize(static_cast<size_t>(L) * R * P);
@@ -88,8 +92,8 @@ DistributedBackend::DistributedBackend(const io::MixtralConfig& config,
                                        const model::ParameterLayout& layout,
                                        const Placement& placement, comm::World* world,
                                        const optim::AdamWOptions& adamw, Emulation emulation,
-                                       Tracer* tracer, const StageDeviceFactory& make_device)
-    : impl_(std::make_unique<Impl>(config, layout, placement, world, adamw, emulation, tracer, make_device)),
+                                       Tracer* tracer, const StageDeviceFactory& make_device, bool zero)
+    : impl_(std::make_unique<Impl>(config, layout, placement, world, adamw, emulation, tracer, make_device, zero)),
       rank_(world->rank()) {}
 
 DistributedBackend::~DistributedBackend() = default;

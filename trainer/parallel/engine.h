@@ -21,7 +21,10 @@
 // Memory follows ownership: a rank allocates parameters, gradients and both
 // AdamW moments only for the tensors it owns (attention ranks: the dense
 // model and the experts Asym-EA moved to them; expert ranks: their experts),
-// laid out by ParameterLayout::Subset. Upload takes the rank's tensors from a
+// laid out by ParameterLayout::Subset. With ZeRO-1 (train.zero: 1) an
+// attention rank keeps the moments of only its shard of the dense tensors,
+// updates that shard, and the updated shards are summed into every
+// attention rank's parameters (the others contribute zeros). Upload takes the rank's tensors from a
 // whole-model state; Download fills a whole-model state on rank 0 only.
 #pragma once
 
@@ -59,7 +62,8 @@ class DistributedBackend final : public backend::Backend {
   DistributedBackend(const io::MixtralConfig& config, const model::ParameterLayout& layout,
                      const Placement& placement, comm::World* world,
                      const optim::AdamWOptions& adamw, Emulation emulation, Tracer* tracer,
-                     const StageDeviceFactory& make_device = nullptr);  // nullptr: the CPU
+                     const StageDeviceFactory& make_device = nullptr,  // nullptr: the CPU
+                     bool zero = false);  // ZeRO-1: dense AdamW moments sharded over the attention ranks
   ~DistributedBackend() override;
 
   std::string name() const override;

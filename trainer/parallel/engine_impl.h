@@ -106,7 +106,8 @@ struct DistributedBackend::Impl {
   double idle = 0, dispatch_wait = 0, combine_wait = 0;
 
   Impl(const io::MixtralConfig& c, const model::ParameterLayout& lay, const Placement& p,
-       comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t, const StageDeviceFactory& make_device);
+       comm::World* w, const optim::AdamWOptions& opt, Emulation em, Tracer* t, const StageDeviceFactory& make_device,
+       bool zero);
 
   size_t Idx(int l, int j, int x) const { return (static_cast<size_t>(l) * R + j) * P + x; }
   int64_t& Posted(Channel c, int l, int j) { return posted[(static_cast<size_t>(c) * L + l) * R + j]; }
@@ -118,6 +119,12 @@ struct DistributedBackend::Impl {
   // Tensor i of `layout` in this rank's buffers (it must own it).
   float* Grad(size_t i) { return grads.data() + own.local_offset[i]; }
   float* Param(size_t i) { return params.data() + own.local_offset[i]; }
+  // Tensor i's AdamW moment (b = 1 exp_avg, 2 exp_avg_sq) here; it must have them (own.moments).
+  float* Moment(int b, size_t i) {
+    return (b == 1 ? adamw->exp_avg() : adamw->exp_avg_sq()).data() + adamw->moment_offset(own.local_index[i]);
+  }
+  // ZeRO-1: every attention rank's dense parameters from the shards' updates.
+  void GatherDenseShards();
 
   // The listed tensors (layout indices, held here) as spans of this rank's
   // buffers, adjacent ones merged.

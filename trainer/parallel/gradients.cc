@@ -97,6 +97,27 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
   return norm;
 }
 
+// Each attention rank contributes the dense tensors of its shard (just
+// updated) and zeros elsewhere; the sum is every shard's update, exactly.
+void DistributedBackend::Impl::GatherDenseShards() {
+  if (!own.zero || !dense || dense->size() < 2 || !placement.IsAttention(rank)) return;
+  const auto& ts = layout.tensors();
+  size_t n = 0;
+  for (size_t i : own.dense_tensors) n += ts[i].numel;
+  std::vector<float> packed(n, 0.0f);
+  size_t at = 0;
+  for (size_t i : own.dense_tensors) {
+    if (own.moments[i]) std::memcpy(packed.data() + at, Param(i), ts[i].numel * sizeof(float));
+    at += ts[i].numel;
+  }
+  dense->AllReduceSum(packed.data(), n);
+  at = 0;
+  for (size_t i : own.dense_tensors) {
+    std::memcpy(Param(i), packed.data() + at, ts[i].numel * sizeof(float));
+    at += ts[i].numel;
+  }
+}
+
 void DistributedBackend::OptimizerStep(double lr) {
   Impl& m = *impl_;
   if (!m.apply_step) return;  // an overflow: parameters, moments and the AdamW step stay
@@ -105,7 +126,8 @@ void DistributedBackend::OptimizerStep(double lr) {
     m.adamw->set_step(m.adamw->step() + 1);
     return;
   }
-  m.adamw->Step(m.params.data(), m.grads.data(), lr);  // every local tensor is owned
+  m.adamw->Step(m.params.data(), m.grads.data(), lr);  // the tensors whose moments are here
+  m.GatherDenseShards();
   std::vector<size_t> updated(m.own.local.tensors().size());
   for (size_t i = 0; i < updated.size(); ++i) updated[i] = i;
   m.device->SetParams(m.params.data(), updated);

@@ -1,6 +1,7 @@
 // Which tensors a rank holds (see ownership.h).
 #include "trainer/parallel/ownership.h"
 
+#include <algorithm>
 #include <map>
 #include <utility>
 
@@ -45,12 +46,46 @@ void Classify(const model::ParameterLayout& layout, const Placement& placement, 
 
 }  // namespace
 
-Ownership::Ownership(const model::ParameterLayout& layout, const Placement& placement, int rank) : local(layout) {
+std::vector<int> ShardDenseTensors(const model::ParameterLayout& layout, const std::vector<size_t>& dense_tensors,
+                                   int shards) {
+  int64_t total = 0;
+  for (size_t i : dense_tensors) total += layout.tensors()[i].numel;
+  std::vector<int> shard;
+  int64_t before = 0;
+  for (size_t i : dense_tensors) {
+    const int64_t n = layout.tensors()[i].numel;
+    // The shard holding the tensor's middle element.
+    const int64_t mid = before + n / 2;
+    shard.push_back(total > 0 ? static_cast<int>(std::min<int64_t>(shards - 1, mid * shards / total)) : 0);
+    before += n;
+  }
+  return shard;
+}
+
+Ownership::Ownership(const model::ParameterLayout& layout, const Placement& placement, int rank, bool zero_1)
+    : local(layout), zero(zero_1) {
   Classify(layout, placement, rank, *this);
   local = layout.Subset(owned);
   local_offset.assign(owned.size(), -1);
+  local_index.assign(owned.size(), -1);
   for (size_t i = 0, at = 0; i < owned.size(); ++i)
-    if (owned[i]) local_offset[i] = local.tensors()[at++].offset;
+    if (owned[i]) {
+      local_index[i] = static_cast<int64_t>(at);
+      local_offset[i] = local.tensors()[at++].offset;
+    }
+  moments = owned;
+  dense_moment_rank.assign(owned.size(), -1);
+  // The dense communicator's members: attention ranks, group by group.
+  std::vector<int> attention;
+  for (int g = 0; g < placement.groups; ++g)
+    for (int x = 0; x < placement.attention_per_group; ++x) attention.push_back(placement.GlobalRank(g, x));
+  const std::vector<int> shard =
+      ShardDenseTensors(layout, dense_tensors, zero ? static_cast<int>(attention.size()) : 1);
+  for (size_t k = 0; k < dense_tensors.size(); ++k) {
+    const size_t i = dense_tensors[k];
+    dense_moment_rank[i] = attention[shard[k]];
+    if (owned[i]) moments[i] = dense_moment_rank[i] == rank || !zero;
+  }
 }
 
 }  // namespace hetermoe::parallel

@@ -232,9 +232,11 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   auto engine = std::make_unique<parallel::DistributedBackend>(
       config, layout, run->placement, run->world.get(),
       DeviceOptions(rc).adamw, em,
-      run->tracer.get(), [&](const model::ParameterLayout& owned, float* params, float* grads) {
+      run->tracer.get(),
+      [&](const model::ParameterLayout& owned, float* params, float* grads) {
         return backend::MakeStageDevice(config, owned, DeviceOptions(rc), params, grads);
-      });
+      },
+      rc.train.zero == 1);
   engine->SetDedup(p.dedup);
   const std::string transport = engine->SetTransport(
       p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));

@@ -63,10 +63,11 @@ void RemoveOldCheckpoints(const std::string& dir, int64_t keep) {
 }
 
 // train.memory_limit_mib: the model state (fp32 parameters, gradients and
-// two AdamW moments: 16 bytes per parameter) this rank would hold must fit.
-void CheckMemoryLimit(int64_t limit_mib, int64_t held_params, int64_t model_params, int rank) {
+// two AdamW moments: 16 bytes per parameter, less with ZeRO-1's shards) this
+// rank would hold must fit.
+void CheckMemoryLimit(int64_t limit_mib, double held_bytes, int64_t model_params, int rank) {
   if (limit_mib <= 0) return;
-  const double mib = 16.0 * static_cast<double>(held_params) / (1 << 20);
+  const double mib = held_bytes / (1 << 20);
   if (mib <= static_cast<double>(limit_mib)) return;
   char text[320];
   if (rank < 0) {
@@ -142,7 +143,10 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   std::optional<model::ParameterLayout> owned_layout;
   if (dist_run) owned_layout = layout.Subset(dist_run->owned);
   const model::ParameterLayout& held = owned_layout ? *owned_layout : layout;
-  CheckMemoryLimit(t.memory_limit_mib, held.total(), layout.total(), dist_run ? dist_run->rank : -1);
+  CheckMemoryLimit(t.memory_limit_mib,
+                   dist_run ? static_cast<double>(dist_run->engine->RankStateBytes()[dist_run->rank])
+                            : 16.0 * static_cast<double>(held.total()),
+                   layout.total(), dist_run ? dist_run->rank : -1);
   backend::HostState host;
   host.params.assign(held.total(), 0.0f);
   host.exp_avg.assign(held.total(), 0.0f);
