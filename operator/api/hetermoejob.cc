@@ -104,6 +104,7 @@ JobSpec ParseJobSpec(const json& spec, std::set<std::string>* visited) {
   r.Object("parallel", [&](JsonReader& x) {
     Set(out.parallel.schedule, x.String("schedule"));
     Set(out.parallel.zp_groups, x.Int("zpGroups"));
+    Set(out.parallel.micro_batches_in_flight, x.Int("microBatchesInFlight"));
     Set(out.parallel.master_port, x.Int("masterPort"));
     Set(out.parallel.timeout_seconds, x.Int("timeoutSeconds"));
   });

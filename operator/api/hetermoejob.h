@@ -81,6 +81,7 @@ struct TrainingSpec {
 struct ParallelSpec {
   std::string schedule = "zebra";   // zebra | sequential | ep
   int64_t zp_groups = 0;            // 0 = planner decides
+  int64_t micro_batches_in_flight = 0;  // zebra in waves of this many per attention rank; 0 = all
   int64_t master_port = 29500;
   int64_t timeout_seconds = 600;    // rendezvous (any start order) and every collective
 };

@@ -146,6 +146,7 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
   }
   y << "  dedup: " << (spec.dispatch.dedup ? "true" : "false") << "\n"
     << "  transport: " << spec.dispatch.transport << "\n"
+    << "  micro_batches_in_flight: " << spec.parallel.micro_batches_in_flight << "\n"
     << "  timeout_seconds: " << spec.parallel.timeout_seconds << "\n"
     << "output:\n"
     << "  dir: " << quoted(OutputDir(job)) << "\n"

@@ -94,6 +94,8 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
   if (!ScheduleFromName(spec.parallel.schedule))
     errors.push_back("spec.parallel.schedule: must be zebra, sequential or ep");
   if (spec.parallel.zp_groups < 0) errors.push_back("spec.parallel.zpGroups: must be >= 0");
+  if (spec.parallel.micro_batches_in_flight < 0)
+    errors.push_back("spec.parallel.microBatchesInFlight: must be >= 0");
   if (spec.parallel.timeout_seconds < 1) errors.push_back("spec.parallel.timeoutSeconds: must be >= 1");
   if (spec.monitoring.metrics_port < 1 || spec.monitoring.metrics_port > 65535)
     errors.push_back("spec.monitoring.metricsPort: must be 1..65535");

@@ -194,6 +194,11 @@ def main():
         if not all(same) or len(gm) != len(nm) or worst > 1e-6:
             problems.append(f"dedup {dedup}: the NCCL transport's losses, norms, bytes or weights differ from Gloo's")
         compare_losses(f"2+2 nccl dedup {dedup}", cpu, runs["nccl"], 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    # Zebra in waves of one micro-batch: the stage objects and expert blocks
+    # are reused while NCCL transfers from the previous wave may be pending.
+    waves = run(args, os.path.join(args.work, "t-nccl-waves"), "cuda",
+                extra=["--set", f"{two}, micro_batches_in_flight: 1}}"])
+    compare_losses("2+2 nccl in waves of 1", cpu, waves, 1e-4, problems, weights_tol=(1e-5, 1e-4))
     bf16 = {t: run(args, os.path.join(args.work, f"t-{t}-bf16"), "cuda", "bf16",
                    extra=["--set", f"{two}, transport: {t}}}"]) for t in ("gloo", "nccl")}
     ratio = sum(m["exchange_bytes"] for m in bf16["nccl"][0]) / sum(m["exchange_bytes"] for m in bf16["gloo"][0])

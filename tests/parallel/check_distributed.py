@@ -6,7 +6,8 @@ schedule (zebra, sequential, ep) and Asym-EA on and off, 5 training steps of
 the golden tiny model through the local launcher must give the losses
 (relative 1e-5) and final weights (|diff| <= 1e-6 + 1e-5 |x|) of one
 process on the same run file; so must ZeRO-1 (train.zero 1), with less
-state per attention rank, the same checkpoints and an exact resume. The
+state per attention rank, the same checkpoints and an exact resume, and
+zebra in waves of a few micro-batches (parallel.micro_batches_in_flight). The
 single-process trainer is itself checked
 against PyTorch (tests/reference), so this chains the distributed run to the
 independent truth.
@@ -161,6 +162,22 @@ def check_zero(trainer, run_file, work, ref):
     return ok
 
 
+def check_in_flight(trainer, run_file, work, ref):
+    """parallel.micro_batches_in_flight: zebra in waves (here 12 micro-batches
+    per step, 12 or 6 per attention rank) trains the same model."""
+    ok = True
+    for m, n, asym, cap in ((1, 1, "[1, 2]", 1), (2, 2, "[2, 0]", 4), (1, 3, "off", 5)):
+        parallel = (f"parallel={{attention_ranks: {m}, expert_ranks: {n}, asym_ea: {asym}, "
+                    f"micro_batches_in_flight: {cap}}}")
+        got = run(trainer, run_file, os.path.join(work, f"in-flight-{m}-{n}"), ["--set", parallel])
+        problems = compare(f"in flight {cap}", ref, got)
+        print(f"{f'zebra 1x({m}+{n}) in waves of {cap}':40s} {'ok' if not problems else 'MISMATCH'} ({got[2]:.1f} s)")
+        for p in problems[:5]:
+            print(f"    {p}")
+        ok = ok and not problems
+    return ok
+
+
 def check_asym_auto(trainer, run_file, work, ref):
     """asym_ea: auto profiles the ranks at start-up and moves experts by
     Algorithm 1; whatever it moves, the training is the same."""
@@ -216,6 +233,7 @@ def main():
         failures += not check_dedup(args.trainer, run_file, args.work, ref)
         failures += not check_asym_auto(args.trainer, run_file, args.work, ref)
         failures += not check_zero(args.trainer, run_file, args.work, ref)
+        failures += not check_in_flight(args.trainer, run_file, args.work, ref)
     if failures:
         print(f"FAIL: {failures} configuration(s) differ from the single-process run")
         sys.exit(1)

@@ -24,6 +24,9 @@ bytes per parameter: fp32 weight, gradient and two AdamW moments):
   by tensor, one whole-model file set), each rank reads only its tensors:
   the bytes it reports reading are its parameters and two moments (12 of
   its 16 bytes per parameter), and its peak RSS still follows;
+- activations follow parallel.micro_batches_in_flight: the attention
+  rank's peak above its one-micro-batch peak is at most half as high with
+  4 of 16 micro-batches in flight as with all 16;
 - a model 2.5x over a per-rank limit (train.memory_limit_mib) is refused
   single-process with exit 1 and a message naming the key, and trains as
   1+3 ranks under the same limit (the distributed run above has it).
@@ -206,7 +209,42 @@ def main():
     if abs(got[0]["loss"] - ref[0]["loss"]) > 1e-5 * abs(ref[0]["loss"]):
         fail(f"first loss {got[0]['loss']} differs from the single-process {ref[0]['loss']}: not the same weights")
     print(f"first loss {got[0]['loss']:.6f} = single-process {ref[0]['loss']:.6f}")
+    check_in_flight(a, run_file)
     print("memory follows ownership: ok")
+
+
+def check_in_flight(a, run_file):
+    """Activations follow parallel.micro_batches_in_flight: the attention rank
+    of a 1+1 zebra run with 16 micro-batches (of one 64-token sequence)
+    peaks, above its one-micro-batch peak, at most half as high with 4 in
+    flight as with all 16 (4 / 16 expected, with the shared buffers)."""
+    peaks = {}
+    for w in (0, 4, 1):
+        out = os.path.join(a.work, f"in-flight-{w}")
+        port = free_port()
+        procs = []
+        for rank in range(2):
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            procs.append(subprocess.Popen(
+                [a.trainer, "--config", run_file, "--no-progress",
+                 "--set", "parallel={attention_ranks: 1, expert_ranks: 1, schedule: zebra, asym_ea: off, "
+                          f"launch: env, micro_batches_in_flight: {w}}}",
+                 "--set", "train.global_batch=16", "--set", "train.micro_batches=16", "--set", "train.seq_len=64",
+                 "--set", "train.memory_limit_mib=0", "--set", f"output.dir={out}"],
+                env=env, stderr=subprocess.PIPE, text=True))
+        results = [finish(p) for p in procs]
+        for rank, (status, err, _) in enumerate(results):
+            if status != 0:
+                fail(f"micro_batches_in_flight {w}: rank {rank} exited {status}:\n{err}")
+        peaks[w] = results[0][2]
+        print(f"in flight {w}: peak RSS per rank {[round(r[2] / (1 << 20), 1) for r in results]} MiB")
+    mib = 1 << 20
+    all16, four = peaks[0] - peaks[1], peaks[4] - peaks[1]
+    print(f"attention rank peak RSS: {peaks[0] / mib:.1f} MiB with 16 micro-batches in flight, "
+          f"{peaks[4] / mib:.1f} with 4, {peaks[1] / mib:.1f} with 1: above one, {four / mib:.1f} vs "
+          f"{all16 / mib:.1f} MiB ({four / all16:.2f})")
+    if not (all16 > 0 and four <= 0.5 * all16):
+        fail("activation memory does not follow parallel.micro_batches_in_flight")
 
 
 if __name__ == "__main__":

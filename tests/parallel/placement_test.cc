@@ -1,6 +1,8 @@
 // Placement and task order: pure logic, checked against the paper's schedule.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "trainer/parallel/placement.h"
 #include "trainer/parallel/task_order.h"
@@ -8,9 +10,9 @@
 namespace hetermoe::parallel {
 namespace {
 
-std::string Order(const Placement& p, int rank) {
+std::string Order(const Placement& p, int rank, int in_flight = 0) {
   std::string s;
-  for (const Task& t : TaskOrder(p, rank)) s += (s.empty() ? "" : " ") + ToString(t);
+  for (const Task& t : TaskOrder(p, rank, in_flight)) s += (s.empty() ? "" : " ") + ToString(t);
   return s;
 }
 
@@ -71,6 +73,28 @@ TEST(TaskOrder, ZebraFollowsTheorem1) {
   EXPECT_EQ(Order(p, 1),
             "E^F(1,1) E^F(1,2) E^F(2,1) E^F(2,2) E^F(3,1) E^F(3,2) "
             "E^B(3,1) E^B(3,2) E^B(2,1) E^B(2,2) E^B(1,1) E^B(1,2)");
+}
+
+// parallel.micro_batches_in_flight: zebra's order, wave by wave; a wave's
+// micro-batches finish (A^B of layer 1) before the next wave's start.
+TEST(TaskOrder, ZebraInWavesBoundsTheMicroBatchesInFlight) {
+  const Placement p = MakePlacement(Schedule::kZebra, 1, 1, 1, 2, 4, 3, {});
+  EXPECT_EQ(Order(p, 0, 2),
+            "A^F(1,1) A^F(1,2) A^F(2,1) A^F(2,2) H(1) H(2) A^B(2,1) A^B(2,2) A^B(1,1) A^B(1,2) "
+            "A^F(1,3) A^F(2,3) H(3) A^B(2,3) A^B(1,3)");
+  EXPECT_EQ(Order(p, 1, 2),
+            "E^F(1,1) E^F(1,2) E^F(2,1) E^F(2,2) E^B(2,1) E^B(2,2) E^B(1,1) E^B(1,2) "
+            "E^F(1,3) E^F(2,3) E^B(2,3) E^B(1,3)");
+  EXPECT_EQ(Order(p, 0, 3), Order(p, 0)) << "a wave of every micro-batch is plain zebra";
+  EXPECT_EQ(Order(p, 0, 9), Order(p, 0));
+  for (int w = 1; w <= 3; ++w) {
+    int alive = 0, most = 0;
+    for (const Task& t : TaskOrder(p, 0, w)) {
+      if (t.kind == Task::Kind::kAttnFwd && t.layer == 0) most = std::max(most, ++alive);
+      if (t.kind == Task::Kind::kAttnBwd && t.layer == 0) --alive;
+    }
+    EXPECT_EQ(most, w);
+  }
 }
 
 TEST(TaskOrder, AsymEaExpertsRunAfterTheLayersAttention) {

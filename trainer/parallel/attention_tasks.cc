@@ -12,7 +12,7 @@ namespace hetermoe::parallel {
 // the others, so that AttentionBackward's scatter-add over rows yields the
 // same per-token sum.
 void DistributedBackend::Impl::FanOutGradSums(int l, int j) {
-  model::MicroBatchStages& mb = *micro[j];
+  model::MicroBatchStages& mb = Micro(j);
   ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
     if (rows == 0) return;
     wire::ScatterSums(dedups[Idx(l, j, o)], grad_sums[Idx(l, j, o)].data(), d,
@@ -24,7 +24,7 @@ void DistributedBackend::Impl::FanOutGradSums(int l, int j) {
 // for each owner; with the NCCL transport the rows go in one exchange
 // group with this rank's own receives of that block as an owner.
 void DistributedBackend::Impl::PostDispatch(int l, int j) {
-  model::MicroBatchStages& mb = *micro[j];
+  model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
   std::vector<model::RowExchange::Send> sends;
   ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
@@ -64,7 +64,7 @@ void DistributedBackend::Impl::FinishCombine(int l, int j) {
 }
 
 void DistributedBackend::Impl::PostBackwardDispatch(int l, int j) {
-  model::MicroBatchStages& mb = *micro[j];
+  model::MicroBatchStages& mb = Micro(j);
   if (exchange) {
     std::vector<model::RowExchange::Send> sends;
     ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
@@ -82,7 +82,7 @@ void DistributedBackend::Impl::PostBackwardDispatch(int l, int j) {
   ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
     if (rows == 0) return;
     Send(dispatch.get(), mb.expert_output_grads(l).data() + row0 * d, rows * d * sizeof(float), o,
-         Tag(kOutputGrads, l, j));
+         Tag(kOutputGrads, l, j), &micro_sends[j % W]);
     if (!dedup) {
       input_grads_in[Idx(l, j, o)] = combine->Irecv(mb.dispatched_grads(l).data() + row0 * d,
                                                     rows * d * sizeof(float), o, Tag(kInputGrads, l, j));
@@ -96,12 +96,22 @@ void DistributedBackend::Impl::PostBackwardDispatch(int l, int j) {
   });
 }
 
+void DistributedBackend::Impl::BeforeReusingMicro(int j) {
+  if (j < W) return;
+  for (auto& r : micro_sends[j % W]) r->Wait();
+  micro_sends[j % W].clear();
+  if (!exchange) return;
+  for (int l = 0; l < L; ++l)
+    if (const int64_t g = Posted(Channel::kOutputGrads, l, j - W); g >= 0) exchange->Wait(g);
+}
+
 void DistributedBackend::Impl::RunAttention(const Task& t, const backend::StepInput& step, float loss_scale) {
   const int l = t.layer, j = t.micro;
-  model::MicroBatchStages& mb = *micro[j];
+  model::MicroBatchStages& mb = Micro(j);
   switch (t.kind) {
     case Task::Kind::kAttnFwd:
       if (l > 0) FinishCombine(l - 1, j);
+      else BeforeReusingMicro(j);
       Compute(t, emulation.attention, [&] {
         if (l == 0) {
           const int64_t per = step.global_batch / step.micro_batches;

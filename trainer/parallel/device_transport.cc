@@ -43,7 +43,7 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerRowRecvs(int l, i
 // Attention: the expert outputs of (l, j) from every owner.
 DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionOutputRecvs(int l, int j) {
   Recvs recvs;
-  model::MicroBatchStages& mb = *micro[j];
+  model::MicroBatchStages& mb = Micro(j);
   ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
     if (rows == 0) return;
     model::RowExchange::Recv r;
@@ -74,7 +74,7 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerOutputGradRecvs(i
 // row per unique token, put on the token's first row (zeros elsewhere).
 DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionInputGradRecvs(int l, int j) {
   Recvs recvs;
-  model::MicroBatchStages& mb = *micro[j];
+  model::MicroBatchStages& mb = Micro(j);
   ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
     if (rows == 0) return;
     model::RowExchange::Recv r;

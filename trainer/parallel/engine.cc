@@ -65,6 +65,10 @@ DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::Paramete
   dedups.resize(outbox.size());
   grad_sums.resize(outbox.size());
   slots.resize(static_cast<size_t>(L) * R * P);
+  W = R;
+  micro_sends.resize(W);
+  blocks.resize(static_cast<size_t>(L) * W * P);
+  block_sends.resize(blocks.size());
 }
 
 void DistributedBackend::Impl::Connect() {
@@ -127,6 +131,11 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   }
   for (auto& s : m.sends) s->Wait();
   m.sends.clear();
+  for (auto* lists : {&m.micro_sends, &m.block_sends})
+    for (auto& list : *lists) {
+      for (auto& s : list) s->Wait();
+      list.clear();
+    }
   if (m.exchange) m.exchange->WaitAll();
   if (!m.device_step) m.device->GetGrads(m.grads.data());
   const double wall = Seconds(start, Clock::now());
@@ -195,6 +204,21 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
 }
 
 void DistributedBackend::SetDedup(bool on) { impl_->dedup = on; }
+
+int DistributedBackend::SetInFlight(int micro_batches) {
+  Impl& m = *impl_;
+  if (micro_batches < 0) throw Error("parallel.micro_batches_in_flight: must be >= 0 (0 = all)");
+  m.W = micro_batches > 0 ? std::min(micro_batches, m.R) : m.R;
+  m.order = TaskOrder(m.placement, rank_, m.W == m.R ? 0 : m.W);
+  if (static_cast<int>(m.micro.size()) > m.W) m.micro.resize(m.W);  // micro-batch j uses object j % W
+  m.micro_sends.clear();
+  m.micro_sends.resize(m.W);
+  m.blocks.clear();
+  m.blocks.resize(static_cast<size_t>(m.L) * m.W * m.P);
+  m.block_sends.clear();
+  m.block_sends.resize(m.blocks.size());
+  return m.W;
+}
 
 std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }
 

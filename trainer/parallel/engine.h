@@ -72,6 +72,12 @@ class DistributedBackend final : public backend::Backend {
   // sent once and fanned out there, and the owner sums that token's input
   // grads before sending them back. Set before the first step.
   void SetDedup(bool on);
+  // parallel.micro_batches_in_flight: at most this many of a step's
+  // micro-batches (per attention rank) have activations alive; zebra runs
+  // them in waves of that many (0 = all at once, zebra's order). Training is
+  // the same; memory for activations and expert blocks scales with it.
+  // Returns the wave size in force. Set before the first step.
+  int SetInFlight(int micro_batches);
   // parallel.transport: "gloo" (rows through the host over Gloo), "nccl"
   // (rows stay on the GPU and move device to device over NCCL, in the run's
   // compute format; needs a GPU device with NCCL on every rank, else an

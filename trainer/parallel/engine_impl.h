@@ -38,7 +38,6 @@ struct OwnerSlot {
   const float* x = nullptr;         // the rows the experts run on (in `inbox`, or `xp` with dedup)
   std::vector<float> dx_sums;       // dedup: input grads summed per unique token
   ops::DispatchPlan plan;           // counts/offsets over the owner's range only
-  std::unique_ptr<model::ExpertBlock> block;  // the experts' compute on this rank's device
   const float* y = nullptr;         // outputs to send back (host, owned by block)
   const float* dxp = nullptr;       // input grads to send back (host, owned by block)
   std::vector<float> dy;            // output grads in
@@ -82,6 +81,15 @@ struct DistributedBackend::Impl {
   bool device_step = false;
   std::unique_ptr<model::GradReducer> dense_sums, replica_sums;
 
+  // Micro-batches in flight (SetInFlight): zebra runs them in waves of W, and
+  // the stage objects holding activations are W, reused wave after wave
+  // (micro-batch j uses object j % W), as are the owners' expert blocks.
+  // Before an object is reused, the transfers that read from it are waited for.
+  int W = 0;
+  std::vector<std::vector<std::unique_ptr<comm::Request>>> micro_sends;  // [j % W] Gloo sends from it
+  std::vector<std::unique_ptr<model::ExpertBlock>> blocks;              // [l][j % W][source]
+  std::vector<std::vector<std::unique_ptr<comm::Request>>> block_sends;  // [l][j % W][source]
+
   // attention side
   std::vector<std::unique_ptr<model::MicroBatchStages>> micro;
   std::vector<std::vector<char>> outbox;                       // [l][j][owner]
@@ -110,6 +118,19 @@ struct DistributedBackend::Impl {
        bool zero);
 
   size_t Idx(int l, int j, int x) const { return (static_cast<size_t>(l) * R + j) * P + x; }
+  size_t BlockIdx(int l, int j, int a) const { return (static_cast<size_t>(l) * W + j % W) * P + a; }
+  model::MicroBatchStages& Micro(int j) { return *micro[j % W]; }
+  model::ExpertBlock& Block(int l, int j, int a) {
+    auto& b = blocks[BlockIdx(l, j, a)];
+    if (!b) b = device->NewExpertBlock();
+    return *b;
+  }
+  // Waits for what still reads micro-batch j - W's stage object (output
+  // grads on their way), before micro-batch j takes it over.
+  void BeforeReusingMicro(int j);
+  // The same for owner block (l, j % W, a): the outputs and input grads of
+  // micro-batch j - W.
+  void BeforeReusingBlock(int l, int j, int a);
   int64_t& Posted(Channel c, int l, int j) { return posted[(static_cast<size_t>(c) * L + l) * R + j]; }
   bool OwnsLayer(int l) const { return Range(l, placement.LocalOf(rank)).count > 0; }
   uint32_t Tag(MessageKind kind, int l, int j) const {
@@ -187,16 +208,18 @@ struct DistributedBackend::Impl {
   }
 
   // Counts what this rank sends to its peers (the dispatch and combine traffic).
-  void Send(comm::Communicator* c, const void* data, size_t bytes, int peer, uint32_t tag) {
+  // `into`: where the request waits (a reused object's list), else `sends`.
+  void Send(comm::Communicator* c, const void* data, size_t bytes, int peer, uint32_t tag,
+            std::vector<std::unique_ptr<comm::Request>>* into = nullptr) {
     if (peer != placement.LocalOf(rank)) bytes_sent += static_cast<double>(bytes);  // not the self-mailbox
-    sends.push_back(c->Isend(data, bytes, peer, tag));
+    (into ? into : &sends)->push_back(c->Isend(data, bytes, peer, tag));
   }
 
   // Calls fn(owner, range, first row, rows) for every owner of layer l that
   // holds experts, over micro-batch j's plan.
   template <typename Fn>
   void ForEachOwner(int l, int j, Fn fn) {
-    const ops::DispatchPlan& plan = micro[j]->plan(l);
+    const ops::DispatchPlan& plan = Micro(j).plan(l);
     for (int o = 0; o < P; ++o) {
       const ExpertRange& r = Range(l, o);
       if (r.count == 0) continue;

@@ -55,8 +55,8 @@ void DistributedBackend::Impl::ReadHeader(int l, int j, int a) {
   s.index = std::move(block.index);
   if (exchange) {
     if (s.rows == 0) return;
-    if (!s.block) s.block = device->NewExpertBlock();
-    s.dev = s.block->PrepareOnDevice(l, s.plan, r.first, r.count);
+    BeforeReusingBlock(l, j, a);
+    s.dev = Block(l, j, a).PrepareOnDevice(l, s.plan, r.first, r.count);
     return;
   }
   s.x = block.data;
@@ -67,6 +67,15 @@ void DistributedBackend::Impl::ReadHeader(int l, int j, int a) {
     wire::FanOut(block, d, s.xp.data());
     s.x = s.xp.data();
   }
+}
+
+void DistributedBackend::Impl::BeforeReusingBlock(int l, int j, int a) {
+  if (j < W) return;
+  for (auto& r : block_sends[BlockIdx(l, j, a)]) r->Wait();
+  block_sends[BlockIdx(l, j, a)].clear();
+  if (!exchange) return;
+  for (Channel c : {Channel::kOutputs, Channel::kInputGrads})
+    if (const int64_t g = Posted(c, l, j - W); g >= 0) exchange->Wait(g);
 }
 
 void DistributedBackend::Impl::RunOwner(const Task& t) {
@@ -84,11 +93,11 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
         OwnerSlot& s = slots[Idx(l, j, a)];
         if (s.rows == 0) continue;
         if (exchange) {
-          s.block->ForwardOnDevice();
+          Block(l, j, a).ForwardOnDevice();
           continue;
         }
-        if (!s.block) s.block = device->NewExpertBlock();
-        s.y = s.block->Forward(l, s.plan, r.first, r.count, s.x);
+        BeforeReusingBlock(l, j, a);
+        s.y = Block(l, j, a).Forward(l, s.plan, r.first, r.count, s.x);
       }
     });
     if (exchange) {
@@ -109,7 +118,7 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
     for (int a = 0; a < M; ++a) {
       OwnerSlot& s = slots[Idx(l, j, a)];
       if (s.rows == 0) continue;
-      Send(combine.get(), s.y, s.rows * d * sizeof(float), a, Tag(kOutputs, l, j));
+      Send(combine.get(), s.y, s.rows * d * sizeof(float), a, Tag(kOutputs, l, j), &block_sends[BlockIdx(l, j, a)]);
       s.dy.resize(s.rows * d);
       s.dy_request = dispatch->Irecv(s.dy.data(), s.rows * d * sizeof(float), a, Tag(kOutputGrads, l, j));
     }
@@ -132,8 +141,8 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
     for (int a = 0; a < M; ++a) {
       OwnerSlot& s = slots[Idx(l, j, a)];
       if (s.rows == 0) continue;
-      if (exchange) s.block->BackwardOnDevice();
-      else s.dxp = s.block->Backward(s.dy.data());
+      if (exchange) Block(l, j, a).BackwardOnDevice();
+      else s.dxp = Block(l, j, a).Backward(s.dy.data());
     }
   });
   if (exchange) {
@@ -160,7 +169,8 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
     OwnerSlot& s = slots[Idx(l, j, a)];
     if (s.rows == 0) continue;
     if (!dedup) {
-      Send(combine.get(), s.dxp, s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j));
+      Send(combine.get(), s.dxp, s.rows * d * sizeof(float), a, Tag(kInputGrads, l, j),
+           &block_sends[BlockIdx(l, j, a)]);
       continue;
     }
     // One row per unique token: the sum of its rows' input grads.

@@ -35,7 +35,10 @@ struct Task {
   bool operator==(const Task&) const = default;
 };
 
-std::vector<Task> TaskOrder(const Placement& placement, int rank);
+// in_flight (zebra): the micro-batches run in waves of that many, each wave
+// zebra's order through every layer and back before the next starts, so
+// activations of at most in_flight micro-batches are alive (0: all R at once).
+std::vector<Task> TaskOrder(const Placement& placement, int rank, int in_flight = 0);
 std::string ToString(const Task& t);
 
 }  // namespace hetermoe::parallel

@@ -240,6 +240,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   engine->SetDedup(p.dedup);
   const std::string transport = engine->SetTransport(
       p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));
+  const int in_flight = engine->SetInFlight(p.micro_batches_in_flight);
   const std::vector<int64_t> bytes = engine->RankStateBytes();
   run->owned = engine->OwnedTensors();
   run->engine = engine.get();
@@ -247,6 +248,9 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
     std::fprintf(stderr, "rows between ranks: %s\n", transport.c_str());
+    if (in_flight < run->placement.micro_per_rank)
+      std::fprintf(stderr, "micro-batches in flight: %d of %d per attention rank (zebra in waves)\n", in_flight,
+                   run->placement.micro_per_rank);
     std::string held;
     for (size_t r = 0; r < bytes.size(); ++r) {
       char one[64];

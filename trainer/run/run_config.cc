@@ -157,6 +157,9 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     parallel.Get("timeout_seconds", &p.timeout_seconds);
     parallel.Get("dedup", &p.dedup);
     parallel.Get("transport", &p.transport);
+    parallel.Get("micro_batches_in_flight", &p.micro_batches_in_flight);
+    if (p.micro_batches_in_flight < 0)
+      parallel.Fail("parallel.micro_batches_in_flight", "must be >= 0 (0 = every micro-batch at once)");
     if (p.transport != "auto" && p.transport != "nccl" && p.transport != "gloo")
       parallel.Fail("parallel.transport", "must be auto, nccl or gloo");
     const YAML::Node asym = root["parallel"]["asym_ea"];

@@ -61,6 +61,7 @@ struct RunConfig {
     double timeout_seconds = 60;     // rendezvous and every collective
     bool dedup = true;               // HierMoE token deduplication on the dispatch
     std::string transport = "auto";  // rows between ranks: auto | nccl (GPU to GPU) | gloo (through the host)
+    int micro_batches_in_flight = 0; // zebra in waves of this many micro-batches per attention rank (0 = all)
   } parallel;
 
   // Heterogeneity emulation: slow-down factors (>= 1) per rank role and op kind.
