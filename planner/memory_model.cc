@@ -70,7 +70,10 @@ ZpMemory ZpMemoryModel(const ZpMemoryInputs& in) {
 
   const double tokens = S * T;  // per attention rank per step
   const double dispatch_buffers = 2.0 * DispatchBytesPerToken(s) * tokens;  // send + receive, every micro-batch
-  out.attention_base = ExpertlessStateBytes(s, in.attention_measured) +
+  // ZeRO-1: a rank keeps 1/shards of the expert-less model's two moments.
+  const double shards = std::max(1, in.optimizer_shards);
+  const double expertless_state = ExpertlessStateBytes(s, in.attention_measured) * (0.5 + 0.5 / shards);
+  out.attention_base = expertless_state +
                        live * L * tokens * AttentionActivationBytesPerToken(s) +
                        (S / R) * T * HeadActivationBytesPerToken(s) + dispatch_buffers;
   // An expert rank receives from M attention ranks, split over N expert ranks.
@@ -81,7 +84,7 @@ ZpMemory ZpMemoryModel(const ZpMemoryInputs& in) {
   const double activations = live * tokens_per_expert * ExpertActivationBytesPerToken(s);
   out.expert_on_attention_rank = ExpertStateBytes(s, in.attention_measured) + activations;
   out.expert_on_expert_rank = ExpertStateBytes(s, in.expert_measured) + activations;
-  out.attention_state = ExpertlessStateBytes(s, in.attention_measured);
+  out.attention_state = expertless_state;
   out.expert_state = ExpertStateBytes(s, in.expert_measured);
 
   out.experts_per_expert_rank = static_cast<int>(L) * ((s.experts + in.expert_ranks - 1) / in.expert_ranks);

@@ -47,6 +47,9 @@ struct ZpMemoryInputs {
   int micro_batches_in_flight = 0;        // 0 = R
   int attention_ranks = 0;                // M
   int expert_ranks = 0;                   // N
+  // ZeRO-1: the expert-less model's AdamW moments (8 of its 16 bytes per
+  // parameter) sharded over this many attention ranks (every group's); 1 = none.
+  int optimizer_shards = 1;
   const GpuProfile* attention_gpu = nullptr;
   const GpuProfile* expert_gpu = nullptr;
   const MeasuredProfile* attention_measured = nullptr;  // may be null

@@ -214,7 +214,8 @@ PlanningContext MakeContext(const PlanRequest& request, const GpuProfileTable& p
   ValidateInventory(inventory, profiles);
   std::vector<const GpuProfile*> kinds_used;
   for (const std::string& kind : inventory.Kinds()) kinds_used.push_back(&profiles.Find(kind));
-  return PlanningContext(request.model, inventory, profiles, request.seq_len, CommonPrecision(kinds_used));
+  return PlanningContext(request.model, inventory, profiles, request.seq_len, CommonPrecision(kinds_used),
+                         request.micro_batches_in_flight, request.zero);
 }
 
 }  // namespace

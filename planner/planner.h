@@ -48,6 +48,11 @@ struct PlanRequest {
   int attention_ranks = 0;
   int expert_ranks = 0;
   int groups = 0;
+  // What the engine will run with, so memory is priced as it will be used:
+  // parallel.micro_batches_in_flight (zebra in waves; 0 = all R) and
+  // train.zero (1: the dense AdamW moments sharded over every attention rank).
+  int micro_batches_in_flight = 0;
+  bool zero = false;
 };
 
 // When nothing fits, the error names the most promising shape's memory

@@ -37,8 +37,14 @@ int OffloadedAt(const GroupShape& shape, int layer) {
 }  // namespace
 
 PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inventory,
-                                 const GpuProfileTable& profiles, int64_t seq_len, Precision precision)
-    : model_(model), inventory_(inventory), seq_len_(seq_len), precision_(precision) {
+                                 const GpuProfileTable& profiles, int64_t seq_len, Precision precision,
+                                 int micro_batches_in_flight, bool zero)
+    : model_(model),
+      inventory_(inventory),
+      seq_len_(seq_len),
+      precision_(precision),
+      micro_batches_in_flight_(micro_batches_in_flight),
+      zero_(zero) {
   for (const std::string& kind : inventory_.Kinds()) {
     KindContext& k = kinds_[kind];
     k.gpu = profiles.Find(kind);
@@ -162,7 +168,10 @@ ZpMemory GroupMemory(const PlanningContext& ctx, const GroupShape& shape, Schedu
   in.seq_len = ctx.seq_len();
   in.sequences_per_attention_rank = shape.sequences_per_attention_rank;
   in.micro_batches = shape.micro_batches;
-  in.micro_batches_in_flight = schedule == Schedule::kZebra ? shape.micro_batches : 1;
+  const int waves = ctx.micro_batches_in_flight();
+  in.micro_batches_in_flight =
+      schedule != Schedule::kZebra ? 1 : waves > 0 ? std::min(waves, shape.micro_batches) : shape.micro_batches;
+  in.optimizer_shards = ctx.zero() ? std::max(1, shape.groups) * shape.attention_ranks : 1;
   in.attention_ranks = shape.attention_ranks;
   in.expert_ranks = shape.expert_ranks;
   in.attention_gpu = &a.gpu;

@@ -48,7 +48,7 @@ struct KindContext {
 class PlanningContext {
  public:
   PlanningContext(const ModelShape& model, const Inventory& inventory, const GpuProfileTable& profiles,
-                  int64_t seq_len, Precision precision);
+                  int64_t seq_len, Precision precision, int micro_batches_in_flight = 0, bool zero = false);
   PlanningContext(const PlanningContext&) = delete;
   PlanningContext& operator=(const PlanningContext&) = delete;
 
@@ -56,6 +56,8 @@ class PlanningContext {
   const Inventory& inventory() const { return inventory_; }
   int64_t seq_len() const { return seq_len_; }
   Precision precision() const { return precision_; }
+  int micro_batches_in_flight() const { return micro_batches_in_flight_; }  // 0 = all
+  bool zero() const { return zero_; }
   const KindContext& Kind(const std::string& kind) const;
   std::vector<std::string> Kinds() const;  // inventory order
   // What may fill a role: every kind, then every pool of 2 or more kinds
@@ -76,6 +78,8 @@ class PlanningContext {
   Inventory inventory_;
   int64_t seq_len_;
   Precision precision_;
+  int micro_batches_in_flight_ = 0;
+  bool zero_ = false;
   std::map<std::string, KindContext> kinds_;                 // kinds and pools
   std::vector<std::string> role_kinds_;
   std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind or pool -> GPUs

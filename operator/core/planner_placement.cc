@@ -72,6 +72,8 @@ class PlannerPolicy : public PlacementPolicy {
     plan_request.seq_len = spec.training.seq_len;
     plan_request.global_batch = spec.training.global_batch;
     plan_request.asym_ea = spec.dispatch.asymmetric_offload;
+    plan_request.micro_batches_in_flight = static_cast<int>(spec.parallel.micro_batches_in_flight);
+    plan_request.zero = spec.training.zero == 1;
     plan_request.baselines = false;
 
     planner::Plan plan;

@@ -39,7 +39,7 @@ namespace planner = hetermoe::planner;
 struct Options {
   std::string inventory, model, profiles, output;
   int64_t seq_len = 0, global_batch = 0;
-  int gpu_budget = 0, max_micro_batches = 64, groups = 0;
+  int gpu_budget = 0, max_micro_batches = 64, groups = 0, in_flight = 0, zero = 0;
   std::string shape;
   bool json = false, no_asym_ea = false, no_baselines = false, timeline = false, explain = false,
        exhaustive = false;
@@ -82,6 +82,8 @@ int Run(const Options& o) {
   request.gpu_budget = o.gpu_budget;
   request.asym_ea = !o.no_asym_ea;
   request.max_micro_batches = o.max_micro_batches;
+  request.micro_batches_in_flight = o.in_flight;
+  request.zero = o.zero == 1;
   request.baselines = !o.no_baselines;
   request.groups = o.groups;
   if (!o.shape.empty()) {
@@ -123,6 +125,10 @@ int main(int argc, char** argv) {
   app.add_option("--profiles", o.profiles, "GPU profiles YAML overriding the built-in table");
   app.add_option("--gpu-budget", o.gpu_budget, "Use at most this many GPUs (0 = all)");
   app.add_option("--max-micro-batches", o.max_micro_batches, "Upper bound on the micro-batch count R");
+  app.add_option("--in-flight", o.in_flight,
+                 "parallel.micro_batches_in_flight the run will use: zebra in waves of this many (0 = all R)");
+  app.add_option("--zero", o.zero, "train.zero the run will use: 1 shards the dense AdamW moments")
+      ->check(CLI::IsMember({0, 1}));
   app.add_flag("--json", o.json, "Print the plan file (JSON) instead of the table");
   app.add_flag("--no-asym-ea", o.no_asym_ea, "Do not move experts onto attention ranks");
   app.add_flag("--no-baselines", o.no_baselines, "Skip the EP, DistEP, EP-Ideal and PP predictions");

@@ -81,6 +81,23 @@ TEST(MemoryModel, OneMicroBatchInFlightNeedsLessThanZebra) {
   EXPECT_LE(sequential.n_min, zebra.n_min);
 }
 
+// train.zero 1: an attention rank keeps parameters and gradients (8 bytes
+// per expert-less parameter) and 1/A of the two moments (8 bytes).
+TEST(MemoryModel, ZeroShardsTheExpertlessMomentsOverTheAttentionRanks) {
+  const GpuProfileTable table = GpuProfileTable::Builtin();
+  const ModelShape w1 = testing::W1();
+  ZpMemoryInputs in = Group(w1, table, 1, 6, 6, 4096);
+  const ZpMemory whole = ZpMemoryModel(in);
+  in.optimizer_shards = 12;  // 2 groups of 6 attention ranks
+  const ZpMemory sharded = ZpMemoryModel(in);
+  const double P = static_cast<double>(w1.ExpertlessParams());
+  EXPECT_NEAR(whole.attention_state, 16.0 * P, 1.0);
+  EXPECT_NEAR(sharded.attention_state, 8.0 * P + 8.0 * P / 12, 1.0);
+  EXPECT_NEAR(whole.attention_base - sharded.attention_base, 8.0 * P * 11 / 12, 1.0);
+  EXPECT_GE(sharded.n_max, whole.n_max);
+  EXPECT_EQ(sharded.expert_on_expert_rank, whole.expert_on_expert_rank) << "experts are not sharded";
+}
+
 TEST(MemoryModel, MeasuredStateBytesOverrideTheFormula) {
   const GpuProfileTable table = GpuProfileTable::Builtin();
   const ModelShape w1 = testing::W1();
