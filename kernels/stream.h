@@ -102,6 +102,7 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
   void Bind(CachingAllocator* allocator) { allocator_ = allocator; }
+  void Free() { Release(); }  // back to the allocator; Resize allocates again
   void Resize(size_t n) {
     if (n == size_) return;
     Release();

@@ -74,6 +74,7 @@ void ReadTraining(JsonReader& r, TrainingSpec& t) {
   Set(t.seed, r.Int("seed"));
   Set(t.precision, r.String("precision"));
   Set(t.zero, r.Int("zero"));
+  Set(t.recompute, r.String("recompute"));
 }
 
 void ReadRunPolicy(JsonReader& r, RunPolicy& p) {

@@ -128,7 +128,7 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
     << "  grad_clip: " << Num(t.grad_clip) << "\n"
     << "  seed: " << t.seed << "\n"
     << "  device: " << (spec.attention.gpus_per_replica > 0 || spec.expert.gpus_per_replica > 0 ? "auto" : "cpu")
-    << "\n  precision: " << t.precision << "\n  zero: " << t.zero
+    << "\n  precision: " << t.precision << "\n  zero: " << t.zero << "\n  recompute: " << t.recompute
     << "\n"
     << "parallel:\n"
     << "  launch: env\n"

@@ -194,6 +194,10 @@ def main():
         if not all(same) or len(gm) != len(nm) or worst > 1e-6:
             problems.append(f"dedup {dedup}: the NCCL transport's losses, norms, bytes or weights differ from Gloo's")
         compare_losses(f"2+2 nccl dedup {dedup}", cpu, runs["nccl"], 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    # Expert activations recomputed in backward on the GPU blocks.
+    recomputed = run(args, os.path.join(args.work, "t-nccl-recompute"), "cuda",
+                     extra=["--set", f"{two}}}", "--set", "train.recompute=experts"])
+    compare_losses("2+2 nccl recompute experts", cpu, recomputed, 1e-4, problems, weights_tol=(1e-5, 1e-4))
     # Zebra in waves of one micro-batch: the stage objects and expert blocks
     # are reused while NCCL transfers from the previous wave may be pending.
     waves = run(args, os.path.join(args.work, "t-nccl-waves"), "cuda",

@@ -27,6 +27,8 @@ bytes per parameter: fp32 weight, gradient and two AdamW moments):
 - activations follow parallel.micro_batches_in_flight: the attention
   rank's peak above its one-micro-batch peak is at most half as high with
   4 of 16 micro-batches in flight as with all 16;
+- train.recompute experts: the expert rank's peak while training falls by
+  at least half of its expert activations, with the same losses;
 - a model 2.5x over a per-rank limit (train.memory_limit_mib) is refused
   single-process with exit 1 and a message naming the key, and trains as
   1+3 ranks under the same limit (the distributed run above has it).
@@ -40,6 +42,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 D, F, LAYERS, EXPERTS = 256, 1024, 4, 8
 RUN = """model: {{config: {work}/config.json}}
@@ -210,7 +213,67 @@ def main():
         fail(f"first loss {got[0]['loss']} differs from the single-process {ref[0]['loss']}: not the same weights")
     print(f"first loss {got[0]['loss']:.6f} = single-process {ref[0]['loss']:.6f}")
     check_in_flight(a, run_file)
+    check_recompute(a, run_file)
     print("memory follows ownership: ok")
+
+
+def check_recompute(a, run_file):
+    """train.recompute experts: the expert rank of a 1+1 zebra run (16
+    micro-batches of 64 tokens, top-2, all 8 experts of 4 layers) holds no
+    expert activations between forward and backward. Its peak RSS during
+    training (VmHWM reset with clear_refs once step 1 is logged, so the
+    start-up's host copies do not count) falls by at least half of the
+    activations counted here (g1, g3, act: 3 x f floats per routed row, for
+    every layer and micro-batch), and the losses are the same."""
+    rows = 16 * 64 * 2  # routed rows per layer over the step
+    activations = 4 * LAYERS * rows * 3 * F
+    peaks, losses = {}, {}
+    for what in ("none", "experts"):
+        out = os.path.join(a.work, f"recompute-{what}")
+        port = free_port()
+        procs = []
+        for rank in range(2):
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            procs.append(subprocess.Popen(
+                [a.trainer, "--config", run_file, "--no-progress",
+                 "--set", "parallel={attention_ranks: 1, expert_ranks: 1, schedule: zebra, asym_ea: off, launch: env}",
+                 "--set", "train.global_batch=16", "--set", "train.micro_batches=16", "--set", "train.seq_len=64",
+                 "--set", "train.steps=4", "--set", f"train.recompute={what}", "--set", "train.memory_limit_mib=0",
+                 "--set", f"output.dir={out}"],
+                env=env, stderr=subprocess.PIPE, text=True))
+        expert = procs[1].pid
+        log = os.path.join(out, "metrics.jsonl")
+        reset, hwm = False, 0
+        # Watch without reaping (finish() reaps, for the rank's rusage).
+        while os.waitid(os.P_PID, expert, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            try:
+                if not reset and os.path.exists(log) and os.path.getsize(log) > 0:
+                    with open(f"/proc/{expert}/clear_refs", "w") as f:
+                        f.write("5")  # resets VmHWM to the current RSS
+                    reset = True
+                if reset:
+                    with open(f"/proc/{expert}/status") as f:
+                        hwm = max(hwm, int(next(l for l in f if l.startswith("VmHWM")).split()[1]) * 1024)
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.02)
+        results = [finish(p) for p in procs]
+        for rank, (status, err, _) in enumerate(results):
+            if status != 0:
+                fail(f"train.recompute {what}: rank {rank} exited {status}:\n{err}")
+        if not reset or hwm == 0:
+            fail(f"train.recompute {what}: could not watch the expert rank's memory during training")
+        peaks[what] = hwm
+        losses[what] = [m["loss"] for m in metrics(out)]
+    mib = 1 << 20
+    saved = peaks["none"] - peaks["experts"]
+    print(f"expert rank peak RSS while training: {peaks['none'] / mib:.1f} MiB, {peaks['experts'] / mib:.1f} with "
+          f"train.recompute experts: {saved / mib:.1f} MiB less (its expert activations: {activations / mib:.1f} MiB); "
+          f"losses {'equal' if losses['none'] == losses['experts'] else 'DIFFER'}")
+    if losses["none"] != losses["experts"]:
+        fail(f"train.recompute experts changed the losses: {losses['experts']} vs {losses['none']}")
+    if saved < 0.5 * activations:
+        fail("train.recompute experts did not free the expert activations")
 
 
 def check_in_flight(a, run_file):

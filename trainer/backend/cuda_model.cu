@@ -155,6 +155,10 @@ void ExpertRows::Bind(DeviceModel& m) {
   for (auto* b : {&xp, &y, &dy, &dxp, &g1, &g3, &act}) b->Bind(&m.allocator);
 }
 
+void ExpertRows::ReleaseActivations() {
+  for (auto* b : {&g1, &g3, &act}) b->Free();
+}
+
 void ExpertRows::Resize(DeviceModel& m, int64_t rows, bool expert_activations) {
   const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
   for (auto* b : {&xp, &y, &dy, &dxp})

@@ -96,6 +96,8 @@ struct ExpertRows {
 
   void Bind(DeviceModel& m);
   void Resize(DeviceModel& m, int64_t rows, bool expert_activations);
+  // Frees g1, g3 and act (recompute: Resize brings them back).
+  void ReleaseActivations();
   void Forward(DeviceModel& m);
   void Backward(DeviceModel& m);
 };

@@ -93,7 +93,7 @@ class CudaMicroBatchStages final : public model::MicroBatchStages {
 
 class CudaExpertBlock final : public model::ExpertBlock {
  public:
-  explicit CudaExpertBlock(DeviceModel& m) : m_(m) { rows_.Bind(m); }
+  CudaExpertBlock(DeviceModel& m, bool recompute) : m_(m), recompute_(recompute) { rows_.Bind(m); }
   const float* Forward(int64_t layer, const ops::DispatchPlan& plan, int64_t first, int64_t count,
                        const float* xp) override {
     rows_.layer = layer;
@@ -105,6 +105,7 @@ class CudaExpertBlock final : public model::ExpertBlock {
     rows_.Resize(m_, plan.offsets.back(), true);
     m_.ToDevice(xp, rows_.xp.data(), n);
     rows_.Forward(m_);
+    if (recompute_) rows_.ReleaseActivations();
     y_.resize(static_cast<size_t>(n));
     m_.ToHost(rows_.y.data(), y_.data(), n);
     return y_.data();
@@ -112,7 +113,7 @@ class CudaExpertBlock final : public model::ExpertBlock {
   const float* Backward(const float* dy) override {
     const int64_t n = rows_.offsets.back() * m_.config.hidden_size;
     m_.ToDevice(dy, rows_.dy.data(), n);
-    rows_.Backward(m_);
+    BackwardOnDevice();
     dxp_.resize(static_cast<size_t>(n));
     m_.ToHost(rows_.dxp.data(), dxp_.data(), n);
     return dxp_.data();
@@ -127,11 +128,24 @@ class CudaExpertBlock final : public model::ExpertBlock {
     rows_.Resize(m_, plan.offsets.back(), true);
     return {rows_.xp.data(), rows_.y.data(), rows_.dy.data(), rows_.dxp.data()};
   }
-  void ForwardOnDevice() override { rows_.Forward(m_); }
-  void BackwardOnDevice() override { rows_.Backward(m_); }
+  void ForwardOnDevice() override {
+    rows_.Forward(m_);
+    if (recompute_) rows_.ReleaseActivations();
+  }
+  // Recompute: the forward again first (y is rewritten with the same values;
+  // what was sent of it was copied out on this stream before).
+  void BackwardOnDevice() override {
+    if (recompute_) {
+      rows_.Resize(m_, rows_.offsets.back(), true);
+      rows_.Forward(m_);
+    }
+    rows_.Backward(m_);
+    if (recompute_) rows_.ReleaseActivations();
+  }
 
  private:
   DeviceModel& m_;
+  bool recompute_;
   ExpertRows rows_;
   std::vector<float> y_, dxp_;
 };
@@ -148,7 +162,9 @@ class CudaStageDevice final : public model::StageDevice {
   std::unique_ptr<model::MicroBatchStages> NewMicroBatch() override {
     return std::make_unique<CudaMicroBatchStages>(m_);
   }
-  std::unique_ptr<model::ExpertBlock> NewExpertBlock() override { return std::make_unique<CudaExpertBlock>(m_); }
+  std::unique_ptr<model::ExpertBlock> NewExpertBlock() override {
+    return std::make_unique<CudaExpertBlock>(m_, recompute_experts_);
+  }
   void SetParams(const float* host, const std::vector<size_t>& tensors) override {
     for (size_t i : tensors) {
       const auto& t = m_.layout.tensors()[i];

@@ -35,8 +35,9 @@ class CpuMicroBatch final : public MicroBatchStages {
 
 class CpuExpertBlock final : public ExpertBlock {
  public:
-  CpuExpertBlock(const io::MixtralConfig& config, const ParameterLayout& layout, const float* params, float* grads)
-      : config_(config), layout_(layout), params_(params), grads_(grads) {}
+  CpuExpertBlock(const io::MixtralConfig& config, const ParameterLayout& layout, const float* params, float* grads,
+                 bool recompute)
+      : config_(config), layout_(layout), params_(params), grads_(grads), recompute_(recompute) {}
 
   const float* Forward(int64_t layer, const ops::DispatchPlan& plan, int64_t first, int64_t count,
                        const float* xp) override {
@@ -46,7 +47,11 @@ class CpuExpertBlock final : public ExpertBlock {
     count_ = count;
     xp_ = xp;
     ops::ExpertsForward(plan_, config_.hidden_size, config_.intermediate_size, first, Weights(), xp, &acts_);
-    return acts_.y.data();
+    if (!recompute_) return acts_.y.data();
+    // Keep the outputs (on their way to the attention rank), drop the rest.
+    y_.swap(acts_.y);
+    acts_ = ops::ExpertActivations{};
+    return y_.data();
   }
 
   const float* Backward(const float* dy) override {
@@ -56,8 +61,11 @@ class CpuExpertBlock final : public ExpertBlock {
       grads.push_back({grads_ + eo.w1, grads_ + eo.w2, grads_ + eo.w3});
     }
     dxp_.resize(static_cast<size_t>(plan_.offsets.back() * config_.hidden_size));
+    if (recompute_)  // the same forward again, for the activations backward needs
+      ops::ExpertsForward(plan_, config_.hidden_size, config_.intermediate_size, first_, Weights(), xp_, &acts_);
     ops::ExpertsBackward(plan_, config_.hidden_size, config_.intermediate_size, first_, Weights(), grads, xp_,
                          acts_, dy, dxp_.data());
+    if (recompute_) acts_ = ops::ExpertActivations{};
     return dxp_.data();
   }
 
@@ -79,7 +87,9 @@ class CpuExpertBlock final : public ExpertBlock {
   ops::DispatchPlan plan_;
   const float* xp_ = nullptr;
   ops::ExpertActivations acts_;
+  std::vector<float> y_;  // recompute: the outputs, kept while the activations are not
   std::vector<float> dxp_;
+  bool recompute_;
 };
 
 class CpuStageDevice final : public StageDevice {
@@ -91,7 +101,7 @@ class CpuStageDevice final : public StageDevice {
     return std::make_unique<CpuMicroBatch>(config_, layout_, params_, grads_);
   }
   std::unique_ptr<ExpertBlock> NewExpertBlock() override {
-    return std::make_unique<CpuExpertBlock>(config_, layout_, params_, grads_);
+    return std::make_unique<CpuExpertBlock>(config_, layout_, params_, grads_, recompute_experts_);
   }
   // The device's buffers are the engine's: nothing to copy.
   void SetParams(const float* host_params, const std::vector<size_t>&) override {

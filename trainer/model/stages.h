@@ -178,6 +178,13 @@ class StageDevice {
     return true;
   }
 
+  // train.recompute experts: expert blocks made from now on keep only their
+  // input rows after Forward and recompute the experts' activations in
+  // Backward (the same values, so the same training): an expert rank holds
+  // activations for one block at a time, for one more expert forward each.
+  void SetRecomputeExperts(bool on) { recompute_experts_ = on; }
+  bool recompute_experts() const { return recompute_experts_; }
+
   // The NCCL transport, where the device has one (else nullptr and ""):
   // one id per channel, made by one rank with NewExchangeId and handed to
   // the group's others; `rank` and `size` are the group's.
@@ -206,6 +213,9 @@ class StageDevice {
   virtual void ScaleGrads(float factor);
   // One AdamW step of every tensor (the AdamW options the device was made with).
   virtual void AdamWStep(double lr);
+
+ protected:
+  bool recompute_experts_ = false;
 };
 
 }  // namespace hetermoe::model

@@ -205,6 +205,12 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
 
 void DistributedBackend::SetDedup(bool on) { impl_->dedup = on; }
 
+void DistributedBackend::SetRecompute(const std::string& what) {
+  if (what != "none" && what != "experts") throw Error("train.recompute: '" + what + "' is not none or experts");
+  impl_->device->SetRecomputeExperts(what == "experts");
+  for (auto& b : impl_->blocks) b.reset();  // blocks are made again, with the setting
+}
+
 int DistributedBackend::SetInFlight(int micro_batches) {
   Impl& m = *impl_;
   if (micro_batches < 0) throw Error("parallel.micro_batches_in_flight: must be >= 0 (0 = all)");

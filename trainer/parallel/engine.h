@@ -78,6 +78,9 @@ class DistributedBackend final : public backend::Backend {
   // the same; memory for activations and expert blocks scales with it.
   // Returns the wave size in force. Set before the first step.
   int SetInFlight(int micro_batches);
+  // train.recompute: "none", or "experts" (expert blocks recompute their
+  // activations in backward; the same training, less memory on owners).
+  void SetRecompute(const std::string& what);
   // parallel.transport: "gloo" (rows through the host over Gloo), "nccl"
   // (rows stay on the GPU and move device to device over NCCL, in the run's
   // compute format; needs a GPU device with NCCL on every rank, else an

@@ -241,6 +241,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   const std::string transport = engine->SetTransport(
       p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));
   const int in_flight = engine->SetInFlight(p.micro_batches_in_flight);
+  engine->SetRecompute(rc.train.recompute);
   const std::vector<int64_t> bytes = engine->RankStateBytes();
   run->owned = engine->OwnedTensors();
   run->engine = engine.get();

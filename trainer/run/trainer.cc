@@ -177,6 +177,9 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   } else {
     model::InitParameters(layout, config.initializer_range, t.seed, held, host.params.data());
   }
+  if (!dist_run && t.recompute != "none")
+    throw Error("train.recompute " + t.recompute +
+                ": recomputation runs on the expert ranks of a distributed run (add a parallel section)");
   const std::unique_ptr<backend::Backend> engine =
       dist_run ? std::move(dist_run->backend)
                : backend::MakeBackend(config, layout,
