@@ -196,7 +196,7 @@ class CudaGradReducer final : public model::GradReducer {
     std::memcpy(nid.data(), id.data(), nid.size());
     comm_ = std::make_unique<NcclCommunicator>(nid, rank, size, timeout);
   }
-  void Sum(const std::vector<model::BufferRange>& ranges) override {
+  void Post(const std::vector<model::BufferRange>& ranges) override {
     comm_->After(m_.s());
     for (const model::BufferRange& r : ranges)
       for (int64_t at = 0; at < r.count; at += kGradBucketFloats) {
@@ -204,7 +204,11 @@ class CudaGradReducer final : public model::GradReducer {
         comm_->AllReduceSum(p, p, static_cast<size_t>(std::min(kGradBucketFloats, r.count - at)),
                             NcclDtype::kFloat32);
       }
+  }
+  // The compute stream is made to wait too: the optimizer reads the sums.
+  void Wait() override {
     comm_->Wait();
+    comm_->Before(m_.s());
   }
 
  private:

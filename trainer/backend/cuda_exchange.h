@@ -28,8 +28,9 @@ std::string NewRowExchangeId();
 size_t RowExchangeIdBytes();  // the size of every id NewRowExchangeId makes
 // Gradient sums over NCCL, in place in the model's gradients: one fp32
 // all-reduce per bucket of adjacent ranges (at most kGradBucketFloats), on
-// the communicator's stream after the compute so far; Sum returns once the
-// sums are in (a dead peer: RetryableError after the timeout).
+// the communicator's stream after the compute so far, beside later compute;
+// Wait returns once the sums are in (a dead peer: RetryableError after the
+// timeout).
 constexpr int64_t kGradBucketFloats = int64_t{1} << 24;  // 64 MiB
 std::unique_ptr<model::GradReducer> MakeCudaGradReducer(DeviceModel& model, const std::string& id, int rank,
                                                         int size, std::chrono::milliseconds timeout);

@@ -35,7 +35,16 @@ struct BufferRange {
 class GradReducer {
  public:
   virtual ~GradReducer() = default;
-  virtual void Sum(const std::vector<BufferRange>& ranges) = 0;
+  // Starts the sums after the compute enqueued so far and returns; they run
+  // beside later compute (which must not touch these gradients). Every
+  // member posts the same ranges in the same order.
+  virtual void Post(const std::vector<BufferRange>& ranges) = 0;
+  // Blocks until everything posted is summed (a dead peer: an error).
+  virtual void Wait() = 0;
+  void Sum(const std::vector<BufferRange>& ranges) {
+    Post(ranges);
+    Wait();
+  }
 };
 
 // The rows of one layer (a micro-batch's, or an expert block's) on a GPU,

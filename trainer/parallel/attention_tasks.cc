@@ -138,6 +138,7 @@ void DistributedBackend::Impl::RunAttention(const Task& t, const backend::StepIn
         mb.HeadBackward(loss_scale);
         mb.CombineBackward(L - 1);
       });
+      PostFinishedGradients(Finished::kHead, 0, j);
       PostBackwardDispatch(L - 1, j);
       break;
     case Task::Kind::kAttnBwd:
@@ -152,6 +153,7 @@ void DistributedBackend::Impl::RunAttention(const Task& t, const backend::StepIn
         if (l > 0) mb.CombineBackward(l - 1);
         else mb.EmbedBackward();
       });
+      PostFinishedGradients(Finished::kAttention, l, j);
       if (l > 0) PostBackwardDispatch(l - 1, j);
       break;
     default:

@@ -132,6 +132,7 @@ std::string DistributedBackend::SetTransport(const std::string& transport, std::
   if (!m.device->HasOptimizer()) throw Error("parallel.transport nccl: " + m.device->name() + " has no optimizer");
   m.dense_sums = m.ReducerOver(m.dense.get(), timeout);
   m.replica_sums = m.ReducerOver(m.replicas.get(), timeout);
+  m.PlanGradientSums();
   m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(), m.adamw->step());
   m.device_step = true;
   return "nccl (" + m.exchange->wire_format() + " on the wire; gradient sums and AdamW on the GPU)";

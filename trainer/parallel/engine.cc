@@ -138,6 +138,14 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
     }
   if (m.exchange) m.exchange->WaitAll();
   if (!m.device_step) m.device->GetGrads(m.grads.data());
+  // Device step: the sums started as layers finished (PostFinishedGradients)
+  // must be in before anything reads the gradients.
+  if (m.device_step) {
+    const auto w0 = Clock::now();
+    if (m.dense_sums && m.placement.IsAttention(rank_)) m.dense_sums->Wait();
+    if (m.replica_sums) m.replica_sums->Wait();
+    if (m.tracer) m.tracer->Add("gradient sums", Tracer::kCombine, w0, Clock::now());
+  }
   const double wall = Seconds(start, Clock::now());
   // fp16: an overflow anywhere is every rank's (one sum with the losses
   // below). Without loss scaling the verdict is not used: no scan.
@@ -155,11 +163,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   // Gradients: dense over every attention rank, experts over the groups.
   std::vector<size_t> owned_dense;
   if (m.placement.IsAttention(rank_)) owned_dense = m.own.dense_tensors;
-  if (m.device_step) {
-    if (m.dense_sums && !owned_dense.empty()) m.dense_sums->Sum(m.Ranges(owned_dense));
-    if (m.replica_sums && !m.own.owned_expert_tensors.empty())
-      m.replica_sums->Sum(m.Ranges(m.own.owned_expert_tensors));
-  } else {
+  if (!m.device_step) {
     m.AllReduceTensors(m.dense.get(), owned_dense);
     m.AllReduceTensors(m.replicas.get(), m.own.owned_expert_tensors);
   }

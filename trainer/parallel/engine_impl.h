@@ -80,6 +80,15 @@ struct DistributedBackend::Impl {
   // from the device only for checkpoints (PullState).
   bool device_step = false;
   std::unique_ptr<model::GradReducer> dense_sums, replica_sums;
+  // Device step: which gradients are final when, so their sums start then,
+  // beside the rest of the backward: a layer's dense tensors after its last
+  // A^B, the final norm and LM head after the last H, the embedding with
+  // layer 0, a layer's experts after their last E^B.
+  std::vector<std::vector<model::BufferRange>> dense_by_layer, experts_by_layer;  // [l]
+  std::vector<model::BufferRange> dense_head, dense_embed;
+  void PlanGradientSums();
+  enum class Finished { kHead, kAttention, kExperts };
+  void PostFinishedGradients(Finished what, int l, int j);
 
   // Micro-batches in flight (SetInFlight): zebra runs them in waves of W, and
   // the stage objects holding activations are W, reused wave after wave

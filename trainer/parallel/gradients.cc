@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/error.h"
@@ -24,6 +25,48 @@ std::vector<model::BufferRange> DistributedBackend::Impl::Ranges(const std::vect
     else merged.push_back(x);
   }
   return merged;
+}
+
+void DistributedBackend::Impl::PlanGradientSums() {
+  auto layer_of = [&](size_t i) {
+    const std::string& name = layout.tensors()[i].name;
+    const std::string prefix = "model.layers.";
+    if (name.rfind(prefix, 0) != 0) return -1;
+    return std::atoi(name.c_str() + prefix.size());
+  };
+  std::vector<std::vector<size_t>> dense(L), experts(L);
+  std::vector<size_t> head, embed;
+  if (placement.IsAttention(rank))
+    for (size_t i : own.dense_tensors) {
+      const int l = layer_of(i);
+      if (l >= 0 && l < L) dense[l].push_back(i);
+      else if (layout.tensors()[i].offset == layout.embed) embed.push_back(i);
+      else head.push_back(i);  // final norm, LM head
+    }
+  for (size_t i : own.owned_expert_tensors) experts[std::max(0, std::min(L - 1, layer_of(i)))].push_back(i);
+  dense_by_layer.clear();
+  experts_by_layer.clear();
+  for (int l = 0; l < L; ++l) {
+    dense_by_layer.push_back(Ranges(dense[l]));
+    experts_by_layer.push_back(Ranges(experts[l]));
+  }
+  dense_head = Ranges(head);
+  dense_embed = Ranges(embed);
+}
+
+void DistributedBackend::Impl::PostFinishedGradients(Finished what, int l, int j) {
+  if (!device_step || j != R - 1) return;  // the last micro-batch's (and the last wave's)
+  auto post = [](model::GradReducer* r, const std::vector<model::BufferRange>& ranges) {
+    if (r && !ranges.empty()) r->Post(ranges);
+  };
+  switch (what) {
+    case Finished::kHead: post(dense_sums.get(), dense_head); break;
+    case Finished::kAttention:
+      post(dense_sums.get(), dense_by_layer[l]);
+      if (l == 0) post(dense_sums.get(), dense_embed);
+      break;
+    case Finished::kExperts: post(replica_sums.get(), experts_by_layer[l]); break;
+  }
 }
 
 // A GradReducer over communicator c's members, if it has more than one.

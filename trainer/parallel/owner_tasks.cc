@@ -145,6 +145,7 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
       else s.dxp = Block(l, j, a).Backward(s.dy.data());
     }
   });
+  PostFinishedGradients(Finished::kExperts, l, j);
   if (exchange) {
     std::vector<model::RowExchange::Send> sends;
     for (int a = 0; a < M; ++a) {
