@@ -83,8 +83,6 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
   if (t.zero != 0 && t.zero != 1) errors.push_back("spec.training.zero: must be 0 or 1");
   if (t.recompute != "none" && t.recompute != "experts")
     errors.push_back("spec.training.recompute: must be none or experts");
-  if (t.zero == 1 && spec.dispatch.transport == "nccl")
-    errors.push_back("spec.training.zero: 1 keeps the optimizer on the host, which transport nccl does not");
   const std::string& transport = spec.dispatch.transport;
   if (transport != "auto" && transport != "nccl" && transport != "gloo")
     errors.push_back("spec.dispatch.transport: must be auto, nccl or gloo");

@@ -194,6 +194,22 @@ def main():
         if not all(same) or len(gm) != len(nm) or worst > 1e-6:
             problems.append(f"dedup {dedup}: the NCCL transport's losses, norms, bytes or weights differ from Gloo's")
         compare_losses(f"2+2 nccl dedup {dedup}", cpu, runs["nccl"], 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    # ZeRO-1 with the optimizer on the GPUs: each attention rank updates its
+    # shard of the dense tensors on its device, the shards are summed over
+    # NCCL; the same training and the same checkpoint as without.
+    for name, shape in (("2+2", f"{two}"), ("ep 2 groups", "parallel={attention_ranks: 1, expert_ranks: 1, "
+                                                            "groups: 2, schedule: ep")):
+        z = {zero: run(args, os.path.join(args.work, f"zero{zero}-{name.split()[0]}"), "cuda",
+                       extra=["--set", f"{shape}}}", "--set", f"train.zero={zero}"]) for zero in (0, 1)}
+        same = all(a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"] for a, b in zip(z[0][0], z[1][0]))
+        held = [b / a for a, b in zip(z[0][0][-1]["rank_state_bytes"], z[1][0][-1]["rank_state_bytes"])]
+        opt = [open(os.path.join(args.work, f"zero{zero}-{name.split()[0]}", "final", "optimizer.safetensors"),
+                    "rb").read() for zero in (0, 1)]
+        print(f"zero 1 on the GPUs, {name}: losses and norms equal to zero 0: {same}; optimizer checkpoint "
+              f"identical: {opt[0] == opt[1]}; state held per rank vs zero 0: {[round(h, 2) for h in held]}")
+        if not same or opt[0] != opt[1] or not min(held) < 1.0:
+            problems.append(f"zero 1 on the GPUs ({name}) differs from zero 0 or holds no less")
+        compare_losses(f"zero 1 on the GPUs, {name}", cpu, z[1], 1e-4, problems, weights_tol=(1e-5, 1e-4))
     # Expert activations recomputed in backward on the GPU blocks.
     recomputed = run(args, os.path.join(args.work, "t-nccl-recompute"), "cuda",
                      extra=["--set", f"{two}}}", "--set", "train.recompute=experts"])

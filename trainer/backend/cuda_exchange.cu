@@ -210,6 +210,13 @@ class CudaGradReducer final : public model::GradReducer {
     comm_->Wait();
     comm_->Before(m_.s());
   }
+  void SumInPlace(float* p, int64_t n) override {
+    comm_->After(m_.s());
+    for (int64_t at = 0; at < n; at += kGradBucketFloats)
+      comm_->AllReduceSum(p + at, p + at, static_cast<size_t>(std::min(kGradBucketFloats, n - at)),
+                          NcclDtype::kFloat32);
+    Wait();
+  }
 
  private:
   DeviceModel& m_;

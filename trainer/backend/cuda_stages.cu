@@ -195,19 +195,46 @@ class CudaStageDevice final : public model::StageDevice {
     return MakeCudaRowExchange(m_, ids, rank, size, timeout);
   }
 
+  void SetMomentTensors(const std::vector<bool>& with_moments) override {
+    const auto& ts = m_.layout.tensors();
+    moment_offset_.assign(ts.size(), -1);
+    int64_t total = 0;
+    for (size_t i = 0; i < ts.size(); ++i)
+      if (i < with_moments.size() && with_moments[i]) {
+        moment_offset_[i] = total;
+        total += ts[i].numel;
+      }
+    for (auto* b : {&m_.exp_avg, &m_.exp_avg_sq}) {
+      b->Free();
+      if (total > 0) b->Resize(static_cast<size_t>(total));
+    }
+  }
+  int64_t MomentFloats() const {
+    if (moment_offset_.empty()) return m_.layout.total();
+    return static_cast<int64_t>(m_.exp_avg.size());
+  }
+  int64_t MomentOffset(size_t i) const {
+    return moment_offset_.empty() ? m_.layout.tensors()[i].offset : moment_offset_[i];
+  }
   void SetState(const float* params, const float* exp_avg, const float* exp_avg_sq, int64_t step) override {
     const size_t bytes = sizeof(float) * static_cast<size_t>(m_.layout.total());
+    const size_t moment_bytes = sizeof(float) * static_cast<size_t>(MomentFloats());
     HM_CUDA_CHECK(cudaMemcpyAsync(m_.params.data(), params, bytes, cudaMemcpyHostToDevice, m_.s()));
-    HM_CUDA_CHECK(cudaMemcpyAsync(m_.exp_avg.data(), exp_avg, bytes, cudaMemcpyHostToDevice, m_.s()));
-    HM_CUDA_CHECK(cudaMemcpyAsync(m_.exp_avg_sq.data(), exp_avg_sq, bytes, cudaMemcpyHostToDevice, m_.s()));
+    if (moment_bytes > 0) {
+      HM_CUDA_CHECK(cudaMemcpyAsync(m_.exp_avg.data(), exp_avg, moment_bytes, cudaMemcpyHostToDevice, m_.s()));
+      HM_CUDA_CHECK(
+          cudaMemcpyAsync(m_.exp_avg_sq.data(), exp_avg_sq, moment_bytes, cudaMemcpyHostToDevice, m_.s()));
+    }
     m_.optimizer_step = step;
     m_.RefreshCompute16();
     HM_CUDA_CHECK(cudaStreamSynchronize(m_.s()));
   }
   void GetState(float* params, float* exp_avg, float* exp_avg_sq) override {
     m_.ToHost(m_.params.data(), params, m_.layout.total());
-    m_.ToHost(m_.exp_avg.data(), exp_avg, m_.layout.total());
-    m_.ToHost(m_.exp_avg_sq.data(), exp_avg_sq, m_.layout.total());
+    if (MomentFloats() > 0) {
+      m_.ToHost(m_.exp_avg.data(), exp_avg, MomentFloats());
+      m_.ToHost(m_.exp_avg_sq.data(), exp_avg_sq, MomentFloats());
+    }
   }
   // One deterministic sum of squares per range, added on the host in order.
   double GradSquares(const std::vector<model::BufferRange>& ranges) override {
@@ -231,11 +258,42 @@ class CudaStageDevice final : public model::StageDevice {
     ++m_.optimizer_step;
     const auto& a = m_.options.adamw;
     const math::AdamWStep step = math::MakeAdamWStep(lr, a.beta1, a.beta2, a.eps, a.weight_decay, m_.optimizer_step);
-    for (const auto& t : m_.layout.tensors())
+    const auto& ts = m_.layout.tensors();
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const auto& t = ts[i];
+      const int64_t mo = MomentOffset(i);
+      if (mo < 0) continue;  // ZeRO-1: another rank's shard
       HM_CUDA_CHECK(kernels::LaunchAdamW(m_.params.data() + t.offset, m_.grads.data() + t.offset,
-                                         m_.exp_avg.data() + t.offset, m_.exp_avg_sq.data() + t.offset, t.numel, step,
+                                         m_.exp_avg.data() + mo, m_.exp_avg_sq.data() + mo, t.numel, step,
                                          t.weight_decay, m_.s()));
+    }
     m_.RefreshCompute16();
+  }
+  void SumParameterShards(model::GradReducer* reducer, const std::vector<model::BufferRange>& ranges,
+                          const std::vector<bool>& mine) override {
+    int64_t n = 0;
+    for (const auto& r : ranges) n += r.count;
+    if (n == 0 || reducer == nullptr) return;
+    kernels::DeviceBuffer<float> packed(&m_.allocator, static_cast<size_t>(n));
+    int64_t at = 0;
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      const auto& r = ranges[i];
+      if (mine[i])
+        HM_CUDA_CHECK(cudaMemcpyAsync(packed.data() + at, m_.params.data() + r.offset, sizeof(float) * r.count,
+                                      cudaMemcpyDeviceToDevice, m_.s()));
+      else
+        HM_CUDA_CHECK(cudaMemsetAsync(packed.data() + at, 0, sizeof(float) * r.count, m_.s()));
+      at += r.count;
+    }
+    reducer->SumInPlace(packed.data(), n);
+    at = 0;
+    for (const auto& r : ranges) {
+      HM_CUDA_CHECK(cudaMemcpyAsync(m_.params.data() + r.offset, packed.data() + at, sizeof(float) * r.count,
+                                    cudaMemcpyDeviceToDevice, m_.s()));
+      at += r.count;
+    }
+    m_.RefreshCompute16();
+    HM_CUDA_CHECK(cudaStreamSynchronize(m_.s()));  // `packed` goes back to the allocator
   }
 #endif
 
@@ -243,6 +301,7 @@ class CudaStageDevice final : public model::StageDevice {
   DeviceModel m_;
 #ifdef HETERMOE_HAVE_NCCL
   kernels::DeviceBuffer<double> norm_partials_, norm_out_;
+  std::vector<int64_t> moment_offset_;  // ZeRO-1: per tensor, -1 without moments; empty = every tensor, in place
 #endif
 };
 

@@ -149,5 +149,9 @@ std::unique_ptr<GradReducer> StageDevice::NewGradReducer(const std::string&, int
 double StageDevice::GradSquares(const std::vector<BufferRange>&) { throw Error("this device has no optimizer of its own"); }
 void StageDevice::ScaleGrads(float) { throw Error("this device has no optimizer of its own"); }
 void StageDevice::AdamWStep(double) { throw Error("this device has no optimizer of its own"); }
+void StageDevice::SetMomentTensors(const std::vector<bool>&) { throw Error("this device has no optimizer of its own"); }
+void StageDevice::SumParameterShards(GradReducer*, const std::vector<BufferRange>&, const std::vector<bool>&) {
+  throw Error("this device has no optimizer of its own");
+}
 
 }  // namespace hetermoe::model

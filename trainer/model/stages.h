@@ -41,6 +41,9 @@ class GradReducer {
   virtual void Post(const std::vector<BufferRange>& ranges) = 0;
   // Blocks until everything posted is summed (a dead peer: an error).
   virtual void Wait() = 0;
+  // Sums n floats of device memory in place, now (blocking), after what
+  // was posted before.
+  virtual void SumInPlace(float* device_data, int64_t n) = 0;
   void Sum(const std::vector<BufferRange>& ranges) {
     Post(ranges);
     Wait();
@@ -220,8 +223,19 @@ class StageDevice {
   // is not finite).
   virtual double GradSquares(const std::vector<BufferRange>& ranges);
   virtual void ScaleGrads(float factor);
-  // One AdamW step of every tensor (the AdamW options the device was made with).
+  // One AdamW step of every tensor with moments (the AdamW options the
+  // device was made with).
   virtual void AdamWStep(double lr);
+  // ZeRO-1: moments only for the tensors with with_moments[i] (per tensor of
+  // the device's layout), packed in layout order as optim::AdamW packs them
+  // (SetState/GetState move them so); AdamWStep updates only those. Call
+  // before SetState.
+  virtual void SetMomentTensors(const std::vector<bool>& with_moments);
+  // ZeRO-1: the parameters in `ranges` made every member's through
+  // `reducer`: ranges with mine[i] carry this rank's update, the others
+  // contribute zeros. Collective over the reducer's members.
+  virtual void SumParameterShards(GradReducer* reducer, const std::vector<BufferRange>& ranges,
+                                  const std::vector<bool>& mine);
 
  protected:
   bool recompute_experts_ = false;

@@ -102,9 +102,6 @@ std::string DistributedBackend::SetTransport(const std::string& transport, std::
   double without = m.device->HasRowExchange() ? 0.0 : 1.0;
   m.everyone->AllReduceSum(&without, 1);
   if (transport == "gloo" || (transport == "auto" && without > 0)) return "gloo";
-  // ZeRO-1 shards the host optimizer's moments; the device optimizer has no shards yet.
-  if (m.own.zero && transport == "auto") return "gloo (train.zero 1 keeps the optimizer on the host)";
-  if (m.own.zero) throw Error("parallel.transport: nccl runs the optimizer on the GPU, which train.zero 1 does not support yet");
   if (without > 0)
     throw Error("parallel.transport: nccl needs train.device cuda on every rank with NCCL (" +
                 std::to_string(static_cast<int>(without)) + " of " + std::to_string(m.placement.world_size()) +
@@ -133,6 +130,12 @@ std::string DistributedBackend::SetTransport(const std::string& transport, std::
   m.dense_sums = m.ReducerOver(m.dense.get(), timeout);
   m.replica_sums = m.ReducerOver(m.replicas.get(), timeout);
   m.PlanGradientSums();
+  if (m.own.zero) {  // ZeRO-1: the device keeps the moments of this rank's shard, packed as the host's
+    std::vector<bool> local_moments(m.own.local.tensors().size(), false);
+    for (size_t i = 0; i < m.own.owned.size(); ++i)
+      if (m.own.owned[i]) local_moments[m.own.local_index[i]] = m.own.moments[i];
+    m.device->SetMomentTensors(local_moments);
+  }
   m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(), m.adamw->step());
   m.device_step = true;
   return "nccl (" + m.exchange->wire_format() + " on the wire; gradient sums and AdamW on the GPU)";

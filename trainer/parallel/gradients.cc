@@ -145,6 +145,16 @@ double DistributedBackend::ClipGradNorm(double max_norm) {
 void DistributedBackend::Impl::GatherDenseShards() {
   if (!own.zero || !dense || dense->size() < 2 || !placement.IsAttention(rank)) return;
   const auto& ts = layout.tensors();
+  if (device_step) {  // the same on the device, over the dense NCCL communicator
+    std::vector<model::BufferRange> ranges;
+    std::vector<bool> mine;
+    for (size_t i : own.dense_tensors) {
+      ranges.push_back({own.local_offset[i], ts[i].numel});
+      mine.push_back(own.moments[i]);
+    }
+    device->SumParameterShards(dense_sums.get(), ranges, mine);
+    return;
+  }
   size_t n = 0;
   for (size_t i : own.dense_tensors) n += ts[i].numel;
   std::vector<float> packed(n, 0.0f);
@@ -165,8 +175,9 @@ void DistributedBackend::OptimizerStep(double lr) {
   Impl& m = *impl_;
   if (!m.apply_step) return;  // an overflow: parameters, moments and the AdamW step stay
   if (m.device_step) {
-    m.device->AdamWStep(lr);  // every local tensor is owned
+    m.device->AdamWStep(lr);  // the local tensors whose moments are here
     m.adamw->set_step(m.adamw->step() + 1);
+    m.GatherDenseShards();
     return;
   }
   m.adamw->Step(m.params.data(), m.grads.data(), lr);  // the tensors whose moments are here
