@@ -1,5 +1,5 @@
 // Emulated streams that can hold work which completes later: NCCL
-// operations waiting on a peer (nccl.cc). Everything else an emulated
+// operations waiting on a peer (nccl.cc, between threads or processes). Everything else an emulated
 // stream runs completes when it is issued, but first waits for the stream's
 // pending operations, so stream order holds: a kernel launched after a
 // receive sees the received data, as on a GPU. Pending operations run in
