@@ -58,15 +58,13 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionOutputRecvs(i
 // Owner: the output grads of (l, j) from every attention rank.
 DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerOutputGradRecvs(int l, int j) {
   Recvs recvs;
-  for (int a = 0; a < M; ++a) {
-    OwnerSlot& s = slots[Idx(l, j, a)];
-    if (s.rows == 0) continue;
+  ForEachSlot(l, j, [&](int a, OwnerSlot& s) {
     model::RowExchange::Recv r;
     r.peer = a;
     r.count = r.n = s.rows;
     r.rows = s.dev.dy;
     recvs.push_back(std::move(r));
-  }
+  });
   return recvs;
 }
 

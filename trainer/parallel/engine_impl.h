@@ -140,6 +140,13 @@ struct DistributedBackend::Impl {
   // The same for owner block (l, j % W, a): the outputs and input grads of
   // micro-batch j - W.
   void BeforeReusingBlock(int l, int j, int a);
+  // Calls fn(a, slot) for every attention rank a whose block of (l, j) has
+  // rows on this owner.
+  template <typename Fn>
+  void ForEachSlot(int l, int j, Fn fn) {
+    for (int a = 0; a < M; ++a)
+      if (OwnerSlot& s = slots[Idx(l, j, a)]; s.rows > 0) fn(a, s);
+  }
   int64_t& Posted(Channel c, int l, int j) { return posted[(static_cast<size_t>(c) * L + l) * R + j]; }
   bool OwnsLayer(int l) const { return Range(l, placement.LocalOf(rank)).count > 0; }
   uint32_t Tag(MessageKind kind, int l, int j) const {

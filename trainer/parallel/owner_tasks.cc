@@ -102,15 +102,13 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
     });
     if (exchange) {
       std::vector<model::RowExchange::Send> sends;
-      for (int a = 0; a < M; ++a) {
-        OwnerSlot& s = slots[Idx(l, j, a)];
-        if (s.rows == 0) continue;
+      ForEachSlot(l, j, [&](int a, OwnerSlot& s) {
         model::RowExchange::Send out;
         out.peer = a;
         out.rows = s.dev.y;
         out.count = s.rows;
         sends.push_back(std::move(out));
-      }
+      });
       PostGroup(Channel::kOutputs, l, j, std::move(sends),
                 placement.IsAttention(rank) ? AttentionOutputRecvs(l, j) : Recvs{});
       return;
@@ -148,9 +146,7 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
   PostFinishedGradients(Finished::kExperts, l, j);
   if (exchange) {
     std::vector<model::RowExchange::Send> sends;
-    for (int a = 0; a < M; ++a) {
-      OwnerSlot& s = slots[Idx(l, j, a)];
-      if (s.rows == 0) continue;
+    ForEachSlot(l, j, [&](int a, OwnerSlot& s) {
       model::RowExchange::Send out;
       out.peer = a;
       out.rows = s.dev.dxp;
@@ -161,7 +157,7 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
         wire::RowsByUnique(s.index, s.uniques, &out.sum_start, &out.sum_rows);
       }
       sends.push_back(std::move(out));
-    }
+    });
     PostGroup(Channel::kInputGrads, l, j, std::move(sends),
               placement.IsAttention(rank) ? AttentionInputGradRecvs(l, j) : Recvs{});
     return;
