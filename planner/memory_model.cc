@@ -42,6 +42,12 @@ double AttentionActivationBytesPerToken(const ModelShape& s) {
          4.0 * static_cast<double>(s.heads) + 4.0 * static_cast<double>(s.experts);
 }
 
+double AttentionKeptBytesPerToken(const ModelShape& s) {
+  // The layer input and the k expert outputs in fp16, router probabilities in fp32.
+  const double d = static_cast<double>(s.hidden);
+  return kActivationBytes * (1.0 + static_cast<double>(s.top_k)) * d + 4.0 * static_cast<double>(s.experts);
+}
+
 double ExpertActivationBytesPerToken(const ModelShape& s) {
   // The expert's input, w1 and w3 outputs and their SiLU product.
   return kActivationBytes * (static_cast<double>(s.hidden) + 3.0 * static_cast<double>(s.ffn));
@@ -73,15 +79,24 @@ ZpMemory ZpMemoryModel(const ZpMemoryInputs& in) {
   // ZeRO-1: a rank keeps 1/shards of the expert-less model's two moments.
   const double shards = std::max(1, in.optimizer_shards);
   const double expertless_state = ExpertlessStateBytes(s, in.attention_measured) * (0.5 + 0.5 / shards);
-  out.attention_base = expertless_state +
-                       live * L * tokens * AttentionActivationBytesPerToken(s) +
-                       (S / R) * T * HeadActivationBytesPerToken(s) + dispatch_buffers;
-  // An expert rank receives from M attention ranks, split over N expert ranks.
-  out.expert_base = dispatch_buffers * M / N;
+  const double micro_tokens = (S / R) * T;  // one micro-batch
+  const double attention_activations =
+      in.recompute_attention ? live * L * tokens * AttentionKeptBytesPerToken(s) +
+                                   micro_tokens * AttentionActivationBytesPerToken(s)
+                             : live * L * tokens * AttentionActivationBytesPerToken(s);
+  out.attention_base = expertless_state + attention_activations + micro_tokens * HeadActivationBytesPerToken(s) +
+                       dispatch_buffers;
+  // An expert rank receives from M attention ranks, split over N expert
+  // ranks; recomputing, it holds one block's expert activations at a time
+  // (at most a micro-batch's routed rows).
+  const double input_row = kActivationBytes * static_cast<double>(s.hidden);
+  out.expert_base = dispatch_buffers * M / N +
+                    (in.recompute_experts ? micro_tokens * k * (ExpertActivationBytesPerToken(s) - input_row) : 0.0);
 
   // Token-expert assignments one expert sees over the step (uniform routing).
   const double tokens_per_expert = M * tokens * k / n;
-  const double activations = live * tokens_per_expert * ExpertActivationBytesPerToken(s);
+  const double activations =
+      live * tokens_per_expert * (in.recompute_experts ? input_row : ExpertActivationBytesPerToken(s));
   out.expert_on_attention_rank = ExpertStateBytes(s, in.attention_measured) + activations;
   out.expert_on_expert_rank = ExpertStateBytes(s, in.expert_measured) + activations;
   out.attention_state = expertless_state;

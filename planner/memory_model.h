@@ -33,6 +33,7 @@ inline constexpr double kStateBytesPerParam = 16;
 double UsableBytes(const GpuProfile& gpu);
 
 double AttentionActivationBytesPerToken(const ModelShape& shape);  // per layer
+double AttentionKeptBytesPerToken(const ModelShape& shape);        // per layer, attention recomputed
 double ExpertActivationBytesPerToken(const ModelShape& shape);     // per token-expert assignment
 double HeadActivationBytesPerToken(const ModelShape& shape);       // logits and their gradient
 
@@ -50,6 +51,11 @@ struct ZpMemoryInputs {
   // ZeRO-1: the expert-less model's AdamW moments (8 of its 16 bytes per
   // parameter) sharded over this many attention ranks (every group's); 1 = none.
   int optimizer_shards = 1;
+  // train.recompute: attention ranks keep of each layer only its input, the
+  // expert outputs and the router's probabilities (one layer of one
+  // micro-batch whole, the set recomputed into); expert ranks only their
+  // input rows (one block's activations whole).
+  bool recompute_attention = false, recompute_experts = false;
   const GpuProfile* attention_gpu = nullptr;
   const GpuProfile* expert_gpu = nullptr;
   const MeasuredProfile* attention_measured = nullptr;  // may be null

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "planner/gpu_profiles.h"
 #include "planner/inventory.h"
@@ -50,9 +51,13 @@ struct PlanRequest {
   int groups = 0;
   // What the engine will run with, so memory is priced as it will be used:
   // parallel.micro_batches_in_flight (zebra in waves; 0 = all R) and
-  // train.zero (1: the dense AdamW moments sharded over every attention rank).
+  // train.zero (1: the dense AdamW moments sharded over every attention rank)
+  // and train.recompute.
   int micro_batches_in_flight = 0;
   bool zero = false;
+  // train.recompute: none | attention | experts | full (activations
+  // recomputed in backward instead of kept).
+  std::string recompute = "none";
 };
 
 // When nothing fits, the error names the most promising shape's memory

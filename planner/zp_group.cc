@@ -38,13 +38,14 @@ int OffloadedAt(const GroupShape& shape, int layer) {
 
 PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inventory,
                                  const GpuProfileTable& profiles, int64_t seq_len, Precision precision,
-                                 int micro_batches_in_flight, bool zero)
+                                 int micro_batches_in_flight, bool zero, const std::string& recompute)
     : model_(model),
       inventory_(inventory),
       seq_len_(seq_len),
       precision_(precision),
       micro_batches_in_flight_(micro_batches_in_flight),
-      zero_(zero) {
+      zero_(zero),
+      recompute_(recompute) {
   for (const std::string& kind : inventory_.Kinds()) {
     KindContext& k = kinds_[kind];
     k.gpu = profiles.Find(kind);
@@ -172,6 +173,8 @@ ZpMemory GroupMemory(const PlanningContext& ctx, const GroupShape& shape, Schedu
   in.micro_batches_in_flight =
       schedule != Schedule::kZebra ? 1 : waves > 0 ? std::min(waves, shape.micro_batches) : shape.micro_batches;
   in.optimizer_shards = ctx.zero() ? std::max(1, shape.groups) * shape.attention_ranks : 1;
+  in.recompute_attention = ctx.recompute() == "attention" || ctx.recompute() == "full";
+  in.recompute_experts = ctx.recompute() == "experts" || ctx.recompute() == "full";
   in.attention_ranks = shape.attention_ranks;
   in.expert_ranks = shape.expert_ranks;
   in.attention_gpu = &a.gpu;

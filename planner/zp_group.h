@@ -48,7 +48,8 @@ struct KindContext {
 class PlanningContext {
  public:
   PlanningContext(const ModelShape& model, const Inventory& inventory, const GpuProfileTable& profiles,
-                  int64_t seq_len, Precision precision, int micro_batches_in_flight = 0, bool zero = false);
+                  int64_t seq_len, Precision precision, int micro_batches_in_flight = 0, bool zero = false,
+                  const std::string& recompute = "none");
   PlanningContext(const PlanningContext&) = delete;
   PlanningContext& operator=(const PlanningContext&) = delete;
 
@@ -58,6 +59,7 @@ class PlanningContext {
   Precision precision() const { return precision_; }
   int micro_batches_in_flight() const { return micro_batches_in_flight_; }  // 0 = all
   bool zero() const { return zero_; }
+  const std::string& recompute() const { return recompute_; }  // train.recompute
   const KindContext& Kind(const std::string& kind) const;
   std::vector<std::string> Kinds() const;  // inventory order
   // What may fill a role: every kind, then every pool of 2 or more kinds
@@ -80,6 +82,7 @@ class PlanningContext {
   Precision precision_;
   int micro_batches_in_flight_ = 0;
   bool zero_ = false;
+  std::string recompute_ = "none";
   std::map<std::string, KindContext> kinds_;                 // kinds and pools
   std::vector<std::string> role_kinds_;
   std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind or pool -> GPUs

@@ -40,7 +40,7 @@ struct Options {
   std::string inventory, model, profiles, output;
   int64_t seq_len = 0, global_batch = 0;
   int gpu_budget = 0, max_micro_batches = 64, groups = 0, in_flight = 0, zero = 0;
-  std::string shape;
+  std::string shape, recompute = "none";
   bool json = false, no_asym_ea = false, no_baselines = false, timeline = false, explain = false,
        exhaustive = false;
 };
@@ -84,6 +84,7 @@ int Run(const Options& o) {
   request.max_micro_batches = o.max_micro_batches;
   request.micro_batches_in_flight = o.in_flight;
   request.zero = o.zero == 1;
+  request.recompute = o.recompute;
   request.baselines = !o.no_baselines;
   request.groups = o.groups;
   if (!o.shape.empty()) {
@@ -129,6 +130,9 @@ int main(int argc, char** argv) {
                  "parallel.micro_batches_in_flight the run will use: zebra in waves of this many (0 = all R)");
   app.add_option("--zero", o.zero, "train.zero the run will use: 1 shards the dense AdamW moments")
       ->check(CLI::IsMember({0, 1}));
+  app.add_option("--recompute", o.recompute,
+                 "train.recompute the run will use: activations recomputed in backward instead of kept")
+      ->check(CLI::IsMember({"none", "attention", "experts", "full"}));
   app.add_flag("--json", o.json, "Print the plan file (JSON) instead of the table");
   app.add_flag("--no-asym-ea", o.no_asym_ea, "Do not move experts onto attention ranks");
   app.add_flag("--no-baselines", o.no_baselines, "Skip the EP, DistEP, EP-Ideal and PP predictions");

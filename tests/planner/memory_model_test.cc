@@ -98,6 +98,30 @@ TEST(MemoryModel, ZeroShardsTheExpertlessMomentsOverTheAttentionRanks) {
   EXPECT_EQ(sharded.expert_on_expert_rank, whole.expert_on_expert_rank) << "experts are not sharded";
 }
 
+// train.recompute: attention ranks keep per layer and token the input and
+// the k expert outputs (fp16) and the router probabilities (fp32), plus one
+// micro-batch's layer whole; expert ranks keep each routed row's input
+// (fp16), plus one micro-batch's routed rows whole.
+TEST(MemoryModel, RecomputationKeepsOnlyTheInputs) {
+  const GpuProfileTable table = GpuProfileTable::Builtin();
+  const ModelShape w1 = testing::W1();
+  ZpMemoryInputs in = Group(w1, table, 4, 3, 3, 16384);
+  in.micro_batches = 2;
+  const ZpMemory kept = ZpMemoryModel(in);
+  in.recompute_attention = in.recompute_experts = true;
+  const ZpMemory recomputed = ZpMemoryModel(in);
+  const double d = w1.hidden, f = w1.ffn, k = w1.top_k, L = w1.layers;
+  const double tokens = 4.0 * 16384, micro = tokens / 2;
+  const double whole = AttentionActivationBytesPerToken(w1);
+  const double attention_saved = L * tokens * (whole - (2.0 * (1 + k) * d + 4.0 * w1.experts)) - micro * whole;
+  EXPECT_NEAR(kept.attention_base - recomputed.attention_base, attention_saved, 1.0);
+  const double per_expert_tokens = 3.0 * tokens * k / w1.experts;
+  EXPECT_NEAR(kept.expert_on_expert_rank - recomputed.expert_on_expert_rank, per_expert_tokens * 2.0 * 3.0 * f, 1.0);
+  EXPECT_NEAR(recomputed.expert_base - kept.expert_base, micro * k * 2.0 * 3.0 * f, 1.0);
+  EXPECT_LE(recomputed.n_min, kept.n_min);
+  EXPECT_GE(recomputed.n_max, kept.n_max);
+}
+
 TEST(MemoryModel, MeasuredStateBytesOverrideTheFormula) {
   const GpuProfileTable table = GpuProfileTable::Builtin();
   const ModelShape w1 = testing::W1();
