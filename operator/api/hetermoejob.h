@@ -75,7 +75,7 @@ struct TrainingSpec {
   double grad_clip = 1.0;
   int64_t seed = 1234;
   std::string precision = "auto";   // GPU GEMM format: auto (per GPU generation) | fp32 | bf16 | fp16
-  std::string recompute = "none";   // none | experts
+  std::string recompute = "none";   // none | attention | experts | full
   int64_t zero = 0;                 // ZeRO stage: 0, or 1 (dense AdamW moments sharded over the attention pods)
 };
 

@@ -81,8 +81,8 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
   if (t.precision != "auto" && t.precision != "fp32" && t.precision != "bf16" && t.precision != "fp16")
     errors.push_back("spec.training.precision: must be auto, fp32, bf16 or fp16");
   if (t.zero != 0 && t.zero != 1) errors.push_back("spec.training.zero: must be 0 or 1");
-  if (t.recompute != "none" && t.recompute != "experts")
-    errors.push_back("spec.training.recompute: must be none or experts");
+  if (t.recompute != "none" && t.recompute != "attention" && t.recompute != "experts" && t.recompute != "full")
+    errors.push_back("spec.training.recompute: must be none, attention, experts or full");
   const std::string& transport = spec.dispatch.transport;
   if (transport != "auto" && transport != "nccl" && transport != "gloo")
     errors.push_back("spec.dispatch.transport: must be auto, nccl or gloo");

@@ -176,6 +176,7 @@ def main():
     # on every rank): fp32 bitwise equal with the same bytes, with and
     # without dedup; bf16 halves the bytes on the wire.
     two = "parallel={attention_ranks: 2, expert_ranks: 2, groups: 1, schedule: zebra, asym_ea: [2, 2]"
+    nccl_runs = {}
     for dedup in ("true", "false"):
         runs = {}
         for transport in ("gloo", "nccl"):
@@ -194,6 +195,7 @@ def main():
         if not all(same) or len(gm) != len(nm) or worst > 1e-6:
             problems.append(f"dedup {dedup}: the NCCL transport's losses, norms, bytes or weights differ from Gloo's")
         compare_losses(f"2+2 nccl dedup {dedup}", cpu, runs["nccl"], 1e-4, problems, weights_tol=(1e-5, 1e-4))
+        nccl_runs[dedup] = runs["nccl"]
     # ZeRO-1 with the optimizer on the GPUs: each attention rank updates its
     # shard of the dense tensors on its device, the shards are summed over
     # NCCL; the same training and the same checkpoint as without.
@@ -210,10 +212,19 @@ def main():
         if not same or opt[0] != opt[1] or not min(held) < 1.0:
             problems.append(f"zero 1 on the GPUs ({name}) differs from zero 0 or holds no less")
         compare_losses(f"zero 1 on the GPUs, {name}", cpu, z[1], 1e-4, problems, weights_tol=(1e-5, 1e-4))
-    # Expert activations recomputed in backward on the GPU blocks.
+    # Attention blocks and expert activations recomputed in backward on the
+    # GPUs (train.recompute full): the same kernels on the same inputs, so
+    # the same losses and weights as without, bitwise.
+    def same_run(name, want, got):
+        same = [a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"] for a, b in zip(want[0], got[0])]
+        worst = max(((want[1][t] - w).abs().max().item() for t, w in got[1].items()), default=0.0)
+        print(f"{name}: losses and norms equal per step {same}; final weights differ by {worst:.2g}")
+        if not all(same) or len(want[0]) != len(got[0]) or worst != 0.0:
+            problems.append(f"{name}: not the same training as without recomputation")
+
     recomputed = run(args, os.path.join(args.work, "t-nccl-recompute"), "cuda",
-                     extra=["--set", f"{two}}}", "--set", "train.recompute=experts"])
-    compare_losses("2+2 nccl recompute experts", cpu, recomputed, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+                     extra=["--set", f"{two}}}", "--set", "train.recompute=full"])
+    same_run("2+2 nccl recompute full", nccl_runs["true"], recomputed)
     # Zebra in waves of one micro-batch: the stage objects and expert blocks
     # are reused while NCCL transfers from the previous wave may be pending.
     waves = run(args, os.path.join(args.work, "t-nccl-waves"), "cuda",
@@ -226,6 +237,9 @@ def main():
     if not bf16["nccl"][3].startswith("nccl (bf16 on the wire") or not 0.45 <= ratio <= 0.55:
         problems.append(f"bf16 over NCCL: {bf16['nccl'][3]!r}, bytes ratio {ratio:.3f} (expected about 0.5)")
     compare_losses("2+2 nccl bf16", cpu, bf16["nccl"], 2e-2, problems, tokens=False)
+    recomputed = run(args, os.path.join(args.work, "t-nccl-bf16-recompute"), "cuda", "bf16",
+                     extra=["--set", f"{two}, transport: nccl}}", "--set", "train.recompute=full"])
+    same_run("2+2 nccl bf16 recompute full", bf16["nccl"], recomputed)
     got = run(args, os.path.join(args.work, "dist-bf16"), "cuda", "bf16", extra=["--set", parallel(*SHAPES[0])])
     compare_losses("distributed 1+1 bf16", cpu, got, 2e-2, problems, tokens=False)
     sm75 = {"HETERMOE_EMULATED_SM": "75"}

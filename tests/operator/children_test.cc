@@ -159,7 +159,7 @@ TEST(Children, EveryTrainerFieldReachesThePods) {
       {"spec.training.weightDecay", 0.01},         {"spec.training.gradClip", 0.5},
       {"spec.training.seed", 7},                   {"spec.parallel.schedule", "sequential"},
       {"spec.training.precision", "fp16"},         {"spec.dispatch.transport", "gloo"},
-      {"spec.training.zero", 1},                   {"spec.training.recompute", "experts"},                   {"spec.parallel.microBatchesInFlight", 2},
+      {"spec.training.zero", 1},                   {"spec.training.recompute", "full"},                      {"spec.parallel.microBatchesInFlight", 2},
       {"spec.parallel.zpGroups", 2},               {"spec.parallel.masterPort", 1234},
       {"spec.parallel.timeoutSeconds", 77},        {"spec.dispatch.asymmetricOffload", false},
       {"spec.dispatch.dedup", false},              {"spec.model.init", "/weights/model.safetensors"},

@@ -6,8 +6,9 @@ schedule (zebra, sequential, ep) and Asym-EA on and off, 5 training steps of
 the golden tiny model through the local launcher must give the losses
 (relative 1e-5) and final weights (|diff| <= 1e-6 + 1e-5 |x|) of one
 process on the same run file; so must ZeRO-1 (train.zero 1), with less
-state per attention rank, the same checkpoints and an exact resume, and
-zebra in waves of a few micro-batches (parallel.micro_batches_in_flight). The
+state per attention rank, the same checkpoints and an exact resume,
+zebra in waves of a few micro-batches (parallel.micro_batches_in_flight),
+and recomputation in the backward (train.recompute attention, full). The
 single-process trainer is itself checked
 against PyTorch (tests/reference), so this chains the distributed run to the
 independent truth.
@@ -178,6 +179,29 @@ def check_in_flight(trainer, run_file, work, ref):
     return ok
 
 
+def check_recompute(trainer, run_file, work, ref):
+    """train.recompute: attention ranks recompute each layer's attention
+    block in the backward, expert ranks their experts' activations (full:
+    both); the same training, with Asym-EA's experts on an attention rank,
+    in waves, with ZeRO-1 and over two groups."""
+    ok = True
+    for what, m, n, g, extra in (("attention", 1, 1, 1, "asym_ea: [1, 2]"),
+                                 ("full", 2, 2, 1, "asym_ea: [2, 0], micro_batches_in_flight: 4"),
+                                 ("full", 1, 1, 2, "schedule: sequential"),
+                                 ("attention", 1, 3, 1, "schedule: ep")):
+        parallel = f"parallel={{attention_ranks: {m}, expert_ranks: {n}, groups: {g}, {extra}}}"
+        zero = ["--set", "train.zero=1"] if what == "full" and g == 1 else []
+        name = f"recompute {what} {g}x({m}+{n}) {extra}" + (" zero 1" if zero else "")
+        got = run(trainer, run_file, os.path.join(work, f"recompute-{what}-{g}-{m}-{n}"),
+                  ["--set", parallel, "--set", f"train.recompute={what}", *zero])
+        problems = compare(name, ref, got)
+        print(f"{name:40s} {'ok' if not problems else 'MISMATCH'} ({got[2]:.1f} s)")
+        for p in problems[:5]:
+            print(f"    {p}")
+        ok = ok and not problems
+    return ok
+
+
 def check_asym_auto(trainer, run_file, work, ref):
     """asym_ea: auto profiles the ranks at start-up and moves experts by
     Algorithm 1; whatever it moves, the training is the same."""
@@ -234,6 +258,7 @@ def main():
         failures += not check_asym_auto(args.trainer, run_file, args.work, ref)
         failures += not check_zero(args.trainer, run_file, args.work, ref)
         failures += not check_in_flight(args.trainer, run_file, args.work, ref)
+        failures += not check_recompute(args.trainer, run_file, args.work, ref)
     if failures:
         print(f"FAIL: {failures} configuration(s) differ from the single-process run")
         sys.exit(1)

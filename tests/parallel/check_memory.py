@@ -27,8 +27,9 @@ bytes per parameter: fp32 weight, gradient and two AdamW moments):
 - activations follow parallel.micro_batches_in_flight: the attention
   rank's peak above its one-micro-batch peak is at most half as high with
   4 of 16 micro-batches in flight as with all 16;
-- train.recompute experts: the expert rank's peak while training falls by
-  at least half of its expert activations, with the same losses;
+- train.recompute experts (attention): the expert (attention) rank's peak
+  while training falls by at least half of the activations it no longer
+  keeps, with the same losses;
 - a model 2.5x over a per-rank limit (train.memory_limit_mib) is refused
   single-process with exit 1 and a message naming the key, and trains as
   1+3 ranks under the same limit (the distributed run above has it).
@@ -218,17 +219,29 @@ def main():
 
 
 def check_recompute(a, run_file):
-    """train.recompute experts: the expert rank of a 1+1 zebra run (16
-    micro-batches of 64 tokens, top-2, all 8 experts of 4 layers) holds no
-    expert activations between forward and backward. Its peak RSS during
-    training (VmHWM reset with clear_refs once step 1 is logged, so the
-    start-up's host copies do not count) falls by at least half of the
-    activations counted here (g1, g3, act: 3 x f floats per routed row, for
-    every layer and micro-batch), and the losses are the same."""
-    rows = 16 * 64 * 2  # routed rows per layer over the step
-    activations = 4 * LAYERS * rows * 3 * F
+    """train.recompute: a 1+1 zebra run (16 micro-batches of 64 tokens,
+    top-2, all 8 experts of 4 layers on the expert rank) with none,
+    experts and attention. Each rank's peak RSS during training (VmHWM
+    reset with clear_refs once step 1 is logged, so the start-up's host
+    copies do not count) must fall by at least half of the activations
+    recomputation drops, counted here: experts, on the expert rank, g1, g3
+    and act (3 x f floats per routed row, every layer and micro-batch);
+    attention, on the attention rank, every layer's attention block (a, q,
+    k, v, attention output, residual after attention, the MoE's normed
+    input, the norms' and softmax's per-row statistics) for every
+    micro-batch but the one set kept. The losses must be the same."""
+    with open(os.path.join(a.work, "config.json")) as f:
+        c = json.load(f)
+    hd = c["hidden_size"] // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    tokens = 16 * 64
+    rows = tokens * 2  # routed rows per layer over the step
+    dropped = {
+        "experts": (1, 4 * LAYERS * rows * 3 * F),
+        "attention": (0, 4 * (LAYERS * tokens - 64) * (3 * D + 2 * q + 2 * kv + 2 + c["num_attention_heads"])),
+    }
     peaks, losses = {}, {}
-    for what in ("none", "experts"):
+    for what in ("none", "experts", "attention"):
         out = os.path.join(a.work, f"recompute-{what}")
         port = free_port()
         procs = []
@@ -241,19 +254,21 @@ def check_recompute(a, run_file):
                  "--set", "train.steps=4", "--set", f"train.recompute={what}", "--set", "train.memory_limit_mib=0",
                  "--set", f"output.dir={out}"],
                 env=env, stderr=subprocess.PIPE, text=True))
-        expert = procs[1].pid
         log = os.path.join(out, "metrics.jsonl")
-        reset, hwm = False, 0
+        reset, hwm = False, [0, 0]
         # Watch without reaping (finish() reaps, for the rank's rusage).
-        while os.waitid(os.P_PID, expert, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        while any(os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None for p in procs):
             try:
                 if not reset and os.path.exists(log) and os.path.getsize(log) > 0:
-                    with open(f"/proc/{expert}/clear_refs", "w") as f:
-                        f.write("5")  # resets VmHWM to the current RSS
+                    for p in procs:
+                        with open(f"/proc/{p.pid}/clear_refs", "w") as f:
+                            f.write("5")  # resets VmHWM to the current RSS
                     reset = True
                 if reset:
-                    with open(f"/proc/{expert}/status") as f:
-                        hwm = max(hwm, int(next(l for l in f if l.startswith("VmHWM")).split()[1]) * 1024)
+                    for rank, p in enumerate(procs):
+                        with open(f"/proc/{p.pid}/status") as f:
+                            now = int(next(l for l in f if l.startswith("VmHWM")).split()[1]) * 1024
+                        hwm[rank] = max(hwm[rank], now)
             except (OSError, StopIteration):
                 pass
             time.sleep(0.02)
@@ -261,19 +276,22 @@ def check_recompute(a, run_file):
         for rank, (status, err, _) in enumerate(results):
             if status != 0:
                 fail(f"train.recompute {what}: rank {rank} exited {status}:\n{err}")
-        if not reset or hwm == 0:
-            fail(f"train.recompute {what}: could not watch the expert rank's memory during training")
+        if not reset or 0 in hwm:
+            fail(f"train.recompute {what}: could not watch the ranks' memory during training")
         peaks[what] = hwm
         losses[what] = [m["loss"] for m in metrics(out)]
     mib = 1 << 20
-    saved = peaks["none"] - peaks["experts"]
-    print(f"expert rank peak RSS while training: {peaks['none'] / mib:.1f} MiB, {peaks['experts'] / mib:.1f} with "
-          f"train.recompute experts: {saved / mib:.1f} MiB less (its expert activations: {activations / mib:.1f} MiB); "
-          f"losses {'equal' if losses['none'] == losses['experts'] else 'DIFFER'}")
-    if losses["none"] != losses["experts"]:
-        fail(f"train.recompute experts changed the losses: {losses['experts']} vs {losses['none']}")
-    if saved < 0.5 * activations:
-        fail("train.recompute experts did not free the expert activations")
+    for what, (rank, counted) in dropped.items():
+        saved = peaks["none"][rank] - peaks[what][rank]
+        role = "expert" if rank else "attention"
+        print(f"{role} rank peak RSS while training: {peaks['none'][rank] / mib:.1f} MiB, "
+              f"{peaks[what][rank] / mib:.1f} with train.recompute {what}: {saved / mib:.1f} MiB less "
+              f"(the activations it drops: {counted / mib:.1f} MiB); "
+              f"losses {'equal' if losses['none'] == losses[what] else 'DIFFER'}")
+        if losses["none"] != losses[what]:
+            fail(f"train.recompute {what} changed the losses: {losses[what]} vs {losses['none']}")
+        if saved < 0.5 * counted:
+            fail(f"train.recompute {what} did not free the {role} rank's activations")
 
 
 def check_in_flight(a, run_file):

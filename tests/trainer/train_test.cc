@@ -267,6 +267,16 @@ TEST(BadInput, MicroBatchesMustDivideTheBatch) {
   EXPECT_NE(e.find("train.micro_batches"), std::string::npos) << e;
 }
 
+TEST(BadInput, RecomputeNamesItsValuesAndNeedsADistributedRun) {
+  Workspace ws;
+  const std::string run_file = ws.WriteRun();
+  std::string e = TrainError(run_file, {"train.recompute=layers"});
+  EXPECT_NE(e.find("train.recompute"), std::string::npos) << e;
+  EXPECT_NE(e.find("none, attention, experts or full"), std::string::npos) << e;
+  e = TrainError(run_file, {"train.recompute=attention"});
+  EXPECT_NE(e.find("distributed runs"), std::string::npos) << e;
+}
+
 TEST(BadInput, ResumeFromACheckpointOfAnotherModel) {
   Workspace ws;
   const std::string run_file = ws.WriteRun();

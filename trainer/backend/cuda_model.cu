@@ -88,11 +88,17 @@ const void* DeviceModel::Operand(const float* x, int64_t n, int slot) {
   if (policy.compute == ComputeDtype::kFp32) return x;
   DeviceBuffer<uint16_t>& b = cast[slot];
   if (b.size() < static_cast<size_t>(n)) b.Resize(static_cast<size_t>(n));
-  if (policy.compute == ComputeDtype::kBf16)
-    HM_CUDA_CHECK(kernels::LaunchCastToBf16(x, n, reinterpret_cast<__nv_bfloat16*>(b.data()), s()));
-  else
-    HM_CUDA_CHECK(kernels::LaunchCastToHalf(x, n, reinterpret_cast<__half*>(b.data()), s()));
+  CastTo16(x, n, b.data());
   return b.data();
+}
+
+void DeviceModel::CastTo16(const float* x, int64_t n, uint16_t* out) {
+  if (policy.compute == ComputeDtype::kBf16)
+    HM_CUDA_CHECK(kernels::LaunchCastToBf16(x, n, reinterpret_cast<__nv_bfloat16*>(out), s()));
+  else if (policy.compute == ComputeDtype::kFp16)
+    HM_CUDA_CHECK(kernels::LaunchCastToHalf(x, n, reinterpret_cast<__half*>(out), s()));
+  else
+    throw Error("CUDA backend: a 16-bit copy asked for in an fp32 run");
 }
 
 const void* DeviceModel::At(const void* base, int64_t elem) const {
@@ -119,7 +125,14 @@ void DeviceModel::LinearDx(int64_t M, int64_t N, int64_t K, const float* dy, int
                                accumulate);
 }
 void DeviceModel::LinearDw(int64_t M, int64_t N, int64_t K, const float* dy, const float* x, int64_t g_offset) {
-  kernels::LinearBackwardWeight(blas->get(), policy.compute, M, N, K, Operand(dy, M * N, 0), Operand(x, M * K, 1),
+  LinearDwOp(M, N, K, dy, Operand(x, M * K, 1), g_offset);
+}
+void DeviceModel::LinearOp(int64_t M, int64_t N, int64_t K, const void* x_op, int64_t w_offset, float* y,
+                           bool accumulate) {
+  kernels::LinearForward(blas->get(), policy.compute, M, N, K, x_op, Weight(w_offset), y, accumulate);
+}
+void DeviceModel::LinearDwOp(int64_t M, int64_t N, int64_t K, const float* dy, const void* x_op, int64_t g_offset) {
+  kernels::LinearBackwardWeight(blas->get(), policy.compute, M, N, K, Operand(dy, M * N, 0), x_op,
                                 grads.data() + g_offset);
 }
 
@@ -153,19 +166,27 @@ std::vector<kernels::ExpertProblem> PerExpert(const ExpertRows& rows, Make make)
 
 void ExpertRows::Bind(DeviceModel& m) {
   for (auto* b : {&xp, &y, &dy, &dxp, &g1, &g3, &act}) b->Bind(&m.allocator);
+  act16.Bind(&m.allocator);
 }
 
 void ExpertRows::ReleaseActivations() {
   for (auto* b : {&g1, &g3, &act}) b->Free();
+  act16.Free();
 }
 
 void ExpertRows::Resize(DeviceModel& m, int64_t rows, bool expert_activations) {
   const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
   for (auto* b : {&xp, &y, &dy, &dxp})
     if (b->size() < static_cast<size_t>(rows * d)) b->Resize(static_cast<size_t>(rows * d));
-  if (expert_activations)
-    for (auto* b : {&g1, &g3, &act})
-      if (b->size() < static_cast<size_t>(rows * f)) b->Resize(static_cast<size_t>(rows * f));
+  if (!expert_activations) return;
+  const auto n = static_cast<size_t>(rows * f);
+  for (auto* b : {&g1, &g3})
+    if (b->size() < n) b->Resize(n);
+  if (m.Compute16()) {
+    if (act16.size() < n) act16.Resize(n);
+  } else if (act.size() < n) {
+    act.Resize(n);
+  }
 }
 
 void ExpertRows::Forward(DeviceModel& m) {
@@ -182,8 +203,16 @@ void ExpertRows::Forward(DeviceModel& m) {
   m.experts->Forward(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
     return kernels::ExpertProblem{0, m.At(xp_op, r0 * d), m.Weight(ex[e].w3), g3.data() + r0 * f};
   }), false);
-  HM_CUDA_CHECK(kernels::LaunchSwiGluForward(g1.data(), g3.data(), rows * f, act.data(), m.s()));
-  const void* act_op = m.Operand(act.data(), rows * f, 1);
+  // act = silu(g1) * g3, kept as the operand of the W2 GEMMs; 16-bit runs
+  // compute it into the backward's scratch dg1 (free until Backward).
+  float* act32 = act.data();
+  if (m.Compute16()) {
+    if (m.dg1.size() < static_cast<size_t>(rows * f)) m.dg1.Resize(static_cast<size_t>(rows * f));
+    act32 = m.dg1.data();
+  }
+  HM_CUDA_CHECK(kernels::LaunchSwiGluForward(g1.data(), g3.data(), rows * f, act32, m.s()));
+  if (m.Compute16()) m.CastTo16(act32, rows * f, act16.data());
+  const void* act_op = m.Compute16() ? static_cast<const void*>(act16.data()) : act.data();
   m.experts->Forward(m.blas->get(), m.policy.compute, d, f, per_expert([&](int64_t e, int64_t r0) {
     return kernels::ExpertProblem{0, m.At(act_op, r0 * f), m.Weight(ex[e].w2), y.data() + r0 * d};
   }), false);
@@ -201,7 +230,7 @@ void ExpertRows::Backward(DeviceModel& m) {
   // dact = dy W2 (held in dg1), dW2 += dy^T act; experts with no tokens
   // keep their weight gradients as they are.
   const void* dy_op = m.Operand(dy.data(), rows * d, 0);
-  const void* act_op = m.Operand(act.data(), rows * f, 1);
+  const void* act_op = m.Compute16() ? static_cast<const void*>(act16.data()) : act.data();
   m.experts->BackwardInput(m.blas->get(), m.policy.compute, d, f, per_expert([&](int64_t e, int64_t r0) {
     return kernels::ExpertProblem{0, m.At(dy_op, r0 * d), m.Weight(ex[e].w2), dg1 + r0 * f};
   }), false);
@@ -232,10 +261,8 @@ void ExpertRows::Backward(DeviceModel& m) {
 struct DeviceMicroBatch::State {
   // Activations one layer's backward needs, as MixtralCpu::LayerActivations.
   struct Layer {
-    DeviceBuffer<float> resid_in, a, rstd1;  // [N, d], [N, d], [N]
-    DeviceBuffer<float> q, k, v;             // after RoPE: [N, H*hd], [N, KV*hd] x2
-    DeviceBuffer<float> attn, lse;           // [N, H*hd], [B, H, T]
-    DeviceBuffer<float> h_mid, m, rstd2;     // [N, d], [N, d], [N]
+    DeviceBuffer<float> resid_in;  // [N, d]
+    AttentionActivations att;      // empty when recomputed (in `shared`)
     DeviceBuffer<float> probs, topk_weight, topk_sum;  // [N, E], [N, k], [N]
     DeviceBuffer<int32_t> topk_expert;                 // [N, k]
     DeviceBuffer<int32_t> counts, offsets, row_of, token_of_row;  // the dispatch plan
@@ -246,6 +273,7 @@ struct DeviceMicroBatch::State {
   DeviceModel& m;
   int64_t batch = 0, seq_len = 0, tokens = 0;
   bool local_experts = false;  // expert activations allocated
+  std::shared_ptr<AttentionActivations> shared;  // train.recompute attention
   DeviceBuffer<float> rope_cos, rope_sin;
   DeviceBuffer<int32_t> inputs, targets;
   std::vector<Layer> layers;
@@ -253,6 +281,7 @@ struct DeviceMicroBatch::State {
   DeviceBuffer<double> prob_sums;
   DeviceBuffer<float> dnormed, dh, dm, dweight, dgate, aux_dprob;
   DeviceBuffer<float> dq, dk, dv, dattn, attn_D;
+  DeviceBuffer<float> normed;  // [N, d] 16-bit runs: a normed input on its way to its kept 16-bit copy
   std::vector<int64_t> aux_counts;
   int64_t aux_rows = 0;
 
@@ -285,16 +314,7 @@ struct DeviceMicroBatch::State {
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       Layer& la = layers[l];
       Alloc(la.resid_in, N * d);
-      Alloc(la.a, N * d);
-      Alloc(la.rstd1, N);
-      Alloc(la.q, N * qd);
-      Alloc(la.k, N * kvd);
-      Alloc(la.v, N * kvd);
-      Alloc(la.attn, N * qd);
-      Alloc(la.lse, b * H * t);
-      Alloc(la.h_mid, N * d);
-      Alloc(la.m, N * d);
-      Alloc(la.rstd2, N);
+      if (!shared) SizeAttention(la.att);
       Alloc(la.probs, N * E);
       Alloc(la.topk_weight, A);
       Alloc(la.topk_sum, N);
@@ -331,7 +351,46 @@ struct DeviceMicroBatch::State {
     Alloc(dv, N * kvd);
     Alloc(dattn, N * qd);
     Alloc(attn_D, b * H * t);
+    if (m.Compute16()) Alloc(normed, N * d);
   }
+
+  // Sized for the current micro-batch (a shared set: grown as needed; the
+  // buffers of the set are reused in stream order).
+  void SizeAttention(AttentionActivations& at) {
+    const auto& c = m.config;
+    const int64_t N = tokens, d = c.hidden_size, hd = c.HeadDim();
+    const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads;
+    auto size = [&](auto& buf, int64_t n) {
+      if (buf.size() < static_cast<size_t>(n)) Alloc(buf, n);
+    };
+    size(at.rstd1, N);
+    size(at.q, N * H * hd);
+    size(at.k, N * KV * hd);
+    size(at.v, N * KV * hd);
+    size(at.attn, N * H * hd);
+    size(at.lse, batch * H * seq_len);
+    size(at.h_mid, N * d);
+    size(at.rstd2, N);
+    if (m.Compute16()) {
+      size(at.a16, N * d);
+      size(at.m16, N * d);
+    } else {
+      size(at.a, N * d);
+      size(at.m, N * d);
+    }
+  }
+  AttentionActivations& Att(int64_t l) { return shared ? *shared : layers[l].att; }
+  // The fp32 normed inputs: kept (fp32 runs) or passing through `normed`.
+  float* A32(AttentionActivations& at) { return m.Compute16() ? normed.data() : at.a.data(); }
+  float* M32(AttentionActivations& at) { return m.Compute16() ? normed.data() : at.m.data(); }
+  // ... and as GEMM operands, the values backward reads.
+  const void* AOp(AttentionActivations& at) {
+    return m.Compute16() ? static_cast<const void*>(at.a16.data()) : at.a.data();
+  }
+  const void* MOp(AttentionActivations& at) {
+    return m.Compute16() ? static_cast<const void*>(at.m16.data()) : at.m.data();
+  }
+  void AttentionBlock(int64_t l, AttentionActivations& at, float* h_mid);
 
   kernels::AttentionDims Dims() const {
     return {batch, seq_len, m.config.num_attention_heads, m.config.num_key_value_heads, m.config.HeadDim()};
@@ -341,6 +400,16 @@ struct DeviceMicroBatch::State {
 
 DeviceMicroBatch::DeviceMicroBatch(DeviceModel& model) : state_(std::make_unique<State>(model)) {}
 DeviceMicroBatch::~DeviceMicroBatch() = default;
+
+void DeviceMicroBatch::RecomputeAttention(std::shared_ptr<AttentionActivations> shared) {
+  if (state_->tokens != 0) throw Error("CUDA backend: RecomputeAttention after the first EmbedForward");
+  for (auto* b : {&shared->a, &shared->rstd1, &shared->q, &shared->k, &shared->v, &shared->attn, &shared->lse,
+                  &shared->h_mid, &shared->m, &shared->rstd2})
+    b->Bind(&state_->m.allocator);
+  shared->a16.Bind(&state_->m.allocator);
+  shared->m16.Bind(&state_->m.allocator);
+  state_->shared = std::move(shared);
+}
 
 void DeviceMicroBatch::EmbedForward(const model::MicroBatch& mb) {
   State& st = *state_;
@@ -359,34 +428,52 @@ void DeviceMicroBatch::EmbedForward(const model::MicroBatch& mb) {
   HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // the token ids are the caller's host memory
 }
 
+// Layer l's attention block over its input into `at`, the residual after it
+// into h_mid (which may be outside `at`), and the MoE's RMSNorm (its fp32
+// values left in M32(at)).
+void DeviceMicroBatch::State::AttentionBlock(int64_t l, AttentionActivations& at, float* h_mid) {
+  const auto& c = m.config;
+  const int64_t N = tokens, d = c.hidden_size, hd = c.HeadDim();
+  const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float* h = layers[l].resid_in.data();
+  const model::LayerOffsets& lo = m.layout.layers[l];
+  // --- attention block: h_mid = h + o_proj(attn(rope(q), rope(k), v)) ---
+  HM_CUDA_CHECK(kernels::LaunchRmsNormForward(h, m.params.data() + lo.input_norm, N, d, eps, A32(at),
+                                              at.rstd1.data(), m.s()));
+  if (m.Compute16()) m.CastTo16(A32(at), N * d, at.a16.data());
+  const void* a_op = AOp(at);  // shared by q, k, v
+  m.LinearOp(N, H * hd, d, a_op, lo.q, at.q.data(), false);
+  m.LinearOp(N, KV * hd, d, a_op, lo.k, at.k.data(), false);
+  m.LinearOp(N, KV * hd, d, a_op, lo.v, at.v.data(), false);
+  HM_CUDA_CHECK(kernels::LaunchRope(at.q.data(), rope_cos.data(), rope_sin.data(), N, H, hd, seq_len, false, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchRope(at.k.data(), rope_cos.data(), rope_sin.data(), N, KV, hd, seq_len, false, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchAttentionForward(Dims(), at.q.data(), at.k.data(), at.v.data(), at.attn.data(),
+                                                at.lse.data(), m.s()));
+  HM_CUDA_CHECK(cudaMemcpyAsync(h_mid, h, sizeof(float) * N * d, cudaMemcpyDeviceToDevice, m.s()));
+  m.Linear(N, d, H * hd, at.attn.data(), lo.o, h_mid, true);
+  // --- the MoE's input ---
+  HM_CUDA_CHECK(kernels::LaunchRmsNormForward(h_mid, m.params.data() + lo.post_norm, N, d, eps, M32(at),
+                                              at.rstd2.data(), m.s()));
+  if (m.Compute16()) m.CastTo16(M32(at), N * d, at.m16.data());
+}
+
 void DeviceMicroBatch::AttentionForward(int64_t l) {
   State& st = *state_;
   DeviceModel& m = st.m;
   const auto& c = m.config;
-  const int64_t N = st.tokens, d = c.hidden_size, hd = c.HeadDim();
-  const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads;
+  const int64_t N = st.tokens, d = c.hidden_size;
   const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
-  const float eps = static_cast<float>(c.rms_norm_eps);
   State::Layer& la = st.layers[l];
   const model::LayerOffsets& lo = m.layout.layers[l];
-  // --- attention block: h_mid = h + o_proj(attn(rope(q), rope(k), v)) ---
-  HM_CUDA_CHECK(kernels::LaunchRmsNormForward(la.resid_in.data(), m.params.data() + lo.input_norm, N, d, eps,
-                                              la.a.data(), la.rstd1.data(), m.s()));
-  const void* a_op = m.Operand(la.a.data(), N * d, 0);  // shared by q, k, v
-  kernels::LinearForward(m.blas->get(), m.policy.compute, N, H * hd, d, a_op, m.Weight(lo.q), la.q.data(), false);
-  kernels::LinearForward(m.blas->get(), m.policy.compute, N, KV * hd, d, a_op, m.Weight(lo.k), la.k.data(), false);
-  kernels::LinearForward(m.blas->get(), m.policy.compute, N, KV * hd, d, a_op, m.Weight(lo.v), la.v.data(), false);
-  HM_CUDA_CHECK(kernels::LaunchRope(la.q.data(), st.rope_cos.data(), st.rope_sin.data(), N, H, hd, st.seq_len, false, m.s()));
-  HM_CUDA_CHECK(kernels::LaunchRope(la.k.data(), st.rope_cos.data(), st.rope_sin.data(), N, KV, hd, st.seq_len, false, m.s()));
-  HM_CUDA_CHECK(kernels::LaunchAttentionForward(st.Dims(), la.q.data(), la.k.data(), la.v.data(), la.attn.data(),
-                                                la.lse.data(), m.s()));
-  HM_CUDA_CHECK(cudaMemcpyAsync(la.h_mid.data(), la.resid_in.data(), la.h_mid.bytes(), cudaMemcpyDeviceToDevice, m.s()));
-  m.Linear(N, d, H * hd, la.attn.data(), lo.o, la.h_mid.data(), true);
+  AttentionActivations& at = st.Att(l);
+  // Recomputed: the shared set sized for this micro-batch, and the residual
+  // after attention written where CombineForward adds the experts to it.
+  if (st.shared) st.SizeAttention(at);
+  st.AttentionBlock(l, at, st.shared ? st.ResidualOut(l) : at.h_mid.data());
 
   // --- MoE block: router -> dispatch (the experts and combine are stages of their own) ---
-  HM_CUDA_CHECK(kernels::LaunchRmsNormForward(la.h_mid.data(), m.params.data() + lo.post_norm, N, d, eps,
-                                              la.m.data(), la.rstd2.data(), m.s()));
-  m.Linear(N, E, d, la.m.data(), lo.gate, st.gate_logits.data(), false);
+  m.LinearOp(N, E, d, st.MOp(at), lo.gate, st.gate_logits.data(), false);
   HM_CUDA_CHECK(kernels::LaunchRouterForward(st.gate_logits.data(), N, E, k, la.probs.data(), la.topk_expert.data(),
                                              la.topk_weight.data(), la.topk_sum.data(), m.s()));
   HM_CUDA_CHECK(kernels::LaunchRouterProbSums(la.probs.data(), N, E, st.prob_sums.data() + l * E, m.s()));
@@ -396,7 +483,7 @@ void DeviceMicroBatch::AttentionForward(int64_t l) {
   std::vector<int32_t> counts32(E), offsets32(E + 1);
   HM_CUDA_CHECK(cudaMemcpyAsync(counts32.data(), la.counts.data(), sizeof(int32_t) * E, cudaMemcpyDeviceToHost, m.s()));
   HM_CUDA_CHECK(cudaMemcpyAsync(offsets32.data(), la.offsets.data(), sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, m.s()));
-  HM_CUDA_CHECK(kernels::LaunchGatherRows(la.m.data(), la.token_of_row.data(), N * k, d, la.rows.xp.data(), m.s()));
+  HM_CUDA_CHECK(kernels::LaunchGatherRows(st.M32(at), la.token_of_row.data(), N * k, d, la.rows.xp.data(), m.s()));
   HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));
   for (int64_t e = 0; e < E; ++e) la.rows.counts[e] = counts32[e];
   for (int64_t e = 0; e <= E; ++e) la.rows.offsets[e] = offsets32[e];
@@ -418,7 +505,9 @@ void DeviceMicroBatch::CombineForward(int64_t l) {
   const int64_t N = st.tokens, d = m.config.hidden_size, k = m.config.num_experts_per_tok;
   // h_out = h_mid + sum_slot weight * y[row_of(n, slot)]
   float* h_out = st.ResidualOut(l);
-  HM_CUDA_CHECK(cudaMemcpyAsync(h_out, la.h_mid.data(), la.h_mid.bytes(), cudaMemcpyDeviceToDevice, m.s()));
+  // Recomputed attention wrote the residual after attention into h_out.
+  if (!st.shared)
+    HM_CUDA_CHECK(cudaMemcpyAsync(h_out, la.att.h_mid.data(), sizeof(float) * N * d, cudaMemcpyDeviceToDevice, m.s()));
   HM_CUDA_CHECK(kernels::LaunchCombine(la.rows.y.data(), la.topk_weight.data(), la.row_of.data(), N, k, d, h_out, m.s()));
 }
 
@@ -505,6 +594,8 @@ void DeviceMicroBatch::AttentionBackward(int64_t l) {
   const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
   State::Layer& la = st.layers[l];
   const model::LayerOffsets& lo = m.layout.layers[l];
+  AttentionActivations& at = st.Att(l);
+  if (st.shared) st.AttentionBlock(l, at, at.h_mid.data());  // the forward's values again
   // --- the rest of the MoE block: dispatch (scatter-add) and the router ---
   HM_CUDA_CHECK(cudaMemsetAsync(st.dm.data(), 0, st.dm.bytes(), m.s()));
   HM_CUDA_CHECK(kernels::LaunchScatterAddRows(la.rows.dxp.data(), la.row_of.data(), N, k, d, st.dm.data(), m.s()));
@@ -512,28 +603,28 @@ void DeviceMicroBatch::AttentionBackward(int64_t l) {
   HM_CUDA_CHECK(kernels::LaunchRouterBackward(la.probs.data(), la.topk_expert.data(), la.topk_weight.data(),
                                               la.topk_sum.data(), st.dweight.data(), st.aux_dprob.data(), N, E, k,
                                               st.dgate.data(), m.s()));
-  m.LinearDw(N, E, d, st.dgate.data(), la.m.data(), lo.gate);
+  m.LinearDwOp(N, E, d, st.dgate.data(), st.MOp(at), lo.gate);
   m.LinearDx(N, E, d, st.dgate.data(), lo.gate, st.dm.data(), true);
-  HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(st.dm.data(), la.h_mid.data(), m.params.data() + lo.post_norm,
-                                               la.rstd2.data(), N, d, st.dh.data(), m.grads.data() + lo.post_norm,
+  HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(st.dm.data(), at.h_mid.data(), m.params.data() + lo.post_norm,
+                                               at.rstd2.data(), N, d, st.dh.data(), m.grads.data() + lo.post_norm,
                                                m.s()));
   // --- attention block backward ---
-  m.LinearDw(N, d, H * hd, st.dh.data(), la.attn.data(), lo.o);
+  m.LinearDw(N, d, H * hd, st.dh.data(), at.attn.data(), lo.o);
   m.LinearDx(N, d, H * hd, st.dh.data(), lo.o, st.dattn.data(), false);
-  HM_CUDA_CHECK(kernels::LaunchAttentionBackward(st.Dims(), la.q.data(), la.k.data(), la.v.data(), la.attn.data(),
-                                                 la.lse.data(), st.dattn.data(), st.attn_D.data(), st.dq.data(),
+  HM_CUDA_CHECK(kernels::LaunchAttentionBackward(st.Dims(), at.q.data(), at.k.data(), at.v.data(), at.attn.data(),
+                                                 at.lse.data(), st.dattn.data(), st.attn_D.data(), st.dq.data(),
                                                  st.dk.data(), st.dv.data(), m.s()));
   HM_CUDA_CHECK(kernels::LaunchRope(st.dq.data(), st.rope_cos.data(), st.rope_sin.data(), N, H, hd, st.seq_len, true, m.s()));
   HM_CUDA_CHECK(kernels::LaunchRope(st.dk.data(), st.rope_cos.data(), st.rope_sin.data(), N, KV, hd, st.seq_len, true, m.s()));
   float* da = st.dm.data();  // reuse: gradient w.r.t. the normed input
-  m.LinearDw(N, H * hd, d, st.dq.data(), la.a.data(), lo.q);
-  m.LinearDw(N, KV * hd, d, st.dk.data(), la.a.data(), lo.k);
-  m.LinearDw(N, KV * hd, d, st.dv.data(), la.a.data(), lo.v);
+  m.LinearDwOp(N, H * hd, d, st.dq.data(), st.AOp(at), lo.q);
+  m.LinearDwOp(N, KV * hd, d, st.dk.data(), st.AOp(at), lo.k);
+  m.LinearDwOp(N, KV * hd, d, st.dv.data(), st.AOp(at), lo.v);
   m.LinearDx(N, H * hd, d, st.dq.data(), lo.q, da, false);
   m.LinearDx(N, KV * hd, d, st.dk.data(), lo.k, da, true);
   m.LinearDx(N, KV * hd, d, st.dv.data(), lo.v, da, true);
   HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(da, la.resid_in.data(), m.params.data() + lo.input_norm,
-                                               la.rstd1.data(), N, d, st.dh.data(), m.grads.data() + lo.input_norm,
+                                               at.rstd1.data(), N, d, st.dh.data(), m.grads.data() + lo.input_norm,
                                                m.s()));
 }
 

@@ -57,7 +57,7 @@ class DeviceModel {
   kernels::DeviceBuffer<float> params, grads, exp_avg, exp_avg_sq;  // fp32 master state, layout order
   kernels::DeviceBuffer<uint16_t> params16;                         // bf16/fp16 copy for the GEMMs
   kernels::DeviceBuffer<uint16_t> cast[3];                          // activation operands in 16 bits
-  kernels::DeviceBuffer<float> dg1, dg3;                            // expert backward scratch [A, f]
+  kernels::DeviceBuffer<float> dg1, dg3;                            // expert scratch [A, f] (see ExpertRows)
   int64_t optimizer_step = 0;
   kernels::DynamicLossScaler scaler;
 
@@ -69,6 +69,12 @@ class DeviceModel {
   // element `elem` of such an operand.
   const void* Weight(int64_t offset) const;
   const void* Operand(const float* x, int64_t n, int slot);
+  // Whether GEMM operands are 16-bit (bf16/fp16): activations that backward
+  // reads only as GEMM operands are then kept in 16 bits, the values the
+  // GEMMs would have cast them to (the same results, half the bytes).
+  bool Compute16() const { return policy.compute != kernels::ComputeDtype::kFp32; }
+  // x [n] (fp32) into out [n] in the compute format (16-bit runs).
+  void CastTo16(const float* x, int64_t n, uint16_t* out);
   const void* At(const void* base, int64_t elem) const;
   // Re-casts the 16-bit weight copy after the fp32 parameters changed.
   void RefreshCompute16();
@@ -77,6 +83,9 @@ class DeviceModel {
               int slot = 0);
   void LinearDx(int64_t M, int64_t N, int64_t K, const float* dy, int64_t w_offset, float* dx, bool accumulate);
   void LinearDw(int64_t M, int64_t N, int64_t K, const float* dy, const float* x, int64_t g_offset);
+  // The same with the activation x already an operand (Operand, or kept 16-bit).
+  void LinearOp(int64_t M, int64_t N, int64_t K, const void* x_op, int64_t w_offset, float* y, bool accumulate);
+  void LinearDwOp(int64_t M, int64_t N, int64_t K, const float* dy, const void* x_op, int64_t g_offset);
 
   // Uploads / downloads host vectors, waiting for the copy.
   void ToDevice(const float* host, float* device_ptr, int64_t n);
@@ -85,27 +94,48 @@ class DeviceModel {
 
 // Experts [first, first + count) of one layer over rows grouped by expert
 // (counts/offsets on the host, zero outside the range): xp [rows, d] in,
-// y [rows, d] out, with g1, g3, act [rows, f] kept for backward; backward
-// takes dy and writes dxp, adding the experts' weight gradients. The
-// micro-batch uses one per layer (xp/y/dy/dxp always; the expert
-// activations only when it runs experts itself); an owner rank one per block.
+// y [rows, d] out, with g1, g3, act [rows, f] kept for backward (act in 16
+// bits, act16, when the GEMMs are: backward reads it only as their
+// operand); backward takes dy and writes dxp, adding the experts' weight
+// gradients. The micro-batch uses one per layer (xp/y/dy/dxp always; the
+// expert activations only when it runs experts itself); an owner rank one
+// per block.
 struct ExpertRows {
   kernels::DeviceBuffer<float> xp, y, dy, dxp, g1, g3, act;
+  kernels::DeviceBuffer<uint16_t> act16;
   std::vector<int64_t> counts, offsets;
   int64_t layer = 0, first = 0, count = 0;
 
   void Bind(DeviceModel& m);
   void Resize(DeviceModel& m, int64_t rows, bool expert_activations);
-  // Frees g1, g3 and act (recompute: Resize brings them back).
+  // Frees the expert activations (recompute: Resize brings them back).
   void ReleaseActivations();
   void Forward(DeviceModel& m);
   void Backward(DeviceModel& m);
+};
+
+// One layer's attention-block activations, as model::MixtralCpu's: the
+// normed inputs a (attention) and m (MoE), q/k/v after RoPE, the attention
+// output and its log-sum-exp, the residual after attention. With 16-bit
+// GEMMs a and m are kept only as the 16-bit operands backward reads (a16,
+// m16).
+struct AttentionActivations {
+  kernels::DeviceBuffer<float> a, rstd1, q, k, v, attn, lse, h_mid, m, rstd2;
+  kernels::DeviceBuffer<uint16_t> a16, m16;
 };
 
 class DeviceMicroBatch {
  public:
   explicit DeviceMicroBatch(DeviceModel& model);
   ~DeviceMicroBatch();
+
+  // train.recompute attention (as model::MixtralCpu::RecomputeAttention):
+  // each layer keeps its input, the router's outputs and the rows; the
+  // attention block's activations live in `shared`, which any number of
+  // micro-batches of this model may share (their stages run in order on
+  // its one stream), and are computed again before each layer's backward.
+  // Call before the first EmbedForward.
+  void RecomputeAttention(std::shared_ptr<AttentionActivations> shared);
 
   // The stages, as model::MixtralCpu has them.
   void EmbedForward(const model::MicroBatch& batch);

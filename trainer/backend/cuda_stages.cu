@@ -34,7 +34,8 @@ namespace {
 
 class CudaMicroBatchStages final : public model::MicroBatchStages {
  public:
-  explicit CudaMicroBatchStages(DeviceModel& m) : m_(m), mb_(m) {
+  CudaMicroBatchStages(DeviceModel& m, std::shared_ptr<AttentionActivations> recompute) : m_(m), mb_(m) {
+    if (recompute) mb_.RecomputeAttention(std::move(recompute));
     const auto L = static_cast<size_t>(m.config.num_hidden_layers);
     plans_.resize(L);
     xp_.resize(L);
@@ -160,7 +161,10 @@ class CudaStageDevice final : public model::StageDevice {
   }
   std::string name() const override { return m_.Describe(); }
   std::unique_ptr<model::MicroBatchStages> NewMicroBatch() override {
-    return std::make_unique<CudaMicroBatchStages>(m_);
+    // Micro-batches run their stages in order on the model's stream, so they
+    // can share one set of recomputed attention activations.
+    if (recompute_attention_ && !attention_) attention_ = std::make_shared<AttentionActivations>();
+    return std::make_unique<CudaMicroBatchStages>(m_, recompute_attention_ ? attention_ : nullptr);
   }
   std::unique_ptr<model::ExpertBlock> NewExpertBlock() override {
     return std::make_unique<CudaExpertBlock>(m_, recompute_experts_);
@@ -299,6 +303,7 @@ class CudaStageDevice final : public model::StageDevice {
 
  private:
   DeviceModel m_;
+  std::shared_ptr<AttentionActivations> attention_;  // train.recompute attention (after m_: freed first)
 #ifdef HETERMOE_HAVE_NCCL
   kernels::DeviceBuffer<double> norm_partials_, norm_out_;
   std::vector<int64_t> moment_offset_;  // ZeRO-1: per tensor, -1 without moments; empty = every tensor, in place

@@ -10,8 +10,11 @@ namespace {
 
 class CpuMicroBatch final : public MicroBatchStages {
  public:
-  CpuMicroBatch(const io::MixtralConfig& config, const ParameterLayout& layout, const float* params, float* grads)
-      : model_(config, layout), params_(params), grads_(grads) {}
+  CpuMicroBatch(const io::MixtralConfig& config, const ParameterLayout& layout, const float* params, float* grads,
+                std::shared_ptr<MixtralCpu::AttentionActivations> recompute)
+      : model_(config, layout), params_(params), grads_(grads) {
+    if (recompute) model_.RecomputeAttention(std::move(recompute));
+  }
   void EmbedForward(const MicroBatch& batch) override { model_.EmbedForward(params_, batch); }
   void AttentionForward(int64_t l) override { model_.AttentionForward(params_, l); }
   void CombineForward(int64_t l) override { model_.CombineForward(l); }
@@ -98,7 +101,12 @@ class CpuStageDevice final : public StageDevice {
       : config_(config), layout_(layout), params_(params), grads_(grads) {}
   std::string name() const override { return "cpu"; }
   std::unique_ptr<MicroBatchStages> NewMicroBatch() override {
-    return std::make_unique<CpuMicroBatch>(config_, layout_, params_, grads_);
+    // The engine runs one stage at a time, so every micro-batch can share
+    // one set of recomputed attention activations.
+    if (recompute_attention_ && !attention_)
+      attention_ = std::make_shared<MixtralCpu::AttentionActivations>();
+    return std::make_unique<CpuMicroBatch>(config_, layout_, params_, grads_,
+                                           recompute_attention_ ? attention_ : nullptr);
   }
   std::unique_ptr<ExpertBlock> NewExpertBlock() override {
     return std::make_unique<CpuExpertBlock>(config_, layout_, params_, grads_, recompute_experts_);
@@ -117,6 +125,7 @@ class CpuStageDevice final : public StageDevice {
   const ParameterLayout& layout_;
   const float* params_;
   float* grads_;
+  std::shared_ptr<MixtralCpu::AttentionActivations> attention_;  // train.recompute attention
 };
 
 }  // namespace

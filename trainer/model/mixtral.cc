@@ -27,16 +27,7 @@ void MixtralCpu::Resize(int64_t batch, int64_t seq_len) {
   layers_.assign(config_.num_hidden_layers, {});
   for (auto& la : layers_) {
     la.resid_in.resize(N * d);
-    la.a.resize(N * d);
-    la.rstd1.resize(N);
-    la.q.resize(N * qd);
-    la.k.resize(N * kvd);
-    la.v.resize(N * kvd);
-    la.attn.resize(N * qd);
-    la.lse.resize(batch * config_.num_attention_heads * seq_len);
-    la.h_mid.resize(N * d);
-    la.m.resize(N * d);
-    la.rstd2.resize(N);
+    if (!shared_att_) SizeAttention(la.att);
     la.xp.resize(A * d);
     la.experts.y.resize(A * d);
     la.dy.resize(A * d);
@@ -54,6 +45,26 @@ void MixtralCpu::Resize(int64_t batch, int64_t seq_len) {
   dq_.resize(N * qd);
   dk_.resize(N * kvd);
   dv_.resize(N * kvd);
+}
+
+void MixtralCpu::SizeAttention(AttentionActivations& at) const {
+  const int64_t N = tokens_, d = config_.hidden_size, hd = config_.HeadDim();
+  const int64_t qd = config_.num_attention_heads * hd, kvd = config_.num_key_value_heads * hd;
+  at.a.resize(N * d);
+  at.rstd1.resize(N);
+  at.q.resize(N * qd);
+  at.k.resize(N * kvd);
+  at.v.resize(N * kvd);
+  at.attn.resize(N * qd);
+  at.lse.resize(batch_ * config_.num_attention_heads * seq_len_);
+  at.h_mid.resize(N * d);
+  at.m.resize(N * d);
+  at.rstd2.resize(N);
+}
+
+void MixtralCpu::RecomputeAttention(std::shared_ptr<AttentionActivations> shared) {
+  shared_att_ = std::move(shared);
+  batch_ = seq_len_ = tokens_ = 0;  // the next EmbedForward sizes the layers again
 }
 
 std::vector<ops::ExpertWeights> MixtralCpu::ExpertWeightsOf(const float* params, int64_t layer,
@@ -86,33 +97,42 @@ void MixtralCpu::EmbedForward(const float* params, const MicroBatch& mb) {
   aux_rows_ = 0;
 }
 
-void MixtralCpu::AttentionForward(const float* params, int64_t l) {
+void MixtralCpu::AttentionBlock(const float* params, int64_t l, AttentionActivations& at, float* h_mid) {
   const int64_t N = tokens_, d = config_.hidden_size, hd = config_.HeadDim();
   const int64_t H = config_.num_attention_heads, KV = config_.num_key_value_heads;
-  const int64_t E = config_.num_local_experts, k = config_.num_experts_per_tok;
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  LayerActivations& la = layers_[l];
+  const float* h = layers_[l].resid_in.data();
   const LayerOffsets& lo = layout_.layers[l];
   // h_mid = h + o_proj(attention(rope(q), rope(k), v)) over RMSNorm_in(h)
-  ops::RmsNormForward(N, d, la.resid_in.data(), params + lo.input_norm, eps, la.a.data(),
-                      la.rstd1.data());
-  ops::LinearForward(N, H * hd, d, la.a.data(), params + lo.q, la.q.data());
-  ops::LinearForward(N, KV * hd, d, la.a.data(), params + lo.k, la.k.data());
-  ops::LinearForward(N, KV * hd, d, la.a.data(), params + lo.v, la.v.data());
-  ops::RopeApply(rope_, N, H, la.q.data(), false);
-  ops::RopeApply(rope_, N, KV, la.k.data(), false);
-  ops::AttentionForward({batch_, seq_len_, H, KV, hd}, la.q.data(), la.k.data(), la.v.data(),
-                        la.attn.data(), la.lse.data());
-  std::copy(la.resid_in.begin(), la.resid_in.end(), la.h_mid.begin());
-  ops::LinearForward(N, d, H * hd, la.attn.data(), params + lo.o, la.h_mid.data(), true);
+  ops::RmsNormForward(N, d, h, params + lo.input_norm, eps, at.a.data(), at.rstd1.data());
+  ops::LinearForward(N, H * hd, d, at.a.data(), params + lo.q, at.q.data());
+  ops::LinearForward(N, KV * hd, d, at.a.data(), params + lo.k, at.k.data());
+  ops::LinearForward(N, KV * hd, d, at.a.data(), params + lo.v, at.v.data());
+  ops::RopeApply(rope_, N, H, at.q.data(), false);
+  ops::RopeApply(rope_, N, KV, at.k.data(), false);
+  ops::AttentionForward({batch_, seq_len_, H, KV, hd}, at.q.data(), at.k.data(), at.v.data(), at.attn.data(),
+                        at.lse.data());
+  std::copy(h, h + N * d, h_mid);
+  ops::LinearForward(N, d, H * hd, at.attn.data(), params + lo.o, h_mid, true);
+  // the MoE's input
+  ops::RmsNormForward(N, d, h_mid, params + lo.post_norm, eps, at.m.data(), at.rstd2.data());
+}
+
+void MixtralCpu::AttentionForward(const float* params, int64_t l) {
+  const int64_t N = tokens_, d = config_.hidden_size;
+  const int64_t E = config_.num_local_experts, k = config_.num_experts_per_tok;
+  LayerActivations& la = layers_[l];
+  AttentionActivations& at = Att(l);
+  // Recomputed: the shared set sized for this micro-batch, and the residual
+  // after attention written where CombineForward adds the experts to it.
+  if (shared_att_) SizeAttention(at);
+  AttentionBlock(params, l, at, shared_att_ ? ResidualOut(l) : at.h_mid.data());
 
   // router -> dispatch plan -> gather rows by expert
-  ops::RmsNormForward(N, d, la.h_mid.data(), params + lo.post_norm, eps, la.m.data(),
-                      la.rstd2.data());
-  ops::LinearForward(N, E, d, la.m.data(), params + lo.gate, gate_logits_.data());
+  ops::LinearForward(N, E, d, at.m.data(), params + layout_.layers[l].gate, gate_logits_.data());
   ops::RouterForward(N, E, k, gate_logits_.data(), &la.router);
   la.plan = ops::MakeDispatchPlan(N, k, E, la.router.topk_expert.data());
-  ops::DispatchGather(la.plan, d, la.m.data(), la.xp.data());
+  ops::DispatchGather(la.plan, d, at.m.data(), la.xp.data());
 
   for (int64_t e = 0; e < E; ++e) aux_counts_[e] += la.plan.counts[e];
   for (int64_t n = 0; n < N; ++n)
@@ -129,7 +149,8 @@ void MixtralCpu::ExpertsForward(const float* params, int64_t l, int64_t first, i
 void MixtralCpu::CombineForward(int64_t l) {
   LayerActivations& la = layers_[l];
   float* h_out = ResidualOut(l);
-  std::copy(la.h_mid.begin(), la.h_mid.end(), h_out);
+  // Recomputed attention wrote the residual after attention into h_out.
+  if (!shared_att_) std::copy(la.att.h_mid.begin(), la.att.h_mid.end(), h_out);
   ops::Combine(la.plan, config_.hidden_size, la.router.topk_weight.data(), la.experts.y.data(),
                h_out);
 }
@@ -205,6 +226,8 @@ void MixtralCpu::AttentionBackward(const float* params, float* grads, int64_t l)
   const int64_t E = config_.num_local_experts, k = config_.num_experts_per_tok;
   LayerActivations& la = layers_[l];
   const LayerOffsets& lo = layout_.layers[l];
+  AttentionActivations& at = Att(l);
+  if (shared_att_) AttentionBlock(params, l, at, at.h_mid.data());  // the forward's values again
 
   // MoE input gradient: the experts' branch (scatter of dxp) plus the gate's
   // branch (the routing weights scale the expert outputs).
@@ -213,29 +236,29 @@ void MixtralCpu::AttentionBackward(const float* params, float* grads, int64_t l)
   std::fill(dm.begin(), dm.end(), 0.0f);
   ops::DispatchScatterAdd(la.plan, d, la.dxp.data(), dm.data());
   ops::RouterBackward(N, E, k, la.router, la.dweight.data(), aux_dprob_.data(), dgate.data());
-  ops::LinearBackwardWeight(N, E, d, dgate.data(), la.m.data(), grads + lo.gate);
+  ops::LinearBackwardWeight(N, E, d, dgate.data(), at.m.data(), grads + lo.gate);
   ops::LinearBackwardInput(N, E, d, dgate.data(), params + lo.gate, dm.data(), true);
-  ops::RmsNormBackward(N, d, dm.data(), la.h_mid.data(), params + lo.post_norm, la.rstd2.data(),
+  ops::RmsNormBackward(N, d, dm.data(), at.h_mid.data(), params + lo.post_norm, at.rstd2.data(),
                        dh_.data(), grads + lo.post_norm);
 
   // attention block
   std::vector<float>&dattn = dattn_, &dq = dq_, &dk = dk_, &dv = dv_;
-  ops::LinearBackwardWeight(N, d, H * hd, dh_.data(), la.attn.data(), grads + lo.o);
+  ops::LinearBackwardWeight(N, d, H * hd, dh_.data(), at.attn.data(), grads + lo.o);
   ops::LinearBackwardInput(N, d, H * hd, dh_.data(), params + lo.o, dattn.data(), false);
-  ops::AttentionBackward({batch_, seq_len_, H, KV, hd}, la.q.data(), la.k.data(), la.v.data(),
-                         la.attn.data(), la.lse.data(), dattn.data(), dq.data(), dk.data(),
+  ops::AttentionBackward({batch_, seq_len_, H, KV, hd}, at.q.data(), at.k.data(), at.v.data(),
+                         at.attn.data(), at.lse.data(), dattn.data(), dq.data(), dk.data(),
                          dv.data());
   ops::RopeApply(rope_, N, H, dq.data(), true);
   ops::RopeApply(rope_, N, KV, dk.data(), true);
   std::vector<float>& da = dm;  // reuse: gradient w.r.t. the normed input
-  ops::LinearBackwardWeight(N, H * hd, d, dq.data(), la.a.data(), grads + lo.q);
-  ops::LinearBackwardWeight(N, KV * hd, d, dk.data(), la.a.data(), grads + lo.k);
-  ops::LinearBackwardWeight(N, KV * hd, d, dv.data(), la.a.data(), grads + lo.v);
+  ops::LinearBackwardWeight(N, H * hd, d, dq.data(), at.a.data(), grads + lo.q);
+  ops::LinearBackwardWeight(N, KV * hd, d, dk.data(), at.a.data(), grads + lo.k);
+  ops::LinearBackwardWeight(N, KV * hd, d, dv.data(), at.a.data(), grads + lo.v);
   ops::LinearBackwardInput(N, H * hd, d, dq.data(), params + lo.q, da.data(), false);
   ops::LinearBackwardInput(N, KV * hd, d, dk.data(), params + lo.k, da.data(), true);
   ops::LinearBackwardInput(N, KV * hd, d, dv.data(), params + lo.v, da.data(), true);
   ops::RmsNormBackward(N, d, da.data(), la.resid_in.data(), params + lo.input_norm,
-                       la.rstd1.data(), dh_.data(), grads + lo.input_norm);
+                       at.rstd1.data(), dh_.data(), grads + lo.input_norm);
 }
 
 void MixtralCpu::EmbedBackward(float* grads) {

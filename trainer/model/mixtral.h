@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/mixtral_config.h"
@@ -46,7 +47,25 @@ struct LossParts {
 
 class MixtralCpu {
  public:
+  // What one layer's attention block leaves for its backward: the normed
+  // input, q/k/v after RoPE, the attention output and its log-sum-exp, the
+  // residual after attention, and the MoE's normed input.
+  struct AttentionActivations {
+    std::vector<float> a, rstd1;   // [N, d], [N]
+    std::vector<float> q, k, v;    // [N, H*hd], [N, KV*hd] x2
+    std::vector<float> attn, lse;  // [N, H*hd], [B, H, T]
+    std::vector<float> h_mid;      // [N, d]
+    std::vector<float> m, rstd2;   // [N, d], [N]
+  };
+
   MixtralCpu(const io::MixtralConfig& config, const ParameterLayout& layout);
+
+  // train.recompute attention: keep of each layer only its input, the
+  // router's outputs and the rows; the attention block's activations live in
+  // `shared` (one set for every instance given it, used one call at a time)
+  // and are computed again before each layer's backward: the same values,
+  // so the same training. Call before the first Forward/EmbedForward.
+  void RecomputeAttention(std::shared_ptr<AttentionActivations> shared);
 
   // --- whole passes ---
   // Computes logits and the loss; keeps what Backward needs.
@@ -88,11 +107,7 @@ class MixtralCpu {
  private:
   struct LayerActivations {
     std::vector<float> resid_in;      // [N, d] layer input (residual stream)
-    std::vector<float> a, rstd1;      // normed input [N, d], [N]
-    std::vector<float> q, k, v;       // after RoPE
-    std::vector<float> attn, lse;     // attention output [N, H*hd], [B, H, T]
-    std::vector<float> h_mid;         // [N, d] after the attention residual
-    std::vector<float> m, rstd2;      // normed for the MoE
+    AttentionActivations att;         // empty when recomputed
     ops::RouterOutput router;
     ops::DispatchPlan plan;
     std::vector<float> xp;            // dispatched tokens [N*k, d]
@@ -102,6 +117,11 @@ class MixtralCpu {
   };
 
   void Resize(int64_t batch, int64_t seq_len);
+  void SizeAttention(AttentionActivations& at) const;
+  // Layer l's attention block over its input into `at`, the residual after
+  // it into h_mid (which may be outside `at`), and the MoE's RMSNorm.
+  void AttentionBlock(const float* params, int64_t layer, AttentionActivations& at, float* h_mid);
+  AttentionActivations& Att(int64_t layer) { return shared_att_ ? *shared_att_ : layers_[layer].att; }
   std::vector<ops::ExpertWeights> ExpertWeightsOf(const float* params, int64_t layer,
                                                   int64_t first, int64_t count) const;
   float* ResidualOut(int64_t layer);
@@ -114,6 +134,7 @@ class MixtralCpu {
   const int32_t* targets_ = nullptr;
 
   std::vector<LayerActivations> layers_;
+  std::shared_ptr<AttentionActivations> shared_att_;  // train.recompute attention
   std::vector<float> resid_out_;          // [N, d] residual after the last layer
   std::vector<float> final_normed_, final_rstd_;
   std::vector<float> logits_;

@@ -196,6 +196,13 @@ class StageDevice {
   // activations for one block at a time, for one more expert forward each.
   void SetRecomputeExperts(bool on) { recompute_experts_ = on; }
   bool recompute_experts() const { return recompute_experts_; }
+  // train.recompute attention: micro-batches made from now on keep of each
+  // layer only its input, the router's outputs and the rows, and compute the
+  // attention block again before its backward (the same values): an
+  // attention rank holds the attention block's activations of one layer of
+  // one micro-batch at a time, for one more attention forward per layer.
+  void SetRecomputeAttention(bool on) { recompute_attention_ = on; }
+  bool recompute_attention() const { return recompute_attention_; }
 
   // The NCCL transport, where the device has one (else nullptr and ""):
   // one id per channel, made by one rank with NewExchangeId and handed to
@@ -239,6 +246,7 @@ class StageDevice {
 
  protected:
   bool recompute_experts_ = false;
+  bool recompute_attention_ = false;
 };
 
 }  // namespace hetermoe::model

@@ -210,9 +210,16 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
 void DistributedBackend::SetDedup(bool on) { impl_->dedup = on; }
 
 void DistributedBackend::SetRecompute(const std::string& what) {
-  if (what != "none" && what != "experts") throw Error("train.recompute: '" + what + "' is not none or experts");
-  impl_->device->SetRecomputeExperts(what == "experts");
-  for (auto& b : impl_->blocks) b.reset();  // blocks are made again, with the setting
+  if (what != "none" && what != "attention" && what != "experts" && what != "full")
+    throw Error("train.recompute: '" + what + "' is not none, attention, experts or full");
+  Impl& m = *impl_;
+  m.device->SetRecomputeExperts(what == "experts" || what == "full");
+  m.device->SetRecomputeAttention(what == "attention" || what == "full");
+  for (auto& b : m.blocks) b.reset();  // blocks are made again, with the setting
+  for (auto& mb : m.micro) {           // and so are the micro-batches
+    mb = m.device->NewMicroBatch();
+    if (m.exchange) mb->SetHostRows(false);
+  }
 }
 
 int DistributedBackend::SetInFlight(int micro_batches) {

@@ -78,8 +78,10 @@ class DistributedBackend final : public backend::Backend {
   // the same; memory for activations and expert blocks scales with it.
   // Returns the wave size in force. Set before the first step.
   int SetInFlight(int micro_batches);
-  // train.recompute: "none", or "experts" (expert blocks recompute their
-  // activations in backward; the same training, less memory on owners).
+  // train.recompute: "none"; "experts" (expert blocks recompute their
+  // activations in backward: less memory on owners); "attention" (attention
+  // ranks keep each layer's input and recompute its attention block in
+  // backward); "full" (both). The same training. Set before the first step.
   void SetRecompute(const std::string& what);
   // parallel.transport: "gloo" (rows through the host over Gloo), "nccl"
   // (rows stay on the GPU and move device to device over NCCL, in the run's

@@ -144,9 +144,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   if (t.threads < 0) train.Fail("train.threads", "must be >= 0 (0 = every core)");
   if (t.memory_limit_mib < 0) train.Fail("train.memory_limit_mib", "must be >= 0 (0 = no limit)");
   if (!(t.loss_scale_init >= 1)) train.Fail("train.loss_scale_init", "must be >= 1");
-  if (t.recompute == "attention" || t.recompute == "full")
-    train.Fail("train.recompute", "'" + t.recompute + "' is not implemented yet: none or experts");
-  if (t.recompute != "none" && t.recompute != "experts") train.Fail("train.recompute", "must be none or experts");
+  if (t.recompute != "none" && t.recompute != "attention" && t.recompute != "experts" && t.recompute != "full")
+    train.Fail("train.recompute", "must be none, attention, experts or full (got \"" + t.recompute + "\")");
   if (t.zero != 0 && t.zero != 1) train.Fail("train.zero", "must be 0 or 1 (ZeRO-1: dense optimizer state sharded)");
 
   if (root["parallel"]) {

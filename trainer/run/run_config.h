@@ -42,7 +42,7 @@ struct RunConfig {
     uint64_t seed = 1234;
     int threads = 0;             // 0 = the CPUs this process may use (run/cpu_budget.h)
     int64_t memory_limit_mib = 0;
-    std::string recompute = "none";  // none | experts (expert ranks recompute expert activations in backward)
+    std::string recompute = "none";  // none | attention | experts | full (activations recomputed in backward)
     int zero = 0;                // ZeRO stage: 0, or 1 (dense AdamW moments sharded over the attention ranks)
     double loss_scale_init = 65536.0;  // fp16: the first dynamic loss scale  // most model state (params, grads, AdamW moments) one rank may hold; 0 = none
     std::string device = "auto"; // auto | cpu | cuda

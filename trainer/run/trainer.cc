@@ -179,7 +179,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   }
   if (!dist_run && t.recompute != "none")
     throw Error("train.recompute " + t.recompute +
-                ": recomputation runs on the expert ranks of a distributed run (add a parallel section)");
+                ": recomputation runs in distributed runs, where activations wait across micro-batches "
+                "(add a parallel section)");
   const std::unique_ptr<backend::Backend> engine =
       dist_run ? std::move(dist_run->backend)
                : backend::MakeBackend(config, layout,
