@@ -5,9 +5,9 @@
 
 namespace hetermoe::kernels {
 
-constexpr int kPlanThreads = 1024;  // one block; 32 warps
+constexpr int kPlanThreads = kDispatchPlanThreads;
 
-__global__ void BuildDispatchPlanKernel(const int32_t* topk_expert, int64_t A, int64_t k, int64_t E,
+__global__ void __launch_bounds__(kDispatchPlanThreads) BuildDispatchPlanKernel(const int32_t* topk_expert, int64_t A, int64_t k, int64_t E,
                                         int32_t* counts, int32_t* offsets, int32_t* row_of,
                                         int32_t* token_of_row) {
   __shared__ int32_t warp_totals[kPlanThreads / kWarpSize];

@@ -28,7 +28,9 @@ namespace hetermoe::kernels {
 // A single block walks the experts in order; for each it scans the
 // assignments in chunks of blockDim, ranking matches with a block-wide
 // exclusive prefix count (warp ballots), which keeps the sort stable.
-__global__ void BuildDispatchPlanKernel(const int32_t* topk_expert, int64_t A, int64_t k, int64_t E,
+// Launched with kDispatchPlanThreads threads, its declared bound.
+constexpr int kDispatchPlanThreads = 1024;  // one block; 32 warps
+__global__ void __launch_bounds__(kDispatchPlanThreads) BuildDispatchPlanKernel(const int32_t* topk_expert, int64_t A, int64_t k, int64_t E,
                                         int32_t* counts, int32_t* offsets, int32_t* row_of,
                                         int32_t* token_of_row);
 __global__ void GatherRowsKernel(const float* x, const int32_t* token_of_row, int64_t A, int64_t d,

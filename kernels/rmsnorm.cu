@@ -1,3 +1,4 @@
+#include "kernels/column_sums.cuh"
 #include "kernels/common.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/shared/math.h"
@@ -39,14 +40,14 @@ __global__ void RmsNormBackwardInputKernel(const float* dy, const float* x, cons
   for (int64_t j = lane; j < d; j += kWarpSize) dxr[j] += math::RmsNormInputGrad(r, w[j], dyr[j], xr[j], shift);
 }
 
-__global__ void RmsNormBackwardWeightKernel(const float* dy, const float* x, const float* rstd,
-                                            int64_t N, int64_t d, float* dw) {
-  const int64_t j = GlobalThreadIndex();
-  if (j >= d) return;
-  float sum = 0.0f;
-  for (int64_t i = 0; i < N; ++i) sum += dy[i * d + j] * x[i * d + j] * rstd[i];
-  dw[j] += sum;
-}
+namespace {
+// Row i's term of the weight gradient of column j.
+struct RmsNormWeightGradTerm {
+  const float *dy, *x, *rstd;
+  int64_t d;
+  __device__ float operator()(int64_t i, int64_t j) const { return dy[i * d + j] * x[i * d + j] * rstd[i]; }
+};
+}  // namespace
 
 cudaError_t LaunchRmsNormForward(const float* x, const float* w, int64_t N, int64_t d, float eps,
                                  float* y, float* rstd, cudaStream_t stream) {
@@ -56,15 +57,16 @@ cudaError_t LaunchRmsNormForward(const float* x, const float* w, int64_t N, int6
   return cudaGetLastError();
 }
 
+int64_t RmsNormBackwardWorkspace(int64_t N, int64_t d) { return ColumnSumsWorkspace(N, d); }
+
 cudaError_t LaunchRmsNormBackward(const float* dy, const float* x, const float* w,
                                   const float* rstd, int64_t N, int64_t d, float* dx, float* dw,
-                                  cudaStream_t stream) {
+                                  float* workspace, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
   HM_LAUNCH(RmsNormBackwardInputKernel, BlocksFor(N, kWarpsPerBlock), kThreadsPerBlock, 0, stream)(
       dy, x, w, rstd, N, d, dx);
-  constexpr int kThreads = 64;
-  HM_LAUNCH(RmsNormBackwardWeightKernel, BlocksFor(d, kThreads), kThreads, 0, stream)(dy, x, rstd, N, d, dw);
-  return cudaGetLastError();
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  return LaunchColumnSums(RmsNormWeightGradTerm{dy, x, rstd, d}, N, d, workspace, dw, true, stream);
 }
 
 }  // namespace hetermoe::kernels

@@ -1,3 +1,4 @@
+#include "kernels/column_sums.cuh"
 #include "kernels/common.cuh"
 #include "kernels/router.cuh"
 #include "kernels/shared/router_row.h"
@@ -23,13 +24,13 @@ __global__ void RouterBackwardKernel(const float* probs, const int32_t* topk_exp
                           topk_sum[n], dweight + n * k, aux_dprob, dlogits + n * E);
 }
 
-__global__ void RouterProbSumsKernel(const float* probs, int64_t N, int64_t E, double* prob_sums) {
-  const int64_t e = GlobalThreadIndex();
-  if (e >= E) return;
-  double sum = 0.0;
-  for (int64_t n = 0; n < N; ++n) sum += probs[n * E + e];
-  prob_sums[e] = sum;
-}
+namespace {
+struct ProbInDouble {
+  const float* probs;
+  int64_t E;
+  __device__ double operator()(int64_t n, int64_t e) const { return static_cast<double>(probs[n * E + e]); }
+};
+}  // namespace
 
 cudaError_t LaunchRouterForward(const float* logits, int64_t N, int64_t E, int64_t k, float* probs,
                                 int32_t* topk_expert, float* topk_weight, float* topk_sum,
@@ -51,11 +52,11 @@ cudaError_t LaunchRouterBackward(const float* probs, const int32_t* topk_expert,
   return cudaGetLastError();
 }
 
-cudaError_t LaunchRouterProbSums(const float* probs, int64_t N, int64_t E, double* prob_sums,
+int64_t RouterProbSumsWorkspace(int64_t N, int64_t E) { return ColumnSumsWorkspace(N, E); }
+
+cudaError_t LaunchRouterProbSums(const float* probs, int64_t N, int64_t E, double* workspace, double* prob_sums,
                                  cudaStream_t stream) {
-  if (E == 0) return cudaSuccess;
-  HM_LAUNCH(RouterProbSumsKernel, BlocksFor(E, kWarpSize), kWarpSize, 0, stream)(probs, N, E, prob_sums);
-  return cudaGetLastError();
+  return LaunchColumnSums(ProbInDouble{probs, E}, N, E, workspace, prob_sums, false, stream);
 }
 
 }  // namespace hetermoe::kernels

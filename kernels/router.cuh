@@ -21,9 +21,6 @@ __global__ void RouterBackwardKernel(const float* probs, const int32_t* topk_exp
                                      const float* topk_weight, const float* topk_sum,
                                      const float* dweight, const float* aux_dprob, int64_t N,
                                      int64_t E, int64_t k, float* dlogits);
-// One thread per expert e: prob_sums[e] = sum over rows n (in order, in
-// double) of probs[n, e].
-__global__ void RouterProbSumsKernel(const float* probs, int64_t N, int64_t E, double* prob_sums);
 
 // --- launchers ---
 cudaError_t LaunchRouterForward(const float* logits, int64_t N, int64_t E, int64_t k, float* probs,
@@ -33,7 +30,11 @@ cudaError_t LaunchRouterBackward(const float* probs, const int32_t* topk_expert,
                                  const float* topk_weight, const float* topk_sum,
                                  const float* dweight, const float* aux_dprob, int64_t N,
                                  int64_t E, int64_t k, float* dlogits, cudaStream_t stream);
-cudaError_t LaunchRouterProbSums(const float* probs, int64_t N, int64_t E, double* prob_sums,
+// prob_sums[e] = sum over rows n of probs[n, e], in double: a column sum in
+// tiles (kernels/column_sums.cuh), with RouterProbSumsWorkspace(N, E) doubles
+// of `workspace` (null when that is 0).
+int64_t RouterProbSumsWorkspace(int64_t N, int64_t E);
+cudaError_t LaunchRouterProbSums(const float* probs, int64_t N, int64_t E, double* workspace, double* prob_sums,
                                  cudaStream_t stream);
 
 }  // namespace hetermoe::kernels

@@ -19,6 +19,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -227,12 +228,13 @@ int Run(bool quick) {
     float* logits = DeviceZeros<float>(N * V);
     float* loss = DeviceZeros<float>(N);
     int32_t* ids = DeviceZeros<int32_t>(N);
+    float* norm_workspace = DeviceZeros<float>(std::max<int64_t>(1, RmsNormBackwardWorkspace(N, d)));
     Report("rmsnorm fwd N x 4096", TimeMs(stream.get(), iters, [&] {
              HM_CUDA_CHECK(LaunchRmsNormForward(x, w, N, d, 1e-5f, y, rstd, stream.get()));
            }),
            0, 2.0 * N * d * 4, 0, peaks.bandwidth_gbs);
     Report("rmsnorm bwd N x 4096", TimeMs(stream.get(), iters, [&] {
-             HM_CUDA_CHECK(LaunchRmsNormBackward(y, x, w, rstd, N, d, y, w, stream.get()));
+             HM_CUDA_CHECK(LaunchRmsNormBackward(y, x, w, rstd, N, d, y, w, norm_workspace, stream.get()));
            }),
            0, 5.0 * N * d * 4, 0, peaks.bandwidth_gbs);
     Report("embedding fwd N x 4096", TimeMs(stream.get(), iters, [&] {
@@ -257,7 +259,9 @@ int Run(bool quick) {
              HM_CUDA_CHECK(LaunchAdamW(x, y, logits, logits + N * d, N * d, step, true, stream.get()));
            }),
            0, 7.0 * N * d * 4, 0, peaks.bandwidth_gbs);
-    for (void* p : {(void*)x, (void*)y, (void*)w, (void*)rstd, (void*)logits, (void*)loss, (void*)ids}) cudaFree(p);
+    for (void* p : {(void*)x, (void*)y, (void*)w, (void*)rstd, (void*)logits, (void*)loss, (void*)ids,
+                    (void*)norm_workspace})
+      cudaFree(p);
   }
   return 0;
 }

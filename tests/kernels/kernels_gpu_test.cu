@@ -37,6 +37,7 @@
 #include "kernels/adamw.cuh"
 #include "kernels/attention.cuh"
 #include "kernels/cast.cuh"
+#include "kernels/column_sums.cuh"
 #include "kernels/cross_entropy.cuh"
 #include "kernels/dispatch.cuh"
 #include "kernels/embedding.cuh"
@@ -106,8 +107,9 @@ TEST_F(GpuTest, RmsNormMatchesCpuOnOddSizes) {
     ExpectClose(Down(d_rstd), rstd, 1e-5, 1e-6, "rmsnorm rstd");
     // Backward from the CPU's rstd so only the backward is compared.
     auto d_rstd_cpu = Up(rstd);
+    auto d_ws = Empty<float>(static_cast<size_t>(kernels::RmsNormBackwardWorkspace(N, d)));
     ASSERT_EQ(kernels::LaunchRmsNormBackward(d_dy.data(), d_x.data(), d_w.data(), d_rstd_cpu.data(), N, d,
-                                             d_dx.data(), d_dw.data(), stream()),
+                                             d_dx.data(), d_dw.data(), d_ws.data(), stream()),
               cudaSuccess);
     ops::RmsNormBackward(N, d, dy.data(), x.data(), w.data(), rstd.data(), dx.data(), dw.data());
     ExpectClose(Down(d_dx), dx, 1e-5, 1e-6, "rmsnorm dx");
@@ -210,12 +212,44 @@ TEST_F(GpuTest, RouterForwardBackwardAndProbSumsMatchCpu) {
   ExpectClose(Down(d_dlogits), dlogits, 1e-5, 1e-6, "router dlogits");
 
   auto d_sums = Empty<double>(E);
-  ASSERT_EQ(kernels::LaunchRouterProbSums(d_probs_cpu.data(), N, E, d_sums.data(), stream()), cudaSuccess);
+  auto d_ws = Empty<double>(static_cast<size_t>(kernels::RouterProbSumsWorkspace(N, E)));
+  ASSERT_EQ(kernels::LaunchRouterProbSums(d_probs_cpu.data(), N, E, d_ws.data(), d_sums.data(), stream()),
+            cudaSuccess);
   const auto sums = Down(d_sums);
   for (int64_t e = 0; e < E; ++e) {
     double expect = 0;
     for (int64_t n = 0; n < N; ++n) expect += r.probs[n * E + e];
-    EXPECT_DOUBLE_EQ(sums[e], expect);
+    // Summed in tiles, not in order: N terms in [0, 1] in double.
+    EXPECT_NEAR(sums[e], expect, 1e-15 * N);
+  }
+}
+
+// Column sums over tokens in tiles (kernels/column_sums.cuh): one pass
+// (N <= 256), two, and three (N > 256 * 256) passes, against a serial sum in
+// long double, within N * 6e-8 (half an fp32 ulp of 1 per term; the tiles'
+// short chains stay well inside it for N(0, 1) entries); the result
+// deterministic (the same bits on a second launch); accumulate adds to what
+// is there.
+TEST_F(GpuTest, ColumnSumsInTilesMatchSerialSums) {
+  for (const auto& [N, C] : {std::pair<int64_t, int64_t>{200, 5}, {5000, 33}, {70000, 3}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + " C " + std::to_string(C));
+    const auto x = Random(N * C, 21);
+    auto d_x = Up(x);
+    auto d_out = Empty<float>(C);
+    auto d_ws = Empty<float>(static_cast<size_t>(kernels::ColumnSumsWorkspace(N, C)));
+    ASSERT_EQ(kernels::ColumnSumsWorkspace(N, C) > 0, N > kernels::kColumnSumRows);
+    const kernels::ColumnSumRows<float> matrix{d_x.data(), C};
+    ASSERT_EQ(kernels::LaunchColumnSums(matrix, N, C, d_ws.data(), d_out.data(), false, stream()), cudaSuccess);
+    const auto first = Down(d_out);
+    ASSERT_EQ(kernels::LaunchColumnSums(matrix, N, C, d_ws.data(), d_out.data(), true, stream()), cudaSuccess);
+    const auto twice = Down(d_out);
+    for (int64_t j = 0; j < C; ++j) {
+      long double expect = 0;
+      for (int64_t i = 0; i < N; ++i) expect += x[i * C + j];
+      const double tol = static_cast<double>(N) * 6e-8;
+      EXPECT_NEAR(first[j], static_cast<double>(expect), tol) << "column " << j;
+      EXPECT_EQ(twice[j], first[j] + first[j]) << "column " << j << ": not deterministic, or accumulate lost";
+    }
   }
 }
 

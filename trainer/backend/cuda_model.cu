@@ -64,6 +64,8 @@ DeviceModel::DeviceModel(const io::MixtralConfig& c, const model::ParameterLayou
   for (auto& buf : cast) buf.Bind(&allocator);
   dg1.Bind(&allocator);
   dg3.Bind(&allocator);
+  norm_sums.Bind(&allocator);
+  prob_sums.Bind(&allocator);
   for (auto* b : {&params, &grads, &exp_avg, &exp_avg_sq})
     HM_CUDA_CHECK(cudaMemsetAsync(b->data(), 0, b->bytes(), s()));
 }
@@ -134,6 +136,17 @@ void DeviceModel::LinearOp(int64_t M, int64_t N, int64_t K, const void* x_op, in
 void DeviceModel::LinearDwOp(int64_t M, int64_t N, int64_t K, const float* dy, const void* x_op, int64_t g_offset) {
   kernels::LinearBackwardWeight(blas->get(), policy.compute, M, N, K, Operand(dy, M * N, 0), x_op,
                                 grads.data() + g_offset);
+}
+
+float* DeviceModel::RmsNormWorkspace(int64_t N, int64_t d) {
+  const auto n = static_cast<size_t>(kernels::RmsNormBackwardWorkspace(N, d));
+  if (norm_sums.size() < n) norm_sums.Resize(n);
+  return n > 0 ? norm_sums.data() : nullptr;
+}
+double* DeviceModel::ProbSumsWorkspace(int64_t N, int64_t E) {
+  const auto n = static_cast<size_t>(kernels::RouterProbSumsWorkspace(N, E));
+  if (prob_sums.size() < n) prob_sums.Resize(n);
+  return n > 0 ? prob_sums.data() : nullptr;
 }
 
 void DeviceModel::ToDevice(const float* host, float* device_ptr, int64_t n) {
@@ -476,7 +489,8 @@ void DeviceMicroBatch::AttentionForward(int64_t l) {
   m.LinearOp(N, E, d, st.MOp(at), lo.gate, st.gate_logits.data(), false);
   HM_CUDA_CHECK(kernels::LaunchRouterForward(st.gate_logits.data(), N, E, k, la.probs.data(), la.topk_expert.data(),
                                              la.topk_weight.data(), la.topk_sum.data(), m.s()));
-  HM_CUDA_CHECK(kernels::LaunchRouterProbSums(la.probs.data(), N, E, st.prob_sums.data() + l * E, m.s()));
+  HM_CUDA_CHECK(kernels::LaunchRouterProbSums(la.probs.data(), N, E, m.ProbSumsWorkspace(N, E),
+                                              st.prob_sums.data() + l * E, m.s()));
   HM_CUDA_CHECK(kernels::LaunchBuildDispatchPlan(la.topk_expert.data(), N, k, E, la.counts.data(), la.offsets.data(),
                                                  la.row_of.data(), la.token_of_row.data(), m.s()));
   // The expert GEMMs (here or on an owner rank) take each expert's rows from the host.
@@ -564,7 +578,8 @@ void DeviceMicroBatch::HeadBackward(float loss_scale) {
   HM_CUDA_CHECK(cudaMemsetAsync(st.dh.data(), 0, st.dh.bytes(), m.s()));
   HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(st.dnormed.data(), st.resid_out.data(),
                                                m.params.data() + m.layout.final_norm, st.final_rstd.data(), N, d,
-                                               st.dh.data(), m.grads.data() + m.layout.final_norm, m.s()));
+                                               st.dh.data(), m.grads.data() + m.layout.final_norm,
+                                               m.RmsNormWorkspace(N, d), m.s()));
   std::vector<float> host_aux_dprob(E);
   for (int64_t e = 0; e < E; ++e)
     host_aux_dprob[e] = math::AuxLossProbGrad(scale, c.router_aux_loss_coef, E, st.aux_counts[e], st.aux_rows);
@@ -607,7 +622,7 @@ void DeviceMicroBatch::AttentionBackward(int64_t l) {
   m.LinearDx(N, E, d, st.dgate.data(), lo.gate, st.dm.data(), true);
   HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(st.dm.data(), at.h_mid.data(), m.params.data() + lo.post_norm,
                                                at.rstd2.data(), N, d, st.dh.data(), m.grads.data() + lo.post_norm,
-                                               m.s()));
+                                               m.RmsNormWorkspace(N, d), m.s()));
   // --- attention block backward ---
   m.LinearDw(N, d, H * hd, st.dh.data(), at.attn.data(), lo.o);
   m.LinearDx(N, d, H * hd, st.dh.data(), lo.o, st.dattn.data(), false);
@@ -625,7 +640,7 @@ void DeviceMicroBatch::AttentionBackward(int64_t l) {
   m.LinearDx(N, KV * hd, d, st.dv.data(), lo.v, da, true);
   HM_CUDA_CHECK(kernels::LaunchRmsNormBackward(da, la.resid_in.data(), m.params.data() + lo.input_norm,
                                                at.rstd1.data(), N, d, st.dh.data(), m.grads.data() + lo.input_norm,
-                                               m.s()));
+                                               m.RmsNormWorkspace(N, d), m.s()));
 }
 
 void DeviceMicroBatch::EmbedBackward() {

@@ -58,6 +58,8 @@ class DeviceModel {
   kernels::DeviceBuffer<uint16_t> params16;                         // bf16/fp16 copy for the GEMMs
   kernels::DeviceBuffer<uint16_t> cast[3];                          // activation operands in 16 bits
   kernels::DeviceBuffer<float> dg1, dg3;                            // expert scratch [A, f] (see ExpertRows)
+  kernels::DeviceBuffer<float> norm_sums;                           // RmsNormWorkspace
+  kernels::DeviceBuffer<double> prob_sums;                          // ProbSumsWorkspace
   int64_t optimizer_step = 0;
   kernels::DynamicLossScaler scaler;
 
@@ -86,6 +88,12 @@ class DeviceModel {
   // The same with the activation x already an operand (Operand, or kept 16-bit).
   void LinearOp(int64_t M, int64_t N, int64_t K, const void* x_op, int64_t w_offset, float* y, bool accumulate);
   void LinearDwOp(int64_t M, int64_t N, int64_t K, const float* dy, const void* x_op, int64_t g_offset);
+
+  // Workspace of the column sums over tokens (kernels/column_sums.cuh), in
+  // stream order: the RMSNorm weight gradient's ([N, d]), the router's
+  // probability sums' ([N, E]). Null when none is needed.
+  float* RmsNormWorkspace(int64_t N, int64_t d);
+  double* ProbSumsWorkspace(int64_t N, int64_t E);
 
   // Uploads / downloads host vectors, waiting for the copy.
   void ToDevice(const float* host, float* device_ptr, int64_t n);
