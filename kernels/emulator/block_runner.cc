@@ -5,7 +5,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <numeric>
+#include <random>
 #include <sstream>
+#include <string_view>
 
 namespace hetermoe::emulator {
 
@@ -114,11 +117,18 @@ void BlockRunner::Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx
 }
 
 void BlockRunner::Schedule() {
+  order_.resize(lanes_.size());
+  std::iota(order_.begin(), order_.end(), 0u);
+  std::mt19937_64 rng(order_seed_ ^ std::hash<std::string_view>{}(kernel_) ^
+                      (uint64_t{block_idx_.x} * 0x9E3779B97F4A7C15ull) ^ (uint64_t{block_idx_.y} << 40) ^
+                      (uint64_t{block_idx_.z} << 52));
   for (;;) {
     bool alive = false;
-    for (auto& lane : lanes_) {
+    if (order_seed_ != 0) std::shuffle(order_.begin(), order_.end(), rng);
+    for (unsigned i : order_) {
+      Lane* lane = lanes_[i].get();
       if (lane->state != Lane::State::kReady) continue;
-      running_ = lane.get();
+      running_ = lane;
       lane->fiber = std::move(lane->fiber).resume();
       running_ = nullptr;
     }
@@ -233,6 +243,7 @@ void BlockRunner::Fail(const std::string& what) const {
   std::ostringstream out;
   out << "CUDA emulator: kernel " << kernel_ << ", block (" << block_idx_.x << "," << block_idx_.y << ","
       << block_idx_.z << "): " << what;
+  if (order_seed_ != 0) out << " [threads in the order of seed " << order_seed_ << "]";
   throw EmulatorError(out.str());
 }
 

@@ -8,6 +8,13 @@
 // thread still alive waits at __syncthreads, the barrier opens. Anything else
 // is a kernel bug a GPU would hang or misbehave on, and Run() throws
 // EmulatorError naming the kernel, the block and the threads involved.
+//
+// With an order seed (SetOrderSeed, non-zero) the ready threads of each
+// round run in a shuffled order drawn from the seed, the kernel and the
+// block, as a GPU's warps interleave however they like: a thread that reads
+// shared memory another writes without a barrier between them then reads it
+// before the write in most blocks, instead of always after it as in thread
+// order. The seed is part of every error message.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -41,6 +48,9 @@ class BlockRunner {
   // all have returned. dynamic_shared: bytes of the extern __shared__ array.
   void Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx, size_t dynamic_shared,
            const std::function<void()>& thread);
+  // 0: threads in order (the default of a new runner).
+  void SetOrderSeed(uint64_t seed) { order_seed_ = seed; }
+  uint64_t order_seed() const { return order_seed_; }
 
   // Called from inside a running thread (via device_api.h).
   const ThreadCoordinates& current() const;
@@ -61,6 +71,8 @@ class BlockRunner {
 
   std::string kernel_;
   uint3 block_idx_{};
+  uint64_t order_seed_ = 0;
+  std::vector<unsigned> order_;  // this round's order of the threads
   std::vector<std::unique_ptr<Lane>> lanes_;
   Lane* running_ = nullptr;
   mutable std::vector<unsigned char> shared_;

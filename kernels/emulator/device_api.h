@@ -40,6 +40,8 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#undef __launch_bounds__
+#define __launch_bounds__(...)
 // One copy per host thread; blocks run one at a time on it, so one per block.
 #define __shared__ static thread_local
 

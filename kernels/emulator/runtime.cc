@@ -20,8 +20,10 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <random>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -207,9 +209,27 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
   }
   DrainStream(c.stream);
   thread_local BlockRunner runner;
+  // HETERMOE_EMULATED_SEED: blocks, and each block's threads, run in an order
+  // shuffled by this seed (default 1; 0 runs them in index order), so code
+  // that relies on an order a GPU does not promise shows (block_runner.h).
+  static const uint64_t seed = static_cast<uint64_t>(EnvInt("HETERMOE_EMULATED_SEED", 1));
+  runner.SetOrderSeed(seed);
+  const uint64_t blocks = 1ull * c.grid.x * c.grid.y * c.grid.z;
+  if (seed == 0 || blocks > (1u << 20)) {
+    for (unsigned z = 0; z < c.grid.z; ++z)
+      for (unsigned y = 0; y < c.grid.y; ++y)
+        for (unsigned x = 0; x < c.grid.x; ++x)
+          runner.Run(c.kernel, c.grid, c.block, {x, y, z}, c.shared_bytes, thread);
+    return;
+  }
+  std::vector<uint3> order;
+  order.reserve(blocks);
   for (unsigned z = 0; z < c.grid.z; ++z)
     for (unsigned y = 0; y < c.grid.y; ++y)
-      for (unsigned x = 0; x < c.grid.x; ++x) runner.Run(c.kernel, c.grid, c.block, {x, y, z}, c.shared_bytes, thread);
+      for (unsigned x = 0; x < c.grid.x; ++x) order.push_back({x, y, z});
+  std::mt19937_64 rng(seed ^ std::hash<std::string_view>{}(c.kernel));
+  std::shuffle(order.begin(), order.end(), rng);
+  for (const uint3& b : order) runner.Run(c.kernel, c.grid, c.block, b, c.shared_bytes, thread);
 }
 
 }  // namespace hetermoe::emulator

@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <vector>
 
@@ -101,8 +104,8 @@ TEST(CudaEmulator, CatchesDivergentBarriersAndPartialWarpShuffles) {
     HM_LAUNCH(DivergentBarrierKernel, 2, 32, 0, nullptr)(out.p);
     FAIL() << "divergent __syncthreads not caught";
   } catch (const EmulatorError& e) {
-    EXPECT_NE(std::string(e.what()).find("kernel DivergentBarrierKernel, block (0,0,0)"), std::string::npos)
-        << e.what();
+    // Blocks run in a shuffled order: whichever ran first is named.
+    EXPECT_NE(std::string(e.what()).find("kernel DivergentBarrierKernel, block ("), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("__syncthreads"), std::string::npos) << e.what();
   }
   try {
@@ -156,6 +159,54 @@ TEST(CudaEmulator, DynamicSharedMemoryStartsAsGarbage) {
   HM_LAUNCH(DynamicSharedKernel, 2, 32, 32 * sizeof(float), nullptr)(out.p, 0);
   o = out.Get();
   for (float v : o) EXPECT_TRUE(std::isnan(v)) << "an unwritten shared read must not look like data";
+}
+
+// A planted missing barrier: thread 0 writes what every thread then reads,
+// with (fixed) or without (buggy) __syncthreads between. Run in thread order
+// the bug hides (thread 0 runs first); the emulator's default shuffled order
+// (HETERMOE_EMULATED_SEED, default 1) lets readers run before the write and
+// see the unwritten shared memory (NaN).
+__global__ void BroadcastKernel(float* out, int barrier) {
+  HM_DYNAMIC_SHARED(float, smem);
+  if (threadIdx.x == 0) smem[0] = 42.0f;
+  if (barrier) __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = smem[0];
+}
+
+TEST(CudaEmulator, ShuffledThreadOrderExposesAMissingBarrier) {
+  const char* seed = std::getenv("HETERMOE_EMULATED_SEED");
+  if (seed != nullptr && std::string(seed) == "0") GTEST_SKIP() << "HETERMOE_EMULATED_SEED=0: threads in order";
+  Device<float> out(4 * 256);
+  HM_LAUNCH(BroadcastKernel, 4, 256, sizeof(float), nullptr)(out.p, 1);
+  for (float v : out.Get()) ASSERT_EQ(v, 42.0f) << "with the barrier every thread reads the write";
+  HM_LAUNCH(BroadcastKernel, 4, 256, sizeof(float), nullptr)(out.p, 0);
+  int stale = 0;
+  for (float v : out.Get()) stale += std::isnan(v);
+  std::printf("without the barrier %d of %d threads read shared memory before thread 0 wrote it\n", stale, 4 * 256);
+  EXPECT_GT(stale, 0) << "the missing barrier went unnoticed";
+
+  // In thread order (seed 0) the same bug hides: what the shuffle is for.
+  emulator::BlockRunner runner;
+  runner.SetOrderSeed(0);
+  float value = 0.0f;
+  int before = 0;
+  runner.Run("BroadcastInOrder", dim3(1), dim3(256), uint3{0, 0, 0}, sizeof(float), [&] {
+    float* smem = static_cast<float*>(emulator::BlockRunner::Active()->dynamic_shared());
+    if (threadIdx.x == 0) smem[0] = 42.0f;
+    value = smem[0];
+    before += std::isnan(value);
+  });
+  EXPECT_EQ(before, 0);
+  // And an error names the seed the threads ran in.
+  runner.SetOrderSeed(7);
+  try {
+    runner.Run("DivergentInOrder", dim3(1), dim3(64), uint3{0, 0, 0}, 0, [&] {
+      if (threadIdx.x < 32) __syncthreads();
+    });
+    FAIL() << "divergent barrier not caught";
+  } catch (const EmulatorError& e) {
+    EXPECT_NE(std::string(e.what()).find("seed 7"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
