@@ -210,9 +210,20 @@ MixtralConfig ParseMixtralConfig(const json& j, const std::string& source) {
   c.router_aux_loss_coef = keys.Double("router_aux_loss_coef", defaults.router_aux_loss_coef);
   c.initializer_range = keys.Double("initializer_range", defaults.initializer_range);
   c.tie_word_embeddings = keys.Bool("tie_word_embeddings", defaults.tie_word_embeddings);
+  const int64_t no_window = 0;
+  c.sliding_window = keys.Int("sliding_window", &no_window);
+  if (c.sliding_window < 0) keys.Fail("sliding_window", std::to_string(c.sliding_window) + " must be >= 1 or null");
 
   Validate(c, keys);
   return c;
+}
+
+std::string SlidingWindowProblem(const MixtralConfig& c, int64_t seq_len) {
+  if (c.sliding_window == 0 || seq_len <= c.sliding_window) return "";
+  return "sliding_window " + std::to_string(c.sliding_window) + " is shorter than the sequences (" +
+         std::to_string(seq_len) +
+         " tokens): sliding-window attention is not implemented, and full attention would train another "
+         "model (use sequences of at most " + std::to_string(c.sliding_window) + " tokens)";
 }
 
 MixtralConfig ParseMixtralConfigText(const std::string& text, const std::string& source) {
@@ -251,8 +262,8 @@ json MixtralConfigToJson(const MixtralConfig& c) {
       {"router_aux_loss_coef", c.router_aux_loss_coef},
       {"initializer_range", c.initializer_range},
       {"tie_word_embeddings", c.tie_word_embeddings},
-      // The trainer attends over the whole sequence.
-      {"sliding_window", nullptr},
+      // As given: the trainer refuses sequences longer than the window.
+      {"sliding_window", c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr)},
       {"attention_dropout", 0.0},
   };
   // Written only when explicit, so older transformers (which derive d / H

@@ -127,6 +127,15 @@ TEST(MixtralConfigTest, ToJsonRoundTrips) {
   EXPECT_EQ(back.rope_theta, 10000.0);
   EXPECT_EQ(back.router_aux_loss_coef, 0.02);
   EXPECT_EQ(back.initializer_range, c.initializer_range);
+  // sliding_window as given (null when absent).
+  EXPECT_TRUE(out["sliding_window"].is_null());
+  j["sliding_window"] = 4096;
+  const MixtralConfig windowed = ParseMixtralConfig(j, "c");
+  EXPECT_EQ(MixtralConfigToJson(windowed)["sliding_window"], 4096);
+  EXPECT_EQ(SlidingWindowProblem(windowed, 4096), "");
+  EXPECT_NE(SlidingWindowProblem(windowed, 4097).find("sliding_window 4096 is shorter than the sequences (4097"),
+            std::string::npos);
+  EXPECT_EQ(SlidingWindowProblem(c, 1 << 20), "") << "no window: any length";
   // head_dim 0 ("derive it") is not written.
   EXPECT_FALSE(MixtralConfigToJson(ParseMixtralConfig(TinyConfig(), "c")).contains("head_dim"));
 }
