@@ -1,5 +1,6 @@
 #include "kernels/caching_allocator.h"
 
+#include <algorithm>
 #include <string>
 
 #include "common/error.h"
@@ -11,7 +12,12 @@ CachingAllocator::CachingAllocator(Backing backing) : backing_(std::move(backing
 CachingAllocator::~CachingAllocator() {
   std::lock_guard<std::mutex> lock(mu_);
   EmptyCacheLocked();
-  for (auto& [ptr, size] : in_use_) backing_.release(ptr);
+  for (Pending& p : pending_) {
+    for (void* e : p.events) backing_.destroy_event(e);
+    backing_.release(p.ptr);
+  }
+  pending_.clear();
+  for (auto& [ptr, block] : in_use_) backing_.release(ptr);
   in_use_.clear();
 }
 
@@ -20,16 +26,18 @@ size_t CachingAllocator::RoundUp(size_t bytes) {
   return (bytes + g - 1) / g * g;
 }
 
-void* CachingAllocator::Allocate(size_t bytes) {
+void* CachingAllocator::Allocate(size_t bytes, void* stream) {
   if (bytes == 0) return nullptr;
   const size_t size = RoundUp(bytes);
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = free_blocks_.lower_bound(size);
-  if (it != free_blocks_.end() && it->first <= 2 * size) {
+  CollectPendingLocked();
+  auto& pool = free_blocks_[stream];
+  auto it = pool.lower_bound(size);
+  if (it != pool.end() && it->first <= 2 * size) {
     void* ptr = it->second;
     const size_t block = it->first;
-    free_blocks_.erase(it);
-    in_use_[ptr] = block;
+    pool.erase(it);
+    in_use_[ptr] = Block{block, stream, {}};
     stats_.bytes_cached -= block;
     stats_.bytes_in_use += block;
     ++stats_.cache_hits;
@@ -43,10 +51,21 @@ void* CachingAllocator::Allocate(size_t bytes) {
   if (ptr == nullptr)
     throw Error("device memory exhausted: cannot allocate " + std::to_string(size) +
                 " bytes (" + std::to_string(stats_.bytes_in_use) + " bytes in use)");
-  in_use_[ptr] = size;
+  in_use_[ptr] = Block{size, stream, {}};
   stats_.bytes_in_use += size;
   ++stats_.backing_allocations;
   return ptr;
+}
+
+void CachingAllocator::RecordStream(void* ptr, void* stream) {
+  if (ptr == nullptr) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto it = in_use_.find(ptr);
+  if (it == in_use_.end()) throw Error("CachingAllocator::RecordStream of a pointer it did not allocate");
+  if (!backing_.record_event) throw Error("CachingAllocator::RecordStream: the backing has no events");
+  Block& b = it->second;
+  if (stream != b.stream && std::find(b.other_streams.begin(), b.other_streams.end(), stream) == b.other_streams.end())
+    b.other_streams.push_back(stream);
 }
 
 void CachingAllocator::Free(void* ptr) {
@@ -54,11 +73,31 @@ void CachingAllocator::Free(void* ptr) {
   std::lock_guard<std::mutex> lock(mu_);
   const auto it = in_use_.find(ptr);
   if (it == in_use_.end()) throw Error("CachingAllocator::Free of a pointer it did not allocate");
-  const size_t size = it->second;
+  Block block = std::move(it->second);
   in_use_.erase(it);
-  free_blocks_.emplace(size, ptr);
-  stats_.bytes_in_use -= size;
-  stats_.bytes_cached += size;
+  stats_.bytes_in_use -= block.size;
+  stats_.bytes_cached += block.size;
+  if (block.other_streams.empty()) {
+    free_blocks_[block.stream].emplace(block.size, ptr);
+    return;
+  }
+  Pending p{ptr, std::move(block), {}};
+  for (void* s : p.block.other_streams) p.events.push_back(backing_.record_event(s));
+  pending_.push_back(std::move(p));
+}
+
+void CachingAllocator::CollectPendingLocked() {
+  for (size_t i = 0; i < pending_.size();) {
+    Pending& p = pending_[i];
+    if (!std::all_of(p.events.begin(), p.events.end(), [&](void* e) { return backing_.event_done(e); })) {
+      ++i;
+      continue;
+    }
+    for (void* e : p.events) backing_.destroy_event(e);
+    free_blocks_[p.block.stream].emplace(p.block.size, p.ptr);
+    pending_[i] = std::move(pending_.back());
+    pending_.pop_back();
+  }
 }
 
 void CachingAllocator::EmptyCache() {
@@ -67,9 +106,13 @@ void CachingAllocator::EmptyCache() {
 }
 
 void CachingAllocator::EmptyCacheLocked() {
-  for (auto& [size, ptr] : free_blocks_) backing_.release(ptr);
+  CollectPendingLocked();
+  for (auto& [stream, pool] : free_blocks_)
+    for (auto& [size, ptr] : pool) {
+      backing_.release(ptr);
+      stats_.bytes_cached -= size;
+    }
   free_blocks_.clear();
-  stats_.bytes_cached = 0;
 }
 
 CachingAllocator::Stats CachingAllocator::stats() const {

@@ -26,7 +26,23 @@ CachingAllocator::Backing CudaMallocBacking() {
             }
             return p;
           },
-          [](void* p) { cudaFree(p); }};
+          [](void* p) { cudaFree(p); },
+          [](void* stream) -> void* {
+            cudaEvent_t e = nullptr;
+            HM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+            HM_CUDA_CHECK(cudaEventRecord(e, static_cast<cudaStream_t>(stream)));
+            return e;
+          },
+          [](void* event) {
+            const cudaError_t status = cudaEventQuery(static_cast<cudaEvent_t>(event));
+            if (status == cudaErrorNotReady) {
+              cudaGetLastError();
+              return false;
+            }
+            HM_CUDA_CHECK(status);  // a failed stream: the error, not a block reused too early
+            return true;
+          },
+          [](void* event) { cudaEventDestroy(static_cast<cudaEvent_t>(event)); }};
 }
 
 }  // namespace hetermoe::kernels

@@ -329,6 +329,50 @@ TEST(CachingAllocator, EmptiesTheCacheAndRetriesBeforeFailing) {
   alloc.Free(c);
 }
 
+// Streams: a block goes back to the pool of the stream it was allocated for,
+// and one another stream used waits for that stream's event (a planted
+// cross-stream reuse: an NCCL stream still reading a freed packed buffer).
+TEST(CachingAllocator, ReusesAcrossStreamsOnlyAfterTheirEvents) {
+  FakeBacking fake;
+  auto backing = fake.Make();
+  std::vector<bool> done;  // per event handed out
+  int destroyed = 0;
+  void* const compute = nullptr;
+  void* const nccl = reinterpret_cast<void*>(0x10);
+  backing.record_event = [&](void* stream) -> void* {
+    EXPECT_EQ(stream, nccl) << "an event on the stream that used the block";
+    done.push_back(false);
+    return reinterpret_cast<void*>(done.size());
+  };
+  backing.event_done = [&](void* e) { return static_cast<bool>(done[reinterpret_cast<size_t>(e) - 1]); };
+  backing.destroy_event = [&](void*) { ++destroyed; };
+  kernels::CachingAllocator alloc(std::move(backing));
+
+  // One stream: reused at once (its own order protects it); another stream
+  // never gets it.
+  void* a = alloc.Allocate(4096, compute);
+  alloc.Free(a);
+  void* other = alloc.Allocate(4096, nccl);
+  EXPECT_NE(other, a) << "a block handed to another stream without an event";
+  EXPECT_EQ(alloc.Allocate(4096, compute), a);
+
+  // Used by the NCCL stream too: pending until its event completes.
+  alloc.RecordStream(a, nccl);
+  alloc.Free(a);
+  ASSERT_EQ(done.size(), 1u);
+  void* b = alloc.Allocate(4096, compute);
+  EXPECT_NE(b, a) << "reused while the other stream may still read it";
+  EXPECT_EQ(alloc.stats().bytes_cached, 4096u);  // a, pending
+  done[0] = true;
+  void* c = alloc.Allocate(4096, compute);
+  EXPECT_EQ(c, a) << "reusable once the event completed";
+  EXPECT_EQ(destroyed, 1);
+  alloc.Free(b);
+  alloc.Free(c);
+  alloc.Free(other);
+  EXPECT_THROW(alloc.RecordStream(reinterpret_cast<void*>(0x1234), nccl), Error);
+}
+
 // --- precision policy ---------------------------------------------------------
 
 TEST(Precision, PolicyPerGeneration) {

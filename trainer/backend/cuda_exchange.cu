@@ -103,10 +103,20 @@ class CudaRowExchange final : public model::RowExchange {
   // launch or copy waits behind a transfer that may never come.
   void Wait(int64_t id) override {
     auto it = groups_.find(id);
-    if (it == groups_.end()) throw Error("row exchange: no group " + std::to_string(id) + " to wait for");
+    if (it == groups_.end()) {
+      if (id >= 0 && id < next_) return;  // waited for before: done, and its buffers back
+      throw Error("row exchange: no group " + std::to_string(id) + " to wait for");
+    }
     Group& g = it->second;
     comms_[g.channel]->Wait(g.done);
     Unpack(g);
+    // The group's buffers go back now, not at the step's end: the wire
+    // buffers, which the channel's NCCL stream used, once an event there
+    // says it is done with them (the allocator waits for it); the rest was
+    // used on the compute stream only, in order before any later user.
+    for (auto& b : g.bytes) m_.allocator.RecordStream(b.data(), comms_[g.channel]->stream());
+    if (g.done) cudaEventDestroy(g.done);
+    groups_.erase(it);
   }
 
   void WaitAll() override {
@@ -119,7 +129,9 @@ class CudaRowExchange final : public model::RowExchange {
   }
 
  private:
-  // A receive to unpack from its wire buffer once its group is complete.
+  // A receive to unpack from its wire buffer once its group is complete
+  // (the unpack is enqueued on the compute stream, which orders it before
+  // any later use of the buffer there).
   struct PendingUnpack {
     void* wire;
     Recv recv;

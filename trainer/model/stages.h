@@ -99,7 +99,8 @@ class RowExchange {
   // Blocks until group g's transfers are complete, then unpacks its
   // receives into their rows, in order before any compute enqueued later; a
   // dead or silent peer is a hetermoe::RetryableError naming it after the
-  // timeout.
+  // timeout. The group's device buffers are released then; waiting for a
+  // group again returns at once.
   virtual void Wait(int64_t group) = 0;
   // Blocks until everything posted is complete, and frees the wire buffers.
   virtual void WaitAll() = 0;
