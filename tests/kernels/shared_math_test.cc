@@ -23,6 +23,7 @@
 
 #include "common/error.h"
 #include "kernels/caching_allocator.h"
+#include "kernels/embedding_plan.h"
 #include "kernels/precision.h"
 #include "kernels/shared/math.h"
 #include "kernels/shared/router_row.h"
@@ -371,6 +372,39 @@ TEST(CachingAllocator, ReusesAcrossStreamsOnlyAfterTheirEvents) {
   alloc.Free(c);
   alloc.Free(other);
   EXPECT_THROW(alloc.RecordStream(reinterpret_cast<void*>(0x1234), nccl), Error);
+}
+
+// The embedding backward's plan: positions grouped by id in order, segments
+// of at most 32 rows of one id, passes until each id has one sum.
+TEST(EmbeddingGradPlan, SegmentsOfOneIdInPassesUntilOneSumPerId) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 1100; ++i) ids.push_back(i % 2 == 0 ? 5 : 3 + 4 * (i % 3));  // 5 x550, 7 x184, 3/11 x183
+  const kernels::EmbeddingGradPlan plan = kernels::MakeEmbeddingGradPlan(ids.data(), static_cast<int64_t>(ids.size()));
+  ASSERT_EQ(plan.rows.size(), ids.size());
+  for (size_t i = 1; i < plan.rows.size(); ++i) {
+    const int32_t a = plan.rows[i - 1], b = plan.rows[i];
+    ASSERT_TRUE(ids[a] < ids[b] || (ids[a] == ids[b] && a < b)) << "grouped by id, in order within an id";
+  }
+  // 550 rows of id 5: 18 segments, then 1; the others 6 (184, 183) then 1.
+  ASSERT_EQ(plan.starts.size(), 2u);
+  EXPECT_EQ(plan.starts[0].size() - 1, 18u + 6u + 6u + 6u);
+  EXPECT_EQ(plan.starts[1].size() - 1, 4u);
+  EXPECT_EQ(plan.ids, (std::vector<int32_t>{3, 5, 7, 11}));
+  EXPECT_EQ(plan.partial_rows, 36);
+  for (const auto& starts : plan.starts)
+    for (size_t s = 1; s < starts.size(); ++s) {
+      EXPECT_GT(starts[s], starts[s - 1]);
+      EXPECT_LE(starts[s] - starts[s - 1], kernels::kEmbeddingSegmentRows);
+    }
+  // Packed: rows, every pass's starts, ids.
+  EXPECT_EQ(plan.Packed().size(), 1100u + 37u + 5u + 4u);
+  EXPECT_EQ(plan.IdsAt(), 1100 + 37 + 5);
+  // Ids that repeat at most 32 times: one pass straight into the table.
+  const std::vector<int32_t> few = {4, 1, 4, 2};
+  const auto one = kernels::MakeEmbeddingGradPlan(few.data(), 4);
+  EXPECT_EQ(one.starts.size(), 1u);
+  EXPECT_EQ(one.ids, (std::vector<int32_t>{1, 2, 4}));
+  EXPECT_EQ(one.partial_rows, 0);
 }
 
 // --- precision policy ---------------------------------------------------------

@@ -65,6 +65,7 @@ DeviceModel::DeviceModel(const io::MixtralConfig& c, const model::ParameterLayou
   dg1.Bind(&allocator);
   dg3.Bind(&allocator);
   norm_sums.Bind(&allocator);
+  embed_sums.Bind(&allocator);
   prob_sums.Bind(&allocator);
   for (auto* b : {&params, &grads, &exp_avg, &exp_avg_sq})
     HM_CUDA_CHECK(cudaMemsetAsync(b->data(), 0, b->bytes(), s()));
@@ -142,6 +143,10 @@ float* DeviceModel::RmsNormWorkspace(int64_t N, int64_t d) {
   const auto n = static_cast<size_t>(kernels::RmsNormBackwardWorkspace(N, d));
   if (norm_sums.size() < n) norm_sums.Resize(n);
   return n > 0 ? norm_sums.data() : nullptr;
+}
+float* DeviceModel::EmbeddingWorkspace(int64_t floats) {
+  if (embed_sums.size() < static_cast<size_t>(floats)) embed_sums.Resize(static_cast<size_t>(floats));
+  return floats > 0 ? embed_sums.data() : nullptr;
 }
 double* DeviceModel::ProbSumsWorkspace(int64_t N, int64_t E) {
   const auto n = static_cast<size_t>(kernels::RouterProbSumsWorkspace(N, E));
@@ -289,6 +294,8 @@ struct DeviceMicroBatch::State {
   std::shared_ptr<AttentionActivations> shared;  // train.recompute attention
   DeviceBuffer<float> rope_cos, rope_sin;
   DeviceBuffer<int32_t> inputs, targets;
+  kernels::EmbeddingGradPlan embed_plan;  // the embedding backward's sums, from this micro-batch's ids
+  DeviceBuffer<int32_t> embed_plan_device;
   std::vector<Layer> layers;
   DeviceBuffer<float> resid_out, final_normed, final_rstd, logits, row_loss, gate_logits;
   DeviceBuffer<double> prob_sums;
@@ -434,6 +441,11 @@ void DeviceMicroBatch::EmbedForward(const model::MicroBatch& mb) {
       throw Error("CUDA backend: token id out of range [0, " + std::to_string(V) + ") at position " + std::to_string(n));
   HM_CUDA_CHECK(cudaMemcpyAsync(st.inputs.data(), mb.inputs, st.inputs.bytes(), cudaMemcpyHostToDevice, m.s()));
   HM_CUDA_CHECK(cudaMemcpyAsync(st.targets.data(), mb.targets, st.targets.bytes(), cudaMemcpyHostToDevice, m.s()));
+  st.embed_plan = kernels::MakeEmbeddingGradPlan(mb.inputs, st.tokens);
+  const std::vector<int32_t> packed = st.embed_plan.Packed();
+  Alloc(m, st.embed_plan_device, static_cast<int64_t>(packed.size()));
+  HM_CUDA_CHECK(cudaMemcpyAsync(st.embed_plan_device.data(), packed.data(), packed.size() * sizeof(int32_t),
+                                cudaMemcpyHostToDevice, m.s()));
   // h = embed_tokens[x]
   float* h = st.layers.empty() ? st.resid_out.data() : st.layers[0].resid_in.data();
   HM_CUDA_CHECK(kernels::LaunchEmbeddingForward(m.params.data() + m.layout.embed, st.inputs.data(), st.tokens,
@@ -647,8 +659,11 @@ void DeviceMicroBatch::EmbedBackward() {
   State& st = *state_;
   DeviceModel& m = st.m;
   // Scatter-add rows of dh into the embedding table's gradient.
-  HM_CUDA_CHECK(kernels::LaunchEmbeddingBackward(st.dh.data(), st.inputs.data(), st.tokens, m.config.hidden_size,
-                                                 m.grads.data() + m.layout.embed, m.s()));
+  const int64_t d = m.config.hidden_size;
+  HM_CUDA_CHECK(kernels::LaunchEmbeddingBackward(
+      st.dh.data(), st.embed_plan, st.embed_plan_device.data(), d,
+      m.EmbeddingWorkspace(kernels::EmbeddingBackwardWorkspace(st.embed_plan, d)), m.grads.data() + m.layout.embed,
+      m.s()));
 }
 
 void DeviceMicroBatch::DownloadDispatched(int64_t l, float* host, std::vector<int64_t>* token_of_row) {

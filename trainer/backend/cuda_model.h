@@ -58,7 +58,7 @@ class DeviceModel {
   kernels::DeviceBuffer<uint16_t> params16;                         // bf16/fp16 copy for the GEMMs
   kernels::DeviceBuffer<uint16_t> cast[3];                          // activation operands in 16 bits
   kernels::DeviceBuffer<float> dg1, dg3;                            // expert scratch [A, f] (see ExpertRows)
-  kernels::DeviceBuffer<float> norm_sums;                           // RmsNormWorkspace
+  kernels::DeviceBuffer<float> norm_sums, embed_sums;               // RmsNormWorkspace, EmbeddingWorkspace
   kernels::DeviceBuffer<double> prob_sums;                          // ProbSumsWorkspace
   int64_t optimizer_step = 0;
   kernels::DynamicLossScaler scaler;
@@ -93,6 +93,7 @@ class DeviceModel {
   // stream order: the RMSNorm weight gradient's ([N, d]), the router's
   // probability sums' ([N, E]). Null when none is needed.
   float* RmsNormWorkspace(int64_t N, int64_t d);
+  float* EmbeddingWorkspace(int64_t floats);  // the embedding backward's partial sums
   double* ProbSumsWorkspace(int64_t N, int64_t E);
 
   // Uploads / downloads host vectors, waiting for the copy.
