@@ -27,6 +27,7 @@ const char* OpName(WarpOp op) {
     case WarpOp::kShflDown: return "__shfl_down_sync";
     case WarpOp::kShfl: return "__shfl_sync";
     case WarpOp::kBallot: return "__ballot_sync";
+    case WarpOp::kSyncWarp: return "__syncwarp";
   }
   return "?";
 }
@@ -134,70 +135,96 @@ void BlockRunner::Schedule() {
     }
     for (auto& lane : lanes_) alive = alive || lane->state != Lane::State::kDone;
     if (!alive) return;
-    if (ReleaseWarps() || ReleaseBarrier()) continue;
+    if (ReleaseWarps()) continue;
+    // Every thread now waits or has returned: a warp operation left waiting
+    // can never complete.
+    for (unsigned w0 = 0; w0 < lanes_.size(); w0 += kWarpSize) {
+      const unsigned w1 = std::min(static_cast<unsigned>(lanes_.size()), w0 + kWarpSize);
+      for (unsigned i = w0; i < w1; ++i)
+        if (lanes_[i]->state == Lane::State::kWarp) FailWarp(w0, w1);
+    }
+    if (ReleaseBarrier()) continue;
     Fail("no thread can make progress (internal emulator error)");
   }
 }
 
+// A warp operation completes when every lane of its mask waits at it with
+// that mask; the lanes of a warp may form several such groups at once
+// (partial masks). A lane of the mask that returned or waits at
+// __syncthreads, or waits at another operation or with another mask, is a
+// bug: FailWarp names it once nothing else can make progress.
 bool BlockRunner::ReleaseWarps() {
   bool released = false;
   const unsigned n = static_cast<unsigned>(lanes_.size());
   for (unsigned w0 = 0; w0 < n; w0 += kWarpSize) {
     const unsigned w1 = std::min(n, w0 + kWarpSize);
-    unsigned at_warp_op = 0;
-    for (unsigned i = w0; i < w1; ++i) at_warp_op += lanes_[i]->state == Lane::State::kWarp;
-    if (at_warp_op == 0) continue;
-    if (at_warp_op < static_cast<unsigned>(kWarpSize)) FailWarp(w0, w1);
-    const Lane& first = *lanes_[w0];
     for (unsigned i = w0; i < w1; ++i) {
-      const Lane& lane = *lanes_[i];
-      if (lane.mask != 0xffffffffu)
-        Fail("warp " + std::to_string(w0 / kWarpSize) + ": " + OpName(lane.op) +
-             " with a partial mask (only full-warp masks are emulated)");
-      if (lane.op != first.op)
-        Fail("warp " + std::to_string(w0 / kWarpSize) + ": thread " + std::to_string(w0) + " waits at " +
-             OpName(first.op) + " but thread " + std::to_string(i) + " at " + OpName(lane.op) +
-             " (divergent warp operations)");
-    }
-    uint64_t ballot = 0;
-    for (unsigned l = 0; l < kWarpSize; ++l) ballot |= static_cast<uint64_t>(lanes_[w0 + l]->bits != 0) << l;
-    for (unsigned l = 0; l < kWarpSize; ++l) {
-      Lane& lane = *lanes_[w0 + l];
-      unsigned source = l;
-      switch (lane.op) {
-        case WarpOp::kShflXor: source = l ^ static_cast<unsigned>(lane.operand); break;
-        case WarpOp::kShflDown: source = l + static_cast<unsigned>(lane.operand); break;
-        case WarpOp::kShfl: source = static_cast<unsigned>(lane.operand) % kWarpSize; break;
-        case WarpOp::kBallot: break;
+      const Lane& lead = *lanes_[i];
+      if (lead.state != Lane::State::kWarp) continue;
+      const unsigned mask = lead.mask;
+      bool complete = mask != 0 && (w1 - w0 == static_cast<unsigned>(kWarpSize) || (mask >> (w1 - w0)) == 0);
+      for (unsigned l = 0; complete && l < w1 - w0; ++l) {
+        if (!(mask >> l & 1u)) continue;
+        const Lane& lane = *lanes_[w0 + l];
+        complete = lane.state == Lane::State::kWarp && lane.mask == mask && lane.op == lead.op;
       }
-      if (source >= static_cast<unsigned>(kWarpSize)) source = l;  // out of the warp: own value
-      lane.result = lane.op == WarpOp::kBallot ? ballot : lanes_[w0 + source]->bits;
+      if (!complete) continue;
+      uint64_t ballot = 0;
+      for (unsigned l = 0; l < w1 - w0; ++l)
+        if (mask >> l & 1u) ballot |= static_cast<uint64_t>(lanes_[w0 + l]->bits != 0) << l;
+      for (unsigned l = 0; l < w1 - w0; ++l) {
+        if (!(mask >> l & 1u)) continue;
+        Lane& lane = *lanes_[w0 + l];
+        unsigned source = l;
+        switch (lane.op) {
+          case WarpOp::kShflXor: source = l ^ static_cast<unsigned>(lane.operand); break;
+          case WarpOp::kShflDown: source = l + static_cast<unsigned>(lane.operand); break;
+          case WarpOp::kShfl: source = static_cast<unsigned>(lane.operand) % kWarpSize; break;
+          case WarpOp::kBallot:
+          case WarpOp::kSyncWarp: break;
+        }
+        // Out of the warp, or a lane outside the mask: its own value (CUDA
+        // leaves a read from an inactive lane undefined).
+        if (source >= w1 - w0 || !(mask >> source & 1u)) source = l;
+        lane.result = lane.op == WarpOp::kBallot ? ballot : lanes_[w0 + source]->bits;
+      }
+      for (unsigned l = 0; l < w1 - w0; ++l)
+        if (mask >> l & 1u) lanes_[w0 + l]->state = Lane::State::kReady;
+      released = true;
     }
-    for (unsigned l = 0; l < kWarpSize; ++l) lanes_[w0 + l]->state = Lane::State::kReady;
-    released = true;
   }
   return released;
 }
 
 void BlockRunner::FailWarp(unsigned w0, unsigned w1) const {
-  std::vector<unsigned> waiting, exited, at_barrier;
+  unsigned first = w0;
+  while (lanes_[first]->state != Lane::State::kWarp) ++first;
+  const Lane& lead = *lanes_[first];
+  std::vector<unsigned> waiting, exited, at_barrier, elsewhere;
   for (unsigned i = w0; i < w1; ++i) {
-    switch (lanes_[i]->state) {
-      case Lane::State::kWarp: waiting.push_back(i); break;
+    const Lane& lane = *lanes_[i];
+    if (!(lead.mask >> (i - w0) & 1u)) continue;
+    switch (lane.state) {
+      case Lane::State::kWarp:
+        (lane.op == lead.op && lane.mask == lead.mask ? waiting : elsewhere).push_back(i);
+        break;
       case Lane::State::kDone: exited.push_back(i); break;
       case Lane::State::kBarrier: at_barrier.push_back(i); break;
       case Lane::State::kReady: break;
     }
   }
   std::ostringstream why;
-  why << "warp " << w0 / kWarpSize << ": threads " << Ranges(waiting) << " wait at "
-      << OpName(lanes_[waiting.front()]->op);
-  if (w1 - w0 < static_cast<unsigned>(kWarpSize))
+  why << "warp " << w0 / kWarpSize << ": threads " << Ranges(waiting) << " wait at " << OpName(lead.op);
+  if (lead.mask != 0xffffffffu) why << " with mask 0x" << std::hex << lead.mask << std::dec;
+  if ((w1 - w0) < static_cast<unsigned>(kWarpSize) && (lead.mask >> (w1 - w0)) != 0)
     why << ", but the block has only " << lanes_.size() << " threads, so lanes " << (w1 - w0)
         << "-31 do not exist";
   if (!exited.empty()) why << ", but threads " << Ranges(exited) << " have returned";
   if (!at_barrier.empty()) why << ", but threads " << Ranges(at_barrier) << " wait at __syncthreads";
-  Fail(why.str() + " (a full-warp operation needs every lane)");
+  if (!elsewhere.empty())
+    why << ", but threads " << Ranges(elsewhere) << " wait at another warp operation or with another mask"
+        << " (divergent warp operations)";
+  Fail(why.str() + " (every lane of the mask must reach it)");
 }
 
 bool BlockRunner::ReleaseBarrier() {

@@ -57,7 +57,7 @@ const ThreadCoordinates& This();
 void SyncThreads();
 // One full-warp exchange: every lane passes its value (as 8 raw bytes) and
 // gets the value of the lane `source(lane)` names.
-enum class WarpOp { kShflXor, kShflDown, kShfl, kBallot };
+enum class WarpOp { kShflXor, kShflDown, kShfl, kBallot, kSyncWarp };
 uint64_t WarpExchange(WarpOp op, unsigned mask, uint64_t bits, int operand);
 void* DynamicSharedMemory();
 
@@ -145,6 +145,12 @@ inline T __shfl_sync(unsigned mask, T v, int src_lane) {
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
   return static_cast<unsigned>(
       ::hetermoe::emulator::WarpExchange(::hetermoe::emulator::WarpOp::kBallot, mask, predicate != 0, 0));
+}
+// A barrier for the lanes of `mask` (each of them must reach it with the
+// same mask): what code that shares data through memory between the lanes
+// of a warp needs, since lanes need not run in lockstep.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  ::hetermoe::emulator::WarpExchange(::hetermoe::emulator::WarpOp::kSyncWarp, mask, 0, 0);
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 // CUDA's device min/max overloads, for the integer types kernels mix.

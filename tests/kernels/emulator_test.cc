@@ -209,5 +209,60 @@ TEST(CudaEmulator, ShuffledThreadOrderExposesAMissingBarrier) {
   }
 }
 
+// A planted lockstep assumption: lanes swap values through shared memory,
+// each writing its slot and reading its neighbour's. Lanes need not run in
+// lockstep, so without __syncwarp the read may come before the neighbour's
+// write; the emulator's shuffled lanes make it come first in some.
+__global__ void NeighbourSwapKernel(float* out, int sync) {
+  HM_DYNAMIC_SHARED(float, smem);
+  smem[threadIdx.x] = static_cast<float>(threadIdx.x);
+  if (sync) __syncwarp();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = smem[threadIdx.x ^ 1u];
+}
+
+// Half a warp reduces with mask 0x0000ffff; the other half takes no part.
+__global__ void HalfWarpSumKernel(float* out) {
+  float v = 1.0f;
+  if (threadIdx.x % 32 < 16)
+    for (int offset = 8; offset > 0; offset /= 2) v += __shfl_xor_sync(0x0000ffffu, v, offset);
+  out[threadIdx.x] = v;
+}
+
+// A mask naming lanes that return instead of arriving.
+__global__ void MaskWithAbsentLanesKernel(float* out) {
+  if (threadIdx.x < 8) out[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, 1.0f, 1);
+}
+
+TEST(CudaEmulator, SyncwarpAndPartialMasks) {
+  const char* seed = std::getenv("HETERMOE_EMULATED_SEED");
+  const bool shuffled = seed == nullptr || std::string(seed) != "0";
+  Device<float> out(4 * 64);
+  HM_LAUNCH(NeighbourSwapKernel, 4, 64, 64 * sizeof(float), nullptr)(out.p, 1);
+  auto o = out.Get();
+  for (int t = 0; t < 4 * 64; ++t) ASSERT_EQ(o[t], static_cast<float>((t % 64) ^ 1)) << "with __syncwarp";
+  if (shuffled) {
+    HM_LAUNCH(NeighbourSwapKernel, 4, 64, 64 * sizeof(float), nullptr)(out.p, 0);
+    int stale = 0;
+    for (float v : out.Get()) stale += std::isnan(v);
+    std::printf("without __syncwarp %d of %d lanes read their neighbour's slot before it was written\n", stale,
+                4 * 64);
+    EXPECT_GT(stale, 0) << "the missing __syncwarp went unnoticed";
+  }
+
+  Device<float> sums(64);
+  HM_LAUNCH(HalfWarpSumKernel, 1, 64, 0, nullptr)(sums.p);
+  o = sums.Get();
+  for (int t = 0; t < 64; ++t) EXPECT_EQ(o[t], t % 32 < 16 ? 16.0f : 1.0f) << "lane " << t;
+
+  try {
+    HM_LAUNCH(MaskWithAbsentLanesKernel, 1, 32, 0, nullptr)(sums.p);
+    FAIL() << "a mask whose lanes returned was not caught";
+  } catch (const EmulatorError& e) {
+    EXPECT_NE(std::string(e.what()).find("kernel MaskWithAbsentLanesKernel"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("with mask 0xffff, but threads 8-15 have returned"), std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace hetermoe::kernels
