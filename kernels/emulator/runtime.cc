@@ -72,6 +72,7 @@ struct Registry {
   std::mutex mu;
   std::map<const char*, size_t> allocations;  // base -> bytes
   std::set<const void*> streams, events;
+  std::map<const char*, size_t> pinned;  // page-locked host memory (cudaMallocHost): base -> bytes
   StreamState legacy;  // the default stream (nullptr, cudaStreamLegacy, cudaStreamPerThread)
 };
 Registry& registry() {
@@ -356,6 +357,27 @@ cudaError_t cudaFree(void* p) {
   std::free(p);
   return cudaSuccess;
 }
+// Page-locked host memory: what makes a device-to-host cudaMemcpyAsync
+// truly asynchronous (below).
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  *p = std::malloc(bytes == 0 ? 1 : bytes);
+  if (*p == nullptr) return Fail(cudaErrorMemoryAllocation);
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.pinned[static_cast<const char*>(*p)] = bytes;
+  return cudaSuccess;
+}
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return cudaMallocHost(p, bytes); }
+cudaError_t cudaFreeHost(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  {
+    auto& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (r.pinned.erase(static_cast<const char*>(p)) == 0) return Fail(cudaErrorInvalidValue);
+  }
+  std::free(p);
+  return cudaSuccess;
+}
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
   *free_bytes = size_t{16} << 30;
   *total = size_t{16} << 30;
@@ -367,11 +389,57 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
+namespace {
+// Whether [p, p + bytes) lies in page-locked host memory.
+bool InPinnedMemory(const void* p, size_t bytes) {
+  auto& r = hetermoe::emulator::registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  const char* c = static_cast<const char*>(p);
+  auto it = r.pinned.upper_bound(c);
+  if (it == r.pinned.begin()) return false;
+  --it;
+  return c >= it->first && c + bytes <= it->first + it->second;
+}
+
+// A device-to-host copy into page-locked memory, delivered when its stream
+// next completes work (a synchronisation, an event query, later work on the
+// stream). Until then the host bytes read as NaN.
+class HostDelivery final : public hetermoe::emulator::PendingOp {
+ public:
+  HostDelivery(void* dst, const void* src, size_t bytes)
+      : dst_(dst), data_(static_cast<const char*>(src), static_cast<const char*>(src) + bytes) {}
+  bool Poll() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!delivered_) std::memcpy(dst_, data_.data(), data_.size());
+    delivered_ = true;
+    return true;
+  }
+
+ private:
+  std::mutex mu_;
+  void* dst_;
+  std::vector<char> data_;
+  bool delivered_ = false;
+};
+}  // namespace
+
+// Device to pageable host memory is synchronous (the call returns once the
+// copy is done), as CUDA documents; into page-locked memory it is not: the
+// bytes are poisoned until the stream is synchronised, so a host read that
+// forgot the synchronisation sees NaN instead of the right value by luck.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
   if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
   CheckCopy(dst, src, bytes, kind, "cudaMemcpyAsync");
   DrainStream(s);
-  if (bytes) std::memmove(dst, src, bytes);
+  if (bytes == 0) return cudaSuccess;
+  const bool to_host = !hetermoe::emulator::InDeviceMemory(dst, bytes);
+  if (to_host && hetermoe::emulator::InDeviceMemory(src, bytes) && InPinnedMemory(dst, bytes)) {
+    auto delivery = std::make_shared<HostDelivery>(dst, src, bytes);
+    std::memset(dst, 0xFF, bytes);
+    hetermoe::emulator::EnqueuePending(s, std::move(delivery));
+    return cudaSuccess;
+  }
+  std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {

@@ -264,5 +264,38 @@ TEST(CudaEmulator, SyncwarpAndPartialMasks) {
   }
 }
 
+// A planted unsynchronised device-to-host read: into page-locked memory
+// cudaMemcpyAsync returns before the copy is done, so reading the host
+// buffer before synchronising reads whatever is there. The emulator makes
+// that NaN until the stream is synchronised (or an event after the copy
+// completes); into pageable memory the copy is synchronous, as CUDA says.
+TEST(CudaEmulator, PinnedDeviceToHostCopiesArePoisonedUntilSynchronised) {
+  Device<float> d(4);
+  d.Set({1.0f, 2.0f, 3.0f, 4.0f});
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  float* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), 4 * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(pinned, d.p, 4 * sizeof(float), cudaMemcpyDeviceToHost, stream), cudaSuccess);
+  EXPECT_TRUE(std::isnan(pinned[2])) << "read before the stream was synchronised";
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(pinned[2], 3.0f);
+  // Through an event recorded after the copy.
+  cudaEvent_t done = nullptr;
+  ASSERT_EQ(cudaEventCreate(&done), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(pinned, d.p, 4 * sizeof(float), cudaMemcpyDeviceToHost, stream), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(done, stream), cudaSuccess);
+  EXPECT_TRUE(std::isnan(pinned[0]));
+  ASSERT_EQ(cudaEventSynchronize(done), cudaSuccess);
+  EXPECT_EQ(pinned[0], 1.0f);
+  // Pageable memory: synchronous.
+  std::vector<float> pageable(4, 0.0f);
+  ASSERT_EQ(cudaMemcpyAsync(pageable.data(), d.p, 4 * sizeof(float), cudaMemcpyDeviceToHost, stream), cudaSuccess);
+  EXPECT_EQ(pageable[3], 4.0f);
+  EXPECT_EQ(cudaFreeHost(pinned), cudaSuccess);
+  EXPECT_EQ(cudaEventDestroy(done), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+}
+
 }  // namespace
 }  // namespace hetermoe::kernels
