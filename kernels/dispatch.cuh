@@ -25,14 +25,22 @@
 namespace hetermoe::kernels {
 
 // --- kernels ---
-// A single block walks the experts in order; for each it scans the
-// assignments in chunks of blockDim, ranking matches with a block-wide
-// exclusive prefix count (warp ballots), which keeps the sort stable.
-// Launched with kDispatchPlanThreads threads, its declared bound.
-constexpr int kDispatchPlanThreads = 1024;  // one block; 32 warps
-__global__ void __launch_bounds__(kDispatchPlanThreads) BuildDispatchPlanKernel(const int32_t* topk_expert, int64_t A, int64_t k, int64_t E,
-                                        int32_t* counts, int32_t* offsets, int32_t* row_of,
-                                        int32_t* token_of_row);
+// The plan in tiles of kDispatchPlanThreads assignments (one per thread):
+// each tile counts its assignments per expert (warp ballots), one block per
+// expert scans its tile counts, the offsets follow from the totals, and each
+// tile places its assignments at offset + earlier tiles' rows + rank in the
+// tile: a stable counting sort, parallel over tiles, no thread's serial
+// chain longer than a tile or the expert count.
+constexpr int kDispatchPlanThreads = 1024;
+__global__ void __launch_bounds__(kDispatchPlanThreads)
+    DispatchTileCountsKernel(const int32_t* topk_expert, int64_t A, int64_t E, int32_t* tile_counts);
+__global__ void __launch_bounds__(kDispatchPlanThreads)
+    DispatchExpertScanKernel(const int32_t* tile_counts, int64_t tiles, int64_t E, int32_t* tile_base,
+                             int32_t* totals);
+__global__ void DispatchOffsetsKernel(const int32_t* totals, int64_t E, int32_t* counts, int32_t* offsets);
+__global__ void __launch_bounds__(kDispatchPlanThreads)
+    DispatchTileRowsKernel(const int32_t* topk_expert, int64_t A, int64_t k, int64_t E, const int32_t* offsets,
+                           const int32_t* tile_base, int32_t* row_of, int32_t* token_of_row);
 __global__ void GatherRowsKernel(const float* x, const int32_t* token_of_row, int64_t A, int64_t d,
                                  float* xp);
 __global__ void CombineKernel(const float* y, const float* topk_weight, const int32_t* row_of,
@@ -45,9 +53,11 @@ __global__ void ScatterAddRowsKernel(const float* dxp, const int32_t* row_of, in
                                      int64_t d, float* dx);
 
 // --- launchers ---
+// `workspace`: DispatchPlanWorkspace(N, k, E) int32s.
+int64_t DispatchPlanWorkspace(int64_t N, int64_t k, int64_t E);
 cudaError_t LaunchBuildDispatchPlan(const int32_t* topk_expert, int64_t N, int64_t k, int64_t E,
                                     int32_t* counts, int32_t* offsets, int32_t* row_of,
-                                    int32_t* token_of_row, cudaStream_t stream);
+                                    int32_t* token_of_row, int32_t* workspace, cudaStream_t stream);
 cudaError_t LaunchGatherRows(const float* x, const int32_t* token_of_row, int64_t A, int64_t d,
                              float* xp, cudaStream_t stream);
 cudaError_t LaunchCombine(const float* y, const float* topk_weight, const int32_t* row_of,

@@ -273,6 +273,30 @@ TEST_F(GpuTest, ColumnSumsInTilesMatchSerialSums) {
   }
 }
 
+// More tiles (1094) than one round of the per-expert scan covers (1024):
+// the carry between rounds.
+TEST_F(GpuTest, DispatchPlanOverManyTilesMatchesCpu) {
+  const int64_t N = 560000, k = 2, E = 3, A = N * k;
+  std::vector<int32_t> topk(A);
+  std::mt19937 rng(31);
+  for (int64_t n = 0; n < N; ++n) {
+    topk[n * k] = static_cast<int32_t>(rng() % E);
+    topk[n * k + 1] = static_cast<int32_t>((topk[n * k] + 1 + rng() % (E - 1)) % E);
+  }
+  const ops::DispatchPlan plan = ops::MakeDispatchPlan(N, k, E, topk.data());
+  auto d_topk = Up(topk);
+  auto d_counts = Empty<int32_t>(E), d_offsets = Empty<int32_t>(E + 1);
+  auto d_row_of = Empty<int32_t>(A), d_token_of_row = Empty<int32_t>(A);
+  auto d_ws = Empty<int32_t>(static_cast<size_t>(kernels::DispatchPlanWorkspace(N, k, E)));
+  ASSERT_EQ(kernels::LaunchBuildDispatchPlan(d_topk.data(), N, k, E, d_counts.data(), d_offsets.data(),
+                                             d_row_of.data(), d_token_of_row.data(), d_ws.data(), stream()),
+            cudaSuccess);
+  const auto offsets = Down(d_offsets);
+  EXPECT_EQ(std::vector<int64_t>(offsets.begin(), offsets.end()), plan.offsets);
+  const auto row_of = Down(d_row_of);
+  EXPECT_EQ(std::vector<int64_t>(row_of.begin(), row_of.end()), plan.row_of);
+}
+
 TEST_F(GpuTest, DispatchPlanPermuteAndCombineMatchCpuWithAnEmptyExpert) {
   // A = 3000 assignments: several 1024-thread chunks. Expert 3 gets nothing.
   const int64_t N = 1500, k = 2, E = 5, d = 19, A = N * k;
@@ -291,8 +315,9 @@ TEST_F(GpuTest, DispatchPlanPermuteAndCombineMatchCpuWithAnEmptyExpert) {
   auto d_topk = Up(topk);
   auto d_counts = Empty<int32_t>(E), d_offsets = Empty<int32_t>(E + 1);
   auto d_row_of = Empty<int32_t>(A), d_token_of_row = Empty<int32_t>(A);
+  auto d_ws = Empty<int32_t>(static_cast<size_t>(kernels::DispatchPlanWorkspace(N, k, E)));
   ASSERT_EQ(kernels::LaunchBuildDispatchPlan(d_topk.data(), N, k, E, d_counts.data(), d_offsets.data(),
-                                             d_row_of.data(), d_token_of_row.data(), stream()),
+                                             d_row_of.data(), d_token_of_row.data(), d_ws.data(), stream()),
             cudaSuccess);
   EXPECT_EQ(ToFloat(Down(d_counts)), ToFloat(plan.counts));
   EXPECT_EQ(ToFloat(Down(d_offsets)), ToFloat(plan.offsets));

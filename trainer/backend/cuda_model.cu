@@ -66,6 +66,7 @@ DeviceModel::DeviceModel(const io::MixtralConfig& c, const model::ParameterLayou
   dg3.Bind(&allocator);
   norm_sums.Bind(&allocator);
   embed_sums.Bind(&allocator);
+  plan_ints.Bind(&allocator);
   prob_sums.Bind(&allocator);
   for (auto* b : {&params, &grads, &exp_avg, &exp_avg_sq})
     HM_CUDA_CHECK(cudaMemsetAsync(b->data(), 0, b->bytes(), s()));
@@ -147,6 +148,11 @@ float* DeviceModel::RmsNormWorkspace(int64_t N, int64_t d) {
 float* DeviceModel::EmbeddingWorkspace(int64_t floats) {
   if (embed_sums.size() < static_cast<size_t>(floats)) embed_sums.Resize(static_cast<size_t>(floats));
   return floats > 0 ? embed_sums.data() : nullptr;
+}
+int32_t* DeviceModel::DispatchWorkspace(int64_t N, int64_t k, int64_t E) {
+  const auto n = static_cast<size_t>(kernels::DispatchPlanWorkspace(N, k, E));
+  if (plan_ints.size() < n) plan_ints.Resize(n);
+  return n > 0 ? plan_ints.data() : nullptr;
 }
 double* DeviceModel::ProbSumsWorkspace(int64_t N, int64_t E) {
   const auto n = static_cast<size_t>(kernels::RouterProbSumsWorkspace(N, E));
@@ -504,7 +510,8 @@ void DeviceMicroBatch::AttentionForward(int64_t l) {
   HM_CUDA_CHECK(kernels::LaunchRouterProbSums(la.probs.data(), N, E, m.ProbSumsWorkspace(N, E),
                                               st.prob_sums.data() + l * E, m.s()));
   HM_CUDA_CHECK(kernels::LaunchBuildDispatchPlan(la.topk_expert.data(), N, k, E, la.counts.data(), la.offsets.data(),
-                                                 la.row_of.data(), la.token_of_row.data(), m.s()));
+                                                 la.row_of.data(), la.token_of_row.data(),
+                                                 m.DispatchWorkspace(N, k, E), m.s()));
   // The expert GEMMs (here or on an owner rank) take each expert's rows from the host.
   std::vector<int32_t> counts32(E), offsets32(E + 1);
   HM_CUDA_CHECK(cudaMemcpyAsync(counts32.data(), la.counts.data(), sizeof(int32_t) * E, cudaMemcpyDeviceToHost, m.s()));

@@ -60,6 +60,7 @@ class DeviceModel {
   kernels::DeviceBuffer<float> dg1, dg3;                            // expert scratch [A, f] (see ExpertRows)
   kernels::DeviceBuffer<float> norm_sums, embed_sums;               // RmsNormWorkspace, EmbeddingWorkspace
   kernels::DeviceBuffer<double> prob_sums;                          // ProbSumsWorkspace
+  kernels::DeviceBuffer<int32_t> plan_ints;                         // DispatchWorkspace
   int64_t optimizer_step = 0;
   kernels::DynamicLossScaler scaler;
 
@@ -94,6 +95,7 @@ class DeviceModel {
   // probability sums' ([N, E]). Null when none is needed.
   float* RmsNormWorkspace(int64_t N, int64_t d);
   float* EmbeddingWorkspace(int64_t floats);  // the embedding backward's partial sums
+  int32_t* DispatchWorkspace(int64_t N, int64_t k, int64_t E);  // the dispatch plan's tile counts
   double* ProbSumsWorkspace(int64_t N, int64_t E);
 
   // Uploads / downloads host vectors, waiting for the copy.
