@@ -116,16 +116,19 @@ int EnvInt(const char* name, int fallback) {
   return (v && *v) ? std::atoi(v) : fallback;
 }
 
-// Whether [p, p + bytes) lies inside one device allocation.
-bool InDeviceMemory(const void* p, size_t bytes) {
-  auto& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
+// Whether [p, p + bytes) lies inside one block of `blocks` (base -> bytes),
+// a registry map (taken under its lock).
+bool InOneBlock(const std::map<const char*, size_t>& blocks, const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(registry().mu);
   const char* c = static_cast<const char*>(p);
-  auto it = r.allocations.upper_bound(c);
-  if (it == r.allocations.begin()) return false;
+  auto it = blocks.upper_bound(c);
+  if (it == blocks.begin()) return false;
   --it;
   return c >= it->first && c + bytes <= it->first + it->second;
 }
+
+// Whether [p, p + bytes) lies inside one device allocation.
+bool InDeviceMemory(const void* p, size_t bytes) { return InOneBlock(registry().allocations, p, bytes); }
 
 [[noreturn]] void Bug(const std::string& what) { throw EmulatorError("CUDA emulator: " + what); }
 
@@ -392,13 +395,7 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
 namespace {
 // Whether [p, p + bytes) lies in page-locked host memory.
 bool InPinnedMemory(const void* p, size_t bytes) {
-  auto& r = hetermoe::emulator::registry();
-  std::lock_guard<std::mutex> lock(r.mu);
-  const char* c = static_cast<const char*>(p);
-  auto it = r.pinned.upper_bound(c);
-  if (it == r.pinned.begin()) return false;
-  --it;
-  return c >= it->first && c + bytes <= it->first + it->second;
+  return hetermoe::emulator::InOneBlock(hetermoe::emulator::registry().pinned, p, bytes);
 }
 
 // A device-to-host copy into page-locked memory, delivered when its stream

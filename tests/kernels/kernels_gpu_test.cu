@@ -273,9 +273,27 @@ TEST_F(GpuTest, ColumnSumsInTilesMatchSerialSums) {
   }
 }
 
+// The dispatch plan built on the device from top-k choices.
+class DispatchTest : public GpuTest {
+ protected:
+  struct Plan {
+    kernels::DeviceBuffer<int32_t> counts, offsets, row_of, token_of_row;
+  };
+  Plan Build(const std::vector<int32_t>& topk, int64_t N, int64_t k, int64_t E) {
+    Plan p{Empty<int32_t>(E), Empty<int32_t>(E + 1), Empty<int32_t>(N * k), Empty<int32_t>(N * k)};
+    auto d_topk = Up(topk);
+    auto d_ws = Empty<int32_t>(static_cast<size_t>(kernels::DispatchPlanWorkspace(N, k, E)));
+    EXPECT_EQ(kernels::LaunchBuildDispatchPlan(d_topk.data(), N, k, E, p.counts.data(), p.offsets.data(),
+                                               p.row_of.data(), p.token_of_row.data(), d_ws.data(), stream()),
+              cudaSuccess);
+    HM_CUDA_CHECK(cudaStreamSynchronize(stream()));  // d_topk and d_ws go back to the allocator here
+    return p;
+  }
+};
+
 // More tiles (1094) than one round of the per-expert scan covers (1024):
 // the carry between rounds.
-TEST_F(GpuTest, DispatchPlanOverManyTilesMatchesCpu) {
+TEST_F(DispatchTest, PlanOverManyTilesMatchesCpu) {
   const int64_t N = 560000, k = 2, E = 3, A = N * k;
   std::vector<int32_t> topk(A);
   std::mt19937 rng(31);
@@ -284,20 +302,14 @@ TEST_F(GpuTest, DispatchPlanOverManyTilesMatchesCpu) {
     topk[n * k + 1] = static_cast<int32_t>((topk[n * k] + 1 + rng() % (E - 1)) % E);
   }
   const ops::DispatchPlan plan = ops::MakeDispatchPlan(N, k, E, topk.data());
-  auto d_topk = Up(topk);
-  auto d_counts = Empty<int32_t>(E), d_offsets = Empty<int32_t>(E + 1);
-  auto d_row_of = Empty<int32_t>(A), d_token_of_row = Empty<int32_t>(A);
-  auto d_ws = Empty<int32_t>(static_cast<size_t>(kernels::DispatchPlanWorkspace(N, k, E)));
-  ASSERT_EQ(kernels::LaunchBuildDispatchPlan(d_topk.data(), N, k, E, d_counts.data(), d_offsets.data(),
-                                             d_row_of.data(), d_token_of_row.data(), d_ws.data(), stream()),
-            cudaSuccess);
-  const auto offsets = Down(d_offsets);
+  const Plan got = Build(topk, N, k, E);
+  const auto offsets = Down(got.offsets);
   EXPECT_EQ(std::vector<int64_t>(offsets.begin(), offsets.end()), plan.offsets);
-  const auto row_of = Down(d_row_of);
+  const auto row_of = Down(got.row_of);
   EXPECT_EQ(std::vector<int64_t>(row_of.begin(), row_of.end()), plan.row_of);
 }
 
-TEST_F(GpuTest, DispatchPlanPermuteAndCombineMatchCpuWithAnEmptyExpert) {
+TEST_F(DispatchTest, PlanPermuteAndCombineMatchCpuWithAnEmptyExpert) {
   // A = 3000 assignments: several 1024-thread chunks. Expert 3 gets nothing.
   const int64_t N = 1500, k = 2, E = 5, d = 19, A = N * k;
   const int32_t used[] = {0, 1, 2, 4};
@@ -312,13 +324,11 @@ TEST_F(GpuTest, DispatchPlanPermuteAndCombineMatchCpuWithAnEmptyExpert) {
   const ops::DispatchPlan plan = ops::MakeDispatchPlan(N, k, E, topk.data());
   ASSERT_EQ(plan.counts[3], 0);
 
-  auto d_topk = Up(topk);
-  auto d_counts = Empty<int32_t>(E), d_offsets = Empty<int32_t>(E + 1);
-  auto d_row_of = Empty<int32_t>(A), d_token_of_row = Empty<int32_t>(A);
-  auto d_ws = Empty<int32_t>(static_cast<size_t>(kernels::DispatchPlanWorkspace(N, k, E)));
-  ASSERT_EQ(kernels::LaunchBuildDispatchPlan(d_topk.data(), N, k, E, d_counts.data(), d_offsets.data(),
-                                             d_row_of.data(), d_token_of_row.data(), d_ws.data(), stream()),
-            cudaSuccess);
+  const Plan got = Build(topk, N, k, E);
+  const auto& d_counts = got.counts;
+  const auto& d_offsets = got.offsets;
+  const auto& d_row_of = got.row_of;
+  const auto& d_token_of_row = got.token_of_row;
   EXPECT_EQ(ToFloat(Down(d_counts)), ToFloat(plan.counts));
   EXPECT_EQ(ToFloat(Down(d_offsets)), ToFloat(plan.offsets));
   EXPECT_EQ(ToFloat(Down(d_row_of)), ToFloat(plan.row_of));
