@@ -140,24 +140,25 @@ void DeviceModel::LinearDwOp(int64_t M, int64_t N, int64_t K, const float* dy, c
                                 grads.data() + g_offset);
 }
 
+namespace {
+// `b` grown to at least n elements (stream order makes the reuse safe); null
+// when none is needed.
+template <typename T>
+T* Scratch(DeviceBuffer<T>& b, int64_t n) {
+  if (b.size() < static_cast<size_t>(n)) b.Resize(static_cast<size_t>(n));
+  return n > 0 ? b.data() : nullptr;
+}
+}  // namespace
+
 float* DeviceModel::RmsNormWorkspace(int64_t N, int64_t d) {
-  const auto n = static_cast<size_t>(kernels::RmsNormBackwardWorkspace(N, d));
-  if (norm_sums.size() < n) norm_sums.Resize(n);
-  return n > 0 ? norm_sums.data() : nullptr;
+  return Scratch(norm_sums, kernels::RmsNormBackwardWorkspace(N, d));
 }
-float* DeviceModel::EmbeddingWorkspace(int64_t floats) {
-  if (embed_sums.size() < static_cast<size_t>(floats)) embed_sums.Resize(static_cast<size_t>(floats));
-  return floats > 0 ? embed_sums.data() : nullptr;
-}
+float* DeviceModel::EmbeddingWorkspace(int64_t floats) { return Scratch(embed_sums, floats); }
 int32_t* DeviceModel::DispatchWorkspace(int64_t N, int64_t k, int64_t E) {
-  const auto n = static_cast<size_t>(kernels::DispatchPlanWorkspace(N, k, E));
-  if (plan_ints.size() < n) plan_ints.Resize(n);
-  return n > 0 ? plan_ints.data() : nullptr;
+  return Scratch(plan_ints, kernels::DispatchPlanWorkspace(N, k, E));
 }
 double* DeviceModel::ProbSumsWorkspace(int64_t N, int64_t E) {
-  const auto n = static_cast<size_t>(kernels::RouterProbSumsWorkspace(N, E));
-  if (prob_sums.size() < n) prob_sums.Resize(n);
-  return n > 0 ? prob_sums.data() : nullptr;
+  return Scratch(prob_sums, kernels::RouterProbSumsWorkspace(N, E));
 }
 
 void DeviceModel::ToDevice(const float* host, float* device_ptr, int64_t n) {
@@ -229,11 +230,7 @@ void ExpertRows::Forward(DeviceModel& m) {
   }), false);
   // act = silu(g1) * g3, kept as the operand of the W2 GEMMs; 16-bit runs
   // compute it into the backward's scratch dg1 (free until Backward).
-  float* act32 = act.data();
-  if (m.Compute16()) {
-    if (m.dg1.size() < static_cast<size_t>(rows * f)) m.dg1.Resize(static_cast<size_t>(rows * f));
-    act32 = m.dg1.data();
-  }
+  float* act32 = m.Compute16() ? Scratch(m.dg1, rows * f) : act.data();
   HM_CUDA_CHECK(kernels::LaunchSwiGluForward(g1.data(), g3.data(), rows * f, act32, m.s()));
   if (m.Compute16()) m.CastTo16(act32, rows * f, act16.data());
   const void* act_op = m.Compute16() ? static_cast<const void*>(act16.data()) : act.data();
