@@ -70,15 +70,16 @@ __global__ void AttentionForwardKernel(AttentionDims s, int tile, const float* q
 
   // Keys up to the block's last query row (causal horizon of the block).
   const int64_t last_key = min(T - 1, first_row + kAttentionRowsPerBlock - 1);
-  for (int64_t k0 = 0; k0 <= last_key; k0 += tile) {
+  const int64_t row_first_key = AttentionFirstKey(t, s.window);
+  for (int64_t k0 = AttentionFirstKey(first_row, s.window); k0 <= last_key; k0 += tile) {
     __syncthreads();  // every warp is done with the previous tile
     LoadTile(k, b, k0, kvh, KV, s, tile, ks);
     LoadTile(v, b, k0, kvh, KV, s, tile, vs);
     __syncthreads();
     if (!active) continue;
-    // Keys k0 .. min(t, k0 + tile - 1) of this tile are visible to row t.
+    // Keys max(first key, k0) .. min(t, k0 + tile - 1) of this tile are visible to row t.
     const int64_t visible = min(static_cast<int64_t>(tile), t - k0 + 1);
-    for (int64_t r = 0; r < visible; ++r) {
+    for (int64_t r = max(int64_t{0}, row_first_key - k0); r < visible; ++r) {
       const float score = DotWithShared(qr, ks + r * hd, hd, lane) * scale;
       const float m_new = fmaxf(m, score);
       const float correction = expf(m - m_new);  // 0 on the first key (m = -inf)
@@ -140,14 +141,15 @@ __global__ void AttentionBackwardQueryKernel(AttentionDims s, int tile, const fl
   const float row_D = active ? D[(b * H + h) * T + t] : 0.0f;
 
   const int64_t last_key = min(T - 1, first_row + kAttentionRowsPerBlock - 1);
-  for (int64_t k0 = 0; k0 <= last_key; k0 += tile) {
+  const int64_t row_first_key = AttentionFirstKey(t, s.window);
+  for (int64_t k0 = AttentionFirstKey(first_row, s.window); k0 <= last_key; k0 += tile) {
     __syncthreads();
     LoadTile(k, b, k0, kvh, KV, s, tile, ks);
     LoadTile(v, b, k0, kvh, KV, s, tile, vs);
     __syncthreads();
     if (!active) continue;
     const int64_t visible = min(static_cast<int64_t>(tile), t - k0 + 1);
-    for (int64_t r = 0; r < visible; ++r) {
+    for (int64_t r = max(int64_t{0}, row_first_key - k0); r < visible; ++r) {
       const float p = expf(DotWithShared(qr, ks + r * hd, hd, lane) * scale - row_lse);
       const float dp = DotWithShared(dor, vs + r * hd, hd, lane);
       const float ds = math::AttentionScoreGrad(p, dp, row_D, scale);
@@ -193,8 +195,10 @@ __global__ void AttentionBackwardKeyValueKernel(AttentionDims s, int tile, const
   for (int i = 0; i < kAttentionMaxPerLane; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
 
   for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-    // Queries t >= first_row can see some key of this block.
-    for (int64_t q0 = first_row; q0 < T; q0 += tile) {
+    // Queries first_row <= t < last_row + window can see some key of this block.
+    const int64_t end_query =
+        s.window > 0 ? min(T, first_row + kAttentionRowsPerBlock - 1 + s.window) : T;
+    for (int64_t q0 = first_row; q0 < end_query; q0 += tile) {
       __syncthreads();
       LoadTile(q, b, q0, h, H, s, tile, qs);
       LoadTile(dout, b, q0, h, H, s, tile, dos);
@@ -208,7 +212,7 @@ __global__ void AttentionBackwardKeyValueKernel(AttentionDims s, int tile, const
       for (int r = 0; r < tile; ++r) {
         const int64_t t = q0 + r;
         if (t >= T) break;
-        if (t < j) continue;  // causal: query t sees key j only when j <= t
+        if (!AttentionVisible(t, j, s.window)) continue;  // causal, and within the window
         const float p = expf(DotWithShared(kr, qs + r * hd, hd, lane) * scale - lses[r]);
         const float dp = DotWithShared(vr, dos + r * hd, hd, lane);
         const float ds = math::AttentionScoreGrad(p, dp, Ds[r], scale);
@@ -237,7 +241,7 @@ __global__ void AttentionBackwardKeyValueKernel(AttentionDims s, int tile, const
 namespace {
 cudaError_t CheckDims(const AttentionDims& s) {
   if (s.head_dim <= 0 || s.head_dim > kWarpSize * kAttentionMaxPerLane || s.kv_heads <= 0 ||
-      s.heads % s.kv_heads != 0)
+      s.heads % s.kv_heads != 0 || s.window < 0)
     return cudaErrorInvalidValue;
   return cudaSuccess;
 }

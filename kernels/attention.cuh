@@ -10,8 +10,9 @@
 //  - a block = kAttentionRowsPerBlock warps = that many consecutive rows; the
 //    rows' partners (keys for a query row, queries for a key row) are staged
 //    through shared memory in tiles of `tile` rows, loaded by the whole block;
-//  - causality: query t sees keys j <= t. A block never loads a tile past its
-//    last row's horizon, and each warp masks the rest.
+//  - causality: query t sees keys j <= t (and t - j < window with a sliding
+//    window). A block never loads a tile outside its rows' horizon, and each
+//    warp masks the rest.
 //
 // Forward (per query row t): online softmax over the key tiles, keeping the
 // running max m, the running sum l and the unnormalised output in registers;
@@ -38,7 +39,19 @@ constexpr int kAttentionMaxPerLane = 8;    // head_dim <= 256
 
 struct AttentionDims {
   int64_t batch, seq_len, heads, kv_heads, head_dim;
+  // Sliding window (Mistral/Mixtral): query t sees key j when t - W < j <= t;
+  // 0 = no window (every earlier key).
+  int64_t window = 0;
 };
+
+// Whether query t sees key j.
+__host__ __device__ __forceinline__ bool AttentionVisible(int64_t t, int64_t j, int64_t window) {
+  return j <= t && (window <= 0 || t - j < window);
+}
+// The first key query t sees.
+__host__ __device__ __forceinline__ int64_t AttentionFirstKey(int64_t t, int64_t window) {
+  return window <= 0 || t < window ? 0 : t - window + 1;
+}
 
 // Partner rows staged per shared-memory tile: 32, or 16 for head_dim > 128,
 // keeping two tiles of [tile, head_dim] floats within 32 KiB.

@@ -28,6 +28,7 @@ const char* OpName(WarpOp op) {
     case WarpOp::kShfl: return "__shfl_sync";
     case WarpOp::kBallot: return "__ballot_sync";
     case WarpOp::kSyncWarp: return "__syncwarp";
+    case WarpOp::kMma: return "mma.sync";
   }
   return "?";
 }
@@ -52,6 +53,61 @@ BlockRunner& RunnerOrDie(const char* what) {
     std::abort();
   }
   return *active_runner;
+}
+
+float HalfToFloat(uint16_t bits, MmaInput input) {
+  if (input == MmaInput::kBf16) {
+    const uint32_t word = uint32_t{bits} << 16;
+    float f;
+    std::memcpy(&f, &word, sizeof f);
+    return f;
+  }
+  __half h;
+  std::memcpy(&h, &bits, sizeof h);
+  return __half2float(h);
+}
+
+// The 16-bit element `index` (0 = low half) of a fragment register.
+float Element(const uint32_t* regs, int index, MmaInput input) {
+  return HalfToFloat(static_cast<uint16_t>(regs[index / 2] >> (16 * (index % 2))), input);
+}
+
+// mma.m16n8k16 on the gathered fragments of a warp (PTX ISA, "Matrix
+// Fragments for mma.m16n8k16 with floating point type"): with g = lane / 4
+// and t = lane % 4, lane holds
+//   A (16 x 16, row): a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] =
+//     A[g][2t+8..], a[3] = A[g+8][2t+8..];
+//   B (16 x 8, col): b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g];
+//   C, D (16 x 8): c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1].
+void RunMma(const std::vector<const MmaFragments*>& lanes) {
+  const MmaInput input = lanes[0]->input;
+  for (const MmaFragments* f : lanes)
+    if (f->input != input)
+      throw EmulatorError("CUDA emulator: mma.sync with lanes of different input types");
+  float A[16][16], B[16][8];
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    const uint32_t* a = lanes[lane]->a;
+    const uint32_t* b = lanes[lane]->b;
+    for (int half = 0; half < 2; ++half) {
+      A[g][2 * t + half] = Element(a, 0 + half, input);
+      A[g + 8][2 * t + half] = Element(a, 2 + half, input);
+      A[g][2 * t + 8 + half] = Element(a, 4 + half, input);
+      A[g + 8][2 * t + 8 + half] = Element(a, 6 + half, input);
+      B[2 * t + half][g] = Element(b, 0 + half, input);
+      B[2 * t + 8 + half][g] = Element(b, 2 + half, input);
+    }
+  }
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    float* c = lanes[lane]->c;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+      float sum = 0.0f;  // each product of two 16-bit values is exact in fp32
+      for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+      c[i] += sum;
+    }
+  }
 }
 
 }  // namespace
@@ -181,12 +237,21 @@ bool BlockRunner::ReleaseWarps() {
           case WarpOp::kShflDown: source = l + static_cast<unsigned>(lane.operand); break;
           case WarpOp::kShfl: source = static_cast<unsigned>(lane.operand) % kWarpSize; break;
           case WarpOp::kBallot:
-          case WarpOp::kSyncWarp: break;
+          case WarpOp::kSyncWarp:
+          case WarpOp::kMma: break;
         }
         // Out of the warp, or a lane outside the mask: its own value (CUDA
         // leaves a read from an inactive lane undefined).
         if (source >= w1 - w0 || !(mask >> source & 1u)) source = l;
         lane.result = lane.op == WarpOp::kBallot ? ballot : lanes_[w0 + source]->bits;
+      }
+      if (lead.op == WarpOp::kMma) {
+        if (mask != 0xffffffffu || w1 - w0 != static_cast<unsigned>(kWarpSize))
+          Fail("warp " + std::to_string(w0 / kWarpSize) + ": mma.sync needs all 32 lanes of a warp");
+        std::vector<const MmaFragments*> fragments;
+        for (unsigned l = 0; l < w1 - w0; ++l)
+          fragments.push_back(reinterpret_cast<const MmaFragments*>(lanes_[w0 + l]->bits));
+        RunMma(fragments);
       }
       for (unsigned l = 0; l < w1 - w0; ++l)
         if (mask >> l & 1u) lanes_[w0 + l]->state = Lane::State::kReady;
@@ -281,5 +346,8 @@ uint64_t WarpExchange(WarpOp op, unsigned mask, uint64_t bits, int operand) {
   return RunnerOrDie(OpName(op)).WarpExchange(op, mask, bits, operand);
 }
 void* DynamicSharedMemory() { return RunnerOrDie("extern __shared__").dynamic_shared(); }
+void WarpMma(const MmaFragments& fragments) {
+  RunnerOrDie("mma.sync").WarpExchange(WarpOp::kMma, 0xffffffffu, reinterpret_cast<uint64_t>(&fragments), 0);
+}
 
 }  // namespace hetermoe::emulator

@@ -57,9 +57,23 @@ const ThreadCoordinates& This();
 void SyncThreads();
 // One full-warp exchange: every lane passes its value (as 8 raw bytes) and
 // gets the value of the lane `source(lane)` names.
-enum class WarpOp { kShflXor, kShflDown, kShfl, kBallot, kSyncWarp };
+enum class WarpOp { kShflXor, kShflDown, kShfl, kBallot, kSyncWarp, kMma };
 uint64_t WarpExchange(WarpOp op, unsigned mask, uint64_t bits, int operand);
 void* DynamicSharedMemory();
+
+// One warp-wide tensor-core instruction, mma.sync.aligned.m16n8k16.row.col
+// with fp32 accumulators (kernels/mma.cuh): every lane of the warp passes its
+// fragments (a: 4 registers of two 16-bit values, b: 2, c: 4 floats, in the
+// layout the PTX ISA documents) and gets its part of D = A B + C in c. The
+// products are exact in fp32 and summed over k in order, then added to C.
+enum class MmaInput { kBf16, kFp16 };
+struct MmaFragments {
+  MmaInput input;
+  const uint32_t* a;
+  const uint32_t* b;
+  float* c;
+};
+void WarpMma(const MmaFragments& fragments);
 
 template <typename T>
 T* DynamicShared() {

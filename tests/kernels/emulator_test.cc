@@ -13,6 +13,7 @@
 
 #include "kernels/common.cuh"
 #include "kernels/emulator/block_runner.h"
+#include "kernels/mma.cuh"
 
 namespace hetermoe::kernels {
 namespace {
@@ -295,6 +296,64 @@ TEST(CudaEmulator, PinnedDeviceToHostCopiesArePoisonedUntilSynchronised) {
   EXPECT_EQ(cudaFreeHost(pinned), cudaSuccess);
   EXPECT_EQ(cudaEventDestroy(done), cudaSuccess);
   EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+}
+
+// One m16n8k16 product of a 16 x 16 A and a 16 x 8 B (both row-major in
+// global memory, staged to shared memory as the attention kernels do: A
+// row-major, B as its transpose), C written back row-major from the
+// accumulator layout. `lanes` lanes take part (32 on a correct warp).
+template <typename T16>
+__global__ void MmaKernel(const float* a, const float* b, float* c, int lanes) {
+  __shared__ T16 as[16 * 24];
+  __shared__ T16 bts[8 * 24];
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 256; i += 32) as[(i / 16) * 24 + i % 16] = T16(a[i]);
+  for (int i = lane; i < 128; i += 32) bts[(i % 8) * 24 + i / 8] = T16(b[i]);  // B[k][n] -> bts[n][k]
+  __syncwarp();
+  if (lane >= lanes) return;
+  uint32_t af[4], bf[2];
+  LoadA(as, 24, lane, af);
+  LoadB(bts, 24, lane, bf);
+  float acc[4] = {1.0f, 1.0f, 1.0f, 1.0f};  // C = 1: the product is added to it
+  MmaM16N8K16<T16>(acc, af, bf);
+  for (int i = 0; i < 4; ++i) c[(lane / 4 + 8 * (i / 2)) * 8 + 2 * (lane % 4) + i % 2] = acc[i];
+}
+
+template <typename T16>
+void ExpectMmaProduct() {
+  std::vector<float> a(256), b(128);
+  for (int i = 0; i < 256; ++i) a[i] = static_cast<float>((i * 7) % 13 - 6) / 4;  // exact in bf16 and fp16
+  for (int i = 0; i < 128; ++i) b[i] = static_cast<float>((i * 5) % 11 - 5) / 2;
+  Device<float> da(256), db(128), dc(128);
+  da.Set(a);
+  db.Set(b);
+  HM_LAUNCH(MmaKernel<T16>, 1, 32, 0, nullptr)(da.p, db.p, dc.p, 32);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  const auto c = dc.Get();
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) {
+      float expected = 1.0f;
+      for (int k = 0; k < 16; ++k) expected += a[m * 16 + k] * b[k * 8 + n];
+      EXPECT_EQ(c[m * 8 + n], expected) << m << "," << n;
+    }
+}
+
+TEST(CudaEmulator, MmaComputesTheProductInThePtxFragmentLayout) {
+  ExpectMmaProduct<__nv_bfloat16>();
+  ExpectMmaProduct<__half>();
+}
+
+TEST(CudaEmulator, CatchesAnMmaNotEveryLaneReaches) {
+  Device<float> a(256), b(128), c(128);
+  a.Set(std::vector<float>(256, 1.0f));
+  b.Set(std::vector<float>(128, 1.0f));
+  try {
+    HM_LAUNCH(MmaKernel<__nv_bfloat16>, 1, 32, 0, nullptr)(a.p, b.p, c.p, 16);
+    FAIL() << "an mma.sync half the warp skipped was not caught";
+  } catch (const EmulatorError& e) {
+    EXPECT_NE(std::string(e.what()).find("wait at mma.sync"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("have returned"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "kernels/device.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/embedding.cuh"
+#include "kernels/flash_attention.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/router.cuh"
@@ -77,8 +78,15 @@ DeviceModel::~DeviceModel() {
 }
 
 std::string DeviceModel::Describe() const {
+  const kernels::AttentionDims dims{1, 1, config.num_attention_heads, config.num_key_value_heads, config.HeadDim(),
+                                    config.sliding_window};
   return "cuda:" + std::to_string(device) + " (" + device_name + ", sm_" + std::to_string(sm) + ", " +
-         std::string(kernels::ComputeDtypeName(policy.compute)) + ")";
+         std::string(kernels::ComputeDtypeName(policy.compute)) +
+         (FlashAttention(dims) ? ", tensor-core attention" : "") + ")";
+}
+
+bool DeviceModel::FlashAttention(const kernels::AttentionDims& dims) const {
+  return kernels::FlashAttentionSupported(dims, policy.compute, sm);
 }
 
 const void* DeviceModel::Weight(int64_t offset) const {
@@ -416,7 +424,8 @@ struct DeviceMicroBatch::State {
   void AttentionBlock(int64_t l, AttentionActivations& at, float* h_mid);
 
   kernels::AttentionDims Dims() const {
-    return {batch, seq_len, m.config.num_attention_heads, m.config.num_key_value_heads, m.config.HeadDim()};
+    return {batch, seq_len, m.config.num_attention_heads, m.config.num_key_value_heads, m.config.HeadDim(),
+            m.config.sliding_window};
   }
   float* ResidualOut(int64_t l) { return l + 1 < static_cast<int64_t>(layers.size()) ? layers[l + 1].resid_in.data() : resid_out.data(); }
 };
@@ -476,8 +485,12 @@ void DeviceMicroBatch::State::AttentionBlock(int64_t l, AttentionActivations& at
   m.LinearOp(N, KV * hd, d, a_op, lo.v, at.v.data(), false);
   HM_CUDA_CHECK(kernels::LaunchRope(at.q.data(), rope_cos.data(), rope_sin.data(), N, H, hd, seq_len, false, m.s()));
   HM_CUDA_CHECK(kernels::LaunchRope(at.k.data(), rope_cos.data(), rope_sin.data(), N, KV, hd, seq_len, false, m.s()));
-  HM_CUDA_CHECK(kernels::LaunchAttentionForward(Dims(), at.q.data(), at.k.data(), at.v.data(), at.attn.data(),
-                                                at.lse.data(), m.s()));
+  if (m.FlashAttention(Dims()))
+    HM_CUDA_CHECK(kernels::LaunchFlashAttentionForward(Dims(), m.policy.compute, at.q.data(), at.k.data(),
+                                                       at.v.data(), at.attn.data(), at.lse.data(), m.s()));
+  else
+    HM_CUDA_CHECK(kernels::LaunchAttentionForward(Dims(), at.q.data(), at.k.data(), at.v.data(), at.attn.data(),
+                                                  at.lse.data(), m.s()));
   HM_CUDA_CHECK(cudaMemcpyAsync(h_mid, h, sizeof(float) * N * d, cudaMemcpyDeviceToDevice, m.s()));
   m.Linear(N, d, H * hd, at.attn.data(), lo.o, h_mid, true);
   // --- the MoE's input ---
@@ -642,9 +655,16 @@ void DeviceMicroBatch::AttentionBackward(int64_t l) {
   // --- attention block backward ---
   m.LinearDw(N, d, H * hd, st.dh.data(), at.attn.data(), lo.o);
   m.LinearDx(N, d, H * hd, st.dh.data(), lo.o, st.dattn.data(), false);
-  HM_CUDA_CHECK(kernels::LaunchAttentionBackward(st.Dims(), at.q.data(), at.k.data(), at.v.data(), at.attn.data(),
-                                                 at.lse.data(), st.dattn.data(), st.attn_D.data(), st.dq.data(),
-                                                 st.dk.data(), st.dv.data(), m.s()));
+  if (m.FlashAttention(st.Dims()))
+    HM_CUDA_CHECK(kernels::LaunchFlashAttentionBackward(st.Dims(), m.policy.compute, at.q.data(), at.k.data(),
+                                                        at.v.data(), at.attn.data(), at.lse.data(), st.dattn.data(),
+                                                        st.attn_D.data(), st.dq.data(), st.dk.data(), st.dv.data(),
+                                                        m.s()));
+  else
+    HM_CUDA_CHECK(kernels::LaunchAttentionBackward(st.Dims(), at.q.data(), at.k.data(), at.v.data(),
+                                                   at.attn.data(), at.lse.data(), st.dattn.data(),
+                                                   st.attn_D.data(), st.dq.data(), st.dk.data(), st.dv.data(),
+                                                   m.s()));
   HM_CUDA_CHECK(kernels::LaunchRope(st.dq.data(), st.rope_cos.data(), st.rope_sin.data(), N, H, hd, st.seq_len, true, m.s()));
   HM_CUDA_CHECK(kernels::LaunchRope(st.dk.data(), st.rope_cos.data(), st.rope_sin.data(), N, KV, hd, st.seq_len, true, m.s()));
   float* da = st.dm.data();  // reuse: gradient w.r.t. the normed input

@@ -34,6 +34,10 @@
 #include "trainer/model/parameters.h"
 #include "trainer/model/stages.h"
 
+namespace hetermoe::kernels {
+struct AttentionDims;
+}  // namespace hetermoe::kernels
+
 namespace hetermoe::backend {
 
 class DeviceModel {
@@ -76,6 +80,10 @@ class DeviceModel {
   // reads only as GEMM operands are then kept in 16 bits, the values the
   // GEMMs would have cast them to (the same results, half the bytes).
   bool Compute16() const { return policy.compute != kernels::ComputeDtype::kFp32; }
+  // Whether attention runs on tensor cores (kernels/flash_attention.cuh:
+  // bf16/fp16 runs on sm_80+, head dims a multiple of 16 up to 128) or in the
+  // fp32 kernels (kernels/attention.cuh).
+  bool FlashAttention(const kernels::AttentionDims& dims) const;
   // x [n] (fp32) into out [n] in the compute format (16-bit runs).
   void CastTo16(const float* x, int64_t n, uint16_t* out);
   const void* At(const void* base, int64_t elem) const;
