@@ -218,14 +218,6 @@ MixtralConfig ParseMixtralConfig(const json& j, const std::string& source) {
   return c;
 }
 
-std::string SlidingWindowProblem(const MixtralConfig& c, int64_t seq_len) {
-  if (c.sliding_window == 0 || seq_len <= c.sliding_window) return "";
-  return "sliding_window " + std::to_string(c.sliding_window) + " is shorter than the sequences (" +
-         std::to_string(seq_len) +
-         " tokens): sliding-window attention is not implemented, and full attention would train another "
-         "model (use sequences of at most " + std::to_string(c.sliding_window) + " tokens)";
-}
-
 MixtralConfig ParseMixtralConfigText(const std::string& text, const std::string& source) {
   json j;
   try {
@@ -262,7 +254,6 @@ json MixtralConfigToJson(const MixtralConfig& c) {
       {"router_aux_loss_coef", c.router_aux_loss_coef},
       {"initializer_range", c.initializer_range},
       {"tie_word_embeddings", c.tie_word_embeddings},
-      // As given: the trainer refuses sequences longer than the window.
       {"sliding_window", c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr)},
       {"attention_dropout", 0.0},
   };

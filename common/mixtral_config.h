@@ -31,9 +31,7 @@ struct MixtralConfig {
   double initializer_range = 0.02;
   bool tie_word_embeddings = false;
   // Mistral's sliding-window attention: token i attends keys i - w < j <= i.
-  // 0 (null or absent): every earlier token. The trainer attends causally
-  // over the whole sequence, the same as the window only for sequences of
-  // at most w tokens (SlidingWindowProblem).
+  // 0 (null or absent): every earlier token.
   int64_t sliding_window = 0;
 
   int64_t HeadDim() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
@@ -44,11 +42,6 @@ MixtralConfig ParseMixtralConfig(const nlohmann::json& j, const std::string& sou
 MixtralConfig ParseMixtralConfigText(const std::string& text, const std::string& source);
 MixtralConfig LoadMixtralConfig(const std::string& path);
 
-// Why `config` cannot train on sequences of seq_len tokens as it specifies
-// ("" when it can): a sliding_window shorter than the sequence would need
-// sliding-window attention, which the trainer does not implement (it would
-// silently train full attention instead).
-std::string SlidingWindowProblem(const MixtralConfig& config, int64_t seq_len);
 
 // A Hugging Face config.json for the model (model_type "mixtral",
 // architectures ["MixtralForCausalLM"], torch_dtype "float32").

@@ -59,8 +59,6 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
                          " experts per layer");
       if (spec.training.seq_len > config.max_position_embeddings)
         errors.push_back("spec.training.seqLen: exceeds the model's max_position_embeddings");
-      if (const std::string problem = io::SlidingWindowProblem(config, spec.training.seq_len); !problem.empty())
-        errors.push_back("spec.training.seqLen: the model's " + problem);
     } catch (const Error& e) {
       errors.push_back(e.what());
     }

@@ -72,11 +72,16 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"Warmup", [](json& s) { s["training"]["warmupSteps"] = 101; }, "warmupSteps"},
         Case{"MinLr", [](json& s) { s["training"]["minLr"] = 1.0; }, "minLr"},
         Case{"SeqLenBeyondModel", [](json& s) { s["training"]["seqLen"] = 4096; }, "max_position_embeddings"},
-        Case{"SeqLenBeyondSlidingWindow", [](json& s) {
+        Case{"SlidingWindowShorterThanTheSequence", [](json& s) {
                json model = json::parse(s["model"]["config"].get<std::string>());
                model["sliding_window"] = 64;
                s["model"]["config"] = model.dump();
-             }, "sliding_window 64 is shorter than the sequences (128 tokens)"},
+             }, ""},
+        Case{"SlidingWindowNegative", [](json& s) {
+               json model = json::parse(s["model"]["config"].get<std::string>());
+               model["sliding_window"] = -1;
+               s["model"]["config"] = model.dump();
+             }, "sliding_window"},
         Case{"SlidingWindowAsLongAsTheSequence", [](json& s) {
                json model = json::parse(s["model"]["config"].get<std::string>());
                model["sliding_window"] = 128;

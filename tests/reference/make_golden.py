@@ -26,12 +26,16 @@ same bytes. The fixture directory holds:
   run.yaml                     the trainer's run file: 5 steps, R=2, cosine schedule, clipping
   train_golden.json            per step {step, loss, ce_loss, aux_loss, lr, grad_norm}
   train_final.safetensors      the weights after those 5 steps
+  window/                      the same run with sliding_window 6 (< T = 16): its
+                               config.json, run.yaml, train_golden.json and
+                               train_final.safetensors
 
 Losses follow model.md: step loss = mean over micro-batches of
 (CE mean + router_aux_loss_coef * aux of the micro-batch).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -73,6 +77,14 @@ data: {train: tokens.bin}
 train: {steps: 5, global_batch: 4, micro_batches: 2, seq_len: 16, lr: 1.0e-2, schedule: cosine, warmup_steps: 2, min_lr: 1.0e-3, betas: [0.9, 0.95], eps: 1.0e-5, weight_decay: 0.1, grad_clip: 0.5, seed: 1234, threads: 1}
 output: {dir: out, checkpoint_every: 0}
 """
+
+# The same run with Mistral's sliding-window attention over WINDOW < SEQ_LEN
+# tokens (sub-fixture window/: its own config.json, run.yaml, train_golden.json
+# and train_final.safetensors; the weights and tokens of the main fixture).
+WINDOW = 6
+WINDOW_RUN_YAML = RUN_YAML.replace("model: {config: config.json, init: model.safetensors}",
+                                   "model: {config: config.json, init: ../model.safetensors}").replace(
+    "data: {train: tokens.bin}", "data: {train: ../tokens.bin}")
 
 # The zero-token expert: expert ZERO_EXPERT of layer ZERO_LAYER never wins top-k.
 ZERO_LAYER, ZERO_EXPERT = 0, 0
@@ -242,6 +254,24 @@ def main():
         f.write("\n")
     for s in steps:
         print(f"  step {s['step']}: loss {s['loss']:.6f} lr {s['lr']:.6g} grad_norm {s['grad_norm']:.6f}")
+
+    window_dir = os.path.join(args.out, "window")
+    os.makedirs(window_dir, exist_ok=True)
+    window_config = dataclasses.replace(config, sliding_window=WINDOW)
+    mt.save_config(window_config, os.path.join(window_dir, "config.json"))
+    with open(os.path.join(window_dir, "run.yaml"), "w", encoding="utf-8") as f:
+        f.write(WINDOW_RUN_YAML)
+    window_model = mt.MixtralForCausalLM(window_config)
+    window_model.load_weights(initial)
+    window_steps = train_golden(window_model, tokens, window_dir)
+    with open(os.path.join(window_dir, "train_golden.json"), "w", encoding="utf-8") as f:
+        json.dump(window_steps, f, indent=2)
+        f.write("\n")
+    # The window must matter, or the sub-fixture tests nothing: the losses
+    # differ by far more than check_training_run.py's tolerance (1e-4).
+    diffs = [abs(w["loss"] - s["loss"]) / s["loss"] for w, s in zip(window_steps, steps)]
+    print(f"  sliding window {WINDOW}: loss relative to full attention {[f'{d:.1e}' for d in diffs]}")
+    assert max(diffs) > 1e-3, "the window changes nothing"
     print(f"wrote {args.out} in {time.time() - start:.2f} s")
 
 

@@ -67,6 +67,7 @@ class MixtralConfig:
     router_aux_loss_coef: float = 0.001
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
+    sliding_window: Optional[int] = None    # W: query t sees keys t - W < j <= t (HF Mistral)
 
     @property
     def hd(self) -> int:
@@ -81,6 +82,8 @@ class MixtralConfig:
             raise ValueError("need 1 <= num_experts_per_tok <= num_local_experts")
         if self.hd % 2:
             raise ValueError("head dim must be even for rotate-half RoPE")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError("sliding_window must be >= 1 or null")
 
 
 def config_from_dict(raw: dict) -> MixtralConfig:
@@ -306,13 +309,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class MixtralAttention(nn.Module):
-    """Causal grouped-query attention with rotate-half RoPE."""
+    """Causal grouped-query attention with rotate-half RoPE (and Mistral's
+    sliding window when the config has one)."""
 
     def __init__(self, config: MixtralConfig):
         super().__init__()
         d, hd = config.hidden_size, config.hd
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, hd
         self.rope_theta = config.rope_theta
+        self.sliding_window = config.sliding_window
         self.q_proj = nn.Linear(d, self.num_heads * hd, bias=False)
         self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
@@ -332,8 +337,10 @@ class MixtralAttention(nn.Module):
         k = k.repeat_interleave(H // KV, dim=1)                  # [B, H, T, hd]
         v = v.repeat_interleave(H // KV, dim=1)                  # [B, H, T, hd]
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)       # [B, H, T, T]
-        causal = torch.ones(T, T, dtype=torch.bool).triu(1)      # True above the diagonal
-        scores = scores.masked_fill(causal, float("-inf"))
+        masked = torch.ones(T, T, dtype=torch.bool).triu(1)      # True above the diagonal
+        if self.sliding_window is not None:                      # and for keys j <= t - W
+            masked |= torch.ones(T, T, dtype=torch.bool).tril(-self.sliding_window)
+        scores = scores.masked_fill(masked, float("-inf"))
         probs = F.softmax(scores, dim=-1, dtype=_at_least_fp32(q.dtype)).to(q.dtype)
         out = (probs @ v).transpose(1, 2).reshape(B, T, H * hd) # [B, T, H*hd]
         return self.o_proj(out)

@@ -267,14 +267,6 @@ TEST(BadInput, MicroBatchesMustDivideTheBatch) {
   EXPECT_NE(e.find("train.micro_batches"), std::string::npos) << e;
 }
 
-TEST(BadInput, SlidingWindowShorterThanTheSequence) {
-  Workspace ws;
-  ws.config.sliding_window = 8;  // the run's sequences are 16 tokens
-  const std::string e = TrainError(ws.WriteRun());
-  EXPECT_NE(e.find("config.json"), std::string::npos) << e;
-  EXPECT_NE(e.find("sliding_window 8 is shorter than the sequences (16 tokens)"), std::string::npos) << e;
-}
-
 TEST(BadInput, RecomputeNamesItsValuesAndNeedsADistributedRun) {
   Workspace ws;
   const std::string run_file = ws.WriteRun();

@@ -110,7 +110,7 @@ void MixtralCpu::AttentionBlock(const float* params, int64_t l, AttentionActivat
   ops::LinearForward(N, KV * hd, d, at.a.data(), params + lo.v, at.v.data());
   ops::RopeApply(rope_, N, H, at.q.data(), false);
   ops::RopeApply(rope_, N, KV, at.k.data(), false);
-  ops::AttentionForward({batch_, seq_len_, H, KV, hd}, at.q.data(), at.k.data(), at.v.data(), at.attn.data(),
+  ops::AttentionForward({batch_, seq_len_, H, KV, hd, config_.sliding_window}, at.q.data(), at.k.data(), at.v.data(), at.attn.data(),
                         at.lse.data());
   std::copy(h, h + N * d, h_mid);
   ops::LinearForward(N, d, H * hd, at.attn.data(), params + lo.o, h_mid, true);
@@ -245,7 +245,7 @@ void MixtralCpu::AttentionBackward(const float* params, float* grads, int64_t l)
   std::vector<float>&dattn = dattn_, &dq = dq_, &dk = dk_, &dv = dv_;
   ops::LinearBackwardWeight(N, d, H * hd, dh_.data(), at.attn.data(), grads + lo.o);
   ops::LinearBackwardInput(N, d, H * hd, dh_.data(), params + lo.o, dattn.data(), false);
-  ops::AttentionBackward({batch_, seq_len_, H, KV, hd}, at.q.data(), at.k.data(), at.v.data(),
+  ops::AttentionBackward({batch_, seq_len_, H, KV, hd, config_.sliding_window}, at.q.data(), at.k.data(), at.v.data(),
                          at.attn.data(), at.lse.data(), dattn.data(), dq.data(), dk.data(),
                          dv.data());
   ops::RopeApply(rope_, N, H, dq.data(), true);

@@ -24,6 +24,9 @@ inline void Axpy(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// The first key query t sees.
+int64_t FirstKey(int64_t t, int64_t window) { return window <= 0 || t < window ? 0 : t - window + 1; }
+
 }  // namespace
 
 void AttentionForward(const AttentionShape& s, const float* q, const float* k, const float* v,
@@ -41,19 +44,20 @@ void AttentionForward(const AttentionShape& s, const float* q, const float* k, c
         for (int64_t t = 0; t < T; ++t) {
           const float* qt = q + (b * T + t) * q_stride + h * hd;
           float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j <= t; ++j) {
+          const int64_t first = FirstKey(t, s.window);
+          for (int64_t j = first; j <= t; ++j) {
             p[j] = Dot(qt, k + (b * T + j) * kv_stride + kvh * hd, hd) * scale;
             mx = std::max(mx, p[j]);
           }
           float sum = 0.0f;
-          for (int64_t j = 0; j <= t; ++j) {
+          for (int64_t j = first; j <= t; ++j) {
             p[j] = std::exp(p[j] - mx);
             sum += p[j];
           }
           float* ot = out + (b * T + t) * q_stride + h * hd;
           std::memset(ot, 0, sizeof(float) * hd);
           const float inv = 1.0f / sum;
-          for (int64_t j = 0; j <= t; ++j)
+          for (int64_t j = first; j <= t; ++j)
             Axpy(p[j] * inv, v + (b * T + j) * kv_stride + kvh * hd, ot, hd);
           lse[(b * H + h) * T + t] = mx + std::log(sum);
         }
@@ -87,7 +91,7 @@ void AttentionBackward(const AttentionShape& s, const float* q, const float* k, 
             // D = dout . out = sum_j p_j (dout . v_j): the softmax-backward shift.
             const float D = Dot(dot, out + row, hd);
             float* dqt = dq + row;
-            for (int64_t j = 0; j <= t; ++j) {
+            for (int64_t j = FirstKey(t, s.window); j <= t; ++j) {
               const int64_t kv_row = (b * T + j) * kv_stride + kvh * hd;
               const float pj = std::exp(Dot(qt, k + kv_row, hd) * scale - row_lse);
               const float dp = Dot(dot, v + kv_row, hd);

@@ -1,4 +1,5 @@
-// Causal grouped-query self-attention core (after projections and RoPE).
+// Causal grouped-query self-attention core (after projections and RoPE),
+// optionally with a sliding window.
 //
 // Shapes: q[B*T, H*hd], k/v[B*T, KV*hd], out[B*T, H*hd]; query head h reads
 // KV head h / (H/KV). Memory-efficient: the T x T probabilities are never
@@ -12,6 +13,9 @@ namespace hetermoe::ops {
 
 struct AttentionShape {
   int64_t batch, seq_len, heads, kv_heads, head_dim;
+  // Sliding window (Mistral/Mixtral): query t sees keys t - window < j <= t;
+  // 0 = every earlier key.
+  int64_t window = 0;
 };
 
 void AttentionForward(const AttentionShape& s, const float* q, const float* k, const float* v,

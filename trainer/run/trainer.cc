@@ -114,8 +114,6 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                                "special_tokens_map.json"})
         if (fs::is_regular_file(folder / name)) companion_files.push_back((folder / name).string());
   }
-  if (const std::string problem = io::SlidingWindowProblem(config, t.seq_len); !problem.empty())
-    throw Error(rc.model.config + ": train.seq_len " + std::to_string(t.seq_len) + ": " + problem);
   if (t.seq_len > config.max_position_embeddings)
     throw Error(rc.source + ": train.seq_len " + std::to_string(t.seq_len) +
                 " exceeds max_position_embeddings " +
