@@ -99,6 +99,45 @@ class KeyReader {
   const std::string& source_;
 };
 
+// rope_scaling: {"rope_type" (or the older "type"): linear | dynamic | yarn |
+// default, "factor": >= 1, yarn's keys}. A type or key this trainer does not
+// implement is an error: it would train another model silently.
+RopeScaling ParseRopeScaling(const json& rs, const KeyReader& keys, const std::string& source) {
+  if (!rs.is_object()) keys.Fail("rope_scaling", "expected an object or null, got " + KeyReader::Describe(rs));
+  const std::string where = source + ": rope_scaling";
+  const KeyReader r(rs, where);
+  const std::string* type = r.String("rope_type");
+  if (type == nullptr) type = r.String("type");
+  if (type == nullptr) keys.Fail("rope_scaling", "has no \"rope_type\" (or \"type\")");
+  RopeScaling s;
+  if (*type == "default") return s;
+  if (*type != "linear" && *type != "dynamic" && *type != "yarn")
+    keys.Fail("rope_scaling", "type " + KeyReader::Quote(*type) + " is not implemented (linear, dynamic and yarn are)");
+  s.type = *type;
+  const bool yarn = s.type == "yarn";
+  for (const auto& item : rs.items()) {
+    const std::string& key = item.key();
+    const bool known = key == "rope_type" || key == "type" || key == "factor" ||
+                       (yarn && (key == "original_max_position_embeddings" || key == "beta_fast" ||
+                                 key == "beta_slow" || key == "attention_factor"));
+    if (!known)
+      keys.Fail("rope_scaling", "key " + KeyReader::Quote(key) + " is not supported with type \"" + s.type + "\"");
+  }
+  s.factor = r.Double("factor", 0);
+  if (!(s.factor >= 1)) r.Fail("factor", "is required and must be at least 1");
+  if (yarn) {
+    const int64_t none = 0;
+    s.original_max_position_embeddings = r.Int("original_max_position_embeddings", &none);
+    if (s.original_max_position_embeddings < 0) r.Fail("original_max_position_embeddings", "must be positive");
+    s.beta_fast = r.Double("beta_fast", s.beta_fast);
+    s.beta_slow = r.Double("beta_slow", s.beta_slow);
+    if (!(s.beta_fast > 0 && s.beta_slow > 0)) r.Fail("beta_fast", "beta_fast and beta_slow must be positive");
+    s.attention_factor = r.Double("attention_factor", 0);
+    if (s.attention_factor < 0) r.Fail("attention_factor", "must be positive");
+  }
+  return s;
+}
+
 void Validate(const MixtralConfig& c, const KeyReader& keys) {
   auto positive = [&](const char* key, int64_t v) {
     if (v <= 0) keys.Fail(key, std::to_string(v) + " must be positive");
@@ -175,6 +214,21 @@ void Validate(const MixtralConfig& c, const KeyReader& keys) {
   if (!fits) keys.Fail("hidden_size", "the model's parameter count overflows 64-bit integers");
 }
 
+
+// Both type keys, as transformers writes them.
+json RopeScalingToJson(const RopeScaling& s) {
+  if (s.type.empty()) return nullptr;
+  json j = {{"rope_type", s.type}, {"type", s.type}, {"factor", s.factor}};
+  if (s.type == "yarn") {
+    if (s.original_max_position_embeddings > 0)
+      j["original_max_position_embeddings"] = s.original_max_position_embeddings;
+    j["beta_fast"] = s.beta_fast;
+    j["beta_slow"] = s.beta_slow;
+    if (s.attention_factor > 0) j["attention_factor"] = s.attention_factor;
+  }
+  return j;
+}
+
 }  // namespace
 
 MixtralConfig ParseMixtralConfig(const json& j, const std::string& source) {
@@ -192,7 +246,7 @@ MixtralConfig ParseMixtralConfig(const json& j, const std::string& source) {
     keys.Fail("hidden_act",
               KeyReader::Quote(*act) + " is not supported (only \"silu\")");
   }
-  if (keys.Find("rope_scaling") != nullptr) keys.Fail("rope_scaling", "is not supported (must be null)");
+  if (const json* rs = keys.Find("rope_scaling")) c.rope_scaling = ParseRopeScaling(*rs, keys, source);
 
   c.vocab_size = keys.Int("vocab_size", nullptr);
   c.hidden_size = keys.Int("hidden_size", nullptr);
@@ -215,6 +269,16 @@ MixtralConfig ParseMixtralConfig(const json& j, const std::string& source) {
   if (c.sliding_window < 0) keys.Fail("sliding_window", std::to_string(c.sliding_window) + " must be >= 1 or null");
 
   Validate(c, keys);
+  // transformers' versions disagree on yarn's factor when the original
+  // context is given (newer ones replace factor by max_position_embeddings /
+  // original): accept only configs on which they agree.
+  if (const RopeScaling& s = c.rope_scaling; s.type == "yarn" && s.original_max_position_embeddings > 0) {
+    const double ratio = static_cast<double>(c.max_position_embeddings) / s.original_max_position_embeddings;
+    if (std::abs(ratio - s.factor) > 1e-9 * ratio)
+      keys.Fail("rope_scaling", "yarn factor " + std::to_string(s.factor) + " differs from max_position_embeddings / " +
+                                    "original_max_position_embeddings = " + std::to_string(ratio) +
+                                    " (transformers versions disagree on which applies)");
+  }
   return c;
 }
 
@@ -255,6 +319,7 @@ json MixtralConfigToJson(const MixtralConfig& c) {
       {"initializer_range", c.initializer_range},
       {"tie_word_embeddings", c.tie_word_embeddings},
       {"sliding_window", c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr)},
+      {"rope_scaling", RopeScalingToJson(c.rope_scaling)},
       {"attention_dropout", 0.0},
   };
   // Written only when explicit, so older transformers (which derive d / H

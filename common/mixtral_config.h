@@ -14,6 +14,20 @@
 
 namespace hetermoe::io {
 
+// Hugging Face's `rope_scaling` (transformers' modeling_rope_utils): how the
+// RoPE frequencies are stretched for longer contexts. trainer/ops/rope.h
+// computes the tables.
+struct RopeScaling {
+  std::string type;   // "" (none, or "default"), "linear", "dynamic" or "yarn"
+  double factor = 1;  // >= 1
+  // yarn only: the context the model was trained with (0: the config's
+  // max_position_embeddings), the ramp's rotation bounds, and the factor on
+  // cos and sin (0: 0.1 ln(factor) + 1).
+  int64_t original_max_position_embeddings = 0;
+  double beta_fast = 32, beta_slow = 1;
+  double attention_factor = 0;
+};
+
 struct MixtralConfig {
   int64_t vocab_size = 32000;
   int64_t hidden_size = 4096;            // d
@@ -33,6 +47,7 @@ struct MixtralConfig {
   // Mistral's sliding-window attention: token i attends keys i - w < j <= i.
   // 0 (null or absent): every earlier token.
   int64_t sliding_window = 0;
+  RopeScaling rope_scaling;
 
   int64_t HeadDim() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
 };

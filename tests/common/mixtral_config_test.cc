@@ -133,6 +133,23 @@ TEST(MixtralConfigTest, ToJsonRoundTrips) {
   const MixtralConfig windowed = ParseMixtralConfig(j, "c");
   EXPECT_EQ(MixtralConfigToJson(windowed)["sliding_window"], 4096);
   EXPECT_EQ(windowed.sliding_window, 4096);
+  // rope_scaling: null when absent; as given otherwise, under both type keys.
+  EXPECT_TRUE(out["rope_scaling"].is_null());
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  const json scaled = MixtralConfigToJson(ParseMixtralConfig(j, "c"));
+  EXPECT_EQ(scaled["rope_scaling"]["rope_type"], "linear");
+  EXPECT_EQ(scaled["rope_scaling"]["type"], "linear");
+  EXPECT_EQ(scaled["rope_scaling"]["factor"], 2.0);
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 128},
+                       {"beta_fast", 16.0}};
+  const MixtralConfig yarn = ParseMixtralConfigText(MixtralConfigToJson(ParseMixtralConfig(j, "c")).dump(), "c");
+  EXPECT_EQ(yarn.rope_scaling.type, "yarn");
+  EXPECT_EQ(yarn.rope_scaling.factor, 4.0);
+  EXPECT_EQ(yarn.rope_scaling.original_max_position_embeddings, 128);
+  EXPECT_EQ(yarn.rope_scaling.beta_fast, 16.0);
+  EXPECT_EQ(yarn.rope_scaling.beta_slow, 1.0);
+  j["rope_scaling"] = {{"rope_type", "default"}};
+  EXPECT_EQ(ParseMixtralConfig(j, "c").rope_scaling.type, "") << "default: no scaling";
   // head_dim 0 ("derive it") is not written.
   EXPECT_FALSE(MixtralConfigToJson(ParseMixtralConfig(TinyConfig(), "c")).contains("head_dim"));
 }
@@ -213,7 +230,18 @@ const BadCase kBadCases[] = {
     {"OtherModelType", "model_type", "\"llama\"", "key \"model_type\": \"llama\" is not \"mixtral\""},
     {"ModelTypeNotString", "model_type", "{}", "key \"model_type\": expected a string, got object"},
     {"OtherActivation", "hidden_act", "\"gelu\"", "key \"hidden_act\": \"gelu\" is not supported"},
-    {"RopeScaling", "rope_scaling", "{\"type\":\"linear\",\"factor\":2.0}", "key \"rope_scaling\": is not supported"},
+    {"RopeScalingUnknownType", "rope_scaling", "{\"rope_type\":\"longrope\",\"factor\":2.0}",
+     "key \"rope_scaling\": type \"longrope\" is not implemented (linear, dynamic and yarn are)"},
+    {"RopeScalingNoType", "rope_scaling", "{\"factor\":2.0}", "key \"rope_scaling\": has no \"rope_type\""},
+    {"RopeScalingNotObject", "rope_scaling", "2", "key \"rope_scaling\": expected an object or null, got 2"},
+    {"RopeScalingUnsupportedKey", "rope_scaling", "{\"rope_type\":\"yarn\",\"factor\":2.0,\"mscale\":0.7}",
+     "key \"rope_scaling\": key \"mscale\" is not supported with type \"yarn\""},
+    {"RopeScalingLlama3", "rope_scaling", "{\"rope_type\":\"llama3\",\"factor\":8.0}", "type \"llama3\" is not implemented"},
+    {"RopeScalingFactorBelowOne", "rope_scaling", "{\"type\":\"linear\",\"factor\":0.5}",
+     "rope_scaling: key \"factor\": is required and must be at least 1"},
+    {"YarnFactorDisagrees", "rope_scaling",
+     "{\"rope_type\":\"yarn\",\"factor\":4.0,\"original_max_position_embeddings\":65536}",
+     "key \"rope_scaling\": yarn factor 4.000000 differs from max_position_embeddings / original_max_position_embeddings"},
     {"NewlineInValueStaysOneLine", "hidden_act", "\"a\\nb\"", "key \"hidden_act\": \"a\\nb\" is not supported"},
     {"LongValueIsTruncated", "model_type", "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"",
      "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" is not"},

@@ -119,13 +119,15 @@ def main():
         problems.append(f"fp32 run used backend {gpu[2]!r}, expected the emulated CUDA device in fp32")
     compare_losses("cuda fp32", cpu, gpu, 1e-4, problems, weights_tol=(1e-5, 1e-4))
 
-    # Sliding-window attention (window 6 < 16 tokens, the fixture's window/).
-    window = ["--set", f"model.config={os.path.join(args.fixture, 'window', 'config.json')}"]
-    cpu_window = run(args, os.path.join(args.work, "cpu-window"), "cpu", extra=window)
-    if [m["loss"] for m in cpu_window[0]] == [m["loss"] for m in cpu[0]]:
-        problems.append("sliding window 6: the CPU losses equal full attention's (the window was not applied)")
-    gpu_window = run(args, os.path.join(args.work, "cuda-window"), "cuda", extra=window)
-    compare_losses("cuda fp32, sliding window 6", cpu_window, gpu_window, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    # Sliding-window attention (window 6 < 16 tokens) and yarn rope_scaling:
+    # the fixture's window/ and rope_yarn/ configs.
+    for variant in ("window", "rope_yarn"):
+        config = ["--set", f"model.config={os.path.join(args.fixture, variant, 'config.json')}"]
+        cpu_variant = run(args, os.path.join(args.work, f"cpu-{variant}"), "cpu", extra=config)
+        if [m["loss"] for m in cpu_variant[0]] == [m["loss"] for m in cpu[0]]:
+            problems.append(f"{variant}: the CPU losses equal the plain model's (the config was not applied)")
+        gpu_variant = run(args, os.path.join(args.work, f"cuda-{variant}"), "cuda", extra=config)
+        compare_losses(f"cuda fp32, {variant}", cpu_variant, gpu_variant, 1e-4, problems, weights_tol=(1e-5, 1e-4))
 
     # Resume from the CUDA backend's own checkpoint.
     resumed_dir = os.path.join(args.work, "resumed")

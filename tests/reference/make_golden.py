@@ -26,7 +26,8 @@ same bytes. The fixture directory holds:
   run.yaml                     the trainer's run file: 5 steps, R=2, cosine schedule, clipping
   train_golden.json            per step {step, loss, ce_loss, aux_loss, lr, grad_norm}
   train_final.safetensors      the weights after those 5 steps
-  window/                      the same run with sliding_window 6 (< T = 16): its
+  window/, rope_linear/,        the same run with sliding_window 6 (< T = 16), with
+  rope_yarn/                   linear and with yarn rope_scaling (VARIANTS): each its
                                config.json, run.yaml, train_golden.json and
                                train_final.safetensors
 
@@ -78,11 +79,16 @@ train: {steps: 5, global_batch: 4, micro_batches: 2, seq_len: 16, lr: 1.0e-2, sc
 output: {dir: out, checkpoint_every: 0}
 """
 
-# The same run with Mistral's sliding-window attention over WINDOW < SEQ_LEN
-# tokens (sub-fixture window/: its own config.json, run.yaml, train_golden.json
-# and train_final.safetensors; the weights and tokens of the main fixture).
-WINDOW = 6
-WINDOW_RUN_YAML = RUN_YAML.replace("model: {config: config.json, init: model.safetensors}",
+# The same run with another attention or RoPE: one sub-fixture each (its own
+# config.json, run.yaml, train_golden.json and train_final.safetensors; the
+# weights and tokens of the main fixture).
+VARIANTS = {
+    "window": dict(sliding_window=6),                                  # Mistral's window, 6 < T = 16
+    "rope_linear": dict(rope_scaling={"type": "linear", "factor": 2.0}),  # the older "type" key
+    "rope_yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,    # 64 / 16
+                                    "original_max_position_embeddings": 16}),
+}
+VARIANT_RUN_YAML = RUN_YAML.replace("model: {config: config.json, init: model.safetensors}",
                                    "model: {config: config.json, init: ../model.safetensors}").replace(
     "data: {train: tokens.bin}", "data: {train: ../tokens.bin}")
 
@@ -255,23 +261,24 @@ def main():
     for s in steps:
         print(f"  step {s['step']}: loss {s['loss']:.6f} lr {s['lr']:.6g} grad_norm {s['grad_norm']:.6f}")
 
-    window_dir = os.path.join(args.out, "window")
-    os.makedirs(window_dir, exist_ok=True)
-    window_config = dataclasses.replace(config, sliding_window=WINDOW)
-    mt.save_config(window_config, os.path.join(window_dir, "config.json"))
-    with open(os.path.join(window_dir, "run.yaml"), "w", encoding="utf-8") as f:
-        f.write(WINDOW_RUN_YAML)
-    window_model = mt.MixtralForCausalLM(window_config)
-    window_model.load_weights(initial)
-    window_steps = train_golden(window_model, tokens, window_dir)
-    with open(os.path.join(window_dir, "train_golden.json"), "w", encoding="utf-8") as f:
-        json.dump(window_steps, f, indent=2)
-        f.write("\n")
-    # The window must matter, or the sub-fixture tests nothing: the losses
-    # differ by far more than check_training_run.py's tolerance (1e-4).
-    diffs = [abs(w["loss"] - s["loss"]) / s["loss"] for w, s in zip(window_steps, steps)]
-    print(f"  sliding window {WINDOW}: loss relative to full attention {[f'{d:.1e}' for d in diffs]}")
-    assert max(diffs) > 1e-3, "the window changes nothing"
+    for name, changes in VARIANTS.items():
+        variant_dir = os.path.join(args.out, name)
+        os.makedirs(variant_dir, exist_ok=True)
+        variant_config = dataclasses.replace(config, **changes)
+        mt.save_config(variant_config, os.path.join(variant_dir, "config.json"))
+        with open(os.path.join(variant_dir, "run.yaml"), "w", encoding="utf-8") as f:
+            f.write(VARIANT_RUN_YAML)
+        variant_model = mt.MixtralForCausalLM(variant_config)
+        variant_model.load_weights(initial)
+        variant_steps = train_golden(variant_model, tokens, variant_dir)
+        with open(os.path.join(variant_dir, "train_golden.json"), "w", encoding="utf-8") as f:
+            json.dump(variant_steps, f, indent=2)
+            f.write("\n")
+        # The change must matter, or the sub-fixture tests nothing: the losses
+        # differ by far more than check_training_run.py's tolerance (1e-4).
+        diffs = [abs(v["loss"] - s["loss"]) / s["loss"] for v, s in zip(variant_steps, steps)]
+        print(f"  {name}: loss relative to the main run {[f'{d:.1e}' for d in diffs]}")
+        assert max(diffs) > 1e-3, f"{name} changes nothing"
     print(f"wrote {args.out} in {time.time() - start:.2f} s")
 
 

@@ -68,6 +68,7 @@ class MixtralConfig:
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     sliding_window: Optional[int] = None    # W: query t sees keys t - W < j <= t (HF Mistral)
+    rope_scaling: Optional[dict] = None     # HF rope_scaling: linear, dynamic or yarn (rope_inverse_frequencies)
 
     @property
     def hd(self) -> int:
@@ -289,17 +290,60 @@ class RMSNorm(nn.Module):
         return self.weight * (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
 
-def rope_cos_sin(seq_len: int, head_dim: int, theta: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def rope_inverse_frequencies(seq_len: int, head_dim: int, theta: float, scaling: Optional[dict] = None,
+                             max_position_embeddings: int = 0) -> Tuple[torch.Tensor, float]:
+    """inv_freq [hd/2] (float32) and the factor on cos/sin, following
+    transformers' modeling_rope_utils for rope_scaling types default,
+    linear, dynamic and yarn (_compute_*_parameters).
+    """
+    dim = head_dim
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    base = theta
+    if kind == "dynamic":
+        factor = scaling["factor"]
+        seq = max(seq_len, max_position_embeddings)
+        base = theta * ((factor * seq / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    attention_factor = 1.0
+    if kind == "yarn":
+        factor = scaling["factor"]
+        original = scaling.get("original_max_position_embeddings") or max_position_embeddings
+        beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+        attention_factor = scaling.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+
+        def correction_dim(rotations):
+            return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low = max(math.floor(correction_dim(beta_fast)), 0)
+        high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+        if low == high:
+            high += 0.001
+        pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+        extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+        keep = 1 - ramp
+        inv_freq = interpolation * (1 - keep) + extrapolation * keep
+    elif kind not in ("default", "linear", "dynamic"):
+        raise ValueError(f"rope_scaling type {kind!r} is not implemented")
+    return inv_freq, attention_factor
+
+
+def rope_cos_sin(seq_len: int, head_dim: int, theta: float, scaling: Optional[dict] = None,
+                 max_position_embeddings: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [T, hd] for positions 0..T-1, HF's rotate-half layout.
 
-    inv_freq[i] = theta^(-2i/hd) computed in float32 exactly as HF does; the
-    angle table repeats the hd/2 frequencies over both halves of the head.
+    inv_freq[i] = theta^(-2i/hd) computed in float32 exactly as HF does
+    (scaled as rope_scaling says); the angle table repeats the hd/2
+    frequencies over both halves of the head.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))  # [hd/2]
+    inv_freq, attention_factor = rope_inverse_frequencies(seq_len, head_dim, theta, scaling,
+                                                          max_position_embeddings)  # [hd/2]
     positions = torch.arange(seq_len, dtype=torch.float32)                          # [T]
     freqs = torch.outer(positions, inv_freq)                                         # [T, hd/2]
     angles = torch.cat([freqs, freqs], dim=-1)                                       # [T, hd]
-    return angles.cos(), angles.sin()
+    return angles.cos() * attention_factor, angles.sin() * attention_factor
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -317,6 +361,7 @@ class MixtralAttention(nn.Module):
         d, hd = config.hidden_size, config.hd
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, hd
         self.rope_theta = config.rope_theta
+        self.rope_scaling, self.max_position_embeddings = config.rope_scaling, config.max_position_embeddings
         self.sliding_window = config.sliding_window
         self.q_proj = nn.Linear(d, self.num_heads * hd, bias=False)
         self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
@@ -329,7 +374,7 @@ class MixtralAttention(nn.Module):
         q = self.q_proj(x).view(B, T, H, hd).transpose(1, 2)    # [B, H, T, hd]
         k = self.k_proj(x).view(B, T, KV, hd).transpose(1, 2)   # [B, KV, T, hd]
         v = self.v_proj(x).view(B, T, KV, hd).transpose(1, 2)   # [B, KV, T, hd]
-        cos, sin = rope_cos_sin(T, hd, self.rope_theta)          # [T, hd], float32
+        cos, sin = rope_cos_sin(T, hd, self.rope_theta, self.rope_scaling, self.max_position_embeddings)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin

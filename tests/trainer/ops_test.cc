@@ -55,6 +55,41 @@ TEST(Rope, InverseUndoesForward) {
   for (int i = 0; i < 18; ++i) EXPECT_EQ(z[i], x[i]);
 }
 
+// rope_scaling's tables against the formulas worked by hand for hd = 8,
+// theta = 1e4 (inverse frequencies 1, 0.1, 0.01, 0.001).
+TEST(Rope, ScalingFollowsTransformers) {
+  io::MixtralConfig c;
+  c.hidden_size = 32;
+  c.num_attention_heads = 4;  // hd = 8
+  c.rope_theta = 10000.0;
+  c.max_position_embeddings = 64;
+  float af = 0;
+  const std::vector<float> plain = ops::RopeInverseFrequencies(16, c, &af);
+  ASSERT_EQ(plain.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(plain[i], std::pow(10.0, -i), 1e-6 * std::pow(10.0, -i));
+  EXPECT_EQ(af, 1.0f);
+  // linear: every frequency / factor.
+  c.rope_scaling = {"linear", 2.0};
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(ops::RopeInverseFrequencies(16, c, &af)[i], plain[i] / 2.0f);
+  // dynamic: unchanged up to max_position_embeddings; beyond, theta grows to
+  // 1e4 (2 * 128 / 64 - 1)^(8 / 6).
+  c.rope_scaling = {"dynamic", 2.0};
+  EXPECT_EQ(ops::RopeInverseFrequencies(64, c, &af), plain);
+  const double theta = 1e4 * std::pow(3.0, 8.0 / 6.0);
+  EXPECT_NEAR(ops::RopeInverseFrequencies(128, c, &af)[1], std::pow(theta, -0.25), 1e-6 * std::pow(theta, -0.25));
+  // yarn, factor 4 over an original context of 16: the dims making 32 turns
+  // (beta_fast) and 1 turn (beta_slow) in 16 positions are 8 ln(16 / 64 pi) /
+  // 2 ln 1e4 = -1.10 -> 0 and 8 ln(16 / 2 pi) / 2 ln 1e4 = 0.41 -> 1: frequency
+  // 0 kept, the others / 4; cos and sin times 0.1 ln 4 + 1.
+  c.rope_scaling = {"yarn", 4.0, 16};
+  const std::vector<float> yarn = ops::RopeInverseFrequencies(16, c, &af);
+  EXPECT_NEAR(yarn[0], plain[0], 1e-7);
+  for (int i = 1; i < 4; ++i) EXPECT_NEAR(yarn[i], plain[i] / 4, 1e-6 * plain[i]);
+  EXPECT_NEAR(af, 0.1 * std::log(4.0) + 1, 1e-6);
+  const ops::RopeTable table = ops::MakeRopeTable(16, c);
+  EXPECT_NEAR(table.cos[0], af, 1e-6);  // position 0: cos 1, scaled
+}
+
 TEST(LrSchedule, ConstantAndWarmupCosine) {
   optim::LrSchedule s;
   s.lr = 1.0;

@@ -333,7 +333,7 @@ struct DeviceMicroBatch::State {
     const int64_t E = c.num_local_experts, k = c.num_experts_per_tok;
     const int64_t V = c.vocab_size, A = N * k, qd = H * hd, kvd = KV * hd;
 
-    const ops::RopeTable table = ops::MakeRopeTable(t, hd, static_cast<float>(c.rope_theta));
+    const ops::RopeTable table = ops::MakeRopeTable(t, c);
     Alloc(rope_cos, static_cast<int64_t>(table.cos.size()));
     Alloc(rope_sin, static_cast<int64_t>(table.sin.size()));
     HM_CUDA_CHECK(cudaMemcpyAsync(rope_cos.data(), table.cos.data(), rope_cos.bytes(), cudaMemcpyHostToDevice, m.s()));

@@ -23,7 +23,7 @@ void MixtralCpu::Resize(int64_t batch, int64_t seq_len) {
   const int64_t N = tokens_, d = config_.hidden_size, hd = config_.HeadDim();
   const int64_t qd = config_.num_attention_heads * hd, kvd = config_.num_key_value_heads * hd;
   const int64_t A = N * config_.num_experts_per_tok;
-  rope_ = ops::MakeRopeTable(seq_len, hd, static_cast<float>(config_.rope_theta));
+  rope_ = ops::MakeRopeTable(seq_len, config_);
   layers_.assign(config_.num_hidden_layers, {});
   for (auto& la : layers_) {
     la.resid_in.resize(N * d);
