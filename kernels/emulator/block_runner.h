@@ -51,6 +51,9 @@ class BlockRunner {
   // 0: threads in order (the default of a new runner).
   void SetOrderSeed(uint64_t seed) { order_seed_ = seed; }
   uint64_t order_seed() const { return order_seed_; }
+  // The running kernel and block (for error reports).
+  const char* kernel_name() const { return kernel_.c_str(); }
+  uint3 block_idx() const { return block_idx_; }
 
   // Called from inside a running thread (via device_api.h).
   const ThreadCoordinates& current() const;

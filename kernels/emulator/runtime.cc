@@ -5,7 +5,9 @@
 //
 // The registry turns the memory bugs a GPU would fault on into errors:
 // copies whose direction does not match their pointers, a range that runs
-// past its allocation, a host pointer handed to a kernel, freeing twice.
+// past its allocation, a host pointer handed to a kernel, freeing twice; a
+// guard page after every allocation (guarded_memory.h) turns a kernel's
+// access past the end of its buffer into an abort naming the kernel.
 //
 // The emulated device is one GPU named "HeterMoE CUDA emulator (CPU)" with
 // sm_80's limits. Environment:
@@ -25,10 +27,12 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/device_api.h"
+#include "kernels/emulator/guarded_memory.h"
 #include "kernels/emulator/streams.h"
 
 namespace hetermoe::emulator {
@@ -212,18 +216,19 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
     return;
   }
   DrainStream(c.stream);
+  CatchOutOfBoundsOnThisThread();
   thread_local BlockRunner runner;
   // HETERMOE_EMULATED_SEED: blocks, and each block's threads, run in an order
   // shuffled by this seed (default 1; 0 runs them in index order), so code
   // that relies on an order a GPU does not promise shows (block_runner.h).
   static const uint64_t seed = static_cast<uint64_t>(EnvInt("HETERMOE_EMULATED_SEED", 1));
   runner.SetOrderSeed(seed);
+  auto run_block = [&](uint3 b) { runner.Run(c.kernel, c.grid, c.block, b, c.shared_bytes, thread); };
   const uint64_t blocks = 1ull * c.grid.x * c.grid.y * c.grid.z;
   if (seed == 0 || blocks > (1u << 20)) {
     for (unsigned z = 0; z < c.grid.z; ++z)
       for (unsigned y = 0; y < c.grid.y; ++y)
-        for (unsigned x = 0; x < c.grid.x; ++x)
-          runner.Run(c.kernel, c.grid, c.block, {x, y, z}, c.shared_bytes, thread);
+        for (unsigned x = 0; x < c.grid.x; ++x) run_block({x, y, z});
     return;
   }
   std::vector<uint3> order;
@@ -233,13 +238,15 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
       for (unsigned x = 0; x < c.grid.x; ++x) order.push_back({x, y, z});
   std::mt19937_64 rng(seed ^ std::hash<std::string_view>{}(c.kernel));
   std::shuffle(order.begin(), order.end(), rng);
-  for (const uint3& b : order) runner.Run(c.kernel, c.grid, c.block, b, c.shared_bytes, thread);
+  for (const uint3& b : order) run_block(b);
 }
 
 }  // namespace hetermoe::emulator
 
 using hetermoe::emulator::CheckCopy;
 using hetermoe::emulator::EnvInt;
+using hetermoe::emulator::GuardedAllocate;
+using hetermoe::emulator::GuardedFree;
 using hetermoe::emulator::Event;
 using hetermoe::emulator::Fail;
 using hetermoe::emulator::last_error;
@@ -339,9 +346,8 @@ cudaError_t cudaDeviceSynchronize() {
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
   if (bytes == 0) return cudaSuccess;
-  void* mem = std::aligned_alloc(256, (bytes + 255) / 256 * 256);  // cudaMalloc's alignment
+  void* mem = GuardedAllocate(bytes);  // 256-byte aligned, a guard page after it, 0xFF bytes
   if (mem == nullptr) return Fail(cudaErrorMemoryAllocation);
-  std::memset(mem, 0xFF, bytes);  // device memory starts as garbage, not zeros
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   r.allocations[static_cast<const char*>(mem)] = bytes;
@@ -350,14 +356,16 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
+  size_t bytes = 0;
   {
     auto& r = registry();
     std::lock_guard<std::mutex> lock(r.mu);
     auto it = r.allocations.find(static_cast<const char*>(p));
     if (it == r.allocations.end()) return Fail(cudaErrorInvalidValue);  // not a base pointer, or freed
+    bytes = it->second;
     r.allocations.erase(it);
   }
-  std::free(p);
+  GuardedFree(p, bytes);
   return cudaSuccess;
 }
 // Page-locked host memory: what makes a device-to-host cudaMemcpyAsync

@@ -356,5 +356,27 @@ TEST(CudaEmulator, CatchesAnMmaNotEveryLaneReaches) {
   }
 }
 
+// Writes x[0..n]: element n is one past the end.
+__global__ void PastTheEndKernel(float* x, int n) {
+  if (static_cast<int>(threadIdx.x) <= n) x[threadIdx.x] = 1.0f;
+}
+
+TEST(CudaEmulatorDeathTest, AnAccessPastTheEndOfAnAllocationAbortsNamingTheKernel) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // In bounds: no fault.
+  Device<float> fine(64);
+  HM_LAUNCH(PastTheEndKernel, 1, 64, 0, nullptr)(fine.p, 63);
+  EXPECT_EQ(fine.Get()[63], 1.0f);
+  // One element past a 256-byte allocation: the guard page.
+  EXPECT_DEATH(
+      {
+        float* p = nullptr;
+        cudaMalloc(&p, 64 * sizeof(float));
+        HM_LAUNCH(PastTheEndKernel, 1, 65, 0, nullptr)(p, 64);
+      },
+      "kernel PastTheEndKernel, block \\(0,0,0\\): out-of-bounds access at .*, 0 bytes past the end of a "
+      "256-byte device allocation");
+}
+
 }  // namespace
 }  // namespace hetermoe::kernels
