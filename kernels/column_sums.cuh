@@ -79,15 +79,17 @@ cudaError_t LaunchColumnSums(Value value, int64_t N, int64_t C, Acc* workspace, 
   int64_t rows = ColumnSumTiles(N);
   Acc* level = rows == 1 ? out : workspace;
   // Through pointers: a template-id's comma would split the macro's arguments.
-  auto* const ColumnTileSums = &ColumnTileSumsKernel<Acc, Value>;
-  auto* const PartialTileSums = &ColumnTileSumsKernel<Acc, ColumnSumRows<Acc>>;
-  HM_LAUNCH(ColumnTileSums, dim3(column_blocks, static_cast<unsigned>(rows)), block, 0, stream)(
+  // (Named <Kernel>_<what>, which the emulator's register model reads as
+  // <Kernel>.)
+  auto* const ColumnTileSumsKernel_Values = &ColumnTileSumsKernel<Acc, Value>;
+  auto* const ColumnTileSumsKernel_Partials = &ColumnTileSumsKernel<Acc, ColumnSumRows<Acc>>;
+  HM_LAUNCH(ColumnTileSumsKernel_Values, dim3(column_blocks, static_cast<unsigned>(rows)), block, 0, stream)(
       value, N, C, level, rows == 1 && accumulate);
   Acc* free_space = workspace + (rows == 1 ? 0 : rows * C);
   while (rows > 1) {
     const int64_t next = ColumnSumTiles(rows);
     Acc* dst = next == 1 ? out : free_space;
-    HM_LAUNCH(PartialTileSums, dim3(column_blocks, static_cast<unsigned>(next)), block, 0, stream)(
+    HM_LAUNCH(ColumnTileSumsKernel_Partials, dim3(column_blocks, static_cast<unsigned>(next)), block, 0, stream)(
         ColumnSumRows<Acc>{level, C}, rows, C, dst, next == 1 && accumulate);
     if (next > 1) free_space += next * C;
     level = dst;

@@ -33,6 +33,7 @@
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/device_api.h"
 #include "kernels/emulator/guarded_memory.h"
+#include "kernels/emulator/register_model.h"
 #include "kernels/emulator/streams.h"
 
 namespace hetermoe::emulator {
@@ -213,6 +214,14 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
   }
   if (!ValidStream(c.stream)) {
     Fail(cudaErrorInvalidResourceHandle);
+    return;
+  }
+  if (const int regs = KernelRegisters(c.kernel); regs > 0 && !RegistersFit(regs, threads)) {
+    std::fprintf(stderr,
+                 "CUDA emulator: kernel %s: %llu threads of %d registers need more than an SM's 65536 "
+                 "(cudaErrorLaunchOutOfResources; a __launch_bounds__ would make ptxas fit them)\n",
+                 c.kernel, threads, regs);
+    Fail(cudaErrorLaunchOutOfResources);
     return;
   }
   DrainStream(c.stream);

@@ -13,6 +13,7 @@
 
 #include "kernels/common.cuh"
 #include "kernels/emulator/block_runner.h"
+#include "kernels/emulator/register_model.h"
 #include "kernels/mma.cuh"
 
 namespace hetermoe::kernels {
@@ -376,6 +377,33 @@ TEST(CudaEmulatorDeathTest, AnAccessPastTheEndOfAnAllocationAbortsNamingTheKerne
       },
       "kernel PastTheEndKernel, block \\(0,0,0\\): out-of-bounds access at .*, 0 bytes past the end of a "
       "256-byte device allocation");
+}
+
+__global__ void RegisterHungryKernel(float* out) { out[threadIdx.x] = 1.0f; }
+
+TEST(CudaEmulator, ALaunchWhoseRegistersDoNotFitAnSmFails) {
+  // As if ptxas gave the kernel 255 registers (no __launch_bounds__): 8
+  // warps (256 threads) fill an SM's 65536, 1024 threads do not.
+  emulator::SetKernelRegisters("RegisterHungryKernel", 255);
+  Device<float> out(1024);
+  HM_LAUNCH(RegisterHungryKernel, 1, 256, 0, nullptr)(out.p);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  HM_LAUNCH(RegisterHungryKernel, 1, 1024, 0, nullptr)(out.p);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchOutOfResources);
+  // 64 registers (what __launch_bounds__(1024) makes ptxas fit) do.
+  emulator::SetKernelRegisters("RegisterHungryKernel", 64);
+  HM_LAUNCH(RegisterHungryKernel, 1, 1024, 0, nullptr)(out.p);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+// With the build's model (ctest sets HETERMOE_EMULATED_REGISTERS when nvcc
+// exists), the project's kernels are in it, so every emulated test launches
+// them under the check.
+TEST(CudaEmulator, TheBuildsRegisterModelCoversTheKernels) {
+  if (std::getenv("HETERMOE_EMULATED_REGISTERS") == nullptr) GTEST_SKIP() << "no register model (built without nvcc)";
+  for (const char* kernel : {"RmsNormForwardKernel", "FlashAttentionBackwardKeyValueKernel<F>",
+                             "DispatchTileCountsKernel", "AdamWKernel"})
+    EXPECT_GT(emulator::KernelRegisters(kernel), 0) << kernel;
 }
 
 }  // namespace
