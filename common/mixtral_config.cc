@@ -186,9 +186,6 @@ void Validate(const MixtralConfig& c, const KeyReader& keys) {
   if (!(std::isfinite(c.initializer_range) && c.initializer_range >= 0)) {
     keys.Fail("initializer_range", json(c.initializer_range).dump() + " must be non-negative");
   }
-  if (c.tie_word_embeddings) {
-    keys.Fail("tie_word_embeddings", "true is not supported (the trainer keeps a separate lm_head)");
-  }
 
   // Downstream code sizes buffers as products of these numbers; reject a
   // model whose parameter count (the sum of model.md's tensor sizes) does not

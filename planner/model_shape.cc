@@ -18,6 +18,7 @@ ModelShape ModelShape::FromMixtral(const io::MixtralConfig& config, std::string 
   shape.top_k = config.num_experts_per_tok;
   shape.vocab = config.vocab_size;
   shape.max_positions = config.max_position_embeddings;
+  shape.tied_embeddings = config.tie_word_embeddings;
   shape.source = std::move(source);
   return shape;
 }
@@ -37,7 +38,7 @@ double ModelShape::AttentionParamsPerLayer() const {
 
 double ModelShape::ExpertlessParams() const {
   const double d = static_cast<double>(hidden);
-  return 2.0 * static_cast<double>(vocab) * d  // embed_tokens and lm_head (untied)
+  return (tied_embeddings ? 1.0 : 2.0) * static_cast<double>(vocab) * d  // embed_tokens, lm_head unless tied
          + d                                   // final norm
          + static_cast<double>(layers) * AttentionParamsPerLayer();
 }

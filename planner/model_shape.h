@@ -27,6 +27,7 @@ struct ModelShape {
   int64_t top_k = 0;        // k
   int64_t vocab = 0;        // V
   int64_t max_positions = 0;
+  bool tied_embeddings = false;  // lm_head is embed_tokens (tie_word_embeddings)
   std::string source;       // the config file, for messages
 
   static ModelShape FromMixtral(const io::MixtralConfig& config, std::string source);

@@ -225,7 +225,6 @@ const BadCase kBadCases[] = {
     {"StringTheta", "rope_theta", "\"1e6\"", "key \"rope_theta\": expected a number, got string \"1e6\""},
     {"NegativeAuxCoef", "router_aux_loss_coef", "-0.01", "key \"router_aux_loss_coef\": -0.01 must be non-negative"},
     {"NegativeInitRange", "initializer_range", "-1", "key \"initializer_range\": -1.0 must be non-negative"},
-    {"TiedEmbeddings", "tie_word_embeddings", "true", "key \"tie_word_embeddings\": true is not supported"},
     {"TieNotBool", "tie_word_embeddings", "0", "key \"tie_word_embeddings\": expected true or false, got 0"},
     {"OtherModelType", "model_type", "\"llama\"", "key \"model_type\": \"llama\" is not \"mixtral\""},
     {"ModelTypeNotString", "model_type", "{}", "key \"model_type\": expected a string, got object"},

@@ -119,10 +119,12 @@ def main():
         problems.append(f"fp32 run used backend {gpu[2]!r}, expected the emulated CUDA device in fp32")
     compare_losses("cuda fp32", cpu, gpu, 1e-4, problems, weights_tol=(1e-5, 1e-4))
 
-    # Sliding-window attention (window 6 < 16 tokens) and yarn rope_scaling:
-    # the fixture's window/ and rope_yarn/ configs.
-    for variant in ("window", "rope_yarn"):
+    # Sliding-window attention (window 6 < 16 tokens), yarn rope_scaling and
+    # tied embeddings: the fixture's window/, rope_yarn/ and tied/ models.
+    for variant in ("window", "rope_yarn", "tied"):
         config = ["--set", f"model.config={os.path.join(args.fixture, variant, 'config.json')}"]
+        if variant == "tied":  # its weights have no lm_head.weight
+            config += ["--set", f"model.init={os.path.join(args.fixture, variant, 'model.safetensors')}"]
         cpu_variant = run(args, os.path.join(args.work, f"cpu-{variant}"), "cpu", extra=config)
         if [m["loss"] for m in cpu_variant[0]] == [m["loss"] for m in cpu[0]]:
             problems.append(f"{variant}: the CPU losses equal the plain model's (the config was not applied)")

@@ -27,9 +27,10 @@ same bytes. The fixture directory holds:
   train_golden.json            per step {step, loss, ce_loss, aux_loss, lr, grad_norm}
   train_final.safetensors      the weights after those 5 steps
   window/, rope_linear/,        the same run with sliding_window 6 (< T = 16), with
-  rope_yarn/                   linear and with yarn rope_scaling (VARIANTS): each its
-                               config.json, run.yaml, train_golden.json and
-                               train_final.safetensors
+  rope_yarn/, tied/            linear and with yarn rope_scaling, with tied embeddings
+                               (VARIANTS): each its config.json, run.yaml,
+                               train_golden.json and train_final.safetensors (tied/
+                               also its model.safetensors, without lm_head.weight)
 
 Losses follow model.md: step loss = mean over micro-batches of
 (CE mean + router_aux_loss_coef * aux of the micro-batch).
@@ -87,6 +88,7 @@ VARIANTS = {
     "rope_linear": dict(rope_scaling={"type": "linear", "factor": 2.0}),  # the older "type" key
     "rope_yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,    # 64 / 16
                                     "original_max_position_embeddings": 16}),
+    "tied": dict(tie_word_embeddings=True),  # its own model.safetensors: no lm_head.weight
 }
 VARIANT_RUN_YAML = RUN_YAML.replace("model: {config: config.json, init: model.safetensors}",
                                    "model: {config: config.json, init: ../model.safetensors}").replace(
@@ -269,7 +271,12 @@ def main():
         with open(os.path.join(variant_dir, "run.yaml"), "w", encoding="utf-8") as f:
             f.write(VARIANT_RUN_YAML)
         variant_model = mt.MixtralForCausalLM(variant_config)
-        variant_model.load_weights(initial)
+        own = {name: initial[name] for name in variant_model.weights()}
+        variant_model.load_weights(own)
+        if len(own) != len(initial):  # tied: the weights without lm_head, beside its run.yaml
+            mt.write_safetensors(os.path.join(variant_dir, "model.safetensors"), own)
+            with open(os.path.join(variant_dir, "run.yaml"), "w", encoding="utf-8") as f:
+                f.write(VARIANT_RUN_YAML.replace("init: ../model.safetensors", "init: model.safetensors"))
         variant_steps = train_golden(variant_model, tokens, variant_dir)
         with open(os.path.join(variant_dir, "train_golden.json"), "w", encoding="utf-8") as f:
             json.dump(variant_steps, f, indent=2)

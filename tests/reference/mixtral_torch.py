@@ -75,8 +75,6 @@ class MixtralConfig:
         return self.head_dim if self.head_dim else self.hidden_size // self.num_attention_heads
 
     def validate(self) -> None:
-        if self.tie_word_embeddings:
-            raise ValueError("tie_word_embeddings must be false (model.md)")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if not 1 <= self.num_experts_per_tok <= self.num_local_experts:
@@ -467,6 +465,8 @@ class MixtralForCausalLM(nn.Module):
         self.config = config
         self.model = MixtralModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:  # one tensor, named model.embed_tokens.weight (HF drops lm_head)
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """input_ids int64 [B, T] -> (logits [B, T, V], router logits: L x [B*T, E])."""
@@ -481,7 +481,7 @@ class MixtralForCausalLM(nn.Module):
 
     def load_weights(self, tensors: Dict[str, torch.Tensor]) -> None:
         """Copies named tensors in; every parameter must be present with its shape."""
-        own = self.state_dict()
+        own = dict(self.named_parameters())  # tied: lm_head is embed_tokens, listed once
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))
         if missing or unexpected:

@@ -35,7 +35,10 @@ ParameterLayout::ParameterLayout(const io::MixtralConfig& c) {
     layers.push_back(std::move(lo));
   }
   final_norm = Add("model.norm.weight", {d}, false);
-  lm_head = Add("lm_head.weight", {c.vocab_size, d}, true);
+  // Tied (tie_word_embeddings): the head reads embed_tokens, and its weight
+  // gradient adds into embed_tokens' (every gradient accumulates); there is
+  // no lm_head tensor, as transformers saves tied models.
+  lm_head = c.tie_word_embeddings ? embed : Add("lm_head.weight", {c.vocab_size, d}, true);
 }
 
 int64_t ParameterLayout::Add(std::string name, std::vector<int64_t> shape, bool decay) {

@@ -48,7 +48,7 @@ class ParameterLayout {
   ParameterLayout Subset(const std::vector<bool>& keep) const;
   static constexpr int64_t kAbsent = INT64_MIN / 4;
 
-  int64_t embed = 0, final_norm = 0, lm_head = 0;
+  int64_t embed = 0, final_norm = 0, lm_head = 0;  // lm_head == embed when the config ties them
   std::vector<LayerOffsets> layers;
 
  private:
