@@ -3,6 +3,8 @@
 #include <boost/context/fiber.hpp>
 #include <boost/context/pooled_fixedsize_stack.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
@@ -119,6 +121,7 @@ struct BlockRunner::StackPool {
 struct BlockRunner::Lane {
   enum class State { kReady, kBarrier, kWarp, kDone };
   ThreadCoordinates coords;
+  int64_t run_ns = 0;  // time spent running (when timing)
   unsigned linear = 0;  // threadIdx linearised, x fastest: warp = linear / 32
   State state = State::kReady;
   ctx::fiber fiber;  // the thread, while it is suspended
@@ -170,6 +173,10 @@ void BlockRunner::Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx
     throw;
   }
   active_runner = previous;
+  thread_ns_.clear();
+  if (timing_)
+    for (const auto& lane : lanes_)
+      thread_ns_.push_back(static_cast<int32_t>(std::min<int64_t>(lane->run_ns, INT32_MAX)));
   lanes_.clear();
 }
 
@@ -186,7 +193,14 @@ void BlockRunner::Schedule() {
       Lane* lane = lanes_[i].get();
       if (lane->state != Lane::State::kReady) continue;
       running_ = lane;
-      lane->fiber = std::move(lane->fiber).resume();
+      if (timing_) {
+        const auto start = std::chrono::steady_clock::now();
+        lane->fiber = std::move(lane->fiber).resume();
+        lane->run_ns +=
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+      } else {
+        lane->fiber = std::move(lane->fiber).resume();
+      }
       running_ = nullptr;
     }
     for (auto& lane : lanes_) alive = alive || lane->state != Lane::State::kDone;

@@ -50,6 +50,10 @@ class BlockRunner {
            const std::function<void()>& thread);
   // 0: threads in order (the default of a new runner).
   void SetOrderSeed(uint64_t seed) { order_seed_ = seed; }
+  // Measure each thread's run time (kernel_costs.h): the last block's
+  // threads' times in nanoseconds, by linear thread index.
+  void SetTiming(bool on) { timing_ = on; }
+  const std::vector<int32_t>& thread_ns() const { return thread_ns_; }
   uint64_t order_seed() const { return order_seed_; }
   // The running kernel and block (for error reports).
   const char* kernel_name() const { return kernel_.c_str(); }
@@ -75,6 +79,8 @@ class BlockRunner {
   std::string kernel_;
   uint3 block_idx_{};
   uint64_t order_seed_ = 0;
+  bool timing_ = false;
+  std::vector<int32_t> thread_ns_;
   std::vector<unsigned> order_;  // this round's order of the threads
   std::vector<std::unique_ptr<Lane>> lanes_;
   Lane* running_ = nullptr;

@@ -33,6 +33,7 @@
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/device_api.h"
 #include "kernels/emulator/guarded_memory.h"
+#include "kernels/emulator/kernel_costs.h"
 #include "kernels/emulator/register_model.h"
 #include "kernels/emulator/streams.h"
 
@@ -232,7 +233,14 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
   // that relies on an order a GPU does not promise shows (block_runner.h).
   static const uint64_t seed = static_cast<uint64_t>(EnvInt("HETERMOE_EMULATED_SEED", 1));
   runner.SetOrderSeed(seed);
-  auto run_block = [&](uint3 b) { runner.Run(c.kernel, c.grid, c.block, b, c.shared_bytes, thread); };
+  const bool timing = KernelCostsEnabled();
+  runner.SetTiming(timing);
+  bool first_block = true;
+  auto run_block = [&](uint3 b) {
+    runner.Run(c.kernel, c.grid, c.block, b, c.shared_bytes, thread);
+    if (timing)
+      RecordBlockCost({c.kernel, std::exchange(first_block, false), runner.thread_ns()});
+  };
   const uint64_t blocks = 1ull * c.grid.x * c.grid.y * c.grid.z;
   if (seed == 0 || blocks > (1u << 20)) {
     for (unsigned z = 0; z < c.grid.z; ++z)
@@ -248,6 +256,31 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
   std::mt19937_64 rng(seed ^ std::hash<std::string_view>{}(c.kernel));
   std::shuffle(order.begin(), order.end(), rng);
   for (const uint3& b : order) run_block(b);
+}
+
+// --- kernel costs (kernel_costs.h) ---
+namespace {
+std::atomic<bool> costs_on{false};
+std::mutex costs_mutex;
+std::vector<BlockCost>& Blocks() {
+  static std::vector<BlockCost> blocks;
+  return blocks;
+}
+}  // namespace
+
+void EnableKernelCosts(bool on) {
+  std::lock_guard<std::mutex> lock(costs_mutex);
+  costs_on = on;
+  Blocks().clear();
+}
+bool KernelCostsEnabled() { return costs_on; }
+std::vector<BlockCost> TakeBlockCosts() {
+  std::lock_guard<std::mutex> lock(costs_mutex);
+  return std::exchange(Blocks(), {});
+}
+void RecordBlockCost(const BlockCost& cost) {
+  std::lock_guard<std::mutex> lock(costs_mutex);
+  Blocks().push_back(cost);
 }
 
 }  // namespace hetermoe::emulator

@@ -1,0 +1,192 @@
+// The kernel cost report: which CUDA kernels have a serial chain per thread
+// that grows with the tokens N or the sequence length T, shown without a
+// GPU. Runs the CUDA backend's forward and backward on the CPU emulator
+// (kernels/emulator) for one layer of the tiny example model at three sizes, N0 = 2 x 256
+// tokens (top-2: 1024 assignments, one full dispatch tile), 4N = 8 x 256
+// (more sequences) and 4T = 2 x 1024 (longer sequences), and prints per
+// kernel: threads launched, the run time of its longest thread at each size,
+// and the ratio to the first size. (The optimizer's kernels scale with the
+// parameters, not with N or T: not measured.)
+//
+// A kernel whose work per thread is bounded keeps its longest thread about
+// as long when N grows 4x (more threads and blocks instead), a ratio near 1;
+// one that loops over the tokens in a thread shows a ratio near 4. Only
+// attention may grow with T (each query row loops over its keys).
+//
+//   build/bench/kernels/kernel_cost [--precision fp32|bf16] [--repeat 2] [--quick]
+//
+// Times are the emulator's (one CPU core, a fiber per thread): compare the
+// ratios, not the microseconds. Each size runs --repeat times (one layer of
+// the model: every layer launches the same kernels), keeping each thread's
+// smallest time, which filters interrupts, the hypervisor's pauses and the
+// first run's page faults.
+#include <malloc.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/mixtral_config.h"
+#include "kernels/emulator/kernel_costs.h"
+#include "trainer/backend/cuda_backend.h"
+#include "trainer/model/parameters.h"
+
+namespace hetermoe {
+namespace {
+
+struct Size {
+  const char* name;
+  int64_t batch, seq_len;
+};
+
+// Per kernel over one step: launches, threads, and the longest thread of
+// its blocks (each block's time the minimum over the repeats; the 90th
+// percentile over the blocks).
+struct KernelCost {
+  int64_t launches = 0, threads = 0;
+  double longest_thread_us = 0;
+};
+using Costs = std::map<std::string, KernelCost>;
+
+Costs Measure(const io::MixtralConfig& config, const model::ParameterLayout& layout, const std::string& precision,
+              const Size& size, int repeat) {
+  backend::BackendOptions options;
+  options.device = "cuda";
+  options.precision = precision;
+  backend::CudaBackend gpu(config, layout, options);
+  backend::HostState host;
+  host.params.assign(layout.total(), 0.0f);
+  host.exp_avg.assign(layout.total(), 0.0f);
+  host.exp_avg_sq.assign(layout.total(), 0.0f);
+  model::InitParameters(layout, config.initializer_range, 1234, host.params.data());
+  gpu.Upload(host);
+  std::mt19937 rng(7);
+  std::vector<int32_t> tokens(size.batch * size.seq_len + 1);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng() % config.vocab_size);
+  const model::MicroBatch mb{tokens.data(), tokens.data() + 1, size.batch, size.seq_len};
+  // The same step runs the same blocks, and their threads, in the same order
+  // every time: keep each thread's shortest time over the repeats.
+  std::vector<emulator::BlockCost> blocks;
+  for (int r = 0; r < repeat; ++r) {
+    emulator::EnableKernelCosts(true);
+    gpu.ZeroGrads();
+    gpu.ForwardBackward(mb, 1.0f);
+    std::vector<emulator::BlockCost> run = emulator::TakeBlockCosts();
+    if (blocks.empty()) {
+      blocks = std::move(run);
+      continue;
+    }
+    if (run.size() != blocks.size())
+      throw Error("kernel_cost: repeat " + std::to_string(r) + " ran " + std::to_string(run.size()) +
+                  " blocks, the first " + std::to_string(blocks.size()));
+    for (size_t i = 0; i < run.size(); ++i) {
+      if (std::strcmp(run[i].kernel, blocks[i].kernel) != 0)
+        throw Error(std::string("kernel_cost: block ") + std::to_string(i) + " ran " + run[i].kernel + ", before " +
+                    blocks[i].kernel);
+      std::vector<int32_t>& kept = blocks[i].thread_ns;
+      for (size_t t = 0; t < kept.size() && t < run[i].thread_ns.size(); ++t)
+        kept[t] = std::min(kept[t], run[i].thread_ns[t]);
+    }
+  }
+  emulator::EnableKernelCosts(false);
+  // Per kernel: the 90th percentile over its blocks of the block's longest
+  // thread (each thread's time its minimum over the runs). A chain that grows
+  // in every block moves it; a pause that lands in a few blocks does not. (A
+  // kernel of one block, or a few, is judged by its longest.)
+  std::map<std::string, std::vector<int64_t>> per_kernel;
+  Costs costs;
+  for (const auto& b : blocks) {
+    KernelCost& c = costs[b.kernel];
+    c.launches += b.first_block;
+    c.threads += static_cast<int64_t>(b.thread_ns.size());
+    per_kernel[b.kernel].push_back(*std::max_element(b.thread_ns.begin(), b.thread_ns.end()));
+  }
+  for (auto& [name, times] : per_kernel) {
+    std::sort(times.begin(), times.end());
+    const size_t at = std::min(times.size() - 1, static_cast<size_t>(0.9 * static_cast<double>(times.size())));
+    costs[name].longest_thread_us = times[at] / 1e3;
+  }
+  return costs;
+}
+
+int Run(int argc, char** argv) {
+  std::string precision = "fp32";
+  int repeat = 2;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--precision") && i + 1 < argc)
+      precision = argv[++i];
+    else if (!std::strcmp(argv[i], "--quick"))
+      quick = true;
+    else if (!std::strcmp(argv[i], "--repeat") && i + 1 < argc)
+      repeat = std::max(2, std::atoi(argv[++i]));
+    else {
+      std::fprintf(stderr, "usage: %s [--precision fp32|bf16|fp16] [--repeat N] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  // The emulator's device memory is the heap: keep freed memory there (no
+  // munmap, no fresh pages to fault in and zero inside some thread's timed
+  // run, which would read as a long thread).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  io::MixtralConfig config = io::LoadMixtralConfig(HETERMOE_SOURCE_DIR "/examples/tiny/config.json");
+  config.num_hidden_layers = 1;  // every layer launches the same kernels
+  const model::ParameterLayout layout(config);
+  const Size full[] = {{"N0", 2, 256}, {"4N", 8, 256}, {"4T", 2, 1024}};
+  const Size small[] = {{"N0", 1, 64}, {"4N", 4, 64}, {"4T", 1, 256}};  // --quick: the tile not yet full
+  const Size* sizes = quick ? small : full;
+  std::vector<Costs> costs;
+  for (int i = 0; i < 3; ++i) {
+    const Size& s = sizes[i];
+    std::fprintf(stderr, "measuring %s (%lld x %lld tokens, %s) ...\n", s.name, (long long)s.batch,
+                 (long long)s.seq_len, precision.c_str());
+    costs.push_back(Measure(config, layout, precision, s, repeat));
+  }
+  std::printf("kernel cost report: CUDA backend step of examples/tiny (%s) on the emulator\n", precision.c_str());
+  std::printf("longest thread = run time of a block's longest thread, 90th percentile over the kernel's blocks (us); "
+              "ratio = vs N0\n\n");
+  std::printf("%-40s %9s %9s %9s %9s %7s %9s %7s  %s\n", "kernel", "threads", "N0 us", "threads", "4N us",
+              "ratio", "4T us", "ratio", "serial chain");
+  std::vector<std::string> grow_n, grow_t;
+  for (const auto& [name, c0] : costs[0]) {
+    const auto n = costs[1].find(name), t = costs[2].find(name);
+    if (n == costs[1].end() || t == costs[2].end()) continue;
+    const double rn = n->second.longest_thread_us / std::max(c0.longest_thread_us, 1e-3);
+    const double rt = t->second.longest_thread_us / std::max(c0.longest_thread_us, 1e-3);
+    // 4x the tokens: a chain proportional to them lands near 4; a bounded
+    // one near 1 (noise has reached 2.3 for threads of about 1 us).
+    constexpr double kGrows = 2.5;
+    const char* verdict = rn >= kGrows ? "grows with N" : rt >= kGrows ? "grows with T" : "bounded";
+    if (rn >= kGrows) grow_n.push_back(name);
+    if (rn < kGrows && rt >= kGrows) grow_t.push_back(name);
+    std::printf("%-40.40s %9lld %9.1f %9lld %9.1f %7.2f %9.1f %7.2f  %s\n", name.c_str(), (long long)c0.threads,
+                c0.longest_thread_us, (long long)n->second.threads, n->second.longest_thread_us, rn,
+                t->second.longest_thread_us, rt, verdict);
+  }
+  auto list = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s.empty() ? std::string("none") : s;
+  };
+  std::printf("\nkernels whose longest thread grows with N: %s\n", list(grow_n).c_str());
+  std::printf("kernels whose longest thread grows with T only: %s\n", list(grow_t).c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace hetermoe
+
+int main(int argc, char** argv) {
+  try {
+    return hetermoe::Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kernel_cost: %s\n", e.what());
+    return 1;
+  }
+}
