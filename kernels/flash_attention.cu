@@ -64,6 +64,75 @@ __device__ __forceinline__ float QuadMax(float v) {
 __device__ __forceinline__ int AccRow(int lane, int i) { return lane / 4 + 8 * (i / 2); }
 __device__ __forceinline__ int AccCol(int lane, int i) { return 2 * (lane % 4) + i % 2; }
 
+// Rows [row0, row0 + 64) of head `head` of a [B*T, heads*hd] matrix, staged
+// through `scratch` ([64][ld]): this warp's 16 of them as A fragments (hd/16
+// k-steps). Block-wide; the block is synchronised before it returns, so the
+// caller may reuse `scratch` at once.
+template <typename F>
+__device__ __forceinline__ void LoadWarpRows(const float* m, int64_t b, int64_t row0, int64_t head, int64_t heads,
+                                             const AttentionDims& s, typename F::T* scratch, int ld,
+                                             uint32_t (&a)[F::kSteps][4]) {
+  Stage<typename F::T, false>(m, b, row0, kFlashRows, head, heads, s, scratch, ld);
+  __syncthreads();
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int i = 0; i < F::kSteps; ++i)
+    if (i < s.head_dim / 16) LoadA(scratch + 16 * warp * ld + 16 * i, ld, lane, a[i]);
+  __syncthreads();
+}
+
+// acc = A R^T: A is this warp's 16 rows as fragments (head_dim / 16 k-steps),
+// R the kCols rows of `rows` (head dim contiguous, rows ld apart): the warp's
+// scores against a tile of partners.
+template <typename F, int kCols>
+__device__ __forceinline__ void ProductWithRows(float (&acc)[kCols / 8][4], const uint32_t (&a)[F::kSteps][4],
+                                                const typename F::T* rows, int ld, int head_dim) {
+  const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) {
+    acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < F::kSteps; ++i) {
+      if (i >= head_dim / 16) break;
+      uint32_t bf[2];
+      LoadB(rows + 8 * n * ld + 16 * i, ld, lane, bf);
+      MmaM16N8K16<typename F::T>(acc[n], a[i], bf);
+    }
+  }
+}
+
+// acc[n] += A times the n-th 16 x 8 tile of B over the head dim, where B's
+// column c is row c of `bt` (k contiguous, rows ld apart).
+template <typename F>
+__device__ __forceinline__ void MmaOverHeadDim(float (&acc)[F::kTiles][4], const uint32_t (&a)[4],
+                                               const typename F::T* bt, int ld, int head_dim) {
+  const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int n = 0; n < F::kTiles; ++n) {
+    if (n >= head_dim / 8) break;
+    uint32_t bf[2];
+    LoadB(bt + 8 * n * ld, ld, lane, bf);
+    MmaM16N8K16<typename F::T>(acc[n], a, bf);
+  }
+}
+
+// Writes this warp's rows (row0 + 0..15, those < T) of the accumulators
+// times row_scale[0 or 1] (rows g and g + 8) to out[row_index(row) + column].
+template <typename F, typename RowIndex>
+__device__ __forceinline__ void StoreRows(const float (&acc)[F::kTiles][4], const float (&row_scale)[2], int64_t row0,
+                                          int64_t T, int head_dim, RowIndex row_index, float* out) {
+  const int lane = threadIdx.x % kWarpSize;
+#pragma unroll
+  for (int n = 0; n < F::kTiles; ++n) {
+    if (n >= head_dim / 8) break;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t row = row0 + AccRow(lane, i);
+      if (row < T) out[row_index(row) + 8 * n + AccCol(lane, i)] = acc[n][i] * row_scale[i / 2];
+    }
+  }
+}
+
 }  // namespace
 
 // grid (B * H, ceil(T / 64)), 128 threads; shared: K tile [64][hd + 8] and
@@ -82,15 +151,10 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kFlashRows;
   const int64_t w0 = q0 + 16 * warp;  // this warp's first query
-  const int steps = hd / 16, tiles = hd / 8;
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(hd));
 
   uint32_t qa[F::kSteps][4];
-  Stage<T16, false>(q, b, q0, kFlashRows, h, H, s, ks, ld);
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < F::kSteps; ++i)
-    if (i < steps) LoadA(ks + 16 * warp * ld + 16 * i, ld, lane, qa[i]);
+  LoadWarpRows<F>(q, b, q0, h, H, s, ks, ld, qa);
 
   float o[F::kTiles][4];
 #pragma unroll
@@ -110,17 +174,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     if (w0 >= T || k0 > w_last || k0 + kFlashForwardKeys - 1 < AttentionFirstKey(w0, s.window)) continue;
 
     float acc[kFlashForwardKeys / 8][4];
-#pragma unroll
-    for (int n = 0; n < kFlashForwardKeys / 8; ++n) {
-      acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-#pragma unroll
-      for (int i = 0; i < F::kSteps; ++i) {
-        if (i >= steps) break;
-        uint32_t bf[2];
-        LoadB(ks + 8 * n * ld + 16 * i, ld, lane, bf);
-        MmaM16N8K16<T16>(acc[n], qa[i], bf);
-      }
-    }
+    ProductWithRows<F, kFlashForwardKeys>(acc, qa, ks, ld, hd);  // S = Q K^T
     // Scale, mask, and the tile's row maxima.
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -157,27 +211,14 @@ __global__ void __launch_bounds__(kFlashThreads)
     for (int kk = 0; kk < kFlashForwardKeys / 16; ++kk) {
       uint32_t pa[4];
       AccumulatorsToA<T16>(acc[2 * kk], acc[2 * kk + 1], pa);
-#pragma unroll
-      for (int n = 0; n < F::kTiles; ++n) {
-        if (n >= tiles) break;
-        uint32_t bf[2];
-        LoadB(vts + 8 * n * ldv + 16 * kk, ldv, lane, bf);
-        MmaM16N8K16<T16>(o[n], pa, bf);
-      }
+      MmaOverHeadDim<F>(o, pa, vts + 16 * kk, ldv, hd);
     }
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) l[r] = QuadSum(l[r]);
   // Every row < T sees its own key, so l >= 1 there.
-#pragma unroll
-  for (int n = 0; n < F::kTiles; ++n) {
-    if (n >= tiles) break;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t t = w0 + AccRow(lane, i);
-      if (t < T) out[((b * T + t) * H + h) * hd + 8 * n + AccCol(lane, i)] = o[n][i] / l[i / 2];
-    }
-  }
+  const float inv_l[2] = {1.0f / l[0], 1.0f / l[1]};
+  StoreRows<F>(o, inv_l, w0, T, hd, [&](int64_t t) { return ((b * T + t) * H + h) * hd; }, out);
   if (lane % 4 == 0)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -205,23 +246,13 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t q0 = static_cast<int64_t>(blockIdx.y) * kFlashRows;
   const int64_t w0 = q0 + 16 * warp;
-  const int steps = hd / 16, tiles = hd / 8;
   const float scale = 1.0f / sqrtf(static_cast<float>(hd)), scale_log2 = scale * kLog2e;
 
   // The warp's queries and output gradients as A fragments (staged in turn
   // through the K/V area, 64 rows of ld).
   uint32_t qa[F::kSteps][4], da[F::kSteps][4];
-  Stage<T16, false>(q, b, q0, kFlashRows, h, H, s, ks, ld);
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < F::kSteps; ++i)
-    if (i < steps) LoadA(ks + 16 * warp * ld + 16 * i, ld, lane, qa[i]);
-  __syncthreads();
-  Stage<T16, false>(dout, b, q0, kFlashRows, h, H, s, ks, ld);
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < F::kSteps; ++i)
-    if (i < steps) LoadA(ks + 16 * warp * ld + 16 * i, ld, lane, da[i]);
+  LoadWarpRows<F>(q, b, q0, h, H, s, ks, ld, qa);
+  LoadWarpRows<F>(dout, b, q0, h, H, s, ks, ld, da);
   float row_lse[2], row_D[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -244,20 +275,8 @@ __global__ void __launch_bounds__(kFlashThreads)
     if (w0 >= T || k0 > w_last || k0 + kKeys - 1 < AttentionFirstKey(w0, s.window)) continue;
 
     float p[kKeys / 8][4], dp[kKeys / 8][4];
-#pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) p[n][i] = dp[n][i] = 0.0f;
-#pragma unroll
-      for (int i = 0; i < F::kSteps; ++i) {
-        if (i >= steps) break;
-        uint32_t bf[2];
-        LoadB(ks + 8 * n * ld + 16 * i, ld, lane, bf);
-        MmaM16N8K16<T16>(p[n], qa[i], bf);
-        LoadB(vs + 8 * n * ld + 16 * i, ld, lane, bf);
-        MmaM16N8K16<T16>(dp[n], da[i], bf);
-      }
-    }
+    ProductWithRows<F, kKeys>(p, qa, ks, ld, hd);   // S
+    ProductWithRows<F, kKeys>(dp, da, vs, ld, hd);  // dP = dO V^T
     // p = exp(S scale - lse); dS = p (dP - D) scale, in p's registers.
 #pragma unroll
     for (int n = 0; n < kKeys / 8; ++n)
@@ -273,24 +292,11 @@ __global__ void __launch_bounds__(kFlashThreads)
     for (int kk = 0; kk < kKeys / 16; ++kk) {
       uint32_t dsa[4];
       AccumulatorsToA<T16>(p[2 * kk], p[2 * kk + 1], dsa);
-#pragma unroll
-      for (int n = 0; n < F::kTiles; ++n) {
-        if (n >= tiles) break;
-        uint32_t bf[2];
-        LoadB(kts + 8 * n * ldt + 16 * kk, ldt, lane, bf);
-        MmaM16N8K16<T16>(dqa[n], dsa, bf);
-      }
+      MmaOverHeadDim<F>(dqa, dsa, kts + 16 * kk, ldt, hd);
     }
   }
-#pragma unroll
-  for (int n = 0; n < F::kTiles; ++n) {
-    if (n >= tiles) break;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t t = w0 + AccRow(lane, i);
-      if (t < T) dq[((b * T + t) * H + h) * hd + 8 * n + AccCol(lane, i)] = dqa[n][i];
-    }
-  }
+  const float one[2] = {1.0f, 1.0f};
+  StoreRows<F>(dqa, one, w0, T, hd, [&](int64_t t) { return ((b * T + t) * H + h) * hd; }, dq);
 }
 
 // grid (B * KV, ceil(T / 64)), 128 threads; shared: Q and dO tiles [32][hd + 8],
@@ -316,21 +322,11 @@ __global__ void __launch_bounds__(kFlashThreads)
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kFlashRows;  // the block's first key
   const int64_t w0 = j0 + 16 * warp;                                  // the warp's first key
-  const int steps = hd / 16, tiles = hd / 8;
   const float scale = 1.0f / sqrtf(static_cast<float>(hd)), scale_log2 = scale * kLog2e;
 
   uint32_t ka[F::kSteps][4], va[F::kSteps][4];
-  Stage<T16, false>(k, b, j0, kFlashRows, kvh, KV, s, qs, ld);
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < F::kSteps; ++i)
-    if (i < steps) LoadA(qs + 16 * warp * ld + 16 * i, ld, lane, ka[i]);
-  __syncthreads();
-  Stage<T16, false>(v, b, j0, kFlashRows, kvh, KV, s, qs, ld);
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < F::kSteps; ++i)
-    if (i < steps) LoadA(qs + 16 * warp * ld + 16 * i, ld, lane, va[i]);
+  LoadWarpRows<F>(k, b, j0, kvh, KV, s, qs, ld, ka);
+  LoadWarpRows<F>(v, b, j0, kvh, KV, s, qs, ld, va);
   float dka[F::kTiles][4], dva[F::kTiles][4];
 #pragma unroll
   for (int n = 0; n < F::kTiles; ++n)
@@ -357,20 +353,8 @@ __global__ void __launch_bounds__(kFlashThreads)
       if (w0 >= T || t_last < w0 || (s.window > 0 && t0 - (w0 + 15) >= s.window)) continue;
 
       float p[kQueries / 8][4], dp[kQueries / 8][4];  // S^T and dP^T: rows = keys
-#pragma unroll
-      for (int n = 0; n < kQueries / 8; ++n) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) p[n][i] = dp[n][i] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < F::kSteps; ++i) {
-          if (i >= steps) break;
-          uint32_t bf[2];
-          LoadB(qs + 8 * n * ld + 16 * i, ld, lane, bf);
-          MmaM16N8K16<T16>(p[n], ka[i], bf);
-          LoadB(dos + 8 * n * ld + 16 * i, ld, lane, bf);
-          MmaM16N8K16<T16>(dp[n], va[i], bf);
-        }
-      }
+      ProductWithRows<F, kQueries>(p, ka, qs, ld, hd);
+      ProductWithRows<F, kQueries>(dp, va, dos, ld, hd);
       float ds[kQueries / 8][4];
 #pragma unroll
       for (int n = 0; n < kQueries / 8; ++n)
@@ -388,31 +372,15 @@ __global__ void __launch_bounds__(kFlashThreads)
         uint32_t pa[4], dsa[4];
         AccumulatorsToA<T16>(p[2 * kk], p[2 * kk + 1], pa);
         AccumulatorsToA<T16>(ds[2 * kk], ds[2 * kk + 1], dsa);
-#pragma unroll
-        for (int n = 0; n < F::kTiles; ++n) {
-          if (n >= tiles) break;
-          uint32_t bf[2];
-          LoadB(dots + 8 * n * ldt + 16 * kk, ldt, lane, bf);
-          MmaM16N8K16<T16>(dva[n], pa, bf);
-          LoadB(qts + 8 * n * ldt + 16 * kk, ldt, lane, bf);
-          MmaM16N8K16<T16>(dka[n], dsa, bf);
-        }
+        MmaOverHeadDim<F>(dva, pa, dots + 16 * kk, ldt, hd);
+        MmaOverHeadDim<F>(dka, dsa, qts + 16 * kk, ldt, hd);
       }
     }
   }
-#pragma unroll
-  for (int n = 0; n < F::kTiles; ++n) {
-    if (n >= tiles) break;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t j = w0 + AccRow(lane, i);
-      if (j < T) {
-        const int64_t index = ((b * T + j) * KV + kvh) * hd + 8 * n + AccCol(lane, i);
-        dk[index] = dka[n][i];
-        dv[index] = dva[n][i];
-      }
-    }
-  }
+  const float one[2] = {1.0f, 1.0f};
+  auto row_index = [&](int64_t j) { return ((b * T + j) * KV + kvh) * hd; };
+  StoreRows<F>(dka, one, w0, T, hd, row_index, dk);
+  StoreRows<F>(dva, one, w0, T, hd, row_index, dv);
 }
 
 namespace {
