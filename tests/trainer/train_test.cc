@@ -2,6 +2,8 @@
 // checkpoint contents, and that bad inputs stop the run with one clear error.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -124,6 +126,44 @@ TEST(MicroBatching, SameGradientAsOneBatchWithoutAuxLoss) {
     ASSERT_NEAR(g2[i], g1[i], 1e-6f * scale) << i;
     ASSERT_NEAR(g4[i], g1[i], 1e-6f * scale) << i;
   }
+}
+
+// A tied model's checkpoint may also hold lm_head.weight (some writers keep
+// the shared table twice): accepted when it is the embedding, refused by name
+// otherwise.
+TEST(Checkpoint, ATiedModelAcceptsACopyOfTheTableAsLmHeadOnly) {
+  io::MixtralConfig config;
+  config.vocab_size = 16, config.hidden_size = 8, config.intermediate_size = 8, config.num_hidden_layers = 1;
+  config.num_attention_heads = 2, config.num_key_value_heads = 1, config.num_local_experts = 2;
+  config.num_experts_per_tok = 1, config.tie_word_embeddings = true;
+  const model::ParameterLayout layout(config);
+  ASSERT_EQ(layout.Find("lm_head.weight"), nullptr);
+  ASSERT_EQ(layout.lm_head, layout.embed);
+  std::vector<float> params(layout.total());
+  model::InitParameters(layout, 0.02, 3, params.data());
+  const fs::path dir = fs::temp_directory_path() / ("hetermoe_tied_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const auto& embed = *layout.Find("model.embed_tokens.weight");
+  auto write = [&](const std::string& name, const float* head) {
+    std::vector<io::TensorToWrite> out;
+    for (const auto& t : layout.tensors()) out.push_back({t.name, t.shape, params.data() + t.offset});
+    out.push_back({"lm_head.weight", embed.shape, head});
+    io::WriteSafetensors((dir / name).string(), out, {});
+    return (dir / name).string();
+  };
+  std::vector<float> loaded(layout.total());
+  EXPECT_NO_THROW(model::LoadParameters(layout, write("copy.safetensors", params.data() + embed.offset), loaded.data()));
+  EXPECT_EQ(loaded, params);
+  std::vector<float> other(params.begin() + embed.offset, params.begin() + embed.offset + embed.numel);
+  other[5] += 1.0f;
+  try {
+    model::LoadParameters(layout, write("other.safetensors", other.data()), loaded.data());
+    ADD_FAILURE() << "a different lm_head.weight was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("\"lm_head.weight\" differs from \"model.embed_tokens.weight\""),
+              std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 TEST(Checkpoint, HoldsAHuggingFaceModelAndResumeState) {

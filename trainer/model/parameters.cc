@@ -1,5 +1,6 @@
 #include "trainer/model/parameters.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
@@ -114,9 +115,22 @@ uint64_t LoadParameters(const ParameterLayout& layout, const std::string& path, 
     file.ReadInto(t.name, t.shape, params + t.offset);
   }
   if (others_allowed) return file.bytes_read();
-  for (const std::string& name : file.Names())
-    if (!layout.Find(name))
-      throw Error(file.source() + ": unexpected tensor \"" + name + "\" (not part of the model described by the config)");
+  const bool tied = layout.lm_head == layout.embed;
+  for (const std::string& name : file.Names()) {
+    if (layout.Find(name)) continue;
+    // Some tied checkpoints store the shared table twice; accept the copy
+    // only when it is one.
+    if (tied && name == "lm_head.weight") {
+      const TensorSlot& embed = *layout.Find("model.embed_tokens.weight");
+      std::vector<float> head(embed.numel);
+      file.ReadInto(name, embed.shape, head.data());
+      if (!std::equal(head.begin(), head.end(), params + embed.offset))
+        throw Error(file.source() + ": tensor \"lm_head.weight\" differs from \"model.embed_tokens.weight\", but "
+                    "the config ties them (tie_word_embeddings)");
+      continue;
+    }
+    throw Error(file.source() + ": unexpected tensor \"" + name + "\" (not part of the model described by the config)");
+  }
   return file.bytes_read();
 }
 
