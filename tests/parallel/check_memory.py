@@ -246,7 +246,12 @@ def check_recompute(a, run_file):
         port = free_port()
         procs = []
         for rank in range(2):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            # A fixed mmap threshold: glibc otherwise raises it after the
+            # first frees of large blocks, and whether later activations
+            # then sit in the heap (and stay in the RSS once freed) varies
+            # from run to run; with it, a freed activation leaves the RSS.
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                       MALLOC_MMAP_THRESHOLD_="131072")
             procs.append(subprocess.Popen(
                 [a.trainer, "--config", run_file, "--no-progress",
                  "--set", "parallel={attention_ranks: 1, expert_ranks: 1, schedule: zebra, asym_ea: off, launch: env}",
