@@ -295,7 +295,12 @@ def check_recompute(a, run_file):
               f"losses {'equal' if losses['none'] == losses[what] else 'DIFFER'}")
         if losses["none"] != losses[what]:
             fail(f"train.recompute {what} changed the losses: {losses[what]} vs {losses['none']}")
-        if saved < 0.5 * counted:
+        # The attention rank's peak also holds the rows in flight between the
+        # ranks, which depends on how far the expert rank lags (under a loaded
+        # machine it varied by more than the 23.7 MiB dropped): its saving is
+        # printed, and checked exactly in device bytes by
+        # ActivationsTest.RecomputedAttentionGivesTheSameGradientsWithLessMemory.
+        if rank == 1 and saved < 0.5 * counted:
             fail(f"train.recompute {what} did not free the {role} rank's activations")
 
 
