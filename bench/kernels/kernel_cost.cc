@@ -20,8 +20,6 @@
 // the model: every layer launches the same kernels), keeping each thread's
 // smallest time, which filters interrupts, the hypervisor's pauses and the
 // first run's page faults.
-#include <malloc.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -130,11 +128,6 @@ int Run(int argc, char** argv) {
       return 2;
     }
   }
-  // The emulator's device memory is the heap: keep freed memory there (no
-  // munmap, no fresh pages to fault in and zero inside some thread's timed
-  // run, which would read as a long thread).
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   io::MixtralConfig config = io::LoadMixtralConfig(HETERMOE_SOURCE_DIR "/examples/tiny/config.json");
   config.num_hidden_layers = 1;  // every layer launches the same kernels
   const model::ParameterLayout layout(config);
