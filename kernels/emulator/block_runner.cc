@@ -2,6 +2,8 @@
 
 #include <boost/context/fiber.hpp>
 #include <boost/context/pooled_fixedsize_stack.hpp>
+#include <cxxabi.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -145,6 +147,18 @@ void BlockRunner::Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx
   block_idx_ = block_idx;
   shared_.assign(dynamic_shared, 0xFF);  // NaN in every float lane: unwritten reads show
   const unsigned n = block.x * block.y * block.z;
+  race_.clear();
+  if (race_check_) {
+    if (static_shared_ == 0) {
+      StaticShared found = FindStaticShared();
+      static_shared_ = found.begin;
+      static_shared_bytes_ = found.bytes;
+      static_symbols_ = std::move(found.symbols);
+      for (const auto& symbol : static_symbols_)
+        if (symbol.guard) races_.Ignore(symbol.offset, symbol.bytes);
+    }
+    races_.StartBlock(n, static_shared_bytes_ + dynamic_shared);
+  }
   lanes_.clear();
   lanes_.reserve(n);
   for (unsigned i = 0; i < n; ++i) {
@@ -202,6 +216,7 @@ void BlockRunner::Schedule() {
         lane->fiber = std::move(lane->fiber).resume();
       }
       running_ = nullptr;
+      if (!race_.empty()) Fail(race_);
     }
     for (auto& lane : lanes_) alive = alive || lane->state != Lane::State::kDone;
     if (!alive) return;
@@ -267,6 +282,7 @@ bool BlockRunner::ReleaseWarps() {
           fragments.push_back(reinterpret_cast<const MmaFragments*>(lanes_[w0 + l]->bits));
         RunMma(fragments);
       }
+      if (lead.op == WarpOp::kSyncWarp && race_check_) races_.WarpSync(w0, mask);
       for (unsigned l = 0; l < w1 - w0; ++l)
         if (mask >> l & 1u) lanes_[w0 + l]->state = Lane::State::kReady;
       released = true;
@@ -323,7 +339,58 @@ bool BlockRunner::ReleaseBarrier() {
          " have returned (a barrier every thread must reach)");
   }
   for (auto& lane : lanes_) lane->state = Lane::State::kReady;
+  if (race_check_) races_.Barrier();
   return true;
+}
+
+void BlockRunner::Touch(const void* address, size_t bytes, bool write, const void* code) {
+  if (!race_check_ || running_ == nullptr) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(address);
+  const uintptr_t dynamic = reinterpret_cast<uintptr_t>(shared_.data());
+  size_t offset;
+  if (a - static_shared_ < static_shared_bytes_)
+    offset = a - static_shared_;
+  else if (a - dynamic < shared_.size())
+    offset = static_shared_bytes_ + (a - dynamic);
+  else
+    return;  // not shared memory
+  if (auto race = races_.Touch(running_->linear, offset, bytes, write); race && race_.empty())
+    race_ = DescribeRace(*race, code);
+}
+
+// "thread 0 writes byte 4 of the dynamic shared memory (extern __shared__)
+// and thread 37 reads it ..., at kernels_emulated_test+0x1a2b (Kernel(float*))".
+std::string BlockRunner::DescribeRace(const SharedRaceDetector::Race& race, const void* code) const {
+  std::ostringstream out;
+  const auto verb = [](bool write) { return write ? "writes" : "reads"; };
+  out << "shared-memory race: thread " << race.earlier.thread << " " << verb(race.earlier.write) << " byte ";
+  if (race.offset < static_shared_bytes_) {
+    auto it = std::upper_bound(static_symbols_.begin(), static_symbols_.end(), race.offset,
+                               [](size_t offset, const auto& symbol) { return offset < symbol.offset; });
+    if (it != static_symbols_.begin() && race.offset < std::prev(it)->offset + std::prev(it)->bytes)
+      out << race.offset - std::prev(it)->offset << " of " << std::prev(it)->name;
+    else
+      out << race.offset << " of the thread-local block holding the static __shared__ arrays";
+  } else {
+    out << race.offset - static_shared_bytes_ << " of the dynamic shared memory (extern __shared__)";
+  }
+  out << " and thread " << race.later.thread << " " << verb(race.later.write)
+      << " it with no __syncthreads between them";
+  if (race.earlier.thread / kWarpSize == race.later.thread / kWarpSize)
+    out << " and no __syncwarp both lanes took part in (lanes of a warp need not run in lockstep)";
+  Dl_info info{};
+  if (code != nullptr && dladdr(code, &info) != 0 && info.dli_fname != nullptr) {
+    const char* file = std::strrchr(info.dli_fname, '/');
+    out << "; the second access is at " << (file ? file + 1 : info.dli_fname) << "+0x" << std::hex
+        << (reinterpret_cast<uintptr_t>(code) - reinterpret_cast<uintptr_t>(info.dli_fbase)) << std::dec;
+    if (info.dli_sname != nullptr) {
+      int status = 0;
+      char* name = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+      out << " (" << (status == 0 ? name : info.dli_sname) << ")";
+      std::free(name);
+    }
+  }
+  return out.str();
 }
 
 void BlockRunner::SyncThreads() {

@@ -27,6 +27,8 @@
 #include <vector>
 
 #include "kernels/emulator/device_api.h"
+#include "kernels/emulator/race_hooks.h"
+#include "kernels/emulator/shared_races.h"
 
 namespace hetermoe::emulator {
 
@@ -55,6 +57,8 @@ class BlockRunner {
   void SetTiming(bool on) { timing_ = on; }
   const std::vector<int32_t>& thread_ns() const { return thread_ns_; }
   uint64_t order_seed() const { return order_seed_; }
+  // Check shared memory for races (off in a new runner).
+  void SetRaceCheck(bool on) { race_check_ = on; }
   // The running kernel and block (for error reports).
   const char* kernel_name() const { return kernel_.c_str(); }
   uint3 block_idx() const { return block_idx_; }
@@ -64,6 +68,9 @@ class BlockRunner {
   void SyncThreads();
   uint64_t WarpExchange(WarpOp op, unsigned mask, uint64_t bits, int operand);
   void* dynamic_shared() const { return shared_.data(); }
+  // An access by the running thread (from the instrumentation): checked
+  // when it falls in shared memory. `code`: the accessing instruction.
+  void Touch(const void* address, size_t bytes, bool write, const void* code);
 
   // The runner of this host thread's running kernel (nullptr outside one).
   static BlockRunner* Active();
@@ -75,6 +82,7 @@ class BlockRunner {
   bool ReleaseBarrier();
   [[noreturn]] void FailWarp(unsigned first_lane, unsigned end_lane) const;
   [[noreturn]] void Fail(const std::string& what) const;
+  std::string DescribeRace(const SharedRaceDetector::Race& race, const void* code) const;
 
   std::string kernel_;
   uint3 block_idx_{};
@@ -85,6 +93,12 @@ class BlockRunner {
   std::vector<std::unique_ptr<Lane>> lanes_;
   Lane* running_ = nullptr;
   mutable std::vector<unsigned char> shared_;
+  bool race_check_ = false;
+  SharedRaceDetector races_;
+  uintptr_t static_shared_ = 0;  // this host thread's block of the module's thread_locals
+  size_t static_shared_bytes_ = 0;
+  std::vector<StaticShared::Symbol> static_symbols_;
+  std::string race_;  // the first race of the running block
   struct StackPool;
   std::unique_ptr<StackPool> stacks_;
 };

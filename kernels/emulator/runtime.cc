@@ -233,6 +233,10 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
   // that relies on an order a GPU does not promise shows (block_runner.h).
   static const uint64_t seed = static_cast<uint64_t>(EnvInt("HETERMOE_EMULATED_SEED", 1));
   runner.SetOrderSeed(seed);
+  // HETERMOE_EMULATED_RACES: check shared memory for races (default 1; the
+  // kernels must be built with the instrumentation, race_hooks.h).
+  static const bool races = EnvInt("HETERMOE_EMULATED_RACES", 1) != 0;
+  runner.SetRaceCheck(races);
   const bool timing = KernelCostsEnabled();
   runner.SetTiming(timing);
   bool first_block = true;

@@ -8,12 +8,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "kernels/common.cuh"
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/register_model.h"
+#include "kernels/emulator/shared_races.h"
 #include "kernels/mma.cuh"
 
 namespace hetermoe::kernels {
@@ -164,10 +167,8 @@ TEST(CudaEmulator, DynamicSharedMemoryStartsAsGarbage) {
 }
 
 // A planted missing barrier: thread 0 writes what every thread then reads,
-// with (fixed) or without (buggy) __syncthreads between. Run in thread order
-// the bug hides (thread 0 runs first); the emulator's default shuffled order
-// (HETERMOE_EMULATED_SEED, default 1) lets readers run before the write and
-// see the unwritten shared memory (NaN).
+// with (fixed) or without (buggy) __syncthreads between. The race check
+// stops the buggy kernel whatever order its threads ran in.
 __global__ void BroadcastKernel(float* out, int barrier) {
   HM_DYNAMIC_SHARED(float, smem);
   if (threadIdx.x == 0) smem[0] = 42.0f;
@@ -175,30 +176,69 @@ __global__ void BroadcastKernel(float* out, int barrier) {
   out[blockIdx.x * blockDim.x + threadIdx.x] = smem[0];
 }
 
-TEST(CudaEmulator, ShuffledThreadOrderExposesAMissingBarrier) {
-  const char* seed = std::getenv("HETERMOE_EMULATED_SEED");
-  if (seed != nullptr && std::string(seed) == "0") GTEST_SKIP() << "HETERMOE_EMULATED_SEED=0: threads in order";
+// The same bug on a static __shared__ array, between two warps: warp 0
+// fills the table, warp 1 reads it (with or without a barrier).
+__global__ void TableKernel(float* out, int barrier) {
+  __shared__ float table[32];
+  if (threadIdx.x < 32) table[threadIdx.x] = static_cast<float>(threadIdx.x);
+  if (barrier) __syncthreads();
+  if (threadIdx.x >= 32) out[threadIdx.x - 32] = table[63 - threadIdx.x];
+}
+
+std::string RaceError(const std::function<void()>& launch) {
+  try {
+    launch();
+  } catch (const EmulatorError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CudaEmulator, CatchesAMissingBarrierAsASharedMemoryRace) {
+  if (std::getenv("HETERMOE_EMULATED_RACES") != nullptr && std::string(std::getenv("HETERMOE_EMULATED_RACES")) == "0")
+    GTEST_SKIP() << "HETERMOE_EMULATED_RACES=0";
   Device<float> out(4 * 256);
   HM_LAUNCH(BroadcastKernel, 4, 256, sizeof(float), nullptr)(out.p, 1);
   for (float v : out.Get()) ASSERT_EQ(v, 42.0f) << "with the barrier every thread reads the write";
-  HM_LAUNCH(BroadcastKernel, 4, 256, sizeof(float), nullptr)(out.p, 0);
-  int stale = 0;
-  for (float v : out.Get()) stale += std::isnan(v);
-  std::printf("without the barrier %d of %d threads read shared memory before thread 0 wrote it\n", stale, 4 * 256);
-  EXPECT_GT(stale, 0) << "the missing barrier went unnoticed";
+  std::string error = RaceError([&] { HM_LAUNCH(BroadcastKernel, 4, 256, sizeof(float), nullptr)(out.p, 0); });
+  std::printf("%s\n", error.c_str());
+  EXPECT_NE(error.find("kernel BroadcastKernel, block ("), std::string::npos) << error;
+  EXPECT_NE(error.find("shared-memory race: thread "), std::string::npos) << error;
+  EXPECT_NE(error.find("byte 0 of the dynamic shared memory"), std::string::npos) << error;
+  EXPECT_NE(error.find("thread 0 writes"), std::string::npos) << error;
+  EXPECT_NE(error.find("with no __syncthreads between them"), std::string::npos) << error;
 
-  // In thread order (seed 0) the same bug hides: what the shuffle is for.
+  HM_LAUNCH(TableKernel, 1, 64, 0, nullptr)(out.p, 1);
+  const auto o = out.Get();
+  for (int t = 0; t < 32; ++t) ASSERT_EQ(o[t], static_cast<float>(31 - t));
+  error = RaceError([&] { HM_LAUNCH(TableKernel, 1, 64, 0, nullptr)(out.p, 0); });
+  std::printf("%s\n", error.c_str());
+  EXPECT_NE(error.find("kernel TableKernel"), std::string::npos) << error;
+  EXPECT_NE(error.find("TableKernel(float*, int)::table"), std::string::npos) << "names the array: " << error;
+}
+
+// Without the race check, the emulator's shuffled thread order (seed,
+// default 1) still makes the missing barrier show as readers that run
+// before the write and see the unwritten shared memory (NaN); in thread
+// order (seed 0) the bug hides, since thread 0 runs first.
+TEST(CudaEmulator, ShuffledThreadOrderExposesAMissingBarrier) {
   emulator::BlockRunner runner;
-  runner.SetOrderSeed(0);
-  float value = 0.0f;
-  int before = 0;
-  runner.Run("BroadcastInOrder", dim3(1), dim3(256), uint3{0, 0, 0}, sizeof(float), [&] {
-    float* smem = static_cast<float*>(emulator::BlockRunner::Active()->dynamic_shared());
-    if (threadIdx.x == 0) smem[0] = 42.0f;
-    value = smem[0];
-    before += std::isnan(value);
-  });
-  EXPECT_EQ(before, 0);
+  auto stale_reads = [&](uint64_t seed) {
+    runner.SetOrderSeed(seed);
+    int stale = 0;
+    for (unsigned b = 0; b < 4; ++b)
+      runner.Run("BroadcastWithoutRaceCheck", dim3(4), dim3(256), uint3{b, 0, 0}, sizeof(float), [&] {
+        float* smem = static_cast<float*>(emulator::BlockRunner::Active()->dynamic_shared());
+        if (threadIdx.x == 0) smem[0] = 42.0f;
+        stale += std::isnan(smem[0]);
+      });
+    return stale;
+  };
+  const int shuffled = stale_reads(1);
+  std::printf("without the barrier %d of %d threads read shared memory before thread 0 wrote it\n", shuffled,
+              4 * 256);
+  EXPECT_GT(shuffled, 0) << "the missing barrier went unnoticed";
+  EXPECT_EQ(stale_reads(0), 0);
   // And an error names the seed the threads ran in.
   runner.SetOrderSeed(7);
   try {
@@ -211,10 +251,59 @@ TEST(CudaEmulator, ShuffledThreadOrderExposesAMissingBarrier) {
   }
 }
 
+// The detector's ordering rules, access by access.
+TEST(SharedRaceDetector, OrdersByBarriersAndBySyncwarpOfBothLanes) {
+  using Detector = emulator::SharedRaceDetector;
+  Detector d;
+  d.StartBlock(64, 16);
+  EXPECT_FALSE(d.Touch(0, 0, 4, true));
+  EXPECT_FALSE(d.Touch(0, 0, 4, false)) << "a thread's own accesses are ordered";
+  auto race = d.Touch(1, 2, 4, false);
+  ASSERT_TRUE(race);
+  EXPECT_EQ(race->offset, 2u);
+  EXPECT_EQ(race->earlier.thread, 0u);
+  EXPECT_TRUE(race->earlier.write);
+  EXPECT_EQ(race->later.thread, 1u);
+  EXPECT_FALSE(race->later.write);
+  EXPECT_FALSE(d.Touch(1, 4, 4, false)) << "bytes 4-7 were never written: reads do not race with reads";
+  EXPECT_FALSE(d.Touch(2, 4, 4, false));
+
+  d.Barrier();
+  EXPECT_FALSE(d.Touch(5, 0, 4, false)) << "the barrier orders the write before";
+  EXPECT_FALSE(d.Touch(6, 0, 4, false));
+  race = d.Touch(6, 0, 1, true);
+  ASSERT_TRUE(race) << "thread 5's read, kept though thread 6 read since";
+  EXPECT_EQ(race->earlier.thread, 5u);
+
+  // __syncwarp orders the lanes of its mask, transitively, and no others.
+  d.Barrier();
+  EXPECT_FALSE(d.Touch(0, 8, 4, true));
+  d.WarpSync(0, 0x3u);  // lanes 0, 1
+  d.WarpSync(0, 0x6u);  // lanes 1, 2
+  EXPECT_FALSE(d.Touch(2, 8, 4, false)) << "0 -> 1 -> 2";
+  EXPECT_TRUE(d.Touch(3, 8, 4, false)) << "lane 3 took part in neither";
+  EXPECT_TRUE(d.Touch(32, 8, 4, false)) << "warp 1's lanes are not ordered by warp 0's __syncwarp";
+  d.Barrier();
+  EXPECT_FALSE(d.Touch(1, 12, 4, true));
+  d.WarpSync(0, 0xffffffffu);
+  EXPECT_FALSE(d.Touch(2, 12, 4, true));
+  EXPECT_TRUE(d.Touch(1, 12, 4, false)) << "lane 2's write came after the __syncwarp";
+
+  // Bytes marked as the emulator's own never race; a new block forgets all.
+  d.Ignore(0, 4);
+  d.Barrier();
+  EXPECT_FALSE(d.Touch(0, 0, 4, true));
+  EXPECT_FALSE(d.Touch(1, 0, 4, true));
+  EXPECT_FALSE(d.Touch(1, 4, 4, true));
+  d.StartBlock(64, 16);
+  EXPECT_FALSE(d.Touch(2, 4, 4, true));
+}
+
 // A planted lockstep assumption: lanes swap values through shared memory,
 // each writing its slot and reading its neighbour's. Lanes need not run in
 // lockstep, so without __syncwarp the read may come before the neighbour's
-// write; the emulator's shuffled lanes make it come first in some.
+// write: the race check stops it (without the check, the emulator's
+// shuffled lanes make the read come first in some).
 __global__ void NeighbourSwapKernel(float* out, int sync) {
   HM_DYNAMIC_SHARED(float, smem);
   smem[threadIdx.x] = static_cast<float>(threadIdx.x);
@@ -238,11 +327,19 @@ __global__ void MaskWithAbsentLanesKernel(float* out) {
 TEST(CudaEmulator, SyncwarpAndPartialMasks) {
   const char* seed = std::getenv("HETERMOE_EMULATED_SEED");
   const bool shuffled = seed == nullptr || std::string(seed) != "0";
+  const char* race_check = std::getenv("HETERMOE_EMULATED_RACES");
+  const bool races = race_check == nullptr || std::string(race_check) != "0";
   Device<float> out(4 * 64);
   HM_LAUNCH(NeighbourSwapKernel, 4, 64, 64 * sizeof(float), nullptr)(out.p, 1);
   auto o = out.Get();
   for (int t = 0; t < 4 * 64; ++t) ASSERT_EQ(o[t], static_cast<float>((t % 64) ^ 1)) << "with __syncwarp";
-  if (shuffled) {
+  if (races) {
+    const std::string error =
+        RaceError([&] { HM_LAUNCH(NeighbourSwapKernel, 4, 64, 64 * sizeof(float), nullptr)(out.p, 0); });
+    std::printf("%s\n", error.c_str());
+    EXPECT_NE(error.find("kernel NeighbourSwapKernel"), std::string::npos) << error;
+    EXPECT_NE(error.find("no __syncwarp both lanes took part in"), std::string::npos) << error;
+  } else if (shuffled) {
     HM_LAUNCH(NeighbourSwapKernel, 4, 64, 64 * sizeof(float), nullptr)(out.p, 0);
     int stale = 0;
     for (float v : out.Get()) stale += std::isnan(v);
