@@ -6,14 +6,20 @@
 // kernels/gemm.cc, so the emulated tests check gemm.cc's row-major to
 // column-major mapping for real; arguments cuBLAS would reject (negative
 // sizes, a leading dimension too small for its matrix, mixed input types)
-// are rejected the same way, and operands must be device memory.
+// are rejected the same way (at the call, as cuBLAS returns its status),
+// and operands must be device memory. A GEMM runs on its handle's stream, in
+// that stream's order with the rest of its work (streams.h): a GEMM whose
+// inputs another stream writes without an event between reads them stale,
+// and the grouped GEMM reads its device arrays of pointers when it runs.
 #include <cublas_v2.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/device_api.h"
+#include "kernels/emulator/streams.h"
 
 namespace hetermoe::emulator {
 namespace {
@@ -36,30 +42,55 @@ long long ElementBytes(cudaDataType_t type) { return type == CUDA_R_32F ? 4 : 2;
 
 bool SupportedInput(cudaDataType_t t) { return t == CUDA_R_32F || t == CUDA_R_16F || t == CUDA_R_16BF; }
 
-void CheckOperand(const void* p, long long rows, long long cols, long long ld, long long element_bytes,
-                  const char* which) {
+// Throws unless operand `index` (0 = A, 1 = B, 2 = C) lies in device memory.
+void CheckOperand(const char* call, int index, const void* p, long long rows, long long cols, long long ld,
+                  long long element_bytes) {
   if (rows == 0 || cols == 0) return;
   const long long bytes = ((cols - 1) * ld + rows) * element_bytes;
-  CheckKernelPointer("cublasGemmEx", 0, p);
-  CheckKernelPointer("cublasGemmEx", 0, static_cast<const char*>(p) + bytes - 1);
-  (void)which;
+  CheckKernelPointer(call, index, p);
+  CheckKernelPointer(call, index, static_cast<const char*>(p) + bytes - 1);
 }
 
-cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
-                    const void* A, cudaDataType_t at, int lda, const void* B, cudaDataType_t bt, int ldb,
-                    float beta, void* Cv, cudaDataType_t ct, int ldc) {
+// One problem's arguments.
+struct Problem {
+  cublasOperation_t ta, tb;
+  int m, n, k;
+  float alpha;
+  const void* A;
+  cudaDataType_t at;
+  int lda;
+  const void* B;
+  cudaDataType_t bt;
+  int ldb;
+  float beta;
+  void* C;
+  cudaDataType_t ct;
+  int ldc;
+  const char* call = "cublasGemmEx";  // for errors
+};
+
+// What cuBLAS answers at the call (pointers aside).
+cublasStatus_t Check(const Problem& p) {
+  const auto [ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, Cv, ct, ldc, call] = p;
   if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
   if (ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) return CUBLAS_STATUS_INVALID_VALUE;
   if (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T) return CUBLAS_STATUS_INVALID_VALUE;
-  // op(A) is m x k: stored k x m (ld >= k) when transposed, else m x k (ld >= m).
   const int a_rows = ta == CUBLAS_OP_N ? m : k, b_rows = tb == CUBLAS_OP_N ? k : n;
   if (lda < std::max(1, a_rows) || ldb < std::max(1, b_rows) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
   if (!SupportedInput(at) || at != bt || ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-  CheckOperand(A, a_rows, ta == CUBLAS_OP_N ? k : m, lda, ElementBytes(at), "A");
-  CheckOperand(B, b_rows, tb == CUBLAS_OP_N ? n : k, ldb, ElementBytes(bt), "B");
-  CheckOperand(Cv, m, n, ldc, 4, "C");
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// The product itself, when the stream runs it (Check passed).
+void Run(const Problem& p) {
+  const auto [ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, Cv, ct, ldc, call] = p;
+  if (m == 0 || n == 0) return;
+  const int a_rows = ta == CUBLAS_OP_N ? m : k, b_rows = tb == CUBLAS_OP_N ? k : n;
+  // op(A) is m x k: stored k x m (ld >= k) when transposed, else m x k (ld >= m).
+  CheckOperand(call, 0, A, a_rows, ta == CUBLAS_OP_N ? k : m, lda, ElementBytes(at));
+  CheckOperand(call, 1, B, b_rows, tb == CUBLAS_OP_N ? n : k, ldb, ElementBytes(bt));
+  CheckOperand(call, 2, Cv, m, n, ldc, 4);
   // op(A) row by row and op(B) column by column, widened to fp32 once, so the
   // inner product runs over contiguous memory.
   std::vector<float> a(static_cast<size_t>(m) * k), b(static_cast<size_t>(k) * n);
@@ -77,7 +108,6 @@ cublasStatus_t Gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, in
       float& c = C[i + j * ldc];
       c = beta == 0.0f ? alpha * acc : alpha * acc + beta * c;
     }
-  return CUBLAS_STATUS_SUCCESS;
 }
 
 bool Fp32Compute(cublasComputeType_t t) {
@@ -125,8 +155,11 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
                             cudaDataType Ctype, int ldc, cublasComputeType_t computeType, cublasGemmAlgo_t) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (!hetermoe::emulator::Fp32Compute(computeType)) return CUBLAS_STATUS_NOT_SUPPORTED;
-  return hetermoe::emulator::Gemm(transa, transb, m, n, k, *static_cast<const float*>(alpha), A, Atype, lda, B,
-                                  Btype, ldb, *static_cast<const float*>(beta), C, Ctype, ldc);
+  const hetermoe::emulator::Problem p{transa, transb, m, n, k, *static_cast<const float*>(alpha), A, Atype, lda,
+                                      B, Btype, ldb, *static_cast<const float*>(beta), C, Ctype, ldc};
+  if (const cublasStatus_t s = hetermoe::emulator::Check(p); s != CUBLAS_STATUS_SUCCESS) return s;
+  hetermoe::emulator::Submit(reinterpret_cast<Handle*>(handle)->stream, [p] { hetermoe::emulator::Run(p); });
+  return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOperation_t transa_array[],
@@ -156,15 +189,25 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOpe
     hetermoe::emulator::CheckKernelPointer("cublasGemmGroupedBatchedEx", 10, Barray);
     hetermoe::emulator::CheckKernelPointer("cublasGemmGroupedBatchedEx", 14, Carray);
   }
+  // The sizes are read now (host arrays), the pointers when the GEMMs run.
   const float* alpha = static_cast<const float*>(alpha_array);
   const float* beta = static_cast<const float*>(beta_array);
-  int index = 0;
+  auto problems = std::make_shared<std::vector<hetermoe::emulator::Problem>>();
   for (int g = 0; g < group_count; ++g)
-    for (int i = 0; i < group_size[g]; ++i, ++index) {
-      const cublasStatus_t s = hetermoe::emulator::Gemm(
-          transa_array[g], transb_array[g], m_array[g], n_array[g], k_array[g], alpha[g], Aarray[index], Atype,
-          lda_array[g], Barray[index], Btype, ldb_array[g], beta[g], Carray[index], Ctype, ldc_array[g]);
-      if (s != CUBLAS_STATUS_SUCCESS) return s;
+    for (int i = 0; i < group_size[g]; ++i) {
+      problems->push_back({transa_array[g], transb_array[g], m_array[g], n_array[g], k_array[g], alpha[g], nullptr,
+                           Atype, lda_array[g], nullptr, Btype, ldb_array[g], beta[g], nullptr, Ctype,
+                           ldc_array[g], "cublasGemmGroupedBatchedEx (a pointer read from Aarray/Barray/Carray)"});
+      if (const cublasStatus_t s = hetermoe::emulator::Check(problems->back()); s != CUBLAS_STATUS_SUCCESS) return s;
     }
+  hetermoe::emulator::Submit(reinterpret_cast<Handle*>(handle)->stream, [problems, Aarray, Barray, Carray] {
+    for (size_t i = 0; i < problems->size(); ++i) {
+      hetermoe::emulator::Problem p = (*problems)[i];
+      p.A = Aarray[i];
+      p.B = Barray[i];
+      p.C = Carray[i];
+      hetermoe::emulator::Run(p);
+    }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 
@@ -98,8 +99,9 @@ struct LaunchConfig {
   cudaStream_t stream;
 };
 // Validates the configuration against the emulated device's limits (an
-// invalid one sets cudaGetLastError's error, as on a GPU) and runs `thread`
-// once per thread of the grid.
+// invalid one sets cudaGetLastError's error, as on a GPU) and puts the grid
+// on the stream: `thread` runs once per thread of the grid when the stream's
+// work runs (streams.h).
 void RunGrid(const LaunchConfig& config, const std::function<void()>& thread);
 // Throws when a pointer argument is neither null nor inside device memory
 // from cudaMalloc (a host pointer handed to a kernel faults on a GPU).
@@ -111,10 +113,11 @@ class Launcher {
   Launcher(LaunchConfig config, void (*kernel)(Params...)) : config_(config), kernel_(kernel) {}
   template <typename... Args>
   void operator()(Args&&... args) const {
-    // Arguments are converted and copied at launch, as the CUDA ABI does.
-    const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-    CheckPointers(params, std::index_sequence_for<Params...>{});
-    RunGrid(config_, [&] { std::apply(kernel_, params); });
+    // Arguments are converted and copied at launch, as the CUDA ABI does;
+    // the grid runs later, with its stream's work (streams.h).
+    auto params = std::make_shared<const std::tuple<std::decay_t<Params>...>>(std::forward<Args>(args)...);
+    CheckPointers(*params, std::index_sequence_for<Params...>{});
+    RunGrid(config_, [params, kernel = kernel_] { std::apply(kernel, *params); });
   }
 
  private:

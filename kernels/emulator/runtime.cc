@@ -1,7 +1,7 @@
 // The CUDA runtime API on the CPU: device memory is host memory tracked in
-// a registry, streams and events are handles whose work completes at once
-// (every call runs in program order, a valid order for any stream graph),
-// and a kernel launch runs its grid block by block (block_runner.h).
+// a registry, streams and events are handles whose work runs later, when
+// something waits for it (streams.h), and a kernel launch runs its grid
+// block by block (block_runner.h).
 //
 // The registry turns the memory bugs a GPU would fault on into errors:
 // copies whose direction does not match their pointers, a range that runs
@@ -110,6 +110,31 @@ void WaitAll(const PendingList& ops) {
   while (!PollAll(ops)) std::this_thread::sleep_for(std::chrono::microseconds(50));
 }
 
+// Deferred work's errors, thrown by the host's next synchronising call.
+std::mutex deferred_error_mu;
+std::exception_ptr deferred_error;
+
+// A kernel, copy or GEMM on a stream (Submit): runs once, when polled.
+class DeferredWork final : public PendingOp {
+ public:
+  explicit DeferredWork(std::function<void()> work) : work_(std::move(work)) {}
+  bool Poll() override {  // InOrder polls it under its lock, and never again once complete
+    if (!work_) return true;
+    const std::function<void()> work = std::move(work_);
+    work_ = nullptr;
+    try {
+      work();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(deferred_error_mu);
+      if (!deferred_error) deferred_error = std::current_exception();
+    }
+    return true;
+  }
+
+ private:
+  std::function<void()> work_;
+};
+
 thread_local cudaError_t last_error = cudaSuccess;
 
 cudaError_t Fail(cudaError_t err) {
@@ -197,35 +222,33 @@ void DrainStream(cudaStream_t s) {
   {
     auto& r = registry();
     std::lock_guard<std::mutex> lock(r.mu);
+    // Another host thread may have destroyed it since the caller looked.
+    const bool legacy = s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread;
+    if (!legacy && !r.streams.count(s)) return;
     ops.swap(StateOf(s).pending);
   }
   WaitAll(ops);
 }
 
-void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
-  const unsigned long long threads = 1ull * c.block.x * c.block.y * c.block.z;
-  if (c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || threads == 0 || threads > 1024 || c.block.z > 64 ||
-      c.grid.y > 65535 || c.grid.z > 65535 || c.grid.x > 0x7fffffffu) {
-    Fail(cudaErrorInvalidConfiguration);
-    return;
+void Submit(cudaStream_t s, std::function<void()> work) {
+  // HETERMOE_EMULATED_DEFERRED=0: run now, after the stream's pending work.
+  static const bool deferred = EnvInt("HETERMOE_EMULATED_DEFERRED", 1) != 0;
+  EnqueuePending(s, std::make_shared<DeferredWork>(std::move(work)));
+  if (!deferred) DrainStream(s);
+}
+
+void RethrowDeferredError() {
+  std::exception_ptr error;
+  {
+    std::lock_guard<std::mutex> lock(deferred_error_mu);
+    error = std::exchange(deferred_error, nullptr);
   }
-  if (c.shared_bytes > kMaxDynamicShared) {
-    Fail(cudaErrorInvalidValue);
-    return;
-  }
-  if (!ValidStream(c.stream)) {
-    Fail(cudaErrorInvalidResourceHandle);
-    return;
-  }
-  if (const int regs = KernelRegisters(c.kernel); regs > 0 && !RegistersFit(regs, threads)) {
-    std::fprintf(stderr,
-                 "CUDA emulator: kernel %s: %llu threads of %d registers need more than an SM's 65536 "
-                 "(cudaErrorLaunchOutOfResources; a __launch_bounds__ would make ptxas fit them)\n",
-                 c.kernel, threads, regs);
-    Fail(cudaErrorLaunchOutOfResources);
-    return;
-  }
-  DrainStream(c.stream);
+  if (error) std::rethrow_exception(error);
+}
+
+namespace {
+// Runs a launch's blocks, on whichever host thread runs the stream's work.
+void RunBlocks(const LaunchConfig& c, const std::function<void()>& thread) {
   CatchOutOfBoundsOnThisThread();
   thread_local BlockRunner runner;
   // HETERMOE_EMULATED_SEED: blocks, and each block's threads, run in an order
@@ -260,6 +283,33 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
   std::mt19937_64 rng(seed ^ std::hash<std::string_view>{}(c.kernel));
   std::shuffle(order.begin(), order.end(), rng);
   for (const uint3& b : order) run_block(b);
+}
+}  // namespace
+
+void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
+  const unsigned long long threads = 1ull * c.block.x * c.block.y * c.block.z;
+  if (c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || threads == 0 || threads > 1024 || c.block.z > 64 ||
+      c.grid.y > 65535 || c.grid.z > 65535 || c.grid.x > 0x7fffffffu) {
+    Fail(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (c.shared_bytes > kMaxDynamicShared) {
+    Fail(cudaErrorInvalidValue);
+    return;
+  }
+  if (!ValidStream(c.stream)) {
+    Fail(cudaErrorInvalidResourceHandle);
+    return;
+  }
+  if (const int regs = KernelRegisters(c.kernel); regs > 0 && !RegistersFit(regs, threads)) {
+    std::fprintf(stderr,
+                 "CUDA emulator: kernel %s: %llu threads of %d registers need more than an SM's 65536 "
+                 "(cudaErrorLaunchOutOfResources; a __launch_bounds__ would make ptxas fit them)\n",
+                 c.kernel, threads, regs);
+    Fail(cudaErrorLaunchOutOfResources);
+    return;
+  }
+  Submit(c.stream, [c, thread] { RunBlocks(c, thread); });
 }
 
 // --- kernel costs (kernel_costs.h) ---
@@ -377,14 +427,25 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   p->multiProcessorCount = 1;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() {
+namespace {
+// Every stream's work, the streams drained in a shuffled order (streams.h).
+void DrainAllStreams() {
   std::vector<cudaStream_t> streams = {nullptr};
   {
     auto& r = registry();
     std::lock_guard<std::mutex> lock(r.mu);
     for (const void* s : r.streams) streams.push_back(static_cast<cudaStream_t>(const_cast<void*>(s)));
   }
+  static std::atomic<uint64_t> round{0};
+  std::mt19937_64 rng(static_cast<uint64_t>(EnvInt("HETERMOE_EMULATED_SEED", 1)) + round++);
+  std::shuffle(streams.begin(), streams.end(), rng);
   for (cudaStream_t s : streams) DrainStream(s);
+}
+}  // namespace
+
+cudaError_t cudaDeviceSynchronize() {
+  DrainAllStreams();
+  hetermoe::emulator::RethrowDeferredError();
   return cudaSuccess;
 }
 
@@ -409,7 +470,12 @@ cudaError_t cudaFree(void* p) {
     auto it = r.allocations.find(static_cast<const char*>(p));
     if (it == r.allocations.end()) return Fail(cudaErrorInvalidValue);  // not a base pointer, or freed
     bytes = it->second;
-    r.allocations.erase(it);
+  }
+  DrainAllStreams();  // cudaFree waits for the device, so no pending work still uses the block
+  {
+    auto& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.allocations.erase(static_cast<const char*>(p));
   }
   GuardedFree(p, bytes);
   return cudaSuccess;
@@ -427,6 +493,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return cudaMallocHost(p, bytes); }
 cudaError_t cudaFreeHost(void* p) {
   if (p == nullptr) return cudaSuccess;
+  DrainAllStreams();  // as cudaFree: no pending copy still uses it
   {
     auto& r = registry();
     std::lock_guard<std::mutex> lock(r.mu);
@@ -442,7 +509,8 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   CheckCopy(dst, src, bytes, kind, "cudaMemcpy");
-  DrainStream(nullptr);
+  DrainStream(nullptr);  // the legacy default stream (the project's streams are non-blocking)
+  hetermoe::emulator::RethrowDeferredError();
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
@@ -452,45 +520,35 @@ bool InPinnedMemory(const void* p, size_t bytes) {
   return hetermoe::emulator::InOneBlock(hetermoe::emulator::registry().pinned, p, bytes);
 }
 
-// A device-to-host copy into page-locked memory, delivered when its stream
-// next completes work (a synchronisation, an event query, later work on the
-// stream). Until then the host bytes read as NaN.
-class HostDelivery final : public hetermoe::emulator::PendingOp {
- public:
-  HostDelivery(void* dst, const void* src, size_t bytes)
-      : dst_(dst), data_(static_cast<const char*>(src), static_cast<const char*>(src) + bytes) {}
-  bool Poll() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!delivered_) std::memcpy(dst_, data_.data(), data_.size());
-    delivered_ = true;
-    return true;
-  }
-
- private:
-  std::mutex mu_;
-  void* dst_;
-  std::vector<char> data_;
-  bool delivered_ = false;
-};
 }  // namespace
 
-// Device to pageable host memory is synchronous (the call returns once the
-// copy is done), as CUDA documents; into page-locked memory it is not: the
-// bytes are poisoned until the stream is synchronised, so a host read that
-// forgot the synchronisation sees NaN instead of the right value by luck.
+// As CUDA documents: a copy into pageable host memory is synchronous (the
+// call returns once the copy is done); one from pageable host memory is
+// staged at the call (later changes to the source do not reach it);
+// anything else runs with the stream's work, reading its source then. Until
+// a copy into page-locked memory has run, the destination reads as NaN, so a
+// host read that forgot the synchronisation sees NaN instead of the right
+// value by luck.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
   if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
   CheckCopy(dst, src, bytes, kind, "cudaMemcpyAsync");
-  DrainStream(s);
   if (bytes == 0) return cudaSuccess;
-  const bool to_host = !hetermoe::emulator::InDeviceMemory(dst, bytes);
-  if (to_host && hetermoe::emulator::InDeviceMemory(src, bytes) && InPinnedMemory(dst, bytes)) {
-    auto delivery = std::make_shared<HostDelivery>(dst, src, bytes);
-    std::memset(dst, 0xFF, bytes);
-    hetermoe::emulator::EnqueuePending(s, std::move(delivery));
+  const bool dst_device = hetermoe::emulator::InDeviceMemory(dst, bytes);
+  const bool src_device = hetermoe::emulator::InDeviceMemory(src, bytes);
+  if (!dst_device && !InPinnedMemory(dst, bytes)) {
+    DrainStream(s);
+    hetermoe::emulator::RethrowDeferredError();
+    std::memmove(dst, src, bytes);
     return cudaSuccess;
   }
-  std::memmove(dst, src, bytes);
+  if (!dst_device) std::memset(dst, 0xFF, bytes);
+  if (!src_device && !InPinnedMemory(src, bytes)) {
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                      static_cast<const char*>(src) + bytes);
+    hetermoe::emulator::Submit(s, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+  } else {
+    hetermoe::emulator::Submit(s, [dst, src, bytes] { std::memmove(dst, src, bytes); });
+  }
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
@@ -498,8 +556,7 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
   if (bytes == 0) return cudaSuccess;
   if (!hetermoe::emulator::InDeviceMemory(p, bytes))
     hetermoe::emulator::Bug("cudaMemsetAsync: " + std::to_string(bytes) + " bytes not inside one device allocation");
-  DrainStream(s);
-  std::memset(p, value, bytes);
+  hetermoe::emulator::Submit(s, [p, value, bytes] { std::memset(p, value, bytes); });
   return cudaSuccess;
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, nullptr); }
@@ -530,10 +587,15 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
   return NewHandle<StreamState>(s, &Registry::streams);
 }
 cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
-cudaError_t cudaStreamDestroy(cudaStream_t s) { return DeleteHandle<StreamState>(s, &Registry::streams); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  // The stream's pending work still completes, as on a GPU.
+  if (s != nullptr && ValidStream(s)) DrainStream(s);
+  return DeleteHandle<StreamState>(s, &Registry::streams);
+}
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
   DrainStream(s);
+  hetermoe::emulator::RethrowDeferredError();
   return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
@@ -572,12 +634,15 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
 cudaError_t cudaEventQuery(cudaEvent_t e) {
   Event* ev = FindEvent(e);
   if (ev == nullptr) return Fail(cudaErrorInvalidResourceHandle);
-  return hetermoe::emulator::PollAll(ev->waits) ? cudaSuccess : cudaErrorNotReady;
+  const bool done = hetermoe::emulator::PollAll(ev->waits);
+  hetermoe::emulator::RethrowDeferredError();
+  return done ? cudaSuccess : cudaErrorNotReady;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   Event* ev = FindEvent(e);
   if (ev == nullptr) return Fail(cudaErrorInvalidResourceHandle);
   WaitAll(ev->waits);
+  hetermoe::emulator::RethrowDeferredError();
   return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {

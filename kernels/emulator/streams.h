@@ -1,15 +1,25 @@
-// Emulated streams that can hold work which completes later: NCCL
-// operations waiting on a peer (nccl.cc, between threads or processes). Everything else an emulated
-// stream runs completes when it is issued, but first waits for the stream's
-// pending operations, so stream order holds: a kernel launched after a
-// receive sees the received data, as on a GPU. Pending operations run in
-// stream order too: one starts (its first Poll) only after everything
-// before it on its stream, including the work of events it waits for, has
-// completed, as a GPU runs one NCCL kernel after the other on a stream.
+// Emulated streams hold work that runs later, as a GPU's do: kernels,
+// copies, memsets and cuBLAS GEMMs run only when something needs them done
+// (a synchronisation, an event query or wait, a synchronous copy, or later
+// work that depends on them), and NCCL operations wait for their peers
+// (nccl.cc, between threads or processes). Work on a stream runs in stream
+// order: one operation starts (its first Poll) only after everything before
+// it on its stream, including the work of events it waits for, has
+// completed; work on different streams has no order unless an event gives
+// it one, and cudaDeviceSynchronize drains the streams in a shuffled order
+// (HETERMOE_EMULATED_SEED). So a consumer that forgot to wait for another
+// stream reads what was there before, instead of the producer's result by
+// luck. HETERMOE_EMULATED_DEFERRED=0 runs every operation when it is issued
+// (after its stream's pending work), for debugging.
+//
+// An emulator error inside deferred work (a kernel bug, a bad GEMM operand)
+// is thrown by the host's next synchronising call, as a GPU reports a
+// kernel's fault at the next synchronisation.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <memory>
 
 namespace hetermoe::emulator {
@@ -26,7 +36,13 @@ class PendingOp {
 // everything before it on s is complete (poll it to make progress).
 std::shared_ptr<PendingOp> EnqueuePending(cudaStream_t s, std::shared_ptr<PendingOp> op);
 // Blocks until every pending operation on s is complete (like the GPU
-// stream would, it waits forever for a peer that never sends).
+// stream would, it waits forever for a peer that never sends). Does not
+// throw: RethrowDeferredError does.
 void DrainStream(cudaStream_t s);
+// Puts `work` on stream s (nullptr: the legacy default stream), to run as
+// described above; returns at once.
+void Submit(cudaStream_t s, std::function<void()> work);
+// Throws the first error deferred work has raised since the last call.
+void RethrowDeferredError();
 
 }  // namespace hetermoe::emulator

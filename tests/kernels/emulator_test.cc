@@ -3,8 +3,10 @@
 // caught. Kernels here are written exactly as in kernels/*.cu.
 #include "kernels/emulator/device_api.h"
 
+#include <cublas_v2.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -107,6 +109,7 @@ TEST(CudaEmulator, CatchesDivergentBarriersAndPartialWarpShuffles) {
   Device<float> out(64);
   try {
     HM_LAUNCH(DivergentBarrierKernel, 2, 32, 0, nullptr)(out.p);
+    cudaDeviceSynchronize();  // a kernel's fault shows at the next synchronisation
     FAIL() << "divergent __syncthreads not caught";
   } catch (const EmulatorError& e) {
     // Blocks run in a shuffled order: whichever ran first is named.
@@ -115,12 +118,14 @@ TEST(CudaEmulator, CatchesDivergentBarriersAndPartialWarpShuffles) {
   }
   try {
     HM_LAUNCH(EarlyReturnBeforeShuffleKernel, 1, 64, 0, nullptr)(out.p);
+    cudaDeviceSynchronize();  // a kernel's fault shows at the next synchronisation
     FAIL() << "shuffle with a returned lane not caught";
   } catch (const EmulatorError& e) {
     EXPECT_NE(std::string(e.what()).find("threads 31 have returned"), std::string::npos) << e.what();
   }
   try {
     HM_LAUNCH(SumKernel, 1, 48, 0, nullptr)(out.p);  // the second warp has 16 lanes
+    cudaDeviceSynchronize();  // a kernel's fault shows at the next synchronisation
     FAIL() << "shuffle in a partial warp not caught";
   } catch (const EmulatorError& e) {
     EXPECT_NE(std::string(e.what()).find("only 48 threads"), std::string::npos) << e.what();
@@ -188,6 +193,7 @@ __global__ void TableKernel(float* out, int barrier) {
 std::string RaceError(const std::function<void()>& launch) {
   try {
     launch();
+    cudaDeviceSynchronize();  // the launch runs with its stream's work
   } catch (const EmulatorError& e) {
     return e.what();
   }
@@ -355,6 +361,7 @@ TEST(CudaEmulator, SyncwarpAndPartialMasks) {
 
   try {
     HM_LAUNCH(MaskWithAbsentLanesKernel, 1, 32, 0, nullptr)(sums.p);
+    cudaDeviceSynchronize();  // a kernel's fault shows at the next synchronisation
     FAIL() << "a mask whose lanes returned was not caught";
   } catch (const EmulatorError& e) {
     EXPECT_NE(std::string(e.what()).find("kernel MaskWithAbsentLanesKernel"), std::string::npos) << e.what();
@@ -394,6 +401,102 @@ TEST(CudaEmulator, PinnedDeviceToHostCopiesArePoisonedUntilSynchronised) {
   EXPECT_EQ(cudaFreeHost(pinned), cudaSuccess);
   EXPECT_EQ(cudaEventDestroy(done), cudaSuccess);
   EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+}
+
+// Planted cross-stream bugs: work on one stream uses what another stream
+// produces without an event between them. The emulator runs a stream's work
+// only when something waits for it, so the consumer reads the data as it was
+// before the producer (NaN here), not the producer's result by luck.
+__global__ void FillKernel(float* x, float value) { x[threadIdx.x] = value; }
+__global__ void CopyKernel(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x]; }
+
+TEST(CudaEmulator, StreamsRunTheirWorkOnlyWhenWaitedFor) {
+  if (std::getenv("HETERMOE_EMULATED_DEFERRED") != nullptr &&
+      std::string(std::getenv("HETERMOE_EMULATED_DEFERRED")) == "0")
+    GTEST_SKIP() << "HETERMOE_EMULATED_DEFERRED=0";
+  Device<float> x(32), y(32);
+  cudaStream_t producer = nullptr, consumer = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&producer, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&consumer, cudaStreamNonBlocking), cudaSuccess);
+  cudaEvent_t ready = nullptr;
+  ASSERT_EQ(cudaEventCreate(&ready), cudaSuccess);
+  // The bug: no event between the streams.
+  HM_LAUNCH(FillKernel, 1, 32, 0, producer)(x.p, 7.0f);
+  HM_LAUNCH(CopyKernel, 1, 32, 0, consumer)(x.p, y.p);
+  ASSERT_EQ(cudaStreamSynchronize(consumer), cudaSuccess);
+  int stale = 0;
+  for (float v : y.Get()) stale += std::isnan(v);
+  EXPECT_EQ(stale, 32) << "the consumer ran before the producer it never waited for";
+  ASSERT_EQ(cudaStreamSynchronize(producer), cudaSuccess);
+  // Fixed: the consumer waits for an event recorded after the producer.
+  HM_LAUNCH(FillKernel, 1, 32, 0, producer)(x.p, 8.0f);
+  ASSERT_EQ(cudaEventRecord(ready, producer), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(consumer, ready, 0), cudaSuccess);
+  HM_LAUNCH(CopyKernel, 1, 32, 0, consumer)(x.p, y.p);
+  ASSERT_EQ(cudaStreamSynchronize(consumer), cudaSuccess);
+  for (float v : y.Get()) ASSERT_EQ(v, 8.0f);
+  // A host buffer handed to an asynchronous copy from page-locked memory is
+  // read when the copy runs: changing it before then changes what arrives.
+  float* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), 32 * sizeof(float)), cudaSuccess);
+  std::fill(pinned, pinned + 32, 1.0f);
+  ASSERT_EQ(cudaMemcpyAsync(x.p, pinned, 32 * sizeof(float), cudaMemcpyHostToDevice, producer), cudaSuccess);
+  std::fill(pinned, pinned + 32, 2.0f);
+  ASSERT_EQ(cudaStreamSynchronize(producer), cudaSuccess);
+  EXPECT_EQ(x.Get()[0], 2.0f);
+  EXPECT_EQ(cudaFreeHost(pinned), cudaSuccess);
+  EXPECT_EQ(cudaEventDestroy(ready), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(producer), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(consumer), cudaSuccess);
+}
+
+// cuBLAS runs on its handle's stream: a grouped GEMM whose device array of
+// pointers is uploaded on another stream, without an event, reads the array
+// before the upload and fails naming the call (on a GPU: garbage pointers).
+TEST(CudaEmulator, CublasRunsOnItsHandlesStream) {
+  if (std::getenv("HETERMOE_EMULATED_DEFERRED") != nullptr &&
+      std::string(std::getenv("HETERMOE_EMULATED_DEFERRED")) == "0")
+    GTEST_SKIP() << "HETERMOE_EMULATED_DEFERRED=0";
+  Device<float> a(4), b(4), c(4);
+  a.Set({1, 2, 3, 4});
+  b.Set({1, 0, 0, 1});
+  Device<const void*> pointers(3);
+  const std::vector<const void*> host = {a.p, b.p, c.p};
+  cudaStream_t upload = nullptr, compute = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&upload, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+  cublasHandle_t handle = nullptr;
+  ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasSetStream(handle, compute), CUBLAS_STATUS_SUCCESS);
+  const cublasOperation_t op = CUBLAS_OP_N;
+  const int two = 2, one = 1;
+  const float alpha = 1.0f, beta = 0.0f;
+  auto grouped = [&] {
+    const void* const* p = pointers.p;
+    return cublasGemmGroupedBatchedEx(handle, &op, &op, &two, &two, &two, &alpha, p, CUDA_R_32F, &two, p + 1,
+                                      CUDA_R_32F, &two, &beta, const_cast<void* const*>(p + 2), CUDA_R_32F, &two,
+                                      1, &one, CUBLAS_COMPUTE_32F);
+  };
+  ASSERT_EQ(cudaMemcpyAsync(pointers.p, host.data(), sizeof(void*) * 3, cudaMemcpyHostToDevice, upload),
+            cudaSuccess);
+  ASSERT_EQ(grouped(), CUBLAS_STATUS_SUCCESS);
+  try {
+    cudaStreamSynchronize(compute);
+    FAIL() << "the GEMM read its pointer array before the upload";
+  } catch (const EmulatorError& e) {
+    std::printf("%s\n", e.what());
+    EXPECT_NE(std::string(e.what()).find("cublasGemmGroupedBatchedEx"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("is not device memory"), std::string::npos) << e.what();
+  }
+  // Fixed: upload on the handle's stream.
+  ASSERT_EQ(cudaMemcpyAsync(pointers.p, host.data(), sizeof(void*) * 3, cudaMemcpyHostToDevice, compute),
+            cudaSuccess);
+  ASSERT_EQ(grouped(), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
+  EXPECT_EQ(c.Get(), (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_EQ(cublasDestroy(handle), CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(cudaStreamDestroy(upload), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(compute), cudaSuccess);
 }
 
 // One m16n8k16 product of a 16 x 16 A and a 16 x 8 B (both row-major in
@@ -447,6 +550,7 @@ TEST(CudaEmulator, CatchesAnMmaNotEveryLaneReaches) {
   b.Set(std::vector<float>(128, 1.0f));
   try {
     HM_LAUNCH(MmaKernel<__nv_bfloat16>, 1, 32, 0, nullptr)(a.p, b.p, c.p, 16);
+    cudaDeviceSynchronize();  // a kernel's fault shows at the next synchronisation
     FAIL() << "an mma.sync half the warp skipped was not caught";
   } catch (const EmulatorError& e) {
     EXPECT_NE(std::string(e.what()).find("wait at mma.sync"), std::string::npos) << e.what();
@@ -471,6 +575,7 @@ TEST(CudaEmulatorDeathTest, AnAccessPastTheEndOfAnAllocationAbortsNamingTheKerne
         float* p = nullptr;
         cudaMalloc(&p, 64 * sizeof(float));
         HM_LAUNCH(PastTheEndKernel, 1, 65, 0, nullptr)(p, 64);
+        cudaDeviceSynchronize();
       },
       "kernel PastTheEndKernel, block \\(0,0,0\\): out-of-bounds access at .*, 0 bytes past the end of a "
       "256-byte device allocation");
