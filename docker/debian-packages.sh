@@ -8,17 +8,18 @@
 #                                     #   the kube-apiserver, clang for fuzzing,
 #                                     #   Boost.Context for the CUDA emulator,
 #                                     #   PyYAML, ip and openssl for
-#                                     #   tests/e2e's local cluster)
+#                                     #   tests/e2e's local cluster,
+#                                     #   SentencePiece's own spm_encode)
 set -eu
 
 BUILD="build-essential cmake ninja-build pkg-config git ca-certificates
   libopenblas-dev libopenblas0-pthread libyaml-cpp-dev nlohmann-json3-dev
   prometheus-cpp-dev libcpprest-dev libssl-dev libcli11-dev libgloo-dev
-  libgtest-dev libgmock-dev libbenchmark-dev"
+  libgtest-dev libgmock-dev libbenchmark-dev libsentencepiece-dev"
 TEST="python3 python3-torch python3-numpy prometheus etcd-server
   golang-1.19-go golang-github-modern-go-reflect2-dev dpkg-dev clang
   libclang-rt-14-dev curl nodejs libboost-context-dev python3-yaml iproute2
-  openssl"
+  openssl sentencepiece"
 
 case "${1:-build}" in
   build) PKGS="$BUILD" ;;

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The README's main job, from a fresh Debian bookworm machine: install the
 # build dependencies, build hetermoe-trainer, turn real English text (the
-# licences every Debian system ships in /usr/share/common-licenses) into a
-# byte-level token file, and train the small MoE of examples/tiny/ on it.
+# licences every Debian system ships in /usr/share/common-licenses) into
+# tokens with a SentencePiece tokenizer trained on it, and train the small MoE
+# of examples/tiny/ on them.
 # Shows a progress bar, the falling loss and tokens/s; leaves checkpoints in
 # out/tiny/ (checkpoint-100/, final/) and the per-step metrics in
 # out/tiny/metrics.jsonl.

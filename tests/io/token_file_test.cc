@@ -1,5 +1,5 @@
 // Tests of trainer/io/token_file: llm.c-format files with and without the
-// header, id validation, byte tokenisation, and the batch reader's order and
+// header, id validation, and the batch reader's order and
 // wrap-around on examples small enough to check by hand.
 #include "trainer/io/token_file.h"
 
@@ -96,16 +96,6 @@ TEST(TokenFileTest, MalformedFiles) {
   const std::string missing = dir.Path("missing.bin");
   ExpectError([&] { LoadTokenFile(missing, 256); }, missing, "cannot open: No such file or directory");
   ExpectError([&] { WriteTokenFile(dir.Path("w.bin"), {}); }, dir.Path("w.bin"), "no tokens to write");
-}
-
-TEST(TokenFileTest, PrepareByteTokens) {
-  ScratchDir dir;
-  const std::string text = dir.WriteFile("in.txt", std::string("hi!\n\xff", 5));
-  const std::string out = dir.Path("out.bin");
-  EXPECT_EQ(PrepareByteTokens(text, out), 5);
-  EXPECT_EQ(LoadTokenFile(out, 256), (std::vector<uint32_t>{'h', 'i', '!', '\n', 255}));
-  const std::string empty = dir.WriteFile("empty.txt", "");
-  ExpectError([&] { PrepareByteTokens(empty, out); }, empty, "empty text file");
 }
 
 // Nine tokens 0..8, B = 2 sequences of T = 2: a batch needs B*T+1 = 5.

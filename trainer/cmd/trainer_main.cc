@@ -6,7 +6,10 @@
 //
 //   hetermoe-trainer --config run.yaml [--set key=value ...] [--resume DIR|auto]
 //                    [--metrics-port PORT [--metrics-linger SECONDS]] [--no-progress]
-//   hetermoe-trainer prepare-data --input text.txt --output tokens.bin
+//   hetermoe-trainer prepare-data --input a.txt [b.txt ...] --output tokens.bin
+//                    [--tokenizer tokenizer.model [--split file|blank-line]]
+//   hetermoe-trainer train-tokenizer --input corpus.txt [...] --output tokenizer.model
+//                    [--vocab-size 1024]
 #include <CLI/CLI.hpp>
 
 #include <unistd.h>
@@ -18,7 +21,8 @@
 #include <vector>
 
 #include "common/error.h"
-#include "trainer/io/token_file.h"
+#include "trainer/data/prepare.h"
+#include "trainer/data/tokenizer.h"
 #include "trainer/parallel/launcher.h"
 #include "trainer/run/distributed.h"
 #include "trainer/run/progress.h"
@@ -136,17 +140,41 @@ int main(int argc, char** argv) {
   app.add_option("--trace", trace, "Distributed runs: write a Chrome trace (chrome://tracing, Perfetto) of every rank here");
   app.add_flag("--no-progress", no_progress, "No progress bar");
 
-  auto* prep = app.add_subcommand("prepare-data", "Turn a text file into a byte-level token file (vocabulary 256)");
-  std::string text_path, tokens_path;
-  prep->add_option("--input,-i", text_path, "Text file")->required();
-  prep->add_option("--output,-o", tokens_path, "Token file to write")->required();
+  auto* prep = app.add_subcommand(
+      "prepare-data", "Turn text files into a token file: bytes (vocabulary 256), or a SentencePiece tokenizer's ids "
+                      "with an end-of-sequence id after every document");
+  hetermoe::data::DataPreparation preparation;
+  std::string split = "file";
+  prep->add_option("--input,-i", preparation.inputs, "Text files, in order")->required()->expected(1, -1);
+  prep->add_option("--output,-o", preparation.output, "Token file to write")->required();
+  prep->add_option("--tokenizer,-t", preparation.tokenizer, "SentencePiece model (tokenizer.model); default: bytes");
+  prep->add_option("--split", split, "With --tokenizer, a document is a whole file or a blank-line separated block")
+      ->check(CLI::IsMember({"file", "blank-line"}));
+
+  auto* train_tok = app.add_subcommand(
+      "train-tokenizer", "Train a small SentencePiece tokenizer (byte-fallback BPE, exact round trip) on text files");
+  hetermoe::data::TokenizerTraining training;
+  train_tok->add_option("--input,-i", training.inputs, "Text files")->required()->expected(1, -1);
+  train_tok->add_option("--output,-o", training.output, "The tokenizer.model to write")->required();
+  train_tok->add_option("--vocab-size", training.vocab_size, "Vocabulary size (the model's vocab_size must be >= it)")
+      ->check(CLI::Range(300, 1 << 20));
 
   CLI11_PARSE(app, argc, argv);
   InstallStopHandlers();
   try {
     if (*prep) {
-      const int64_t n = hetermoe::io::PrepareByteTokens(text_path, tokens_path);
-      std::fprintf(stderr, "wrote %lld tokens to %s\n", static_cast<long long>(n), tokens_path.c_str());
+      preparation.split = hetermoe::data::ParseDocumentSplit(split);
+      const auto prepared = hetermoe::data::PrepareTokens(preparation);
+      std::fprintf(stderr, "wrote %lld tokens (%lld documents, vocabulary %lld) to %s\n",
+                   static_cast<long long>(prepared.tokens), static_cast<long long>(prepared.documents),
+                   static_cast<long long>(prepared.vocab_size), preparation.output.c_str());
+      return 0;
+    }
+    if (*train_tok) {
+      hetermoe::data::TrainTokenizer(training);
+      const hetermoe::data::Tokenizer trained(training.output);
+      std::fprintf(stderr, "wrote a tokenizer of %lld pieces to %s\n", static_cast<long long>(trained.vocab_size()),
+                   training.output.c_str());
       return 0;
     }
     if (config_path.empty()) {

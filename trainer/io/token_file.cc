@@ -108,15 +108,6 @@ void WriteTokenFile(const std::string& path, const std::vector<uint32_t>& tokens
   out.Finish();
 }
 
-int64_t PrepareByteTokens(const std::string& text_path, const std::string& out_path) {
-  const std::string text = ReadFileBytes(text_path);
-  if (text.empty()) throw Error(text_path + ": empty text file, no tokens to prepare");
-  std::vector<uint32_t> tokens(text.size());
-  for (size_t i = 0; i < text.size(); ++i) tokens[i] = static_cast<unsigned char>(text[i]);
-  WriteTokenFile(out_path, tokens);
-  return static_cast<int64_t>(tokens.size());
-}
-
 BatchReader::BatchReader(const std::vector<uint32_t>* tokens, int64_t batch, int64_t seq_len,
                          const std::string& source)
     : tokens_(tokens), batch_(batch), seq_len_(seq_len), source_(source) {

@@ -19,10 +19,6 @@ std::vector<uint32_t> LoadTokenFile(const std::string& path, int64_t vocab_size)
 // Writes tokens with the llm.c header (uint16 when every id fits, else uint32).
 void WriteTokenFile(const std::string& path, const std::vector<uint32_t>& tokens);
 
-// Byte-level tokenisation (vocabulary 256): every byte of the text is a token.
-// Returns the number of tokens written.
-int64_t PrepareByteTokens(const std::string& text_path, const std::string& out_path);
-
 // Reads global batches as llm.c does: a batch of B sequences of length T takes
 // B*T+1 tokens from the position; sequence i has inputs [p+i*T, p+i*T+T) and
 // targets shifted by one; the position advances by B*T and returns to 0 when

@@ -1,0 +1,36 @@
+// `hetermoe-trainer prepare-data`: text files in, one token file out
+// (trainer/io/token_file.h). Byte-level (every byte a token, vocabulary 256,
+// the files' bytes back to back) or, with a SentencePiece tokenizer, one
+// document after another, each followed by the tokenizer's end-of-sequence
+// id, so that a sequence that spans two documents sees where one ends.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hetermoe::data {
+
+// What one document is: a whole input file, or a block of lines between
+// blank lines (a line that is empty or holds only spaces, tabs or \r).
+enum class DocumentSplit { kFile, kBlankLine };
+DocumentSplit ParseDocumentSplit(const std::string& name);  // "file" | "blank-line"
+
+// Pure: the documents of one file's text. A blank-line block keeps its
+// lines with their newlines; the blank lines between blocks are dropped
+// (the end-of-sequence id stands for them). Empty documents are left out.
+std::vector<std::string> SplitDocuments(const std::string& text, DocumentSplit split);
+
+struct DataPreparation {
+  std::vector<std::string> inputs;  // text files, in this order
+  std::string output;               // the token file
+  std::string tokenizer;            // a SentencePiece .model; empty: bytes
+  DocumentSplit split = DocumentSplit::kFile;
+};
+struct PreparedData {
+  int64_t tokens = 0, documents = 0;
+  int64_t vocab_size = 256;  // the model's vocab_size must be at least this
+};
+PreparedData PrepareTokens(const DataPreparation& preparation);
+
+}  // namespace hetermoe::data
