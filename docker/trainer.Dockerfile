@@ -37,13 +37,14 @@ COPY . .
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DHETERMOE_NATIVE=OFF \
       -DHETERMOE_BUILD_TESTS=OFF -DHETERMOE_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
- && cmake --build /build --target hetermoe-trainer hetermoe-plan hetermoe_cuda_plugin
-# Binaries, the CUDA backend plugin (dlopen'ed from ../lib), and every shared
-# library they load, except the C runtime and the driver, into /opt/hetermoe.
+ && cmake --build /build --target hetermoe-trainer hetermoe-plan hetermoe_cuda_plugin hetermoe_tokenizer_plugin
+# Binaries, the CUDA backend and SentencePiece plugins (dlopen'ed from
+# ../lib), and every shared library they load, except the C runtime and the
+# driver, into /opt/hetermoe.
 RUN mkdir -p /opt/hetermoe/bin /opt/hetermoe/lib \
  && cp /build/trainer/hetermoe-trainer /build/planner/hetermoe-plan /opt/hetermoe/bin/ \
- && cp /build/trainer/libhetermoe_cuda_plugin.so /opt/hetermoe/lib/ \
- && for b in /opt/hetermoe/bin/* /opt/hetermoe/lib/libhetermoe_cuda_plugin.so; do ldd "$b"; done \
+ && cp /build/trainer/libhetermoe_cuda_plugin.so /build/trainer/libhetermoe_tokenizer.so /opt/hetermoe/lib/ \
+ && for b in /opt/hetermoe/bin/* /opt/hetermoe/lib/libhetermoe_*.so; do ldd "$b"; done \
     | awk '/=> \// {print $3}' | sort -u \
     | grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda)\.so' \
     | xargs -r -I{} cp -L {} /opt/hetermoe/lib/

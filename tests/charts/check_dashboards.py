@@ -240,6 +240,10 @@ def start_trainer(args, metrics_port, procs):
          "--set", f"output.dir={args.work}/out", "--set", f"train.steps={STEPS}",
          "--set", f"output.checkpoint_every={CHECKPOINT_EVERY}",
          "--set", "output.keep_checkpoints=1",
+         # A validation file (the training tokens will do) so that the
+         # validation-loss series exists too.
+         "--set", f"data.valid={os.path.join(args.fixture, 'tokens.bin')}",
+         "--set", f"train.eval_every={CHECKPOINT_EVERY}", "--set", "train.eval_batches=1",
          "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
          "--metrics-linger", "90", "--no-progress"],
         stdout=subprocess.DEVNULL, stderr=log, preexec_fn=die_with_parent)

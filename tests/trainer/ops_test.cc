@@ -175,6 +175,30 @@ TEST(RunConfig, ParallelAndEmulateSections) {
                Error);
 }
 
+// data.valid / data.tokenizer resolve like data.train; train.eval_every
+// needs data.valid, and eval_batches must be positive.
+TEST(RunConfig, ValidationDataAndTokenizer) {
+  const std::string base = "model: {config: c.json}\ntrain: {steps: 4, global_batch: 4, seq_len: 8";
+  const auto c = run::ParseRunConfig(base + ", eval_every: 2}\ndata: {train: t.bin, valid: v.bin, tokenizer: "
+                                            "sp/tokenizer.model}\n", "run.yaml", "/w", {});
+  EXPECT_EQ(c.data.valid, "/w/v.bin");
+  EXPECT_EQ(c.data.tokenizer, "/w/sp/tokenizer.model");
+  EXPECT_EQ(c.train.eval_every, 2);
+  EXPECT_EQ(c.train.eval_batches, 4);  // the default
+  for (const auto& [extra, data, needle] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {", eval_every: 2}", "{train: t.bin}", "train.eval_every needs data.valid"},
+           {", eval_every: -1}", "{train: t.bin, valid: v.bin}", "train.eval_every must be >= 0"},
+           {", eval_batches: 0}", "{train: t.bin, valid: v.bin}", "train.eval_batches must be >= 1"},
+           {"}", "{train: t.bin, validation: v.bin}", "validation"}}) {
+    try {
+      run::ParseRunConfig(base + extra + "\ndata: " + data + "\n", "run.yaml", ".", {});
+      ADD_FAILURE() << "accepted " << extra << " " << data;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  }
+}
+
 // HETERMOE_EMULATE: one rank's emulated device (a local cluster's "V100").
 TEST(RunConfig, EmulateFactorsFromTheEnvironment) {
   auto f = run::ParseEmulateFactors("attention=3.7,experts=1.25", "HETERMOE_EMULATE");
@@ -242,6 +266,8 @@ TEST(Progress, FormatsBarLossThroughputAndEta) {
   EXPECT_EQ(run::ProgressBar::Format(50, 100, 2.34567, 12345.4, 65, 10),
             "[#####-----]  50/100 loss 2.3457 | 12,345 tok/s | ETA 1m05s");
   EXPECT_EQ(run::ProgressBar::Format(100, 100, 1.0, 999, 0, 4), "[####] 100/100 loss 1.0000 | 999 tok/s | ETA 0s");
+  EXPECT_EQ(run::ProgressBar::Format(100, 100, 1.0, 999, 0, 4, 1.25),
+            "[####] 100/100 loss 1.0000 val 1.2500 | 999 tok/s | ETA 0s");
 }
 
 TEST(Progress, SparklineFallsWithTheLoss) {

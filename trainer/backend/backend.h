@@ -59,6 +59,10 @@ class Backend {
   // micro-batch, loss scale 1/R): one process runs the micro-batches in turn
   // (MicroBatchBackend), a distributed backend schedules them across ranks.
   virtual StepLoss ComputeGradients(const StepInput& step) = 0;
+  // The loss of a batch, the model and the optimizer unchanged (validation).
+  // It runs the step's forward and backward: the gradients it leaves are
+  // overwritten by the next ComputeGradients, so call it between steps.
+  virtual StepLoss Evaluate(const StepInput& step) { return ComputeGradients(step); }
   // Global-norm clipping (max_norm 0 = off); returns the norm before clipping.
   virtual double ClipGradNorm(double max_norm) = 0;
   virtual void OptimizerStep(double lr) = 0;

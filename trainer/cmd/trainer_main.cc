@@ -109,9 +109,11 @@ int RunTrain(const std::string& config_path, const std::vector<std::string>& ove
     if (losses.size() > 1)
       std::fprintf(stderr, "loss %.3f %s %.3f\n", losses.front(),
                    hetermoe::run::ProgressBar::Sparkline(losses, 60).c_str(), losses.back());
-    std::fprintf(stderr, "trained steps %lld..%lld: final loss %.4f, mean %.0f tok/s; saved %s\n",
+    char val[48] = "";
+    if (last.val_loss) std::snprintf(val, sizeof val, ", validation loss %.4f", *last.val_loss);
+    std::fprintf(stderr, "trained steps %lld..%lld: final loss %.4f%s, mean %.0f tok/s; saved %s\n",
                  static_cast<long long>(result.first_step + 1),
-                 static_cast<long long>(result.last_step), last.loss,
+                 static_cast<long long>(result.last_step), last.loss, val,
                  tps / static_cast<double>(result.steps.size()), result.final_dir.c_str());
   }
   return 0;

@@ -1,73 +1,96 @@
 #include "trainer/data/tokenizer.h"
 
-#include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
+#include <dlfcn.h>
+#include <unistd.h>
 
-#include <thread>
-#include <unordered_map>
+#include <climits>
+#include <cstdlib>
+#include <filesystem>
 
 #include "common/error.h"
 #include "common/file_bytes.h"
 
 namespace hetermoe::data {
+namespace {
 
-Tokenizer::Tokenizer(const std::string& path)
-    : path_(path), processor_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {
-  // Read it ourselves, so a missing file is the usual `cannot open` line.
+constexpr const char* kPluginName = "libhetermoe_tokenizer.so";
+
+// The SentencePiece plugin (sentencepiece_model.h says why it is one): at
+// $HETERMOE_TOKENIZER_PLUGIN, beside the executable, in ../lib, or where the
+// build put it. Loaded once, on first use.
+void* Plugin() {
+  static void* const handle = [] {
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("HETERMOE_TOKENIZER_PLUGIN"); env && *env) candidates.push_back(env);
+    char self[PATH_MAX] = {0};
+    if (::readlink("/proc/self/exe", self, sizeof self - 1) > 0) {
+      const auto dir = std::filesystem::path(self).parent_path();
+      candidates.push_back((dir / kPluginName).string());
+      candidates.push_back((dir / ".." / "lib" / kPluginName).string());
+    }
+#if defined(HETERMOE_TOKENIZER_PLUGIN_PATH)
+    candidates.push_back(HETERMOE_TOKENIZER_PLUGIN_PATH);
+#endif
+    std::string why;
+    for (const auto& c : candidates) {
+      if (!std::filesystem::exists(c)) continue;
+      if (void* h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
+      why = c + ": " + ::dlerror();
+    }
+    throw Error(std::string("SentencePiece tokenizers need ") + kPluginName + ", which " +
+                (why.empty() ? "was not found beside the program, in ../lib or at $HETERMOE_TOKENIZER_PLUGIN"
+                             : "did not load: " + why));
+    return static_cast<void*>(nullptr);
+  }();
+  return handle;
+}
+
+template <typename Fn>
+Fn Entry(const char* name) {
+  auto fn = reinterpret_cast<Fn>(::dlsym(Plugin(), name));
+  if (fn == nullptr) throw Error(std::string(kPluginName) + ": no entry point " + name);
+  return fn;
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer(const std::string& path) : path_(path) {
+  // Read it here, so a missing file is the usual `cannot open` line.
   const std::string bytes = io::ReadFileBytes(path);
-  if (const auto status = processor_->LoadFromSerializedProto(bytes); !status.ok())
-    throw Error(path + ": not a SentencePiece model: " + status.ToString());
+  char error[512] = {0};
+  model_.reset(Entry<LoadTokenizerFn>(kLoadTokenizer)(bytes.data(), bytes.size(), error, sizeof error));
+  if (!model_) throw Error(path + ": not a SentencePiece model: " + error);
 }
 
 Tokenizer::~Tokenizer() = default;
 
 std::vector<uint32_t> Tokenizer::Encode(const std::string& text) const {
-  std::vector<int> ids;
-  if (const auto status = processor_->Encode(text, &ids); !status.ok())
-    throw Error(path_ + ": cannot encode: " + status.ToString());
-  return {ids.begin(), ids.end()};
+  std::vector<uint32_t> ids;
+  std::string error;
+  if (!model_->Encode(text, &ids, &error)) throw Error(path_ + ": cannot encode: " + error);
+  return ids;
 }
 
 std::string Tokenizer::Decode(const std::vector<uint32_t>& ids) const {
-  std::string text;
-  if (const auto status = processor_->Decode(std::vector<int>(ids.begin(), ids.end()), &text); !status.ok())
-    throw Error(path_ + ": cannot decode: " + status.ToString());
+  std::string text, error;
+  if (!model_->Decode(ids, &text, &error)) throw Error(path_ + ": cannot decode: " + error);
   return text;
 }
 
-int64_t Tokenizer::vocab_size() const { return processor_->GetPieceSize(); }
-int64_t Tokenizer::eos_id() const { return processor_->eos_id(); }
+int64_t Tokenizer::vocab_size() const { return model_->vocab_size(); }
+int64_t Tokenizer::eos_id() const { return model_->eos_id(); }
 
 void TrainTokenizer(const TokenizerTraining& t) {
   if (t.inputs.empty()) throw Error("train-tokenizer: no input files");
   std::string inputs;
   for (const std::string& input : t.inputs) {
     io::ReadFileBytes(input);  // a missing input is one line naming it, before training starts
-    inputs += (inputs.empty() ? "" : ",") + input;
+    inputs += (inputs.empty() ? "" : ", ") + input;
   }
-  const int threads = t.threads > 0 ? t.threads : std::max(1u, std::thread::hardware_concurrency());
-  const std::unordered_map<std::string, std::string> options = {
-      {"input", inputs},
-      {"model_type", "bpe"},
-      {"vocab_size", std::to_string(t.vocab_size)},
-      {"byte_fallback", "true"},
-      {"character_coverage", "1.0"},
-      {"normalization_rule_name", "identity"},
-      {"add_dummy_prefix", "false"},
-      {"remove_extra_whitespaces", "false"},
-      {"allow_whitespace_only_pieces", "true"},
-      {"split_digits", "true"},
-      {"hard_vocab_limit", "false"},  // a small corpus may give fewer pieces than asked
-      {"unk_id", "0"},
-      {"bos_id", "1"},
-      {"eos_id", "2"},
-      {"pad_id", "-1"},
-      {"num_threads", std::to_string(threads)},
-      {"minloglevel", "1"},
-  };
   std::string model;
-  if (const auto status = sentencepiece::SentencePieceTrainer::Train(options, nullptr, &model); !status.ok())
-    throw Error(t.output + ": cannot train the tokenizer on " + inputs + ": " + status.ToString());
+  char error[512] = {0};
+  if (Entry<TrainTokenizerFn>(kTrainTokenizer)(&t, &model, error, sizeof error) != 0)
+    throw Error(t.output + ": cannot train the tokenizer on " + inputs + ": " + error);
   io::FileWriter out(t.output);
   out.Write(model.data(), model.size());
   out.Finish();

@@ -1,6 +1,7 @@
 // A SentencePiece tokenizer (the `tokenizer.model` format Mixtral and Llama
-// ship), through Debian's libsentencepiece: load one, encode and decode, and
-// train a small one on a corpus. Errors are hetermoe::Error naming the file.
+// ship), through Debian's libsentencepiece in a plugin loaded on first use
+// (sentencepiece_model.h): load one, encode and decode, and train a small one
+// on a corpus. Errors are hetermoe::Error naming the file.
 #pragma once
 
 #include <cstdint>
@@ -8,9 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
+#include "trainer/data/sentencepiece_model.h"
 
 namespace hetermoe::data {
 
@@ -31,7 +30,7 @@ class Tokenizer {
 
  private:
   std::string path_;
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+  std::unique_ptr<SentencePieceModel> model_;
 };
 
 struct TokenizerTraining {

@@ -61,9 +61,9 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
 
   WriteTextFile(tmp / "config.json",
                 (v.config_json ? *v.config_json : io::MixtralConfigToJson(*v.config)).dump(2) + "\n");
-  for (const std::string& file : v.extra_files) {
-    fs::copy_file(file, tmp / fs::path(file).filename(), fs::copy_options::overwrite_existing, ec);
-    if (ec) throw Error(file + ": cannot copy into the checkpoint: " + ec.message());
+  for (const auto& file : v.extra_files) {
+    fs::copy_file(file.path, tmp / file.name, fs::copy_options::overwrite_existing, ec);
+    if (ec) throw Error(file.path + ": cannot copy into the checkpoint: " + ec.message());
   }
   const auto& ts = v.layout->tensors();
   auto tensor = [&](std::string name, size_t i, StateBuffer b, const float* buffer) {

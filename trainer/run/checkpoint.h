@@ -46,8 +46,12 @@ struct CheckpointView {
   int64_t max_shard_bytes = 0;
   // config.json as written (MixtralConfigToJsonKeeping); null = MixtralConfigToJson(*config).
   const nlohmann::json* config_json = nullptr;
-  // Files copied beside the weights (generation_config.json, tokenizer files).
-  std::vector<std::string> extra_files;
+  // Files copied beside the weights (generation_config.json, tokenizer
+  // files), under the name given.
+  struct ExtraFile {
+    std::string path, name;
+  };
+  std::vector<ExtraFile> extra_files;
 };
 
 // Writes `dir` atomically (replacing an existing folder of that name).

@@ -307,6 +307,7 @@ TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options) {
     m.step = j.value("step", int64_t{0});
     m.loss = j.value("loss", 0.0);
     m.tokens_per_second = j.value("tokens_per_second", 0.0);
+    if (j.contains("val_loss")) m.val_loss = j.value("val_loss", 0.0);
     result.steps.push_back(m);
   }
   if (!result.steps.empty()) {

@@ -116,6 +116,10 @@ void MetricsSink::Record(const StepMetrics& m) {
   }
   if (m.loss_scale != 1.0) line["loss_scale"] = m.loss_scale;
   if (m.step_skipped) line["step_skipped"] = true;
+  if (m.val_loss) {
+    line["val_loss"] = *m.val_loss;
+    line["eval_seconds"] = m.eval_seconds;
+  }
   jsonl_ << line.dump() << '\n';
   jsonl_.flush();
   if (!jsonl_) throw Error(path_ + ": cannot write metrics");
@@ -124,6 +128,16 @@ void MetricsSink::Record(const StepMetrics& m) {
   loss_->Set(m.loss);
   ce_loss_->Set(m.ce_loss);
   aux_loss_->Set(m.aux_loss);
+  if (m.val_loss) {
+    // Registered at the first evaluation: a run without data.valid has no series.
+    if (val_loss_ == nullptr)
+      val_loss_ = &prometheus::BuildGauge()
+                       .Name("hetermoe_trainer_val_loss")
+                       .Help("Validation cross-entropy (data.valid) at the last evaluation")
+                       .Register(*registry_)
+                       .Add({});
+    val_loss_->Set(*m.val_loss);
+  }
   lr_->Set(m.lr);
   grad_norm_->Set(m.grad_norm);
   tokens_per_second_->Set(m.tokens_per_second);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,9 @@ struct StepMetrics {
   std::vector<int64_t> rank_state_bytes;             // per rank: parameters, gradients, AdamW moments held
   double loss_scale = 1.0;                           // fp16 loss scaling (1 = none)
   bool step_skipped = false;                         // fp16: overflow, the optimizer step was skipped
+  // Steps that evaluated data.valid (train.eval_every, and the last step).
+  std::optional<double> val_loss;                    // mean cross-entropy over the evaluation batches
+  double eval_seconds = 0;
 };
 
 class MetricsSink {
@@ -63,6 +67,7 @@ class MetricsSink {
   prometheus::Gauge* step_ = nullptr;
   prometheus::Gauge* loss_ = nullptr;
   prometheus::Gauge* ce_loss_ = nullptr;
+  prometheus::Gauge* val_loss_ = nullptr;
   prometheus::Gauge* aux_loss_ = nullptr;
   prometheus::Gauge* lr_ = nullptr;
   prometheus::Gauge* grad_norm_ = nullptr;

@@ -37,13 +37,15 @@ ProgressBar::ProgressBar(int64_t first_step, int64_t total_steps, bool enabled)
       tty_(::isatty(STDERR_FILENO) == 1), start_(std::chrono::steady_clock::now()) {}
 
 std::string ProgressBar::Format(int64_t step, int64_t total, double loss, double tps,
-                                double eta_seconds, int width) {
+                                double eta_seconds, int width, std::optional<double> val_loss) {
   const int filled = total > 0 ? static_cast<int>(width * step / total) : width;
   std::string bar = "[" + std::string(filled, '#') + std::string(width - filled, '-') + "]";
   char buf[160];
   const int digits = static_cast<int>(std::to_string(total).size());
-  std::snprintf(buf, sizeof buf, " %*lld/%lld loss %.4f | %s tok/s | ETA %s", digits,
-                static_cast<long long>(step), static_cast<long long>(total), loss,
+  char val[32] = "";
+  if (val_loss) std::snprintf(val, sizeof val, " val %.4f", *val_loss);
+  std::snprintf(buf, sizeof buf, " %*lld/%lld loss %.4f%s | %s tok/s | ETA %s", digits,
+                static_cast<long long>(step), static_cast<long long>(total), loss, val,
                 WithThousands(static_cast<int64_t>(tps + 0.5)).c_str(), Duration(eta_seconds).c_str());
   return bar + buf;
 }
@@ -71,13 +73,14 @@ std::string ProgressBar::Sparkline(const std::vector<double>& values, int width)
   return out;
 }
 
-void ProgressBar::Update(int64_t step, double loss, double tps) {
+void ProgressBar::Update(int64_t step, double loss, double tps, std::optional<double> val_loss) {
   if (!enabled_) return;
+  if (val_loss) val_loss_ = val_loss;
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const int64_t done = step - first_step_;
   const double eta = done > 0 ? elapsed / done * (total_ - step) : NAN;
-  const std::string line = Format(step, total_, loss, tps, eta, 30);
+  const std::string line = Format(step, total_, loss, tps, eta, 30, val_loss_);
   if (tty_) {
     std::fprintf(stderr, "\r%s\033[K", line.c_str());
   } else {

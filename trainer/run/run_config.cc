@@ -90,6 +90,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
 
   Section data(root["data"], "data", source);
   data.Get("train", &c.data.train, true);
+  data.Get("valid", &c.data.valid);
+  data.Get("tokenizer", &c.data.tokenizer);
   data.Finish();
 
   Section train(root["train"], "train", source);
@@ -115,6 +117,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   train.Get("recompute", &t.recompute);
   train.Get("device", &t.device);
   train.Get("precision", &t.precision);
+  train.Get("eval_every", &t.eval_every);
+  train.Get("eval_batches", &t.eval_batches);
   train.Finish();
   if (betas.size() != 2) train.Fail("train.betas", "must be a list of two numbers");
   t.beta1 = betas[0];
@@ -127,6 +131,10 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
                                           ") must divide train.global_batch (" +
                                           std::to_string(t.global_batch) + ")");
   if (t.seq_len < 1) train.Fail("train.seq_len", "must be >= 1");
+  if (t.eval_every < 0) train.Fail("train.eval_every", "must be >= 0 (0 = after the last step)");
+  if (t.eval_batches < 1) train.Fail("train.eval_batches", "must be >= 1");
+  if (t.eval_every > 0 && c.data.valid.empty())
+    train.Fail("train.eval_every", "needs data.valid, the token file to evaluate on");
   if (!(t.lr > 0)) train.Fail("train.lr", "must be > 0");
   if (t.schedule != "constant" && t.schedule != "cosine")
     train.Fail("train.schedule", "must be constant or cosine (got \"" + t.schedule + "\")");
@@ -222,6 +230,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   c.model.config = ResolvePath(c.model.config, "model.config", base_dir, overridden);
   c.model.init = ResolvePath(c.model.init, "model.init", base_dir, overridden);
   c.data.train = ResolvePath(c.data.train, "data.train", base_dir, overridden);
+  c.data.valid = ResolvePath(c.data.valid, "data.valid", base_dir, overridden);
+  c.data.tokenizer = ResolvePath(c.data.tokenizer, "data.tokenizer", base_dir, overridden);
   c.output.dir = ResolvePath(c.output.dir, "output.dir", base_dir, overridden);
   return c;
 }

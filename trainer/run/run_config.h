@@ -23,7 +23,9 @@ struct RunConfig {
   } model;
 
   struct Data {
-    std::string train;   // token file
+    std::string train;      // token file
+    std::string valid;      // optional token file for the validation loss
+    std::string tokenizer;  // optional SentencePiece model: its vocabulary is checked, checkpoints carry it
   } data;
 
   struct Train {
@@ -47,6 +49,8 @@ struct RunConfig {
     double loss_scale_init = 65536.0;  // fp16: the first dynamic loss scale  // most model state (params, grads, AdamW moments) one rank may hold; 0 = none
     std::string device = "auto"; // auto | cpu | cuda
     std::string precision = "fp32";  // GPU GEMM format: fp32 | bf16 | fp16 | auto (per GPU generation)
+    int64_t eval_every = 0;      // with data.valid: the validation loss every this many steps (0 = after the last)
+    int64_t eval_batches = 4;    // global batches from the start of data.valid per evaluation
   } train;
 
   // Distributed run (zebra parallelism). Absent = one process.

@@ -15,6 +15,7 @@
 #include "common/file_bytes.h"
 #include "common/mixtral_config.h"
 #include "trainer/backend/backend.h"
+#include "trainer/data/tokenizer.h"
 #include "trainer/io/token_file.h"
 #include "trainer/model/parameters.h"
 #include "trainer/ops/gemm.h"
@@ -105,14 +106,25 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   std::vector<std::string> unused_keys;
   const nlohmann::json exported_config = io::MixtralConfigToJsonKeeping(
       config, nlohmann::json::parse(io::ReadFileBytes(rc.model.config), nullptr, false), &unused_keys);
-  std::vector<std::string> companion_files;
+  std::vector<CheckpointView::ExtraFile> companion_files;
   if (!rc.model.init.empty()) {
     const fs::path init(rc.model.init);
     const fs::path folder = fs::is_directory(init) ? init : init.parent_path();
     if (fs::is_directory(init) || init.filename() == "model.safetensors.index.json")
       for (const char* name : {"generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                                "special_tokens_map.json"})
-        if (fs::is_regular_file(folder / name)) companion_files.push_back((folder / name).string());
+        if (fs::is_regular_file(folder / name)) companion_files.push_back({(folder / name).string(), name});
+  }
+  // data.tokenizer: its ids must be embeddings of the model; checkpoints carry
+  // it as tokenizer.model (where Hugging Face's Llama/Mixtral tokenizers look).
+  if (!rc.data.tokenizer.empty()) {
+    const data::Tokenizer tokenizer(rc.data.tokenizer);
+    if (tokenizer.vocab_size() > config.vocab_size)
+      throw Error(rc.data.tokenizer + ": the tokenizer's " + std::to_string(tokenizer.vocab_size()) +
+                  " pieces exceed the model's vocab_size " + std::to_string(config.vocab_size) + " (" +
+                  rc.model.config + ")");
+    std::erase_if(companion_files, [](const auto& f) { return f.name == "tokenizer.model"; });
+    companion_files.push_back({rc.data.tokenizer, "tokenizer.model"});
   }
   if (t.seq_len > config.max_position_embeddings)
     throw Error(rc.source + ": train.seq_len " + std::to_string(t.seq_len) +
@@ -126,6 +138,17 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
 
   const std::vector<uint32_t> tokens = io::LoadTokenFile(rc.data.train, config.vocab_size);
   io::BatchReader reader(&tokens, t.global_batch, t.seq_len, rc.data.train);
+  // data.valid: every evaluation reads its first eval_batches global batches.
+  std::vector<uint32_t> valid_tokens;
+  if (!rc.data.valid.empty()) {
+    valid_tokens = io::LoadTokenFile(rc.data.valid, config.vocab_size);
+    const int64_t batches = (static_cast<int64_t>(valid_tokens.size()) - 1) / (t.global_batch * t.seq_len);
+    if (batches < t.eval_batches)
+      throw Error(rc.data.valid + ": " + std::to_string(valid_tokens.size()) + " tokens hold " +
+                  std::to_string(batches) + " global batches of " + std::to_string(t.global_batch) + " x " +
+                  std::to_string(t.seq_len) + " (+1), fewer than train.eval_batches " +
+                  std::to_string(t.eval_batches));
+  }
   const model::ParameterLayout layout(config);
   std::unique_ptr<DistributedRun> dist_run;
   if (rc.parallel.enabled) dist_run = JoinDistributedRun(rc, config, layout, options);
@@ -238,6 +261,18 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     metrics->RecordCheckpoint(Seconds(c0, Clock::now()));
   };
 
+  // The validation loss: the mean cross-entropy over the evaluation batches,
+  // with the weights as they are after this step's update.
+  auto evaluate = [&] {
+    io::BatchReader valid(&valid_tokens, t.global_batch, t.seq_len, rc.data.valid);
+    double ce = 0;
+    for (int64_t b = 0; b < t.eval_batches; ++b) {
+      valid.Next(inputs.data(), targets.data());
+      ce += engine->Evaluate({inputs.data(), targets.data(), t.global_batch, t.seq_len, R}).ce;
+    }
+    return ce / static_cast<double>(t.eval_batches);
+  };
+
   while (state.step < t.steps) {
     const auto t0 = Clock::now();
     const int64_t step = state.step + 1;
@@ -270,11 +305,16 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     m.tokens = step_tokens;
     m.step_seconds = Seconds(t0, Clock::now());
     m.tokens_per_second = step_tokens / std::max(m.step_seconds, 1e-9);
+    if (!valid_tokens.empty() && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps)) {
+      const auto e0 = Clock::now();
+      m.val_loss = evaluate();
+      m.eval_seconds = Seconds(e0, Clock::now());
+    }
     if (!std::isfinite(m.loss))
       throw Error("step " + std::to_string(step) + ": loss is " + std::to_string(m.loss) +
                   " (diverged); lower train.lr or enable train.grad_clip");
     if (metrics) metrics->Record(m);
-    progress.Update(step, m.loss, m.tokens_per_second);
+    progress.Update(step, m.loss, m.tokens_per_second, m.val_loss);
     if (options.on_step) options.on_step(m);
     result.steps.push_back(m);
     if (rc.output.checkpoint_every > 0 && step % rc.output.checkpoint_every == 0 && step < t.steps) {
