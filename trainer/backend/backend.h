@@ -77,11 +77,16 @@ class Backend {
 class MicroBatchBackend : public Backend {
  public:
   StepLoss ComputeGradients(const StepInput& step) override;
+  // The micro-batches' forward passes only (Forward).
+  StepLoss Evaluate(const StepInput& step) override;
 
   virtual void ZeroGrads() = 0;
   // Forward and backward of one micro-batch; gradients of loss_scale * loss
   // are added to the backend's gradient buffer. Token ids live on the host.
   virtual model::LossParts ForwardBackward(const model::MicroBatch& batch, float loss_scale) = 0;
+  // The loss of one micro-batch, gradients untouched. By default a forward
+  // and backward whose gradients the next step's ZeroGrads drops.
+  virtual model::LossParts Forward(const model::MicroBatch& batch) { return ForwardBackward(batch, 1.0f); }
   // (token, slot) assignments per [layer][expert] of the last micro-batch.
   virtual std::vector<std::vector<int64_t>> ExpertCounts() const = 0;
 };

@@ -4,25 +4,40 @@
 
 namespace hetermoe::backend {
 
-StepLoss MicroBatchBackend::ComputeGradients(const StepInput& step) {
-  ZeroGrads();
+namespace {
+
+// Runs `run` on each micro-batch of the step and averages its losses.
+template <typename Run>
+StepLoss OverMicroBatches(const StepInput& step, MicroBatchBackend& backend, Run run) {
   StepLoss out;
   const int64_t R = step.micro_batches, per = step.global_batch / R;
   const int64_t tokens = per * step.seq_len;
   for (int64_t j = 0; j < R; ++j) {
     const model::MicroBatch mb{step.inputs + j * tokens, step.targets + j * tokens, per,
                                step.seq_len};
-    const model::LossParts loss = ForwardBackward(mb, 1.0f / static_cast<float>(R));
+    const model::LossParts loss = run(mb);
     out.loss += loss.total / R;
     out.ce += loss.ce / R;
     out.aux += loss.aux / R;
-    const auto counts = ExpertCounts();
+    const auto counts = backend.ExpertCounts();
     if (out.expert_tokens.empty())
       out.expert_tokens.assign(counts.size(), std::vector<int64_t>(counts[0].size(), 0));
     for (size_t l = 0; l < counts.size(); ++l)
       for (size_t e = 0; e < counts[l].size(); ++e) out.expert_tokens[l][e] += counts[l][e];
   }
   return out;
+}
+
+}  // namespace
+
+StepLoss MicroBatchBackend::ComputeGradients(const StepInput& step) {
+  ZeroGrads();
+  const float scale = 1.0f / static_cast<float>(step.micro_batches);
+  return OverMicroBatches(step, *this, [&](const model::MicroBatch& mb) { return ForwardBackward(mb, scale); });
+}
+
+StepLoss MicroBatchBackend::Evaluate(const StepInput& step) {
+  return OverMicroBatches(step, *this, [&](const model::MicroBatch& mb) { return Forward(mb); });
 }
 
 CpuBackend::CpuBackend(const io::MixtralConfig& config, const model::ParameterLayout& layout,

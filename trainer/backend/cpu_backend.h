@@ -15,6 +15,7 @@ class CpuBackend final : public MicroBatchBackend {
   void Download(HostState* state) override;
   void ZeroGrads() override;
   model::LossParts ForwardBackward(const model::MicroBatch& batch, float loss_scale) override;
+  model::LossParts Forward(const model::MicroBatch& batch) override { return model_.Forward(params_.data(), batch); }
   std::vector<std::vector<int64_t>> ExpertCounts() const override { return model_.ExpertCounts(); }
   double ClipGradNorm(double max_norm) override;
   void OptimizerStep(double lr) override;
