@@ -58,6 +58,10 @@ void ReadModel(JsonReader& r, ModelSpec& m) {
 
 void ReadTraining(JsonReader& r, TrainingSpec& t) {
   Set(t.data, r.String("data"));
+  t.valid_data = r.String("validData");
+  Set(t.eval_every, r.Int("evalEvery"));
+  Set(t.eval_batches, r.Int("evalBatches"));
+  t.tokenizer = r.String("tokenizer");
   Set(t.steps, r.Int("steps"));
   Set(t.global_batch, r.Int("globalBatch"));
   Set(t.micro_batches, r.Int("microBatches"));
@@ -177,6 +181,7 @@ JobStatus ParseJobStatus(const json& status, std::set<std::string>* visited) {
     p.eta_seconds = x.Number("etaSeconds");
     p.tokens_per_second = x.Number("tokensPerSecond");
     p.loss = x.Number("loss");
+    p.val_loss = x.Number("valLoss");
     Set(p.update_time, x.String("updateTime"));
     out.progress = std::move(p);
   });
@@ -240,6 +245,7 @@ json StatusToJson(const JobStatus& s) {
     if (s.progress->eta_seconds) p["etaSeconds"] = *s.progress->eta_seconds;
     if (s.progress->tokens_per_second) p["tokensPerSecond"] = *s.progress->tokens_per_second;
     if (s.progress->loss) p["loss"] = *s.progress->loss;
+    if (s.progress->val_loss) p["valLoss"] = *s.progress->val_loss;
     if (!s.progress->update_time.empty()) p["updateTime"] = s.progress->update_time;
     out["progress"] = std::move(p);
   }

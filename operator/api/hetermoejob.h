@@ -61,6 +61,10 @@ struct ModelSpec {
 // The `train` section of the trainer's run file, plus where the tokens are.
 struct TrainingSpec {
   std::string data;                 // token file path inside the pods
+  std::optional<std::string> valid_data;  // validation token file (the trainer's data.valid)
+  int64_t eval_every = 0;           // with valid_data: evaluate every this many steps (0 = after the last)
+  int64_t eval_batches = 4;         // global batches of valid_data per evaluation
+  std::optional<std::string> tokenizer;   // SentencePiece model the tokens came from (data.tokenizer)
   int64_t steps = 0;
   int64_t global_batch = 0;
   int64_t micro_batches = 1;
@@ -179,6 +183,7 @@ struct Progress {
   std::optional<double> tokens_per_second;
   std::optional<double> loss;
   std::string update_time;
+  std::optional<double> val_loss;   // the last validation loss, when the job evaluates
   bool operator==(const Progress&) const = default;
 };
 

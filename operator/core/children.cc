@@ -112,8 +112,10 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
     << " and its plan.\n"
     << "model:\n  config: config.json\n";
   if (spec.model.init) y << "  init: " << quoted(*spec.model.init) << "\n";
-  y << "data:\n  train: " << quoted(t.data) << "\n"
-    << "train:\n"
+  y << "data:\n  train: " << quoted(t.data) << "\n";
+  if (t.valid_data) y << "  valid: " << quoted(*t.valid_data) << "\n";
+  if (t.tokenizer) y << "  tokenizer: " << quoted(*t.tokenizer) << "\n";
+  y << "train:\n"
     << "  steps: " << t.steps << "\n"
     << "  global_batch: " << t.global_batch << "\n"
     << "  micro_batches: " << (placement.micro_batches > 0 ? placement.micro_batches : t.micro_batches) << "\n"
@@ -129,7 +131,7 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
     << "  seed: " << t.seed << "\n"
     << "  device: " << (spec.attention.gpus_per_replica > 0 || spec.expert.gpus_per_replica > 0 ? "auto" : "cpu")
     << "\n  precision: " << t.precision << "\n  zero: " << t.zero << "\n  recompute: " << t.recompute
-    << "\n"
+    << "\n  eval_every: " << t.eval_every << "\n  eval_batches: " << t.eval_batches << "\n"
     << "parallel:\n"
     << "  launch: env\n"
     << "  attention_ranks: " << placement.attention.replicas / G << "\n"

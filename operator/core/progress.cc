@@ -27,8 +27,9 @@ std::map<std::string, double> ParsePrometheusSamples(const std::string& text) {
 namespace {
 
 Progress MakeProgress(int64_t step, std::optional<double> loss, std::optional<double> tokens_per_second,
-                      const TrainingSpec& training, const std::string& now) {
+                      std::optional<double> val_loss, const TrainingSpec& training, const std::string& now) {
   Progress p;
+  if (val_loss && std::isfinite(*val_loss)) p.val_loss = val_loss;
   p.step = step;
   p.total_steps = training.steps;
   p.percentage = training.steps > 0 ? std::round(1000.0 * static_cast<double>(p.step) / training.steps) / 10.0 : 0;
@@ -55,7 +56,7 @@ std::optional<Progress> ProgressFromMetrics(const std::string& text, const Train
     return it == samples.end() ? std::nullopt : std::optional<double>(it->second);
   };
   return MakeProgress(static_cast<int64_t>(step->second), value(kTrainerLossMetric),
-                      value(kTrainerTokensPerSecondMetric), training, now);
+                      value(kTrainerTokensPerSecondMetric), value(kTrainerValLossMetric), training, now);
 }
 
 std::optional<Progress> ProgressFromSummary(const std::string& message, const TrainingSpec& training,
@@ -65,7 +66,8 @@ std::optional<Progress> ProgressFromSummary(const std::string& message, const Tr
   auto number = [&](const char* key) -> std::optional<double> {
     return j.contains(key) && j[key].is_number() ? std::optional<double>(j[key].get<double>()) : std::nullopt;
   };
-  return MakeProgress(j["step"].get<int64_t>(), number("loss"), number("tokens_per_second"), training, now);
+  return MakeProgress(j["step"].get<int64_t>(), number("loss"), number("tokens_per_second"), number("val_loss"),
+                      training, now);
 }
 
 }  // namespace hetermoe::op

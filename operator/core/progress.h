@@ -17,6 +17,7 @@ namespace hetermoe::op {
 inline constexpr const char* kTrainerStepMetric = "hetermoe_trainer_step";
 inline constexpr const char* kTrainerLossMetric = "hetermoe_trainer_loss";
 inline constexpr const char* kTrainerTokensPerSecondMetric = "hetermoe_trainer_tokens_per_second";
+inline constexpr const char* kTrainerValLossMetric = "hetermoe_trainer_val_loss";  // once the run evaluated
 
 // Unlabelled samples of the Prometheus text format ("name value" lines).
 std::map<std::string, double> ParsePrometheusSamples(const std::string& text);
@@ -26,7 +27,7 @@ std::optional<Progress> ProgressFromMetrics(const std::string& text, const Train
                                             const std::string& now);
 
 // The final progress from rank 0's termination message when it succeeded
-// ({"step": N, "loss": x, "tokens_per_second": y}, written by
+// ({"step": N, "loss": x, "tokens_per_second": y[, "val_loss": v]}, written by
 // hetermoe-trainer); nullopt when the message is not such a summary.
 std::optional<Progress> ProgressFromSummary(const std::string& message, const TrainingSpec& training,
                                             const std::string& now);

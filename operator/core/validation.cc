@@ -83,6 +83,11 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
   if (t.zero != 0 && t.zero != 1) errors.push_back("spec.training.zero: must be 0 or 1");
   if (t.recompute != "none" && t.recompute != "attention" && t.recompute != "experts" && t.recompute != "full")
     errors.push_back("spec.training.recompute: must be none, attention, experts or full");
+  if (t.eval_every < 0) errors.push_back("spec.training.evalEvery: must be >= 0");
+  if (t.eval_every > 0 && !t.valid_data) errors.push_back("spec.training.evalEvery: needs validData");
+  if (t.eval_batches < 1) errors.push_back("spec.training.evalBatches: must be >= 1");
+  if (t.valid_data && t.valid_data->empty()) errors.push_back("spec.training.validData: must not be empty");
+  if (t.tokenizer && t.tokenizer->empty()) errors.push_back("spec.training.tokenizer: must not be empty");
   const std::string& transport = spec.dispatch.transport;
   if (transport != "auto" && transport != "nccl" && transport != "gloo")
     errors.push_back("spec.dispatch.transport: must be auto, nccl or gloo");

@@ -14,7 +14,8 @@ select. Scenarios, each checked against an independent truth:
             reaches Succeeded; kube-scheduler put attention pods on A40 and
             expert pods on V100 nodes; rank 0's metrics.jsonl has one line per
             step with exchange_bytes > 0; its losses equal ONE process training
-            the operator's own run file (1e-5); status.progress has the last
+            the operator's own run file (1e-5 for steps 1-12, 1e-3 after, once
+            near-tied router choices may flip); status.progress has the last
             step and loss; Prometheus has the job's loss and tokens/s and the
             operator's reconcile counters.
   cpu       examples/hetermoejob-cpu.yaml as written reaches Succeeded (not
@@ -36,6 +37,7 @@ Exit 77 (skip) only when the cluster's binaries are missing.
 import argparse
 import copy
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -49,6 +51,7 @@ from cluster import REPO, LocalCluster, Prerequisite, load_yaml_documents, train
 
 NS = "default"
 RTOL = 1e-5
+DRIFT_RTOL = 1e-3  # pods vs one process after router near-ties may have flipped (zebra scenario)
 GPU_PRODUCT = "nvidia.com/gpu.product"
 
 
@@ -198,9 +201,16 @@ def zebra(c, args, data_dir, ckpt_dir):
           "the operator's run file has the parallel section every pod joins with")
     single = single_process_losses(args.trainer, plan_data, os.path.join(data_dir, "tokens.bin"),
                                    os.path.join(args.work, "zebra-single"))
-    worst = max(abs(a["loss"] - b) / abs(b) for a, b in zip(metrics, single))
-    check(len(single) == 24 and worst <= RTOL,
-          f"the pods' losses equal one process training the operator's run file (max rel diff {worst:.2e})")
+    # The pods sum in another order than one process (all-reduce, dedup,
+    # micro-batch split), so the losses agree to ~1e-8 until a token's router
+    # choice between two near-tied experts flips; from there the two runs
+    # drift apart as any two runs of a MoE do (measured on the tokenized
+    # licences: <= 7e-8 through step 13, up to 6e-5 by step 21). So: 1e-5 for
+    # the first half, 1e-3 for every step.
+    rel = [abs(a["loss"] - b) / abs(b) for a, b in zip(metrics, single)]
+    check(len(single) == 24 and max(rel[:12]) <= RTOL and max(rel) <= DRIFT_RTOL,
+          f"the pods' losses equal one process training the operator's run file (steps 1-12: max rel diff "
+          f"{max(rel[:12]):.2e} <= {RTOL:g}; all 24: {max(rel):.2e} <= {DRIFT_RTOL:g})")
 
     progress = status.get("progress", {})
     check(progress.get("step") == 24 and close(progress.get("loss", float("nan")), metrics[-1]["loss"]),
@@ -231,6 +241,11 @@ def cpu_example(c, args):
     check(status["state"] == "Succeeded",
           f"examples/hetermoejob-cpu.yaml as written: Succeeded in {time.monotonic() - t0:.0f} s, "
           f"final loss {status.get('progress', {}).get('loss')}")
+    # training.validData/evalEvery/evalBatches reached the trainer: its last
+    # evaluation is in the job's status.
+    val = status.get("progress", {}).get("valLoss")
+    check(isinstance(val, (int, float)) and math.isfinite(val) and val > 0,
+          f"status.progress.valLoss from training.validData: {val}")
 
 
 def fault_job(name, claim, steps=20, interval=6):

@@ -166,6 +166,8 @@ TEST(Children, EveryTrainerFieldReachesThePods) {
       {"spec.checkpoint.claimName", "other"},      {"spec.checkpoint.mountPath", "/ck"},
       {"spec.checkpoint.intervalSteps", 9},        {"spec.monitoring.metricsPort", 9191},
       {"spec.monitoring.metricsLingerSeconds", 15},
+      {"spec.training.validData", "/data/valid.bin"}, {"spec.training.evalEvery", 5},
+      {"spec.training.evalBatches", 3},            {"spec.training.tokenizer", "/data/tokenizer.model"},
       {"spec.attention.gpusPerReplica", 0},        {"spec.attention.template", json::object()},
   };
   const std::set<std::string> elsewhere = {"spec.model.config", "spec.model.configMap",

@@ -17,6 +17,7 @@ const char* kTrainerPage =
     "# TYPE hetermoe_trainer_loss gauge\n"
     "hetermoe_trainer_loss 2.125\n"
     "hetermoe_trainer_tokens_per_second 4096\n"
+    "hetermoe_trainer_val_loss 2.375\n"
     "hetermoe_trainer_expert_tokens_total{layer=\"0\",expert=\"1\"} 77\n"
     "hetermoe_trainer_step_seconds_bucket{le=\"0.1\"} 3\n";
 
@@ -31,6 +32,7 @@ TEST(Progress, FromTrainerMetrics) {
   EXPECT_EQ(p->total_steps, 1000);
   EXPECT_DOUBLE_EQ(p->percentage, 25.0);
   EXPECT_DOUBLE_EQ(*p->loss, 2.125);
+  EXPECT_DOUBLE_EQ(*p->val_loss, 2.375);
   EXPECT_DOUBLE_EQ(*p->tokens_per_second, 4096);
   EXPECT_DOUBLE_EQ(*p->eta_seconds, 750.0 * 16 * 128 / 4096);  // 375 s
   EXPECT_EQ(p->update_time, "2025-05-20T10:00:00Z");
@@ -44,6 +46,7 @@ TEST(Progress, NoStepYetAndOddSamples) {
   ASSERT_TRUE(p);
   EXPECT_FALSE(p->loss) << "NaN loss is not reported";
   EXPECT_FALSE(p->eta_seconds) << "no throughput, no ETA";
+  EXPECT_FALSE(p->val_loss) << "no evaluation yet, no validation loss";
   EXPECT_DOUBLE_EQ(p->percentage, 30.0);
 }
 
@@ -59,6 +62,10 @@ TEST(Progress, FromTheTrainersFinalSummary) {
   EXPECT_DOUBLE_EQ(p->percentage, 100.0);
   EXPECT_DOUBLE_EQ(*p->loss, 2.5);
   EXPECT_DOUBLE_EQ(*p->eta_seconds, 0.0);
+  EXPECT_FALSE(p->val_loss);
+  p = ProgressFromSummary("{\"step\": 30, \"loss\": 2.5, \"tokens_per_second\": 4096, \"val_loss\": 2.75}", t, "now");
+  ASSERT_TRUE(p);
+  EXPECT_DOUBLE_EQ(*p->val_loss, 2.75);
   EXPECT_FALSE(ProgressFromSummary("hetermoe-trainer: error: x", t, "now"));
   EXPECT_FALSE(ProgressFromSummary("{\"loss\": 1}", t, "now"));
   EXPECT_FALSE(ProgressFromSummary("", t, "now"));
@@ -69,7 +76,7 @@ TEST(Progress, MetricNamesAreTheTrainers) {
   ASSERT_TRUE(in);
   std::stringstream source;
   source << in.rdbuf();
-  for (const char* name : {kTrainerStepMetric, kTrainerLossMetric, kTrainerTokensPerSecondMetric})
+  for (const char* name : {kTrainerStepMetric, kTrainerLossMetric, kTrainerTokensPerSecondMetric, kTrainerValLossMetric})
     EXPECT_NE(source.str().find(std::string("\"") + name + "\""), std::string::npos) << name;
 }
 

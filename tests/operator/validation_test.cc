@@ -72,6 +72,14 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"Warmup", [](json& s) { s["training"]["warmupSteps"] = 101; }, "warmupSteps"},
         Case{"MinLr", [](json& s) { s["training"]["minLr"] = 1.0; }, "minLr"},
         Case{"SeqLenBeyondModel", [](json& s) { s["training"]["seqLen"] = 4096; }, "max_position_embeddings"},
+        Case{"Evaluation", [](json& s) {
+               s["training"]["validData"] = "/data/valid.bin";
+               s["training"]["evalEvery"] = 10;
+               s["training"]["evalBatches"] = 2;
+               s["training"]["tokenizer"] = "/data/tokenizer.model";
+             }, ""},
+        Case{"EvaluationWithoutData", [](json& s) { s["training"]["evalEvery"] = 10; }, "evalEvery: needs validData"},
+        Case{"EvaluationBatches", [](json& s) { s["training"]["evalBatches"] = 0; }, "evalBatches: must be >= 1"},
         Case{"SlidingWindowShorterThanTheSequence", [](json& s) {
                json model = json::parse(s["model"]["config"].get<std::string>());
                model["sliding_window"] = 64;
@@ -135,7 +143,7 @@ TEST(ParseJob, StatusRoundTrips) {
   s.restarts = 1;
   s.observed_generation = 3;
   s.plan = PlanSummary{2, 4, 6, "NVIDIA-A40", "Tesla-V100-SXM2-32GB", "tiny-plan", "tier rule"};
-  s.progress = Progress{10, 100, 10.0, 90.0, 1234.5, 2.5, "2025-05-20T10:01:00Z"};
+  s.progress = Progress{10, 100, 10.0, 90.0, 1234.5, 2.5, "2025-05-20T10:01:00Z", 2.75};
   EXPECT_EQ(ParseJobStatus(StatusToJson(s)), s);
 }
 

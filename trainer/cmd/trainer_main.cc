@@ -95,9 +95,10 @@ int RunTrain(const std::string& config_path, const std::vector<std::string>& ove
   // the operator keeps in status.progress once the pods are gone.
   if (!result.steps.empty() && reports) {
     const auto& last = result.steps.back();
-    char summary[256];
-    std::snprintf(summary, sizeof summary, "{\"step\": %lld, \"loss\": %.9g, \"tokens_per_second\": %.6g}",
-                  static_cast<long long>(last.step), last.loss, last.tokens_per_second);
+    char summary[256], val[64] = "";
+    if (last.val_loss) std::snprintf(val, sizeof val, ", \"val_loss\": %.9g", *last.val_loss);
+    std::snprintf(summary, sizeof summary, "{\"step\": %lld, \"loss\": %.9g, \"tokens_per_second\": %.6g%s}",
+                  static_cast<long long>(last.step), last.loss, last.tokens_per_second, val);
     WriteTerminationMessage(summary);
   }
   if (!result.steps.empty() && reports) {

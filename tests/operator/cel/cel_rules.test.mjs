@@ -268,6 +268,7 @@ const bad = [
   ['micro-batches', (s) => { s.training.microBatches = 3 }, 'microBatches must divide globalBatch'],
   ['warm-up', (s) => { s.training.warmupSteps = 101 }, 'warmupSteps must not exceed steps'],
   ['min lr', (s) => { s.training.minLr = 0.01 }, 'minLr must not exceed lr'],
+  ['evaluation without data', (s) => { s.training.evalEvery = 50 }, 'evalEvery needs validData'],
   ['interval without claim', (s) => { delete s.checkpoint.claimName }, 'checkpoint.intervalSteps needs checkpoint.claimName'],
   ['queue without gang scheduler', (s) => { s.runPolicy.schedulingPolicy.scheduler = 'default' }, 'schedulingPolicy.queue needs scheduler volcano or kueue']
 ]
