@@ -129,39 +129,27 @@ HM_ACCESS_HOOKS(16)
 // Atomics in instrumented host code (test fixtures' std::atomic): done as
 // sequentially consistent atomics, never reported (CUDA kernels here use
 // none; an atomic on shared memory would need the detector to know it).
-#define HM_ATOMIC_HOOKS(N, T)                                                                               \
-  HM_HOOK T __tsan_atomic##N##_load(const volatile T* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); } \
-  HM_HOOK void __tsan_atomic##N##_store(volatile T* a, T v, int) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); } \
-  HM_HOOK T __tsan_atomic##N##_exchange(volatile T* a, T v, int) {                                          \
-    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                     \
-  }                                                                                                         \
-  HM_HOOK T __tsan_atomic##N##_fetch_add(volatile T* a, T v, int) {                                         \
-    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                      \
-  }                                                                                                         \
-  HM_HOOK T __tsan_atomic##N##_fetch_sub(volatile T* a, T v, int) {                                         \
-    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                      \
-  }                                                                                                         \
-  HM_HOOK T __tsan_atomic##N##_fetch_and(volatile T* a, T v, int) {                                         \
-    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                      \
-  }                                                                                                         \
-  HM_HOOK T __tsan_atomic##N##_fetch_or(volatile T* a, T v, int) {                                          \
-    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                       \
-  }                                                                                                         \
-  HM_HOOK T __tsan_atomic##N##_fetch_xor(volatile T* a, T v, int) {                                         \
-    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                      \
-  }                                                                                                         \
-  HM_HOOK T __tsan_atomic##N##_fetch_nand(volatile T* a, T v, int) {                                        \
-    return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                                     \
-  }                                                                                                         \
-  HM_HOOK int __tsan_atomic##N##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {              \
-    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                 \
-  }                                                                                                         \
-  HM_HOOK int __tsan_atomic##N##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {                \
-    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                  \
-  }                                                                                                         \
-  HM_HOOK T __tsan_atomic##N##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                    \
-    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                       \
-    return c;                                                                                               \
+#define HM_ATOMIC_RMW(N, T, op) \
+  HM_HOOK T __tsan_atomic##N##_##op(volatile T* a, T v, int) { return __atomic_##op(a, v, __ATOMIC_SEQ_CST); }
+#define HM_ATOMIC_HOOKS(N, T)                                                                                  \
+  HM_HOOK T __tsan_atomic##N##_load(const volatile T* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); }  \
+  HM_HOOK void __tsan_atomic##N##_store(volatile T* a, T v, int) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); }  \
+  HM_HOOK T __tsan_atomic##N##_exchange(volatile T* a, T v, int) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); } \
+  HM_ATOMIC_RMW(N, T, fetch_add)                                                                               \
+  HM_ATOMIC_RMW(N, T, fetch_sub)                                                                               \
+  HM_ATOMIC_RMW(N, T, fetch_and)                                                                               \
+  HM_ATOMIC_RMW(N, T, fetch_or)                                                                                \
+  HM_ATOMIC_RMW(N, T, fetch_xor)                                                                               \
+  HM_ATOMIC_RMW(N, T, fetch_nand)                                                                              \
+  HM_HOOK int __tsan_atomic##N##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {                 \
+    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                    \
+  }                                                                                                            \
+  HM_HOOK int __tsan_atomic##N##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {                   \
+    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                     \
+  }                                                                                                            \
+  HM_HOOK T __tsan_atomic##N##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                       \
+    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                          \
+    return c;                                                                                                  \
   }
 HM_ATOMIC_HOOKS(8, char)
 HM_ATOMIC_HOOKS(16, short)

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/plugin.h"
 #include "trainer/backend/backend.h"
 #include "trainer/backend/cpu_backend.h"
 #include "trainer/model/cpu_stages.h"
@@ -28,34 +29,12 @@ using MakeFn = Backend* (*)(const io::MixtralConfig*, const model::ParameterLayo
 using MakeStagesFn = model::StageDevice* (*)(const io::MixtralConfig*, const model::ParameterLayout*,
                                              const BackendOptions*, char*, size_t);
 
-struct Plugin {
-  void* handle = nullptr;
-  std::string why;  // when not loaded
-};
-
-const Plugin& LoadPlugin() {
-  static const Plugin plugin = [] {
-    Plugin p;
-    std::vector<std::string> candidates;
-    if (const char* env = std::getenv("HETERMOE_CUDA_PLUGIN"); env && *env) candidates.push_back(env);
-    char self[PATH_MAX] = {0};
-    if (::readlink("/proc/self/exe", self, sizeof self - 1) > 0) {
-      const auto dir = std::filesystem::path(self).parent_path();
-      candidates.push_back((dir / kPluginName).string());
-      candidates.push_back((dir / ".." / "lib" / kPluginName).string());
-    }
+const Plugin& CudaPlugin() {
 #if defined(HETERMOE_CUDA_PLUGIN_PATH)
-    candidates.push_back(HETERMOE_CUDA_PLUGIN_PATH);
+  static const Plugin plugin = LoadPlugin(kPluginName, "HETERMOE_CUDA_PLUGIN", HETERMOE_CUDA_PLUGIN_PATH);
+#else
+  static const Plugin plugin = LoadPlugin(kPluginName, "HETERMOE_CUDA_PLUGIN", nullptr);
 #endif
-    for (const auto& c : candidates) {
-      if (!std::filesystem::exists(c)) continue;
-      p.handle = ::dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (p.handle) return p;
-      p.why = c + ": " + ::dlerror();
-    }
-    if (p.why.empty()) p.why = std::string("this build has no CUDA support (") + kPluginName + " not found)";
-    return p;
-  }();
   return plugin;
 }
 
@@ -70,9 +49,11 @@ void* GpuEntry(const BackendOptions& options, const char* symbol) {
   if (device != "cpu" && device != "cuda" && device != "auto")
     throw Error("device \"" + device + "\" is not one of auto, cpu, cuda");
   if (device == "cpu") return nullptr;
-  const Plugin& plugin = LoadPlugin();
+  const Plugin& plugin = CudaPlugin();
   if (!plugin.handle) {
-    if (device == "cuda") throw Error("device cuda: " + plugin.why);
+    if (device == "cuda")
+      throw Error(plugin.found ? "device cuda: " + plugin.why
+                               : "device cuda: this build has no CUDA support (" + plugin.why + ")");
     return nullptr;
   }
   auto count = reinterpret_cast<DeviceCountFn>(::dlsym(plugin.handle, "HetermoeCudaDeviceCount"));

@@ -1,53 +1,31 @@
 #include "trainer/data/tokenizer.h"
 
 #include <dlfcn.h>
-#include <unistd.h>
-
-#include <climits>
-#include <cstdlib>
-#include <filesystem>
 
 #include "common/error.h"
 #include "common/file_bytes.h"
+#include "common/plugin.h"
 
 namespace hetermoe::data {
 namespace {
 
 constexpr const char* kPluginName = "libhetermoe_tokenizer.so";
 
-// The SentencePiece plugin (sentencepiece_model.h says why it is one): at
-// $HETERMOE_TOKENIZER_PLUGIN, beside the executable, in ../lib, or where the
-// build put it. Loaded once, on first use.
-void* Plugin() {
-  static void* const handle = [] {
-    std::vector<std::string> candidates;
-    if (const char* env = std::getenv("HETERMOE_TOKENIZER_PLUGIN"); env && *env) candidates.push_back(env);
-    char self[PATH_MAX] = {0};
-    if (::readlink("/proc/self/exe", self, sizeof self - 1) > 0) {
-      const auto dir = std::filesystem::path(self).parent_path();
-      candidates.push_back((dir / kPluginName).string());
-      candidates.push_back((dir / ".." / "lib" / kPluginName).string());
-    }
+// The SentencePiece plugin (sentencepiece_model.h says why it is one),
+// loaded on first use.
+void* PluginHandle() {
 #if defined(HETERMOE_TOKENIZER_PLUGIN_PATH)
-    candidates.push_back(HETERMOE_TOKENIZER_PLUGIN_PATH);
+  static const Plugin plugin = LoadPlugin(kPluginName, "HETERMOE_TOKENIZER_PLUGIN", HETERMOE_TOKENIZER_PLUGIN_PATH);
+#else
+  static const Plugin plugin = LoadPlugin(kPluginName, "HETERMOE_TOKENIZER_PLUGIN", nullptr);
 #endif
-    std::string why;
-    for (const auto& c : candidates) {
-      if (!std::filesystem::exists(c)) continue;
-      if (void* h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
-      why = c + ": " + ::dlerror();
-    }
-    throw Error(std::string("SentencePiece tokenizers need ") + kPluginName + ", which " +
-                (why.empty() ? "was not found beside the program, in ../lib or at $HETERMOE_TOKENIZER_PLUGIN"
-                             : "did not load: " + why));
-    return static_cast<void*>(nullptr);
-  }();
-  return handle;
+  if (!plugin.handle) throw Error("SentencePiece tokenizers need " + plugin.why);
+  return plugin.handle;
 }
 
 template <typename Fn>
 Fn Entry(const char* name) {
-  auto fn = reinterpret_cast<Fn>(::dlsym(Plugin(), name));
+  auto fn = reinterpret_cast<Fn>(::dlsym(PluginHandle(), name));
   if (fn == nullptr) throw Error(std::string(kPluginName) + ": no entry point " + name);
   return fn;
 }
