@@ -58,6 +58,7 @@ void ReadModel(JsonReader& r, ModelSpec& m) {
 
 void ReadTraining(JsonReader& r, TrainingSpec& t) {
   Set(t.data, r.String("data"));
+  Set(t.shuffle, r.Bool("shuffle"));
   t.valid_data = r.String("validData");
   Set(t.eval_every, r.Int("evalEvery"));
   Set(t.eval_batches, r.Int("evalBatches"));

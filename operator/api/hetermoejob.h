@@ -60,7 +60,8 @@ struct ModelSpec {
 
 // The `train` section of the trainer's run file, plus where the tokens are.
 struct TrainingSpec {
-  std::string data;                 // token file path inside the pods
+  std::string data;                 // token file path (or glob) inside the pods
+  bool shuffle = false;             // the trainer's data.shuffle
   std::optional<std::string> valid_data;  // validation token file (the trainer's data.valid)
   int64_t eval_every = 0;           // with valid_data: evaluate every this many steps (0 = after the last)
   int64_t eval_batches = 4;         // global batches of valid_data per evaluation

@@ -112,7 +112,7 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
     << " and its plan.\n"
     << "model:\n  config: config.json\n";
   if (spec.model.init) y << "  init: " << quoted(*spec.model.init) << "\n";
-  y << "data:\n  train: " << quoted(t.data) << "\n";
+  y << "data:\n  train: " << quoted(t.data) << "\n  shuffle: " << (t.shuffle ? "true" : "false") << "\n";
   if (t.valid_data) y << "  valid: " << quoted(*t.valid_data) << "\n";
   if (t.tokenizer) y << "  tokenizer: " << quoted(*t.tokenizer) << "\n";
   y << "train:\n"

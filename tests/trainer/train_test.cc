@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
 #include "tests/trainer/workspace.h"
 #include "trainer/io/safetensors.h"
@@ -68,6 +70,49 @@ TEST(Resume, TwoPlusTwoStepsEqualFourStraight) {
   const auto ma = ReadAll(ws.Path("a/final/optimizer.safetensors"));
   const auto mc = ReadAll(ws.Path("c/final/optimizer.safetensors"));
   for (size_t i = 0; i < ma.size(); ++i) ASSERT_NEAR(ma[i], mc[i], 1e-6) << "moment element " << i;
+}
+
+// data.train as two shards (a glob) read shuffled, 10 steps over two epochs
+// (7 global batches each); resuming mid-epoch 0 and mid-epoch 1 continues
+// the same order: the same losses and weights as an uninterrupted run.
+TEST(Resume, ShuffledShardsResumeMidEpochExactly) {
+  Workspace ws;
+  const std::string run_file = ws.WriteRun();
+  fs::create_directories(ws.Path("shards"));
+  io::WriteTokenFile(ws.Path("shards/part-0.bin"), {ws.tokens.begin(), ws.tokens.begin() + 300});  // 18 sequences
+  io::WriteTokenFile(ws.Path("shards/part-1.bin"), {ws.tokens.begin() + 300, ws.tokens.begin() + 500});  // 12
+  const std::vector<std::string> data = {"data.train=[\"" + ws.Path("shards/part-*.bin") + "\"]",
+                                         "data.shuffle=true", "train.steps=10"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), data.begin(), data.end());
+    return run::LoadRunConfig(run_file, extra);
+  };
+  const auto straight = run::Train(with({"output.dir=" + ws.Path("a"), "output.checkpoint_every=3"}), Quiet());
+  ASSERT_EQ(straight.steps.size(), 10u);
+  std::ifstream state(ws.Path("a/checkpoint-9/trainer_state.json"));
+  const auto json = nlohmann::json::parse(state);
+  EXPECT_EQ(json.at("data_epoch").get<int>(), 1) << json.dump();
+  EXPECT_EQ(json.at("data_position").get<int>(), 2 * 4) << "step 9 is the second batch of epoch 1";
+  for (const char* from : {"a/checkpoint-3", "a/checkpoint-9"}) {
+    auto options = Quiet();
+    options.resume = ws.Path(from);
+    const auto resumed = run::Train(with({"output.dir=" + ws.Path(std::string("r") + from[13])}), options);
+    ASSERT_EQ(resumed.steps.size(), 10u - resumed.first_step) << from;
+    for (size_t i = 0; i < resumed.steps.size(); ++i)
+      EXPECT_NEAR(resumed.steps[i].loss, straight.steps[resumed.first_step + i].loss,
+                  1e-6 * straight.steps[resumed.first_step + i].loss)
+          << from << " step " << resumed.steps[i].step;
+    const auto a = ReadAll(ws.Path("a/final/model.safetensors"));
+    const auto r = ReadAll(ws.Path(std::string("r") + from[13] + "/final/model.safetensors"));
+    ASSERT_EQ(a.size(), r.size());
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], r[i], 1e-6) << from << " parameter element " << i;
+  }
+  // The shuffle is real: in order, the same shards give other losses.
+  const auto in_order = run::Train(
+      run::LoadRunConfig(run_file, {"output.dir=" + ws.Path("o"), "data.train=[\"" + ws.Path("shards/part-*.bin") +
+                                                                      "\"]", "train.steps=10"}),
+      Quiet());
+  EXPECT_NE(in_order.steps[0].loss, straight.steps[0].loss);
 }
 
 TEST(Resume, AutoPicksTheLatestCheckpointAndTrimsMetrics) {

@@ -115,6 +115,7 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
   nlohmann::json state = {{"format", "hetermoe-trainer-state/1"},
                           {"step", v.state.step},
                           {"data_position", v.state.data_position},
+                          {"data_epoch", v.state.data_epoch},
                           {"tokens_seen", v.state.tokens_seen}};
   WriteTextFile(tmp / "trainer_state.json", state.dump(2) + "\n");
   FsyncDir(tmp);
@@ -161,11 +162,12 @@ LoadedCheckpoint ReadCheckpoint(const std::string& dir_str, const io::MixtralCon
     out.state.step = s.at("step").get<int64_t>();
     out.state.data_position = s.at("data_position").get<int64_t>();
     out.state.tokens_seen = s.value("tokens_seen", int64_t{0});
+    out.state.data_epoch = s.value("data_epoch", int64_t{0});
   } catch (const nlohmann::json::exception& e) {
     throw Error(state_path.string() + ": " + e.what());
   }
-  if (out.state.step < 0 || out.state.data_position < 0)
-    throw Error(state_path.string() + ": negative step or data_position");
+  if (out.state.step < 0 || out.state.data_position < 0 || out.state.data_epoch < 0)
+    throw Error(state_path.string() + ": negative step, data_position or data_epoch");
   return out;
 }
 

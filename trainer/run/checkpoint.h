@@ -22,7 +22,8 @@ namespace hetermoe::run {
 
 struct TrainerState {
   int64_t step = 0;            // optimizer steps taken
-  int64_t data_position = 0;   // BatchReader position for the next step
+  int64_t data_position = 0;   // the batches' position for the next step (data/batches.h)
+  int64_t data_epoch = 0;      // data.shuffle: the epoch being read
   int64_t tokens_seen = 0;
 };
 

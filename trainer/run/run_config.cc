@@ -89,7 +89,15 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   model.Finish();
 
   Section data(root["data"], "data", source);
-  data.Get("train", &c.data.train, true);
+  if (root["data"] && root["data"]["train"] && root["data"]["train"].IsSequence()) {
+    data.Get("train", &c.data.train_shards, true);
+    for (const std::string& shard : c.data.train_shards) c.data.train += (c.data.train.empty() ? "" : ", ") + shard;
+    if (c.data.train_shards.empty()) data.Fail("data.train", "must name at least one token file");
+  } else {
+    data.Get("train", &c.data.train, true);
+    c.data.train_shards = {c.data.train};
+  }
+  data.Get("shuffle", &c.data.shuffle);
   data.Get("valid", &c.data.valid);
   data.Get("tokenizer", &c.data.tokenizer);
   data.Finish();
@@ -230,6 +238,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   c.model.config = ResolvePath(c.model.config, "model.config", base_dir, overridden);
   c.model.init = ResolvePath(c.model.init, "model.init", base_dir, overridden);
   c.data.train = ResolvePath(c.data.train, "data.train", base_dir, overridden);
+  for (std::string& shard : c.data.train_shards) shard = ResolvePath(shard, "data.train", base_dir, overridden);
   c.data.valid = ResolvePath(c.data.valid, "data.valid", base_dir, overridden);
   c.data.tokenizer = ResolvePath(c.data.tokenizer, "data.tokenizer", base_dir, overridden);
   c.output.dir = ResolvePath(c.output.dir, "output.dir", base_dir, overridden);

@@ -23,7 +23,9 @@ struct RunConfig {
   } model;
 
   struct Data {
-    std::string train;      // token file
+    std::string train;      // token files as written (a path, a glob, or a YAML list of them), for messages
+    std::vector<std::string> train_shards;  // each path or glob, resolved
+    bool shuffle = false;   // false: llm.c's order over the files back to back; true: shuffled sequences per epoch
     std::string valid;      // optional token file for the validation loss
     std::string tokenizer;  // optional SentencePiece model: its vocabulary is checked, checkpoints carry it
   } data;

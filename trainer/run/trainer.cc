@@ -15,6 +15,7 @@
 #include "common/file_bytes.h"
 #include "common/mixtral_config.h"
 #include "trainer/backend/backend.h"
+#include "trainer/data/batches.h"
 #include "trainer/data/tokenizer.h"
 #include "trainer/io/token_file.h"
 #include "trainer/model/parameters.h"
@@ -136,8 +137,11 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                           : 1;
   ops::SetNumThreads(t.threads > 0 ? static_cast<int>(t.threads) : DefaultThreads(ReadCpuLimits(), sharing));
 
-  const std::vector<uint32_t> tokens = io::LoadTokenFile(rc.data.train, config.vocab_size);
-  io::BatchReader reader(&tokens, t.global_batch, t.seq_len, rc.data.train);
+  const std::vector<std::string> shard_files = data::ExpandShards(rc.data.train_shards);
+  std::vector<std::vector<uint32_t>> shards;
+  for (const std::string& file : shard_files) shards.push_back(io::LoadTokenFile(file, config.vocab_size));
+  const std::unique_ptr<data::BatchSource> reader =
+      data::MakeBatches(std::move(shards), shard_files, t.global_batch, t.seq_len, rc.data.shuffle, t.seed);
   // data.valid: every evaluation reads its first eval_batches global batches.
   std::vector<uint32_t> valid_tokens;
   if (!rc.data.valid.empty()) {
@@ -190,7 +194,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     state = loaded.state;
     report_read(loaded.bytes_read, resume_dir);
     host.optimizer_step = state.step;
-    reader.set_position(state.data_position);
+    reader->set_position({state.data_epoch, state.data_position});
     if (writer)
       std::fprintf(stderr, "resumed from %s at step %lld\n", resume_dir.c_str(),
                    static_cast<long long>(state.step));
@@ -243,7 +247,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   ProgressBar progress(state.step, t.steps, options.progress && writer);
   auto checkpoint = [&](const std::string& dir) {
     const auto c0 = Clock::now();
-    state.data_position = reader.position();
+    state.data_position = reader->position().position;
+    state.data_epoch = reader->position().epoch;
     const auto shard_bytes = static_cast<int64_t>(rc.output.max_shard_mib * (1 << 20));
     if (dist_run) {
       // Rank 0 writes tensor by tensor, fetching each from the rank that holds it.
@@ -276,7 +281,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   while (state.step < t.steps) {
     const auto t0 = Clock::now();
     const int64_t step = state.step + 1;
-    reader.Next(inputs.data(), targets.data());
+    reader->Next(inputs.data(), targets.data());
     const int64_t skipped_before = engine->SkippedSteps();
     const backend::StepLoss loss =
         engine->ComputeGradients({inputs.data(), targets.data(), t.global_batch, t.seq_len, R});
