@@ -557,7 +557,8 @@ TEST_F(OperatorEnv, ExamplesAreStoredWithoutPruningAndDefaulted) {
     }
   };
   int stored = 0;
-  for (const char* file : {"hetermoejob-a40-v100.yaml", "hetermoejob-h100-v100.yaml", "hetermoejob-cpu.yaml"}) {
+  for (const char* file : {"hetermoejob-a40-v100.yaml", "hetermoejob-h100-v100.yaml", "hetermoejob-cpu.yaml",
+                           "hetermoejob-finetune-a100-v100.yaml"}) {
     for (json doc : fixtures::LoadYamlDocuments(std::string(HETERMOE_SOURCE_DIR) + "/examples/" + file)) {
       if (doc.value("kind", "") != kKind) continue;
       json created = Api().Create(kHeterMoEJobs.Path(ns_), doc);
@@ -567,9 +568,9 @@ TEST_F(OperatorEnv, ExamplesAreStoredWithoutPruningAndDefaulted) {
       ++stored;
     }
   }
-  EXPECT_EQ(stored, 3);
+  EXPECT_EQ(stored, 4);
   json list = Api().List(kHeterMoEJobs.Path(ns_));
-  EXPECT_EQ(list["items"].size(), 3u);
+  EXPECT_EQ(list["items"].size(), 4u);
 }
 
 TEST_F(OperatorEnv, FinishedJobIsCleanedUpAndExpires) {
