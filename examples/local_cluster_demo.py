@@ -104,7 +104,7 @@ def main():
                 print(f"why: {cond.get('reason')}: {cond.get('message')}")
         progress = status.get("progress", {})
         print(f"status.progress: step {progress.get('step')}/{progress.get('totalSteps')}, "
-              f"loss {progress.get('loss')}")
+              f"loss {progress.get('loss')}, validation loss {progress.get('valLoss')} (training.validData)")
         loss = c.prometheus_query(f'last_over_time(hetermoe_trainer_loss{{hetermoe_job="{JOB}"}}[30m])')
         tps = c.prometheus_query(f'avg_over_time(hetermoe_trainer_tokens_per_second{{hetermoe_job="{JOB}"}}[30m])')
         if loss and tps:
@@ -124,6 +124,9 @@ def main():
             time.sleep(args.keep_seconds)
         say("tearing the cluster down")
     shutil.rmtree(work, ignore_errors=True)
+    if status["state"] == "Succeeded" and "valLoss" not in status.get("progress", {}):
+        print("the example sets training.validData, but the job's status has no validation loss")
+        return 1
     return 0 if status["state"] == "Succeeded" else 1
 
 
