@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
+
 #include "common/error.h"
 #include "tests/support/test_util.h"
 
@@ -324,6 +326,26 @@ TEST(SafetensorsTest, CorruptFileOnDiskNamesThePath) {
   ScratchDir dir;
   const std::string path = dir.WriteFile("bad.safetensors", Bytes("[]"));
   ExpectError([&] { SafetensorsFile::Load(path); }, path, "header is not a JSON object");
+}
+
+}  // namespace
+}  // namespace hetermoe::io
+
+namespace hetermoe::io {
+namespace {
+
+// Round to nearest, ties to even, as torch's float -> bfloat16 conversion.
+TEST(SafetensorsBf16, RoundsToNearestEvenAndKeepsNaN) {
+  auto bits = [](uint32_t u) { return std::bit_cast<float>(u); };
+  EXPECT_EQ(FloatToBFloat16(1.0f), 0x3F80);
+  EXPECT_EQ(FloatToBFloat16(bits(0x3F808000u)), 0x3F80) << "a tie rounds to the even neighbour";
+  EXPECT_EQ(FloatToBFloat16(bits(0x3F818000u)), 0x3F82) << "a tie rounds to the even neighbour (up)";
+  EXPECT_EQ(FloatToBFloat16(bits(0x3F808001u)), 0x3F81) << "above the tie rounds up";
+  EXPECT_EQ(FloatToBFloat16(-2.5f), 0xC020);
+  EXPECT_EQ(FloatToBFloat16(bits(0x7F7FFFFFu)), 0x7F80) << "the largest float rounds to infinity";
+  const uint16_t nan = FloatToBFloat16(bits(0x7F800001u));
+  EXPECT_EQ(nan & 0x7F80, 0x7F80);
+  EXPECT_NE(nan & 0x007F, 0) << "a NaN whose payload sits in the low bits stays NaN";
 }
 
 }  // namespace

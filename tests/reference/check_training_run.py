@@ -25,11 +25,13 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mixtral_torch as mt  # noqa: E402
+import torch  # noqa: E402
 
 METRIC_RTOL = 1e-4                 # loss, ce_loss, aux_loss, grad_norm
 LR_RTOL = 1e-6
@@ -140,9 +142,39 @@ def main():
     problems = compare_metrics(read_metrics(os.path.join(out_dir, "metrics.jsonl")), golden)
     problems += compare_weights(os.path.join(out_dir, "final", "model.safetensors"),
                                 os.path.join(fixture, "train_final.safetensors"))
+    problems += check_bf16_export(args.trainer, fixture, out_dir)
     if problems:
         fail("hetermoe-trainer differs from PyTorch:\n  " + "\n  ".join(problems))
     print("PASS: hetermoe-trainer matches PyTorch")
+
+
+def check_bf16_export(trainer: str, fixture: str, out_dir: str) -> list:
+    """output.dtype bf16: the same run exports BF16 weights equal to PyTorch's
+    rounding of the fp32 export (round to nearest even), and keeps the fp32
+    master weights in optimizer.safetensors for an exact resume."""
+    bf16_dir = out_dir + "-bf16"
+    if os.path.exists(bf16_dir):
+        shutil.rmtree(bf16_dir)
+    cmd = [trainer, "--config", os.path.join(fixture, "run.yaml"), "--no-progress",
+           "--set", f"output.dir={bf16_dir}", "--set", "output.dtype=bf16"]
+    if subprocess.run(cmd, capture_output=True).returncode != 0:
+        return ["the run with output.dtype bf16 failed"]
+    path = os.path.join(bf16_dir, "final", "model.safetensors")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    dtypes = {info["dtype"] for name, info in header.items() if name != "__metadata__"}
+    fp32, _ = mt.read_safetensors(os.path.join(out_dir, "final", "model.safetensors"))
+    bf16, _ = mt.read_safetensors(path)
+    master, _ = mt.read_safetensors(os.path.join(bf16_dir, "final", "optimizer.safetensors"))
+    problems = [] if dtypes == {"BF16"} else [f"{path}: dtypes {dtypes}, expected BF16"]
+    rounded = sum(int((bf16[n] != fp32[n].to(torch.bfloat16).float()).sum()) for n in fp32)
+    kept = sum(int((master["master." + n] != fp32[n]).sum()) for n in fp32)
+    print(f"output.dtype bf16: {sum(t.numel() for t in fp32.values())} weights, {rounded} differ from torch's "
+          f"bf16 rounding of the fp32 export, {kept} master weights differ from it")
+    if rounded or kept:
+        problems.append(f"bf16 export: {rounded} weights not torch's rounding, {kept} master weights not the fp32 ones")
+    return problems
 
 
 if __name__ == "__main__":

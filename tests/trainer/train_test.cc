@@ -72,6 +72,29 @@ TEST(Resume, TwoPlusTwoStepsEqualFourStraight) {
   for (size_t i = 0; i < ma.size(); ++i) ASSERT_NEAR(ma[i], mc[i], 1e-6) << "moment element " << i;
 }
 
+// output.dtype bf16: the exported weights are BF16, and resuming from such a
+// checkpoint is still exact (the fp32 master weights are in the optimizer file).
+TEST(Resume, FromABf16ExportIsExact) {
+  Workspace ws;
+  const std::string run_file = ws.WriteRun();
+  const auto straight = run::Train(run::LoadRunConfig(run_file, {"output.dir=" + ws.Path("a")}), Quiet());
+  run::Train(run::LoadRunConfig(run_file, {"output.dir=" + ws.Path("b"), "output.checkpoint_every=2",
+                                           "output.dtype=bf16"}),
+             Quiet());
+  const auto exported = io::SafetensorsFile::Load(ws.Path("b/checkpoint-2/model.safetensors"));
+  for (const auto& t : exported.tensors()) ASSERT_EQ(t.dtype, io::DType::kBF16) << t.name;
+  auto options = Quiet();
+  options.resume = ws.Path("b/checkpoint-2");
+  const auto resumed = run::Train(run::LoadRunConfig(run_file, {"output.dir=" + ws.Path("c")}), options);
+  ASSERT_EQ(resumed.steps.size(), 2u);
+  for (int i = 0; i < 2; ++i)
+    EXPECT_NEAR(resumed.steps[i].loss, straight.steps[i + 2].loss, 1e-6 * straight.steps[i + 2].loss);
+  const auto a = ReadAll(ws.Path("a/final/model.safetensors"));
+  const auto c = ReadAll(ws.Path("c/final/model.safetensors"));
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], c[i], 1e-6) << "parameter element " << i;
+  EXPECT_THROW(run::LoadRunConfig(run_file, {"output.dtype=fp16"}), Error);
+}
+
 // data.train as two shards (a glob) read shuffled, 10 steps over two epochs
 // (7 global batches each); resuming mid-epoch 0 and mid-epoch 1 continues
 // the same order: the same losses and weights as an uninterrupted run.

@@ -307,6 +307,13 @@ void SafetensorsFile::ReadInto(std::string_view name, const std::vector<int64_t>
   }
 }
 
+uint16_t FloatToBFloat16(float f) {
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0)
+    return static_cast<uint16_t>((bits >> 16) | 0x0040u);  // a quiet NaN
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
 void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   const Fail fail{path};
@@ -328,11 +335,14 @@ void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>&
       }
     }
     if (elements > 0 && t.data == nullptr && !t.fill) fail("cannot write tensor " + Quote(t.name) + ": no data");
+    if (t.dtype != DType::kF32 && t.dtype != DType::kBF16)
+      fail("cannot write tensor " + Quote(t.name) + ": only F32 and BF16 are written");
+    const bool bf16 = t.dtype == DType::kBF16;
     uint64_t bytes;
-    if (__builtin_mul_overflow(elements, sizeof(float), &bytes) || offset + bytes < offset) {
+    if (__builtin_mul_overflow(elements, bf16 ? sizeof(uint16_t) : sizeof(float), &bytes) || offset + bytes < offset) {
       fail("cannot write tensor " + Quote(t.name) + ": too large");
     }
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    header[t.name] = {{"dtype", bf16 ? "BF16" : "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     byte_counts.push_back(bytes);
     offset += bytes;
   }
@@ -352,15 +362,24 @@ void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>&
   out.Write(&header_size, sizeof header_size);  // little-endian host
   out.Write(text.data(), text.size());
   std::vector<float> one;  // the tensor being filled
+  std::vector<uint16_t> narrow;
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (byte_counts[i] == 0) continue;
-    if (tensors[i].data) {
-      out.Write(tensors[i].data, byte_counts[i]);
+    const bool bf16 = tensors[i].dtype == DType::kBF16;
+    const size_t n = byte_counts[i] / (bf16 ? sizeof(uint16_t) : sizeof(float));
+    const float* data = tensors[i].data;
+    if (!data) {
+      one.resize(n);
+      tensors[i].fill(one.data());
+      data = one.data();
+    }
+    if (!bf16) {
+      out.Write(data, byte_counts[i]);
       continue;
     }
-    one.resize(byte_counts[i] / sizeof(float));
-    tensors[i].fill(one.data());
-    out.Write(one.data(), byte_counts[i]);
+    narrow.resize(n);
+    for (size_t k = 0; k < n; ++k) narrow[k] = FloatToBFloat16(data[k]);
+    out.Write(narrow.data(), byte_counts[i]);
   }
   out.Finish();
 }

@@ -76,9 +76,15 @@ struct TensorToWrite {
   // reaches it (tensors are filled one at a time, in order), so the whole
   // file never needs to be in memory.
   std::function<void(float* out)> fill;
+  // On disk: F32, or BF16 (each float rounded to nearest, ties to even;
+  // NaN stays NaN).
+  DType dtype = DType::kF32;
 };
 
-// Writes an F32 safetensors file at `path` (plain write + fsync; atomicity
+// Rounds a float to bfloat16's bits (nearest, ties to even; NaN stays NaN).
+uint16_t FloatToBFloat16(float f);
+
+// Writes a safetensors file at `path` (plain write + fsync; atomicity
 // is the caller's: checkpoints are written into a temporary directory that is
 // renamed into place).
 void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,

@@ -66,17 +66,21 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
     if (ec) throw Error(file.path + ": cannot copy into the checkpoint: " + ec.message());
   }
   const auto& ts = v.layout->tensors();
-  auto tensor = [&](std::string name, size_t i, StateBuffer b, const float* buffer) {
-    if (buffer) return io::TensorToWrite{std::move(name), ts[i].shape, buffer + ts[i].offset, {}};
-    return io::TensorToWrite{std::move(name), ts[i].shape, nullptr, [&v, i, b](float* out) { v.source(i, b, out); }};
+  auto tensor = [&](std::string name, size_t i, StateBuffer b, const float* buffer,
+                    io::DType dtype = io::DType::kF32) {
+    if (buffer) return io::TensorToWrite{std::move(name), ts[i].shape, buffer + ts[i].offset, {}, dtype};
+    return io::TensorToWrite{std::move(name), ts[i].shape, nullptr, [&v, i, b](float* out) { v.source(i, b, out); },
+                             dtype};
   };
+  const bool bf16 = v.weights_dtype == io::DType::kBF16;
+  const int64_t element_bytes = bf16 ? 2 : 4;
   if (!v.params && !v.source) throw Error(dir_str + ": a checkpoint needs the model's tensors");
   {
     // Shards: tensors in layout order, a new shard when the next would pass the limit.
     std::vector<std::vector<size_t>> shards(1);
     int64_t in_shard = 0;
     for (size_t i = 0; i < ts.size(); ++i) {
-      const int64_t bytes = ts[i].numel * static_cast<int64_t>(sizeof(float));
+      const int64_t bytes = ts[i].numel * element_bytes;
       if (v.max_shard_bytes > 0 && in_shard > 0 && in_shard + bytes > v.max_shard_bytes) {
         shards.emplace_back();
         in_shard = 0;
@@ -92,9 +96,9 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
       const std::string file = v.max_shard_bytes == 0 ? "model.safetensors" : name;
       std::vector<io::TensorToWrite> params;
       for (size_t i : shards[s]) {
-        params.push_back(tensor(ts[i].name, i, StateBuffer::kParams, v.params));
+        params.push_back(tensor(ts[i].name, i, StateBuffer::kParams, v.params, v.weights_dtype));
         weight_map[ts[i].name] = file;
-        total += ts[i].numel * static_cast<int64_t>(sizeof(float));
+        total += ts[i].numel * element_bytes;
       }
       io::WriteSafetensors((tmp / file).string(), params, {{"format", "pt"}});
     }
@@ -108,6 +112,7 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
     for (size_t i = 0; i < ts.size(); ++i) {
       moments.push_back(tensor("exp_avg." + ts[i].name, i, StateBuffer::kExpAvg, v.exp_avg));
       moments.push_back(tensor("exp_avg_sq." + ts[i].name, i, StateBuffer::kExpAvgSq, v.exp_avg_sq));
+      if (bf16) moments.push_back(tensor("master." + ts[i].name, i, StateBuffer::kParams, v.params));
     }
     io::WriteSafetensors((tmp / "optimizer.safetensors").string(), moments,
                          {{"optimizer", "adamw"}, {"step", std::to_string(v.state.step)}});
@@ -152,6 +157,8 @@ LoadedCheckpoint ReadCheckpoint(const std::string& dir_str, const io::MixtralCon
   for (const auto& t : held.tensors()) {
     opt.ReadInto("exp_avg." + t.name, t.shape, exp_avg + t.offset);
     opt.ReadInto("exp_avg_sq." + t.name, t.shape, exp_avg_sq + t.offset);
+    // A checkpoint exported in bf16 keeps the fp32 master weights here.
+    if (opt.Find("master." + t.name) != nullptr) opt.ReadInto("master." + t.name, t.shape, params + t.offset);
   }
   bytes_read += opt.bytes_read();
   const fs::path state_path = dir / "trainer_state.json";

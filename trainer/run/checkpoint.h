@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/mixtral_config.h"
+#include "trainer/io/safetensors.h"
 #include "trainer/model/parameters.h"
 
 namespace hetermoe::run {
@@ -45,6 +46,9 @@ struct CheckpointView {
   // that gets a shard of its own) plus model.safetensors.index.json, as
   // Hugging Face writes them; 0 = one model.safetensors.
   int64_t max_shard_bytes = 0;
+  // The weights' dtype on disk (output.dtype). With BF16 the fp32 master
+  // weights go into optimizer.safetensors as master.<name>, so resume stays exact.
+  io::DType weights_dtype = io::DType::kF32;
   // config.json as written (MixtralConfigToJsonKeeping); null = MixtralConfigToJson(*config).
   const nlohmann::json* config_json = nullptr;
   // Files copied beside the weights (generation_config.json, tokenizer

@@ -250,17 +250,18 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     state.data_position = reader->position().position;
     state.data_epoch = reader->position().epoch;
     const auto shard_bytes = static_cast<int64_t>(rc.output.max_shard_mib * (1 << 20));
+    const io::DType weights_dtype = rc.output.dtype == "bf16" ? io::DType::kBF16 : io::DType::kF32;
     if (dist_run) {
       // Rank 0 writes tensor by tensor, fetching each from the rank that holds it.
       dist_run->engine->StreamCheckpoint([&](const parallel::DistributedBackend::TensorFetch& fetch) {
         WriteCheckpoint(dir, {&config, &layout, nullptr, nullptr, nullptr, state,
                               [&](size_t i, StateBuffer b, float* out) { fetch(i, static_cast<int>(b), out); },
-                              shard_bytes, &exported_config, companion_files});
+                              shard_bytes, weights_dtype, &exported_config, companion_files});
       });
     } else {
       engine->Download(&host);
       WriteCheckpoint(dir, {&config, &layout, host.params.data(), host.exp_avg.data(), host.exp_avg_sq.data(),
-                            state, nullptr, shard_bytes, &exported_config, companion_files});
+                            state, nullptr, shard_bytes, weights_dtype, &exported_config, companion_files});
     }
     if (!writer) return;
     metrics->RecordCheckpoint(Seconds(c0, Clock::now()));
