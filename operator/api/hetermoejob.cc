@@ -123,6 +123,7 @@ JobSpec ParseJobSpec(const json& spec, std::set<std::string>* visited) {
     out.checkpoint.claim_name = x.String("claimName");
     Set(out.checkpoint.mount_path, x.String("mountPath"));
     Set(out.checkpoint.interval_steps, x.Int("intervalSteps"));
+    Set(out.checkpoint.dtype, x.String("dtype"));
   });
   r.Object("monitoring", [&](JsonReader& x) {
     Set(out.monitoring.metrics_port, x.Int("metricsPort"));

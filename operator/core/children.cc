@@ -152,7 +152,8 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
     << "  timeout_seconds: " << spec.parallel.timeout_seconds << "\n"
     << "output:\n"
     << "  dir: " << quoted(OutputDir(job)) << "\n"
-    << "  checkpoint_every: " << spec.checkpoint.interval_steps << "\n";
+    << "  checkpoint_every: " << spec.checkpoint.interval_steps << "\n"
+    << "  dtype: " << spec.checkpoint.dtype << "\n";
   return y.str();
 }
 

@@ -168,7 +168,7 @@ TEST(Children, EveryTrainerFieldReachesThePods) {
       {"spec.monitoring.metricsLingerSeconds", 15},
       {"spec.training.validData", "/data/valid.bin"}, {"spec.training.evalEvery", 5},
       {"spec.training.evalBatches", 3},            {"spec.training.tokenizer", "/data/tokenizer.model"},
-      {"spec.training.shuffle", true},
+      {"spec.training.shuffle", true},             {"spec.checkpoint.dtype", "bf16"},
       {"spec.attention.gpusPerReplica", 0},        {"spec.attention.template", json::object()},
   };
   const std::set<std::string> elsewhere = {"spec.model.config", "spec.model.configMap",
