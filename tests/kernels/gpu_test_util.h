@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -74,6 +75,42 @@ inline std::vector<float> Random(size_t n, uint32_t seed, float stddev = 1.0f) {
   std::vector<float> v(n);
   for (auto& x : v) x = dist(rng);
   return v;
+}
+
+inline std::vector<float> Abs(std::vector<float> v) {
+  for (float& x : v) x = std::abs(x);
+  return v;
+}
+
+// Rounding bound of a sum of n products in fp32 (Higham's gamma_n with
+// u = 2^-24): any order of evaluation, fused or not, lands within
+// gamma_n * (sum of |terms|) of the exact sum. Two such results (the GPU's and
+// the CPU's) differ by at most twice that.
+inline double Gamma(int64_t n) {
+  const double u = std::ldexp(1.0, -24);
+  return n * u / (1.0 - n * u);
+}
+
+// |actual[i] - expected[i]| <= 2 gamma_n magnitude[i] (magnitude: the sum
+// of |terms| of element i, the same sum computed on absolute values) plus
+// one fp32 rounding of the result each side. Reports the worst element's
+// error as a share of its bound.
+inline void ExpectWithinGemmBound(const std::vector<float>& actual, const std::vector<float>& expected,
+                                  const std::vector<float>& magnitude, int64_t n, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  ASSERT_EQ(magnitude.size(), expected.size()) << what;
+  size_t bad = 0;
+  double worst = 0;
+  const double u = std::ldexp(1.0, -24);
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double bound = 2 * Gamma(n) * magnitude[i] * (1 + u) + 2 * u * std::abs(double{expected[i]});
+    const double err = std::abs(double{actual[i]} - expected[i]);
+    if (!(err <= bound)) ++bad;
+    if (bound > 0) worst = std::max(worst, err / bound);
+  }
+  std::printf("%s: worst error %.3f of its derived bound (2 gamma_%lld |a||b|)\n", what.c_str(), worst,
+              static_cast<long long>(n));
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << actual.size() << " elements outside the bound";
 }
 
 // |actual - expected| <= atol + rtol * |expected| element-wise; on failure
