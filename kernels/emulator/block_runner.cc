@@ -149,7 +149,8 @@ void BlockRunner::Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx
   const unsigned n = block.x * block.y * block.z;
   race_.clear();
   if (race_check_) {
-    if (static_shared_ == 0) {
+    if (!static_shared_searched_) {  // once per runner (per host thread), found or not
+      static_shared_searched_ = true;
       StaticShared found = FindStaticShared();
       static_shared_ = found.begin;
       static_shared_bytes_ = found.bytes;

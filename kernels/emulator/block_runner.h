@@ -95,6 +95,7 @@ class BlockRunner {
   mutable std::vector<unsigned char> shared_;
   bool race_check_ = false;
   SharedRaceDetector races_;
+  bool static_shared_searched_ = false;
   uintptr_t static_shared_ = 0;  // this host thread's block of the module's thread_locals
   size_t static_shared_bytes_ = 0;
   std::vector<StaticShared::Symbol> static_symbols_;

@@ -436,9 +436,12 @@ void DrainAllStreams() {
     std::lock_guard<std::mutex> lock(r.mu);
     for (const void* s : r.streams) streams.push_back(static_cast<cudaStream_t>(const_cast<void*>(s)));
   }
+  static const uint64_t seed = static_cast<uint64_t>(EnvInt("HETERMOE_EMULATED_SEED", 1));
   static std::atomic<uint64_t> round{0};
-  std::mt19937_64 rng(static_cast<uint64_t>(EnvInt("HETERMOE_EMULATED_SEED", 1)) + round++);
-  std::shuffle(streams.begin(), streams.end(), rng);
+  if (seed != 0) {  // 0: in order, as the threads of a block
+    std::mt19937_64 rng(seed + round++);
+    std::shuffle(streams.begin(), streams.end(), rng);
+  }
   for (cudaStream_t s : streams) DrainStream(s);
 }
 }  // namespace

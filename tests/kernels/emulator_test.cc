@@ -26,6 +26,12 @@ namespace {
 
 using emulator::EmulatorError;
 
+// Whether the environment turned an emulator setting off (NAME=0).
+bool TurnedOff(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == "0";
+}
+
 template <typename T>
 struct Device {
   explicit Device(size_t n) : n(n) { EXPECT_EQ(cudaMalloc(&p, sizeof(T) * n), cudaSuccess); }
@@ -201,8 +207,7 @@ std::string RaceError(const std::function<void()>& launch) {
 }
 
 TEST(CudaEmulator, CatchesAMissingBarrierAsASharedMemoryRace) {
-  if (std::getenv("HETERMOE_EMULATED_RACES") != nullptr && std::string(std::getenv("HETERMOE_EMULATED_RACES")) == "0")
-    GTEST_SKIP() << "HETERMOE_EMULATED_RACES=0";
+  if (TurnedOff("HETERMOE_EMULATED_RACES")) GTEST_SKIP() << "HETERMOE_EMULATED_RACES=0";
   Device<float> out(4 * 256);
   HM_LAUNCH(BroadcastKernel, 4, 256, sizeof(float), nullptr)(out.p, 1);
   for (float v : out.Get()) ASSERT_EQ(v, 42.0f) << "with the barrier every thread reads the write";
@@ -331,10 +336,8 @@ __global__ void MaskWithAbsentLanesKernel(float* out) {
 }
 
 TEST(CudaEmulator, SyncwarpAndPartialMasks) {
-  const char* seed = std::getenv("HETERMOE_EMULATED_SEED");
-  const bool shuffled = seed == nullptr || std::string(seed) != "0";
-  const char* race_check = std::getenv("HETERMOE_EMULATED_RACES");
-  const bool races = race_check == nullptr || std::string(race_check) != "0";
+  const bool shuffled = !TurnedOff("HETERMOE_EMULATED_SEED");
+  const bool races = !TurnedOff("HETERMOE_EMULATED_RACES");
   Device<float> out(4 * 64);
   HM_LAUNCH(NeighbourSwapKernel, 4, 64, 64 * sizeof(float), nullptr)(out.p, 1);
   auto o = out.Get();
@@ -411,9 +414,7 @@ __global__ void FillKernel(float* x, float value) { x[threadIdx.x] = value; }
 __global__ void CopyKernel(const float* x, float* y) { y[threadIdx.x] = x[threadIdx.x]; }
 
 TEST(CudaEmulator, StreamsRunTheirWorkOnlyWhenWaitedFor) {
-  if (std::getenv("HETERMOE_EMULATED_DEFERRED") != nullptr &&
-      std::string(std::getenv("HETERMOE_EMULATED_DEFERRED")) == "0")
-    GTEST_SKIP() << "HETERMOE_EMULATED_DEFERRED=0";
+  if (TurnedOff("HETERMOE_EMULATED_DEFERRED")) GTEST_SKIP() << "HETERMOE_EMULATED_DEFERRED=0";
   Device<float> x(32), y(32);
   cudaStream_t producer = nullptr, consumer = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&producer, cudaStreamNonBlocking), cudaSuccess);
@@ -454,9 +455,7 @@ TEST(CudaEmulator, StreamsRunTheirWorkOnlyWhenWaitedFor) {
 // pointers is uploaded on another stream, without an event, reads the array
 // before the upload and fails naming the call (on a GPU: garbage pointers).
 TEST(CudaEmulator, CublasRunsOnItsHandlesStream) {
-  if (std::getenv("HETERMOE_EMULATED_DEFERRED") != nullptr &&
-      std::string(std::getenv("HETERMOE_EMULATED_DEFERRED")) == "0")
-    GTEST_SKIP() << "HETERMOE_EMULATED_DEFERRED=0";
+  if (TurnedOff("HETERMOE_EMULATED_DEFERRED")) GTEST_SKIP() << "HETERMOE_EMULATED_DEFERRED=0";
   Device<float> a(4), b(4), c(4);
   a.Set({1, 2, 3, 4});
   b.Set({1, 0, 0, 1});

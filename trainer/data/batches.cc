@@ -29,9 +29,11 @@ class InOrder final : public BatchSource {
  public:
   InOrder(std::vector<std::vector<uint32_t>> shards, const std::vector<std::string>& names, int64_t batch,
           int64_t seq_len) {
-    for (auto& shard : shards) {
-      tokens_.insert(tokens_.end(), shard.begin(), shard.end());
-      shard = {};
+    // One file (the usual case) is moved, not copied.
+    tokens_ = std::move(shards.front());
+    for (size_t k = 1; k < shards.size(); ++k) {
+      tokens_.insert(tokens_.end(), shards[k].begin(), shards[k].end());
+      shards[k] = {};
     }
     reader_ = std::make_unique<io::BatchReader>(&tokens_, batch, seq_len, Join(names));
   }

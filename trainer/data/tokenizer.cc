@@ -2,6 +2,10 @@
 
 #include <dlfcn.h>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
 #include "common/error.h"
 #include "common/file_bytes.h"
 #include "common/plugin.h"
@@ -62,7 +66,9 @@ void TrainTokenizer(const TokenizerTraining& t) {
   if (t.inputs.empty()) throw Error("train-tokenizer: no input files");
   std::string inputs;
   for (const std::string& input : t.inputs) {
-    io::ReadFileBytes(input);  // a missing input is one line naming it, before training starts
+    // A missing input is one line naming it, before training starts (without
+    // reading a large corpus twice).
+    if (!std::ifstream(input)) throw Error(input + ": cannot open: " + std::strerror(errno));
     inputs += (inputs.empty() ? "" : ", ") + input;
   }
   std::string model;

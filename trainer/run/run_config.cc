@@ -91,7 +91,6 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   Section data(root["data"], "data", source);
   if (root["data"] && root["data"]["train"] && root["data"]["train"].IsSequence()) {
     data.Get("train", &c.data.train_shards, true);
-    for (const std::string& shard : c.data.train_shards) c.data.train += (c.data.train.empty() ? "" : ", ") + shard;
     if (c.data.train_shards.empty()) data.Fail("data.train", "must name at least one token file");
   } else {
     data.Get("train", &c.data.train, true);
@@ -242,6 +241,10 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   c.model.init = ResolvePath(c.model.init, "model.init", base_dir, overridden);
   c.data.train = ResolvePath(c.data.train, "data.train", base_dir, overridden);
   for (std::string& shard : c.data.train_shards) shard = ResolvePath(shard, "data.train", base_dir, overridden);
+  if (c.data.train_shards.size() > 1 || c.data.train.empty()) {  // a list: `train` names them all, for messages
+    c.data.train.clear();
+    for (const std::string& shard : c.data.train_shards) c.data.train += (c.data.train.empty() ? "" : ", ") + shard;
+  }
   c.data.valid = ResolvePath(c.data.valid, "data.valid", base_dir, overridden);
   c.data.tokenizer = ResolvePath(c.data.tokenizer, "data.tokenizer", base_dir, overridden);
   c.output.dir = ResolvePath(c.output.dir, "output.dir", base_dir, overridden);
