@@ -102,7 +102,7 @@ struct CheckpointSpec {
   std::optional<std::string> claim_name;  // PVC; nullopt = no checkpoints kept
   std::string mount_path = "/checkpoints";
   int64_t interval_steps = 0;             // 0 = only final
-  std::string dtype = "fp32";             // exported weights (the trainer's output.dtype): fp32 | bf16
+  std::string dtype = "auto";             // exported weights (the trainer's output.dtype): auto | fp32 | bf16
 };
 
 struct MonitoringSpec {

@@ -109,8 +109,8 @@ std::vector<std::string> ValidateSpec(const JobSpec& spec, const std::string* mo
   if (spec.monitoring.progress_interval_seconds < 0)
     errors.push_back("spec.monitoring.progressIntervalSeconds: must be >= 0");
   if (spec.checkpoint.interval_steps < 0) errors.push_back("spec.checkpoint.intervalSteps: must be >= 0");
-  if (spec.checkpoint.dtype != "fp32" && spec.checkpoint.dtype != "bf16")
-    errors.push_back("spec.checkpoint.dtype: must be fp32 or bf16");
+  if (spec.checkpoint.dtype != "auto" && spec.checkpoint.dtype != "fp32" && spec.checkpoint.dtype != "bf16")
+    errors.push_back("spec.checkpoint.dtype: must be auto, fp32 or bf16");
   if (spec.checkpoint.interval_steps > 0 && !spec.checkpoint.claim_name)
     errors.push_back("spec.checkpoint: intervalSteps needs claimName");
 

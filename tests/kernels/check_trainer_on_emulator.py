@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -73,6 +74,14 @@ def run(args, out, device, precision="fp32", env_extra=None, extra=(), expect_ok
     backend = next((l for l in p.stderr.splitlines() if l.startswith("backend: ")), "backend: ?")
     transport = next((l for l in p.stderr.splitlines() if l.startswith("rows between ranks: ")), "")
     return metrics, weights, backend[len("backend: "):], transport[len("rows between ranks: "):]
+
+
+def exported_dtypes(path):
+    """The dtypes a safetensors file's header names."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return {t["dtype"] for name, t in header.items() if name != "__metadata__"}
 
 
 def compare_losses(name, ref, got, rel, problems, weights_tol=None, tokens=True):
@@ -150,6 +159,12 @@ def main():
     if "sm_75" not in fp16[2] or "fp16" not in fp16[2]:
         problems.append(f"precision auto on sm_75 used backend {fp16[2]!r}, expected fp16")
     compare_losses("cuda fp16 (sm_75, auto)", cpu, fp16, 2e-2, problems, tokens=False)
+    # output.dtype auto (the default): 16-bit runs export BF16, fp32 runs F32.
+    for name, out, want in (("fp32", "cuda", {"F32"}), ("bf16", "bf16", {"BF16"}), ("fp16", "fp16", {"BF16"})):
+        got = exported_dtypes(os.path.join(args.work, out, "final", "model.safetensors"))
+        print(f"{name} run exports {sorted(got)}")
+        if got != want:
+            problems.append(f"the {name} run exported {sorted(got)}, expected {sorted(want)} (output.dtype auto)")
 
     p = run(args, os.path.join(args.work, "nogpu"), "cuda", env_extra={"HETERMOE_EMULATED_DEVICES": "0"},
             expect_ok=False)

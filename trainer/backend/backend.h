@@ -51,6 +51,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // The GEMM operand format the run computes in, "auto" resolved: fp32 |
+  // bf16 | fp16 (the CPU: fp32). output.dtype auto follows it.
+  virtual std::string precision() const { return "fp32"; }
 
   virtual void Upload(const HostState& state) = 0;
   virtual void Download(HostState* state) = 0;

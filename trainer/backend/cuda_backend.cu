@@ -100,6 +100,8 @@ std::string CudaBackend::name() const {
   return impl_->m.Describe();
 }
 
+std::string CudaBackend::precision() const { return std::string(kernels::ComputeDtypeName(impl_->m.policy.compute)); }
+
 void CudaBackend::Upload(const HostState& state) {
   DeviceModel& m = impl_->m;
   const size_t n = static_cast<size_t>(m.layout.total()), bytes = sizeof(float) * n;

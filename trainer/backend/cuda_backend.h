@@ -36,6 +36,7 @@ class CudaBackend final : public MicroBatchBackend {
   ~CudaBackend() override;
 
   std::string name() const override;
+  std::string precision() const override;
   void Upload(const HostState& state) override;
   void Download(HostState* state) override;
   void ZeroGrads() override;

@@ -160,6 +160,7 @@ class CudaStageDevice final : public model::StageDevice {
     norm_out_.Bind(&m_.allocator);
   }
   std::string name() const override { return m_.Describe(); }
+  std::string precision() const override { return std::string(kernels::ComputeDtypeName(m_.policy.compute)); }
   std::unique_ptr<model::MicroBatchStages> NewMicroBatch() override {
     // Micro-batches run their stages in order on the model's stream, so they
     // can share one set of recomputed attention activations.

@@ -169,6 +169,7 @@ class StageDevice {
  public:
   virtual ~StageDevice() = default;
   virtual std::string name() const = 0;
+  virtual std::string precision() const { return "fp32"; }  // as Backend::precision
   virtual std::unique_ptr<MicroBatchStages> NewMicroBatch() = 0;
   virtual std::unique_ptr<ExpertBlock> NewExpertBlock() = 0;
   // Copies the listed tensors (indices into layout.tensors()) of the host

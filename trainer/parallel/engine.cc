@@ -238,5 +238,6 @@ int DistributedBackend::SetInFlight(int micro_batches) {
 }
 
 std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }
+std::string DistributedBackend::precision() const { return impl_->device->precision(); }
 
 }  // namespace hetermoe::parallel

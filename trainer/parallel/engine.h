@@ -67,6 +67,7 @@ class DistributedBackend final : public backend::Backend {
   ~DistributedBackend() override;
 
   std::string name() const override;
+  std::string precision() const override;
   // HierMoE's token deduplication on the dispatch (default on; every rank of
   // a run must agree): a token routed to several experts of one owner is
   // sent once and fanned out there, and the owner sums that token's input

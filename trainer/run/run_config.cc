@@ -234,8 +234,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   if (c.output.checkpoint_every < 0) output.Fail("output.checkpoint_every", "must be >= 0");
   if (c.output.keep_checkpoints < 0) output.Fail("output.keep_checkpoints", "must be >= 0");
   if (c.output.max_shard_mib < 0) output.Fail("output.max_shard_mib", "must be >= 0 (0 = one file)");
-  if (c.output.dtype != "fp32" && c.output.dtype != "bf16")
-    output.Fail("output.dtype", "must be fp32 or bf16 (got \"" + c.output.dtype + "\")");
+  if (c.output.dtype != "auto" && c.output.dtype != "fp32" && c.output.dtype != "bf16")
+    output.Fail("output.dtype", "must be auto, fp32 or bf16 (got \"" + c.output.dtype + "\")");
 
   c.model.config = ResolvePath(c.model.config, "model.config", base_dir, overridden);
   c.model.init = ResolvePath(c.model.init, "model.init", base_dir, overridden);

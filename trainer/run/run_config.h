@@ -82,7 +82,9 @@ struct RunConfig {
     int64_t checkpoint_every = 0;  // 0 = only final/
     int64_t keep_checkpoints = 0;  // 0 = keep all checkpoint-<step>/ folders
     double max_shard_mib = 0;      // model weights in shards of at most this size + an index; 0 = one file
-    std::string dtype = "fp32";    // the exported weights: fp32 | bf16 (fp32 master weights kept for resume)
+    // The exported weights: fp32 | bf16 (fp32 master weights kept for resume) |
+    // auto (bf16 when the run computes in bf16 or fp16, as Mixtral is published).
+    std::string dtype = "auto";
   } output;
 };
 

@@ -88,6 +88,12 @@ void CheckMemoryLimit(int64_t limit_mib, double held_bytes, int64_t model_params
 
 }  // namespace
 
+// output.dtype: auto exports bf16 when the run computes in 16 bits.
+io::DType ExportDtype(const std::string& dtype, const std::string& precision) {
+  if (dtype == "auto") return precision == "fp32" ? io::DType::kF32 : io::DType::kBF16;
+  return dtype == "bf16" ? io::DType::kBF16 : io::DType::kF32;
+}
+
 ProcessRole DecideProcessRole(const RunConfig& rc, bool started_by_local_launcher) {
   if (!rc.parallel.enabled) return ProcessRole::kSingle;
   if (rc.parallel.launch != "local") return ProcessRole::kRank;
@@ -250,7 +256,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     state.data_position = reader->position().position;
     state.data_epoch = reader->position().epoch;
     const auto shard_bytes = static_cast<int64_t>(rc.output.max_shard_mib * (1 << 20));
-    const io::DType weights_dtype = rc.output.dtype == "bf16" ? io::DType::kBF16 : io::DType::kF32;
+    const io::DType weights_dtype = ExportDtype(rc.output.dtype, engine->precision());
     if (dist_run) {
       // Rank 0 writes tensor by tensor, fetching each from the rank that holds it.
       dist_run->engine->StreamCheckpoint([&](const parallel::DistributedBackend::TensorFetch& fetch) {
