@@ -2,10 +2,12 @@
 #include "common/file_bytes.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 #include "common/error.h"
@@ -76,6 +78,49 @@ void FileWriter::Finish() {
   int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) ThrowErrno(path_, "cannot close", errno);
+}
+
+namespace {
+
+// A read-only private mapping of a whole file, unmapped with the last owner.
+struct Mapping {
+  void* data = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (data != nullptr) ::munmap(data, size);
+  }
+};
+
+}  // namespace
+
+FileView MapFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) ThrowErrno(path, "cannot open", errno);
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+    ::close(fd);
+    auto text = std::make_shared<const std::string>(ReadFileBytes(path));
+    const std::string_view bytes(*text);
+    return {std::move(text), bytes, false};
+  }
+  auto mapping = std::make_shared<Mapping>();
+  mapping->size = static_cast<size_t>(st.st_size);
+  void* data = ::mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  ::close(fd);
+  if (data == MAP_FAILED) ThrowErrno(path, "cannot map", err);
+  mapping->data = data;
+  const std::string_view bytes(static_cast<const char*>(data), mapping->size);
+  return {std::move(mapping), bytes, true};
+}
+
+void DropPages(const FileView& view, const char* data, size_t size) {
+  if (!view.mapped || size == 0) return;
+  // Only whole pages inside the range: a page shared with a neighbour stays.
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 }  // namespace hetermoe::io

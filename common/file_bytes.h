@@ -7,12 +7,30 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
+#include <string_view>
 
 namespace hetermoe::io {
 
 // The whole file as bytes. A missing file gives `<path>: cannot open: ...`.
 std::string ReadFileBytes(const std::string& path);
+
+// A whole file, read-only, without reading it: a regular file is
+// memory-mapped (only the pages touched come into memory, and the kernel may
+// drop them again), anything else (a pipe, /proc, an empty file) is read.
+// `owner` keeps `bytes` valid; copies share it.
+struct FileView {
+  std::shared_ptr<const void> owner;
+  std::string_view bytes;
+  bool mapped = false;
+};
+FileView MapFile(const std::string& path);
+
+// Tells the kernel a mapped view's pages holding [data, data + size) are not
+// needed for now: they leave the process's resident memory and are read from
+// the file again if touched. A no-op for a view that was read.
+void DropPages(const FileView& view, const char* data, size_t size);
 
 // Creates or truncates `path` and writes it in pieces. Finish() fsyncs and
 // closes; the destructor closes without syncing (used only when an error

@@ -1,21 +1,15 @@
 // Safetensors reading (validating every field of an untrusted header) and
 // F32 writing (see safetensors.h for the format).
 //
-// Reading keeps the whole file in memory and converts on demand. The checks
+// Reading maps the file (MapFile) and converts tensors on demand. The checks
 // follow Hugging Face's safetensors loader except where it is stricter than
 // the trainer needs: gaps between tensors and unused bytes after the last
 // one are accepted (overlaps are not).
 #include "trainer/io/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
 #include <cmath>
-#include <cerrno>
 #include <cstring>
 #include <limits>
 
@@ -156,37 +150,9 @@ int64_t TensorInfo::NumElements() const {
   return n;
 }
 
-namespace {
-
-// A read-only private mapping of a whole file, unmapped with the last owner.
-struct Mapping {
-  void* data = nullptr;
-  size_t size = 0;
-  ~Mapping() {
-    if (data != nullptr) ::munmap(data, size);
-  }
-};
-
-}  // namespace
-
 SafetensorsFile SafetensorsFile::Load(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
-    // Not a regular file (a pipe, /proc), or empty: read it whole.
-    ::close(fd);
-    return Parse(ReadFileBytes(path), path);
-  }
-  auto mapping = std::make_shared<Mapping>();
-  mapping->size = static_cast<size_t>(st.st_size);
-  void* data = ::mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);
-  if (data == MAP_FAILED) throw Error(path + ": cannot map: " + std::strerror(err));
-  mapping->data = data;
-  const std::string_view bytes(static_cast<const char*>(data), mapping->size);
-  return ParseView(std::move(mapping), bytes, path);
+  FileView view = MapFile(path);
+  return ParseView(std::move(view.owner), view.bytes, path);
 }
 
 SafetensorsFile SafetensorsFile::Parse(std::string bytes, const std::string& source) {
