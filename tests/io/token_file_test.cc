@@ -1,9 +1,12 @@
 // Tests of trainer/io/token_file: llm.c-format files with and without the
-// header, id validation, and the batch reader's order and
-// wrap-around on examples small enough to check by hand.
+// header, 64-bit counts, id validation where tokens are read.
 #include "trainer/io/token_file.h"
 
+#include <sys/resource.h>
+
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -22,6 +25,12 @@ using testing::ScratchDir;
 template <typename T>
 std::string Raw(const std::vector<T>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+long PeakRssKib() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
 }
 
 // llm.c's 256 x int32 header.
@@ -98,66 +107,60 @@ TEST(TokenFileTest, MalformedFiles) {
   ExpectError([&] { WriteTokenFile(dir.Path("w.bin"), {}); }, dir.Path("w.bin"), "no tokens to write");
 }
 
-// Nine tokens 0..8, B = 2 sequences of T = 2: a batch needs B*T+1 = 5.
-//   batch at 0: inputs [[0,1],[2,3]], targets [[1,2],[3,4]]; next 4 (4+5 <= 9)
-//   batch at 4: inputs [[4,5],[6,7]], targets [[5,6],[7,8]]; next 8 -> 0
-//   batch at 0 again.
-TEST(BatchReaderTest, ReadsInLlmcOrderAndWraps) {
-  std::vector<uint32_t> tokens(9);
-  std::iota(tokens.begin(), tokens.end(), 0u);
-  BatchReader reader(&tokens, 2, 2, "tokens.bin");
-  int32_t in[4], tg[4];
-  using V = std::vector<int32_t>;
-  EXPECT_EQ(reader.position(), 0);
-  reader.Next(in, tg);
-  EXPECT_EQ(V(in, in + 4), (V{0, 1, 2, 3}));
-  EXPECT_EQ(V(tg, tg + 4), (V{1, 2, 3, 4}));
-  EXPECT_EQ(reader.position(), 4);
-  reader.Next(in, tg);
-  EXPECT_EQ(V(in, in + 4), (V{4, 5, 6, 7}));
-  EXPECT_EQ(V(tg, tg + 4), (V{5, 6, 7, 8}));
-  EXPECT_EQ(reader.position(), 0);
-  reader.Next(in, tg);
-  EXPECT_EQ(V(in, in + 4), (V{0, 1, 2, 3}));
+// Files of 2^31 tokens and more: the header carries a 64-bit count, which
+// llm.c's int32 cannot.
+TEST(TokenFileTest, HeaderCountsAre64Bit) {
+  const auto small = EncodeTokenHeader(5, 2);
+  EXPECT_EQ(small[2], 5);
+  EXPECT_EQ(small[3], 0);
+  const int64_t big = (int64_t{1} << 32) + 7;  // 2^32 + 7 does not fit an int32
+  const auto wide = EncodeTokenHeader(big, 4);
+  EXPECT_EQ(wide[1], 2);
+  EXPECT_EQ(wide[2], -1);
+  EXPECT_EQ(wide[3], 7);
+  EXPECT_EQ(wide[4], 1);
+  EXPECT_EQ(EncodeTokenHeader(int64_t{1} << 31, 2)[2], -1) << "2^31 is one more than int32 holds";
 }
 
-// With one token fewer (8), the second batch no longer fits: every batch is
-// the first one.
-TEST(BatchReaderTest, WrapsAsSoonAsTheNextBatchDoesNotFit) {
-  std::vector<uint32_t> tokens = {10, 11, 12, 13, 14, 15, 16, 17};
-  BatchReader reader(&tokens, 2, 2, "tokens.bin");
-  int32_t in[4], tg[4];
-  for (int step = 0; step < 3; ++step) {
-    reader.Next(in, tg);
-    EXPECT_EQ(reader.position(), 0);
-    EXPECT_EQ(std::vector<int32_t>(in, in + 4), (std::vector<int32_t>{10, 11, 12, 13}));
-    EXPECT_EQ(std::vector<int32_t>(tg, tg + 4), (std::vector<int32_t>{11, 12, 13, 14}));
+// A sparse file of 2^31 + 8 uint16 tokens (4 GiB, almost no disk): opening
+// it reads none of it, reading the last tokens touches only their page, and
+// positions past 2^31 are addressed exactly.
+TEST(TokenFileTest, ReadsPast2To31TokensTouchingOnlyWhatItReads) {
+  ScratchDir dir;
+  const int64_t count = (int64_t{1} << 31) + 8;
+  const std::string path = dir.Path("big.bin");
+  {
+    const auto header = EncodeTokenHeader(count, 2);
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(header.data()), sizeof header);
+    out.seekp(static_cast<std::streamoff>(sizeof header + (count - 4) * 2));
+    const std::vector<uint16_t> tail = {11, 12, 13, 14};
+    out.write(reinterpret_cast<const char*>(tail.data()), 8);
   }
+  ASSERT_EQ(std::filesystem::file_size(path), 1024u + static_cast<uint64_t>(count) * 2);
+  const long before = PeakRssKib();
+  const TokenFile file(path, 100);
+  EXPECT_EQ(file.size(), count);
+  std::vector<uint32_t> got(6);
+  file.Read(count - 6, 6, got.data());
+  EXPECT_EQ(got, (std::vector<uint32_t>{0, 0, 11, 12, 13, 14}));
+  EXPECT_EQ(file.bytes_read(), 12u);
+  EXPECT_LT(PeakRssKib() - before, 16 * 1024) << "KiB: a 4 GiB file must not be read to open it";
+  ExpectError([&] { file.Read(count - 2, 3, got.data()); }, path, "are outside the file's 2147483656");
+  // A count the bytes do not match is still refused.
+  const auto header = EncodeTokenHeader(count, 2);
+  const std::string cut = dir.WriteFile("cut.bin", Raw(std::vector<int32_t>(header.begin(), header.end())) + "xxxx");
+  ExpectError([&] { TokenFile(cut, 100); }, cut, "llm.c header says 2147483656 tokens of 2 bytes but 4 bytes");
 }
 
-TEST(BatchReaderTest, SetPositionResumes) {
-  std::vector<uint32_t> tokens(9);
-  std::iota(tokens.begin(), tokens.end(), 0u);
-  BatchReader reader(&tokens, 1, 3, "tokens.bin");  // batch needs 4: starts 0..5
-  reader.set_position(5);
-  int32_t in[3], tg[3];
-  reader.Next(in, tg);
-  EXPECT_EQ(std::vector<int32_t>(in, in + 3), (std::vector<int32_t>{5, 6, 7}));
-  EXPECT_EQ(std::vector<int32_t>(tg, tg + 3), (std::vector<int32_t>{6, 7, 8}));
-  EXPECT_EQ(reader.position(), 0);  // 8 + 4 > 9
-  ExpectError([&] { reader.set_position(6); }, "tokens.bin", "position 6 is outside [0, 5]");
-  ExpectError([&] { reader.set_position(-1); }, "tokens.bin", "position -1 is outside");
-}
-
-TEST(BatchReaderTest, TooFewTokensForOneBatch) {
-  std::vector<uint32_t> tokens(4);  // B*T+1 = 5
-  ExpectError([&] { BatchReader(&tokens, 2, 2, "tokens.bin"); }, "tokens.bin",
-              "4 tokens are fewer than one batch of 2 x 2 + 1");
-  std::vector<uint32_t> five(5);
-  EXPECT_NO_THROW(BatchReader(&five, 2, 2, "tokens.bin"));
-  ExpectError([&] { BatchReader(&five, 0, 2, "tokens.bin"); }, "tokens.bin", "must be positive");
-  ExpectError([&] { BatchReader(&five, int64_t{1} << 40, int64_t{1} << 40, "tokens.bin"); }, "tokens.bin",
-              "fewer than one batch");
+TEST(TokenFileTest, ReadsChecksIdsOnlyWhereItReads) {
+  ScratchDir dir;
+  const std::string path = dir.WriteFile("a.bin", Raw(std::vector<uint16_t>{1, 2, 300, 4}));
+  const TokenFile file(path, 256);  // opening does not read the ids
+  std::vector<uint32_t> got(2);
+  file.Read(0, 2, got.data());
+  EXPECT_EQ(got, (std::vector<uint32_t>{1, 2}));
+  ExpectError([&] { file.Read(1, 2, got.data()); }, path, "token at position 2 (byte offset 4) is 300");
 }
 
 }  // namespace

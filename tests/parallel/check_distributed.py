@@ -8,7 +8,9 @@ the golden tiny model through the local launcher must give the losses
 process on the same run file; so must ZeRO-1 (train.zero 1), with less
 state per attention rank, the same checkpoints and an exact resume,
 zebra in waves of a few micro-batches (parallel.micro_batches_in_flight),
-and recomputation in the backward (train.recompute attention, full). The
+and recomputation in the backward (train.recompute attention, full). In
+every shape each rank reads from the token file only the sequences of its
+own micro-batches (the bytes it reports; expert ranks none). The
 single-process trainer is itself checked
 against PyTorch (tests/reference), so this chains the distributed run to the
 independent truth.
@@ -18,7 +20,9 @@ independent truth.
 import argparse
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -49,11 +53,11 @@ def run(trainer, run_file, out, extra=()):
     with open(os.path.join(out, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
     weights, _ = read_safetensors(os.path.join(out, "final", "model.safetensors"))
-    return metrics, weights, time.time() - t0
+    return metrics, weights, time.time() - t0, p.stderr
 
 
 def compare(name, ref, got):
-    (ref_m, ref_w, _), (got_m, got_w, _) = ref, got
+    ref_m, ref_w, got_m, got_w = ref[0], ref[1], got[0], got[1]
     problems = []
     if len(ref_m) != len(got_m):
         problems.append(f"{len(got_m)} steps, expected {len(ref_m)}")
@@ -71,6 +75,18 @@ def compare(name, ref, got):
     if worst > 1e-6:
         problems.append(f"final weights: {worst_name} off by {worst:.3g}")
     return problems
+
+
+def token_read_problems(stderr, m, n, g, schedule, id_bytes):
+    """Each rank reads only its own micro-batches' sequences: an attention
+    rank (every rank under ep) 5 steps x 24 / (its count) sequences of 16 + 1
+    ids, an expert rank none; every rank reports what it read."""
+    attention = m + n if schedule == "ep" else m
+    want = {r: (5 * 24 // (g * attention) * 17 * id_bytes if r % (m + n) < attention else 0)
+            for r in range(g * (m + n))}
+    got = {int(x.group(1)): int(x.group(2))
+           for x in re.finditer(r"rank (\d+) read [\d.]+ MiB \((\d+) bytes\) of token ids", stderr)}
+    return [] if got == want else [f"token bytes read per rank {got}, expected {want}"]
 
 
 def check_trace(trainer, run_file, work):
@@ -228,6 +244,8 @@ def main():
         f.write(BASE.format(fx=os.path.abspath(args.fixture), out="single"))
 
     ref = run(args.trainer, run_file, os.path.join(args.work, "single"))
+    with open(os.path.join(args.fixture, "tokens.bin"), "rb") as f:  # llm.c header: version 1 = uint16 ids
+        id_bytes = 2 if struct.unpack("<3i", f.read(12))[1] == 1 else 4
     print(f"single process: losses {[round(m['loss'], 5) for m in ref[0]]} ({ref[2]:.1f} s)")
     schedules = [args.only] if args.only else ["zebra", "sequential", "ep"]
     failures = 0
@@ -242,9 +260,9 @@ def main():
                 out = os.path.join(args.work, name.replace(" ", "_").replace("=", "").replace(",", ""))
                 try:
                     got = run(args.trainer, run_file, out, ["--set", parallel])
-                    problems = compare(name, ref, got)
+                    problems = compare(name, ref, got) + token_read_problems(got[3], m, n, g, schedule, id_bytes)
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
-                    problems, got = [str(e)], (None, None, 0.0)
+                    problems, got = [str(e)], (None, None, 0.0, "")
                 status = "ok" if not problems else "MISMATCH"
                 print(f"{name:40s} {status} ({got[2]:.1f} s)")
                 for p in problems[:5]:

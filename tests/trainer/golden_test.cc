@@ -39,11 +39,11 @@ class GoldenTest : public ::testing::Test {
     ops::SetNumThreads(2);
     config_ = io::LoadMixtralConfig(dir_ + "/config.json");
     layout_ = std::make_unique<model::ParameterLayout>(config_);
-    tokens_ = io::LoadTokenFile(dir_ + "/tokens.bin", config_.vocab_size);
-    io::BatchReader reader(&tokens_, kBatch, kSeq, "tokens.bin");
-    inputs_.resize(kBatch * kSeq);
-    targets_.resize(kBatch * kSeq);
-    reader.Next(inputs_.data(), targets_.data());
+    // The first batch as llm.c reads it: tokens [0, B*T + 1), targets one later.
+    std::vector<uint32_t> tokens(kBatch * kSeq + 1);
+    io::TokenFile(dir_ + "/tokens.bin", config_.vocab_size).Read(0, kBatch * kSeq + 1, tokens.data());
+    inputs_.assign(tokens.begin(), tokens.end() - 1);
+    targets_.assign(tokens.begin() + 1, tokens.end());
   }
 
   struct Run {
@@ -104,7 +104,6 @@ class GoldenTest : public ::testing::Test {
   std::string dir_;
   io::MixtralConfig config_;
   std::unique_ptr<model::ParameterLayout> layout_;
-  std::vector<uint32_t> tokens_;
   std::vector<int32_t> inputs_, targets_;
 };
 

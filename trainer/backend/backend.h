@@ -54,6 +54,13 @@ class Backend {
   // The GEMM operand format the run computes in, "auto" resolved: fp32 |
   // bf16 | fp16 (the CPU: fp32). output.dtype auto follows it.
   virtual std::string precision() const { return "fp32"; }
+  // The sequences of a global batch of G, in R micro-batches, this process
+  // computes with (its micro-batches'); empty means all. The trainer reads
+  // only these from the token files.
+  virtual std::vector<bool> SequencesUsed(int64_t global_batch, int64_t micro_batches) const {
+    (void)global_batch, (void)micro_batches;
+    return {};
+  }
 
   virtual void Upload(const HostState& state) = 0;
   virtual void Download(HostState* state) = 0;

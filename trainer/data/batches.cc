@@ -18,66 +18,132 @@ uint64_t SplitMix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-std::string Join(const std::vector<std::string>& names) {
+std::string Names(const std::vector<io::TokenFile>& files) {
   std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  for (const auto& f : files) out += (out.empty() ? "" : ", ") + f.path();
   return out;
 }
 
-// The shards back to back, read by io::BatchReader (llm.c's order).
-class InOrder final : public BatchSource {
- public:
-  InOrder(std::vector<std::vector<uint32_t>> shards, const std::vector<std::string>& names, int64_t batch,
-          int64_t seq_len) {
-    // One file (the usual case) is moved, not copied.
-    tokens_ = std::move(shards.front());
-    for (size_t k = 1; k < shards.size(); ++k) {
-      tokens_.insert(tokens_.end(), shards[k].begin(), shards[k].end());
-      shards[k] = {};
-    }
-    reader_ = std::make_unique<io::BatchReader>(&tokens_, batch, seq_len, Join(names));
+// Copies one sequence's T + 1 tokens as T inputs and T targets.
+void Split(const uint32_t* tokens, int64_t seq_len, int32_t* inputs, int32_t* targets) {
+  for (int64_t t = 0; t < seq_len; ++t) {
+    inputs[t] = static_cast<int32_t>(tokens[t]);
+    targets[t] = static_cast<int32_t>(tokens[t + 1]);
   }
-  void Next(int32_t* inputs, int32_t* targets) override { reader_->Next(inputs, targets); }
-  DataPosition position() const override { return {0, reader_->position()}; }
-  void set_position(const DataPosition& p) override {
-    if (p.epoch != 0) throw Error("data position: epoch " + std::to_string(p.epoch) + " of in-order data (a shuffled run's checkpoint?)");
-    reader_->set_position(p.position);
+}
+
+bool Wanted(const std::vector<bool>& wanted, int64_t i) {
+  return wanted.empty() || wanted[static_cast<size_t>(i)];
+}
+
+class SourceBase : public BatchSource {
+ public:
+  SourceBase(std::vector<io::TokenFile> files, int64_t batch, int64_t seq_len)
+      : files_(std::move(files)), batch_(batch), seq_len_(seq_len) {
+    if (files_.empty()) throw Error("data.train: no token files");
+    if (batch_ <= 0 || seq_len_ <= 0)
+      throw Error(Names(files_) + ": batch " + std::to_string(batch_) + " and sequence length " +
+                  std::to_string(seq_len_) + " must be positive");
+  }
+  uint64_t bytes_read() const override {
+    uint64_t total = 0;
+    for (const auto& f : files_) total += f.bytes_read();
+    return total;
+  }
+
+ protected:
+  std::vector<io::TokenFile> files_;
+  int64_t batch_, seq_len_;
+  // One sequence's T + 1 tokens (sized at the first read: the subclass has
+  // checked T against the data by then).
+  uint32_t* Scratch() {
+    scratch_.resize(static_cast<size_t>(seq_len_) + 1);
+    return scratch_.data();
   }
 
  private:
-  std::vector<uint32_t> tokens_;
-  std::unique_ptr<io::BatchReader> reader_;
+  std::vector<uint32_t> scratch_;
 };
 
-class Shuffled final : public BatchSource {
+// The files back to back, read as llm.c reads one.
+class InOrder final : public SourceBase {
  public:
-  Shuffled(std::vector<std::vector<uint32_t>> shards, const std::vector<std::string>& names, int64_t batch,
-           int64_t seq_len, uint64_t seed)
-      : shards_(std::move(shards)), batch_(batch), seq_len_(seq_len), seed_(seed) {
-    for (size_t k = 0; k < shards_.size(); ++k) {
-      const int64_t n = static_cast<int64_t>(shards_[k].size());
-      if (n < seq_len_ + 1)
-        throw Error(names[k] + ": " + std::to_string(n) + " tokens, fewer than one sequence of " +
+  InOrder(std::vector<io::TokenFile> files, int64_t batch, int64_t seq_len)
+      : SourceBase(std::move(files), batch, seq_len) {
+    for (const auto& f : files_) {
+      first_.push_back(total_);
+      total_ += f.size();
+    }
+    int64_t span;
+    if (__builtin_mul_overflow(batch_, seq_len_, &span) || span >= total_)
+      throw Error(Names(files_) + ": " + std::to_string(total_) + " tokens are fewer than one batch of " +
+                  std::to_string(batch_) + " x " + std::to_string(seq_len_) + " + 1");
+  }
+  void Next(int32_t* inputs, int32_t* targets, const std::vector<bool>& wanted) override {
+    // Invariant: position_ + G*T + 1 <= total_, kept by the constructor,
+    // set_position and the wrap below.
+    for (int64_t i = 0; i < batch_; ++i) {
+      if (!Wanted(wanted, i)) continue;
+      uint32_t* tokens = Scratch();
+      ReadTokens(position_ + i * seq_len_, seq_len_ + 1, tokens);
+      Split(tokens, seq_len_, inputs + i * seq_len_, targets + i * seq_len_);
+    }
+    const int64_t span = batch_ * seq_len_;
+    position_ += span;
+    if (position_ + span + 1 > total_) position_ = 0;
+  }
+  DataPosition position() const override { return {0, position_}; }
+  void set_position(const DataPosition& p) override {
+    if (p.epoch != 0)
+      throw Error("data position: epoch " + std::to_string(p.epoch) + " of in-order data (a shuffled run's checkpoint?)");
+    const int64_t last = total_ - batch_ * seq_len_ - 1;
+    if (p.position < 0 || p.position > last)
+      throw Error(Names(files_) + ": position " + std::to_string(p.position) + " is outside [0, " +
+                  std::to_string(last) + "], the start of the last whole batch");
+    position_ = p.position;
+  }
+
+ private:
+  // Tokens [first, first + count) of the files back to back.
+  void ReadTokens(int64_t first, int64_t count, uint32_t* out) const {
+    size_t k = std::upper_bound(first_.begin(), first_.end(), first) - first_.begin() - 1;
+    while (count > 0) {
+      const int64_t offset = first - first_[k], n = std::min(count, files_[k].size() - offset);
+      files_[k].Read(offset, n, out);
+      first += n, count -= n, out += n, ++k;
+    }
+  }
+
+  std::vector<int64_t> first_;  // per file: the position of its first token
+  int64_t total_ = 0, position_ = 0;
+};
+
+class Shuffled final : public SourceBase {
+ public:
+  Shuffled(std::vector<io::TokenFile> files, int64_t batch, int64_t seq_len, uint64_t seed)
+      : SourceBase(std::move(files), batch, seq_len), seed_(seed) {
+    for (const auto& f : files_) {
+      if (f.size() < seq_len_ + 1)
+        throw Error(f.path() + ": " + std::to_string(f.size()) + " tokens, fewer than one sequence of " +
                     std::to_string(seq_len_) + " + 1 (data.shuffle reads whole sequences inside each file)");
       first_.push_back(total_);
-      total_ += n > seq_len_ ? (n - 1) / seq_len_ : 0;
+      total_ += (f.size() - 1) / seq_len_;
     }
     if (total_ < batch_)
-      throw Error(Join(names) + ": " + std::to_string(total_) + " sequences of " + std::to_string(seq_len_) +
+      throw Error(Names(files_) + ": " + std::to_string(total_) + " sequences of " + std::to_string(seq_len_) +
                   " (+1) tokens, fewer than one global batch of " + std::to_string(batch_));
     order_ = EpochOrder(total_, seed_, epoch_);
   }
 
-  void Next(int32_t* inputs, int32_t* targets) override {
+  void Next(int32_t* inputs, int32_t* targets, const std::vector<bool>& wanted) override {
     if (position_ + batch_ > total_) StartEpoch(epoch_ + 1);
     for (int64_t i = 0; i < batch_; ++i) {
+      if (!Wanted(wanted, i)) continue;
       const int64_t s = order_[position_ + i];
-      const int64_t k = std::upper_bound(first_.begin(), first_.end(), s) - first_.begin() - 1;
-      const uint32_t* from = shards_[k].data() + (s - first_[k]) * seq_len_;
-      for (int64_t t = 0; t < seq_len_; ++t) {
-        inputs[i * seq_len_ + t] = static_cast<int32_t>(from[t]);
-        targets[i * seq_len_ + t] = static_cast<int32_t>(from[t + 1]);
-      }
+      const size_t k = std::upper_bound(first_.begin(), first_.end(), s) - first_.begin() - 1;
+      uint32_t* tokens = Scratch();
+      files_[k].Read((s - first_[k]) * seq_len_, seq_len_ + 1, tokens);
+      Split(tokens, seq_len_, inputs + i * seq_len_, targets + i * seq_len_);
     }
     position_ += batch_;
   }
@@ -97,9 +163,8 @@ class Shuffled final : public BatchSource {
     position_ = 0;
   }
 
-  std::vector<std::vector<uint32_t>> shards_;
-  std::vector<int64_t> first_;  // per shard: the global index of its first sequence
-  int64_t batch_, seq_len_, total_ = 0;
+  std::vector<int64_t> first_;  // per file: the global index of its first sequence
+  int64_t total_ = 0;
   uint64_t seed_;
   int64_t epoch_ = 0, position_ = 0;
   std::vector<int64_t> order_;
@@ -141,11 +206,10 @@ std::vector<std::string> ExpandShards(const std::vector<std::string>& patterns) 
   return files;
 }
 
-std::unique_ptr<BatchSource> MakeBatches(std::vector<std::vector<uint32_t>> shards,
-                                         const std::vector<std::string>& names, int64_t global_batch,
+std::unique_ptr<BatchSource> MakeBatches(std::vector<io::TokenFile> shards, int64_t global_batch,
                                          int64_t seq_len, bool shuffle, uint64_t seed) {
-  if (shuffle) return std::make_unique<Shuffled>(std::move(shards), names, global_batch, seq_len, seed);
-  return std::make_unique<InOrder>(std::move(shards), names, global_batch, seq_len);
+  if (shuffle) return std::make_unique<Shuffled>(std::move(shards), global_batch, seq_len, seed);
+  return std::make_unique<InOrder>(std::move(shards), global_batch, seq_len);
 }
 
 }  // namespace hetermoe::data

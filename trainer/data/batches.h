@@ -1,6 +1,12 @@
-// Where a run's global batches come from (the run file's data.train): one or
-// more token shards, read in order as llm.c does (the default) or, with
-// data.shuffle, as sequences in a seeded shuffled order, epoch after epoch.
+// Where a run's global batches come from (the run file's data.train, and
+// data.valid): one or more token files (io::TokenFile, memory-mapped), read
+// in order as llm.c does (the default) or, with data.shuffle, as sequences in
+// a seeded shuffled order, epoch after epoch.
+//
+// In order: the files back to back are one stream of tokens; a global batch
+// of G sequences of length T takes the G*T + 1 tokens from the position p
+// (sequence i: inputs [p + i*T, p + i*T + T), targets one later), then p
+// advances by G*T, returning to 0 when fewer than G*T + 1 tokens remain.
 //
 // Shuffled: shard k of n_k tokens holds (n_k - 1) / T sequences, sequence j
 // being its tokens [j*T, j*T + T + 1) (inputs and the targets one later;
@@ -10,12 +16,17 @@
 // the epoch ends there and the next begins. The position (epoch, sequences
 // read in it) is in every checkpoint, so a resumed run reads exactly what an
 // uninterrupted one would.
+//
+// A process reads only the sequences it asks for (a distributed rank: its
+// own micro-batches), so only their pages of the files come into memory.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "trainer/io/token_file.h"
 
 namespace hetermoe::data {
 
@@ -36,17 +47,20 @@ struct DataPosition {
 class BatchSource {
  public:
   virtual ~BatchSource() = default;
-  // Fills inputs[G*T] and targets[G*T] with the next global batch.
-  virtual void Next(int32_t* inputs, int32_t* targets) = 0;
+  // Advances to the next global batch and fills inputs[G*T] and
+  // targets[G*T] with the sequences i for which wanted[i] (all when wanted
+  // is empty); the rows of the others are left as they were.
+  virtual void Next(int32_t* inputs, int32_t* targets, const std::vector<bool>& wanted) = 0;
   virtual DataPosition position() const = 0;
   // For resume; throws when the position does not fit the data.
   virtual void set_position(const DataPosition& position) = 0;
+  // Bytes of token ids read from the files so far.
+  virtual uint64_t bytes_read() const = 0;
 };
 
-// Shards as loaded (io::LoadTokenFile); `names` name them in errors.
-// Throws when the data holds less than one global batch.
-std::unique_ptr<BatchSource> MakeBatches(std::vector<std::vector<uint32_t>> shards,
-                                         const std::vector<std::string>& names, int64_t global_batch,
+// Throws, naming the files, when they hold less than one global batch (or,
+// shuffled, a file holds less than one sequence).
+std::unique_ptr<BatchSource> MakeBatches(std::vector<io::TokenFile> shards, int64_t global_batch,
                                          int64_t seq_len, bool shuffle, uint64_t seed);
 
 }  // namespace hetermoe::data

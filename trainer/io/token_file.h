@@ -1,42 +1,56 @@
-// Token files and the batch reader of docs/model.md ("Token data").
+// Token files of docs/model.md ("Token data").
 //
 // A token file is a flat little-endian array of uint16 token ids (uint32 when
 // the llm.c header says so or the vocabulary exceeds 65535), optionally
 // behind llm.c's 256 x int32 header (magic 20240520, version 1 = uint16,
-// 2 = uint32, header[2] = number of tokens).
+// 2 = uint32, header[2] = number of tokens; files of 2^31 tokens or more set
+// header[2] = -1 and the count as a uint64 in header[3..4], low half first).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "common/file_bytes.h"
+
 namespace hetermoe::io {
 
-// Loads every token and checks each id < vocab_size (error names the file,
-// the offending position and id).
-std::vector<uint32_t> LoadTokenFile(const std::string& path, int64_t vocab_size);
+// Pure: the header for `count` ids of `id_bytes` (2 or 4) bytes each.
+std::array<int32_t, 256> EncodeTokenHeader(int64_t count, int id_bytes);
 
-// Writes tokens with the llm.c header (uint16 when every id fits, else uint32).
-void WriteTokenFile(const std::string& path, const std::vector<uint32_t>& tokens);
-
-// Reads global batches as llm.c does: a batch of B sequences of length T takes
-// B*T+1 tokens from the position; sequence i has inputs [p+i*T, p+i*T+T) and
-// targets shifted by one; the position advances by B*T and returns to 0 when
-// fewer than B*T+1 tokens remain. Pure: no I/O.
-class BatchReader {
+// A token file, memory-mapped: opening checks its header and size only; ids
+// are read, and checked against the vocabulary, where a batch needs them, so
+// a process touches only the pages of the sequences it reads. Counts are
+// 64-bit. Not thread-safe (Read counts the bytes it copies).
+class TokenFile {
  public:
-  // Throws if the tokens are fewer than one batch (B*T+1); `source` names them.
-  BatchReader(const std::vector<uint32_t>* tokens, int64_t batch, int64_t seq_len,
-              const std::string& source);
-  // Fills inputs[B*T] and targets[B*T] and advances.
-  void Next(int32_t* inputs, int32_t* targets);
-  int64_t position() const { return position_; }
-  void set_position(int64_t position);  // for resume; throws if out of range
+  // Errors name the file: missing, empty, a bad header, a size that is not
+  // whole ids or disagrees with the header.
+  TokenFile(const std::string& path, int64_t vocab_size);
+
+  const std::string& path() const { return path_; }
+  int64_t size() const { return count_; }  // tokens
+  // Copies tokens [first, first + count) to out; an id not below the
+  // vocabulary is an error naming the file, its position and byte offset.
+  void Read(int64_t first, int64_t count, uint32_t* out) const;
+  // Bytes of ids Read() has copied so far (a token read twice counts twice).
+  uint64_t bytes_read() const { return bytes_read_; }
 
  private:
-  const std::vector<uint32_t>* tokens_;
-  int64_t batch_, seq_len_, position_ = 0;
-  std::string source_;
+  std::string path_;
+  FileView view_;
+  const char* ids_ = nullptr;  // the first id
+  int64_t count_ = 0, vocab_size_ = 0;
+  size_t id_bytes_ = 2, data_offset_ = 0;
+  mutable uint64_t bytes_read_ = 0;
 };
+
+// Every token of a file, checked (prepare-data's tests; the trainer reads
+// through TokenFile).
+std::vector<uint32_t> LoadTokenFile(const std::string& path, int64_t vocab_size);
+
+// Writes tokens with the header (uint16 when every id fits, else uint32).
+void WriteTokenFile(const std::string& path, const std::vector<uint32_t>& tokens);
 
 }  // namespace hetermoe::io

@@ -239,5 +239,8 @@ int DistributedBackend::SetInFlight(int micro_batches) {
 
 std::string DistributedBackend::name() const { return "distributed on " + impl_->device->name(); }
 std::string DistributedBackend::precision() const { return impl_->device->precision(); }
+std::vector<bool> DistributedBackend::SequencesUsed(int64_t global_batch, int64_t micro_batches) const {
+  return impl_->placement.SequencesOf(impl_->rank, global_batch, micro_batches);
+}
 
 }  // namespace hetermoe::parallel

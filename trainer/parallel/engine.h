@@ -68,6 +68,7 @@ class DistributedBackend final : public backend::Backend {
 
   std::string name() const override;
   std::string precision() const override;
+  std::vector<bool> SequencesUsed(int64_t global_batch, int64_t micro_batches) const override;
   // HierMoE's token deduplication on the dispatch (default on; every rank of
   // a run must agree): a token routed to several experts of one owner is
   // sent once and fanned out there, and the owner sums that token's input

@@ -121,4 +121,13 @@ std::string Placement::Describe() const {
   return os.str();
 }
 
+std::vector<bool> Placement::SequencesOf(int rank, int64_t global_batch, int64_t micro_batches) const {
+  std::vector<bool> used(static_cast<size_t>(global_batch), false);
+  if (!IsAttention(rank)) return used;
+  const int64_t per = global_batch / micro_batches;
+  for (int j = 0; j < micro_per_rank; ++j)
+    for (int64_t i = 0; i < per; ++i) used[static_cast<size_t>(MicroBatchOf(rank, j) * per + i)] = true;
+  return used;
+}
+
 }  // namespace hetermoe::parallel

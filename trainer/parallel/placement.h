@@ -57,6 +57,9 @@ struct Placement {
   }
   // Global micro-batch index of an attention rank's local micro-batch j.
   int MicroBatchOf(int rank, int j) const { return AttentionIndex(rank) * micro_per_rank + j; }
+  // Which of a global batch's sequences (R = micro_batches micro-batches of
+  // global_batch / R each) a rank's micro-batches hold: none on expert ranks.
+  std::vector<bool> SequencesOf(int rank, int64_t global_batch, int64_t micro_batches) const;
   std::string Describe() const;  // one line per layer, for logs
   std::string ToJson() const;    // every rank's role and experts (plan.json)
 };

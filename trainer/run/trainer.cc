@@ -143,21 +143,22 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                           : 1;
   ops::SetNumThreads(t.threads > 0 ? static_cast<int>(t.threads) : DefaultThreads(ReadCpuLimits(), sharing));
 
-  const std::vector<std::string> shard_files = data::ExpandShards(rc.data.train_shards);
-  std::vector<std::vector<uint32_t>> shards;
-  for (const std::string& file : shard_files) shards.push_back(io::LoadTokenFile(file, config.vocab_size));
+  // Token files are mapped, not read: each rank reads only its sequences.
+  std::vector<io::TokenFile> shards;
+  for (const std::string& file : data::ExpandShards(rc.data.train_shards)) shards.emplace_back(file, config.vocab_size);
   const std::unique_ptr<data::BatchSource> reader =
-      data::MakeBatches(std::move(shards), shard_files, t.global_batch, t.seq_len, rc.data.shuffle, t.seed);
+      data::MakeBatches(std::move(shards), t.global_batch, t.seq_len, rc.data.shuffle, t.seed);
   // data.valid: every evaluation reads its first eval_batches global batches.
-  std::vector<uint32_t> valid_tokens;
+  std::unique_ptr<data::BatchSource> valid;
   if (!rc.data.valid.empty()) {
-    valid_tokens = io::LoadTokenFile(rc.data.valid, config.vocab_size);
-    const int64_t batches = (static_cast<int64_t>(valid_tokens.size()) - 1) / (t.global_batch * t.seq_len);
+    std::vector<io::TokenFile> file;
+    file.emplace_back(rc.data.valid, config.vocab_size);
+    const int64_t tokens = file.front().size(), batches = (tokens - 1) / (t.global_batch * t.seq_len);
     if (batches < t.eval_batches)
-      throw Error(rc.data.valid + ": " + std::to_string(valid_tokens.size()) + " tokens hold " +
-                  std::to_string(batches) + " global batches of " + std::to_string(t.global_batch) + " x " +
-                  std::to_string(t.seq_len) + " (+1), fewer than train.eval_batches " +
-                  std::to_string(t.eval_batches));
+      throw Error(rc.data.valid + ": " + std::to_string(tokens) + " tokens hold " + std::to_string(batches) +
+                  " global batches of " + std::to_string(t.global_batch) + " x " + std::to_string(t.seq_len) +
+                  " (+1), fewer than train.eval_batches " + std::to_string(t.eval_batches));
+    valid = data::MakeBatches(std::move(file), t.global_batch, t.seq_len, false, 0);
   }
   const model::ParameterLayout layout(config);
   std::unique_ptr<DistributedRun> dist_run;
@@ -246,6 +247,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   const int64_t R = t.micro_batches;
   const int64_t step_tokens = t.global_batch * t.seq_len;
   std::vector<int32_t> inputs(step_tokens), targets(step_tokens);
+  // The rows this rank computes with: the only ones it reads.
+  const std::vector<bool> sequences = engine->SequencesUsed(t.global_batch, R);
 
   TrainResult result;
   result.first_step = state.step;
@@ -276,10 +279,10 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   // The validation loss: the mean cross-entropy over the evaluation batches,
   // with the weights as they are after this step's update.
   auto evaluate = [&] {
-    io::BatchReader valid(&valid_tokens, t.global_batch, t.seq_len, rc.data.valid);
+    valid->set_position({0, 0});
     double ce = 0;
     for (int64_t b = 0; b < t.eval_batches; ++b) {
-      valid.Next(inputs.data(), targets.data());
+      valid->Next(inputs.data(), targets.data(), sequences);
       ce += engine->Evaluate({inputs.data(), targets.data(), t.global_batch, t.seq_len, R}).ce;
     }
     return ce / static_cast<double>(t.eval_batches);
@@ -288,7 +291,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
   while (state.step < t.steps) {
     const auto t0 = Clock::now();
     const int64_t step = state.step + 1;
-    reader->Next(inputs.data(), targets.data());
+    reader->Next(inputs.data(), targets.data(), sequences);
     const int64_t skipped_before = engine->SkippedSteps();
     const backend::StepLoss loss =
         engine->ComputeGradients({inputs.data(), targets.data(), t.global_batch, t.seq_len, R});
@@ -317,7 +320,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     m.tokens = step_tokens;
     m.step_seconds = Seconds(t0, Clock::now());
     m.tokens_per_second = step_tokens / std::max(m.step_seconds, 1e-9);
-    if (!valid_tokens.empty() && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps)) {
+    if (valid && ((t.eval_every > 0 && step % t.eval_every == 0) || step == t.steps)) {
       const auto e0 = Clock::now();
       m.val_loss = evaluate();
       m.eval_seconds = Seconds(e0, Clock::now());
@@ -335,6 +338,11 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     }
   }
   progress.Finish();
+  if (dist_run) {
+    const uint64_t read = reader->bytes_read() + (valid ? valid->bytes_read() : 0);
+    std::fprintf(stderr, "rank %d read %.1f MiB (%llu bytes) of token ids\n", dist_run->rank,
+                 static_cast<double>(read) / (1 << 20), static_cast<unsigned long long>(read));
+  }
   result.final_dir = (fs::path(rc.output.dir) / "final").string();
   checkpoint(result.final_dir);
   result.last_step = state.step;
