@@ -2,7 +2,9 @@
 // run time when a GPU is asked for: found beside the executable, in ../lib,
 // at the path the build recorded, or at $HETERMOE_CUDA_PLUGIN. Without it (a
 // build without nvcc, or a CPU-only install) "cuda" is a clear error and
-// "auto" is the CPU.
+// "auto" is the CPU. Under "auto" the plugin is loaded only where the NVIDIA
+// driver is present (or $HETERMOE_CUDA_PLUGIN names one): loading the CUDA
+// libraries to find no GPU would cost a CPU process ~140 MiB of memory.
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -42,6 +44,15 @@ const Plugin& CudaPlugin() {
 
 namespace {
 
+// Whether the NVIDIA kernel driver is here (its /proc entry, or the control
+// device a container with GPUs is given), or a plugin is named explicitly
+// (the emulator): asked without loading any CUDA library.
+bool MayHaveGpu() {
+  std::error_code ec;
+  return std::getenv("HETERMOE_CUDA_PLUGIN") != nullptr ||
+         std::filesystem::exists("/proc/driver/nvidia/version", ec) || std::filesystem::exists("/dev/nvidiactl", ec);
+}
+
 // The plugin's entry point `symbol` when options.device asks for (or, under
 // auto, allows) a GPU and one is usable; nullptr when the CPU should be used.
 void* GpuEntry(const BackendOptions& options, const char* symbol) {
@@ -49,6 +60,7 @@ void* GpuEntry(const BackendOptions& options, const char* symbol) {
   if (device != "cpu" && device != "cuda" && device != "auto")
     throw Error("device \"" + device + "\" is not one of auto, cpu, cuda");
   if (device == "cpu") return nullptr;
+  if (device == "auto" && !MayHaveGpu()) return nullptr;
   const Plugin& plugin = CudaPlugin();
   if (!plugin.handle) {
     if (device == "cuda")
