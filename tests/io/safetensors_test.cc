@@ -110,6 +110,31 @@ TEST(SafetensorsTest, BF16ConvertsExactly) {
   ExpectConversion("BF16", kBF16Cases, std::size(kBF16Cases));
 }
 
+// A filled tensor larger than one piece is asked for in order, in pieces of
+// at most kFillFloats, and lands whole (F32 and BF16).
+TEST(SafetensorsTest, FilledTensorsComeInPieces) {
+  ScratchDir dir;
+  const int64_t n = 2 * TensorToWrite::kFillFloats + 3;
+  auto value = [](int64_t k) { return static_cast<float>(k % 251) - 100.0f; };  // exact in bf16
+  for (const DType dtype : {DType::kF32, DType::kBF16}) {
+    std::vector<std::pair<int64_t, int64_t>> asked;
+    TensorToWrite t{"big", {n}, nullptr, [&](int64_t first, int64_t count, float* out) {
+                      asked.emplace_back(first, count);
+                      for (int64_t k = 0; k < count; ++k) out[k] = value(first + k);
+                    }, dtype};
+    const std::string path = dir.Path("big.safetensors");
+    WriteSafetensors(path, {t}, {});
+    EXPECT_EQ(asked, (std::vector<std::pair<int64_t, int64_t>>{
+                         {0, TensorToWrite::kFillFloats}, {TensorToWrite::kFillFloats, TensorToWrite::kFillFloats},
+                         {2 * TensorToWrite::kFillFloats, 3}}));
+    const std::vector<float> back = SafetensorsFile::Load(path).ReadFloat("big");
+    ASSERT_EQ(static_cast<int64_t>(back.size()), n);
+    int64_t wrong = 0;
+    for (int64_t k = 0; k < n; ++k) wrong += back[k] != value(k);
+    EXPECT_EQ(wrong, 0) << (dtype == DType::kBF16 ? "bf16" : "f32");
+  }
+}
+
 TEST(SafetensorsTest, RoundTripKeepsOrderValuesAndMetadata) {
   ScratchDir dir;
   const std::string path = dir.Path("model.safetensors");

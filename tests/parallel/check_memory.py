@@ -32,13 +32,18 @@ bytes per parameter: fp32 weight, gradient and two AdamW moments):
   keeps, with the same losses;
 - a model 2.5x over a per-rank limit (train.memory_limit_mib) is refused
   single-process with exit 1 and a message naming the key, and trains as
-  1+3 ranks under the same limit (the distributed run above has it).
+  1+3 ranks under the same limit (the distributed run above has it);
+- a >= 1 GiB model published as Hugging Face does (2 F32 shards written by
+  the PyTorch reference + model.safetensors.index.json) starts a 1+3 run
+  (model.init = the folder): each rank reads exactly its own tensors' bytes
+  and its peak RSS stays under 1.3x the state it keeps.
 
     check_memory.py --trainer PATH --plan PATH --fixture GOLDEN_DIR --work DIR
 """
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -215,7 +220,74 @@ def main():
     print(f"first loss {got[0]['loss']:.6f} = single-process {ref[0]['loss']:.6f}")
     check_in_flight(a, run_file)
     check_recompute(a, run_file)
+    check_large_init(a)
     print("memory follows ownership: ok")
+
+
+def write_large(folder, fixture):
+    """The large model of check_large_init, as Hugging Face publishes one."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+    import mixtral_torch as mt  # noqa: E402
+    with open(os.path.join(fixture, "config.json")) as f:
+        config = json.load(f)
+    config.update(vocab_size=32000, hidden_size=1024, intermediate_size=5632, num_hidden_layers=2,
+                  num_local_experts=8, num_attention_heads=8, num_key_value_heads=4)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    model = mt.MixtralForCausalLM(mt.config_from_dict(config))
+    mt.init_weights(model, seed=5, std=0.02, norm_std=0.0)
+    weights = model.weights()
+    total_bytes = 4 * sum(t.numel() for t in weights.values())
+    if total_bytes < 1 << 30:
+        fail(f"the large checkpoint is {total_bytes} bytes, under 1 GiB")
+    shards = {"model-00001-of-00002.safetensors": {n for n in weights if ".layers.1." not in n}}
+    shards["model-00002-of-00002.safetensors"] = set(weights) - shards["model-00001-of-00002.safetensors"]
+    for file, names in shards.items():
+        mt.write_safetensors(os.path.join(folder, file), {n: weights[n] for n in names})
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total_bytes},
+                   "weight_map": {n: file for file, names in shards.items() for n in names}}, f)
+
+
+def check_large_init(a):
+    """A 1.4 GB F32 model in 2 shards + index (vocabulary 32000, d 1024, 2
+    layers of 8 experts of f 5632, written by the PyTorch reference) starts
+    a 1+3 run for one step. Every rank must read exactly the F32 bytes of its
+    own tensors (a quarter of its 16-byte-per-parameter state) and peak
+    under 1.3x that state: nothing else of the checkpoint stays in memory."""
+    # Written by another process: a child's ru_maxrss starts from its
+    # parent's RSS at fork, so this one must stay small (no torch here).
+    folder = os.path.join(a.work, "large")
+    subprocess.run([sys.executable, __file__, "--write-large", folder, "--fixture", a.fixture], check=True)
+    with open(os.path.join(folder, "model.safetensors.index.json")) as f:
+        total_bytes = json.load(f)["metadata"]["total_size"]
+    run_file, out = os.path.join(a.work, "large.yaml"), os.path.join(a.work, "large-out")
+    with open(run_file, "w") as f:
+        f.write(f"model: {{config: {folder}/config.json, init: {folder}}}\n"
+                f"data: {{train: {os.path.abspath(a.fixture)}/tokens.bin}}\n"
+                "train: {steps: 1, global_batch: 4, micro_batches: 4, seq_len: 16, lr: 1.0e-4, threads: 1}\n"
+                f"output: {{dir: {out}}}\n" + PARALLEL)
+    rss, errs = run_ranks(a.trainer, run_file, [])
+    held = metrics(out)[-1]["rank_state_bytes"]
+    mib = 1 << 20
+    print(f"large checkpoint: {total_bytes / mib:.0f} MiB in 2 F32 shards")
+    problems = []
+    for rank in range(4):
+        line = next((l for l in errs[rank].splitlines() if l.startswith(f"rank {rank} read ")), "")
+        match = re.search(r"\((\d+) bytes\) of tensors", line)
+        read = int(match.group(1)) if match else -1
+        print(f"  rank {rank}: read {read / mib:.1f} MiB, keeps {held[rank] / mib:.1f} MiB of state, "
+              f"peak RSS {rss[rank] / mib:.1f} MiB = {rss[rank] / held[rank]:.2f}x")
+        if read != held[rank] // 4:
+            problems.append(f"rank {rank} read {read} bytes of the large checkpoint, its tensors are {held[rank] // 4}")
+        if rss[rank] > 1.3 * held[rank]:
+            problems.append(f"rank {rank}'s peak RSS {rss[rank] / mib:.1f} MiB loading the large checkpoint exceeds "
+                            f"1.3x the {held[rank] / mib:.1f} MiB it keeps")
+    if problems:
+        fail("; ".join(problems))
+    shutil.rmtree(folder)
+    shutil.rmtree(out)
 
 
 def check_recompute(a, run_file):
@@ -339,4 +411,7 @@ def check_in_flight(a, run_file):
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--write-large"]:  # check_large_init's writer: --write-large DIR --fixture DIR
+        write_large(sys.argv[2], sys.argv[4])
+    else:
+        main()

@@ -150,19 +150,16 @@ int64_t TensorInfo::NumElements() const {
   return n;
 }
 
-SafetensorsFile SafetensorsFile::Load(const std::string& path) {
-  FileView view = MapFile(path);
-  return ParseView(std::move(view.owner), view.bytes, path);
-}
+SafetensorsFile SafetensorsFile::Load(const std::string& path) { return ParseView(MapFile(path), path); }
 
 SafetensorsFile SafetensorsFile::Parse(std::string bytes, const std::string& source) {
   auto owner = std::make_shared<const std::string>(std::move(bytes));
   const std::string_view view(*owner);
-  return ParseView(std::move(owner), view, source);
+  return ParseView({std::move(owner), view, false}, source);
 }
 
-SafetensorsFile SafetensorsFile::ParseView(std::shared_ptr<const void> owner, std::string_view bytes,
-                                           const std::string& source) {
+SafetensorsFile SafetensorsFile::ParseView(FileView view, const std::string& source) {
+  const std::string_view bytes = view.bytes;
   const Fail fail{source};
   SafetensorsFile file;
   file.source_ = source;
@@ -227,8 +224,7 @@ SafetensorsFile SafetensorsFile::ParseView(std::shared_ptr<const void> owner, st
   }
 
   file.data_start_ = kHeaderSizeBytes + header_size;
-  file.owner_ = std::move(owner);
-  file.bytes_ = bytes;
+  file.view_ = std::move(view);
   return file;
 }
 
@@ -255,7 +251,7 @@ void SafetensorsFile::ReadInto(std::string_view name, const std::vector<int64_t>
                 ", expected " + ShapeString(shape));
   }
   // Offsets were checked against the data section in Parse.
-  const char* src = bytes_.data() + data_start_ + t->begin;
+  const char* src = view_.bytes.data() + data_start_ + t->begin;
   const size_t n = static_cast<size_t>(t->NumElements());
   // An empty tensor may come with out == nullptr (an empty vector's data()),
   // which memcpy must not see even for zero bytes (found by libFuzzer/UBSan).
@@ -263,14 +259,16 @@ void SafetensorsFile::ReadInto(std::string_view name, const std::vector<int64_t>
   bytes_read_ += t->end - t->begin;
   if (t->dtype == DType::kF32) {
     std::memcpy(out, src, n * sizeof(float));
-    return;
+  } else {
+    // Element by element through memcpy: the data carries no alignment.
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t v;
+      std::memcpy(&v, src + 2 * i, sizeof v);
+      out[i] = t->dtype == DType::kF16 ? HalfToFloat(v) : BFloat16ToFloat(v);
+    }
   }
-  // Element by element through memcpy: the data carries no alignment.
-  for (size_t i = 0; i < n; ++i) {
-    uint16_t v;
-    std::memcpy(&v, src + 2 * i, sizeof v);
-    out[i] = t->dtype == DType::kF16 ? HalfToFloat(v) : BFloat16ToFloat(v);
-  }
+  // The copy is what the caller keeps: the file's pages need not stay.
+  DropPages(view_, src, t->end - t->begin);
 }
 
 uint16_t FloatToBFloat16(float f) {
@@ -327,25 +325,27 @@ void WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>&
   const uint64_t header_size = text.size();
   out.Write(&header_size, sizeof header_size);  // little-endian host
   out.Write(text.data(), text.size());
-  std::vector<float> one;  // the tensor being filled
+  std::vector<float> piece;  // a filled tensor's current piece
   std::vector<uint16_t> narrow;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (byte_counts[i] == 0) continue;
     const bool bf16 = tensors[i].dtype == DType::kBF16;
-    const size_t n = byte_counts[i] / (bf16 ? sizeof(uint16_t) : sizeof(float));
-    const float* data = tensors[i].data;
-    if (!data) {
-      one.resize(n);
-      tensors[i].fill(one.data());
-      data = one.data();
+    const auto n = static_cast<int64_t>(byte_counts[i] / (bf16 ? sizeof(uint16_t) : sizeof(float)));
+    for (int64_t first = 0; first < n; first += TensorToWrite::kFillFloats) {
+      const int64_t count = std::min(n - first, TensorToWrite::kFillFloats);
+      const float* data = tensors[i].data ? tensors[i].data + first : nullptr;
+      if (!data) {
+        piece.resize(static_cast<size_t>(count));
+        tensors[i].fill(first, count, piece.data());
+        data = piece.data();
+      }
+      if (!bf16) {
+        out.Write(data, static_cast<size_t>(count) * sizeof(float));
+        continue;
+      }
+      narrow.resize(static_cast<size_t>(count));
+      for (int64_t k = 0; k < count; ++k) narrow[k] = FloatToBFloat16(data[k]);
+      out.Write(narrow.data(), static_cast<size_t>(count) * sizeof(uint16_t));
     }
-    if (!bf16) {
-      out.Write(data, byte_counts[i]);
-      continue;
-    }
-    narrow.resize(n);
-    for (size_t k = 0; k < n; ++k) narrow[k] = FloatToBFloat16(data[k]);
-    out.Write(narrow.data(), byte_counts[i]);
   }
   out.Finish();
 }

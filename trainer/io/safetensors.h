@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/file_bytes.h"
+
 namespace hetermoe::io {
 
 enum class DType { kF32, kF16, kBF16 };
@@ -35,7 +37,8 @@ struct TensorInfo {
 
 // A safetensors file. Load maps a regular file into memory read-only, so
 // only the pages of the tensors read are brought in: a rank that reads its
-// own tensors of a whole-model file does not hold the rest. Thread-compatible.
+// own tensors of a whole-model file does not hold the rest, and a tensor's
+// pages leave memory once it is copied out. Thread-compatible.
 class SafetensorsFile {
  public:
   static SafetensorsFile Load(const std::string& path);
@@ -57,11 +60,9 @@ class SafetensorsFile {
   uint64_t bytes_read() const { return bytes_read_; }
 
  private:
-  static SafetensorsFile ParseView(std::shared_ptr<const void> owner, std::string_view bytes,
-                                   const std::string& source);
+  static SafetensorsFile ParseView(FileView view, const std::string& source);
   std::string source_;
-  std::shared_ptr<const void> owner_;  // keeps `bytes_` alive: a string, or a file mapping
-  std::string_view bytes_;
+  FileView view_;  // the bytes: a file mapping, or a string (Parse)
   mutable uint64_t bytes_read_ = 0;
   uint64_t data_start_ = 0;
   std::vector<TensorInfo> tensors_;
@@ -72,10 +73,11 @@ struct TensorToWrite {
   std::string name;
   std::vector<int64_t> shape;
   const float* data = nullptr;  // NumElements(shape) floats
-  // Instead of `data`: writes the tensor's floats into `out` when the writer
-  // reaches it (tensors are filled one at a time, in order), so the whole
-  // file never needs to be in memory.
-  std::function<void(float* out)> fill;
+  // Instead of `data`: writes the tensor's floats [first, first + count)
+  // into `out` when the writer reaches them (in order, in pieces of at most
+  // kFillFloats), so neither the file nor a whole tensor need be in memory.
+  std::function<void(int64_t first, int64_t count, float* out)> fill;
+  static constexpr int64_t kFillFloats = int64_t{1} << 22;  // 16 MiB
   // On disk: F32, or BF16 (each float rounded to nearest, ties to even;
   // NaN stays NaN).
   DType dtype = DType::kF32;

@@ -25,7 +25,6 @@ void DistributedBackend::Upload(const backend::HostState& s) {
                 std::to_string(m.layout.total()) + ") nor this rank's tensors (" + std::to_string(m.own.local.total()) +
                 ")");
   const auto& ts = m.layout.tensors();
-  std::vector<size_t> all;
   for (size_t i = 0; i < ts.size(); ++i) {
     if (!m.own.owned[i]) continue;
     const int64_t at = m.own.local_offset[i];
@@ -35,12 +34,24 @@ void DistributedBackend::Upload(const backend::HostState& s) {
       std::copy_n(s.exp_avg.begin() + from, ts[i].numel, m.Moment(1, i));
       std::copy_n(s.exp_avg_sq.begin() + from, ts[i].numel, m.Moment(2, i));
     }
-    all.push_back(all.size());
   }
-  m.adamw->set_step(s.optimizer_step);
-  if (m.device_step) m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(),
-                                        s.optimizer_step);
-  else m.device->SetParams(m.params.data(), all);
+  m.PushState(s.optimizer_step);
+}
+
+float* DistributedBackend::HostParams() { return impl_->params.data(); }
+
+void DistributedBackend::ParamsWritten() { impl_->PushState(0); }
+
+void DistributedBackend::Impl::PushState(int64_t optimizer_step) {
+  adamw->set_step(optimizer_step);
+  if (device_step) {
+    device->SetState(params.data(), adamw->exp_avg().data(), adamw->exp_avg_sq().data(), optimizer_step);
+    return;
+  }
+  std::vector<size_t> all;  // every tensor this rank holds, by local index
+  for (size_t i = 0; i < own.owned.size(); ++i)
+    if (own.owned[i]) all.push_back(all.size());
+  device->SetParams(params.data(), all);
 }
 
 void DistributedBackend::Download(backend::HostState* s) {
@@ -111,36 +122,38 @@ void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorF
     return b == 0 ? m.Param(i) : m.Moment(static_cast<int>(b), i);
   };
   if (rank_ != 0) {
-    // Serve rank 0's requests: {tensor, buffer}, or tensor -1 when it is done.
+    // Serve rank 0's requests: {tensor, buffer, first, count}, or tensor -1
+    // when it is done.
     for (;;) {
-      int64_t request[2];
+      int64_t request[4];
       m.everyone->Irecv(request, sizeof request, 0, kRequest)->Wait();
       if (request[0] < 0) return;
       const size_t i = static_cast<size_t>(request[0]);
       const float* src = i < ts.size() && request[1] >= 0 && request[1] <= 2 ? mine(i, request[1]) : nullptr;
-      if (src == nullptr)
+      const int64_t first = request[2], count = request[3];
+      if (src == nullptr || first < 0 || count < 0 || first > ts[i].numel - count)
         throw Error("checkpoint: rank 0 asked rank " + std::to_string(rank_) + " for a tensor it does not hold");
-      m.everyone->Isend(src, ts[i].numel * sizeof(float), 0, kReply)->Wait();
+      m.everyone->Isend(src + first, count * sizeof(float), 0, kReply)->Wait();
     }
   }
   std::vector<int> owner(ts.size(), -1);  // group 0's local rank holding each tensor rank 0 lacks
   for (int o = 1; o < m.P; ++o)
     for (size_t i : m.own.group_experts[o]) owner[i] = o;
-  const TensorFetch fetch = [&](size_t i, int buffer, float* out) {
+  const TensorFetch fetch = [&](size_t i, int buffer, int64_t first, int64_t count, float* out) {
     if (const float* src = mine(i, buffer)) {
-      std::copy_n(src, ts[i].numel, out);
+      std::copy_n(src + first, count, out);
       return;
     }
     int peer = -1;
     if (buffer != 0 && m.own.dense_moment_rank[i] >= 0) peer = m.own.dense_moment_rank[i];  // ZeRO-1's shard
     else if (owner[i] >= 0) peer = m.placement.GlobalRank(0, owner[i]);
     if (peer < 0) throw Error("checkpoint: no rank of group 0 holds " + ts[i].name);
-    const int64_t request[2] = {static_cast<int64_t>(i), buffer};
+    const int64_t request[4] = {static_cast<int64_t>(i), buffer, first, count};
     m.everyone->Isend(request, sizeof request, peer, kRequest)->Wait();
-    m.everyone->Irecv(out, ts[i].numel * sizeof(float), peer, kReply)->Wait();
+    m.everyone->Irecv(out, count * sizeof(float), peer, kReply)->Wait();
   };
   auto release = [&] {
-    const int64_t done[2] = {-1, 0};
+    const int64_t done[4] = {-1, 0, 0, 0};
     for (int peer : servers) m.everyone->Isend(done, sizeof done, peer, kRequest)->Wait();
   };
   try {

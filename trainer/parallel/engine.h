@@ -95,6 +95,12 @@ class DistributedBackend final : public backend::Backend {
   // `state` holds the whole model, or just this rank's tensors laid out by
   // ParameterLayout::Subset(OwnedTensors()).
   void Upload(const backend::HostState& state) override;
+  // A start without a host copy (the weights of model.init or a random
+  // init, moments zero): the caller writes this rank's parameters, laid out
+  // as Upload's, straight into the engine's buffer, then calls
+  // ParamsWritten, which hands them to the device at optimizer step 0.
+  float* HostParams();
+  void ParamsWritten();
   // Collective. Rank 0 resizes `state` to the whole model and fills it
   // (group 0's experts gathered from their owners); other ranks leave it.
   void Download(backend::HostState* state) override;
@@ -104,7 +110,7 @@ class DistributedBackend final : public backend::Backend {
   // exp_avg_sq) into `out`, from its own buffers or, one tensor at a time,
   // from the rank of group 0 that holds it; those ranks answer its requests
   // until it is done (also when `write` throws). `write` is ignored elsewhere.
-  using TensorFetch = std::function<void(size_t tensor, int buffer, float* out)>;
+  using TensorFetch = std::function<void(size_t tensor, int buffer, int64_t first, int64_t count, float* out)>;
   void StreamCheckpoint(const std::function<void(const TensorFetch& fetch)>& write);
   // Bytes each rank holds for the model (parameters, gradients, AdamW
   // moments), by global rank; gathered when the engine is made.

@@ -170,6 +170,9 @@ struct DistributedBackend::Impl {
 
   // Device optimizer: the device's parameters and moments into the host buffers.
   void PullState();
+  // The host parameters (and, with a device optimizer, the moments) to the
+  // device, at AdamW step `optimizer_step`.
+  void PushState(int64_t optimizer_step);
 
   // A GradReducer over communicator c's members, if it has more than one.
   std::unique_ptr<model::GradReducer> ReducerOver(comm::Communicator* c, std::chrono::milliseconds timeout);

@@ -69,7 +69,8 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
   auto tensor = [&](std::string name, size_t i, StateBuffer b, const float* buffer,
                     io::DType dtype = io::DType::kF32) {
     if (buffer) return io::TensorToWrite{std::move(name), ts[i].shape, buffer + ts[i].offset, {}, dtype};
-    return io::TensorToWrite{std::move(name), ts[i].shape, nullptr, [&v, i, b](float* out) { v.source(i, b, out); },
+    return io::TensorToWrite{std::move(name), ts[i].shape, nullptr,
+                             [&v, i, b](int64_t first, int64_t count, float* out) { v.source(i, b, first, count, out); },
                              dtype};
   };
   const bool bf16 = v.weights_dtype == io::DType::kBF16;

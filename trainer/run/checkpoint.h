@@ -32,7 +32,7 @@ struct TrainerState {
 enum class StateBuffer { kParams = 0, kExpAvg = 1, kExpAvgSq = 2 };
 // Fills `out` with tensor `tensor` (an index into layout.tensors()) of one
 // buffer; a distributed run fetches it from the rank that holds it.
-using TensorSource = std::function<void(size_t tensor, StateBuffer buffer, float* out)>;
+using TensorSource = std::function<void(size_t tensor, StateBuffer buffer, int64_t first, int64_t count, float* out)>;
 
 struct CheckpointView {
   const io::MixtralConfig* config;

@@ -181,14 +181,20 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                    dist_run ? static_cast<double>(dist_run->engine->RankStateBytes()[dist_run->rank])
                             : 16.0 * static_cast<double>(held.total()),
                    layout.total(), dist_run ? dist_run->rank : -1);
-  backend::HostState host;
-  host.params.assign(held.total(), 0.0f);
-  host.exp_avg.assign(held.total(), 0.0f);
-  host.exp_avg_sq.assign(held.total(), 0.0f);
-
   TrainerState state;
   std::string resume_dir = options.resume;
   if (resume_dir == "auto") resume_dir = FindLatestCheckpoint(rc.output.dir);
+  // A distributed rank that starts at step 0 writes its parameters straight
+  // into the engine (its moments are zero); otherwise they go through a host
+  // copy that Upload hands over.
+  backend::HostState host;
+  const bool in_place = dist_run && resume_dir.empty();
+  if (!in_place) {
+    host.params.assign(held.total(), 0.0f);
+    host.exp_avg.assign(held.total(), 0.0f);
+    host.exp_avg_sq.assign(held.total(), 0.0f);
+  }
+  float* const params = in_place ? dist_run->engine->HostParams() : host.params.data();
   // Each rank of a distributed run says how much of the files it read.
   auto report_read = [&](uint64_t bytes, const std::string& from) {
     if (dist_run)
@@ -206,10 +212,9 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
       std::fprintf(stderr, "resumed from %s at step %lld\n", resume_dir.c_str(),
                    static_cast<long long>(state.step));
   } else if (!rc.model.init.empty()) {
-    report_read(model::LoadParameters(held, rc.model.init, host.params.data(), owned_layout.has_value()),
-                rc.model.init);
+    report_read(model::LoadParameters(held, rc.model.init, params, owned_layout.has_value()), rc.model.init);
   } else {
-    model::InitParameters(layout, config.initializer_range, t.seed, held, host.params.data());
+    model::InitParameters(layout, config.initializer_range, t.seed, held, params);
   }
   if (!dist_run && t.recompute != "none")
     throw Error("train.recompute " + t.recompute +
@@ -219,7 +224,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
       dist_run ? std::move(dist_run->backend)
                : backend::MakeBackend(config, layout,
                                       {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}, t.precision, t.loss_scale_init});
-  engine->Upload(host);
+  if (in_place) dist_run->engine->ParamsWritten();
+  else engine->Upload(host);
   if (dist_run) {
     // Each rank now holds only its own tensors; the whole-model copy comes
     // back on rank 0 for a checkpoint only (Download).
@@ -264,7 +270,9 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
       // Rank 0 writes tensor by tensor, fetching each from the rank that holds it.
       dist_run->engine->StreamCheckpoint([&](const parallel::DistributedBackend::TensorFetch& fetch) {
         WriteCheckpoint(dir, {&config, &layout, nullptr, nullptr, nullptr, state,
-                              [&](size_t i, StateBuffer b, float* out) { fetch(i, static_cast<int>(b), out); },
+                              [&](size_t i, StateBuffer b, int64_t first, int64_t count, float* out) {
+                                fetch(i, static_cast<int>(b), first, count, out);
+                              },
                               shard_bytes, weights_dtype, &exported_config, companion_files});
       });
     } else {
