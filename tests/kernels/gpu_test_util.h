@@ -91,26 +91,45 @@ inline double Gamma(int64_t n) {
   return n * u / (1.0 - n * u);
 }
 
+// fp32's unit roundoff: a correctly rounded operation (+ - * / sqrt, and an
+// FMA, which rounds once) returns x (1 + d) with |d| <= kU.
+constexpr double kU = 0x1p-24;
+// expf's relative error on either side: CUDA's expf is within 2 ulp (CUDA C++
+// Programming Guide, "Mathematical Functions", single precision), glibc's
+// within 1; an ulp of x is at most 2 kU |x|.
+constexpr double kExpRel = 4 * kU;
+
+// |actual[i] - expected[i]| <= bound[i] for every element (bounds derived
+// from each op's rounding, see the callers). Prints the worst element's error
+// as a share of its bound, which says how tight the derivation is.
+inline void ExpectWithinBound(const std::vector<float>& actual, const std::vector<float>& expected,
+                              const std::vector<double>& bound, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  ASSERT_EQ(bound.size(), expected.size()) << what;
+  size_t bad = 0, worst_at = 0;
+  double worst = 0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double err = std::abs(double{actual[i]} - expected[i]);
+    if (!(err <= bound[i])) ++bad;  // also catches nan
+    const double share = bound[i] > 0 ? err / bound[i] : (err > 0 ? 1e30 : 0);
+    if (share > worst) worst = share, worst_at = i;
+  }
+  std::printf("%s: worst error %.3f of its derived bound\n", what.c_str(), worst);
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << actual.size() << " elements outside the bound; worst ["
+                     << worst_at << "] actual " << actual[worst_at] << " expected " << expected[worst_at]
+                     << " bound " << bound[worst_at];
+}
+
 // |actual[i] - expected[i]| <= 2 gamma_n magnitude[i] (magnitude: the sum
 // of |terms| of element i, the same sum computed on absolute values) plus
-// one fp32 rounding of the result each side. Reports the worst element's
-// error as a share of its bound.
+// one fp32 rounding of the result each side.
 inline void ExpectWithinGemmBound(const std::vector<float>& actual, const std::vector<float>& expected,
                                   const std::vector<float>& magnitude, int64_t n, const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
   ASSERT_EQ(magnitude.size(), expected.size()) << what;
-  size_t bad = 0;
-  double worst = 0;
-  const double u = std::ldexp(1.0, -24);
-  for (size_t i = 0; i < actual.size(); ++i) {
-    const double bound = 2 * Gamma(n) * magnitude[i] * (1 + u) + 2 * u * std::abs(double{expected[i]});
-    const double err = std::abs(double{actual[i]} - expected[i]);
-    if (!(err <= bound)) ++bad;
-    if (bound > 0) worst = std::max(worst, err / bound);
-  }
-  std::printf("%s: worst error %.3f of its derived bound (2 gamma_%lld |a||b|)\n", what.c_str(), worst,
-              static_cast<long long>(n));
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << actual.size() << " elements outside the bound";
+  std::vector<double> bound(expected.size());
+  for (size_t i = 0; i < bound.size(); ++i)
+    bound[i] = 2 * Gamma(n) * magnitude[i] * (1 + kU) + 2 * kU * std::abs(double{expected[i]});
+  ExpectWithinBound(actual, expected, bound, what + " (2 gamma_" + std::to_string(n) + " |a||b|)");
 }
 
 // |actual - expected| <= atol + rtol * |expected| element-wise; on failure

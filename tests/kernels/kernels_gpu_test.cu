@@ -11,15 +11,23 @@
 // pointers, not speed or races between real warps: compute-sanitizer on a
 // GPU (below) remains the check for those.
 //
-// Tolerances, |gpu - cpu| <= atol + rtol |cpu|:
-//   fp32 element-wise (same shared code both sides)   rtol 1e-6, atol 1e-7
-//   fp32 row reductions (RMSNorm, softmax, CE)        rtol 1e-5, atol 1e-6
-//   fp32 attention (online vs two-pass softmax)       rtol 1e-4, atol 2e-5
-//   GEMMs, fp32 and bf16/fp16 (against the CPU GEMM of the same rounded
-//   operands; cuBLAS accumulates in fp32, no TF32): derived per element,
-//   2 gamma_n sum|a||b| (gpu_test_util.h's ExpectWithinGemmBound), n the
-//   length of the sum, which holds for any summation order and FMA
-//   integer outputs (top-k experts, dispatch plans)   exact
+// Tolerances are derived per element from each op's roundings
+// (ExpectWithinBound): every correctly rounded operation, fused or not, within
+// u = 2^-24 relative; a sum of n terms, in any order, within gamma_n of the
+// sum of their magnitudes (Higham); expf within 2 ulp (CUDA's bound; glibc's
+// is 1). Each test says how its bound is counted; the two sides' results
+// then differ by at most twice one side's bound. So they hold with nvcc's FMA
+// contraction and its math library, not only on the emulator:
+//   RMSNorm, RoPE, SwiGLU, router (probabilities, weights, backward),
+//   cross-entropy gradient, AdamW, and the GEMMs, fp32 and bf16/fp16
+//   (against the CPU GEMM of the same rounded operands; cuBLAS accumulates
+//   in fp32, no TF32: 2 gamma_n sum|a||b|, ExpectWithinGemmBound);
+//   top-k experts: each chosen expert's probability equals the CPU's j-th
+//   largest within that bound, so near-ties may order differently; exact
+//   ties go to the lower index;
+//   dispatch plans and gathers (integer work, copies): exact.
+// Still hand-picked (rtol/atol): fp32 attention (online vs two-pass
+// softmax, 1e-4 / 2e-5) and the combine (1e-6 / 1e-6; 1e-5 for dweight).
 //
 // Running under compute-sanitizer on a GPU machine (build with -lineinfo,
 // which this target has):
@@ -32,6 +40,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstring>
 #include <numeric>
 #include <tuple>
@@ -67,7 +76,11 @@ namespace {
 
 using testing::Abs;
 using testing::ExpectClose;
+using testing::ExpectWithinBound;
 using testing::ExpectWithinGemmBound;
+using testing::Gamma;
+using testing::kExpRel;
+using testing::kU;
 using testing::GpuTest;
 using testing::Random;
 
@@ -126,17 +139,46 @@ TEST_F(GpuTest, RmsNormMatchesCpuOnOddSizes) {
               cudaSuccess);
     std::vector<float> y(N * d), rstd(N);
     ops::RmsNormForward(N, d, x.data(), w.data(), 1e-5f, y.data(), rstd.data());
-    ExpectClose(Down(d_y), y, 1e-5, 1e-6, "rmsnorm y");
-    ExpectClose(Down(d_rstd), rstd, 1e-5, 1e-6, "rmsnorm rstd");
+    // Each side: the sum of d squares (positive terms) within gamma_d; /d,
+    // +eps, sqrt and 1/ add 3 roundings to r, which sqrt halves for the
+    // first two: r within gamma_d / 2 + 3u; y = w (x r) two more.
+    std::vector<double> y_bound(N * d), rstd_bound(N);
+    for (int64_t i = 0; i < N; ++i) {
+      rstd_bound[i] = (Gamma(d) + 6 * kU) * rstd[i];
+      for (int64_t j = 0; j < d; ++j) y_bound[i * d + j] = (Gamma(d) + 10 * kU) * std::abs(y[i * d + j]);
+    }
+    ExpectWithinBound(Down(d_y), y, y_bound, "rmsnorm y");
+    ExpectWithinBound(Down(d_rstd), rstd, rstd_bound, "rmsnorm rstd");
     // Backward from the CPU's rstd so only the backward is compared.
     auto d_rstd_cpu = Up(rstd);
     auto d_ws = Empty<float>(static_cast<size_t>(kernels::RmsNormBackwardWorkspace(N, d)));
     ASSERT_EQ(kernels::LaunchRmsNormBackward(d_dy.data(), d_x.data(), d_w.data(), d_rstd_cpu.data(), N, d,
                                              d_dx.data(), d_dw.data(), d_ws.data(), stream()),
               cudaSuccess);
+    const std::vector<float> dx0 = dx, dw0 = dw;
     ops::RmsNormBackward(N, d, dy.data(), x.data(), w.data(), rstd.data(), dx.data(), dw.data());
-    ExpectClose(Down(d_dx), dx, 1e-5, 1e-6, "rmsnorm dx");
-    ExpectClose(Down(d_dw), dw, 1e-5, 1e-5, "rmsnorm dw");
+    // Each side, with M = sum_j |w dy x| of the row: dot = sum w dy x within
+    // gamma_(d+2) M; shift = r^3 dot / d four more roundings; dx_j += r w dy
+    // - shift x (fused or not) within gamma_3 r |w dy| + gamma_(d+8) r^3 M/d
+    // |x|, plus the add into dx0. dw_j = dw0 + sum_rows dy x r: N + 1 terms
+    // of up to 2 roundings each, in any order (the CPU's per-thread partials
+    // add exact zeros), within gamma_(N+3) (|dw0| + sum |dy x r|).
+    std::vector<double> dx_bound(N * d), dw_bound(d);
+    for (int64_t j = 0; j < d; ++j) dw_bound[j] = std::abs(dw0[j]);
+    for (int64_t i = 0; i < N; ++i) {
+      const double r = rstd[i];
+      double M = 0;
+      for (int64_t j = 0; j < d; ++j) M += std::abs(double{w[j]} * dy[i * d + j] * x[i * d + j]);
+      for (int64_t j = 0; j < d; ++j) {
+        const size_t at = i * d + j;
+        const double a = r * std::abs(double{w[j]} * dy[at]), b = r * r * r * M / d * std::abs(x[at]);
+        dx_bound[at] = 2 * (Gamma(3) * a + Gamma(d + 8) * b + kU * (std::abs(dx0[at]) + a + b));
+        dw_bound[j] += std::abs(double{dy[at]} * x[at]) * r;
+      }
+    }
+    for (int64_t j = 0; j < d; ++j) dw_bound[j] *= 2 * Gamma(N + 3);
+    ExpectWithinBound(Down(d_dx), dx, dx_bound, "rmsnorm dx");
+    ExpectWithinBound(Down(d_dw), dw, dw_bound, "rmsnorm dw");
   }
 }
 
@@ -145,12 +187,33 @@ TEST_F(GpuTest, RopeForwardAndInverseMatchCpu) {
   const auto table = ops::MakeRopeTable(T, hd, 10000.0f);
   auto x = Random(N * heads * hd, 9);
   auto d_x = Up(x), d_cos = Up(table.cos), d_sin = Up(table.sin);
+  // Each side rotates a pair as a cos -+ b sin (fused or not): within
+  // gamma_2 (|a cos| + |b sin|). Forward and inverse each start from the
+  // same input on both sides.
+  auto bound = [&](const std::vector<float>& in) {
+    const int64_t half = hd / 2;
+    std::vector<double> b(in.size());
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t i = 0; i < half; ++i) {
+          const size_t at = (n * heads + h) * hd + i;
+          const double c = table.cos[(n % T) * half + i], s = table.sin[(n % T) * half + i];
+          const double m = std::abs(in[at] * c) + std::abs(in[at + half] * s);
+          const double m2 = std::abs(in[at + half] * c) + std::abs(in[at] * s);
+          b[at] = 2 * Gamma(2) * m;
+          b[at + half] = 2 * Gamma(2) * m2;
+        }
+    return b;
+  };
   ASSERT_EQ(kernels::LaunchRope(d_x.data(), d_cos.data(), d_sin.data(), N, heads, hd, T, false, stream()), cudaSuccess);
+  const std::vector<double> forward_bound = bound(x);
   ops::RopeApply(table, N, heads, x.data(), false);
-  ExpectClose(Down(d_x), x, 1e-6, 1e-7, "rope forward");
-  ASSERT_EQ(kernels::LaunchRope(d_x.data(), d_cos.data(), d_sin.data(), N, heads, hd, T, true, stream()), cudaSuccess);
+  ExpectWithinBound(Down(d_x), x, forward_bound, "rope forward");
+  auto d_y = Up(x);  // the CPU's rotation, so the inverse starts from the same input
+  ASSERT_EQ(kernels::LaunchRope(d_y.data(), d_cos.data(), d_sin.data(), N, heads, hd, T, true, stream()), cudaSuccess);
+  const std::vector<double> inverse_bound = bound(x);
   ops::RopeApply(table, N, heads, x.data(), true);
-  ExpectClose(Down(d_x), x, 1e-6, 1e-7, "rope inverse");
+  ExpectWithinBound(Down(d_y), x, inverse_bound, "rope inverse");
 }
 
 struct AttentionCase {
@@ -215,10 +278,50 @@ TEST_F(GpuTest, RouterForwardBackwardAndProbSumsMatchCpu) {
   ASSERT_EQ(kernels::LaunchRouterForward(d_logits.data(), N, E, k, d_probs.data(), d_idx.data(), d_w.data(),
                                          d_sum.data(), stream()),
             cudaSuccess);
-  ExpectClose(Down(d_probs), r.probs, 1e-5, 1e-7, "router probs");
-  EXPECT_EQ(Down(d_idx), r.topk_expert);
-  ExpectClose(Down(d_w), r.topk_weight, 1e-5, 1e-7, "router weights");
-  ExpectClose(Down(d_sum), r.topk_sum, 1e-5, 1e-7, "router top-k sums");
+  // Each side, per row with m = max: l - m rounds (u |l - m| absolute in
+  // exp's argument), exp within kExpRel, the sum of E positive terms within
+  // gamma_E, the division one more: p within p_rel = 2 (kExpRel + u
+  // max|l - m|) + gamma_E + u. A top-k weight p / S (S the sum of the k
+  // chosen) within 2 p_rel + gamma_k + u; S within p_rel + gamma_k.
+  std::vector<double> prob_bound(N * E), weight_bound(N * k), sum_bound(N);
+  const std::vector<float> probs = Down(d_probs);
+  const std::vector<int32_t> idx = Down(d_idx);
+  int near_ties = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* l = logits.data() + n * E;
+    const double spread = *std::max_element(l, l + E) - *std::min_element(l, l + E);
+    const double p_rel = 2 * (kExpRel + kU * spread) + Gamma(E) + kU;
+    for (int64_t e = 0; e < E; ++e) prob_bound[n * E + e] = 2 * p_rel * r.probs[n * E + e];
+    // Top-k with ties: the GPU's j-th expert must have the CPU's j-th largest
+    // probability within the two sides' difference bound; a different expert
+    // than the CPU's is then a near-tie, and moves the weights and S by at
+    // most that much.
+    std::vector<double> sorted(r.probs.begin() + n * E, r.probs.begin() + (n + 1) * E);
+    std::sort(sorted.rbegin(), sorted.rend());
+    const double tol = 2 * p_rel * sorted[0];
+    bool swapped = false;
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = idx[n * k + j];
+      ASSERT_TRUE(e >= 0 && e < E) << "row " << n;
+      for (int64_t i = 0; i < j; ++i) EXPECT_NE(idx[n * k + i], e) << "row " << n << ": expert chosen twice";
+      EXPECT_LE(std::abs(r.probs[n * E + e] - sorted[j]), tol)
+          << "row " << n << ": the GPU's choice " << j << " (expert " << e << ") is not among the largest "
+          << "probabilities, even allowing for rounding";
+      swapped |= e != r.topk_expert[n * k + j];
+    }
+    near_ties += swapped;
+    const double S = r.topk_sum[n], slack = swapped ? 2 * tol : 0;
+    sum_bound[n] = 2 * (p_rel + Gamma(k)) * S + slack;
+    for (int64_t j = 0; j < k; ++j)
+      weight_bound[n * k + j] = 2 * (2 * p_rel + Gamma(k) + kU) * r.topk_weight[n * k + j] + slack / S;
+  }
+  std::printf("router top-k: %d of %lld rows chose a near-tied expert differently\n", near_ties,
+              static_cast<long long>(N));
+  EXPECT_EQ(idx[5 * k], 2) << "an exact tie goes to the lower expert index";
+  EXPECT_EQ(idx[5 * k + 1], 6);
+  ExpectWithinBound(probs, r.probs, prob_bound, "router probs");
+  ExpectWithinBound(Down(d_w), r.topk_weight, weight_bound, "router weights");
+  ExpectWithinBound(Down(d_sum), r.topk_sum, sum_bound, "router top-k sums");
 
   // Backward from the CPU's forward state, so only the backward is compared.
   const auto dweight = Random(N * k, 15);
@@ -232,7 +335,40 @@ TEST_F(GpuTest, RouterForwardBackwardAndProbSumsMatchCpu) {
   ASSERT_EQ(kernels::LaunchRouterBackward(d_probs_cpu.data(), d_idx_cpu.data(), d_w_cpu.data(), d_sum_cpu.data(),
                                           d_dweight.data(), d_aux.data(), N, E, k, d_dlogits.data(), stream()),
             cudaSuccess);
-  ExpectClose(Down(d_dlogits), dlogits, 1e-5, 1e-6, "router dlogits");
+  // Each side, per row: shift = sum_s dw w within gamma_k sum|dw w|; t_s =
+  // (dw_s - shift) / S two more roundings; dl = aux + t one; dot = sum_e dl
+  // p within the dl errors plus gamma_E sum|dl p|; p (dl - dot) two more.
+  std::vector<double> dlogits_bound(N * E);
+  for (int64_t n = 0; n < N; ++n) {
+    const double S = r.topk_sum[n];
+    double shift = 0, shift_mag = 0;
+    for (int64_t s = 0; s < k; ++s) {
+      shift += dweight[n * k + s] * r.topk_weight[n * k + s];
+      shift_mag += std::abs(dweight[n * k + s] * r.topk_weight[n * k + s]);
+    }
+    std::vector<double> dl(aux.begin(), aux.end()), dl_err(E);
+    for (int64_t e = 0; e < E; ++e) dl_err[e] = 0;
+    for (int64_t s = 0; s < k; ++s) {
+      const int32_t e = r.topk_expert[n * k + s];
+      const double t = (dweight[n * k + s] - shift) / S;
+      const double t_err = (Gamma(k) * shift_mag + 2 * kU * (std::abs(dweight[n * k + s]) + std::abs(shift))) / S;
+      dl_err[e] += t_err + kU * (std::abs(dl[e]) + std::abs(t));
+      dl[e] += t;
+    }
+    double dot = 0, dot_err = 0, dot_mag = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const double p = r.probs[n * E + e];
+      dot += dl[e] * p;
+      dot_mag += std::abs(dl[e] * p);
+      dot_err += dl_err[e] * p;
+    }
+    dot_err += Gamma(E) * dot_mag;
+    for (int64_t e = 0; e < E; ++e) {
+      const double p = r.probs[n * E + e];
+      dlogits_bound[n * E + e] = 2 * (p * (dl_err[e] + dot_err) + 2 * kU * p * (std::abs(dl[e]) + std::abs(dot)));
+    }
+  }
+  ExpectWithinBound(Down(d_dlogits), dlogits, dlogits_bound, "router dlogits");
 
   auto d_sums = Empty<double>(E);
   auto d_ws = Empty<double>(static_cast<size_t>(kernels::RouterProbSumsWorkspace(N, E)));
@@ -378,9 +514,24 @@ TEST_F(GpuTest, SwiGluForwardBackwardMatchSharedMath) {
     act[i] = math::SwiGlu(g1[i], g3[i]);
     math::SwiGluBackward(g1[i], g3[i], dact[i], dg1[i], dg3[i]);
   }
-  ExpectClose(Down(d_act), act, 1e-6, 1e-7, "swiglu");
-  ExpectClose(Down(d_dact), dg1, 1e-6, 1e-7, "swiglu dg1");
-  ExpectClose(Down(d_dg3), dg3, 1e-6, 1e-7, "swiglu dg3");
+  // Each side: exp(-g1) within kExpRel, 1 + e one more rounding, s = 1 /
+  // (1 + e) another: s within kExpRel + 2u; silu = g1 s and act = silu g3
+  // (dg3 = dact silu) two more. silu'(g1) = s (1 + g1 (1 - s)): 1 - s, whose
+  // error is absolute (|ds| + u |1 - s|), then 3 roundings; dg1 = dact g3
+  // silu' two more.
+  std::vector<double> act_bound(n), dg1_bound(n), dg3_bound(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double s_rel = kExpRel + 2 * kU, s = math::Sigmoid(g1[i]), x = g1[i];
+    act_bound[i] = 2 * (s_rel + 2 * kU) * std::abs(act[i]);
+    dg3_bound[i] = 2 * (s_rel + 2 * kU) * std::abs(dg3[i]);
+    const double q = 1 + x * (1 - s);                                         // silu' / s
+    const double dq = std::abs(x) * (s_rel * s + 2 * kU * (1 - s)) + kU * std::abs(q);  // q's error
+    const double dsilu_grad = s * dq + (s_rel + kU) * s * std::abs(q);
+    dg1_bound[i] = 2 * (std::abs(double{dact[i]} * g3[i]) * dsilu_grad + 2 * kU * std::abs(dg1[i]));
+  }
+  ExpectWithinBound(Down(d_act), act, act_bound, "swiglu");
+  ExpectWithinBound(Down(d_dact), dg1, dg1_bound, "swiglu dg1");
+  ExpectWithinBound(Down(d_dg3), dg3, dg3_bound, "swiglu dg3");
 }
 
 // Rounds to the 16-bit format and back, on the host (the CPU reference of a
@@ -543,7 +694,22 @@ TEST_F(GpuTest, CrossEntropyForwardBackwardMatchCpu) {
             cudaSuccess);
   std::vector<float> grad(N * V);
   ops::CrossEntropyBackward(N, V, logits.data(), targets.data(), 0.25f, grad.data());
-  ExpectClose(Down(d_logits), grad, 1e-5, 1e-7, "cross-entropy gradient");
+  // Each side, per row with m = max: l - m rounds (an absolute u |l - m| in
+  // exp's argument), exp within kExpRel; the sum of V positive terms within
+  // gamma_V, 1 / sum one more: softmax = exp * inv_sum * scale within
+  // e_rel = 2 (kExpRel + u max|l - m|) + gamma_V + 3u; the target's - scale
+  // one more rounding of the result.
+  std::vector<double> grad_bound(N * V);
+  for (int64_t n = 0; n < N; ++n) {
+    const float* l = logits.data() + n * V;
+    const double m = *std::max_element(l, l + V), spread = m - *std::min_element(l, l + V);
+    const double rel = 2 * (kExpRel + kU * spread) + Gamma(V) + 3 * kU;
+    for (int64_t v = 0; v < V; ++v) {
+      const double soft = grad[n * V + v] + (v == targets[n] ? 0.25 : 0.0);
+      grad_bound[n * V + v] = 2 * (rel * std::abs(soft) + kU * std::abs(grad[n * V + v]));
+    }
+  }
+  ExpectWithinBound(Down(d_logits), grad, grad_bound, "cross-entropy gradient");
 }
 
 TEST_F(GpuTest, AdamWMatchesSharedUpdate) {
@@ -553,10 +719,31 @@ TEST_F(GpuTest, AdamWMatchesSharedUpdate) {
   auto d_p = Up(p), d_g = Up(g), d_m = Up(m), d_v = Up(v);
   const math::AdamWStep step = math::MakeAdamWStep(1e-3, 0.9, 0.95, 1e-8, 0.1, 3);
   ASSERT_EQ(kernels::LaunchAdamW(d_p.data(), d_g.data(), d_m.data(), d_v.data(), n, step, true, stream()), cudaSuccess);
+  // Each side (the same shared formula; FMA contraction may fuse any a * b +
+  // c): exp_avg = b1 m + (1 - b1) g within gamma_3 of its terms' sum;
+  // exp_avg_sq = b2 v + (1 - b2) g g within gamma_4; denom = sqrt(v') / c2 +
+  // eps: half v''s relative error + 3 roundings; the update (lr / c1) (m' /
+  // denom) adds m''s and denom's relative errors + 3; the decayed parameter
+  // p (1 - lr wd) 2 roundings, the subtraction 1.
+  std::vector<double> p_bound(n), m_bound(n), v_bound(n);
+  const std::vector<float> p0 = p, m0 = m, v0 = v;
   for (int64_t i = 0; i < n; ++i) math::AdamWUpdate(p[i], g[i], m[i], v[i], step, true);
-  ExpectClose(Down(d_p), p, 1e-6, 1e-7, "adamw params");
-  ExpectClose(Down(d_m), m, 1e-6, 1e-7, "adamw exp_avg");
-  ExpectClose(Down(d_v), v, 1e-6, 1e-7, "adamw exp_avg_sq");
+  for (int64_t i = 0; i < n; ++i) {
+    const double em = Gamma(3) * (std::abs(step.beta1 * m0[i]) + std::abs((1 - step.beta1) * g[i]));
+    const double ev = Gamma(4) * (std::abs(step.beta2 * v0[i]) + std::abs((1 - step.beta2) * g[i] * g[i]));
+    const double sq = std::sqrt(double{v[i]}) / step.bias_correction2_sqrt, denom = sq + step.eps;
+    const double denom_rel = (v[i] > 0 ? ev / v[i] / 2 : 0) * sq / denom + 3 * kU;
+    const double update = step.lr / step.bias_correction1 * std::abs(m[i]) / denom;
+    const double update_err = update * ((m[i] != 0 ? em / std::abs(m[i]) : 0) + denom_rel + 3 * kU) +
+                              step.lr / step.bias_correction1 * em / denom;
+    const double decayed = std::abs(p0[i] * (1 - step.lr * step.weight_decay));
+    m_bound[i] = 2 * em;
+    v_bound[i] = 2 * ev;
+    p_bound[i] = 2 * (2 * kU * decayed + update_err + kU * std::abs(p[i]));
+  }
+  ExpectWithinBound(Down(d_p), p, p_bound, "adamw params");
+  ExpectWithinBound(Down(d_m), m, m_bound, "adamw exp_avg");
+  ExpectWithinBound(Down(d_v), v, v_bound, "adamw exp_avg_sq");
 }
 
 TEST_F(GpuTest, GradNormAndScaleMatchCpu) {
