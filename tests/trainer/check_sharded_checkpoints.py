@@ -22,7 +22,11 @@ model.safetensors.index.json. Then:
   (single-process and 1+3);
 - the exported config.json keeps the given config's keys the trainer does
   not use (reported once at start), and generation_config.json and the
-  tokenizer files beside the initial weights are copied alongside.
+  tokenizer files beside the initial weights are copied alongside;
+- the window (sliding_window < seq_len) and tied-embedding models, rounded
+  to bf16 and written as 2 BF16 shards + index, train like PyTorch from the
+  same weights (losses 1e-4 relative over 5 steps, final weights 1e-5 +
+  1e-4 |x|).
 
     check_sharded_checkpoints.py --trainer PATH --fixture GOLDEN_DIR --work DIR
 """
@@ -44,16 +48,17 @@ def fail(msg):
     sys.exit(1)
 
 
-def write_shards(folder, weights, first, first_dtype):
+def write_shards(folder, weights, first, first_dtype, second_dtype="F32"):
     """The model as two shards (the tensors in `first`, in `first_dtype`; the
-    rest in F32) and model.safetensors.index.json; returns the weight_map."""
+    rest in `second_dtype`) and model.safetensors.index.json; returns the
+    weight_map."""
     os.makedirs(folder)
     shard_of = {n: ("model-00001-of-00002.safetensors" if n in first else "model-00002-of-00002.safetensors")
                 for n in weights}
     mt.write_safetensors(os.path.join(folder, "model-00001-of-00002.safetensors"),
                          {n: w for n, w in weights.items() if n in first}, dtype=first_dtype)
     mt.write_safetensors(os.path.join(folder, "model-00002-of-00002.safetensors"),
-                         {n: w for n, w in weights.items() if n not in first})
+                         {n: w for n, w in weights.items() if n not in first}, dtype=second_dtype)
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": 0}, "weight_map": shard_of}, f, indent=2)
     return shard_of
@@ -233,7 +238,54 @@ def main():
             fail(f"{name} was not copied into {final}")
     print("exported config keeps bos_token_id, eos_token_id, use_cache; generation_config.json and "
           "tokenizer_config.json copied")
+    check_bf16_variants(a)
     print("sharded checkpoints: ok")
+
+
+def check_bf16_variants(a):
+    """The window (sliding_window 6 < T = 16) and tied-embedding fixtures,
+    their start weights rounded to bf16 and written as 2 BF16 shards + index,
+    train in the trainer as in PyTorch from the same rounded weights: losses
+    within 1e-4 relative over the 5 steps, final weights within 1e-5 +
+    1e-4 |torch| (the golden test's tolerance)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+    import make_golden as mg  # noqa: E402
+    tokens = mt.read_token_file(os.path.join(a.fixture, "tokens.bin"))
+    for variant in ("window", "tied"):
+        vdir = os.path.join(a.fixture, variant)
+        config = mt.load_config(os.path.join(vdir, "config.json"))
+        own = os.path.join(vdir, "model.safetensors")
+        start, _ = mt.read_safetensors(own if os.path.exists(own) else os.path.join(a.fixture, "model.safetensors"))
+        model = mt.MixtralForCausalLM(config)
+        start = {n: start[n].to(torch.bfloat16).to(torch.float32) for n in model.weights()}
+        folder = os.path.join(a.work, f"{variant}-bf16")
+        names = sorted(start)
+        write_shards(folder, start, set(names[: len(names) // 2]), "BF16", "BF16")
+        mt.set_deterministic(threads=1, seed=0)
+        model.load_weights(start)
+        reference = os.path.join(a.work, f"{variant}-torch")
+        os.makedirs(reference)
+        want = [s["loss"] for s in mg.train_golden(model, tokens, reference)]
+        out = os.path.join(a.work, f"{variant}-trainer")
+        cmd = [a.trainer, "--config", os.path.join(vdir, "run.yaml"), "--no-progress", "--set", f"output.dir={out}",
+               "--set", f"model.init={folder}"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stderr}")
+        got = losses(out)
+        worst = max(abs(x - y) / abs(y) for x, y in zip(got, want)) if len(got) == len(want) else float("inf")
+        print(f"{variant}: 2 BF16 shards, losses {[round(x, 6) for x in got]} vs PyTorch "
+              f"{[round(y, 6) for y in want]}: worst {worst:.2e} relative")
+        if worst > 1e-4:
+            fail(f"{variant} from BF16 shards does not train like PyTorch from the same weights (1e-4 relative)")
+        final, _ = mt.read_safetensors(os.path.join(out, "final", "model.safetensors"))
+        torch_final = model.weights()
+        if set(final) != set(torch_final):
+            fail(f"{variant}: exported tensors {sorted(set(final) ^ set(torch_final))} differ from PyTorch's")
+        for n, w in torch_final.items():
+            excess = ((final[n] - w).abs() - (1e-5 + 1e-4 * w.abs())).max().item()
+            if excess > 0:
+                fail(f"{variant}: final {n} differs from PyTorch's by {excess:.2e} beyond 1e-5 + 1e-4 |x|")
 
 
 if __name__ == "__main__":
