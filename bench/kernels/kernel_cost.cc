@@ -20,6 +20,8 @@
 // the model: every layer launches the same kernels), keeping each thread's
 // smallest time, which filters interrupts, the hypervisor's pauses and the
 // first run's page faults.
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -75,6 +77,9 @@ Costs Measure(const io::MixtralConfig& config, const model::ParameterLayout& lay
     emulator::EnableKernelCosts(true);
     gpu.ZeroGrads();
     gpu.ForwardBackward(mb, 1.0f);
+    // The emulator runs queued work when something waits for it: all of
+    // this step's before its blocks are taken.
+    if (cudaDeviceSynchronize() != cudaSuccess) throw Error("kernel_cost: the step failed on the emulator");
     std::vector<emulator::BlockCost> run = emulator::TakeBlockCosts();
     if (blocks.empty()) {
       blocks = std::move(run);
