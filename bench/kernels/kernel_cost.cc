@@ -5,7 +5,10 @@
 // tokens (top-2: 1024 assignments, one full dispatch tile), 4N = 8 x 256
 // (more sequences) and 4T = 2 x 1024 (longer sequences), and prints per
 // kernel: threads launched, the run time of its longest thread at each size,
-// and the ratio to the first size. (The optimizer's kernels scale with the
+// the ratio to the first size, and at N0 the bytes of device memory it moved
+// (counted by the emulator in a separate run) per floating-point operation
+// of its formula (StepFlops): near 0.1 a kernel can be compute-bound on a
+// modern GPU, above ~1 it is bound by memory bandwidth. (The optimizer's kernels scale with the
 // parameters, not with N or T: not measured.)
 //
 // A kernel whose work per thread is bounded keeps its longest thread about
@@ -51,6 +54,7 @@ struct Size {
 struct KernelCost {
   int64_t launches = 0, threads = 0;
   double longest_thread_us = 0;
+  uint64_t bytes = 0;  // device memory read and written over the step
 };
 using Costs = std::map<std::string, KernelCost>;
 
@@ -97,6 +101,14 @@ Costs Measure(const io::MixtralConfig& config, const model::ParameterLayout& lay
         kept[t] = std::min(kept[t], run[i].thread_ns[t]);
     }
   }
+  // One more step counting the bytes each block moves (a separate run: the
+  // count's lookups would slow the threads timed above).
+  emulator::EnableKernelCosts(true, /*count_bytes=*/true);
+  gpu.ZeroGrads();
+  gpu.ForwardBackward(mb, 1.0f);
+  if (cudaDeviceSynchronize() != cudaSuccess) throw Error("kernel_cost: the step failed on the emulator");
+  std::map<std::string, uint64_t> bytes;
+  for (const auto& b : emulator::TakeBlockCosts()) bytes[b.kernel] += b.global_bytes;
   emulator::EnableKernelCosts(false);
   // Per kernel: the 90th percentile over its blocks of the block's longest
   // thread (each thread's time its minimum over the runs). A chain that grows
@@ -114,8 +126,49 @@ Costs Measure(const io::MixtralConfig& config, const model::ParameterLayout& lay
     std::sort(times.begin(), times.end());
     const size_t at = std::min(times.size() - 1, static_cast<size_t>(0.9 * static_cast<double>(times.size())));
     costs[name].longest_thread_us = times[at] / 1e3;
+    costs[name].bytes = bytes[name];
   }
   return costs;
+}
+
+// Floating-point operations of one step's launches of a kernel (one layer,
+// no recomputation), counted from the kernel's formula, an exp, a division
+// or a square root counting as one; 0 for kernels that only move or index
+// data, -1 for a kernel this table does not know.
+double StepFlops(const std::string& kernel, const io::MixtralConfig& c, const Size& s) {
+  const double N = static_cast<double>(s.batch * s.seq_len), T = static_cast<double>(s.seq_len);
+  const double d = c.hidden_size, H = c.num_attention_heads, KV = c.num_key_value_heads, hd = c.HeadDim();
+  const double E = c.num_local_experts, k = c.num_experts_per_tok, f = c.intermediate_size, V = c.vocab_size;
+  const double pairs = static_cast<double>(s.batch) * H * T * (T + 1) / 2;  // causal query-key pairs
+  const double A = N * k;                                                   // routed rows
+  const std::map<std::string, double> flops = {
+      {"AttentionForwardKernel", pairs * (4 * hd + 6)},           // q.k, p v, online softmax
+      {"AttentionBackwardQueryKernel", pairs * (6 * hd + 5)},     // p again, dp, dq
+      {"AttentionBackwardKeyValueKernel", pairs * (8 * hd + 5)},  // p again, dv, dp, dk
+      {"AttentionRowDotKernel", 2 * N * H * hd},                  // D = dO . O
+      {"RmsNormForwardKernel", 3 * N * (4 * d + 4)},              // 3 norms: squares, sum, scale
+      {"RmsNormBackwardInputKernel", 3 * N * 7 * d},
+      {"ColumnTileSumsKernel_Values", 3 * N * d * 3},             // the norms' dw: dy x r, summed
+      {"RopeKernel", 6 * N * (H + KV) * hd},                      // q and k, forward and backward
+      {"RouterForwardKernel", N * 5 * E},
+      {"RouterBackwardKernel", N * (4 * E + 3 * k)},
+      {"SwiGluForwardKernel", A * f * 5},
+      {"SwiGluBackwardKernel", A * f * 12},
+      {"CombineKernel", 2 * A * d},
+      {"CombineBackwardKernel", 3 * A * d},
+      {"ScatterAddRowsKernel", A * d},
+      {"CrossEntropyForwardKernel", 3 * N * V},
+      {"CrossEntropyBackwardKernel", 4 * N * V},
+      {"EmbeddingSegmentSumKernel", N * d},
+      {"GatherRowsKernel", 0},
+      {"EmbeddingForwardKernel", 0},
+      {"DispatchExpertScanKernel", 0},
+      {"DispatchOffsetsKernel", 0},
+      {"DispatchTileCountsKernel", 0},
+      {"DispatchTileRowsKernel", 0},
+  };
+  const auto it = flops.find(kernel);
+  return it == flops.end() ? -1 : it->second;
 }
 
 int Run(int argc, char** argv) {
@@ -153,8 +206,11 @@ int Run(int argc, char** argv) {
   std::printf("kernel cost report: CUDA backend step of examples/tiny (%s) on the emulator\n", precision.c_str());
   std::printf("longest thread = run time of a block's longest thread, 90th percentile over the kernel's blocks (us); "
               "ratio = vs N0\n\n");
-  std::printf("%-40s %9s %9s %9s %9s %7s %9s %7s  %s\n", "kernel", "threads", "N0 us", "threads", "4N us",
-              "ratio", "4T us", "ratio", "serial chain");
+  std::printf("bytes = device memory the kernel's threads read and wrote over the N0 step (counted by the "
+              "emulator); B/FLOP = those bytes per floating-point operation of its formula (StepFlops; "
+              "'moves' = no arithmetic)\n\n");
+  std::printf("%-36s %8s %8s %8s %8s %6s %8s %6s %10s %7s  %s\n", "kernel", "threads", "N0 us", "threads", "4N us",
+              "ratio", "4T us", "ratio", "bytes", "B/FLOP", "serial chain");
   std::vector<std::string> grow_n, grow_t;
   for (const auto& [name, c0] : costs[0]) {
     const auto n = costs[1].find(name), t = costs[2].find(name);
@@ -167,9 +223,16 @@ int Run(int argc, char** argv) {
     const char* verdict = rn >= kGrows ? "grows with N" : rt >= kGrows ? "grows with T" : "bounded";
     if (rn >= kGrows) grow_n.push_back(name);
     if (rn < kGrows && rt >= kGrows) grow_t.push_back(name);
-    std::printf("%-40.40s %9lld %9.1f %9lld %9.1f %7.2f %9.1f %7.2f  %s\n", name.c_str(), (long long)c0.threads,
-                c0.longest_thread_us, (long long)n->second.threads, n->second.longest_thread_us, rn,
-                t->second.longest_thread_us, rt, verdict);
+    const double flops = StepFlops(name, config, sizes[0]);
+    char intensity[16];
+    if (flops > 0)
+      std::snprintf(intensity, sizeof intensity, "%.2f", static_cast<double>(c0.bytes) / flops);
+    else
+      std::snprintf(intensity, sizeof intensity, "%s", flops == 0 ? "moves" : "?");
+    std::printf("%-36.36s %8lld %8.1f %8lld %8.1f %6.2f %8.1f %6.2f %10llu %7s  %s\n", name.c_str(),
+                (long long)c0.threads, c0.longest_thread_us, (long long)n->second.threads,
+                n->second.longest_thread_us, rn, t->second.longest_thread_us, rt,
+                static_cast<unsigned long long>(c0.bytes), intensity, verdict);
   }
   auto list = [](const std::vector<std::string>& v) {
     std::string s;

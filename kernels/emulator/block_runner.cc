@@ -14,6 +14,8 @@
 #include <sstream>
 #include <string_view>
 
+#include "kernels/emulator/guarded_memory.h"
+
 namespace hetermoe::emulator {
 
 namespace ctx = boost::context;
@@ -145,6 +147,7 @@ void BlockRunner::Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx
                       const std::function<void()>& thread) {
   kernel_ = kernel;
   block_idx_ = block_idx;
+  global_bytes_ = 0;
   shared_.assign(dynamic_shared, 0xFF);  // NaN in every float lane: unwritten reads show
   const unsigned n = block.x * block.y * block.z;
   race_.clear();
@@ -345,16 +348,19 @@ bool BlockRunner::ReleaseBarrier() {
 }
 
 void BlockRunner::Touch(const void* address, size_t bytes, bool write, const void* code) {
-  if (!race_check_ || running_ == nullptr) return;
+  if (running_ == nullptr || (!race_check_ && !count_bytes_)) return;
   const uintptr_t a = reinterpret_cast<uintptr_t>(address);
   const uintptr_t dynamic = reinterpret_cast<uintptr_t>(shared_.data());
   size_t offset;
-  if (a - static_shared_ < static_shared_bytes_)
+  if (a - static_shared_ < static_shared_bytes_) {
     offset = a - static_shared_;
-  else if (a - dynamic < shared_.size())
+  } else if (a - dynamic < shared_.size()) {
     offset = static_shared_bytes_ + (a - dynamic);
-  else
-    return;  // not shared memory
+  } else {  // not shared memory: device memory, or the thread's own
+    if (count_bytes_ && InGuardedAllocation(address)) global_bytes_ += bytes;
+    return;
+  }
+  if (!race_check_) return;
   if (auto race = races_.Touch(running_->linear, offset, bytes, write); race && race_.empty())
     race_ = DescribeRace(*race, code);
 }

@@ -56,6 +56,10 @@ class BlockRunner {
   // threads' times in nanoseconds, by linear thread index.
   void SetTiming(bool on) { timing_ = on; }
   const std::vector<int32_t>& thread_ns() const { return thread_ns_; }
+  // Count the device-memory bytes the block's threads touch (kernel_costs.h):
+  // the last block's total.
+  void SetByteCount(bool on) { count_bytes_ = on; }
+  uint64_t global_bytes() const { return global_bytes_; }
   uint64_t order_seed() const { return order_seed_; }
   // Check shared memory for races (off in a new runner).
   void SetRaceCheck(bool on) { race_check_ = on; }
@@ -69,7 +73,8 @@ class BlockRunner {
   uint64_t WarpExchange(WarpOp op, unsigned mask, uint64_t bits, int operand);
   void* dynamic_shared() const { return shared_.data(); }
   // An access by the running thread (from the instrumentation): checked
-  // when it falls in shared memory. `code`: the accessing instruction.
+  // when it falls in shared memory, counted when it falls in device memory
+  // (SetByteCount). `code`: the accessing instruction.
   void Touch(const void* address, size_t bytes, bool write, const void* code);
 
   // The runner of this host thread's running kernel (nullptr outside one).
@@ -89,6 +94,8 @@ class BlockRunner {
   uint64_t order_seed_ = 0;
   bool timing_ = false;
   std::vector<int32_t> thread_ns_;
+  bool count_bytes_ = false;
+  uint64_t global_bytes_ = 0;
   std::vector<unsigned> order_;  // this round's order of the threads
   std::vector<std::unique_ptr<Lane>> lanes_;
   Lane* running_ = nullptr;

@@ -111,6 +111,15 @@ void GuardedFree(void* p, size_t) {
   munmap(m.region, m.span);
 }
 
+bool InGuardedAllocation(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  std::lock_guard<std::mutex> lock(mappings_mutex);
+  auto it = Mappings().upper_bound(c);
+  if (it == Mappings().begin()) return false;
+  --it;
+  return c < it->first + it->second.bytes;
+}
+
 void CatchOutOfBoundsOnThisThread() {
   static std::once_flag installed;
   std::call_once(installed, [] {

@@ -20,6 +20,9 @@ namespace hetermoe::emulator {
 void* GuardedAllocate(size_t bytes);
 // `bytes` as given to GuardedAllocate.
 void GuardedFree(void* p, size_t bytes);
+// Whether p is inside a live allocation (takes a lock: for the kernel cost
+// report's byte counts, not for every run).
+bool InGuardedAllocation(const void* p);
 // Installs the SIGSEGV handler (once per process) and an alternate signal
 // stack for the calling thread (once per thread): call before running
 // kernels on a thread.

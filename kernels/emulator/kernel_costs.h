@@ -22,10 +22,19 @@ struct BlockCost {
   const char* kernel;  // as launched (template arguments not spelled out)
   bool first_block;    // the first block of its launch
   std::vector<int32_t> thread_ns;  // each thread's run time, by linear index
+  // Bytes of device memory the block's threads read and wrote (0 unless
+  // counted: count_bytes). Seen through the kernels' instrumentation
+  // (race_hooks.h), so only kernels built with it count; shared memory,
+  // locals and kernel arguments do not.
+  uint64_t global_bytes = 0;
 };
 
-void EnableKernelCosts(bool on);
+// count_bytes: also count each block's device-memory bytes. Each access then
+// looks its address up under a lock, which slows the threads: measure times
+// in a run without it.
+void EnableKernelCosts(bool on, bool count_bytes = false);
 bool KernelCostsEnabled();
+bool KernelByteCountsEnabled();
 // The blocks run since the last call (or since enabling), in order.
 std::vector<BlockCost> TakeBlockCosts();
 

@@ -262,11 +262,12 @@ void RunBlocks(const LaunchConfig& c, const std::function<void()>& thread) {
   runner.SetRaceCheck(races);
   const bool timing = KernelCostsEnabled();
   runner.SetTiming(timing);
+  runner.SetByteCount(KernelByteCountsEnabled());
   bool first_block = true;
   auto run_block = [&](uint3 b) {
     runner.Run(c.kernel, c.grid, c.block, b, c.shared_bytes, thread);
     if (timing)
-      RecordBlockCost({c.kernel, std::exchange(first_block, false), runner.thread_ns()});
+      RecordBlockCost({c.kernel, std::exchange(first_block, false), runner.thread_ns(), runner.global_bytes()});
   };
   const uint64_t blocks = 1ull * c.grid.x * c.grid.y * c.grid.z;
   if (seed == 0 || blocks > (1u << 20)) {
@@ -314,7 +315,7 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
 
 // --- kernel costs (kernel_costs.h) ---
 namespace {
-std::atomic<bool> costs_on{false};
+std::atomic<bool> costs_on{false}, bytes_on{false};
 std::mutex costs_mutex;
 std::vector<BlockCost>& Blocks() {
   static std::vector<BlockCost> blocks;
@@ -322,12 +323,14 @@ std::vector<BlockCost>& Blocks() {
 }
 }  // namespace
 
-void EnableKernelCosts(bool on) {
+void EnableKernelCosts(bool on, bool count_bytes) {
   std::lock_guard<std::mutex> lock(costs_mutex);
   costs_on = on;
+  bytes_on = on && count_bytes;
   Blocks().clear();
 }
 bool KernelCostsEnabled() { return costs_on; }
+bool KernelByteCountsEnabled() { return bytes_on; }
 std::vector<BlockCost> TakeBlockCosts() {
   std::lock_guard<std::mutex> lock(costs_mutex);
   return std::exchange(Blocks(), {});

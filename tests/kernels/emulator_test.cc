@@ -17,6 +17,7 @@
 
 #include "kernels/common.cuh"
 #include "kernels/emulator/block_runner.h"
+#include "kernels/emulator/kernel_costs.h"
 #include "kernels/emulator/register_model.h"
 #include "kernels/emulator/shared_races.h"
 #include "kernels/mma.cuh"
@@ -94,6 +95,24 @@ TEST(CudaEmulator, BarriersAndSharedMemoryArePerBlock) {
     double expected = 0;
     for (int i = 0; i < n; ++i) expected += h[b * n + i];
     EXPECT_FLOAT_EQ(o[b], static_cast<float>(expected)) << b;
+  }
+}
+
+// The kernel cost report's byte counts: each block of BlockSumKernel reads
+// its n floats and writes one; its shared scratch and its locals do not
+// count, and nothing is counted unless asked for.
+TEST(CudaEmulator, KernelCostsCountTheDeviceBytesEachBlockMoves) {
+  const int blocks = 3, n = 1000;
+  Device<float> x(blocks * n), out(blocks);
+  x.Set(std::vector<float>(blocks * n, 1.0f));
+  for (const bool count : {false, true}) {
+    emulator::EnableKernelCosts(true, count);
+    HM_LAUNCH(BlockSumKernel, blocks, 256, 0, nullptr)(x.p, n, out.p);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<emulator::BlockCost> costs = emulator::TakeBlockCosts();
+    emulator::EnableKernelCosts(false);
+    ASSERT_EQ(costs.size(), static_cast<size_t>(blocks));
+    for (const auto& c : costs) EXPECT_EQ(c.global_bytes, count ? 4u * n + 4u : 0u) << c.kernel;
   }
 }
 
