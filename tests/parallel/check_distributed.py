@@ -120,6 +120,38 @@ def check_resume(trainer, run_file, work):
     return not problems
 
 
+def dedup_metric_problems(on, off, plan_file, expert_ranks):
+    """The per-layer dispatch metrics: 24 x 16 tokens x top-2 rows routed per
+    layer and step; without dedup every one is sent; with it, 1 expert rank
+    (every expert on one owner) gets each token once, half the rows; and the
+    load imbalance equals max / mean of the expert ranks' routed rows counted
+    here from expert_tokens and the experts each rank holds (plan.json)."""
+    problems = []
+    routed = 24 * 16 * 2
+    for m in off:
+        if m["dispatch_rows"] != m["dispatch_rows_sent"] or any(r != routed for r in m["dispatch_rows"]):
+            problems.append(f"dedup off, step {m['step']}: rows {m['dispatch_rows']}, sent {m['dispatch_rows_sent']}")
+    with open(plan_file) as f:
+        ranks = json.load(f)["ranks"]
+    for m in on:
+        sent = m["dispatch_rows_sent"]
+        if any(r != routed for r in m["dispatch_rows"]) or not all(s < r for s, r in zip(sent, m["dispatch_rows"])):
+            problems.append(f"dedup on, step {m['step']}: rows {m['dispatch_rows']}, sent {sent}")
+        if expert_ranks == 1 and any(s != routed // 2 for s in sent):
+            problems.append(f"1 expert rank: {sent} rows sent per layer, expected one per token ({routed // 2})")
+        for layer, counts in enumerate(m["expert_tokens"]):
+            loads = [sum(counts[e] for e in r["experts"][layer]) for r in ranks if r["experts"][layer]]
+            want = max(loads) * len(loads) / sum(loads)
+            if abs(m["expert_load_imbalance"][layer] - want) > 1e-12:
+                problems.append(f"step {m['step']} layer {layer}: load imbalance {m['expert_load_imbalance'][layer]}, "
+                                f"counted {want}")
+    if not problems:
+        print(f"dispatch metrics 1+{expert_ranks}: rows sent / routed per layer "
+              f"{[round(s / r, 3) for s, r in zip(on[0]['dispatch_rows_sent'], on[0]['dispatch_rows'])]}, "
+              f"load imbalance {[round(x, 3) for x in on[0]['expert_load_imbalance']]}")
+    return problems
+
+
 def check_dedup(trainer, run_file, work, ref):
     """Token deduplication (parallel.dedup, on by default) sends fewer bytes for
     the same training: 1 attention + 1 expert rank hold every expert on one
@@ -139,6 +171,7 @@ def check_dedup(trainer, run_file, work, ref):
             problems.append(f"dedup did not reduce the exchanged bytes ({sent_on} vs {sent_off})")
         if n == 1 and saved < 0.2:
             problems.append(f"1+1 top-2: expected ~25% fewer bytes, got {saved:.1%}")
+        problems += dedup_metric_problems(on[0], off[0], os.path.join(work, f"dedup-on-{n}", "plan.json"), n)
         for p in problems[:5]:
             print(f"    {p}")
         ok = ok and not problems

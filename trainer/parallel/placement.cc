@@ -1,5 +1,6 @@
 #include "trainer/parallel/placement.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -128,6 +129,12 @@ std::vector<bool> Placement::SequencesOf(int rank, int64_t global_batch, int64_t
   for (int j = 0; j < micro_per_rank; ++j)
     for (int64_t i = 0; i < per; ++i) used[static_cast<size_t>(MicroBatchOf(rank, j) * per + i)] = true;
   return used;
+}
+
+double LoadImbalance(const std::vector<double>& loads) {
+  double total = 0, most = 0;
+  for (double x : loads) total += x, most = std::max(most, x);
+  return total > 0 ? most * static_cast<double>(loads.size()) / total : 0;
 }
 
 }  // namespace hetermoe::parallel

@@ -64,6 +64,10 @@ struct Placement {
   std::string ToJson() const;    // every rank's role and experts (plan.json)
 };
 
+// max / mean of the loads (1 when even; 0 when there are none or all are
+// 0): the imbalance HierMoE's expert swap lowers, for metrics.
+double LoadImbalance(const std::vector<double>& loads);
+
 // Throws hetermoe::Error when the shape cannot work (R not divisible by the
 // attention ranks, offloads not divisible by M or larger than an expert
 // rank can give, fewer experts than expert ranks).

@@ -105,7 +105,8 @@ void MetricsSink::Record(const StepMetrics& m) {
                          {"tokens_per_second", m.tokens_per_second},
                          {"step_seconds", m.step_seconds},
                          {"tokens", m.tokens},
-                         {"expert_tokens", m.expert_tokens}};
+                         {"expert_tokens", m.expert_tokens},
+                         {"dispatch_rows", m.dispatch_rows}};
   if (m.has_parallel_stats) {
     line["bubble_attention"] = m.bubble_attention;
     line["bubble_expert"] = m.bubble_expert;
@@ -113,6 +114,8 @@ void MetricsSink::Record(const StepMetrics& m) {
     line["combine_wait_seconds"] = m.combine_wait_seconds;
     line["exchange_bytes"] = m.exchange_bytes;
     line["rank_state_bytes"] = m.rank_state_bytes;
+    line["dispatch_rows_sent"] = m.dispatch_rows_sent;
+    line["expert_load_imbalance"] = m.expert_load_imbalance;
   }
   if (m.loss_scale != 1.0) line["loss_scale"] = m.loss_scale;
   if (m.step_skipped) line["step_skipped"] = true;
@@ -159,6 +162,31 @@ void MetricsSink::Record(const StepMetrics& m) {
     }
     for (size_t r = 0; r < rank_state_bytes_.size() && r < m.rank_state_bytes.size(); ++r)
       rank_state_bytes_[r]->Set(static_cast<double>(m.rank_state_bytes[r]));
+  }
+  // Per layer: deduplication and load balance (HierMoE). Every run has the
+  // series (one process: sent = routed, imbalance 1).
+  if (rows_routed_.empty()) {
+    auto& rows = prometheus::BuildGauge()
+                     .Name("hetermoe_trainer_dispatch_rows")
+                     .Help("Rows dispatched to expert owners in the last step per layer: routed = (token, expert) "
+                           "pairs, sent = rows on the wire for them (one per token and owner with parallel.dedup)")
+                     .Register(*registry_);
+    auto& imbalance = prometheus::BuildGauge()
+                          .Name("hetermoe_trainer_expert_load_imbalance")
+                          .Help("max / mean of the routed rows over the ranks holding a layer's experts, last step")
+                          .Register(*registry_);
+    for (size_t l = 0; l < m.expert_tokens.size(); ++l) {
+      const std::string layer = std::to_string(l);
+      rows_routed_.push_back(&rows.Add({{"layer", layer}, {"kind", "routed"}}));
+      rows_sent_.push_back(&rows.Add({{"layer", layer}, {"kind", "sent"}}));
+      load_imbalance_.push_back(&imbalance.Add({{"layer", layer}}));
+    }
+  }
+  auto at = [](const std::vector<double>& v, size_t l) { return l < v.size() ? v[l] : 0.0; };
+  for (size_t l = 0; l < rows_routed_.size(); ++l) {
+    rows_routed_[l]->Set(at(m.dispatch_rows, l));
+    rows_sent_[l]->Set(at(m.dispatch_rows_sent, l));
+    load_imbalance_[l]->Set(at(m.expert_load_imbalance, l));
   }
   if (expert_tokens_.empty()) {
     auto& family = prometheus::BuildCounter()

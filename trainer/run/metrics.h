@@ -36,6 +36,9 @@ struct StepMetrics {
   double bubble_attention = 0, bubble_expert = 0;    // idle share of the step per role
   double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
   double exchange_bytes = 0;                         // attention <-> owner traffic this step
+  std::vector<double> dispatch_rows;                 // [L] (token, expert) rows dispatched
+  std::vector<double> dispatch_rows_sent;            // [L] rows sent for them (deduplicated; one process: = rows)
+  std::vector<double> expert_load_imbalance;         // [L] max / mean routed rows over owner ranks (one process: 1)
   std::vector<int64_t> rank_state_bytes;             // per rank: parameters, gradients, AdamW moments held
   double loss_scale = 1.0;                           // fp16 loss scaling (1 = none)
   bool step_skipped = false;                         // fp16: overflow, the optimizer step was skipped
@@ -82,6 +85,8 @@ class MetricsSink {
   prometheus::Gauge* combine_wait_ = nullptr;
   std::vector<std::vector<prometheus::Counter*>> expert_tokens_;  // [L][E], made lazily
   std::vector<prometheus::Gauge*> rank_state_bytes_;              // by rank, made lazily
+  // [L], made at the first step (0 outside distributed runs).
+  std::vector<prometheus::Gauge*> rows_routed_, rows_sent_, load_imbalance_;
 };
 
 }  // namespace hetermoe::run

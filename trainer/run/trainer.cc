@@ -309,6 +309,9 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     m.ce_loss = loss.ce;
     m.aux_loss = loss.aux;
     m.expert_tokens = loss.expert_tokens;
+    m.dispatch_rows = loss.dispatch_rows;
+    m.dispatch_rows_sent = loss.dispatch_rows_sent;
+    m.expert_load_imbalance = loss.expert_load_imbalance;
     if (loss.has_parallel_stats) {
       m.has_parallel_stats = true;
       m.bubble_attention = loss.bubble_attention;
