@@ -59,7 +59,7 @@ void LinearBackwardWeight(cublasHandle_t handle, ComputeDtype inputs, int64_t M,
   Gemm(handle, inputs, CUBLAS_OP_N, CUBLAS_OP_T, K, N, M, x, K, dy, N, 1.0f, dW, K);
 }
 
-ExpertGemms::ExpertGemms(CachingAllocator* allocator, cudaStream_t stream) : stream_(stream) {
+ExpertGemms::ExpertGemms(CachingAllocator* allocator, cudaStream_t stream) : allocator_(allocator), stream_(stream) {
   pointers_.Bind(allocator);
 }
 
@@ -98,43 +98,76 @@ void ExpertGemms::BackwardWeight(cublasHandle_t handle, ComputeDtype inputs, int
         }), 1.0f);
 }
 
+cublasStatus_t ExpertGemms::Grouped(cublasHandle_t handle, cudaDataType_t type, cublasOperation_t op_a,
+                                    cublasOperation_t op_b, const std::vector<ColumnMajor>& problems, float beta) {
+#if CUBLAS_VERSION >= 120500
+  // The pointer arrays are copied on stream_: the GEMM must read them there.
+  cudaStream_t on = nullptr;
+  HM_CUBLAS_CHECK(cublasGetStream(handle, &on));
+  if (on != stream_)
+    throw Error("ExpertGemms: the cuBLAS handle runs on another stream than the one its pointer arrays are "
+                    "copied on (cublasGemmGroupedBatchedEx would read them before they arrive)");
+  // One group per problem (sizes differ); pointer arrays go to the device.
+  const int count = static_cast<int>(problems.size());
+  std::vector<cublasOperation_t> ta(count, op_a), tb(count, op_b);
+  std::vector<int> m(count), n(count), k(count), lda(count), ldb(count), ldc(count), size(count, 1);
+  std::vector<float> alpha(count, 1.0f), betas(count, beta);
+  host_pointers_.resize(3 * count);
+  for (int i = 0; i < count; ++i) {
+    const ColumnMajor& p = problems[i];
+    m[i] = p.m, n[i] = p.n, k[i] = p.k, lda[i] = p.lda, ldb[i] = p.ldb, ldc[i] = p.ldc;
+    host_pointers_[i] = p.A;
+    host_pointers_[count + i] = p.B;
+    host_pointers_[2 * count + i] = p.C;
+  }
+  if (pointers_.size() < host_pointers_.size()) pointers_.Resize(host_pointers_.size());
+  // Pageable source: staged before the call returns, so host_pointers_ may change after.
+  HM_CUDA_CHECK(cudaMemcpyAsync(pointers_.data(), host_pointers_.data(), sizeof(void*) * host_pointers_.size(),
+                                cudaMemcpyHostToDevice, stream_));
+  const void* const* A = pointers_.data();
+  return cublasGemmGroupedBatchedEx(handle, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(), A,
+                                    type, lda.data(), A + count, type, ldb.data(), betas.data(),
+                                    const_cast<void* const*>(A + 2 * count), CUDA_R_32F, ldc.data(), count,
+                                    size.data(), CUBLAS_COMPUTE_32F);
+#else
+  (void)handle, (void)type, (void)op_a, (void)op_b, (void)problems, (void)beta;
+  return CUBLAS_STATUS_NOT_SUPPORTED;
+#endif
+}
+
+bool ExpertGemms::GroupedSupported(cublasHandle_t handle, ComputeDtype inputs) {
+  int& known = grouped_ok_[static_cast<int>(inputs)];
+  if (known >= 0) return known == 1;
+  // 1 x 1 times 1 x 1: both operands 1 in the input type, the fp32 output 1.
+  const uint32_t one_bits = inputs == ComputeDtype::kFp32   ? 0x3F800000u
+                            : inputs == ComputeDtype::kBf16 ? 0x3F80u
+                                                            : 0x3C00u;  // fp16
+  DeviceBuffer<uint32_t> operand(allocator_, 1);
+  DeviceBuffer<float> out(allocator_, 1);
+  const float sentinel = -1.0f;
+  HM_CUDA_CHECK(cudaMemcpyAsync(operand.data(), &one_bits, sizeof one_bits, cudaMemcpyHostToDevice, stream_));
+  HM_CUDA_CHECK(cudaMemcpyAsync(out.data(), &sentinel, sizeof sentinel, cudaMemcpyHostToDevice, stream_));
+  const cublasStatus_t status =
+      Grouped(handle, CudaType(inputs), CUBLAS_OP_N, CUBLAS_OP_N,
+              {ColumnMajor{1, 1, 1, 1, 1, 1, operand.data(), operand.data(), out.data()}}, 0.0f);
+  if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED)
+    CheckCublas(status, "cublasGemmGroupedBatchedEx (capability check)", __FILE__, __LINE__);
+  float got = 0;
+  HM_CUDA_CHECK(cudaMemcpyAsync(&got, out.data(), sizeof got, cudaMemcpyDeviceToHost, stream_));
+  HM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  known = status == CUBLAS_STATUS_SUCCESS && got == 1.0f ? 1 : 0;
+  return known == 1;
+}
+
 void ExpertGemms::Issue(cublasHandle_t handle, ComputeDtype inputs, cublasOperation_t op_a,
                         cublasOperation_t op_b, const std::vector<ColumnMajor>& problems, float beta) {
   if (problems.empty()) return;
-  const cudaDataType_t type = CudaType(inputs);
-  const int dtype = static_cast<int>(inputs);
-#if CUBLAS_VERSION >= 120500
-  if (grouped_ok_[dtype]) {
-    // One group per problem (sizes differ); pointer arrays go to the device.
-    const int count = static_cast<int>(problems.size());
-    std::vector<cublasOperation_t> ta(count, op_a), tb(count, op_b);
-    std::vector<int> m(count), n(count), k(count), lda(count), ldb(count), ldc(count), size(count, 1);
-    std::vector<float> alpha(count, 1.0f), betas(count, beta);
-    host_pointers_.resize(3 * count);
-    for (int i = 0; i < count; ++i) {
-      const ColumnMajor& p = problems[i];
-      m[i] = p.m, n[i] = p.n, k[i] = p.k, lda[i] = p.lda, ldb[i] = p.ldb, ldc[i] = p.ldc;
-      host_pointers_[i] = p.A;
-      host_pointers_[count + i] = p.B;
-      host_pointers_[2 * count + i] = p.C;
-    }
-    if (pointers_.size() < host_pointers_.size()) pointers_.Resize(host_pointers_.size());
-    // Pageable source: staged before the call returns, so host_pointers_ may change after.
-    HM_CUDA_CHECK(cudaMemcpyAsync(pointers_.data(), host_pointers_.data(), sizeof(void*) * host_pointers_.size(),
-                                  cudaMemcpyHostToDevice, stream_));
-    const void* const* A = pointers_.data();
-    const cublasStatus_t status = cublasGemmGroupedBatchedEx(
-        handle, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(), A, type, lda.data(),
-        A + count, type, ldb.data(), betas.data(), const_cast<void* const*>(A + 2 * count), CUDA_R_32F,
-        ldc.data(), count, size.data(), CUBLAS_COMPUTE_32F);
-    if (status == CUBLAS_STATUS_SUCCESS) {
-      ++grouped_calls_;
-      return;
-    }
-    if (status != CUBLAS_STATUS_NOT_SUPPORTED) CheckCublas(status, "cublasGemmGroupedBatchedEx", __FILE__, __LINE__);
-    grouped_ok_[dtype] = false;  // this type combination is not grouped: one call each from now on
+  if (GroupedSupported(handle, inputs)) {
+    CheckCublas(Grouped(handle, CudaType(inputs), op_a, op_b, problems, beta), "cublasGemmGroupedBatchedEx",
+                __FILE__, __LINE__);
+    ++grouped_calls_;
+    return;
   }
-#endif
   for (const ColumnMajor& p : problems) {
     Gemm(handle, inputs, op_a, op_b, p.m, p.n, p.k, p.A, p.lda, p.B, p.ldb, beta, p.C, p.ldc);
     ++single_calls_;

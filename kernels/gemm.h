@@ -72,6 +72,13 @@ class ExpertGemms {
   // Grouped calls issued, and problems that ran one call each (fallback).
   int64_t grouped_calls() const { return grouped_calls_; }
   int64_t single_calls() const { return single_calls_; }
+  // The capability check behind the choice: whether cuBLAS's grouped GEMM
+  // takes `inputs` operands with an fp32 output and fp32 compute, decided by
+  // running one 1 x 1 x 1 product of 1 x 1 with a known answer, once per
+  // type (cuBLAS's table of grouped types has changed between releases; a
+  // status other than success or NOT_SUPPORTED is an error, and a wrong
+  // answer counts as unsupported). Synchronises the stream the first time.
+  bool GroupedSupported(cublasHandle_t handle, ComputeDtype inputs);
 
  private:
   // Column-major problem i: C_i[m_i, n] = op_a(A_i) op_b(B_i) + beta C_i.
@@ -84,10 +91,14 @@ class ExpertGemms {
   void Issue(cublasHandle_t handle, ComputeDtype inputs, cublasOperation_t op_a, cublasOperation_t op_b,
              const std::vector<ColumnMajor>& problems, float beta);
 
+  CachingAllocator* allocator_;
   cudaStream_t stream_;
   DeviceBuffer<const void*> pointers_;  // A[], B[], C[] of the last grouped call
   std::vector<const void*> host_pointers_;
-  bool grouped_ok_[3] = {true, true, true};  // per ComputeDtype, until cuBLAS says otherwise
+  // The grouped call, pointers uploaded on the handle's stream (stream_).
+  cublasStatus_t Grouped(cublasHandle_t handle, cudaDataType_t type, cublasOperation_t op_a,
+                         cublasOperation_t op_b, const std::vector<ColumnMajor>& problems, float beta);
+  int grouped_ok_[3] = {-1, -1, -1};  // per ComputeDtype: GroupedSupported's answer, -1 before it ran
   int64_t grouped_calls_ = 0, single_calls_ = 0;
 };
 

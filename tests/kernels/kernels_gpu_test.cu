@@ -693,12 +693,39 @@ TEST_F(GemmTest, ExpertGemmsMatchCpuPerExpertWithAnEmptyExpert) {
     ExpectWithinGemmBound(Down(d_dx), dx, mdx, N, "grouped backward input");
     ExpectWithinGemmBound(Down(d_dW), dW, mdW, *std::max_element(rows.begin(), rows.end()) + 1,
                           "grouped backward weight (expert 1 untouched)");
-    // fp32 is grouped on cuBLAS 12.5+: three calls for the twelve problems.
-    if (dtype == ComputeDtype::kFp32 && CUBLAS_VERSION >= 120500) {
-      EXPECT_EQ(gemms.grouped_calls(), 3);
-    }
-    EXPECT_EQ(gemms.grouped_calls() * 3 + gemms.single_calls(), 9) << "3 non-empty experts x 3 products";
+    // The capability check decides: grouped (three calls for the nine
+    // products) or one call each. fp32 is grouped on cuBLAS 12.5+.
+    const bool grouped = gemms.GroupedSupported(blas.get(), dtype);
+    std::printf("%s: cuBLAS grouped GEMM with fp32 output %s\n", std::string(kernels::ComputeDtypeName(dtype)).c_str(),
+                grouped ? "supported" : "not supported (one GEMM per expert)");
+    if (dtype == ComputeDtype::kFp32 && CUBLAS_VERSION >= 120500) EXPECT_TRUE(grouped);
+    EXPECT_EQ(gemms.grouped_calls(), grouped ? 3 : 0);
+    EXPECT_EQ(gemms.single_calls(), grouped ? 0 : 9) << "3 non-empty experts x 3 products";
   }
+}
+
+// The pointer arrays of a grouped GEMM are copied on the ExpertGemms'
+// stream: a cuBLAS handle on another stream is refused by name, before the
+// GEMM could read arrays that have not arrived.
+TEST_F(GemmTest, AHandleOnAnotherStreamIsRefused) {
+  using kernels::ComputeDtype;
+  if (CUBLAS_VERSION < 120500) GTEST_SKIP() << "no grouped GEMM before cuBLAS 12.5";
+  cudaStream_t other = nullptr;
+  HM_CUDA_CHECK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  {
+    kernels::BlasHandle blas(other);
+    kernels::ExpertGemms gemms(allocator_.get(), stream());
+    const auto x = Up(Random(3 * 4, 1)), W = Up(Random(2 * 4, 2));
+    auto y = Empty<float>(3 * 2);
+    try {
+      gemms.Forward(blas.get(), ComputeDtype::kFp32, 2, 4, {{3, x.data(), W.data(), y.data()}}, false);
+      ADD_FAILURE() << "a handle on another stream was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("another stream"), std::string::npos) << e.what();
+    }
+  }
+  HM_CUDA_CHECK(cudaStreamSynchronize(other));
+  HM_CUDA_CHECK(cudaStreamDestroy(other));
 }
 
 TEST_F(GpuTest, CrossEntropyForwardBackwardMatchCpu) {

@@ -86,13 +86,13 @@ void CheckMemoryLimit(int64_t limit_mib, double held_bytes, int64_t model_params
   throw Error(text);
 }
 
-}  // namespace
-
 // output.dtype: auto exports bf16 when the run computes in 16 bits.
 io::DType ExportDtype(const std::string& dtype, const std::string& precision) {
   if (dtype == "auto") return precision == "fp32" ? io::DType::kF32 : io::DType::kBF16;
   return dtype == "bf16" ? io::DType::kBF16 : io::DType::kF32;
 }
+
+}  // namespace
 
 ProcessRole DecideProcessRole(const RunConfig& rc, bool started_by_local_launcher) {
   if (!rc.parallel.enabled) return ProcessRole::kSingle;
