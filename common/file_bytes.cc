@@ -71,6 +71,19 @@ void FileWriter::Write(const void* data, size_t size) {
   }
 }
 
+void FileWriter::WriteAt(uint64_t offset, const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::pwrite(fd_, p, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      ThrowErrno(path_, "cannot write", errno);
+    }
+    p += n, offset += static_cast<uint64_t>(n);
+    size -= static_cast<size_t>(n);
+  }
+}
+
 void FileWriter::Finish() {
   // fsync before close so that a checkpoint directory renamed into place
   // afterwards never holds a file whose data is still only in the page cache.

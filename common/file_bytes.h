@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -44,6 +45,9 @@ class FileWriter {
   FileWriter& operator=(const FileWriter&) = delete;
 
   void Write(const void* data, size_t size);
+  // Overwrites bytes already written (a header patched at the end); the
+  // position of Write is unchanged.
+  void WriteAt(uint64_t offset, const void* data, size_t size);
   void Finish();
 
  private:

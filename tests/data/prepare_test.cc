@@ -73,6 +73,14 @@ TEST(PrepareTokensTest, EachDocumentEndsWithTheEndOfSequenceId) {
   EXPECT_EQ(tokenizer.eos_id(), 2);
   ExpectError([&] { io::LoadTokenFile(out, 256); }, out, "vocab");  // ids above 255: the model must be wider
 
+  // A document too large to encode in bounded memory is refused by name
+  // before the tokenizer sees it, and the output keeps its previous content.
+  const std::string huge = dir.WriteFile("huge.txt", std::string(kMaxDocumentBytes + 1, 'a'));
+  const std::string before = ScratchDir::ReadFile(out);
+  ExpectError([&] { PrepareTokens({{text, huge}, out, model, DocumentSplit::kFile}); }, huge,
+              "--split blank-line");
+  EXPECT_EQ(ScratchDir::ReadFile(out), before) << "a failed preparation leaves the old file as it was";
+
   const std::string garbage = dir.WriteFile("garbage.model", "not a model");
   ExpectError([&] { PrepareTokens({{text}, out, garbage, DocumentSplit::kFile}); }, garbage,
               "not a SentencePiece model");

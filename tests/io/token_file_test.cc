@@ -153,6 +153,41 @@ TEST(TokenFileTest, ReadsPast2To31TokensTouchingOnlyWhatItReads) {
   ExpectError([&] { TokenFile(cut, 100); }, cut, "llm.c header says 2147483656 tokens of 2 bytes but 4 bytes");
 }
 
+// The streaming writer: ids in several appends give the same bytes as one
+// WriteTokenFile; 4-byte ids; an id too wide for 2 bytes, or no ids at all,
+// is an error naming the file, and leaves no file behind.
+TEST(TokenFileWriterTest, StreamsTheSameFileAndLeavesNothingOnError) {
+  ScratchDir dir;
+  const std::vector<uint32_t> ids = {3, 1, 4, 1, 5, 9, 2, 6};
+  WriteTokenFile(dir.Path("whole.bin"), ids);
+  {
+    TokenFileWriter out(dir.Path("streamed.bin"), 2);
+    out.Append(ids.data(), 3);
+    out.Append(ids.data() + 3, 0);
+    out.Append(ids.data() + 3, 5);
+    EXPECT_EQ(out.count(), 8);
+    out.Finish();
+  }
+  EXPECT_EQ(ScratchDir::ReadFile(dir.Path("streamed.bin")), ScratchDir::ReadFile(dir.Path("whole.bin")));
+  {
+    TokenFileWriter out(dir.Path("wide.bin"), 4);
+    const std::vector<uint32_t> wide = {70000, 1};
+    out.Append(wide.data(), wide.size());
+    out.Finish();
+  }
+  EXPECT_EQ(LoadTokenFile(dir.Path("wide.bin"), 70001), (std::vector<uint32_t>{70000, 1}));
+  const std::string narrow = dir.Path("narrow.bin");
+  ExpectError([&] {
+    TokenFileWriter out(narrow, 2);
+    const uint32_t too_wide = 65536;
+    out.Append(&too_wide, 1);
+  }, narrow, "token 65536 does not fit the file's 2-byte ids");
+  EXPECT_FALSE(std::filesystem::exists(narrow)) << "a failed write leaves no file";
+  const std::string empty = dir.Path("empty.bin");
+  ExpectError([&] { TokenFileWriter(empty, 2).Finish(); }, empty, "no tokens to write");
+  EXPECT_FALSE(std::filesystem::exists(empty));
+}
+
 TEST(TokenFileTest, ReadsChecksIdsOnlyWhereItReads) {
   ScratchDir dir;
   const std::string path = dir.WriteFile("a.bin", Raw(std::vector<uint16_t>{1, 2, 300, 4}));

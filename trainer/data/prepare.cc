@@ -1,6 +1,8 @@
 #include "trainer/data/prepare.h"
 
+#include <algorithm>
 #include <memory>
+#include <string_view>
 
 #include "common/error.h"
 #include "common/file_bytes.h"
@@ -15,8 +17,8 @@ DocumentSplit ParseDocumentSplit(const std::string& name) {
   throw Error("--split " + name + ": must be file or blank-line");
 }
 
-std::vector<std::string> SplitDocuments(const std::string& text, DocumentSplit split) {
-  if (split == DocumentSplit::kFile) return text.empty() ? std::vector<std::string>{} : std::vector{text};
+std::vector<std::string> SplitDocuments(std::string_view text, DocumentSplit split) {
+  if (split == DocumentSplit::kFile) return text.empty() ? std::vector<std::string>{} : std::vector{std::string(text)};
   std::vector<std::string> documents;
   std::string current;
   for (size_t begin = 0; begin < text.size();) {
@@ -45,24 +47,38 @@ PreparedData PrepareTokens(const DataPreparation& p) {
       throw Error(p.tokenizer + ": the tokenizer has no end-of-sequence id to put between documents");
     prepared.vocab_size = tokenizer->vocab_size();
   }
-  std::vector<uint32_t> tokens;
+  // Streamed: the inputs are mapped, bytes go out in pieces, and a
+  // tokenizer's ids one document at a time.
+  io::TokenFileWriter out(p.output, prepared.vocab_size > 65536 ? 4 : 2);
+  std::vector<uint32_t> ids;
   for (const std::string& input : p.inputs) {
-    const std::string text = io::ReadFileBytes(input);
+    const io::FileView file = io::MapFile(input);
+    const std::string_view text = file.bytes;
     if (!tokenizer) {
-      for (unsigned char byte : text) tokens.push_back(byte);
+      constexpr size_t kPiece = size_t{1} << 20;
+      for (size_t at = 0; at < text.size(); at += kPiece) {
+        ids.resize(std::min(kPiece, text.size() - at));
+        for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<unsigned char>(text[at + i]);
+        out.Append(ids.data(), ids.size());
+      }
       prepared.documents += text.empty() ? 0 : 1;
       continue;
     }
     for (const std::string& document : SplitDocuments(text, p.split)) {
-      const std::vector<uint32_t> ids = tokenizer->Encode(document);
-      tokens.insert(tokens.end(), ids.begin(), ids.end());
-      tokens.push_back(static_cast<uint32_t>(tokenizer->eos_id()));
+      if (document.size() > kMaxDocumentBytes)
+        throw Error(input + ": a document of " + std::to_string(document.size()) + " bytes, more than the " +
+                    std::to_string(kMaxDocumentBytes >> 20) +
+                    " MiB SentencePiece can encode in bounded memory (about 170 bytes of memory per byte of a "
+                    "document); split it with --split blank-line or into several files");
+      ids = tokenizer->Encode(document);
+      ids.push_back(static_cast<uint32_t>(tokenizer->eos_id()));
+      out.Append(ids.data(), ids.size());
       ++prepared.documents;
     }
   }
-  if (tokens.empty()) throw Error(p.inputs.front() + ": empty text, no tokens to prepare");
-  io::WriteTokenFile(p.output, tokens);
-  prepared.tokens = static_cast<int64_t>(tokens.size());
+  if (out.count() == 0) throw Error(p.inputs.front() + ": empty text, no tokens to prepare");
+  out.Finish();
+  prepared.tokens = out.count();
   return prepared;
 }
 

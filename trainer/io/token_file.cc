@@ -1,7 +1,10 @@
 // Token files (llm.c layout, with or without its header; see token_file.h).
 #include "trainer/io/token_file.h"
 
+#include <unistd.h>
+
 #include <bit>
+#include <cerrno>
 #include <cstring>
 #include <limits>
 
@@ -114,21 +117,55 @@ std::vector<uint32_t> LoadTokenFile(const std::string& path, int64_t vocab_size)
 }
 
 void WriteTokenFile(const std::string& path, const std::vector<uint32_t>& tokens) {
-  if (tokens.empty()) throw Error(path + ": no tokens to write");  // an empty file cannot be loaded
   bool fits_uint16 = true;
   for (uint32_t id : tokens) fits_uint16 = fits_uint16 && id <= 0xffff;
-  const std::array<int32_t, kHeaderInts> header =
-      EncodeTokenHeader(static_cast<int64_t>(tokens.size()), fits_uint16 ? 2 : 4);
-
-  FileWriter out(path);
-  out.Write(header.data(), sizeof header);
-  if (fits_uint16) {
-    std::vector<uint16_t> narrow(tokens.begin(), tokens.end());
-    out.Write(narrow.data(), narrow.size() * sizeof(uint16_t));
-  } else {
-    out.Write(tokens.data(), tokens.size() * sizeof(uint32_t));
-  }
+  TokenFileWriter out(path, fits_uint16 ? 2 : 4);
+  out.Append(tokens.data(), tokens.size());
   out.Finish();
+}
+
+namespace {
+std::string TemporaryBeside(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const size_t name = slash == std::string::npos ? 0 : slash + 1;
+  return path.substr(0, name) + "." + path.substr(name) + ".tmp-" + std::to_string(::getpid());
+}
+}  // namespace
+
+TokenFileWriter::TokenFileWriter(const std::string& path, int id_bytes)
+    : path_(path), tmp_(TemporaryBeside(path)), out_(tmp_), id_bytes_(id_bytes) {
+  if (id_bytes != 2 && id_bytes != 4) throw Error(path + ": token ids are 2 or 4 bytes, not " + std::to_string(id_bytes));
+  const std::array<int32_t, kHeaderInts> placeholder{};  // the header, once the count is known
+  out_.Write(placeholder.data(), sizeof placeholder);
+}
+
+TokenFileWriter::~TokenFileWriter() {
+  if (!finished_) ::unlink(tmp_.c_str());
+}
+
+void TokenFileWriter::Append(const uint32_t* ids, size_t count) {
+  if (id_bytes_ == 4) {
+    out_.Write(ids, count * sizeof(uint32_t));
+  } else {
+    narrow_.resize(count);
+    for (size_t i = 0; i < count; ++i) {
+      if (ids[i] > 0xffff)
+        throw Error(path_ + ": token " + std::to_string(ids[i]) + " does not fit the file's 2-byte ids");
+      narrow_[i] = static_cast<uint16_t>(ids[i]);
+    }
+    out_.Write(narrow_.data(), count * sizeof(uint16_t));
+  }
+  count_ += static_cast<int64_t>(count);
+}
+
+void TokenFileWriter::Finish() {
+  if (count_ == 0) throw Error(path_ + ": no tokens to write");  // an empty file cannot be loaded
+  const std::array<int32_t, kHeaderInts> header = EncodeTokenHeader(count_, id_bytes_);
+  out_.WriteAt(0, header.data(), sizeof header);
+  out_.Finish();
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0)
+    throw Error(path_ + ": cannot move the written tokens into place: " + std::strerror(errno));
+  finished_ = true;
 }
 
 }  // namespace hetermoe::io

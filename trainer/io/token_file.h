@@ -53,4 +53,29 @@ std::vector<uint32_t> LoadTokenFile(const std::string& path, int64_t vocab_size)
 // Writes tokens with the header (uint16 when every id fits, else uint32).
 void WriteTokenFile(const std::string& path, const std::vector<uint32_t>& tokens);
 
+// Writes a token file as its ids come, holding none of them: ids of
+// `id_bytes` (2 or 4) after a header that Finish fills in with the count
+// (64-bit when it passes int32). An id that does not fit id_bytes, or a file
+// without ids, is an error naming the file. The ids go to a hidden file
+// beside `path`, renamed to it by Finish, so that no half-written file is
+// ever found under the name (a writer destroyed before Finish removes it).
+class TokenFileWriter {
+ public:
+  TokenFileWriter(const std::string& path, int id_bytes);
+  ~TokenFileWriter();
+  TokenFileWriter(const TokenFileWriter&) = delete;
+  TokenFileWriter& operator=(const TokenFileWriter&) = delete;
+  void Append(const uint32_t* ids, size_t count);
+  int64_t count() const { return count_; }
+  void Finish();
+
+ private:
+  std::string path_, tmp_;
+  FileWriter out_;
+  int id_bytes_;
+  int64_t count_ = 0;
+  bool finished_ = false;
+  std::vector<uint16_t> narrow_;
+};
+
 }  // namespace hetermoe::io
