@@ -18,7 +18,7 @@ namespace {
 
 using io::testing::ExpectError;
 using io::testing::ScratchDir;
-using Docs = std::vector<std::string>;
+using Docs = std::vector<std::string_view>;
 
 TEST(SplitDocumentsTest, AWholeFileOrBlocksBetweenBlankLines) {
   EXPECT_EQ(SplitDocuments("a\n\nb\n", DocumentSplit::kFile), Docs{"a\n\nb\n"});

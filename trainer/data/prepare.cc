@@ -17,23 +17,25 @@ DocumentSplit ParseDocumentSplit(const std::string& name) {
   throw Error("--split " + name + ": must be file or blank-line");
 }
 
-std::vector<std::string> SplitDocuments(std::string_view text, DocumentSplit split) {
-  if (split == DocumentSplit::kFile) return text.empty() ? std::vector<std::string>{} : std::vector{std::string(text)};
-  std::vector<std::string> documents;
-  std::string current;
+std::vector<std::string_view> SplitDocuments(std::string_view text, DocumentSplit split) {
+  if (split == DocumentSplit::kFile) return text.empty() ? std::vector<std::string_view>{} : std::vector{text};
+  // A block's lines are contiguous in the text: a document is the span from
+  // its first line's start to its last line's end.
+  std::vector<std::string_view> documents;
+  size_t block = std::string_view::npos;  // where the current block starts
   for (size_t begin = 0; begin < text.size();) {
     size_t end = text.find('\n', begin);
-    end = end == std::string::npos ? text.size() : end + 1;  // the line with its newline
-    const std::string_view line(text.data() + begin, end - begin);
+    end = end == std::string_view::npos ? text.size() : end + 1;  // the line with its newline
+    const std::string_view line = text.substr(begin, end - begin);
     if (line.find_first_not_of(" \t\r\n") == std::string_view::npos) {
-      if (!current.empty()) documents.push_back(std::move(current));
-      current.clear();
-    } else {
-      current.append(line);
+      if (block != std::string_view::npos) documents.push_back(text.substr(block, begin - block));
+      block = std::string_view::npos;
+    } else if (block == std::string_view::npos) {
+      block = begin;
     }
     begin = end;
   }
-  if (!current.empty()) documents.push_back(std::move(current));
+  if (block != std::string_view::npos) documents.push_back(text.substr(block));
   return documents;
 }
 
@@ -64,13 +66,13 @@ PreparedData PrepareTokens(const DataPreparation& p) {
       prepared.documents += text.empty() ? 0 : 1;
       continue;
     }
-    for (const std::string& document : SplitDocuments(text, p.split)) {
+    for (const std::string_view document : SplitDocuments(text, p.split)) {
       if (document.size() > kMaxDocumentBytes)
         throw Error(input + ": a document of " + std::to_string(document.size()) + " bytes, more than the " +
                     std::to_string(kMaxDocumentBytes >> 20) +
                     " MiB SentencePiece can encode in bounded memory (about 170 bytes of memory per byte of a "
                     "document); split it with --split blank-line or into several files");
-      ids = tokenizer->Encode(document);
+      ids = tokenizer->Encode(std::string(document));
       ids.push_back(static_cast<uint32_t>(tokenizer->eos_id()));
       out.Append(ids.data(), ids.size());
       ++prepared.documents;

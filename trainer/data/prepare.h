@@ -18,10 +18,11 @@ namespace hetermoe::data {
 enum class DocumentSplit { kFile, kBlankLine };
 DocumentSplit ParseDocumentSplit(const std::string& name);  // "file" | "blank-line"
 
-// Pure: the documents of one file's text. A blank-line block keeps its
-// lines with their newlines; the blank lines between blocks are dropped
-// (the end-of-sequence id stands for them). Empty documents are left out.
-std::vector<std::string> SplitDocuments(std::string_view text, DocumentSplit split);
+// Pure: the documents of one file's text, as views into it. A blank-line
+// block keeps its lines with their newlines; the blank lines between blocks
+// are dropped (the end-of-sequence id stands for them). Empty documents are
+// left out.
+std::vector<std::string_view> SplitDocuments(std::string_view text, DocumentSplit split);
 
 // The largest document prepare-data hands to the tokenizer: SentencePiece
 // holds about 170 bytes per byte of the text it encodes (measured: 660 MiB
