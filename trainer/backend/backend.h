@@ -39,11 +39,11 @@ struct StepLoss {
   double bubble_attention = 0, bubble_expert = 0;
   double dispatch_wait_seconds = 0, combine_wait_seconds = 0;
   double exchange_bytes = 0;  // sent between attention ranks and owners (both ways, all ranks)
-  // Per layer over the step (all ranks): dispatched (token, expert) rows,
-  // the rows sent for them (one per token and owner with parallel.dedup),
-  // and max / mean of the routed rows over the ranks holding its experts
-  // (one process: rows = sent, imbalance 1).
-  std::vector<double> dispatch_rows, dispatch_rows_sent, expert_load_imbalance;
+  // Distributed runs, per layer over the step (all ranks): the rows sent to
+  // expert owners for the routed (token, expert) rows (one per token and
+  // owner with parallel.dedup), and max / mean of the routed rows over the
+  // ranks holding the layer's experts.
+  std::vector<double> dispatch_rows_sent, expert_load_imbalance;
   std::vector<int64_t> rank_state_bytes;  // per rank: parameters, gradients and AdamW moments it holds
 };
 

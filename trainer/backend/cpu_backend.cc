@@ -25,15 +25,6 @@ StepLoss OverMicroBatches(const StepInput& step, MicroBatchBackend& backend, Run
     for (size_t l = 0; l < counts.size(); ++l)
       for (size_t e = 0; e < counts[l].size(); ++e) out.expert_tokens[l][e] += counts[l][e];
   }
-  // One process: every routed row reaches its expert here, none is sent,
-  // and the one "rank" holding the experts is as loaded as the mean.
-  for (const auto& layer : out.expert_tokens) {
-    double rows = 0;
-    for (int64_t c : layer) rows += static_cast<double>(c);
-    out.dispatch_rows.push_back(rows);
-    out.dispatch_rows_sent.push_back(rows);
-    out.expert_load_imbalance.push_back(rows > 0 ? 1.0 : 0.0);
-  }
   return out;
 }
 

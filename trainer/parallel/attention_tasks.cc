@@ -35,7 +35,6 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
       unique_of.resize(plan.tokens, -1);
       wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, dd);
     }
-    rows_routed[l] += static_cast<double>(rows);
     rows_sent[l] += static_cast<double>(dd ? dd->uniques() : rows);
     rows_to_rank[static_cast<size_t>(l) * placement.world_size() + placement.GlobalRank(group, o)] +=
         static_cast<double>(rows);

@@ -121,7 +121,6 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.expert_tokens.assign(m.L, std::vector<int64_t>(m.E, 0));
   m.idle = m.dispatch_wait = m.combine_wait = 0;
   m.bytes_sent = 0;
-  m.rows_routed.assign(m.L, 0);
   m.rows_sent.assign(m.L, 0);
   m.rows_to_rank.assign(static_cast<size_t>(m.L) * m.placement.world_size(), 0);
   const float loss_scale = 1.0f / static_cast<float>(step.micro_batches);
@@ -180,7 +179,6 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   for (const auto& layer : m.expert_tokens)
     for (int64_t c : layer) sums.push_back(static_cast<double>(c));
   const size_t dispatch_at = sums.size();
-  sums.insert(sums.end(), m.rows_routed.begin(), m.rows_routed.end());
   sums.insert(sums.end(), m.rows_sent.begin(), m.rows_sent.end());
   sums.insert(sums.end(), m.rows_to_rank.begin(), m.rows_to_rank.end());
   m.everyone->AllReduceSum(sums.data(), sums.size());
@@ -201,11 +199,10 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
     for (int64_t e = 0; e < m.E; ++e)
       out.expert_tokens[l][e] = static_cast<int64_t>(sums[11 + l * m.E + e]);
   const int world = m.placement.world_size();
-  out.dispatch_rows.assign(sums.begin() + dispatch_at, sums.begin() + dispatch_at + m.L);
-  out.dispatch_rows_sent.assign(sums.begin() + dispatch_at + m.L, sums.begin() + dispatch_at + 2 * m.L);
+  out.dispatch_rows_sent.assign(sums.begin() + dispatch_at, sums.begin() + dispatch_at + m.L);
   out.expert_load_imbalance.assign(m.L, 0);
   for (int l = 0; l < m.L; ++l) {
-    const double* to_rank = sums.data() + dispatch_at + 2 * m.L + static_cast<size_t>(l) * world;
+    const double* to_rank = sums.data() + dispatch_at + m.L + static_cast<size_t>(l) * world;
     std::vector<double> loads;
     for (int r = 0; r < world; ++r)
       if (m.placement.OwnsExperts(r, l)) loads.push_back(to_rank[r]);

@@ -109,10 +109,10 @@ struct DistributedBackend::Impl {
   std::vector<std::vector<float>> grad_sums;                   // [l][j][owner] input grads per unique token
   bool dedup = true;
   double bytes_sent = 0;                                       // dispatch + combine, this step
-  // This step's dispatch, per layer: (token, expert) rows routed to owners,
-  // the rows sent for them (one per token and owner with dedup), and the
-  // routed rows each owner received, by global rank ([l * world + rank]).
-  std::vector<double> rows_routed, rows_sent, rows_to_rank;
+  // This step's dispatch, per layer: the rows sent to owners for their
+  // routed rows (one per token and owner with dedup), and the routed rows
+  // each owner received, by global rank ([l * world + rank]).
+  std::vector<double> rows_sent, rows_to_rank;
   // owner side
   std::vector<OwnerSlot> slots;                                // [l][j][source]
   std::vector<std::unique_ptr<comm::Request>> sends;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <optional>
 #include <thread>
 
@@ -309,9 +310,14 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     m.ce_loss = loss.ce;
     m.aux_loss = loss.aux;
     m.expert_tokens = loss.expert_tokens;
-    m.dispatch_rows = loss.dispatch_rows;
-    m.dispatch_rows_sent = loss.dispatch_rows_sent;
+    // Routed rows per layer: the experts' assignments. One process sends
+    // none of them, and its one "rank" holding the experts is the mean.
+    for (const auto& layer : m.expert_tokens)
+      m.dispatch_rows.push_back(static_cast<double>(std::accumulate(layer.begin(), layer.end(), int64_t{0})));
+    m.dispatch_rows_sent = loss.has_parallel_stats ? loss.dispatch_rows_sent : m.dispatch_rows;
     m.expert_load_imbalance = loss.expert_load_imbalance;
+    if (!loss.has_parallel_stats)
+      for (double rows : m.dispatch_rows) m.expert_load_imbalance.push_back(rows > 0 ? 1.0 : 0.0);
     if (loss.has_parallel_stats) {
       m.has_parallel_stats = true;
       m.bubble_attention = loss.bubble_attention;
