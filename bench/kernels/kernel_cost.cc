@@ -14,7 +14,9 @@
 // A kernel whose work per thread is bounded keeps its longest thread about
 // as long when N grows 4x (more threads and blocks instead), a ratio near 1;
 // one that loops over the tokens in a thread shows a ratio near 4. Only
-// attention may grow with T (each query row loops over its keys).
+// attention may grow with T (each query row loops over its keys). The
+// experts' weight-gradient GEMM (DeviceSizedGemm*) loops over its expert's
+// rows, the GEMM's reduction, as cuBLAS's would: it grows with N / E.
 //
 //   build/bench/kernels/kernel_cost [--precision fp32|bf16] [--repeat 2] [--quick]
 //
@@ -160,6 +162,9 @@ double StepFlops(const std::string& kernel, const io::MixtralConfig& c, const Si
       {"CrossEntropyForwardKernel", 3 * N * V},
       {"CrossEntropyBackwardKernel", 4 * N * V},
       {"EmbeddingSegmentSumKernel", N * d},
+      // The experts' GEMMs sized on the device: 3 forward, 6 backward, 2 A d f each.
+      {"DeviceSizedGemmFp32Kernel", 9 * 2 * A * d * f},
+      {"DeviceSizedGemmMmaKernel", 9 * 2 * A * d * f},
       {"GatherRowsKernel", 0},
       {"EmbeddingForwardKernel", 0},
       {"DispatchExpertScanKernel", 0},

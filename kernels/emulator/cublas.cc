@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/emulator/host_timeline.h"
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/device_api.h"
 #include "kernels/emulator/streams.h"
@@ -164,6 +165,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
   const hetermoe::emulator::Problem p{transa, transb, m, n, k, *static_cast<const float*>(alpha), A, Atype, lda,
                                       B, Btype, ldb, *static_cast<const float*>(beta), C, Ctype, ldc};
   if (const cublasStatus_t s = hetermoe::emulator::Check(p); s != CUBLAS_STATUS_SUCCESS) return s;
+  hetermoe::emulator::NoteHostTimeline("launch", "cublasGemmEx");
   hetermoe::emulator::Submit(reinterpret_cast<Handle*>(handle)->stream, [p] { hetermoe::emulator::Run(p); });
   return CUBLAS_STATUS_SUCCESS;
 }
@@ -206,6 +208,7 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t handle, const cublasOpe
                            ldc_array[g], "cublasGemmGroupedBatchedEx (a pointer read from Aarray/Barray/Carray)"});
       if (const cublasStatus_t s = hetermoe::emulator::Check(problems->back()); s != CUBLAS_STATUS_SUCCESS) return s;
     }
+  hetermoe::emulator::NoteHostTimeline("launch", "cublasGemmGroupedBatchedEx");
   hetermoe::emulator::Submit(reinterpret_cast<Handle*>(handle)->stream, [problems, Aarray, Barray, Carray] {
     for (size_t i = 0; i < problems->size(); ++i) {
       hetermoe::emulator::Problem p = (*problems)[i];

@@ -33,6 +33,7 @@
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/device_api.h"
 #include "kernels/emulator/guarded_memory.h"
+#include "kernels/emulator/host_timeline.h"
 #include "kernels/emulator/kernel_costs.h"
 #include "kernels/emulator/register_model.h"
 #include "kernels/emulator/streams.h"
@@ -310,7 +311,33 @@ void RunGrid(const LaunchConfig& c, const std::function<void()>& thread) {
     Fail(cudaErrorLaunchOutOfResources);
     return;
   }
+  NoteHostTimeline("launch", c.kernel);
   Submit(c.stream, [c, thread] { RunBlocks(c, thread); });
+}
+
+// --- the host's timeline (host_timeline.h) ---
+namespace {
+std::atomic<bool> timeline_on{false};
+std::mutex timeline_mutex;
+std::vector<std::string>& Timeline() {
+  static std::vector<std::string> entries;
+  return entries;
+}
+}  // namespace
+
+void RecordHostTimeline(bool on) {
+  std::lock_guard<std::mutex> lock(timeline_mutex);
+  Timeline().clear();
+  timeline_on = on;
+}
+std::vector<std::string> TakeHostTimeline() {
+  std::lock_guard<std::mutex> lock(timeline_mutex);
+  return std::exchange(Timeline(), {});
+}
+void NoteHostTimeline(const char* what, const char* name) {
+  if (!timeline_on) return;
+  std::lock_guard<std::mutex> lock(timeline_mutex);
+  Timeline().push_back(std::string(what) + " " + name);
 }
 
 // --- kernel costs (kernel_costs.h) ---
@@ -450,6 +477,7 @@ void DrainAllStreams() {
 }  // namespace
 
 cudaError_t cudaDeviceSynchronize() {
+  hetermoe::emulator::NoteHostTimeline("wait", "cudaDeviceSynchronize");
   DrainAllStreams();
   hetermoe::emulator::RethrowDeferredError();
   return cudaSuccess;
@@ -515,6 +543,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   CheckCopy(dst, src, bytes, kind, "cudaMemcpy");
+  hetermoe::emulator::NoteHostTimeline("wait", "cudaMemcpy");
   DrainStream(nullptr);  // the legacy default stream (the project's streams are non-blocking)
   hetermoe::emulator::RethrowDeferredError();
   if (bytes) std::memmove(dst, src, bytes);
@@ -542,6 +571,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   const bool dst_device = hetermoe::emulator::InDeviceMemory(dst, bytes);
   const bool src_device = hetermoe::emulator::InDeviceMemory(src, bytes);
   if (!dst_device && !InPinnedMemory(dst, bytes)) {
+    hetermoe::emulator::NoteHostTimeline("wait", "cudaMemcpyAsync to pageable host memory");
     DrainStream(s);
     hetermoe::emulator::RethrowDeferredError();
     std::memmove(dst, src, bytes);
@@ -600,6 +630,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   if (!ValidStream(s)) return Fail(cudaErrorInvalidResourceHandle);
+  hetermoe::emulator::NoteHostTimeline("wait", "cudaStreamSynchronize");
   DrainStream(s);
   hetermoe::emulator::RethrowDeferredError();
   return cudaSuccess;
@@ -647,6 +678,7 @@ cudaError_t cudaEventQuery(cudaEvent_t e) {
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   Event* ev = FindEvent(e);
   if (ev == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  hetermoe::emulator::NoteHostTimeline("wait", "cudaEventSynchronize");
   WaitAll(ev->waits);
   hetermoe::emulator::RethrowDeferredError();
   return cudaSuccess;

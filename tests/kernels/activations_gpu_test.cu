@@ -102,7 +102,7 @@ class ActivationsTest : public GpuTest {
 };
 
 TEST_F(ActivationsTest, RecomputedAttentionGivesTheSameGradientsWithLessMemory) {
-  for (const std::string precision : {std::string("fp32"), Precision16()}) {
+  for (const std::string& precision : {std::string("fp32"), Precision16()}) {
     SCOPED_TRACE(precision);
     auto m = Model(precision);
     const Pass plain = Run(*m, false);

@@ -18,6 +18,9 @@
 
 #include "common/error.h"
 #include "common/mixtral_config.h"
+#if defined(HETERMOE_CUDA_EMULATOR)
+#include "kernels/emulator/host_timeline.h"
+#endif
 #include "tests/kernels/gpu_test_util.h"
 #include "trainer/backend/cpu_backend.h"
 #include "trainer/backend/cuda_backend.h"
@@ -125,6 +128,54 @@ TEST_F(BackendTest, ExpertsWithZeroTokensMatchCpu) {
   const auto& w1 = *layout_->Find("model.layers.0.block_sparse_moe.experts.5.w1.weight");
   for (int64_t i = 0; i < w1.numel; ++i) ASSERT_EQ(grads[w1.offset + i], 0.0f);
 }
+
+#if defined(HETERMOE_CUDA_EMULATOR)
+// The host's view of a step: once the micro-batch's ids are on the device,
+// the layers' launches follow each other without a host wait (the router's
+// plan reaches the expert GEMMs on the device, kernels/grouped_gemm.cuh)
+// until the head reads the loss; backward waits only once, at the head,
+// for the aux loss's gradient it uploads.
+TEST_F(BackendTest, LayersLaunchWithoutWaitingForTheHost) {
+  for (const std::string& precision : {std::string("fp32"), std::string("bf16")}) {
+    SCOPED_TRACE(precision);
+    backend::CudaBackend gpu(config_, *layout_, Options(precision));
+    gpu.Upload(host_);
+    const auto mb = Micro(0, 1);
+    gpu.Forward(mb);  // allocations and first-use checks out of the way
+    gpu.ZeroGrads();
+    gpu.Backward(1.0f);
+    emulator::RecordHostTimeline(true);
+    gpu.Forward(mb);
+    const auto forward = emulator::TakeHostTimeline();
+    gpu.ZeroGrads();
+    gpu.Backward(1.0f);
+    const auto backward = emulator::TakeHostTimeline();
+    emulator::RecordHostTimeline(false);
+    auto waits_between = [](const std::vector<std::string>& t, const std::string& from, const std::string& to) {
+      auto begin = std::find_if(t.begin(), t.end(), [&](const auto& e) { return e.find(from) != std::string::npos; });
+      auto end = std::find_if(begin, t.end(), [&](const auto& e) { return e.find(to) != std::string::npos; });
+      EXPECT_NE(begin, t.end()) << "no launch of " << from;
+      EXPECT_NE(end, t.end()) << "no launch of " << to << " after " << from;
+      std::vector<std::string> waits;
+      for (auto it = begin; it != end; ++it)
+        if (it->rfind("wait ", 0) == 0) waits.push_back(*it);
+      return waits;
+    };
+    // From layer 0's first RMSNorm to the cross-entropy: all L layers.
+    const auto in_forward = waits_between(forward, "RmsNormForward", "CrossEntropyForward");
+    EXPECT_TRUE(in_forward.empty()) << in_forward.size() << " host waits inside the layers' forward, first: "
+                                    << in_forward.front();
+    // From the last layer's combine backward to the embedding's gradient.
+    const auto in_backward = waits_between(backward, "CombineBackward", "EmbeddingSegmentSum");
+    EXPECT_TRUE(in_backward.empty()) << in_backward.size() << " host waits inside the layers' backward, first: "
+                                     << in_backward.front();
+    size_t launches = 0;
+    for (const auto& e : forward) launches += e.rfind("launch ", 0) == 0;
+    std::printf("%s: forward %zu launches, %zu host waits (%zu in the layers)\n", precision.c_str(), launches,
+                forward.size() - launches, in_forward.size());
+  }
+}
+#endif
 
 TEST_F(BackendTest, TrainingStepsMatchCpuBackend) {
   backend::CudaBackend gpu(config_, *layout_, Options());

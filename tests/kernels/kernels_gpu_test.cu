@@ -56,6 +56,7 @@
 #include "kernels/embedding.cuh"
 #include "kernels/embedding_plan.h"
 #include "kernels/gemm.h"
+#include "kernels/grouped_gemm.cuh"
 #include "kernels/grad_norm.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
@@ -702,6 +703,98 @@ TEST_F(GemmTest, ExpertGemmsMatchCpuPerExpertWithAnEmptyExpert) {
     EXPECT_EQ(gemms.grouped_calls(), grouped ? 3 : 0);
     EXPECT_EQ(gemms.single_calls(), grouped ? 0 : 9) << "3 non-empty experts x 3 products";
   }
+}
+
+// The expert GEMMs sized on the device (kernels/grouped_gemm.cuh) against
+// the CPU's per-expert GEMMs: row counts across and below the 64-row tile,
+// an empty expert (its gradient untouched), column counts across the
+// 64-column tile and a reduction of 40 (not a multiple of the 32 staged),
+// and experts' weights 3 N K apart (the layout's w1, w2, w3). The offsets go
+// to the device and are never read back.
+TEST_F(GemmTest, DeviceSizedExpertGemmsMatchCpuPerExpert) {
+  using kernels::ComputeDtype;
+  using kernels::GroupedProduct;
+  std::vector<ComputeDtype> dtypes = {ComputeDtype::kFp32};
+  if (kernels::DeviceSizedGemmSupported(ComputeDtype::kBf16, Sm())) {
+    dtypes.push_back(ComputeDtype::kBf16);
+    dtypes.push_back(ComputeDtype::kFp16);
+  }
+  const int64_t N = 72, K = 40, stride = 3 * N * K;
+  const std::vector<int64_t> rows = {5, 0, 130, 1, 64};  // per expert
+  std::vector<int64_t> first;
+  std::vector<int32_t> offsets = {0};
+  int64_t total = 0;
+  for (int64_t r : rows) {
+    first.push_back(total);
+    total += r;
+    offsets.push_back(static_cast<int32_t>(total));
+  }
+  const int64_t E = static_cast<int64_t>(rows.size());
+  auto d_offsets = Up(offsets);
+  for (ComputeDtype dtype : dtypes) {
+    SCOPED_TRACE(std::string(kernels::ComputeDtypeName(dtype)));
+    auto x = Random(total * K, 51), dy = Random(total * N, 52), W = Random(E * stride, 53);
+    const void* d_x = Operand(x, dtype);
+    const void* d_dy = Operand(dy, dtype);
+    const void* d_W = Operand(W, dtype);
+    if (dtype != ComputeDtype::kFp32) {
+      x = Rounded(x, dtype);
+      dy = Rounded(dy, dtype);
+      W = Rounded(W, dtype);
+    }
+    auto y = Random(total * N, 54), dx = Random(total * K, 55), dW = Random(E * stride, 56);
+    auto d_y = Up(y), d_dx = Up(dx), d_dW = Up(dW);
+    auto my = Abs(y), mdx = std::vector<float>(dx.size(), 0.0f), mdW = Abs(dW);
+    const auto ax = Abs(x), aW = Abs(W), ady = Abs(dy);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t w = e * stride;
+      ops::LinearForward(rows[e], N, K, ax.data() + first[e] * K, aW.data() + w, my.data() + first[e] * N, true);
+      ops::LinearBackwardInput(rows[e], N, K, ady.data() + first[e] * N, aW.data() + w, mdx.data() + first[e] * K,
+                               false);
+      ops::LinearBackwardWeight(rows[e], N, K, ady.data() + first[e] * N, ax.data() + first[e] * K, mdW.data() + w);
+      ops::LinearForward(rows[e], N, K, x.data() + first[e] * K, W.data() + w, y.data() + first[e] * N, true);
+      ops::LinearBackwardInput(rows[e], N, K, dy.data() + first[e] * N, W.data() + w, dx.data() + first[e] * K,
+                               false);
+      ops::LinearBackwardWeight(rows[e], N, K, dy.data() + first[e] * N, x.data() + first[e] * K, dW.data() + w);
+    }
+    auto launch = [&](GroupedProduct product, const void* a, const void* b, float* c, bool accumulate) {
+      kernels::DeviceSizedGemm g;
+      g.product = product;
+      g.inputs = dtype;
+      g.N = N;
+      g.K = K;
+      g.experts = E;
+      g.offsets = d_offsets.data();
+      g.max_rows = total;
+      g.a = a;
+      g.b = b;
+      g.weight_stride = stride;
+      g.c = c;
+      g.accumulate = accumulate;
+      HM_CUDA_CHECK(kernels::LaunchDeviceSizedGemm(g, stream()));
+    };
+    launch(GroupedProduct::kForward, d_x, d_W, d_y.data(), true);
+    launch(GroupedProduct::kBackwardInput, d_dy, d_W, d_dx.data(), false);
+    launch(GroupedProduct::kBackwardWeight, d_dy, d_x, d_dW.data(), true);
+    ExpectWithinGemmBound(Down(d_y), y, my, K + 1, "device-sized forward (accumulate)");
+    ExpectWithinGemmBound(Down(d_dx), dx, mdx, N, "device-sized backward input");
+    ExpectWithinGemmBound(Down(d_dW), dW, mdW, *std::max_element(rows.begin(), rows.end()) + 1,
+                          "device-sized backward weight (expert 1 and the gaps between experts untouched)");
+  }
+}
+
+// A weight stride under N K would have one expert's weights overlap the
+// next one's: refused before anything runs.
+TEST_F(GemmTest, DeviceSizedGemmRefusesOverlappingWeights) {
+  kernels::DeviceSizedGemm g;
+  auto d_offsets = Up(std::vector<int32_t>{0, 1, 2});
+  g.offsets = d_offsets.data();
+  g.experts = 2;
+  g.N = 4;
+  g.K = 4;
+  g.max_rows = 2;
+  g.weight_stride = 15;  // < N * K
+  EXPECT_EQ(kernels::LaunchDeviceSizedGemm(g, stream()), cudaErrorInvalidValue);
 }
 
 // The pointer arrays of a grouped GEMM are copied on the ExpertGemms'

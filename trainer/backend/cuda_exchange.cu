@@ -171,7 +171,10 @@ class CudaRowExchange final : public model::RowExchange {
         std::vector<uint8_t> flags(r.index.size(), 0);
         std::vector<bool> seen(static_cast<size_t>(r.count), false);
         for (size_t i = 0; i < r.index.size(); ++i)
-          if (!seen[r.index[i]]) seen[r.index[i]] = flags[i] = 1;
+          if (!seen[r.index[i]]) {
+            seen[r.index[i]] = true;
+            flags[i] = 1;
+          }
         first = g.Flags(m_, flags, m_.s());
       }
       HM_CUDA_CHECK(kernels::LaunchUnpackRows(u.wire, wire_, index, first, r.n, d, r.rows, m_.s()));

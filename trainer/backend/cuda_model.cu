@@ -182,21 +182,6 @@ void DeviceModel::ToHost(const float* device_ptr, float* host, int64_t n) {
 
 // --- ExpertRows: mirrors ops::ExpertsForward / ops::ExpertsBackward ---
 
-namespace {
-// One grouped-GEMM problem per expert of the range; make(e, first_row) fills
-// the operands, the row count comes from the counts.
-template <typename Make>
-std::vector<kernels::ExpertProblem> PerExpert(const ExpertRows& rows, Make make) {
-  std::vector<kernels::ExpertProblem> problems;
-  for (int64_t e = rows.first; e < rows.first + rows.count; ++e) {
-    kernels::ExpertProblem p = make(e, rows.offsets[e]);
-    p.rows = rows.counts[e];
-    problems.push_back(p);
-  }
-  return problems;
-}
-}  // namespace
-
 void ExpertRows::Bind(DeviceModel& m) {
   for (auto* b : {&xp, &y, &dy, &dxp, &g1, &g3, &act}) b->Bind(&m.allocator);
   act16.Bind(&m.allocator);
@@ -222,36 +207,76 @@ void ExpertRows::Resize(DeviceModel& m, int64_t rows, bool expert_activations) {
   }
 }
 
-void ExpertRows::Forward(DeviceModel& m) {
-  const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
-  const int64_t rows = offsets.back();
+void ExpertRows::Product(DeviceModel& m, kernels::GroupedProduct product, int64_t N, int64_t K, const void* a,
+                         const void* x, int64_t model::ExpertOffsets::*w, float* c, bool accumulate) {
+  using kernels::GroupedProduct;
   const auto& ex = m.layout.layers[layer].experts;
-  // One problem per expert of the range over its rows (empty ones left out).
-  auto per_expert = [&](auto make) { return PerExpert(*this, make); };
+  const bool weight_grad = product == GroupedProduct::kBackwardWeight;
+  if (device_offsets != nullptr) {
+    // Every expert's tensor `w` the same distance after the previous one's
+    // (the layout's order: w1, w2, w3 per expert).
+    const int64_t stride = count > 1 ? ex[first + 1].*w - ex[first].*w : N * K;
+    for (int64_t e = first + 1; e < first + count; ++e)
+      if (ex[e].*w - ex[e - 1].*w != stride)
+        throw Error("CUDA backend: layer " + std::to_string(layer) + "'s expert weights are not evenly spaced");
+    kernels::DeviceSizedGemm g;
+    g.product = product;
+    g.inputs = m.policy.compute;
+    g.N = N;
+    g.K = K;
+    g.experts = count;
+    g.offsets = device_offsets + first;
+    g.max_rows = total_rows;
+    g.a = a;
+    g.b = weight_grad ? x : m.Weight(ex[first].*w);
+    g.weight_stride = stride;
+    g.c = weight_grad ? m.grads.data() + ex[first].*w : c;
+    g.accumulate = accumulate;
+    HM_CUDA_CHECK(kernels::LaunchDeviceSizedGemm(g, m.s()));
+    return;
+  }
+  // cuBLAS's grouped GEMM: one problem per expert of the range over its rows.
+  std::vector<kernels::ExpertProblem> problems;
+  for (int64_t e = first; e < first + count; ++e) {
+    const int64_t r0 = offsets[e];
+    if (product == GroupedProduct::kForward)
+      problems.push_back({counts[e], m.At(a, r0 * K), m.Weight(ex[e].*w), c + r0 * N});
+    else if (product == GroupedProduct::kBackwardInput)
+      problems.push_back({counts[e], m.At(a, r0 * N), m.Weight(ex[e].*w), c + r0 * K});
+    else
+      problems.push_back({counts[e], m.At(a, r0 * N), m.At(x, r0 * K), m.grads.data() + ex[e].*w});
+  }
+  if (product == GroupedProduct::kForward)
+    m.experts->Forward(m.blas->get(), m.policy.compute, N, K, problems, accumulate);
+  else if (product == GroupedProduct::kBackwardInput)
+    m.experts->BackwardInput(m.blas->get(), m.policy.compute, N, K, problems, accumulate);
+  else
+    m.experts->BackwardWeight(m.blas->get(), m.policy.compute, N, K, problems);
+}
+
+void ExpertRows::Forward(DeviceModel& m) {
+  using kernels::GroupedProduct;
+  using model::ExpertOffsets;
+  const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
+  const int64_t rows = Rows();
   // g1 = xp W1^T, g3 = xp W3^T, act = silu(g1) * g3, y = act W2^T.
   const void* xp_op = m.Operand(xp.data(), rows * d, 0);
-  m.experts->Forward(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(xp_op, r0 * d), m.Weight(ex[e].w1), g1.data() + r0 * f};
-  }), false);
-  m.experts->Forward(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(xp_op, r0 * d), m.Weight(ex[e].w3), g3.data() + r0 * f};
-  }), false);
+  Product(m, GroupedProduct::kForward, f, d, xp_op, nullptr, &ExpertOffsets::w1, g1.data(), false);
+  Product(m, GroupedProduct::kForward, f, d, xp_op, nullptr, &ExpertOffsets::w3, g3.data(), false);
   // act = silu(g1) * g3, kept as the operand of the W2 GEMMs; 16-bit runs
   // compute it into the backward's scratch dg1 (free until Backward).
   float* act32 = m.Compute16() ? Scratch(m.dg1, rows * f) : act.data();
   HM_CUDA_CHECK(kernels::LaunchSwiGluForward(g1.data(), g3.data(), rows * f, act32, m.s()));
   if (m.Compute16()) m.CastTo16(act32, rows * f, act16.data());
   const void* act_op = m.Compute16() ? static_cast<const void*>(act16.data()) : act.data();
-  m.experts->Forward(m.blas->get(), m.policy.compute, d, f, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(act_op, r0 * f), m.Weight(ex[e].w2), y.data() + r0 * d};
-  }), false);
+  Product(m, GroupedProduct::kForward, d, f, act_op, nullptr, &ExpertOffsets::w2, y.data(), false);
 }
 
 void ExpertRows::Backward(DeviceModel& m) {
+  using kernels::GroupedProduct;
+  using model::ExpertOffsets;
   const int64_t d = m.config.hidden_size, f = m.config.intermediate_size;
-  const int64_t rows = offsets.back();
-  const auto& ex = m.layout.layers[layer].experts;
-  auto per_expert = [&](auto make) { return PerExpert(*this, make); };
+  const int64_t rows = Rows();
   if (m.dg1.size() < static_cast<size_t>(rows * f)) m.dg1.Resize(static_cast<size_t>(rows * f));
   if (m.dg3.size() < static_cast<size_t>(rows * f)) m.dg3.Resize(static_cast<size_t>(rows * f));
   float* dg1 = m.dg1.data();
@@ -260,29 +285,17 @@ void ExpertRows::Backward(DeviceModel& m) {
   // keep their weight gradients as they are.
   const void* dy_op = m.Operand(dy.data(), rows * d, 0);
   const void* act_op = m.Compute16() ? static_cast<const void*>(act16.data()) : act.data();
-  m.experts->BackwardInput(m.blas->get(), m.policy.compute, d, f, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(dy_op, r0 * d), m.Weight(ex[e].w2), dg1 + r0 * f};
-  }), false);
-  m.experts->BackwardWeight(m.blas->get(), m.policy.compute, d, f, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(dy_op, r0 * d), m.At(act_op, r0 * f), m.grads.data() + ex[e].w2};
-  }));
+  Product(m, GroupedProduct::kBackwardInput, d, f, dy_op, nullptr, &ExpertOffsets::w2, dg1, false);
+  Product(m, GroupedProduct::kBackwardWeight, d, f, dy_op, act_op, &ExpertOffsets::w2, nullptr, true);
   HM_CUDA_CHECK(kernels::LaunchSwiGluBackward(g1.data(), g3.data(), dg1, rows * f, dg1, dg3, m.s()));
   // dW1 += dg1^T xp, dW3 += dg3^T xp, dxp = dg1 W1 + dg3 W3.
   const void* dg1_op = m.Operand(dg1, rows * f, 0);
   const void* dg3_op = m.Operand(dg3, rows * f, 1);
   const void* xp_op = m.Operand(xp.data(), rows * d, 2);
-  m.experts->BackwardWeight(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(dg1_op, r0 * f), m.At(xp_op, r0 * d), m.grads.data() + ex[e].w1};
-  }));
-  m.experts->BackwardWeight(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(dg3_op, r0 * f), m.At(xp_op, r0 * d), m.grads.data() + ex[e].w3};
-  }));
-  m.experts->BackwardInput(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(dg1_op, r0 * f), m.Weight(ex[e].w1), dxp.data() + r0 * d};
-  }), false);
-  m.experts->BackwardInput(m.blas->get(), m.policy.compute, f, d, per_expert([&](int64_t e, int64_t r0) {
-    return kernels::ExpertProblem{0, m.At(dg3_op, r0 * f), m.Weight(ex[e].w3), dxp.data() + r0 * d};
-  }), true);
+  Product(m, GroupedProduct::kBackwardWeight, f, d, dg1_op, xp_op, &ExpertOffsets::w1, nullptr, true);
+  Product(m, GroupedProduct::kBackwardWeight, f, d, dg3_op, xp_op, &ExpertOffsets::w3, nullptr, true);
+  Product(m, GroupedProduct::kBackwardInput, f, d, dg1_op, nullptr, &ExpertOffsets::w1, dxp.data(), false);
+  Product(m, GroupedProduct::kBackwardInput, f, d, dg3_op, nullptr, &ExpertOffsets::w3, dxp.data(), true);
 }
 
 // --- DeviceMicroBatch ---
@@ -294,8 +307,11 @@ struct DeviceMicroBatch::State {
     AttentionActivations att;      // empty when recomputed (in `shared`)
     DeviceBuffer<float> probs, topk_weight, topk_sum;  // [N, E], [N, k], [N]
     DeviceBuffer<int32_t> topk_expert;                 // [N, k]
-    DeviceBuffer<int32_t> counts, offsets, row_of, token_of_row;  // the dispatch plan
+    int32_t* counts = nullptr;   // the dispatch plan: [E] and [E + 1] in State::plan_sizes
+    int32_t* offsets = nullptr;
+    DeviceBuffer<int32_t> row_of, token_of_row;
     ExpertRows rows;  // xp, y, dy, dxp [A, d] (+ expert activations when local)
+    bool plan_on_host = true;  // rows.counts/offsets hold the device plan's (HostPlan)
   };
 
   explicit State(DeviceModel& model) : m(model) {}
@@ -308,6 +324,7 @@ struct DeviceMicroBatch::State {
   kernels::EmbeddingGradPlan embed_plan;  // the embedding backward's sums, from this micro-batch's ids
   DeviceBuffer<int32_t> embed_plan_device;
   std::vector<Layer> layers;
+  DeviceBuffer<int32_t> plan_sizes;  // every layer's dispatch plan counts and offsets, one copy away from the host
   DeviceBuffer<float> resid_out, final_normed, final_rstd, logits, row_loss, gate_logits;
   DeviceBuffer<double> prob_sums;
   DeviceBuffer<float> dnormed, dh, dm, dweight, dgate, aux_dprob;
@@ -342,6 +359,7 @@ struct DeviceMicroBatch::State {
 
     layers.clear();
     layers.resize(c.num_hidden_layers);
+    Alloc(plan_sizes, c.num_hidden_layers * (2 * E + 1));
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       Layer& la = layers[l];
       Alloc(la.resid_in, N * d);
@@ -350,8 +368,8 @@ struct DeviceMicroBatch::State {
       Alloc(la.topk_weight, A);
       Alloc(la.topk_sum, N);
       Alloc(la.topk_expert, A);
-      Alloc(la.counts, E);
-      Alloc(la.offsets, E + 1);
+      la.counts = plan_sizes.data() + l * (2 * E + 1);
+      la.offsets = la.counts + E;
       Alloc(la.row_of, A);
       Alloc(la.token_of_row, A);
       la.rows.Bind(m);
@@ -422,6 +440,27 @@ struct DeviceMicroBatch::State {
     return m.Compute16() ? static_cast<const void*>(at.m16.data()) : at.m.data();
   }
   void AttentionBlock(int64_t l, AttentionActivations& at, float* h_mid);
+
+  // Layer l's dispatch plan (counts, offsets) on the host: copied from the
+  // device, waiting for the router, the first time after AttentionForward
+  // something asks (an exchange to size, the metrics, the aux loss), never
+  // for the experts of this micro-batch (they read the device's). Every
+  // layer's not yet copied comes in the same copy.
+  void HostPlan(int64_t l) {
+    if (layers[l].plan_on_host) return;
+    const int64_t E = m.config.num_local_experts, L = static_cast<int64_t>(layers.size());
+    std::vector<int32_t> sizes(plan_sizes.size());
+    HM_CUDA_CHECK(cudaMemcpyAsync(sizes.data(), plan_sizes.data(), plan_sizes.bytes(), cudaMemcpyDeviceToHost, m.s()));
+    HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+    for (int64_t j = 0; j < L; ++j) {
+      Layer& la = layers[j];
+      if (la.plan_on_host) continue;
+      const int32_t* counts = sizes.data() + j * (2 * E + 1);
+      la.rows.counts.assign(counts, counts + E);
+      la.rows.offsets.assign(counts + E, counts + 2 * E + 1);
+      la.plan_on_host = true;
+    }
+  }
 
   kernels::AttentionDims Dims() const {
     return {batch, seq_len, m.config.num_attention_heads, m.config.num_key_value_heads, m.config.HeadDim(),
@@ -519,17 +558,13 @@ void DeviceMicroBatch::AttentionForward(int64_t l) {
                                              la.topk_weight.data(), la.topk_sum.data(), m.s()));
   HM_CUDA_CHECK(kernels::LaunchRouterProbSums(la.probs.data(), N, E, m.ProbSumsWorkspace(N, E),
                                               st.prob_sums.data() + l * E, m.s()));
-  HM_CUDA_CHECK(kernels::LaunchBuildDispatchPlan(la.topk_expert.data(), N, k, E, la.counts.data(), la.offsets.data(),
+  HM_CUDA_CHECK(kernels::LaunchBuildDispatchPlan(la.topk_expert.data(), N, k, E, la.counts, la.offsets,
                                                  la.row_of.data(), la.token_of_row.data(),
                                                  m.DispatchWorkspace(N, k, E), m.s()));
-  // The expert GEMMs (here or on an owner rank) take each expert's rows from the host.
-  std::vector<int32_t> counts32(E), offsets32(E + 1);
-  HM_CUDA_CHECK(cudaMemcpyAsync(counts32.data(), la.counts.data(), sizeof(int32_t) * E, cudaMemcpyDeviceToHost, m.s()));
-  HM_CUDA_CHECK(cudaMemcpyAsync(offsets32.data(), la.offsets.data(), sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, m.s()));
   HM_CUDA_CHECK(kernels::LaunchGatherRows(st.M32(at), la.token_of_row.data(), N * k, d, la.rows.xp.data(), m.s()));
-  HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));
-  for (int64_t e = 0; e < E; ++e) la.rows.counts[e] = counts32[e];
-  for (int64_t e = 0; e <= E; ++e) la.rows.offsets[e] = offsets32[e];
+  // The plan stays on the device: this micro-batch's own experts read it
+  // there; the host copies it when asked (HostPlan).
+  la.plan_on_host = false;
 }
 
 void DeviceMicroBatch::ExpertsForward(int64_t l) {
@@ -538,7 +573,12 @@ void DeviceMicroBatch::ExpertsForward(int64_t l) {
     st.local_experts = true;
     for (auto& la : st.layers) la.rows.Resize(st.m, st.tokens * st.m.config.num_experts_per_tok, true);
   }
-  st.layers[l].rows.Forward(st.m);
+  ExpertRows& rows = st.layers[l].rows;
+  const bool device_sized = kernels::DeviceSizedGemmSupported(st.m.policy.compute, st.m.sm);
+  rows.device_offsets = device_sized ? st.layers[l].offsets : nullptr;
+  rows.total_rows = st.tokens * st.m.config.num_experts_per_tok;
+  if (!device_sized) st.HostPlan(l);  // V100/T4 16-bit: cuBLAS's GEMMs, sized on the host
+  rows.Forward(st.m);
 }
 
 void DeviceMicroBatch::CombineForward(int64_t l) {
@@ -573,6 +613,7 @@ model::LossParts DeviceMicroBatch::HeadForward() {
   HM_CUDA_CHECK(cudaMemcpyAsync(host_prob_sums.data(), st.prob_sums.data(), st.prob_sums.bytes(),
                                 cudaMemcpyDeviceToHost, m.s()));
   HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+  if (L > 0) st.HostPlan(L - 1);  // every layer's: the aux loss counts the routed rows
 
   st.aux_counts.assign(E, 0);
   std::vector<double> aux_prob_sums(E, 0.0);
@@ -692,6 +733,7 @@ void DeviceMicroBatch::EmbedBackward() {
 
 void DeviceMicroBatch::DownloadDispatched(int64_t l, float* host, std::vector<int64_t>* token_of_row) {
   State& st = *state_;
+  st.HostPlan(l);
   const int64_t A = st.layers[l].rows.offsets.back();
   // Both copies on the stream, one wait.
   std::vector<int32_t> tokens(A);
@@ -707,14 +749,17 @@ void DeviceMicroBatch::DownloadDispatched(int64_t l, float* host, std::vector<in
 }
 void DeviceMicroBatch::UploadExpertOutputs(int64_t l, const float* host) {
   State& st = *state_;
+  st.HostPlan(l);
   st.m.ToDevice(host, st.layers[l].rows.y.data(), st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
 }
 void DeviceMicroBatch::DownloadOutputGrads(int64_t l, float* host) {
   State& st = *state_;
+  st.HostPlan(l);
   st.m.ToHost(st.layers[l].rows.dy.data(), host, st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
 }
 void DeviceMicroBatch::UploadDispatchedGrads(int64_t l, const float* host) {
   State& st = *state_;
+  st.HostPlan(l);
   st.m.ToDevice(host, st.layers[l].rows.dxp.data(), st.layers[l].rows.offsets.back() * st.m.config.hidden_size);
 }
 
@@ -723,11 +768,17 @@ model::DeviceRows DeviceMicroBatch::Rows(int64_t l) {
   return {r.xp.data(), r.y.data(), r.dy.data(), r.dxp.data()};
 }
 
-const std::vector<int64_t>& DeviceMicroBatch::counts(int64_t l) const { return state_->layers[l].rows.counts; }
-const std::vector<int64_t>& DeviceMicroBatch::offsets(int64_t l) const { return state_->layers[l].rows.offsets; }
+const std::vector<int64_t>& DeviceMicroBatch::counts(int64_t l) const {
+  state_->HostPlan(l);
+  return state_->layers[l].rows.counts;
+}
+const std::vector<int64_t>& DeviceMicroBatch::offsets(int64_t l) const {
+  state_->HostPlan(l);
+  return state_->layers[l].rows.offsets;
+}
 std::vector<std::vector<int64_t>> DeviceMicroBatch::ExpertCounts() const {
   std::vector<std::vector<int64_t>> out;
-  for (const auto& la : state_->layers) out.push_back(la.rows.counts);
+  for (size_t l = 0; l < state_->layers.size(); ++l) out.push_back(counts(static_cast<int64_t>(l)));
   return out;
 }
 int64_t DeviceMicroBatch::tokens() const { return state_->tokens; }

@@ -27,6 +27,7 @@
 #include "common/mixtral_config.h"
 #include "kernels/caching_allocator.h"
 #include "kernels/gemm.h"
+#include "kernels/grouped_gemm.cuh"
 #include "kernels/precision.h"
 #include "kernels/stream.h"
 #include "trainer/backend/backend.h"
@@ -119,10 +120,18 @@ class DeviceModel {
 // gradients. The micro-batch uses one per layer (xp/y/dy/dxp always; the
 // expert activations only when it runs experts itself); an owner rank one
 // per block.
+//
+// The row counts are on the host (counts/offsets: an owner rank's, whose
+// exchange the host sized; the GEMMs are cuBLAS's grouped ones), or stay on
+// the device (device_offsets, [E + 1] absolute rows, with total_rows their
+// sum: a micro-batch running its own experts, kernels/grouped_gemm.cuh), so
+// the router's plan reaches the GEMMs without a stream sync.
 struct ExpertRows {
   kernels::DeviceBuffer<float> xp, y, dy, dxp, g1, g3, act;
   kernels::DeviceBuffer<uint16_t> act16;
   std::vector<int64_t> counts, offsets;
+  const int32_t* device_offsets = nullptr;
+  int64_t total_rows = 0;
   int64_t layer = 0, first = 0, count = 0;
 
   void Bind(DeviceModel& m);
@@ -131,6 +140,14 @@ struct ExpertRows {
   void ReleaseActivations();
   void Forward(DeviceModel& m);
   void Backward(DeviceModel& m);
+
+ private:
+  int64_t Rows() const { return device_offsets != nullptr ? total_rows : offsets.back(); }
+  // One product over the range's experts (kernels/gemm.h's shapes) with
+  // weight (or weight gradient) `w` of each expert; `x` is the rows' second
+  // operand of kBackwardWeight.
+  void Product(DeviceModel& m, kernels::GroupedProduct product, int64_t N, int64_t K, const void* a, const void* x,
+               int64_t model::ExpertOffsets::*w, float* c, bool accumulate);
 };
 
 // One layer's attention-block activations, as model::MixtralCpu's: the
