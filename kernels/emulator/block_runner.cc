@@ -147,6 +147,9 @@ void BlockRunner::Run(const char* kernel, dim3 grid, dim3 block, uint3 block_idx
                       const std::function<void()>& thread) {
   kernel_ = kernel;
   block_idx_ = block_idx;
+  grid_ = grid;
+  if (global_races_ != nullptr && race_check_)
+    global_races_->StartBlock(block_idx.x + grid.x * (block_idx.y + grid.y * block_idx.z));
   global_bytes_ = 0;
   shared_.assign(dynamic_shared, 0xFF);  // NaN in every float lane: unwritten reads show
   const unsigned n = block.x * block.y * block.z;
@@ -344,6 +347,7 @@ bool BlockRunner::ReleaseBarrier() {
   }
   for (auto& lane : lanes_) lane->state = Lane::State::kReady;
   if (race_check_) races_.Barrier();
+  if (race_check_ && global_races_ != nullptr) global_races_->Barrier();
   return true;
 }
 
@@ -357,12 +361,81 @@ void BlockRunner::Touch(const void* address, size_t bytes, bool write, const voi
   } else if (a - dynamic < shared_.size()) {
     offset = static_shared_bytes_ + (a - dynamic);
   } else {  // not shared memory: device memory, or the thread's own
-    if (count_bytes_ && InGuardedAllocation(address)) global_bytes_ += bytes;
+    const bool races = race_check_ && global_races_ != nullptr;
+    if ((count_bytes_ || races) && InDeviceMemory(a)) {
+      if (count_bytes_) global_bytes_ += bytes;
+      if (races)
+        if (auto race = global_races_->Touch(running_->linear, a, bytes, write); race && race_.empty())
+          race_ = DescribeGlobalRace(*race, code);
+    }
     return;
   }
   if (!race_check_) return;
   if (auto race = races_.Touch(running_->linear, offset, bytes, write); race && race_.empty())
     race_ = DescribeRace(*race, code);
+}
+
+void BlockRunner::SetGlobalRaceCheck(GlobalRaceDetector* detector) {
+  global_races_ = detector;
+  device_ranges_.clear();
+  host_pages_.clear();
+}
+
+bool BlockRunner::InDeviceMemory(uintptr_t address) {
+  for (const auto& [begin, end] : device_ranges_)
+    if (address - begin < end - begin) return true;
+  const uintptr_t page = address / 4096;
+  if (std::find(host_pages_.begin(), host_pages_.end(), page) != host_pages_.end()) return false;
+  const char* begin = nullptr;
+  size_t bytes = 0;
+  if (FindGuardedAllocation(reinterpret_cast<const void*>(address), &begin, &bytes)) {
+    const auto b = reinterpret_cast<uintptr_t>(begin);
+    // The most recently found first: a kernel touches a few buffers over and over.
+    device_ranges_.insert(device_ranges_.begin(), {b, b + bytes});
+    if (device_ranges_.size() > 16) device_ranges_.pop_back();
+    return true;
+  }
+  host_pages_.push_back(page);  // a thread's stack, a kernel's arguments
+  if (host_pages_.size() > 64) host_pages_.erase(host_pages_.begin());
+  return false;
+}
+
+// "block (1,0,0) thread 3 writes byte 12 of a 1024-byte device allocation and
+// block (0,0,0) thread 5 reads it in the same launch ...".
+std::string BlockRunner::DescribeGlobalRace(const GlobalRaceDetector::Race& race, const void* code) const {
+  auto block = [&](uint32_t linear) {
+    return "(" + std::to_string(linear % grid_.x) + "," + std::to_string(linear / grid_.x % grid_.y) + "," +
+           std::to_string(linear / (grid_.x * grid_.y)) + ")";
+  };
+  const auto verb = [](bool write) { return write ? "writes" : "reads"; };
+  std::ostringstream out;
+  out << "global-memory race: block " << block(race.earlier.block) << " thread " << race.earlier.thread << " "
+      << verb(race.earlier.write) << " byte ";
+  const char* begin = nullptr;
+  size_t bytes = 0;
+  if (FindGuardedAllocation(reinterpret_cast<const void*>(race.address), &begin, &bytes))
+    out << race.address - reinterpret_cast<uintptr_t>(begin) << " of a " << bytes << "-byte device allocation";
+  else
+    out << "at 0x" << std::hex << race.address << std::dec;
+  out << " and block " << block(race.later.block) << " thread " << race.later.thread << " "
+      << verb(race.later.write) << " it in the same launch";
+  if (race.earlier.block != race.later.block)
+    out << " (blocks of a grid run in no order: one block's write is not another's to read or write)";
+  else
+    out << " with no __syncthreads between them";
+  Dl_info info{};
+  if (code != nullptr && dladdr(code, &info) != 0 && info.dli_fname != nullptr) {
+    const char* file = std::strrchr(info.dli_fname, '/');
+    out << "; the second access is at " << (file ? file + 1 : info.dli_fname) << "+0x" << std::hex
+        << (reinterpret_cast<uintptr_t>(code) - reinterpret_cast<uintptr_t>(info.dli_fbase)) << std::dec;
+    if (info.dli_sname != nullptr) {
+      int status = 0;
+      char* name = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+      out << " (" << (status == 0 ? name : info.dli_sname) << ")";
+      std::free(name);
+    }
+  }
+  return out.str();
 }
 
 // "thread 0 writes byte 4 of the dynamic shared memory (extern __shared__)

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kernels/emulator/device_api.h"
+#include "kernels/emulator/global_races.h"
 #include "kernels/emulator/race_hooks.h"
 #include "kernels/emulator/shared_races.h"
 
@@ -63,6 +64,10 @@ class BlockRunner {
   uint64_t order_seed() const { return order_seed_; }
   // Check shared memory for races (off in a new runner).
   void SetRaceCheck(bool on) { race_check_ = on; }
+  // Check device memory for races with `detector` (null: off), which the
+  // caller started for the launch (GlobalRaceDetector::StartLaunch) and
+  // gives every block of it. Needs SetRaceCheck(true).
+  void SetGlobalRaceCheck(GlobalRaceDetector* detector);
   // The running kernel and block (for error reports).
   const char* kernel_name() const { return kernel_.c_str(); }
   uint3 block_idx() const { return block_idx_; }
@@ -88,6 +93,10 @@ class BlockRunner {
   [[noreturn]] void FailWarp(unsigned first_lane, unsigned end_lane) const;
   [[noreturn]] void Fail(const std::string& what) const;
   std::string DescribeRace(const SharedRaceDetector::Race& race, const void* code) const;
+  std::string DescribeGlobalRace(const GlobalRaceDetector::Race& race, const void* code) const;
+  // Whether [address, +bytes) is device memory (cached per launch: the
+  // allocations hit and the 4 KiB pages that hold none).
+  bool InDeviceMemory(uintptr_t address);
 
   std::string kernel_;
   uint3 block_idx_{};
@@ -106,6 +115,10 @@ class BlockRunner {
   uintptr_t static_shared_ = 0;  // this host thread's block of the module's thread_locals
   size_t static_shared_bytes_ = 0;
   std::vector<StaticShared::Symbol> static_symbols_;
+  GlobalRaceDetector* global_races_ = nullptr;
+  dim3 grid_{};
+  std::vector<std::pair<uintptr_t, uintptr_t>> device_ranges_;  // [begin, end) of allocations seen this launch
+  std::vector<uintptr_t> host_pages_;                             // pages seen this launch that hold none
   std::string race_;  // the first race of the running block
   struct StackPool;
   std::unique_ptr<StackPool> stacks_;

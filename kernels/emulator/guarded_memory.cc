@@ -112,12 +112,21 @@ void GuardedFree(void* p, size_t) {
 }
 
 bool InGuardedAllocation(const void* p) {
+  const char* begin;
+  size_t bytes;
+  return FindGuardedAllocation(p, &begin, &bytes);
+}
+
+bool FindGuardedAllocation(const void* p, const char** begin, size_t* bytes) {
   const char* c = static_cast<const char*>(p);
   std::lock_guard<std::mutex> lock(mappings_mutex);
   auto it = Mappings().upper_bound(c);
   if (it == Mappings().begin()) return false;
   --it;
-  return c < it->first + it->second.bytes;
+  if (c >= it->first + it->second.bytes) return false;
+  *begin = it->first;
+  *bytes = it->second.bytes;
+  return true;
 }
 
 void CatchOutOfBoundsOnThisThread() {

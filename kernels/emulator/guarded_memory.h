@@ -23,6 +23,8 @@ void GuardedFree(void* p, size_t bytes);
 // Whether p is inside a live allocation (takes a lock: for the kernel cost
 // report's byte counts, not for every run).
 bool InGuardedAllocation(const void* p);
+// The live allocation holding p: its first byte and size; false if none.
+bool FindGuardedAllocation(const void* p, const char** begin, size_t* bytes);
 // Installs the SIGSEGV handler (once per process) and an alternate signal
 // stack for the calling thread (once per thread): call before running
 // kernels on a thread.

@@ -261,6 +261,10 @@ void RunBlocks(const LaunchConfig& c, const std::function<void()>& thread) {
   // kernels must be built with the instrumentation, race_hooks.h).
   static const bool races = EnvInt("HETERMOE_EMULATED_RACES", 1) != 0;
   runner.SetRaceCheck(races);
+  // ... and device memory, across the launch's blocks (global_races.h).
+  thread_local GlobalRaceDetector global_races;
+  if (races) global_races.StartLaunch();
+  runner.SetGlobalRaceCheck(races ? &global_races : nullptr);
   const bool timing = KernelCostsEnabled();
   runner.SetTiming(timing);
   runner.SetByteCount(KernelByteCountsEnabled());

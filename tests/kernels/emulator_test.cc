@@ -19,6 +19,7 @@
 #include "kernels/emulator/block_runner.h"
 #include "kernels/emulator/kernel_costs.h"
 #include "kernels/emulator/register_model.h"
+#include "kernels/emulator/global_races.h"
 #include "kernels/emulator/shared_races.h"
 #include "kernels/mma.cuh"
 
@@ -279,6 +280,96 @@ TEST(CudaEmulator, ShuffledThreadOrderExposesAMissingBarrier) {
   } catch (const EmulatorError& e) {
     EXPECT_NE(std::string(e.what()).find("seed 7"), std::string::npos) << e.what();
   }
+}
+
+// Planted races on device memory. Every block writes the same total
+// (fixed: each block its own slot), the classic missing "one block per
+// output"; and a block's thread 0 writes a global scratch value its other
+// threads read with no __syncthreads between (fixed: with one).
+__global__ void SharedTotalKernel(float* out, int per_block) {
+  if (threadIdx.x == 0) out[per_block ? blockIdx.x : 0] = static_cast<float>(blockIdx.x);
+}
+__global__ void GlobalBroadcastKernel(float* scratch, float* out, int barrier) {
+  if (threadIdx.x == 0) scratch[blockIdx.x] = 7.0f;
+  if (barrier) __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = scratch[blockIdx.x];
+}
+// One block reads what another block writes in the same launch (a
+// reduction's second pass folded into the first without a second launch).
+__global__ void ReadOtherBlockKernel(float* partial, float* out) {
+  if (threadIdx.x == 0) partial[blockIdx.x] = 1.0f;
+  __syncthreads();
+  if (blockIdx.x == 0 && threadIdx.x == 0) out[0] = partial[0] + partial[1];
+}
+
+TEST(CudaEmulator, CatchesRacesOnDeviceMemory) {
+  if (TurnedOff("HETERMOE_EMULATED_RACES")) GTEST_SKIP() << "HETERMOE_EMULATED_RACES=0";
+  Device<float> out(4 * 64), scratch(4);
+  HM_LAUNCH(SharedTotalKernel, 4, 32, 0, nullptr)(out.p, 1);
+  EXPECT_EQ(RaceError([] { cudaDeviceSynchronize(); }), "") << "each block its own slot";
+  std::string error = RaceError([&] { HM_LAUNCH(SharedTotalKernel, 4, 32, 0, nullptr)(out.p, 0); });
+  std::printf("%s\n", error.c_str());
+  EXPECT_NE(error.find("kernel SharedTotalKernel"), std::string::npos) << error;
+  EXPECT_NE(error.find("global-memory race: block ("), std::string::npos) << error;
+  EXPECT_NE(error.find("thread 0 writes byte 0 of a 1024-byte device allocation"), std::string::npos) << error;
+  EXPECT_NE(error.find("blocks of a grid run in no order"), std::string::npos) << error;
+
+  HM_LAUNCH(GlobalBroadcastKernel, 4, 64, 0, nullptr)(scratch.p, out.p, 1);
+  EXPECT_EQ(RaceError([] { cudaDeviceSynchronize(); }), "") << "with the barrier";
+  for (float v : out.Get()) ASSERT_EQ(v, 7.0f);
+  error = RaceError([&] { HM_LAUNCH(GlobalBroadcastKernel, 4, 64, 0, nullptr)(scratch.p, out.p, 0); });
+  std::printf("%s\n", error.c_str());
+  EXPECT_NE(error.find("kernel GlobalBroadcastKernel"), std::string::npos) << error;
+  EXPECT_NE(error.find("with no __syncthreads between them"), std::string::npos) << error;
+
+  error = RaceError([&] { HM_LAUNCH(ReadOtherBlockKernel, 2, 32, 0, nullptr)(scratch.p, out.p); });
+  std::printf("%s\n", error.c_str());
+  EXPECT_NE(error.find("kernel ReadOtherBlockKernel"), std::string::npos) << error;
+  EXPECT_NE(error.find("byte 4 of a 16-byte device allocation"), std::string::npos)
+      << "partial[1], block 1's, read by block 0: " << error;
+}
+
+// The device-memory detector's rules, access by access.
+TEST(GlobalRaceDetector, OrdersByBarriersWithinABlockAndNeverAcrossBlocks) {
+  emulator::GlobalRaceDetector d;
+  d.StartLaunch();
+  d.StartBlock(3);
+  EXPECT_FALSE(d.Touch(0, 1000, 4, true));
+  EXPECT_FALSE(d.Touch(0, 1000, 4, false)) << "a thread's own accesses are ordered";
+  EXPECT_TRUE(d.Touch(1, 1000, 4, false)) << "same block, no barrier";
+  d.Barrier();
+  EXPECT_FALSE(d.Touch(1, 1000, 4, false)) << "the barrier orders the write before";
+  EXPECT_FALSE(d.Touch(2, 1000, 4, false)) << "reads do not race with reads";
+  d.StartBlock(0);
+  auto race = d.Touch(1, 1002, 1, false);
+  ASSERT_TRUE(race) << "another block's write";
+  EXPECT_EQ(race->address, 1002u);
+  EXPECT_EQ(race->earlier.block, 3u);
+  EXPECT_EQ(race->earlier.thread, 0u);
+  EXPECT_TRUE(race->earlier.write);
+  EXPECT_EQ(race->later.block, 0u);
+  d.Barrier();
+  race = d.Touch(5, 1000, 4, true);
+  ASSERT_TRUE(race) << "a barrier orders nothing across blocks";
+  EXPECT_EQ(race->earlier.block, 3u);
+  EXPECT_TRUE(race->earlier.write) << "block 3's write, checked before its reads";
+  d.StartBlock(2);
+  race = d.Touch(0, 2000, 4, false);
+  EXPECT_FALSE(race);
+  d.StartBlock(4);
+  EXPECT_FALSE(d.Touch(1, 2000, 4, false));
+  race = d.Touch(1, 2001, 1, true);
+  ASSERT_TRUE(race) << "block 2's read, kept though block 4 read since";
+  EXPECT_EQ(race->earlier.block, 2u);
+  EXPECT_FALSE(race->earlier.write);
+  EXPECT_FALSE(d.Touch(5, 4096 * 3 - 2, 4, true)) << "an access across a shadow page";
+  d.StartBlock(1);
+  EXPECT_TRUE(d.Touch(0, 4096 * 3 - 1, 1, false));
+  // A new launch is ordered after the last one.
+  d.StartLaunch();
+  d.StartBlock(1);
+  EXPECT_FALSE(d.Touch(9, 1000, 4, true));
+  EXPECT_FALSE(d.Touch(9, 4096 * 3 - 2, 4, false));
 }
 
 // The detector's ordering rules, access by access.
