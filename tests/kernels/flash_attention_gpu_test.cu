@@ -252,6 +252,51 @@ TEST_F(GpuTest, FlashAttentionMatchesReferenceWithinItsPrecision) {
   }
 }
 
+// The fp32 kernels (kernels/attention.cuh: the reference kernels, and the
+// path of V100, T4, fp32 runs and head dims the tensor cores do not take)
+// on shapes the tensor-core test does not reach: odd lengths (partial tiles
+// and row blocks), GQA groups of 1, 2 and 4, head dims below, at and above
+// a warp and above 128 (16-row tiles), a window, against the fp64 reference
+// within their derived bounds.
+TEST_F(GpuTest, Fp32AttentionMatchesReferenceWithinItsBoundsOnOddShapes) {
+  const FlashCase cases[] = {
+      {2, 37, 4, 2, 16, 0, ComputeDtype::kFp32}, {1, 70, 2, 1, 128, 0, ComputeDtype::kFp32},
+      {2, 33, 4, 4, 40, 0, ComputeDtype::kFp32}, {1, 1, 2, 2, 8, 0, ComputeDtype::kFp32},
+      {1, 45, 8, 2, 200, 0, ComputeDtype::kFp32}, {3, 9, 2, 1, 4, 0, ComputeDtype::kFp32},
+      {1, 41, 2, 1, 24, 5, ComputeDtype::kFp32},
+  };
+  for (const FlashCase& c : cases) {
+    const std::string name = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) +
+                             " KV=" + std::to_string(c.KV) + " hd=" + std::to_string(c.hd) +
+                             " window=" + std::to_string(c.window);
+    SCOPED_TRACE(name);
+    std::printf("%s fp32\n", name.c_str());
+    const int64_t N = c.B * c.T, qn = N * c.H * c.hd, kvn = N * c.KV * c.hd;
+    const auto q = Random(qn, 10), k = Random(kvn, 11), v = Random(kvn, 12), dout = Random(qn, 13);
+    const Reference ref = Compute(c, q, k, v, dout, dout, /*fp32=*/true);
+    // Bounds far below the values (hd 200's scores reach ~40: looser); a
+    // single key's dq is exactly 0 and so is its bound.
+    EXPECT_LT(Looseness(ref.out, ref.out_tol), 1e-3) << "out";
+    if (c.T > 1) EXPECT_LT(Looseness(ref.dq, ref.dq_tol), 1e-2) << "dq";
+    const kernels::AttentionDims dims{c.B, c.T, c.H, c.KV, c.hd, c.window};
+    auto d_q = Up(q), d_k = Up(k), d_v = Up(v), d_dout = Up(dout);
+    auto d_out = Empty<float>(qn), d_lse = Empty<float>(ref.lse.size()), d_D = Empty<float>(ref.lse.size());
+    auto d_dq = Empty<float>(qn), d_dk = Empty<float>(kvn), d_dv = Empty<float>(kvn);
+    ASSERT_EQ(kernels::LaunchAttentionForward(dims, d_q.data(), d_k.data(), d_v.data(), d_out.data(), d_lse.data(),
+                                              stream()),
+              cudaSuccess);
+    ExpectWithin(Down(d_out), ref.out, ref.out_tol, "out");
+    ExpectWithin(Down(d_lse), ref.lse, ref.lse_tol, "lse");
+    ASSERT_EQ(kernels::LaunchAttentionBackward(dims, d_q.data(), d_k.data(), d_v.data(), d_out.data(), d_lse.data(),
+                                               d_dout.data(), d_D.data(), d_dq.data(), d_dk.data(), d_dv.data(),
+                                               stream()),
+              cudaSuccess);
+    ExpectWithin(Down(d_dq), ref.dq, ref.dq_tol, "dq");
+    ExpectWithin(Down(d_dk), ref.dk, ref.dk_tol, "dk");
+    ExpectWithin(Down(d_dv), ref.dv, ref.dv_tol, "dv");
+  }
+}
+
 TEST_F(GpuTest, FlashAttentionRefusesWhatItCannotRun) {
   const kernels::AttentionDims fine{1, 8, 2, 1, 64};
   EXPECT_TRUE(kernels::FlashAttentionSupported(fine, ComputeDtype::kBf16, 80));
