@@ -231,8 +231,17 @@ TEST_F(GpuTest, RouterForwardBackwardAndProbSumsMatchCpu) {
   const int64_t N = 33, E = 8, k = 2;
   auto logits = Random(N * E, 14);
   logits[5 * E + 2] = logits[5 * E + 6] = 9.0f;  // an exact tie: both pick expert 2 first
+  // A near-tie the two sides order differently, as a GPU whose expf differs
+  // from the CPU's by an ulp would: row 7's experts 1 and 4 one ulp apart,
+  // the larger one expert 4 on the device's side and expert 1 on the CPU's.
+  // The check must accept it (the row counts as a near-tie), and only it.
+  const float base = 5.0f, above = std::nextafter(base, 6.0f);
+  std::vector<float> cpu_logits = logits;
+  logits[7 * E + 1] = base, logits[7 * E + 4] = above;
+  cpu_logits[7 * E + 1] = above, cpu_logits[7 * E + 4] = base;
   ops::RouterOutput r;
-  ops::RouterForward(N, E, k, logits.data(), &r);
+  ops::RouterForward(N, E, k, cpu_logits.data(), &r);
+  ASSERT_EQ(r.topk_expert[7 * k], 1) << "the CPU's side of the planted near-tie";
   auto d_logits = Up(logits);
   auto d_probs = Empty<float>(N * E), d_w = Empty<float>(N * k), d_sum = Empty<float>(N);
   auto d_idx = Empty<int32_t>(N * k);
@@ -278,6 +287,8 @@ TEST_F(GpuTest, RouterForwardBackwardAndProbSumsMatchCpu) {
   }
   std::printf("router top-k: %d of %lld rows chose a near-tied expert differently\n", near_ties,
               static_cast<long long>(N));
+  EXPECT_EQ(idx[7 * k], 4) << "the device's side of the planted near-tie";
+  EXPECT_EQ(near_ties, 1) << "the planted near-tie, accepted, and no other row";
   EXPECT_EQ(idx[5 * k], 2) << "an exact tie goes to the lower expert index";
   EXPECT_EQ(idx[5 * k + 1], 6);
   ExpectWithinBound(probs, r.probs, prob_bound, "router probs");
