@@ -36,6 +36,7 @@
 #include "kernels/embedding.cuh"
 #include "kernels/flash_attention.cuh"
 #include "kernels/gemm.h"
+#include "kernels/grouped_gemm.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/stream.h"
 #include "planner/gpu_profiles.h"
@@ -183,9 +184,51 @@ int Run(bool quick) {
     const double grouped_ms =
         TimeMs(stream.get(), iters, [&] { grouped.Forward(blas.get(), ComputeDtype::kFp32, f, d, problems, false); });
     Report(name, grouped_ms, flops, 0, peaks.fp32_tflops, 0);
-    std::printf("%-44s %.2fx the loop's time (%lld grouped calls, %lld single)\n\n", "  grouped / loop",
+    std::printf("%-44s %.2fx the loop's time (%lld grouped calls, %lld single)\n", "  grouped / loop",
                 grouped_ms / loop_ms, (long long)grouped.grouped_calls(), (long long)grouped.single_calls());
-    for (void* p : {(void*)x, (void*)W, (void*)y}) cudaFree(p);
+    // Our GEMM sized on the device (kernels/grouped_gemm.cuh: the sizes never
+    // reach the host, so the trainer skips a copy and a stream sync per
+    // layer that the cuBLAS calls above need and this time leaves out).
+    std::vector<int32_t> host_offsets = {0};
+    for (int64_t r : rows) host_offsets.push_back(static_cast<int32_t>(host_offsets.back() + r));
+    int32_t* offsets = DeviceZeros<int32_t>(E + 1);
+    HM_CUDA_CHECK(cudaMemcpy(offsets, host_offsets.data(), sizeof(int32_t) * (E + 1), cudaMemcpyHostToDevice));
+    auto device_sized = [&](ComputeDtype dtype, const void* a, const void* w) {
+      DeviceSizedGemm g;
+      g.product = GroupedProduct::kForward;
+      g.inputs = dtype;
+      g.N = f;
+      g.K = d;
+      g.experts = E;
+      g.offsets = offsets;
+      g.max_rows = total;
+      g.a = a;
+      g.b = w;
+      g.weight_stride = f * d;
+      g.c = y;
+      return TimeMs(stream.get(), iters, [&] { HM_CUDA_CHECK(LaunchDeviceSizedGemm(g, stream.get())); });
+    };
+    const double ours_ms = device_sized(ComputeDtype::kFp32, x, W);
+    Report("experts w1 fp32, 8 experts (sized on device)", ours_ms, flops, 0, peaks.fp32_tflops, 0);
+    std::printf("%-44s %.2fx cuBLAS grouped's time\n", "  sized on device / grouped", ours_ms / grouped_ms);
+    if (DeviceSizedGemmSupported(ComputeDtype::kBf16, 10 * prop.major + prop.minor)) {
+      uint16_t* x16 = DeviceZeros<uint16_t>(total * d);
+      uint16_t* W16 = DeviceZeros<uint16_t>(E * f * d);
+      std::vector<ExpertProblem> problems16;
+      for (int64_t e = 0; e < E; ++e)
+        problems16.push_back({rows[e], x16 + first[e] * d, W16 + e * f * d, y + first[e] * f});
+      const double loop16_ms = TimeMs(stream.get(), iters, [&] {
+        for (const ExpertProblem& p : problems16)
+          LinearForward(blas.get(), ComputeDtype::kBf16, p.rows, f, d, p.a, p.b, p.c, false);
+      });
+      Report("experts w1 bf16, 8 experts (cuBLAS loop)", loop16_ms, flops, 0, peaks.bf16_tflops, 0);
+      const double ours16_ms = device_sized(ComputeDtype::kBf16, x16, W16);
+      Report("experts w1 bf16, 8 experts (sized on device)", ours16_ms, flops, 0, peaks.bf16_tflops, 0);
+      std::printf("%-44s %.2fx the cuBLAS loop's time\n", "  sized on device / loop", ours16_ms / loop16_ms);
+      for (void* p : {(void*)x16, (void*)W16}) cudaFree(p);
+    }
+    std::printf("\n");
+    for (void* p : {(void*)x, (void*)W, (void*)y, (void*)offsets}) cudaFree(p);
   }
 
   // --- attention: Mixtral heads (32 query, 8 KV, hd 128) ---
