@@ -58,6 +58,10 @@ struct PlanRequest {
   // train.recompute: none | attention | experts | full (activations
   // recomputed in backward instead of kept).
   std::string recompute = "none";
+  // parallel.dedup: HierMoE's token deduplication on the dispatch (the
+  // forward's rows and the backward's input grads, one per token and owner
+  // rank, planner/dedup.h), as the engine runs it by default.
+  bool dedup = true;
 };
 
 // When nothing fits, the error names the most promising shape's memory

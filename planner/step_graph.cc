@@ -18,9 +18,19 @@ void CheckZebraSpec(const ZebraStepSpec& spec) {
     throw Error("simulator: a step needs at least one layer and one micro-batch");
   }
   if (spec.expert_rank.size() != layers || spec.offloaded_experts.size() != layers ||
-      spec.dispatch.size() != layers || spec.combine.size() != layers) {
+      spec.dispatch.size() != layers || spec.combine.size() != layers ||
+      (!spec.dispatch_backward.empty() && spec.dispatch_backward.size() != layers) ||
+      (!spec.combine_backward.empty() && spec.combine_backward.size() != layers)) {
     throw Error("simulator: per-layer durations must have one entry per layer (" + std::to_string(layers) + ")");
   }
+}
+
+// The backward's exchanges: their own durations where given, else the forward's.
+double DispatchBackward(const ZebraStepSpec& spec, int l) {
+  return spec.dispatch_backward.empty() ? spec.dispatch[l] : spec.dispatch_backward[l];
+}
+double CombineBackward(const ZebraStepSpec& spec, int l) {
+  return spec.combine_backward.empty() ? spec.combine[l] : spec.combine_backward[l];
 }
 
 OpLabel Label(OpKind kind, int layer, int micro_batch, bool backward = false) {
@@ -122,7 +132,7 @@ StepGraph BuildZebraStep(const ZebraStepSpec& spec) {
       // The gradient of layer l's MoE output is ready once layer l+1's
       // attention backward (or the head) has run for this micro-batch.
       const int source = l == L - 1 ? head[j] : a_bwd[l + 1][j];
-      d[j] = g.AddTask(dispatch, spec.dispatch[l], Label(OpKind::kDispatch, l, j, true), {source});
+      d[j] = g.AddTask(dispatch, DispatchBackward(spec, l), Label(OpKind::kDispatch, l, j, true), {source});
     }
     for (int j = 0; j < R; ++j) {
       e[j] = g.AddTask(expert, spec.expert_rank[l].backward, Label(OpKind::kExpertBackward, l, j), {d[j]});
@@ -135,7 +145,7 @@ StepGraph BuildZebraStep(const ZebraStepSpec& spec) {
       }
     }
     for (int j = 0; j < R; ++j) {
-      c_bwd[l][j] = g.AddTask(combine, spec.combine[l], Label(OpKind::kCombine, l, j, true), {e[j]});
+      c_bwd[l][j] = g.AddTask(combine, CombineBackward(spec, l), Label(OpKind::kCombine, l, j, true), {e[j]});
     }
     for (int j = 0; j < R; ++j) {
       a_bwd[l][j] = g.AddTask(attention, spec.attention.backward, Label(OpKind::kAttentionBackward, l, j),
@@ -178,12 +188,12 @@ StepGraph BuildSequentialStep(const ZebraStepSpec& spec) {
     }
     last_head = add(attention, spec.head, Label(OpKind::kHead, -1, j));
     for (int l = L - 1; l >= 0; --l) {
-      add(dispatch, spec.dispatch[l], Label(OpKind::kDispatch, l, j, true));
+      add(dispatch, DispatchBackward(spec, l), Label(OpKind::kDispatch, l, j, true));
       last_expert_backward[l] = add(expert, spec.expert_rank[l].backward, Label(OpKind::kExpertBackward, l, j));
       if (spec.offloaded_experts[l].Total() > 0) {
         add(attention, spec.offloaded_experts[l].backward, Label(OpKind::kOffloadedExpertBackward, l, j));
       }
-      add(combine, spec.combine[l], Label(OpKind::kCombine, l, j, true));
+      add(combine, CombineBackward(spec, l), Label(OpKind::kCombine, l, j, true));
       last_attention_backward[l] = add(attention, spec.attention.backward, Label(OpKind::kAttentionBackward, l, j));
     }
   }

@@ -54,8 +54,10 @@ struct ZebraStepSpec {
   double head = 0;                                  // H(j), forward + backward
   std::vector<PassSeconds> expert_rank;             // E(l, j) by layer
   std::vector<PassSeconds> offloaded_experts;       // EA(l, j) by layer; zero = none offloaded
-  std::vector<double> dispatch;                     // D(l, j) by layer, each pass
-  std::vector<double> combine;                      // C(l, j) by layer, each pass
+  std::vector<double> dispatch;                     // D(l, j) by layer, forward (and backward if the next is empty)
+  std::vector<double> combine;                      // C(l, j) by layer, forward (and backward if the next is empty)
+  std::vector<double> dispatch_backward;            // by layer: the output grads out; empty = dispatch
+  std::vector<double> combine_backward;             // by layer: the input grads back; empty = combine
   GradientSync attention_sync;                      // expert-less model, across all attention ranks
   std::vector<double> offloaded_expert_sync;        // by layer; empty = none
   std::vector<double> expert_sync;                  // by layer, across groups; empty = none

@@ -114,8 +114,8 @@ std::optional<LinkModel> Link(const json& j, const At& at) {
 ZebraStepSpec ZebraSpec(const json& j, const At& at) {
   CheckKeys(j,
             {"schedule", "label", "layers", "micro_batches", "link", "attention", "head", "expert_rank",
-             "offloaded_experts", "dispatch", "combine", "attention_sync", "expert_sync", "offloaded_expert_sync",
-             "attention_optimizer", "expert_optimizer"},
+             "offloaded_experts", "dispatch", "combine", "dispatch_backward", "combine_backward", "attention_sync",
+             "expert_sync", "offloaded_expert_sync", "attention_optimizer", "expert_optimizer"},
             at);
   ZebraStepSpec s;
   s.layers = PositiveInt(j, "layers", at);
@@ -133,6 +133,10 @@ ZebraStepSpec ZebraSpec(const json& j, const At& at) {
   auto transfer = [&](const json& t, const At& where) { return Transfer(t, link, where); };
   s.dispatch = PerLayer<double>(j["dispatch"], s.layers, at.Key("dispatch"), transfer);
   s.combine = PerLayer<double>(j["combine"], s.layers, at.Key("combine"), transfer);
+  if (j.contains("dispatch_backward"))
+    s.dispatch_backward = PerLayer<double>(j["dispatch_backward"], s.layers, at.Key("dispatch_backward"), transfer);
+  if (j.contains("combine_backward"))
+    s.combine_backward = PerLayer<double>(j["combine_backward"], s.layers, at.Key("combine_backward"), transfer);
   if (j.contains("attention_sync")) s.attention_sync = Sync(j["attention_sync"], at.Key("attention_sync"));
   if (j.contains("expert_sync")) s.expert_sync = PerLayer<double>(j["expert_sync"], s.layers, at.Key("expert_sync"), Seconds);
   if (j.contains("offloaded_expert_sync")) {

@@ -16,6 +16,8 @@
 //   expert_rank     {forward, backward}, or a list of L of them (by layer)
 //   offloaded_experts   the same, optional (Asym-EA; default none)
 //   dispatch, combine   a transfer (below), or a list of L of them
+//   dispatch_backward, combine_backward   the same, for the backward's
+//                       exchanges (optional: default the forward's)
 //   attention_sync  optional {head, layer, embedding}
 //   expert_sync, offloaded_expert_sync   optional lists of L
 //   attention_optimizer, expert_optimizer   optional (default 0)

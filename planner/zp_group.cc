@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "planner/dedup.h"
 
 namespace hetermoe::planner {
 namespace {
@@ -38,14 +39,16 @@ int OffloadedAt(const GroupShape& shape, int layer) {
 
 PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inventory,
                                  const GpuProfileTable& profiles, int64_t seq_len, Precision precision,
-                                 int micro_batches_in_flight, bool zero, const std::string& recompute)
+                                 int micro_batches_in_flight, bool zero, const std::string& recompute,
+                                 bool dedup)
     : model_(model),
       inventory_(inventory),
       seq_len_(seq_len),
       precision_(precision),
       micro_batches_in_flight_(micro_batches_in_flight),
       zero_(zero),
-      recompute_(recompute) {
+      recompute_(recompute),
+      dedup_(dedup) {
   for (const std::string& kind : inventory_.Kinds()) {
     KindContext& k = kinds_[kind];
     k.gpu = profiles.Find(kind);
@@ -247,8 +250,25 @@ ZebraStepSpec GroupStepSpec(const PlanningContext& ctx, const GroupShape& shape,
     const int peers = N + (offloaded > 0 ? M - 1 : 0);
     const double send = attention_link.Seconds(to_expert_ranks + to_attention_peers, peers);
     const double receive = expert_link.Seconds(M * tokens * bytes_per_token * on_rank / n, M);
-    spec.dispatch.push_back(std::max(send, receive));
-    spec.combine.push_back(std::max(send, receive));
+    const double whole = std::max(send, receive);
+    double deduplicated = whole;
+    if (ctx.dedup()) {
+      // Rows per token: to each owner rank it reaches, one. Expert ranks hold
+      // n - offloaded experts (the busiest on_rank), attention peers
+      // offloaded / M each.
+      const double row_bytes = bytes_per_token / static_cast<double>(m.top_k);
+      std::vector<int64_t> owners(static_cast<size_t>(N), (n - offloaded) / N);
+      for (int r = 0; r < (n - offloaded) % N; ++r) ++owners[r];
+      if (offloaded > 0) owners.insert(owners.end(), M - 1, offloaded / M);
+      const double rows_out = ExpectedDestinations(n, owners, m.top_k);
+      const double rows_in = M * ReachProbability(n, on_rank, m.top_k);
+      deduplicated = std::max(attention_link.Seconds(tokens * rows_out * row_bytes, peers),
+                              expert_link.Seconds(tokens * rows_in * row_bytes, M));
+    }
+    spec.dispatch.push_back(deduplicated);
+    spec.combine.push_back(whole);
+    spec.dispatch_backward.push_back(whole);
+    spec.combine_backward.push_back(deduplicated);
   }
 
   const double grad_bytes = kActivationBytes;  // fp16/bf16 gradients

@@ -12,7 +12,12 @@
 // moved onto attention ranks goes to the other M-1 attention ranks. An
 // expert rank receives from all M attention ranks. The dispatch takes as
 // long as the slower side (sender or receiver), per the alpha-beta model;
-// the combine moves the same bytes back; backward repeats both.
+// the combine moves the same bytes back; backward repeats both. With
+// deduplication (parallel.dedup, as the engine) the forward's dispatch and
+// the backward's combine (input grads) carry one row per token and owner
+// rank instead of one per routed expert, the expected count under uniform
+// routing (planner/dedup.h); the forward's combine and the backward's
+// dispatch (output grads, one per expert) stay whole.
 // Gradients are all-reduced as they become ready: 2 (P-1)/P of the bytes over
 // the slowest link of a ring, plus 2 log2(P) message latencies (NCCL's tree
 // algorithm keeps the latency logarithmic at scale).
@@ -49,7 +54,7 @@ class PlanningContext {
  public:
   PlanningContext(const ModelShape& model, const Inventory& inventory, const GpuProfileTable& profiles,
                   int64_t seq_len, Precision precision, int micro_batches_in_flight = 0, bool zero = false,
-                  const std::string& recompute = "none");
+                  const std::string& recompute = "none", bool dedup = true);
   PlanningContext(const PlanningContext&) = delete;
   PlanningContext& operator=(const PlanningContext&) = delete;
 
@@ -60,6 +65,7 @@ class PlanningContext {
   int micro_batches_in_flight() const { return micro_batches_in_flight_; }  // 0 = all
   bool zero() const { return zero_; }
   const std::string& recompute() const { return recompute_; }  // train.recompute
+  bool dedup() const { return dedup_; }                         // parallel.dedup
   const KindContext& Kind(const std::string& kind) const;
   std::vector<std::string> Kinds() const;  // inventory order
   // What may fill a role: every kind, then every pool of 2 or more kinds
@@ -83,6 +89,7 @@ class PlanningContext {
   int micro_batches_in_flight_ = 0;
   bool zero_ = false;
   std::string recompute_ = "none";
+  bool dedup_ = true;
   std::map<std::string, KindContext> kinds_;                 // kinds and pools
   std::vector<std::string> role_kinds_;
   std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind or pool -> GPUs

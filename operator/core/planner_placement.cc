@@ -75,6 +75,7 @@ class PlannerPolicy : public PlacementPolicy {
     plan_request.micro_batches_in_flight = static_cast<int>(spec.parallel.micro_batches_in_flight);
     plan_request.zero = spec.training.zero == 1;
     plan_request.recompute = spec.training.recompute;
+    plan_request.dedup = spec.dispatch.dedup;
     plan_request.baselines = false;
 
     planner::Plan plan;

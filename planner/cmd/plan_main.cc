@@ -9,11 +9,17 @@
 //                 [--no-baselines] [--timeline] [--output plan.json]
 //                 [--explain] [--exhaustive]
 //   hetermoe-plan simulate steps.json [--timeline]
+//   hetermoe-plan dedup [--experts 512] [--groups 4,8,16,32] [--top-k 2,4,6,8]
+//                 [--tokens 100000] [--json]
 //
 // `simulate` runs the step simulator alone on steps described by per-op
 // times (step_json.h): one JSON object or a list of them in, a JSON list of
 // {label, schedule, step_seconds, busy} out. bench/validate_simulator.py
 // feeds it the op times measured in traces of the distributed engine.
+//
+// `dedup` prints HierMoE's duplicate share (planner/dedup.h) for uniform
+// top-k routing over R destination groups: the planner's formula and the
+// share measured by routing --tokens tokens at random, per R and k.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -24,6 +30,7 @@
 
 #include "common/error.h"
 #include "common/mixtral_config.h"
+#include "planner/dedup.h"
 #include "planner/gpu_profiles.h"
 #include "planner/inventory.h"
 #include "planner/plan_json.h"
@@ -41,7 +48,7 @@ struct Options {
   int64_t seq_len = 0, global_batch = 0;
   int gpu_budget = 0, max_micro_batches = 64, groups = 0, in_flight = 0, zero = 0;
   std::string shape, recompute = "none";
-  bool json = false, no_asym_ea = false, no_baselines = false, timeline = false, explain = false,
+  bool json = false, no_asym_ea = false, no_dedup = false, no_baselines = false, timeline = false, explain = false,
        exhaustive = false;
 };
 
@@ -81,6 +88,7 @@ int Run(const Options& o) {
   request.global_batch = o.global_batch;
   request.gpu_budget = o.gpu_budget;
   request.asym_ea = !o.no_asym_ea;
+  request.dedup = !o.no_dedup;
   request.max_micro_batches = o.max_micro_batches;
   request.micro_batches_in_flight = o.in_flight;
   request.zero = o.zero == 1;
@@ -111,6 +119,39 @@ int Run(const Options& o) {
   return 0;
 }
 
+struct DedupOptions {
+  int64_t experts = 512;
+  std::vector<int64_t> groups = {4, 8, 16, 32};
+  std::vector<int64_t> top_k = {2, 4, 6, 8};
+  int64_t tokens = 100000;
+  bool json = false;
+};
+
+int Dedup(const DedupOptions& o) {
+  nlohmann::json rows = nlohmann::json::array();
+  if (!o.json) {
+    std::printf("duplicate share of top-k routing over R groups, E = %lld experts, uniform routing\n",
+                static_cast<long long>(o.experts));
+    std::printf("(formula: 1 - sum_g P(reach g) / k; measured: %lld tokens routed at random)\n\n",
+                static_cast<long long>(o.tokens));
+    std::printf("%6s %4s %10s %10s\n", "R", "k", "formula %", "measured %");
+  }
+  uint64_t seed = 1;
+  for (int64_t r : o.groups)
+    for (int64_t k : o.top_k) {
+      const double formula = planner::DuplicateShare(o.experts, r, k);
+      const double measured = planner::MeasureDuplicateShare(o.experts, r, k, o.tokens, seed++);
+      if (o.json)
+        rows.push_back({{"groups", r}, {"top_k", k}, {"formula", formula}, {"measured", measured}});
+      else
+        std::printf("%6lld %4lld %10.2f %10.2f\n", static_cast<long long>(r), static_cast<long long>(k),
+                    100 * formula, 100 * measured);
+    }
+  if (o.json) std::cout << nlohmann::json{{"experts", o.experts}, {"tokens", o.tokens}, {"shares", rows}}.dump(2)
+                        << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,6 +176,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"none", "attention", "experts", "full"}));
   app.add_flag("--json", o.json, "Print the plan file (JSON) instead of the table");
   app.add_flag("--no-asym-ea", o.no_asym_ea, "Do not move experts onto attention ranks");
+  app.add_flag("--no-dedup", o.no_dedup,
+               "parallel.dedup false: price the dispatch without HierMoE's token deduplication");
   app.add_flag("--no-baselines", o.no_baselines, "Skip the EP, DistEP, EP-Ideal and PP predictions");
   app.add_flag("--timeline", o.timeline, "Include the simulated per-rank timeline in the JSON");
   app.add_option("--output,-o", o.output, "Also write the JSON plan to this file");
@@ -151,11 +194,19 @@ int main(int argc, char** argv) {
       "simulate", "Simulate steps given by per-op times (JSON, see planner/step_json.h); print step times");
   simulate->add_option("steps", so.steps, "JSON file: one step or a list of steps")->required();
   simulate->add_flag("--timeline", so.timeline, "Include each resource's busy intervals");
+  DedupOptions dedup_options;
+  CLI::App* dedup = app.add_subcommand(
+      "dedup", "Duplicate share of top-k routing over R groups (HierMoE's table): formula and measured");
+  dedup->add_option("--experts", dedup_options.experts, "Experts E (divisible by every R)");
+  dedup->add_option("--groups", dedup_options.groups, "Destination groups R (comma-separated)")->delimiter(',');
+  dedup->add_option("--top-k", dedup_options.top_k, "Experts per token k (comma-separated)")->delimiter(',');
+  dedup->add_option("--tokens", dedup_options.tokens, "Tokens routed at random for the measured share");
+  dedup->add_flag("--json", dedup_options.json, "Print JSON");
   app.require_subcommand(0, 1);
 
   try {
     app.parse(argc, argv);
-    if (!simulate->parsed()) {
+    if (!simulate->parsed() && !dedup->parsed()) {
       for (CLI::Option* input : plan_inputs) {
         if (input->count() == 0) throw CLI::RequiredError(input->get_name());
       }
@@ -169,6 +220,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   try {
+    if (dedup->parsed()) return Dedup(dedup_options);
     return simulate->parsed() ? Simulate(so) : Run(o);
   } catch (const hetermoe::Error& e) {
     std::fprintf(stderr, "hetermoe-plan: error: %s\n", e.what());
