@@ -375,6 +375,27 @@ void BlockRunner::Touch(const void* address, size_t bytes, bool write, const voi
     race_ = DescribeRace(*race, code);
 }
 
+namespace {
+// "; the second access is at <module>+0x1a2b (<function>)", or nothing when
+// the instruction's module is unknown.
+std::string SecondAccess(const void* code) {
+  std::ostringstream out;
+  Dl_info info{};
+  if (code != nullptr && dladdr(code, &info) != 0 && info.dli_fname != nullptr) {
+    const char* file = std::strrchr(info.dli_fname, '/');
+    out << "; the second access is at " << (file ? file + 1 : info.dli_fname) << "+0x" << std::hex
+        << (reinterpret_cast<uintptr_t>(code) - reinterpret_cast<uintptr_t>(info.dli_fbase)) << std::dec;
+    if (info.dli_sname != nullptr) {
+      int status = 0;
+      char* name = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+      out << " (" << (status == 0 ? name : info.dli_sname) << ")";
+      std::free(name);
+    }
+  }
+  return out.str();
+}
+}  // namespace
+
 void BlockRunner::SetGlobalRaceCheck(GlobalRaceDetector* detector) {
   global_races_ = detector;
   device_ranges_.clear();
@@ -423,18 +444,7 @@ std::string BlockRunner::DescribeGlobalRace(const GlobalRaceDetector::Race& race
     out << " (blocks of a grid run in no order: one block's write is not another's to read or write)";
   else
     out << " with no __syncthreads between them";
-  Dl_info info{};
-  if (code != nullptr && dladdr(code, &info) != 0 && info.dli_fname != nullptr) {
-    const char* file = std::strrchr(info.dli_fname, '/');
-    out << "; the second access is at " << (file ? file + 1 : info.dli_fname) << "+0x" << std::hex
-        << (reinterpret_cast<uintptr_t>(code) - reinterpret_cast<uintptr_t>(info.dli_fbase)) << std::dec;
-    if (info.dli_sname != nullptr) {
-      int status = 0;
-      char* name = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-      out << " (" << (status == 0 ? name : info.dli_sname) << ")";
-      std::free(name);
-    }
-  }
+  out << SecondAccess(code);
   return out.str();
 }
 
@@ -458,18 +468,7 @@ std::string BlockRunner::DescribeRace(const SharedRaceDetector::Race& race, cons
       << " it with no __syncthreads between them";
   if (race.earlier.thread / kWarpSize == race.later.thread / kWarpSize)
     out << " and no __syncwarp both lanes took part in (lanes of a warp need not run in lockstep)";
-  Dl_info info{};
-  if (code != nullptr && dladdr(code, &info) != 0 && info.dli_fname != nullptr) {
-    const char* file = std::strrchr(info.dli_fname, '/');
-    out << "; the second access is at " << (file ? file + 1 : info.dli_fname) << "+0x" << std::hex
-        << (reinterpret_cast<uintptr_t>(code) - reinterpret_cast<uintptr_t>(info.dli_fbase)) << std::dec;
-    if (info.dli_sname != nullptr) {
-      int status = 0;
-      char* name = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-      out << " (" << (status == 0 ? name : info.dli_sname) << ")";
-      std::free(name);
-    }
-  }
+  out << SecondAccess(code);
   return out.str();
 }
 
