@@ -26,7 +26,7 @@ inline Inventory Cluster(const std::vector<KindCount>& kinds, const std::string&
     std::string prefix = k.gpu;
     std::transform(prefix.begin(), prefix.end(), prefix.begin(), [](unsigned char c) { return std::tolower(c); });
     for (int left = k.count, i = 0; left > 0; left -= k.per_node, ++i) {
-      inventory.nodes.push_back({prefix + "-" + std::to_string(i), k.gpu, std::min(left, k.per_node), 0});
+      inventory.nodes.push_back({prefix + "-" + std::to_string(i), k.gpu, std::min(left, k.per_node), 0, ""});
     }
   }
   return inventory;
