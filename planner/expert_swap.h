@@ -31,12 +31,29 @@ struct SwapChoice {
   std::vector<int64_t> rows_before, rows_after;  // deduplicated rows per rank
 };
 
+// What the choice needs, additive over disjoint sets of tokens (so ranks
+// that each routed some of a step's tokens sum theirs): the deduplicated
+// rows per rank, and for every pair a < b of experts on different ranks the
+// change a swap would make to the rows of a's rank and of b's rank.
+struct SwapTable {
+  int64_t experts = 0;
+  int ranks = 0;
+  std::vector<double> rows;   // [ranks]
+  std::vector<double> delta;  // [(a * experts + b) * 2 + {0: a's rank, 1: b's rank}], a < b
+};
+// tokens_of[e]: the (any) ids of the tokens that chose expert e; a token's
+// experts are distinct.
+SwapTable MakeSwapTable(const std::vector<std::vector<int64_t>>& tokens_of, const std::vector<int>& owner, int ranks);
+// The swap with the lowest smooth max after it, if it lowers the score.
+SwapChoice ChooseSwap(const SwapTable& table, const std::vector<int>& owner, double g = 10);
+
 // max * (sum (x / max)^g)^(1/g); 0 for all zeros.
 double SmoothMax(const std::vector<int64_t>& rows, double g = 10);
 // Deduplicated rows each rank receives: tokens with at least one expert
 // on it. owner[e] = the rank holding expert e, in [0, ranks).
 std::vector<int64_t> DeduplicatedRows(const LayerRouting& routing, const std::vector<int>& owner, int ranks);
-// The best swap (lowest smooth max after it), if it lowers the score.
+// The best swap (lowest smooth max after it), if it lowers the score:
+// ChooseSwap(MakeSwapTable(the routing's tokens per expert)).
 SwapChoice BestSwap(const LayerRouting& routing, const std::vector<int>& owner, int ranks, double g = 10);
 
 }  // namespace hetermoe::planner

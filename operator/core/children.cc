@@ -147,6 +147,7 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
     y << placement.asym_ea << "\n";
   }
   y << "  dedup: " << (spec.dispatch.dedup ? "true" : "false") << "\n"
+    << "  swap_every: " << spec.dispatch.swap_every << "\n"
     << "  transport: " << spec.dispatch.transport << "\n"
     << "  micro_batches_in_flight: " << spec.parallel.micro_batches_in_flight << "\n"
     << "  timeout_seconds: " << spec.parallel.timeout_seconds << "\n"

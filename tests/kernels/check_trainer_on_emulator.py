@@ -59,7 +59,7 @@ def parallel(a, e, g, schedule, asym):
             f"asym_ea: {asym}}}")
 
 
-def run(args, out, device, precision="fp32", env_extra=None, extra=(), expect_ok=True):
+def run(args, out, device, precision="fp32", env_extra=None, extra=(), expect_ok=True, stderr=None):
     env = dict(os.environ, HETERMOE_CUDA_PLUGIN=args.plugin, OMP_WAIT_POLICY="passive", **(env_extra or {}))
     cmd = [args.trainer, "--config", args.run_file, "--no-progress", "--set", f"output.dir={out}",
            "--set", f"train.device={device}", "--set", f"train.precision={precision}", *extra]
@@ -68,6 +68,8 @@ def run(args, out, device, precision="fp32", env_extra=None, extra=(), expect_ok
         return p
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr}")
+    if stderr is not None:
+        stderr.append(p.stderr)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
     weights, _ = read_safetensors(os.path.join(out, "final", "model.safetensors"))
@@ -257,6 +259,18 @@ def main():
     waves = run(args, os.path.join(args.work, "t-nccl-waves"), "cuda",
                 extra=["--set", f"{two}, micro_batches_in_flight: 1}}"])
     compare_losses("2+2 nccl in waves of 1", cpu, waves, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    # HierMoE's expert swap after every step on the GPUs: experts' weights and
+    # AdamW moments move between the owners' devices (NCCL: from the device
+    # optimizer's state; gloo: the host copies), the gate's rows swap.
+    for transport in ("nccl", "gloo"):
+        logs = []
+        swapped = run(args, os.path.join(args.work, f"t-{transport}-swap"), "cuda", stderr=logs,
+                      extra=["--set", parallel(*SHAPES[2])[:-1] + f", transport: {transport}, swap_every: 1}}"])
+        swaps = logs[0].count("expert swap: layer")
+        print(f"1+3 asym [1, 0] {transport} with expert swaps: {swaps} swaps")
+        if swaps == 0:
+            problems.append(f"{transport}: no expert was swapped")
+        compare_losses(f"1+3 {transport} swap every step", cpu, swapped, 1e-4, problems, weights_tol=(1e-5, 1e-4))
     bf16 = {t: run(args, os.path.join(args.work, f"t-{t}-bf16"), "cuda", "bf16",
                    extra=["--set", f"{two}, transport: {t}}}"]) for t in ("gloo", "nccl")}
     ratio = sum(m["exchange_bytes"] for m in bf16["nccl"][0]) / sum(m["exchange_bytes"] for m in bf16["gloo"][0])

@@ -178,6 +178,48 @@ def check_dedup(trainer, run_file, work, ref):
     return ok
 
 
+def check_swap(trainer, run_file, work, ref, schedule):
+    """HierMoE's expert swap (parallel.swap_every 1: after every step, per
+    layer, the best pair of experts on different ranks trade places, weights
+    and AdamW moments moved, the gate's rows swapped) trains the same model:
+    losses, routing counts (by original expert) and the exported weights (in
+    the original order) as the single process, while the routed load across
+    the owners evens out."""
+    ok = True
+    shapes = {"zebra": [(1, 3, 1, None, ""), (2, 2, 1, None, ", zero: 1"), (1, 3, 1, "[1, 0]", ""), (1, 2, 2, None, "")],
+              "sequential": [(1, 3, 1, None, "")], "ep": [(1, 1, 1, None, "")]}[schedule]
+    for m, n, g, asym, extra in shapes:
+        name = f"swap {schedule} {g}x({m}+{n})" + (f" asym_ea={asym}" if asym else "") + extra.replace(",", "")
+        base = (f"parallel={{attention_ranks: {m}, expert_ranks: {n}, groups: {g}, schedule: {schedule}, "
+                f"timeout_seconds: 30" + (f", asym_ea: {asym}" if asym else ""))
+        sets = ["--set", base + ", swap_every: 1}"]
+        if "zero" in extra:
+            sets += ["--set", "train.zero=1"]
+        out = os.path.join(work, name.replace(" ", "_").replace("=", "").replace(",", "").replace(":", ""))
+        try:
+            got = run(trainer, run_file, out, sets)
+            problems = compare(name, ref, got)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            problems, got = [str(e)], (None, None, 0.0, "")
+        swaps = got[3].count("expert swap: layer") if got[3] else 0
+        if not problems and swaps == 0:
+            problems.append("no expert was swapped")
+        if not problems and (m, n, schedule, asym) == (1, 3, "zebra", None):
+            # Steps 2-5 (after the first swaps): the routed rows' max / mean over the owners.
+            off = run(trainer, run_file, out + "-off", ["--set", base + "}"])
+            mean = lambda ms: sum(sum(x["expert_load_imbalance"]) for x in ms[1:]) / sum(len(x["expert_load_imbalance"]) for x in ms[1:])
+            before, after = mean(off[0]), mean(got[0])
+            print(f"    load imbalance (max/mean of routed rows over the owners, steps 2-5): {before:.3f} without "
+                  f"swaps, {after:.3f} with")
+            if not after < before:
+                problems.append(f"swapping did not lower the load imbalance ({after:.3f} vs {before:.3f})")
+        print(f"{name:40s} {'ok' if not problems else 'MISMATCH'} ({got[2]:.1f} s, {swaps} swaps)")
+        for p in problems[:5]:
+            print(f"    {p}")
+        ok = ok and not problems
+    return ok
+
+
 def check_zero(trainer, run_file, work, ref):
     """train.zero 1 (ZeRO-1: the dense AdamW moments sharded over the
     attention ranks of every group) trains the same model, holds less on
@@ -302,6 +344,8 @@ def main():
                     print(f"    {p}")
                 failures += bool(problems)
                 shutil.rmtree(out, ignore_errors=True)
+    for schedule in schedules:
+        failures += not check_swap(args.trainer, run_file, args.work, ref, schedule)
     if "zebra" in schedules:
         failures += not check_trace(args.trainer, run_file, args.work)
         failures += not check_resume(args.trainer, run_file, args.work)

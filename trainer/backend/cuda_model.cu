@@ -330,8 +330,10 @@ struct DeviceMicroBatch::State {
   DeviceBuffer<float> dnormed, dh, dm, dweight, dgate, aux_dprob;
   DeviceBuffer<float> dq, dk, dv, dattn, attn_D;
   DeviceBuffer<float> normed;  // [N, d] 16-bit runs: a normed input on its way to its kept 16-bit copy
-  std::vector<int64_t> aux_counts;
+  std::vector<int64_t> aux_counts;  // by original expert (order)
   int64_t aux_rows = 0;
+  std::shared_ptr<const std::vector<std::vector<int32_t>>> order;
+  int64_t Original(int64_t l, int64_t e) const { return order && !order->empty() ? (*order)[l][e] : e; }
 
   template <typename T>
   void Alloc(DeviceBuffer<T>& b, int64_t n) {
@@ -394,7 +396,7 @@ struct DeviceMicroBatch::State {
     Alloc(dm, N * d);
     Alloc(dweight, A);
     Alloc(dgate, N * E);
-    Alloc(aux_dprob, E);
+    Alloc(aux_dprob, c.num_hidden_layers * E);
     Alloc(dq, N * qd);
     Alloc(dk, N * kvd);
     Alloc(dv, N * kvd);
@@ -480,6 +482,10 @@ void DeviceMicroBatch::RecomputeAttention(std::shared_ptr<AttentionActivations> 
   shared->a16.Bind(&state_->m.allocator);
   shared->m16.Bind(&state_->m.allocator);
   state_->shared = std::move(shared);
+}
+
+void DeviceMicroBatch::SetExpertOrder(std::shared_ptr<const std::vector<std::vector<int32_t>>> order) {
+  state_->order = std::move(order);
 }
 
 void DeviceMicroBatch::EmbedForward(const model::MicroBatch& mb) {
@@ -619,8 +625,8 @@ model::LossParts DeviceMicroBatch::HeadForward() {
   std::vector<double> aux_prob_sums(E, 0.0);
   for (int64_t l = 0; l < L; ++l)
     for (int64_t e = 0; e < E; ++e) {
-      st.aux_counts[e] += st.layers[l].rows.counts[e];
-      aux_prob_sums[e] += host_prob_sums[l * E + e];
+      st.aux_counts[st.Original(l, e)] += st.layers[l].rows.counts[e];
+      aux_prob_sums[st.Original(l, e)] += host_prob_sums[l * E + e];
     }
   st.aux_rows = N * L;
   double ce = 0.0;
@@ -650,9 +656,14 @@ void DeviceMicroBatch::HeadBackward(float loss_scale) {
                                                m.params.data() + m.layout.final_norm, st.final_rstd.data(), N, d,
                                                st.dh.data(), m.grads.data() + m.layout.final_norm,
                                                m.RmsNormWorkspace(N, d), m.s()));
-  std::vector<float> host_aux_dprob(E);
-  for (int64_t e = 0; e < E; ++e)
-    host_aux_dprob[e] = math::AuxLossProbGrad(scale, c.router_aux_loss_coef, E, st.aux_counts[e], st.aux_rows);
+  // Per layer, in its slots' order (the same in every layer unless experts
+  // were swapped).
+  const int64_t L = c.num_hidden_layers;
+  std::vector<float> host_aux_dprob(L * E);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t e = 0; e < E; ++e)
+      host_aux_dprob[l * E + e] =
+          math::AuxLossProbGrad(scale, c.router_aux_loss_coef, E, st.aux_counts[st.Original(l, e)], st.aux_rows);
   HM_CUDA_CHECK(cudaMemcpyAsync(st.aux_dprob.data(), host_aux_dprob.data(), st.aux_dprob.bytes(),
                                 cudaMemcpyHostToDevice, m.s()));
   HM_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // host_aux_dprob is a local
@@ -686,7 +697,7 @@ void DeviceMicroBatch::AttentionBackward(int64_t l) {
   HM_CUDA_CHECK(kernels::LaunchScatterAddRows(la.rows.dxp.data(), la.row_of.data(), N, k, d, st.dm.data(), m.s()));
   // The gate's second branch: the routing weights scale the expert outputs.
   HM_CUDA_CHECK(kernels::LaunchRouterBackward(la.probs.data(), la.topk_expert.data(), la.topk_weight.data(),
-                                              la.topk_sum.data(), st.dweight.data(), st.aux_dprob.data(), N, E, k,
+                                              la.topk_sum.data(), st.dweight.data(), st.aux_dprob.data() + l * E, N, E, k,
                                               st.dgate.data(), m.s()));
   m.LinearDwOp(N, E, d, st.dgate.data(), st.MOp(at), lo.gate);
   m.LinearDx(N, E, d, st.dgate.data(), lo.gate, st.dm.data(), true);

@@ -172,6 +172,9 @@ class DeviceMicroBatch {
   // its one stream), and are computed again before each layer's backward.
   // Call before the first EmbedForward.
   void RecomputeAttention(std::shared_ptr<AttentionActivations> shared);
+  // The experts' original indices by slot (model::ExpertOrder; null or
+  // empty = identity): the aux loss sums per original expert.
+  void SetExpertOrder(std::shared_ptr<const std::vector<std::vector<int32_t>>> order);
 
   // The stages, as model::MixtralCpu has them.
   void EmbedForward(const model::MicroBatch& batch);

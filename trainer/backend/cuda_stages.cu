@@ -34,8 +34,11 @@ namespace {
 
 class CudaMicroBatchStages final : public model::MicroBatchStages {
  public:
-  CudaMicroBatchStages(DeviceModel& m, std::shared_ptr<AttentionActivations> recompute) : m_(m), mb_(m) {
+  CudaMicroBatchStages(DeviceModel& m, std::shared_ptr<AttentionActivations> recompute,
+                       std::shared_ptr<const model::ExpertOrder> order)
+      : m_(m), mb_(m) {
     if (recompute) mb_.RecomputeAttention(std::move(recompute));
+    mb_.SetExpertOrder(std::move(order));
     const auto L = static_cast<size_t>(m.config.num_hidden_layers);
     plans_.resize(L);
     xp_.resize(L);
@@ -165,7 +168,7 @@ class CudaStageDevice final : public model::StageDevice {
     // Micro-batches run their stages in order on the model's stream, so they
     // can share one set of recomputed attention activations.
     if (recompute_attention_ && !attention_) attention_ = std::make_shared<AttentionActivations>();
-    return std::make_unique<CudaMicroBatchStages>(m_, recompute_attention_ ? attention_ : nullptr);
+    return std::make_unique<CudaMicroBatchStages>(m_, recompute_attention_ ? attention_ : nullptr, expert_order_);
   }
   std::unique_ptr<model::ExpertBlock> NewExpertBlock() override {
     return std::make_unique<CudaExpertBlock>(m_, recompute_experts_);

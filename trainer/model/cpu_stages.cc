@@ -11,9 +11,10 @@ namespace {
 class CpuMicroBatch final : public MicroBatchStages {
  public:
   CpuMicroBatch(const io::MixtralConfig& config, const ParameterLayout& layout, const float* params, float* grads,
-                std::shared_ptr<MixtralCpu::AttentionActivations> recompute)
+                std::shared_ptr<MixtralCpu::AttentionActivations> recompute, std::shared_ptr<const ExpertOrder> order)
       : model_(config, layout), params_(params), grads_(grads) {
     if (recompute) model_.RecomputeAttention(std::move(recompute));
+    model_.SetExpertOrder(std::move(order));
   }
   void EmbedForward(const MicroBatch& batch) override { model_.EmbedForward(params_, batch); }
   void AttentionForward(int64_t l) override { model_.AttentionForward(params_, l); }
@@ -106,7 +107,7 @@ class CpuStageDevice final : public StageDevice {
     if (recompute_attention_ && !attention_)
       attention_ = std::make_shared<MixtralCpu::AttentionActivations>();
     return std::make_unique<CpuMicroBatch>(config_, layout_, params_, grads_,
-                                           recompute_attention_ ? attention_ : nullptr);
+                                           recompute_attention_ ? attention_ : nullptr, expert_order_);
   }
   std::unique_ptr<ExpertBlock> NewExpertBlock() override {
     return std::make_unique<CpuExpertBlock>(config_, layout_, params_, grads_, recompute_experts_);

@@ -134,9 +134,9 @@ void MixtralCpu::AttentionForward(const float* params, int64_t l) {
   la.plan = ops::MakeDispatchPlan(N, k, E, la.router.topk_expert.data());
   ops::DispatchGather(la.plan, d, at.m.data(), la.xp.data());
 
-  for (int64_t e = 0; e < E; ++e) aux_counts_[e] += la.plan.counts[e];
+  for (int64_t e = 0; e < E; ++e) aux_counts_[Original(l, e)] += la.plan.counts[e];
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t e = 0; e < E; ++e) aux_prob_sums_[e] += la.router.probs[n * E + e];
+    for (int64_t e = 0; e < E; ++e) aux_prob_sums_[Original(l, e)] += la.router.probs[n * E + e];
   aux_rows_ += N;
 }
 
@@ -235,7 +235,13 @@ void MixtralCpu::AttentionBackward(const float* params, float* grads, int64_t l)
   std::vector<float>& dgate = gate_logits_;
   std::fill(dm.begin(), dm.end(), 0.0f);
   ops::DispatchScatterAdd(la.plan, d, la.dxp.data(), dm.data());
-  ops::RouterBackward(N, E, k, la.router, la.dweight.data(), aux_dprob_.data(), dgate.data());
+  const float* dprob = aux_dprob_.data();
+  if (order_ && !order_->empty()) {
+    layer_dprob_.resize(E);
+    for (int64_t e = 0; e < E; ++e) layer_dprob_[e] = aux_dprob_[Original(l, e)];
+    dprob = layer_dprob_.data();
+  }
+  ops::RouterBackward(N, E, k, la.router, la.dweight.data(), dprob, dgate.data());
   ops::LinearBackwardWeight(N, E, d, dgate.data(), at.m.data(), grads + lo.gate);
   ops::LinearBackwardInput(N, E, d, dgate.data(), params + lo.gate, dm.data(), true);
   ops::RmsNormBackward(N, d, dm.data(), at.h_mid.data(), params + lo.post_norm, at.rstd2.data(),

@@ -66,6 +66,9 @@ class MixtralCpu {
   // and are computed again before each layer's backward: the same values,
   // so the same training. Call before the first Forward/EmbedForward.
   void RecomputeAttention(std::shared_ptr<AttentionActivations> shared);
+  // The experts' original indices by slot (stages.h's ExpertOrder; null or
+  // empty = identity): the aux loss sums per original expert.
+  void SetExpertOrder(std::shared_ptr<const std::vector<std::vector<int32_t>>> order) { order_ = std::move(order); }
 
   // --- whole passes ---
   // Computes logits and the loss; keeps what Backward needs.
@@ -141,7 +144,10 @@ class MixtralCpu {
   std::vector<int64_t> aux_counts_;       // [E] over all layers
   std::vector<double> aux_prob_sums_;     // [E] over all layers
   int64_t aux_rows_ = 0;
-  std::vector<float> aux_dprob_;          // [E] set by HeadBackward
+  std::vector<float> aux_dprob_;          // [E] set by HeadBackward, by original expert
+  std::vector<float> layer_dprob_;        // [E] aux_dprob_ in one layer's slot order
+  std::shared_ptr<const std::vector<std::vector<int32_t>>> order_;
+  int64_t Original(int64_t l, int64_t e) const { return order_ && !order_->empty() ? (*order_)[l][e] : e; }
   std::vector<float> dh_;                 // [N, d] gradient of the residual stream
   // Scratch reused by every layer (sized once in Resize, not per call).
   std::vector<float> gate_logits_;        // [N, E]; backward: d loss / d gate logits

@@ -163,11 +163,20 @@ class ExpertBlock {
   virtual void BackwardOnDevice();
 };
 
+// Which expert (original index) each slot of each layer holds, [l][slot],
+// after HierMoE's expert swap relabelled experts (trainer/parallel/
+// expert_swap.cc); empty = every slot its own. The stages need it only for
+// the aux loss, which Mixtral sums per expert index over every layer.
+using ExpertOrder = std::vector<std::vector<int32_t>>;
+
 // A rank's device: its copy of the parameters and gradients (laid out as
 // ParameterLayout), and the stage objects that compute with them.
 class StageDevice {
  public:
   virtual ~StageDevice() = default;
+  // The order the micro-batches made by this device use from their next
+  // step on (they share it).
+  void SetExpertOrder(const ExpertOrder& order) { *expert_order_ = order; }
   virtual std::string name() const = 0;
   virtual std::string precision() const { return "fp32"; }  // as Backend::precision
   virtual std::unique_ptr<MicroBatchStages> NewMicroBatch() = 0;
@@ -249,6 +258,9 @@ class StageDevice {
  protected:
   bool recompute_experts_ = false;
   bool recompute_attention_ = false;
+
+ protected:
+  std::shared_ptr<ExpertOrder> expert_order_ = std::make_shared<ExpertOrder>();
 };
 
 }  // namespace hetermoe::model

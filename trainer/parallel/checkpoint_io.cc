@@ -101,6 +101,7 @@ void DistributedBackend::Download(backend::HostState* s) {
       }
     m.everyone->Isend(buf.data(), buf.size() * sizeof(float), 0, tag)->Wait();
   }
+  if (rank_ == 0) m.ToOriginalOrder(s);
 }
 
 void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorFetch& fetch)>& write) {
@@ -139,7 +140,7 @@ void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorF
   std::vector<int> owner(ts.size(), -1);  // group 0's local rank holding each tensor rank 0 lacks
   for (int o = 1; o < m.P; ++o)
     for (size_t i : m.own.group_experts[o]) owner[i] = o;
-  const TensorFetch fetch = [&](size_t i, int buffer, int64_t first, int64_t count, float* out) {
+  const TensorFetch stored = [&](size_t i, int buffer, int64_t first, int64_t count, float* out) {
     if (const float* src = mine(i, buffer)) {
       std::copy_n(src + first, count, out);
       return;
@@ -151,6 +152,19 @@ void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorF
     const int64_t request[4] = {static_cast<int64_t>(i), buffer, first, count};
     m.everyone->Isend(request, sizeof request, peer, kRequest)->Wait();
     m.everyone->Irecv(out, count * sizeof(float), peer, kReply)->Wait();
+  };
+  // In the experts' original order (expert_swap.cc): an expert's tensors
+  // from the slot that holds it, the gate's rows reordered.
+  const TensorFetch fetch = [&](size_t i, int buffer, int64_t first, int64_t count, float* out) {
+    if (m.swaps_made == 0) return stored(i, buffer, first, count, out);
+    if (const int l = m.GateLayer(i); l >= 0) {
+      std::vector<float> gate(static_cast<size_t>(ts[i].numel));
+      stored(i, buffer, 0, ts[i].numel, gate.data());
+      m.GateToOriginalOrder(l, gate.data());
+      std::copy_n(gate.data() + first, count, out);
+      return;
+    }
+    stored(m.StoredTensor(i), buffer, first, count, out);
   };
   auto release = [&] {
     const int64_t done[4] = {-1, 0, 0, 0};

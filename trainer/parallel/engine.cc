@@ -43,6 +43,10 @@ DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::Paramete
   f = c.intermediate_size;
   k = c.num_experts_per_tok;
   order = TaskOrder(p, rank);
+  for (int l = 0; l < L; ++l) {
+    expert_of_slot.emplace_back(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) expert_of_slot[l][e] = static_cast<int32_t>(e);
+  }
   params.assign(own.local.total(), 0.0f);
   grads.assign(own.local.total(), 0.0f);
   std::vector<bool> local_moments(own.local.tensors().size(), false);
@@ -123,6 +127,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.bytes_sent = 0;
   m.rows_sent.assign(m.L, 0);
   m.rows_to_rank.assign(static_cast<size_t>(m.L) * m.placement.world_size(), 0);
+  if (m.swap_every > 0) m.routed.assign(m.L, std::vector<std::vector<int64_t>>(m.E));
   const float loss_scale = 1.0f / static_cast<float>(step.micro_batches);
 
   m.posted.assign(static_cast<size_t>(model::RowExchange::kChannels) * m.L * m.R, -1);
@@ -197,7 +202,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   out.expert_tokens.assign(m.L, std::vector<int64_t>(m.E));
   for (int l = 0; l < m.L; ++l)
     for (int64_t e = 0; e < m.E; ++e)
-      out.expert_tokens[l][e] = static_cast<int64_t>(sums[11 + l * m.E + e]);
+      out.expert_tokens[l][m.expert_of_slot[l][e]] = static_cast<int64_t>(sums[11 + l * m.E + e]);
   const int world = m.placement.world_size();
   out.dispatch_rows_sent.assign(sums.begin() + dispatch_at, sums.begin() + dispatch_at + m.L);
   out.expert_load_imbalance.assign(m.L, 0);

@@ -74,6 +74,17 @@ class DistributedBackend final : public backend::Backend {
   // sent once and fanned out there, and the owner sums that token's input
   // grads before sending them back. Set before the first step.
   void SetDedup(bool on);
+  // parallel.swap_every: HierMoE's expert swap (expert_swap.cc). Every this
+  // many optimizer steps, in each layer, the two experts on different ranks
+  // whose swap most lowers the smooth max of the ranks' deduplicated rows in
+  // the last step (planner/expert_swap.h, summed over every attention rank)
+  // trade places: slot a takes expert b's weights and AdamW moments and the
+  // gate's rows a and b swap, which leaves the model's function as it was.
+  // Routing counts in StepLoss and checkpoints keep the experts' original
+  // indices. 0 = never. Set before the first step.
+  void SetSwapEvery(int steps);
+  // Swaps made so far.
+  int64_t SwapsMade() const;
   // parallel.micro_batches_in_flight: at most this many of a step's
   // micro-batches (per attention rank) have activations alive; zebra runs
   // them in waves of that many (0 = all at once, zebra's order). Training is

@@ -108,6 +108,25 @@ struct DistributedBackend::Impl {
   std::vector<int32_t> unique_of;                              // MakeDedup's scratch: token -> unique
   std::vector<std::vector<float>> grad_sums;                   // [l][j][owner] input grads per unique token
   bool dedup = true;
+  // HierMoE's expert swap (SetSwapEvery, expert_swap.cc).
+  int swap_every = 0;
+  int64_t optimizer_calls = 0, swaps_made = 0;
+  std::vector<std::vector<std::vector<int64_t>>> routed;  // [l][slot]: this step's tokens here that chose it
+  std::vector<std::vector<int32_t>> expert_of_slot;       // [l][slot]: the expert (original index) it holds
+  void RecordRouting(int l, int j, const ops::DispatchPlan& plan);
+  void SwapExperts();  // after an optimizer step that is due
+  void Relabel(int l, int64_t a, int64_t b);
+  // Layout index of tensor `name`.
+  size_t TensorIndex(const std::string& name) const;
+  // The layout index holding tensor i in the experts' original order (an
+  // expert tensor of a swapped expert lives in its slot's tensor).
+  size_t StoredTensor(size_t i) const;
+  // Layer of a gate tensor, else -1.
+  int GateLayer(size_t i) const;
+  // Layer l's gate [E, d] from slot order to the experts' original order, in place.
+  void GateToOriginalOrder(int l, float* gate) const;
+  // A whole model's state (Download) from slot order to the original order.
+  void ToOriginalOrder(backend::HostState* s) const;
   double bytes_sent = 0;                                       // dispatch + combine, this step
   // This step's dispatch, per layer: the rows sent to owners for their
   // routed rows (one per token and owner with dedup), and the routed rows

@@ -178,13 +178,14 @@ void DistributedBackend::OptimizerStep(double lr) {
     m.device->AdamWStep(lr);  // the local tensors whose moments are here
     m.adamw->set_step(m.adamw->step() + 1);
     m.GatherDenseShards();
-    return;
+  } else {
+    m.adamw->Step(m.params.data(), m.grads.data(), lr);  // the tensors whose moments are here
+    m.GatherDenseShards();
+    std::vector<size_t> updated(m.own.local.tensors().size());
+    for (size_t i = 0; i < updated.size(); ++i) updated[i] = i;
+    m.device->SetParams(m.params.data(), updated);
   }
-  m.adamw->Step(m.params.data(), m.grads.data(), lr);  // the tensors whose moments are here
-  m.GatherDenseShards();
-  std::vector<size_t> updated(m.own.local.tensors().size());
-  for (size_t i = 0; i < updated.size(); ++i) updated[i] = i;
-  m.device->SetParams(m.params.data(), updated);
+  if (m.swap_every > 0 && ++m.optimizer_calls % m.swap_every == 0) m.SwapExperts();
 }
 
 }  // namespace hetermoe::parallel

@@ -238,6 +238,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
       },
       rc.train.zero == 1);
   engine->SetDedup(p.dedup);
+  engine->SetSwapEvery(static_cast<int>(p.swap_every));
   const std::string transport = engine->SetTransport(
       p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));
   const int in_flight = engine->SetInFlight(p.micro_batches_in_flight);

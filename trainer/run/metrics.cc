@@ -70,6 +70,11 @@ void MetricsSink::ServePrometheus(const std::string& bind) {
                      .Register(*registry_);
   bubble_attention_ = &bubble.Add({{"role", "attention"}});
   bubble_expert_ = &bubble.Add({{"role", "expert"}});
+  expert_swaps_ = &prometheus::BuildGauge()
+                       .Name("hetermoe_trainer_expert_swaps")
+                       .Help("HierMoE expert swaps made so far (parallel.swap_every)")
+                       .Register(*registry_)
+                       .Add({});
   auto& waits = prometheus::BuildGauge()
                     .Name("hetermoe_trainer_comm_wait_seconds")
                     .Help("Seconds the ranks waited on a channel in the last step (summed over ranks)")
@@ -113,6 +118,7 @@ void MetricsSink::Record(const StepMetrics& m) {
     line["dispatch_wait_seconds"] = m.dispatch_wait_seconds;
     line["combine_wait_seconds"] = m.combine_wait_seconds;
     line["exchange_bytes"] = m.exchange_bytes;
+    if (m.expert_swaps >= 0) line["expert_swaps"] = m.expert_swaps;
     line["rank_state_bytes"] = m.rank_state_bytes;
     line["dispatch_rows_sent"] = m.dispatch_rows_sent;
     line["expert_load_imbalance"] = m.expert_load_imbalance;
@@ -148,6 +154,7 @@ void MetricsSink::Record(const StepMetrics& m) {
   step_seconds_->Observe(m.step_seconds);
   if (m.has_parallel_stats) {
     bubble_attention_->Set(m.bubble_attention);
+    if (m.expert_swaps >= 0) expert_swaps_->Set(static_cast<double>(m.expert_swaps));
     bubble_expert_->Set(m.bubble_expert);
     dispatch_wait_->Set(m.dispatch_wait_seconds);
     combine_wait_->Set(m.combine_wait_seconds);

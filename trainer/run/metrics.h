@@ -39,6 +39,7 @@ struct StepMetrics {
   std::vector<double> dispatch_rows;                 // [L] (token, expert) rows dispatched
   std::vector<double> dispatch_rows_sent;            // [L] rows sent for them (deduplicated; one process: = rows)
   std::vector<double> expert_load_imbalance;         // [L] max / mean routed rows over owner ranks (one process: 1)
+  int64_t expert_swaps = -1;                         // HierMoE expert swaps made so far (distributed runs)
   std::vector<int64_t> rank_state_bytes;             // per rank: parameters, gradients, AdamW moments held
   double loss_scale = 1.0;                           // fp16 loss scaling (1 = none)
   bool step_skipped = false;                         // fp16: overflow, the optimizer step was skipped
@@ -80,6 +81,7 @@ class MetricsSink {
   prometheus::Histogram* checkpoint_seconds_ = nullptr;
   prometheus::Gauge* bubble_attention_ = nullptr;
   prometheus::Gauge* bubble_expert_ = nullptr;
+  prometheus::Gauge* expert_swaps_ = nullptr;
   prometheus::Gauge* dispatch_wait_ = nullptr;
   prometheus::Gauge* exchange_bytes_ = nullptr;
   prometheus::Gauge* combine_wait_ = nullptr;

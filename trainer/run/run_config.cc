@@ -174,6 +174,8 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     parallel.Get("launch", &p.launch);
     parallel.Get("timeout_seconds", &p.timeout_seconds);
     parallel.Get("dedup", &p.dedup);
+    parallel.Get("swap_every", &p.swap_every);
+    if (p.swap_every < 0) parallel.Fail("parallel.swap_every", "must be >= 0 (0 = never)");
     parallel.Get("transport", &p.transport);
     parallel.Get("micro_batches_in_flight", &p.micro_batches_in_flight);
     if (p.micro_batches_in_flight < 0)

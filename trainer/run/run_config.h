@@ -67,6 +67,7 @@ struct RunConfig {
     std::string launch = "local";    // local | env
     double timeout_seconds = 60;     // rendezvous and every collective
     bool dedup = true;               // HierMoE token deduplication on the dispatch
+    int64_t swap_every = 0;          // HierMoE expert swap every this many steps; 0 = never
     std::string transport = "auto";  // rows between ranks: auto | nccl (GPU to GPU) | gloo (through the host)
     int micro_batches_in_flight = 0; // zebra in waves of this many micro-batches per attention rank (0 = all)
   } parallel;

@@ -332,6 +332,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     m.loss_scale = engine->LossScale();
     engine->OptimizerStep(m.lr);
     m.step_skipped = engine->SkippedSteps() > skipped_before;
+    if (dist_run) m.expert_swaps = dist_run->engine->SwapsMade();
     state.step = step;
     state.tokens_seen += step_tokens;
     m.tokens = step_tokens;

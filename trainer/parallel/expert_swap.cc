@@ -1,0 +1,166 @@
+// The distributed engine's expert swap (HierMoE, parallel.swap_every;
+// engine.h's SetSwapEvery): the decision from the last step's routing,
+// summed over every rank, and the swap itself, as a relabelling: slot a
+// takes expert b's weights and AdamW moments (from b's owner) and b's slot
+// takes a's, and the gate's rows a and b swap on the ranks that hold the
+// gate. A permutation of a layer's experts and of the gate's rows together
+// leaves the layer's function unchanged, so training goes on as it would
+// have; the placement stays contiguous (each owner keeps its range of
+// slots), only what sits in the slots moves. expert_of_slot remembers which
+// expert each slot holds, so that routing counts and checkpoints keep the
+// experts' original indices (checkpoint_io.cc), and so that the aux loss,
+// which Mixtral sums per expert index over all layers, still pairs each
+// expert's counts across layers (the stage device's ExpertOrder).
+#include <cstdio>
+#include <cstring>
+
+#include "common/error.h"
+#include "planner/expert_swap.h"
+#include "trainer/parallel/engine_impl.h"
+
+namespace hetermoe::parallel {
+
+void DistributedBackend::SetSwapEvery(int steps) {
+  if (steps < 0) throw Error("parallel.swap_every must be >= 0");
+  impl_->swap_every = steps;
+}
+
+int64_t DistributedBackend::SwapsMade() const { return impl_->swaps_made; }
+
+// Which tokens (j * tokens + token, unique on this rank) chose each slot.
+void DistributedBackend::Impl::RecordRouting(int l, int j, const ops::DispatchPlan& plan) {
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t row = plan.offsets[e]; row < plan.offsets[e + 1]; ++row)
+      routed[l][e].push_back(static_cast<int64_t>(j) * plan.tokens + plan.token_of_row[row]);
+}
+
+size_t DistributedBackend::Impl::TensorIndex(const std::string& name) const {
+  const model::TensorSlot* slot = layout.Find(name);
+  if (slot == nullptr) throw Error("expert swap: no tensor " + name);
+  return static_cast<size_t>(slot - layout.tensors().data());
+}
+
+namespace {
+std::string ExpertTensor(int l, int64_t e, const char* kind) {
+  return "model.layers." + std::to_string(l) + ".block_sparse_moe.experts." + std::to_string(e) + "." + kind +
+         ".weight";
+}
+std::string GateTensor(int l) { return "model.layers." + std::to_string(l) + ".block_sparse_moe.gate.weight"; }
+constexpr const char* kExpertKinds[] = {"w1", "w2", "w3"};
+}  // namespace
+
+int DistributedBackend::Impl::GateLayer(size_t i) const {
+  for (int l = 0; l < L; ++l)
+    if (layout.tensors()[i].name == GateTensor(l)) return l;
+  return -1;
+}
+
+size_t DistributedBackend::Impl::StoredTensor(size_t i) const {
+  const std::string& name = layout.tensors()[i].name;
+  for (int l = 0; l < L; ++l)
+    for (int64_t s = 0; s < E; ++s) {
+      if (expert_of_slot[l][s] == s) continue;
+      for (const char* kind : kExpertKinds)
+        if (name == ExpertTensor(l, expert_of_slot[l][s], kind)) return TensorIndex(ExpertTensor(l, s, kind));
+    }
+  return i;
+}
+
+void DistributedBackend::Impl::GateToOriginalOrder(int l, float* gate) const {
+  const std::vector<float> slots(gate, gate + E * d);
+  for (int64_t s = 0; s < E; ++s) std::copy_n(slots.data() + s * d, d, gate + expert_of_slot[l][s] * d);
+}
+
+void DistributedBackend::Impl::ToOriginalOrder(backend::HostState* state) const {
+  if (swaps_made == 0) return;
+  const auto& ts = layout.tensors();
+  for (std::vector<float>* buffer : {&state->params, &state->exp_avg, &state->exp_avg_sq}) {
+    const std::vector<float> slots = *buffer;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (const int l = GateLayer(i); l >= 0) {
+        GateToOriginalOrder(l, buffer->data() + ts[i].offset);
+        continue;
+      }
+      const size_t from = StoredTensor(i);
+      if (from != i) std::copy_n(slots.data() + ts[from].offset, ts[i].numel, buffer->data() + ts[i].offset);
+    }
+  }
+}
+
+void DistributedBackend::Impl::Relabel(int l, int64_t a, int64_t b) {
+  const auto& ts = layout.tensors();
+  // The gate's rows a and b, in the parameters and (where they are) the moments.
+  const size_t gate = TensorIndex(GateTensor(l));
+  if (own.owned[gate]) {
+    std::vector<float*> buffers = {Param(gate)};
+    if (own.moments[gate]) buffers.insert(buffers.end(), {Moment(1, gate), Moment(2, gate)});
+    for (float* w : buffers) std::swap_ranges(w + a * d, w + (a + 1) * d, w + b * d);
+  }
+  // The experts' tensors: each owner sends its slot's parameters and moments
+  // to the other and takes the other's in their place.
+  auto owner_of = [&](int64_t e) {
+    for (int o = 0; o < P; ++o) {
+      const ExpertRange& r = placement.owners[l][o];
+      if (e >= r.first && e < r.first + r.count) return o;
+    }
+    throw Error("expert swap: no rank holds expert " + std::to_string(e) + " of layer " + std::to_string(l));
+  };
+  const int me = placement.LocalOf(rank), oa = owner_of(a), ob = owner_of(b);
+  if (me != oa && me != ob) return;
+  const int64_t mine = me == oa ? a : b;
+  const int peer = placement.GlobalRank(group, me == oa ? ob : oa);
+  for (int kind = 0; kind < 3; ++kind) {
+    const size_t t = TensorIndex(ExpertTensor(l, mine, kExpertKinds[kind]));
+    const int64_t n = ts[t].numel;
+    float* buffers[3] = {Param(t), Moment(1, t), Moment(2, t)};
+    std::vector<float> out(static_cast<size_t>(3 * n)), in(static_cast<size_t>(3 * n));
+    for (int x = 0; x < 3; ++x) std::copy_n(buffers[x], n, out.data() + x * n);
+    const uint32_t tag = (1u << 29) + static_cast<uint32_t>(kind);
+    auto send = everyone->Isend(out.data(), out.size() * sizeof(float), peer, tag);
+    auto recv = everyone->Irecv(in.data(), in.size() * sizeof(float), peer, tag);
+    send->Wait();
+    recv->Wait();
+    for (int x = 0; x < 3; ++x) std::copy_n(in.data() + x * n, n, buffers[x]);
+  }
+}
+
+void DistributedBackend::Impl::SwapExperts() {
+  const auto start = Clock::now();
+  PullState();  // the device's optimizer: its state to the host buffers
+  bool swapped = false;
+  for (int l = 0; l < L; ++l) {
+    // Owners by local index within the group; every group holds the same
+    // slots, so every attention rank of every group adds its tokens.
+    std::vector<int> owner(static_cast<size_t>(E));
+    for (int o = 0; o < P; ++o) {
+      const ExpertRange& r = placement.owners[l][o];
+      for (int64_t e = r.first; e < r.first + r.count; ++e) owner[e] = o;
+    }
+    planner::SwapTable table = planner::MakeSwapTable(routed[l], owner, P);
+    std::vector<double> sums = table.rows;
+    sums.insert(sums.end(), table.delta.begin(), table.delta.end());
+    everyone->AllReduceSum(sums.data(), sums.size());
+    std::copy_n(sums.begin(), P, table.rows.begin());
+    std::copy(sums.begin() + P, sums.end(), table.delta.begin());
+    const planner::SwapChoice choice = planner::ChooseSwap(table, owner);
+    if (choice.a < 0) continue;
+    Relabel(l, choice.a, choice.b);
+    std::swap(expert_of_slot[l][choice.a], expert_of_slot[l][choice.b]);
+    ++swaps_made;
+    swapped = true;
+    if (rank == 0)
+      std::fprintf(stderr,
+                   "expert swap: layer %d, experts %d and %d trade ranks %d and %d (busiest rank %lld -> %lld "
+                   "deduplicated rows in the last step)\n",
+                   l, expert_of_slot[l][choice.b], expert_of_slot[l][choice.a], owner[choice.a], owner[choice.b],
+                   static_cast<long long>(*std::max_element(choice.rows_before.begin(), choice.rows_before.end())),
+                   static_cast<long long>(*std::max_element(choice.rows_after.begin(), choice.rows_after.end())));
+  }
+  if (swapped) {
+    PushState(adamw->step());
+    device->SetExpertOrder(expert_of_slot);  // the aux loss keeps summing per original expert
+  }
+  if (tracer) tracer->Add("expert swap", Tracer::kCombine, start, Clock::now());
+}
+
+}  // namespace hetermoe::parallel
