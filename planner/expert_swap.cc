@@ -73,6 +73,8 @@ SwapTable MakeSwapTable(const std::vector<std::vector<int64_t>>& tokens_of, cons
   table.rows.assign(static_cast<size_t>(ranks), 0);
   for (int64_t t = 0; t < T; ++t)
     for (int r = 0; r < ranks; ++r) table.rows[r] += count[t * ranks + r] > 0;
+  table.routed.assign(static_cast<size_t>(E), 0);
+  for (int64_t e = 0; e < E; ++e) table.routed[e] = static_cast<double>(tokens[e].size());
   table.delta.assign(static_cast<size_t>(E * E * 2), 0);
   std::vector<char> mark(static_cast<size_t>(T), 0);  // 1: chose a; 2: chose a and b
   for (int64_t a = 0; a < E; ++a) {
@@ -108,6 +110,7 @@ SwapChoice ChooseSwap(const SwapTable& table, const std::vector<int>& owner, dou
   const int64_t E = table.experts;
   SwapChoice best;
   for (double x : table.rows) best.rows_before.push_back(static_cast<int64_t>(std::llround(x)));
+  for (int64_t e = 0; e < E; ++e) best.rows_before[owner[e]] += static_cast<int64_t>(std::llround(table.routed[e]));
   best.score_before = SmoothMax(best.rows_before, g);
   best.score_after = best.score_before;
   best.rows_after = best.rows_before;
@@ -116,8 +119,10 @@ SwapChoice ChooseSwap(const SwapTable& table, const std::vector<int>& owner, dou
     for (int64_t b = a + 1; b < E; ++b) {
       const int ra = owner[a], rb = owner[b];
       if (ra == rb) continue;
-      const auto da = static_cast<int64_t>(std::llround(table.delta[(a * E + b) * 2]));
-      const auto db = static_cast<int64_t>(std::llround(table.delta[(a * E + b) * 2 + 1]));
+      // Deduplicated rows as the table says; routed rows move with the experts.
+      const auto moved = static_cast<int64_t>(std::llround(table.routed[b] - table.routed[a]));
+      const auto da = static_cast<int64_t>(std::llround(table.delta[(a * E + b) * 2])) + moved;
+      const auto db = static_cast<int64_t>(std::llround(table.delta[(a * E + b) * 2 + 1])) - moved;
       rows[ra] += da;
       rows[rb] += db;
       const double score = SmoothMax(rows, g);
@@ -131,6 +136,12 @@ SwapChoice ChooseSwap(const SwapTable& table, const std::vector<int>& owner, dou
       rows[rb] -= db;
     }
   return best;
+}
+
+std::vector<int64_t> RankLoads(const LayerRouting& routing, const std::vector<int>& owner, int ranks) {
+  std::vector<int64_t> load = DeduplicatedRows(routing, owner, ranks);
+  for (int32_t e : routing.chosen) ++load[owner[e]];
+  return load;
 }
 
 SwapChoice BestSwap(const LayerRouting& routing, const std::vector<int>& owner, int ranks, double g) {

@@ -1,10 +1,19 @@
 // HierMoE's expert swap, the decision (algorithms.md section 2): from one
-// layer's routing (each token's k experts) and where the experts live, the
-// rows each owner rank receives once deduplicated (a token goes to a rank
-// once however many of its experts the rank holds), and the swap of two
-// experts on different ranks that most lowers the busiest rank's rows,
-// scored by a smooth max (max * (sum_i (x_i / max)^g)^(1/g), g = 10: the
-// busiest rank dominates, the next ones break ties).
+// layer's routing (each token's k experts) and where the experts live, each
+// owner rank's load, and the swap of two experts on different ranks that
+// most lowers the busiest rank's load, scored by a smooth max (max *
+// (sum_i (x_i / max)^g)^(1/g), g = 10: the busiest rank dominates, the next
+// ones break ties).
+//
+// A rank's load counts the rows it receives once deduplicated (a token goes
+// to a rank once however many of its experts the rank holds: HierMoE's
+// exchange) plus the rows its experts compute (one per routed (token,
+// expert) pair), a row sent and a row computed alike. HierMoE scores the
+// exchange alone; on HeterMoE's expert ranks, older GPUs whose expert
+// compute the zebra schedule waits for, co-locating experts that share
+// tokens (which the exchange alone rewards) can pile the compute onto one
+// rank: measured on bench_expert_swap, the exchange-only score raised the
+// routed load's max/mean from 2.26 to 2.76 and slowed the step 11%.
 //
 // Pure logic. Every pair is priced incrementally from per-token counts of
 // chosen experts per rank: a swap of a and b changes only the tokens that
@@ -28,18 +37,20 @@ struct LayerRouting {
 struct SwapChoice {
   int a = -1, b = -1;             // the experts to swap; -1: no swap lowers the score
   double score_before = 0, score_after = 0;
-  std::vector<int64_t> rows_before, rows_after;  // deduplicated rows per rank
+  std::vector<int64_t> rows_before, rows_after;  // load per rank: deduplicated rows received + routed rows
 };
 
 // What the choice needs, additive over disjoint sets of tokens (so ranks
-// that each routed some of a step's tokens sum theirs): the deduplicated
-// rows per rank, and for every pair a < b of experts on different ranks the
-// change a swap would make to the rows of a's rank and of b's rank.
+// that each routed some of a step's tokens sum theirs, every part of it):
+// the deduplicated rows per rank, the routed rows per expert, and for every
+// pair a < b of experts on different ranks the change a swap would make to
+// the deduplicated rows of a's rank and of b's rank.
 struct SwapTable {
   int64_t experts = 0;
   int ranks = 0;
-  std::vector<double> rows;   // [ranks]
-  std::vector<double> delta;  // [(a * experts + b) * 2 + {0: a's rank, 1: b's rank}], a < b
+  std::vector<double> rows;    // [ranks] deduplicated rows received
+  std::vector<double> routed;  // [experts] rows routed to each expert
+  std::vector<double> delta;   // [(a * experts + b) * 2 + {0: a's rank, 1: b's rank}], a < b: change of rows
 };
 // tokens_of[e]: the (any) ids of the tokens that chose expert e; a token's
 // experts are distinct.
@@ -52,6 +63,8 @@ double SmoothMax(const std::vector<int64_t>& rows, double g = 10);
 // Deduplicated rows each rank receives: tokens with at least one expert
 // on it. owner[e] = the rank holding expert e, in [0, ranks).
 std::vector<int64_t> DeduplicatedRows(const LayerRouting& routing, const std::vector<int>& owner, int ranks);
+// Each rank's load: DeduplicatedRows + the rows routed to its experts.
+std::vector<int64_t> RankLoads(const LayerRouting& routing, const std::vector<int>& owner, int ranks);
 // The best swap (lowest smooth max after it), if it lowers the score:
 // ChooseSwap(MakeSwapTable(the routing's tokens per expert)).
 SwapChoice BestSwap(const LayerRouting& routing, const std::vector<int>& owner, int ranks, double g = 10);

@@ -1,5 +1,5 @@
 // HierMoE's expert swap decision (planner/expert_swap.h) against brute force
-// (re-deduplicating the layer for every pair), and on a skewed router.
+// (re-counting the ranks' loads for every pair), and on a skewed router.
 #include "planner/expert_swap.h"
 
 #include <gtest/gtest.h>
@@ -46,20 +46,20 @@ TEST(ExpertSwap, BestSwapEqualsBruteForce) {
     const LayerRouting routing = Route(E, k, 300, weights, seed);
     const std::vector<int> owner = Contiguous(E, ranks);
     const SwapChoice got = BestSwap(routing, owner, ranks);
-    EXPECT_EQ(got.rows_before, DeduplicatedRows(routing, owner, ranks));
+    EXPECT_EQ(got.rows_before, RankLoads(routing, owner, ranks));
     double best = SmoothMax(got.rows_before);
     for (int a = 0; a < E; ++a)
       for (int b = a + 1; b < E; ++b) {
         if (owner[a] == owner[b]) continue;
         std::vector<int> swapped = owner;
         std::swap(swapped[a], swapped[b]);
-        best = std::min(best, SmoothMax(DeduplicatedRows(routing, swapped, ranks)));
+        best = std::min(best, SmoothMax(RankLoads(routing, swapped, ranks)));
       }
     EXPECT_NEAR(got.score_after, best, 1e-9 * best) << "seed " << seed;
     if (got.a >= 0) {
       std::vector<int> swapped = owner;
       std::swap(swapped[got.a], swapped[got.b]);
-      EXPECT_EQ(got.rows_after, DeduplicatedRows(routing, swapped, ranks)) << "seed " << seed;
+      EXPECT_EQ(got.rows_after, RankLoads(routing, swapped, ranks)) << "seed " << seed;
       EXPECT_LT(got.score_after, got.score_before);
     } else {
       EXPECT_EQ(got.score_after, got.score_before);
@@ -107,7 +107,9 @@ TEST(ExpertSwap, BadRoutingIsAnError) {
   EXPECT_THROW(BestSwap({4, 2, {0, 1, 2}}, {0, 0, 1, 1}, 2), hetermoe::Error);
   EXPECT_THROW(BestSwap({4, 2, {0, 5}}, {0, 0, 1, 1}, 2), hetermoe::Error);
   EXPECT_THROW(BestSwap({4, 2, {0, 1}}, {0, 0, 1, 2}, 2), hetermoe::Error);
-  EXPECT_EQ(BestSwap({4, 2, {0, 1, 0, 1}}, {0, 0, 1, 1}, 2).rows_before, (std::vector<int64_t>{2, 0}));
+  EXPECT_EQ(DeduplicatedRows({4, 2, {0, 1, 0, 1}}, {0, 0, 1, 1}, 2), (std::vector<int64_t>{2, 0}));
+  EXPECT_EQ(BestSwap({4, 2, {0, 1, 0, 1}}, {0, 0, 1, 1}, 2).rows_before, (std::vector<int64_t>{6, 0}))
+      << "2 tokens received once, 4 rows computed";
 }
 
 }  // namespace

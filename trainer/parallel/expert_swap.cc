@@ -137,11 +137,15 @@ void DistributedBackend::Impl::SwapExperts() {
       for (int64_t e = r.first; e < r.first + r.count; ++e) owner[e] = o;
     }
     planner::SwapTable table = planner::MakeSwapTable(routed[l], owner, P);
+    // Every part of the table sums over the ranks' tokens; every rank then
+    // makes the same choice.
     std::vector<double> sums = table.rows;
+    sums.insert(sums.end(), table.routed.begin(), table.routed.end());
     sums.insert(sums.end(), table.delta.begin(), table.delta.end());
     everyone->AllReduceSum(sums.data(), sums.size());
     std::copy_n(sums.begin(), P, table.rows.begin());
-    std::copy(sums.begin() + P, sums.end(), table.delta.begin());
+    std::copy_n(sums.begin() + P, E, table.routed.begin());
+    std::copy(sums.begin() + P + E, sums.end(), table.delta.begin());
     const planner::SwapChoice choice = planner::ChooseSwap(table, owner);
     if (choice.a < 0) continue;
     Relabel(l, choice.a, choice.b);
@@ -150,8 +154,8 @@ void DistributedBackend::Impl::SwapExperts() {
     swapped = true;
     if (rank == 0)
       std::fprintf(stderr,
-                   "expert swap: layer %d, experts %d and %d trade ranks %d and %d (busiest rank %lld -> %lld "
-                   "deduplicated rows in the last step)\n",
+                   "expert swap: layer %d, experts %d and %d trade ranks %d and %d (busiest rank's load %lld -> %lld "
+                   "rows received + computed in the last step)\n",
                    l, expert_of_slot[l][choice.b], expert_of_slot[l][choice.a], owner[choice.a], owner[choice.b],
                    static_cast<long long>(*std::max_element(choice.rows_before.begin(), choice.rows_before.end())),
                    static_cast<long long>(*std::max_element(choice.rows_after.begin(), choice.rows_after.end())));
@@ -160,7 +164,11 @@ void DistributedBackend::Impl::SwapExperts() {
     PushState(adamw->step());
     device->SetExpertOrder(expert_of_slot);  // the aux loss keeps summing per original expert
   }
-  if (tracer) tracer->Add("expert swap", Tracer::kCombine, start, Clock::now());
+  const auto end = Clock::now();
+  if (tracer) tracer->Add("expert swap", Tracer::kCombine, start, end);
+  if (rank == 0)
+    std::fprintf(stderr, "expert swap: decided%s in %.2f ms\n", swapped ? " and moved" : " (none lowers the load)",
+                 1e3 * Seconds(start, end));
 }
 
 }  // namespace hetermoe::parallel
