@@ -147,6 +147,13 @@ void DistributedBackend::Impl::SwapExperts() {
     std::copy_n(sums.begin() + P, E, table.routed.begin());
     std::copy(sums.begin() + P + E, sums.end(), table.delta.begin());
     const planner::SwapChoice choice = planner::ChooseSwap(table, owner);
+    // The same sums give the same choice; a rank that chose otherwise would
+    // wait forever for its partner's experts, so check before moving any.
+    double chosen[2] = {static_cast<double>(choice.a), static_cast<double>(choice.b)};
+    everyone->AllReduceSum(chosen, 2);
+    const double world_size = placement.world_size();
+    if (chosen[0] != world_size * choice.a || chosen[1] != world_size * choice.b)
+      throw Error("expert swap: layer " + std::to_string(l) + ": the ranks chose different experts to swap");
     if (choice.a < 0) continue;
     Relabel(l, choice.a, choice.b);
     std::swap(expert_of_slot[l][choice.a], expert_of_slot[l][choice.b]);
