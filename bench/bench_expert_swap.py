@@ -25,6 +25,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_zebra import prepare_work  # noqa: E402
+
 CONFIG = {
     "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
     "vocab_size": 256, "hidden_size": 256, "intermediate_size": 512,
@@ -56,18 +59,7 @@ def main():
     trainer = os.path.abspath(args.trainer)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as work:
-        with open(os.path.join(work, "config.json"), "w") as f:
-            json.dump(CONFIG, f)
-        corpus = os.path.join(work, "corpus.txt")
-        with open(corpus, "wb") as out:
-            for name in ("GPL-3", "GPL-2", "LGPL-2.1", "Apache-2.0"):
-                with open(os.path.join("/usr/share/common-licenses", name), "rb") as f:
-                    out.write(f.read())
-        subprocess.run([trainer, "prepare-data", "-i", corpus, "-o", os.path.join(work, "tokens.bin")],
-                       check=True, capture_output=True)
-        run_file = os.path.join(work, "run.yaml")
-        with open(run_file, "w") as f:
-            f.write(RUN.format(steps=args.steps))
+        run_file = prepare_work(trainer, work, CONFIG, RUN.format(steps=args.steps))
         results = {}
         for name, sets in VARIANTS:
             out = os.path.join(work, "out-" + name.replace(" ", "-"))

@@ -62,6 +62,24 @@ VARIANTS = [
 ]
 
 
+def prepare_work(trainer, work, config, run_text):
+    """config.json, the licences' text as tokens.bin and run.yaml in `work`;
+    returns run.yaml's path."""
+    with open(os.path.join(work, "config.json"), "w") as f:
+        json.dump(config, f)
+    corpus = os.path.join(work, "corpus.txt")
+    with open(corpus, "wb") as out:
+        for name in ("GPL-3", "GPL-2", "LGPL-2.1", "Apache-2.0"):
+            with open(os.path.join("/usr/share/common-licenses", name), "rb") as f:
+                out.write(f.read())
+    subprocess.run([trainer, "prepare-data", "-i", corpus, "-o", os.path.join(work, "tokens.bin")],
+                   check=True, capture_output=True)
+    run_file = os.path.join(work, "run.yaml")
+    with open(run_file, "w") as f:
+        f.write(run_text)
+    return run_file
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trainer", required=True)
@@ -81,18 +99,7 @@ def main():
     trainer = os.path.abspath(args.trainer)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     with tempfile.TemporaryDirectory(prefix="bench-zebra-") as work:
-        with open(os.path.join(work, "config.json"), "w") as f:
-            json.dump(CONFIG, f)
-        corpus = os.path.join(work, "corpus.txt")
-        with open(corpus, "wb") as out:
-            for name in ("GPL-3", "GPL-2", "LGPL-2.1", "Apache-2.0"):
-                with open(os.path.join("/usr/share/common-licenses", name), "rb") as f:
-                    out.write(f.read())
-        subprocess.run([trainer, "prepare-data", "-i", corpus, "-o", os.path.join(work, "tokens.bin")],
-                       check=True, capture_output=True)
-        run_file = os.path.join(work, "run.yaml")
-        with open(run_file, "w") as f:
-            f.write(RUN.format(steps=args.steps))
+        run_file = prepare_work(trainer, work, CONFIG, RUN.format(steps=args.steps))
         results = {}
         for name, sets in variants:
             out = os.path.join(work, "out-" + name)
