@@ -26,7 +26,7 @@ void DistributedBackend::Impl::FanOutGradSums(int l, int j) {
 void DistributedBackend::Impl::PostDispatch(int l, int j) {
   model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
-  if (swap_every > 0) RecordRouting(l, j, plan);
+  if (!routed.empty()) RecordRouting(l, j, plan);
   std::vector<model::RowExchange::Send> sends;
   ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
     std::vector<char>& box = outbox[Idx(l, j, o)];

@@ -127,7 +127,9 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.bytes_sent = 0;
   m.rows_sent.assign(m.L, 0);
   m.rows_to_rank.assign(static_cast<size_t>(m.L) * m.placement.world_size(), 0);
-  if (m.swap_every > 0) m.routed.assign(m.L, std::vector<std::vector<int64_t>>(m.E));
+  // The routing is recorded only for a step whose optimizer step swaps.
+  const bool swap_due = m.swap_every > 0 && (m.optimizer_calls + 1) % m.swap_every == 0;
+  m.routed.assign(swap_due ? m.L : 0, std::vector<std::vector<int64_t>>(m.E));
   const float loss_scale = 1.0f / static_cast<float>(step.micro_batches);
 
   m.posted.assign(static_cast<size_t>(model::RowExchange::kChannels) * m.L * m.R, -1);

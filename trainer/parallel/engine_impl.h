@@ -111,7 +111,7 @@ struct DistributedBackend::Impl {
   // HierMoE's expert swap (SetSwapEvery, expert_swap.cc).
   int swap_every = 0;
   int64_t optimizer_calls = 0, swaps_made = 0;
-  std::vector<std::vector<std::vector<int64_t>>> routed;  // [l][slot]: this step's tokens here that chose it
+  std::vector<std::vector<std::vector<int64_t>>> routed;  // [l][slot]: tokens here that chose it (a step that swaps; else empty)
   std::vector<std::vector<int32_t>> expert_of_slot;       // [l][slot]: the expert (original index) it holds
   void RecordRouting(int l, int j, const ops::DispatchPlan& plan);
   void SwapExperts();  // after an optimizer step that is due

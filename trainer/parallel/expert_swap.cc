@@ -125,8 +125,8 @@ void DistributedBackend::Impl::Relabel(int l, int64_t a, int64_t b) {
 }
 
 void DistributedBackend::Impl::SwapExperts() {
+  if (static_cast<int>(routed.size()) != L) throw Error("expert swap: no routing recorded for this step");
   const auto start = Clock::now();
-  PullState();  // the device's optimizer: its state to the host buffers
   bool swapped = false;
   for (int l = 0; l < L; ++l) {
     // Owners by local index within the group; every group holds the same
@@ -155,6 +155,7 @@ void DistributedBackend::Impl::SwapExperts() {
     if (chosen[0] != world_size * choice.a || chosen[1] != world_size * choice.b)
       throw Error("expert swap: layer " + std::to_string(l) + ": the ranks chose different experts to swap");
     if (choice.a < 0) continue;
+    if (!swapped) PullState();  // the device optimizer's state to the host buffers, once, if anything moves
     Relabel(l, choice.a, choice.b);
     std::swap(expert_of_slot[l][choice.a], expert_of_slot[l][choice.b]);
     ++swaps_made;
