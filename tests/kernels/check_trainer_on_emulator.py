@@ -225,6 +225,20 @@ def main():
             problems.append(f"dedup {dedup}: the NCCL transport's losses, norms, bytes or weights differ from Gloo's")
         compare_losses(f"2+2 nccl dedup {dedup}", cpu, runs["nccl"], 1e-4, problems, weights_tol=(1e-5, 1e-4))
         nccl_runs[dedup] = runs["nccl"]
+    # Node-level dedup on the GPUs (rows through the host over Gloo): 1+3 on
+    # two "nodes" of two ranks, the node's first expert rank relaying; the
+    # same training as the CPU run. With the NCCL transport it is refused by name.
+    node = "parallel={attention_ranks: 1, expert_ranks: 3, schedule: zebra, ranks_per_node: 2, dedup: node"
+    got = run(args, os.path.join(args.work, "t-node-gloo"), "cuda", extra=["--set", f"{node}, transport: gloo}}"])
+    relayed = sum(sum(m["dispatch_rows_relayed"]) for m in got[0])
+    print(f"1+3 dedup node over gloo on the GPUs: {relayed:.0f} rows relayed inside the expert ranks' node")
+    if relayed <= 0:
+        problems.append("dedup node on the GPUs relayed no rows")
+    compare_losses("1+3 dedup node on the GPUs", cpu, got, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    refused = run(args, os.path.join(args.work, "t-node-nccl"), "cuda", extra=["--set", f"{node}, transport: nccl}}"],
+                  expect_ok=False)
+    if refused.returncode == 0 or "dedup: node runs over the gloo transport" not in refused.stderr:
+        problems.append(f"dedup node with the NCCL transport was not refused by name: {refused.stderr[-300:]!r}")
     # ZeRO-1 with the optimizer on the GPUs: each attention rank updates its
     # shard of the dense tensors on its device, the shards are summed over
     # NCCL; the same training and the same checkpoint as without.

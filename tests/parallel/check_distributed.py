@@ -178,6 +178,49 @@ def check_dedup(trainer, run_file, work, ref):
     return ok
 
 
+def check_node_dedup(trainer, run_file, work, ref, schedule):
+    """Node-level deduplication (parallel.dedup node; nodes of
+    parallel.ranks_per_node ranks): an attention rank sends one block to each
+    other node whose expert ranks (two or more) hold the layer's experts, and
+    that node's first owner relays it. The same training as the single
+    process; fewer rows cross nodes than with rank-level dedup, and rows are
+    relayed inside the nodes."""
+    ok = True
+    # (attention, expert, groups, ranks per node, Asym-EA, extra parallel keys)
+    shapes = {"zebra": [(1, 3, 1, 2, None, ""), (2, 2, 1, 2, None, ""), (1, 3, 1, 2, "[1, 0]", ""),
+                        (1, 4, 1, 2, None, ", micro_batches_in_flight: 4"), (1, 3, 2, 2, None, ""),
+                        (1, 3, 1, 2, None, ", swap_every: 1")],
+              "sequential": [(1, 3, 1, 2, None, "")], "ep": []}[schedule]
+    for m, n, g, per_node, asym, extra in shapes:
+        name = (f"dedup node {schedule} {g}x({m}+{n}) {per_node}/node" + (f" asym_ea={asym}" if asym else "")
+                + extra.replace(",", "").replace(":", "="))
+        base = (f"parallel={{attention_ranks: {m}, expert_ranks: {n}, groups: {g}, schedule: {schedule}, "
+                f"timeout_seconds: 30, ranks_per_node: {per_node}" + (f", asym_ea: {asym}" if asym else "") + extra)
+        out = os.path.join(work, re.sub(r"[^A-Za-z0-9+-]", "_", name))
+        try:
+            node = run(trainer, run_file, out, ["--set", base + ", dedup: node}"])
+            rank = run(trainer, run_file, out + "-rank", ["--set", base + ", dedup: rank}"])
+            problems = compare(name, ref, node)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            problems, node, rank = [str(e)], (None, None, 0.0, ""), None
+        if not problems:
+            across = {k: sum(sum(x["dispatch_rows_inter_node"]) for x in r[0]) for k, r in (("node", node), ("rank", rank))}
+            relayed = sum(sum(x["dispatch_rows_relayed"]) for x in node[0])
+            print(f"    rows to other nodes: {across['node']:.0f} with node dedup, {across['rank']:.0f} with rank "
+                  f"dedup ({1 - across['node'] / across['rank']:.1%} fewer); {relayed:.0f} relayed inside nodes")
+            if not across["node"] < across["rank"]:
+                problems.append(f"node dedup sent {across['node']} rows across nodes, not fewer than {across['rank']}")
+            if relayed <= 0:
+                problems.append("no rows were relayed inside a node")
+            if sum(sum(x["dispatch_rows_relayed"]) for x in rank[0]) != 0:
+                problems.append("rank-level dedup relayed rows")
+        print(f"{name:40s} {'ok' if not problems else 'MISMATCH'} ({node[2]:.1f} s)")
+        for p in problems[:5]:
+            print(f"    {p}")
+        ok = ok and not problems
+    return ok
+
+
 def check_swap(trainer, run_file, work, ref, schedule):
     """HierMoE's expert swap (parallel.swap_every 1: after every step, per
     layer, the best pair of experts on different ranks trade places, weights
@@ -346,6 +389,7 @@ def main():
                 shutil.rmtree(out, ignore_errors=True)
     for schedule in schedules:
         failures += not check_swap(args.trainer, run_file, args.work, ref, schedule)
+        failures += not check_node_dedup(args.trainer, run_file, args.work, ref, schedule)
     if "zebra" in schedules:
         failures += not check_trace(args.trainer, run_file, args.work)
         failures += not check_resume(args.trainer, run_file, args.work)

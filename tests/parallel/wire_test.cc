@@ -154,5 +154,53 @@ TEST(Wire, RowsByUniqueAndHeaderOnlyBlocks) {
   EXPECT_EQ(got.index, dd.index);
 }
 
+// A node block over two owners (one expert each) splits into exactly the
+// blocks the attention rank would send each owner with rank-level dedup, and
+// the owners' per-token sums, added on the node, give every token the total
+// of its rows' grads.
+TEST(Wire, NodeBlocksSplitIntoTheOwnersBlocks) {
+  const Block b;
+  std::vector<int32_t> scratch(8, -1);
+  Dedup node;
+  MakeDedup(b.token_of_row, 0, b.size(), scratch, &node);
+  std::vector<char> box;
+  PackDispatch(b.counts.data(), 2, b.rows.data(), b.size(), kD, &node, &box);
+  const DispatchBlock got = UnpackDispatch(box.data(), box.size(), 2, 100, kD, true);
+  std::vector<NodeSplit> split;
+  SplitNodeBlock(got, kD, {1, 1}, &split);
+  ASSERT_EQ(split.size(), 2u);
+  std::vector<Dedup> owner(2);
+  for (int i = 0; i < 2; ++i) {
+    MakeDedup(b.token_of_row, 3 * i, 3, scratch, &owner[i]);
+    std::vector<char> want;
+    PackDispatch(b.counts.data() + i, 1, b.rows.data() + 3 * i * kD, 3, kD, &owner[i], &want);
+    EXPECT_EQ(split[i].box, want) << "owner " << i;
+    EXPECT_EQ(split[i].rows, 3);
+  }
+  EXPECT_EQ(split[1].node_token, (std::vector<int32_t>{1, 0, 3}));  // tokens 1, 4, 2
+  // Backward: each owner's rows' grads summed per its tokens, then per node token.
+  std::vector<float> dx;
+  for (int64_t r = 0; r < b.size(); ++r)
+    for (int64_t c = 0; c < kD; ++c) dx.push_back(static_cast<float>(r * 10 + c));
+  std::vector<float> node_sums(node.uniques() * kD, 0.0f);
+  for (int i = 0; i < 2; ++i) {
+    std::vector<float> sums(owner[i].uniques() * kD);
+    SumByUnique(owner[i].index, owner[i].uniques(), dx.data() + 3 * i * kD, kD, sums.data());
+    AddToNodeSums(split[i], sums.data(), kD, node_sums.data());
+  }
+  std::vector<float> rows(dx.size());
+  ScatterSums(node, node_sums.data(), kD, rows.data());
+  std::map<int64_t, std::vector<float>> want, have;
+  for (int64_t r = 0; r < b.size(); ++r)
+    for (int64_t c = 0; c < kD; ++c) {
+      want[b.token_of_row[r]].resize(kD);
+      have[b.token_of_row[r]].resize(kD);
+      want[b.token_of_row[r]][c] += dx[r * kD + c];
+      have[b.token_of_row[r]][c] += rows[r * kD + c];
+    }
+  EXPECT_EQ(have, want);
+  EXPECT_THROW(SplitNodeBlock(got, kD, {2, 1}, &split), Error) << "more experts than the block has";
+}
+
 }  // namespace
 }  // namespace hetermoe::parallel::wire

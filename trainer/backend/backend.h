@@ -44,6 +44,9 @@ struct StepLoss {
   // owner with parallel.dedup), and max / mean of the routed rows over the
   // ranks holding the layer's experts.
   std::vector<double> dispatch_rows_sent, expert_load_imbalance;
+  // Per layer: of dispatch_rows_sent, the rows sent to another node; and the
+  // rows relayed inside a node by node-level dedup (its second hop).
+  std::vector<double> dispatch_rows_inter_node, dispatch_rows_relayed;
   std::vector<int64_t> rank_state_bytes;  // per rank: parameters, gradients and AdamW moments it holds
 };
 

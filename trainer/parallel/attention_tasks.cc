@@ -13,8 +13,9 @@ namespace hetermoe::parallel {
 // same per-token sum.
 void DistributedBackend::Impl::FanOutGradSums(int l, int j) {
   model::MicroBatchStages& mb = Micro(j);
+  const int me = placement.LocalOf(rank);
   ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
-    if (rows == 0) return;
+    if (rows == 0 || RouteOf(l, me, o)) return;
     wire::ScatterSums(dedups[Idx(l, j, o)], grad_sums[Idx(l, j, o)].data(), d,
                       mb.dispatched_grads(l).data() + row0 * d);
   });
@@ -28,7 +29,16 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
   const ops::DispatchPlan& plan = mb.plan(l);
   if (!routed.empty()) RecordRouting(l, j, plan);
   std::vector<model::RowExchange::Send> sends;
+  const int me = placement.LocalOf(rank);
   ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
+    const size_t to_rank = static_cast<size_t>(l) * placement.world_size() + placement.GlobalRank(group, o);
+    if (RouteOf(l, me, o)) {  // its rows go in the node's block (SendNodeBlocks); the outputs come directly
+      rows_to_rank[to_rank] += static_cast<double>(rows);
+      if (rows > 0)
+        outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
+                                                  rows * d * sizeof(float), o, Tag(kOutputs, l, j));
+      return;
+    }
     std::vector<char>& box = outbox[Idx(l, j, o)];
     Dedup* dd = nullptr;
     if (dedup) {
@@ -37,8 +47,8 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
       wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, dd);
     }
     rows_sent[l] += static_cast<double>(dd ? dd->uniques() : rows);
-    rows_to_rank[static_cast<size_t>(l) * placement.world_size() + placement.GlobalRank(group, o)] +=
-        static_cast<double>(rows);
+    if (node_of[o] != node_of[me]) rows_inter_node[l] += static_cast<double>(dd ? dd->uniques() : rows);
+    rows_to_rank[to_rank] += static_cast<double>(rows);
     if (exchange) {
       wire::PackDispatch(plan.counts.data() + r.first, r.count, nullptr, rows, 0, dd, &box);
       Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
@@ -57,7 +67,10 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
       outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
                                                 rows * d * sizeof(float), o, Tag(kOutputs, l, j));
   });
-  if (!exchange) return;
+  if (!exchange) {
+    SendNodeBlocks(l, j);
+    return;
+  }
   PostGroup(Channel::kRows, l, j, std::move(sends), OwnsLayer(l) ? OwnerRowRecvs(l, j) : Recvs{});
   if (!OwnsLayer(l)) PostGroup(Channel::kOutputs, l, j, {}, AttentionOutputRecvs(l, j));
 }
@@ -87,6 +100,7 @@ void DistributedBackend::Impl::PostBackwardDispatch(int l, int j) {
     if (rows == 0) return;
     Send(dispatch.get(), mb.expert_output_grads(l).data() + row0 * d, rows * d * sizeof(float), o,
          Tag(kOutputGrads, l, j), &micro_sends[j % W]);
+    if (RouteOf(l, placement.LocalOf(rank), o)) return;  // its input grads come in the node's (PostNodeGradReceives)
     if (!dedup) {
       input_grads_in[Idx(l, j, o)] = combine->Irecv(mb.dispatched_grads(l).data() + row0 * d,
                                                     rows * d * sizeof(float), o, Tag(kInputGrads, l, j));
@@ -98,6 +112,7 @@ void DistributedBackend::Impl::PostBackwardDispatch(int l, int j) {
                                                     Tag(kInputGrads, l, j));
     }
   });
+  PostNodeGradReceives(l, j);
 }
 
 void DistributedBackend::Impl::BeforeReusingMicro(int j) {
@@ -151,6 +166,7 @@ void DistributedBackend::Impl::RunAttention(const Task& t, const backend::StepIn
       } else {
         WaitFromOwners(input_grads_in, l, j, "combine-grad");
         if (dedup) FanOutGradSums(l, j);
+        ScatterNodeGradSums(l, j);
       }
       Compute(t, emulation.attention, [&] {
         mb.AttentionBackward(l);

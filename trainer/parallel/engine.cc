@@ -6,6 +6,8 @@
 //   device_transport.cc  the NCCL transport: rows device to device (RowExchange)
 //   gradients.cc         gradient sums across ranks, norm, clipping, AdamW
 //   checkpoint_io.cc     state in and out: upload, download, streamed checkpoints
+//   node_relay.cc        node-level dedup: one block per node, relayed inside it
+//   expert_swap.cc       HierMoE's expert swap
 // Notation: L layers, E experts, P ranks per group (local indices), M
 // attention ranks per group, R micro-batches per attention rank, d hidden,
 // f expert width, k experts per token. Message tags encode (kind, layer,
@@ -43,6 +45,7 @@ DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::Paramete
   f = c.intermediate_size;
   k = c.num_experts_per_tok;
   order = TaskOrder(p, rank);
+  for (int x = 0; x < P; ++x) node_of.push_back(x);  // each rank its own node, until SetDedup
   for (int l = 0; l < L; ++l) {
     expert_of_slot.emplace_back(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) expert_of_slot[l][e] = static_cast<int32_t>(e);
@@ -125,7 +128,12 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.expert_tokens.assign(m.L, std::vector<int64_t>(m.E, 0));
   m.idle = m.dispatch_wait = m.combine_wait = 0;
   m.bytes_sent = 0;
+  if (m.exchange && !m.routes.empty())
+    for (const auto& layer : m.routes)
+      if (!layer.empty()) throw Error("parallel.dedup: node runs over the gloo transport (parallel.transport: gloo)");
   m.rows_sent.assign(m.L, 0);
+  m.rows_inter_node.assign(m.L, 0);
+  m.rows_relayed.assign(m.L, 0);
   m.rows_to_rank.assign(static_cast<size_t>(m.L) * m.placement.world_size(), 0);
   // The routing is recorded only for a step whose optimizer step swaps.
   const bool swap_due = m.swap_every > 0 && (m.optimizer_calls + 1) % m.swap_every == 0;
@@ -188,6 +196,9 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   const size_t dispatch_at = sums.size();
   sums.insert(sums.end(), m.rows_sent.begin(), m.rows_sent.end());
   sums.insert(sums.end(), m.rows_to_rank.begin(), m.rows_to_rank.end());
+  const size_t levels_at = sums.size();
+  sums.insert(sums.end(), m.rows_inter_node.begin(), m.rows_inter_node.end());
+  sums.insert(sums.end(), m.rows_relayed.begin(), m.rows_relayed.end());
   m.everyone->AllReduceSum(sums.data(), sums.size());
 
   backend::StepLoss out;
@@ -207,6 +218,8 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
       out.expert_tokens[l][m.expert_of_slot[l][e]] = static_cast<int64_t>(sums[11 + l * m.E + e]);
   const int world = m.placement.world_size();
   out.dispatch_rows_sent.assign(sums.begin() + dispatch_at, sums.begin() + dispatch_at + m.L);
+  out.dispatch_rows_inter_node.assign(sums.begin() + levels_at, sums.begin() + levels_at + m.L);
+  out.dispatch_rows_relayed.assign(sums.begin() + levels_at + m.L, sums.begin() + levels_at + 2 * m.L);
   out.expert_load_imbalance.assign(m.L, 0);
   for (int l = 0; l < m.L; ++l) {
     const double* to_rank = sums.data() + dispatch_at + m.L + static_cast<size_t>(l) * world;
@@ -228,8 +241,6 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   }
   return out;
 }
-
-void DistributedBackend::SetDedup(bool on) { impl_->dedup = on; }
 
 void DistributedBackend::SetRecompute(const std::string& what) {
   if (what != "none" && what != "attention" && what != "experts" && what != "full")

@@ -49,6 +49,18 @@ namespace hetermoe::parallel {
 struct Emulation {
   double attention = 1.0;  // factor on attention work (AttnFwd, Head, AttnBwd)
   double experts = 1.0;    // factor on expert work (ExpFwd, ExpBwd)
+  // Emulated links for the dispatch and combine messages: the sender waits
+  // latency + bytes / bandwidth per message to another rank, by whether the
+  // peer is on its node (SetDedup's nodes). 0 = as fast as the host goes.
+  double inter_node_bytes_per_second = 0, intra_node_bytes_per_second = 0;
+  double link_latency_seconds = 0;
+};
+
+// How far HierMoE's token deduplication reaches (SetDedup).
+enum class DedupDepth {
+  kOff,   // every routed row is sent
+  kRank,  // a token goes once to each expert rank that holds some of its experts
+  kNode,  // and once to each other node whose expert ranks hold several of them
 };
 
 // Makes the rank's device over the engine's host parameter and gradient
@@ -69,11 +81,18 @@ class DistributedBackend final : public backend::Backend {
   std::string name() const override;
   std::string precision() const override;
   std::vector<bool> SequencesUsed(int64_t global_batch, int64_t micro_batches) const override;
-  // HierMoE's token deduplication on the dispatch (default on; every rank of
-  // a run must agree): a token routed to several experts of one owner is
+  // HierMoE's token deduplication on the dispatch (default kRank; every rank
+  // of a run must agree): a token routed to several experts of one owner is
   // sent once and fanned out there, and the owner sums that token's input
-  // grads before sending them back. Set before the first step.
-  void SetDedup(bool on);
+  // grads before sending them back. kNode adds the level above
+  // (node_relay.cc): an attention rank sends one block to each other node
+  // where two or more expert ranks hold experts of the layer, to the first
+  // of them, which splits it among them and, in backward, adds their
+  // per-token input-grad sums into one row per token before replying (the
+  // Gloo transport only). `node_of_rank`: each global rank's node (any
+  // numbering; empty = each rank its own node), also used by the emulated
+  // links and the inter-node row counts. Set before the first step.
+  void SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank = {});
   // parallel.swap_every: HierMoE's expert swap (expert_swap.cc). Every this
   // many optimizer steps, in each layer, the two experts on different ranks
   // whose swap most lowers the smooth max of the ranks' deduplicated rows in

@@ -23,7 +23,12 @@ inline double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-enum MessageKind : uint32_t { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
+// Node-level dedup adds: kNodeRows (attention rank -> a node's first owner),
+// kNodeGrads (back), and per attention rank a: kRelayRows + a (first owner
+// -> the node's other owners) and kRelaySums + a (back), kRelaySums = kRelayRows + M.
+enum MessageKind : uint32_t {
+  kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3, kNodeRows = 4, kNodeGrads = 5, kRelayRows = 6
+};
 
 using wire::Dedup;
 using wire::HeaderBytes;
@@ -41,6 +46,7 @@ struct OwnerSlot {
   const float* y = nullptr;         // outputs to send back (host, owned by block)
   const float* dxp = nullptr;       // input grads to send back (host, owned by block)
   std::vector<float> dy;            // output grads in
+  bool relay_pending = false;       // node dedup, on the node's first owner: RelayRows fills the inbox
   std::unique_ptr<comm::Request> inbox_request, dy_request;
   model::DeviceRows dev;            // NCCL transport: the block's rows on the device
 };
@@ -107,7 +113,44 @@ struct DistributedBackend::Impl {
   std::vector<Dedup> dedups;                                   // [l][j][owner] (dedup on)
   std::vector<int32_t> unique_of;                              // MakeDedup's scratch: token -> unique
   std::vector<std::vector<float>> grad_sums;                   // [l][j][owner] input grads per unique token
-  bool dedup = true;
+  bool dedup = true;  // depth != kOff
+  DedupDepth depth = DedupDepth::kRank;
+  // --- node-level dedup (node_relay.cc) ---
+  std::vector<int> node_of;  // [local member] its node
+  // A node whose expert ranks (two or more) hold layer l's experts
+  // [first_expert, + experts): attention ranks on other nodes send it one
+  // block, to owners[0], which relays.
+  struct NodeRoute {
+    int node = 0;
+    std::vector<int> owners;  // local indices, ascending
+    int64_t first_expert = 0, experts = 0;
+  };
+  std::vector<std::vector<NodeRoute>> routes;  // [l] (depth kNode)
+  void MakeRoutes();
+  // The route carrying owner o's rows of layer l from attention rank a, or nullptr (sent directly).
+  const NodeRoute* RouteOf(int l, int a, int o) const;
+  // attention side, [l][j][route]
+  std::vector<Dedup> node_dedups;
+  std::vector<std::vector<char>> node_outbox;
+  std::vector<std::vector<float>> node_grad_sums;
+  std::vector<std::unique_ptr<comm::Request>> node_grads_in;
+  void SendNodeBlocks(int l, int j);
+  void PostNodeGradReceives(int l, int j);
+  void ScatterNodeGradSums(int l, int j);
+  // the node's first owner, [l][j][attention rank]
+  struct Relay {
+    std::vector<char> inbox;
+    std::unique_ptr<comm::Request> request;
+    std::vector<wire::NodeSplit> split;  // per route owner
+    int64_t uniques = 0, rows = 0;
+    std::vector<float> sums;                   // per node token
+    std::vector<std::vector<float>> peer_sums;  // per route owner
+  };
+  std::vector<Relay> relays;
+  void RelayRows(int l, int j, int a);  // the node block in, each owner's block out (its own into its slot)
+  void RelaySums(int l, int j);         // after this rank's ExpBwd(l, j): the owners' sums in, one block out
+  // Emulated links: the time a message of `bytes` to local member `peer` takes.
+  double LinkSeconds(size_t bytes, int peer) const;
   // HierMoE's expert swap (SetSwapEvery, expert_swap.cc).
   int swap_every = 0;
   int64_t optimizer_calls = 0, swaps_made = 0;
@@ -132,6 +175,9 @@ struct DistributedBackend::Impl {
   // routed rows (one per token and owner with dedup), and the routed rows
   // each owner received, by global rank ([l * world + rank]).
   std::vector<double> rows_sent, rows_to_rank;
+  // Of rows_sent, those to another node; and the rows first owners relayed
+  // inside their node (node dedup's second hop), per layer.
+  std::vector<double> rows_inter_node, rows_relayed;
   // owner side
   std::vector<OwnerSlot> slots;                                // [l][j][source]
   std::vector<std::unique_ptr<comm::Request>> sends;
@@ -172,9 +218,7 @@ struct DistributedBackend::Impl {
   }
   int64_t& Posted(Channel c, int l, int j) { return posted[(static_cast<size_t>(c) * L + l) * R + j]; }
   bool OwnsLayer(int l) const { return Range(l, placement.LocalOf(rank)).count > 0; }
-  uint32_t Tag(MessageKind kind, int l, int j) const {
-    return (static_cast<uint32_t>(kind) * L + l) * R + j;
-  }
+  uint32_t Tag(uint32_t kind, int l, int j) const { return (kind * L + l) * R + j; }
   const ExpertRange& Range(int l, int x) const { return placement.owners[l][x]; }
   // Tensor i of `layout` in this rank's buffers (it must own it).
   float* Grad(size_t i) { return grads.data() + own.local_offset[i]; }
@@ -253,7 +297,10 @@ struct DistributedBackend::Impl {
   // `into`: where the request waits (a reused object's list), else `sends`.
   void Send(comm::Communicator* c, const void* data, size_t bytes, int peer, uint32_t tag,
             std::vector<std::unique_ptr<comm::Request>>* into = nullptr) {
-    if (peer != placement.LocalOf(rank)) bytes_sent += static_cast<double>(bytes);  // not the self-mailbox
+    if (peer != placement.LocalOf(rank)) {  // not the self-mailbox
+      bytes_sent += static_cast<double>(bytes);
+      if (const double s = LinkSeconds(bytes, peer); s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(s));
+    }
     (into ? into : &sends)->push_back(c->Isend(data, bytes, peer, tag));
   }
 

@@ -20,7 +20,19 @@ void DistributedBackend::Impl::PostOwnerReceives() {
       for (int a = 0; a < M; ++a) {
         OwnerSlot& s = slots[Idx(l, j, a)];
         s.inbox.resize(HeaderBytes(r.count, max_rows, dedup) + on_wire * d * sizeof(float));
-        s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
+        const NodeRoute* route = RouteOf(l, a, local);
+        if (!route) {
+          s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
+        } else if (route->owners[0] != local) {  // relayed by the node's first owner
+          s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), route->owners[0], Tag(kRelayRows + a, l, j));
+        } else {  // this rank relays: the node's block comes in
+          const int64_t node_rows = micro_tokens * std::min<int64_t>(k, route->experts);
+          Relay& rl = relays[Idx(l, j, a)];
+          rl.inbox.resize(HeaderBytes(route->experts, node_rows, true) +
+                          std::min(node_rows, micro_tokens) * d * sizeof(float));
+          rl.request = dispatch->Irecv(rl.inbox.data(), rl.inbox.size(), a, Tag(kNodeRows, l, j));
+          s.relay_pending = true;
+        }
       }
   }
 }
@@ -31,9 +43,14 @@ void DistributedBackend::Impl::PostOwnerReceives() {
 void DistributedBackend::Impl::ReadHeader(int l, int j, int a) {
   const ExpertRange& r = Range(l, placement.LocalOf(rank));
   OwnerSlot& s = slots[Idx(l, j, a)];
-  if (!s.inbox_request) return;  // read already
-  Wait(s.inbox_request.get(), true, "dispatch", l, j);
-  s.inbox_request.reset();
+  if (s.relay_pending) {
+    s.relay_pending = false;
+    RelayRows(l, j, a);
+  } else {
+    if (!s.inbox_request) return;  // read already
+    Wait(s.inbox_request.get(), true, "dispatch", l, j);
+    s.inbox_request.reset();
+  }
   wire::DispatchBlock block;
   try {
     block = wire::UnpackDispatch(s.inbox.data(), s.inbox.size(), r.count, MaxRows(r), exchange ? 0 : d, dedup);
@@ -173,8 +190,16 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
     // One row per unique token: the sum of its rows' input grads.
     s.dx_sums.resize(s.uniques * d);
     wire::SumByUnique(s.index, s.uniques, s.dxp, d, s.dx_sums.data());
+    if (const NodeRoute* route = RouteOf(l, a, placement.LocalOf(rank))) {
+      // Node dedup: to the node's first owner, which adds the node's sums (RelaySums).
+      if (route->owners[0] != placement.LocalOf(rank))
+        Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), route->owners[0],
+             Tag(kRelayRows + M + a, l, j), &block_sends[BlockIdx(l, j, a)]);
+      continue;
+    }
     Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), a, Tag(kInputGrads, l, j));
   }
+  RelaySums(l, j);
 }
 
 }  // namespace hetermoe::parallel

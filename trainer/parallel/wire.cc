@@ -107,4 +107,49 @@ void ScatterSums(const Dedup& dedup, const float* sums, int64_t d, float* out) {
     std::memcpy(out + dedup.first[u] * d, sums + u * d, d * sizeof(float));
 }
 
+void SplitNodeBlock(const DispatchBlock& node, int64_t d, const std::vector<int64_t>& experts_per_owner,
+                    std::vector<NodeSplit>* out) {
+  out->resize(experts_per_owner.size());
+  std::vector<int32_t> owner_unique(static_cast<size_t>(node.uniques), -1);  // node token -> the owner's
+  const size_t row_bytes = d * sizeof(float);
+  int64_t expert = 0, row = 0;
+  for (size_t i = 0; i < experts_per_owner.size(); ++i) {
+    NodeSplit& s = (*out)[i];
+    const int64_t experts = experts_per_owner[i];
+    if (expert + experts > static_cast<int64_t>(node.counts.size()))
+      throw Error("node block: the owners hold more experts than the block counts");
+    s.rows = 0;
+    for (int64_t e = expert; e < expert + experts; ++e) s.rows += node.counts[e];
+    Dedup dd;
+    dd.index.resize(s.rows);
+    s.node_token.clear();
+    for (int64_t r = 0; r < s.rows; ++r) {
+      const int32_t t = node.index[row + r];
+      if (owner_unique[t] < 0) {
+        owner_unique[t] = static_cast<int32_t>(s.node_token.size());
+        s.node_token.push_back(t);
+      }
+      dd.index[r] = owner_unique[t];
+    }
+    for (int32_t t : s.node_token) owner_unique[t] = -1;
+    // The owner's block: its counts and index, then its unique tokens' rows.
+    dd.first.assign(s.node_token.size(), 0);
+    PackDispatch(node.counts.data() + expert, experts, nullptr, s.rows, 0, &dd, &s.box);
+    const size_t header = s.box.size();
+    s.box.resize(header + s.node_token.size() * row_bytes);
+    for (size_t u = 0; u < s.node_token.size(); ++u)
+      std::memcpy(s.box.data() + header + u * row_bytes, node.data + s.node_token[u] * d, row_bytes);
+    expert += experts;
+    row += s.rows;
+  }
+}
+
+void AddToNodeSums(const NodeSplit& owner, const float* owner_sums, int64_t d, float* node_sums) {
+  for (size_t u = 0; u < owner.node_token.size(); ++u) {
+    float* dst = node_sums + owner.node_token[u] * d;
+    const float* src = owner_sums + u * d;
+    for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
+  }
+}
+
 }  // namespace hetermoe::parallel::wire

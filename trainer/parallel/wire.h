@@ -74,4 +74,26 @@ void RowsByUnique(const std::vector<int32_t>& index, int64_t uniques, std::vecto
 // zeros on the others (`out` rows x d).
 void ScatterSums(const Dedup& dedup, const float* sums, int64_t d, float* out);
 
+// Node-level deduplication (HierMoE's hierarchy). Where several expert
+// ranks of one node hold experts a token is routed to, the attention rank
+// sends the node one dedup block over the node's experts (their ranges are
+// adjacent), to the node's first owner, which splits it into each owner's
+// block (the block an attention rank sends with rank-level dedup) and on the
+// way back adds the owners' per-token sums into one row per node token.
+struct NodeSplit {
+  std::vector<char> box;            // the owner's dedup block, rows included
+  std::vector<int32_t> node_token;  // [the owner's unique tokens] the node block's unique token of each
+  int64_t rows = 0;                 // routed rows in the owner's block
+};
+
+// Splits a received node block (dedup, with rows) among the owners holding
+// experts_per_owner[i] of its experts, in order. `out` gets one per owner.
+void SplitNodeBlock(const DispatchBlock& node, int64_t d, const std::vector<int64_t>& experts_per_owner,
+                    std::vector<NodeSplit>* out);
+
+// Backward, on the node's first owner: an owner's per-token input-grad sums
+// (uniques x d, in its block's unique order) added into the node block's
+// per-token sums.
+void AddToNodeSums(const NodeSplit& owner, const float* owner_sums, int64_t d, float* node_sums);
+
 }  // namespace hetermoe::parallel::wire

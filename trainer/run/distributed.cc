@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -145,6 +146,49 @@ parallel::Placement RunFilePlacement(const RunConfig& rc, const io::MixtralConfi
 }
 
 // Asym-EA's offloads known before start-up (a list; auto measures them later).
+// Each global rank's node: rank / parallel.ranks_per_node, or else the
+// ranks that share a node name (HETERMOE_NODE_NAME, which pods get from the
+// node they run on, else the host name) share a node, numbered in rank order.
+std::vector<int> NodesOfRanks(const RunConfig& rc, comm::World& world) {
+  const int n = world.size();
+  std::vector<int> node(n);
+  if (rc.parallel.ranks_per_node > 0) {
+    for (int r = 0; r < n; ++r) node[r] = r / rc.parallel.ranks_per_node;
+    return node;
+  }
+  std::string name;
+  if (const char* v = std::getenv("HETERMOE_NODE_NAME"); v && *v) {
+    name = v;
+  } else {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    name = host;
+  }
+  // The names' 32-bit FNV-1a hashes, in two exact 16-bit halves, summed over the world.
+  uint32_t h = 2166136261u;
+  for (unsigned char ch : name) h = (h ^ ch) * 16777619u;
+  std::vector<double> halves(2 * static_cast<size_t>(n), 0.0);
+  halves[2 * world.rank()] = h >> 16;
+  halves[2 * world.rank() + 1] = h & 0xffff;
+  std::vector<int> all(n);
+  for (int r = 0; r < n; ++r) all[r] = r;
+  world.Group("node-names", all)->AllReduceSum(halves.data(), halves.size());
+  std::vector<std::pair<double, double>> seen;
+  for (int r = 0; r < n; ++r) {
+    const std::pair<double, double> key{halves[2 * r], halves[2 * r + 1]};
+    const auto it = std::find(seen.begin(), seen.end(), key);
+    node[r] = static_cast<int>(it - seen.begin());
+    if (it == seen.end()) seen.push_back(key);
+  }
+  return node;
+}
+
+parallel::DedupDepth DedupDepthOf(const std::string& name) {
+  if (name == "off") return parallel::DedupDepth::kOff;
+  if (name == "node") return parallel::DedupDepth::kNode;
+  return parallel::DedupDepth::kRank;
+}
+
 std::vector<int> ListedOffloads(const RunConfig& rc) {
   return rc.parallel.asym_ea == "list" ? rc.parallel.asym_ea_layers : std::vector<int>{};
 }
@@ -221,6 +265,9 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
     em.attention = f.attention;
     em.experts = f.experts;
   }
+  em.inter_node_bytes_per_second = rc.emulate.inter_node_gbps * 1e9 / 8;
+  em.intra_node_bytes_per_second = rc.emulate.intra_node_gbps * 1e9 / 8;
+  em.link_latency_seconds = rc.emulate.latency_us * 1e-6;
 
   std::vector<int> offloaded = ListedOffloads(rc);
   if (p.asym_ea == "auto") offloaded = AutoAsymEa(rc, config, layout, *run->world, em, attention_kind);
@@ -237,7 +284,8 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
         return backend::MakeStageDevice(config, owned, DeviceOptions(rc), params, grads);
       },
       rc.train.zero == 1);
-  engine->SetDedup(p.dedup);
+  const std::vector<int> nodes = NodesOfRanks(rc, *run->world);
+  engine->SetDedup(DedupDepthOf(p.dedup), nodes);
   engine->SetSwapEvery(static_cast<int>(p.swap_every));
   const std::string transport = engine->SetTransport(
       p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));
@@ -250,6 +298,11 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
     std::fprintf(stderr, "rows between ranks: %s\n", transport.c_str());
+    if (p.dedup == "node") {
+      std::string list;
+      for (size_t r = 0; r < nodes.size(); ++r) list += (r ? " " : "") + std::to_string(nodes[r]);
+      std::fprintf(stderr, "dedup: node (the nodes of ranks 0..%zu: %s)\n", nodes.size() - 1, list.c_str());
+    }
     if (in_flight < run->placement.micro_per_rank)
       std::fprintf(stderr, "micro-batches in flight: %d of %d per attention rank (zebra in waves)\n", in_flight,
                    run->placement.micro_per_rank);

@@ -121,6 +121,8 @@ void MetricsSink::Record(const StepMetrics& m) {
     if (m.expert_swaps >= 0) line["expert_swaps"] = m.expert_swaps;
     line["rank_state_bytes"] = m.rank_state_bytes;
     line["dispatch_rows_sent"] = m.dispatch_rows_sent;
+    line["dispatch_rows_inter_node"] = m.dispatch_rows_inter_node;
+    line["dispatch_rows_relayed"] = m.dispatch_rows_relayed;
     line["expert_load_imbalance"] = m.expert_load_imbalance;
   }
   if (m.loss_scale != 1.0) line["loss_scale"] = m.loss_scale;
@@ -176,7 +178,9 @@ void MetricsSink::Record(const StepMetrics& m) {
     auto& rows = prometheus::BuildGauge()
                      .Name("hetermoe_trainer_dispatch_rows")
                      .Help("Rows dispatched to expert owners in the last step per layer: routed = (token, expert) "
-                           "pairs, sent = rows on the wire for them (one per token and owner with parallel.dedup)")
+                           "pairs, sent = rows on the wire for them (one per token and owner with parallel.dedup), "
+                           "inter_node = of those, rows to another node, relayed = rows a node's first owner "
+                           "passed on inside its node (parallel.dedup node)")
                      .Register(*registry_);
     auto& imbalance = prometheus::BuildGauge()
                           .Name("hetermoe_trainer_expert_load_imbalance")
@@ -186,6 +190,8 @@ void MetricsSink::Record(const StepMetrics& m) {
       const std::string layer = std::to_string(l);
       rows_routed_.push_back(&rows.Add({{"layer", layer}, {"kind", "routed"}}));
       rows_sent_.push_back(&rows.Add({{"layer", layer}, {"kind", "sent"}}));
+      rows_inter_node_.push_back(&rows.Add({{"layer", layer}, {"kind", "inter_node"}}));
+      rows_relayed_.push_back(&rows.Add({{"layer", layer}, {"kind", "relayed"}}));
       load_imbalance_.push_back(&imbalance.Add({{"layer", layer}}));
     }
   }
@@ -193,6 +199,8 @@ void MetricsSink::Record(const StepMetrics& m) {
   for (size_t l = 0; l < rows_routed_.size(); ++l) {
     rows_routed_[l]->Set(at(m.dispatch_rows, l));
     rows_sent_[l]->Set(at(m.dispatch_rows_sent, l));
+    rows_inter_node_[l]->Set(at(m.dispatch_rows_inter_node, l));
+    rows_relayed_[l]->Set(at(m.dispatch_rows_relayed, l));
     load_imbalance_[l]->Set(at(m.expert_load_imbalance, l));
   }
   if (expert_tokens_.empty()) {

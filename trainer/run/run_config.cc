@@ -174,6 +174,12 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     parallel.Get("launch", &p.launch);
     parallel.Get("timeout_seconds", &p.timeout_seconds);
     parallel.Get("dedup", &p.dedup);
+    if (p.dedup == "true") p.dedup = "rank";
+    if (p.dedup == "false") p.dedup = "off";
+    if (p.dedup != "off" && p.dedup != "rank" && p.dedup != "node")
+      parallel.Fail("parallel.dedup", "must be off, rank or node (or true = rank, false = off; got \"" + p.dedup + "\")");
+    parallel.Get("ranks_per_node", &p.ranks_per_node);
+    if (p.ranks_per_node < 0) parallel.Fail("parallel.ranks_per_node", "must be >= 0 (0 = from the node names)");
     parallel.Get("swap_every", &p.swap_every);
     if (p.swap_every < 0) parallel.Fail("parallel.swap_every", "must be >= 0 (0 = never)");
     parallel.Get("transport", &p.transport);
@@ -207,7 +213,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   }
   if (root["emulate"]) {
     const YAML::Node em = root["emulate"];
-    static const std::set<std::string> kRoles = {"attention_rank", "expert_rank"};
+    static const std::set<std::string> kRoles = {"attention_rank", "expert_rank", "links"};
     if (!em.IsMap()) throw Error(source + ": emulate must be a mapping");
     for (const auto& kv : em) {
       const std::string role = kv.first.as<std::string>();
@@ -223,6 +229,13 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     };
     role("attention_rank", &c.emulate.attention_rank_attention, &c.emulate.attention_rank_experts);
     role("expert_rank", &c.emulate.expert_rank_attention, &c.emulate.expert_rank_experts);
+    Section links(em["links"], "emulate.links", source);
+    links.Get("inter_node_gbps", &c.emulate.inter_node_gbps);
+    links.Get("intra_node_gbps", &c.emulate.intra_node_gbps);
+    links.Get("latency_us", &c.emulate.latency_us);
+    links.Finish();
+    for (double v : {c.emulate.inter_node_gbps, c.emulate.intra_node_gbps, c.emulate.latency_us})
+      if (v < 0) links.Fail("emulate.links", "bandwidths and latency must be >= 0 (0 = not emulated)");
   }
 
   Section output(root["output"], "output", source);

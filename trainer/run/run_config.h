@@ -66,7 +66,12 @@ struct RunConfig {
     std::vector<int> asym_ea_layers; // experts moved to attention ranks, per layer
     std::string launch = "local";    // local | env
     double timeout_seconds = 60;     // rendezvous and every collective
-    bool dedup = true;               // HierMoE token deduplication on the dispatch
+    // HierMoE token deduplication on the dispatch: off | rank | node (true =
+    // rank, false = off); node also sends a token once per other node.
+    std::string dedup = "rank";
+    // Nodes of a local run: ranks 0..n-1 are node 0, n..2n-1 node 1, ... (0 =
+    // from each rank's HETERMOE_NODE_NAME, else its host name).
+    int ranks_per_node = 0;
     int64_t swap_every = 0;          // HierMoE expert swap every this many steps; 0 = never
     std::string transport = "auto";  // rows between ranks: auto | nccl (GPU to GPU) | gloo (through the host)
     int micro_batches_in_flight = 0; // zebra in waves of this many micro-batches per attention rank (0 = all)
@@ -76,6 +81,9 @@ struct RunConfig {
   struct Emulate {
     double attention_rank_attention = 1.0, attention_rank_experts = 1.0;
     double expert_rank_attention = 1.0, expert_rank_experts = 1.0;
+    // Links for the rows between ranks (emulate.links): bandwidth in Gbit/s
+    // between nodes and inside one, latency per message; 0 = not emulated.
+    double inter_node_gbps = 0, intra_node_gbps = 0, latency_us = 0;
   } emulate;
 
   struct Output {

@@ -315,6 +315,8 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     for (const auto& layer : m.expert_tokens)
       m.dispatch_rows.push_back(static_cast<double>(std::accumulate(layer.begin(), layer.end(), int64_t{0})));
     m.dispatch_rows_sent = loss.has_parallel_stats ? loss.dispatch_rows_sent : m.dispatch_rows;
+    m.dispatch_rows_inter_node = loss.dispatch_rows_inter_node;
+    m.dispatch_rows_relayed = loss.dispatch_rows_relayed;
     m.expert_load_imbalance = loss.expert_load_imbalance;
     if (!loss.has_parallel_stats)
       for (double rows : m.dispatch_rows) m.expert_load_imbalance.push_back(rows > 0 ? 1.0 : 0.0);
