@@ -9,6 +9,13 @@ steps) must equal 1 - the duplicate share the planner prices with
 (hetermoe-plan dedup, planner/dedup.h) within 4 points: the router is
 random, not uniform, so a few points of skew remain (measured 0.1-2.7). With
 parallel.dedup off every routed row is sent.
+
+Node level (parallel.dedup node): 2 attention ranks and 4 expert ranks on
+nodes of 2 ranks (attention on node 0, the experts on 2 nodes of 2 ranks,
+4 experts each). The rows that cross nodes per routed row must equal 1 - the
+planner's share over 2 destination groups (the nodes), within 4 points, and
+be fewer than rank-level dedup sends across nodes. And the depth choice
+(parallel.dedup auto) on emulated links: check_depth_choice.
 """
 import argparse
 import json
@@ -22,24 +29,60 @@ import sys
 RUN = """model: {{config: {work}/config{k}.json}}
 data: {{train: {work}/tokens.bin}}
 train: {{steps: 3, global_batch: 24, micro_batches: 12, seq_len: 16, lr: 1.0e-2, threads: 1}}
-parallel: {{attention_ranks: 1, expert_ranks: {n}, schedule: zebra, timeout_seconds: 30, dedup: {dedup}}}
+parallel: {{attention_ranks: {m}, expert_ranks: {n}, schedule: zebra, timeout_seconds: 30, dedup: {dedup}{extra}}}
 output: {{dir: {out}}}
 """
 
 
-def sent_per_routed(trainer, work, k, n, dedup):
-    out = os.path.join(work, f"out-k{k}-n{n}-{dedup}")
+def sent_per_routed(trainer, work, k, n, dedup, m=1, extra="", key="dispatch_rows_sent"):
+    out = os.path.join(work, f"out-k{k}-m{m}-n{n}-{dedup}")
     run_file = out + ".yaml"
     with open(run_file, "w") as f:
-        f.write(RUN.format(work=work, k=k, n=n, out=out, dedup=dedup))
+        f.write(RUN.format(work=work, k=k, m=m, n=n, out=out, dedup=dedup, extra=extra))
     p = subprocess.run([trainer, "--config", run_file, "--no-progress"], capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
         raise RuntimeError(f"{run_file} failed ({p.returncode}):\n{p.stderr}")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
-    sent = sum(sum(m["dispatch_rows_sent"]) for m in metrics)
+    sent = sum(sum(m[key]) for m in metrics)
     routed = sum(sum(m["dispatch_rows"]) for m in metrics)
     return sent / routed
+
+
+def check_depth_choice(trainer, work):
+    """parallel.dedup auto, 8 experts top-4 on 2 attention + 4 expert ranks in
+    nodes of 2: with emulated slow links between nodes and fast ones inside,
+    every layer takes node level after the first step (which runs rank
+    level); with equal links every layer stays at rank level. The losses are
+    the same as with rank-level dedup either way."""
+    problems = []
+    runs = {}
+    for name, links in (("slow across nodes", "inter_node_gbps: 0.1, intra_node_gbps: 10"),
+                        ("equal links", "inter_node_gbps: 1, intra_node_gbps: 1"),
+                        ("rank", "inter_node_gbps: 1, intra_node_gbps: 1")):
+        out = os.path.join(work, "depth-" + name.replace(" ", "-"))
+        run_file = out + ".yaml"
+        with open(run_file, "w") as f:
+            f.write(RUN.format(work=work, k=4, m=2, n=4, out=out, dedup="rank" if name == "rank" else "auto",
+                               extra=", ranks_per_node: 2") + f"emulate: {{links: {{{links}}}}}\n")
+        p = subprocess.run([trainer, "--config", run_file, "--no-progress"], capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            raise RuntimeError(f"{run_file} failed ({p.returncode}):\n{p.stderr}")
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            runs[name] = [json.loads(line) for line in f]
+        fitted = next((l for l in p.stderr.splitlines() if "links fitted" in l), "")
+        print(f"{name}: depth per step {[m['dedup_depth'] for m in runs[name]]}" + (f"\n    {fitted}" if fitted else ""))
+    want = {"slow across nodes": "node", "equal links": "rank"}
+    for name, depth in want.items():
+        if any(d != "rank" for d in runs[name][0]["dedup_depth"]):
+            problems.append(f"{name}: the first step ran {runs[name][0]['dedup_depth']}, expected rank level")
+        if any(d != depth for m in runs[name][1:] for d in m["dedup_depth"]):
+            problems.append(f"{name}: expected {depth} level in every layer after step 1, got "
+                            f"{[m['dedup_depth'] for m in runs[name]]}")
+        for a, b in zip(runs["rank"], runs[name]):
+            if abs(a["loss"] - b["loss"]) > 1e-5 * abs(a["loss"]):
+                problems.append(f"{name}: step {a['step']} loss {b['loss']} vs {a['loss']} with rank-level dedup")
+    return problems
 
 
 def main():
@@ -76,6 +119,18 @@ def main():
             print(f"{k:>6} {n:>13} {got:>12.4f} {want:>8.4f}")
             if abs(got - want) > 0.04:
                 problems.append(f"top-{k} over {n} expert ranks: {got:.4f} rows sent per routed row, planner {want:.4f}")
+    print(f"{'top-k':>6} {'nodes':>13} {'across/routed':>14} {'planner':>8} {'rank dedup':>11}")
+    for k in (2, 4):
+        across = {dedup: sent_per_routed(args.trainer, args.work, k, 4, dedup, m=2, extra=", ranks_per_node: 2",
+                                         key="dispatch_rows_inter_node") for dedup in ("node", "rank")}
+        want = predicted[(2, k)]
+        print(f"{k:>6} {'2 of 2 ranks':>13} {across['node']:>14.4f} {want:>8.4f} {across['rank']:>11.4f}")
+        if abs(across["node"] - want) > 0.04:
+            problems.append(f"top-{k}, node dedup over 2 nodes: {across['node']:.4f} rows across nodes per routed "
+                            f"row, planner {want:.4f}")
+        if not across["node"] < across["rank"]:
+            problems.append(f"top-{k}: node dedup sent {across['node']:.4f} across nodes, rank {across['rank']:.4f}")
+    problems += check_depth_choice(args.trainer, args.work)
     off = sent_per_routed(args.trainer, args.work, 4, 2, "false")
     if off != 1.0:
         problems.append(f"dedup off: {off} rows sent per routed row, expected 1")

@@ -28,6 +28,7 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
   model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
   if (!routed.empty()) RecordRouting(l, j, plan);
+  CountRouteTraffic(l, j);
   std::vector<model::RowExchange::Send> sends;
   const int me = placement.LocalOf(rank);
   ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {

@@ -17,6 +17,7 @@
 #include "trainer/parallel/engine_impl.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "common/error.h"
@@ -46,6 +47,7 @@ DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::Paramete
   k = c.num_experts_per_tok;
   order = TaskOrder(p, rank);
   for (int x = 0; x < P; ++x) node_of.push_back(x);  // each rank its own node, until SetDedup
+  layer_node.assign(L, 0);
   for (int l = 0; l < L; ++l) {
     expert_of_slot.emplace_back(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) expert_of_slot[l][e] = static_cast<int32_t>(e);
@@ -128,12 +130,20 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.expert_tokens.assign(m.L, std::vector<int64_t>(m.E, 0));
   m.idle = m.dispatch_wait = m.combine_wait = 0;
   m.bytes_sent = 0;
+  if (m.exchange && !m.routes.empty() && m.depth == DedupDepth::kAuto) {
+    m.routes.clear();  // auto's choice: the relay runs over Gloo only
+    if (rank_ == 0) std::fprintf(stderr, "dedup auto: rank level (node level runs over the gloo transport)\n");
+  }
   if (m.exchange && !m.routes.empty())
     for (const auto& layer : m.routes)
       if (!layer.empty()) throw Error("parallel.dedup: node runs over the gloo transport (parallel.transport: gloo)");
   m.rows_sent.assign(m.L, 0);
   m.rows_inter_node.assign(m.L, 0);
   m.rows_relayed.assign(m.L, 0);
+  m.route_traffic.assign(static_cast<size_t>(m.L) * 6, 0);
+  std::vector<int> depth_now(m.L, m.dedup ? 1 : 0);
+  for (int l = 0; l < m.L; ++l)
+    if (!m.layer_node.empty() && m.layer_node[l] && !m.routes.empty() && !m.routes[l].empty()) depth_now[l] = 2;
   m.rows_to_rank.assign(static_cast<size_t>(m.L) * m.placement.world_size(), 0);
   // The routing is recorded only for a step whose optimizer step swaps.
   const bool swap_due = m.swap_every > 0 && (m.optimizer_calls + 1) % m.swap_every == 0;
@@ -199,6 +209,8 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   const size_t levels_at = sums.size();
   sums.insert(sums.end(), m.rows_inter_node.begin(), m.rows_inter_node.end());
   sums.insert(sums.end(), m.rows_relayed.begin(), m.rows_relayed.end());
+  const size_t traffic_at = sums.size();
+  sums.insert(sums.end(), m.route_traffic.begin(), m.route_traffic.end());
   m.everyone->AllReduceSum(sums.data(), sums.size());
 
   backend::StepLoss out;
@@ -220,6 +232,8 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   out.dispatch_rows_sent.assign(sums.begin() + dispatch_at, sums.begin() + dispatch_at + m.L);
   out.dispatch_rows_inter_node.assign(sums.begin() + levels_at, sums.begin() + levels_at + m.L);
   out.dispatch_rows_relayed.assign(sums.begin() + levels_at + m.L, sums.begin() + levels_at + 2 * m.L);
+  out.dedup_depth = depth_now;
+  m.ChooseDepths(sums.data() + traffic_at);
   out.expert_load_imbalance.assign(m.L, 0);
   for (int l = 0; l < m.L; ++l) {
     const double* to_rank = sums.data() + dispatch_at + m.L + static_cast<size_t>(l) * world;

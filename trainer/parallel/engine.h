@@ -61,6 +61,7 @@ enum class DedupDepth {
   kOff,   // every routed row is sent
   kRank,  // a token goes once to each expert rank that holds some of its experts
   kNode,  // and once to each other node whose expert ranks hold several of them
+  kAuto,  // per layer, rank or node, whichever the links' fitted cost predicts is faster
 };
 
 // Makes the rank's device over the engine's host parameter and gradient
@@ -91,8 +92,14 @@ class DistributedBackend final : public backend::Backend {
   // per-token input-grad sums into one row per token before replying (the
   // Gloo transport only). `node_of_rank`: each global rank's node (any
   // numbering; empty = each rank its own node), also used by the emulated
-  // links and the inter-node row counts. Set before the first step.
-  void SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank = {});
+  // links and the inter-node row counts. kAuto measures the links at once
+  // (collective): transfers of a few sizes across a node boundary and inside
+  // a node, fitted to alpha + beta bytes (planner/dedup_depth.h); the first
+  // step runs rank level, and after every step each layer takes the depth
+  // predicted faster for that step's routing (the same on every rank: the
+  // counts are summed over the world). Returns a line for the log. Set
+  // before the first step.
+  std::string SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank = {});
   // parallel.swap_every: HierMoE's expert swap (expert_swap.cc). Every this
   // many optimizer steps, in each layer, the two experts on different ranks
   // whose swap most lowers the smooth max of the ranks' deduplicated rows in

@@ -8,6 +8,7 @@
 #include <optional>
 #include <thread>
 
+#include "planner/dedup_depth.h"
 #include "trainer/model/mixtral.h"
 #include "trainer/ops/experts.h"
 #include "trainer/parallel/engine.h"
@@ -125,7 +126,15 @@ struct DistributedBackend::Impl {
     std::vector<int> owners;  // local indices, ascending
     int64_t first_expert = 0, experts = 0;
   };
-  std::vector<std::vector<NodeRoute>> routes;  // [l] (depth kNode)
+  std::vector<std::vector<NodeRoute>> routes;  // [l] (depth kNode or kAuto)
+  std::vector<char> layer_node;                // [l] the routes are in force this step
+  // kAuto: the fitted links, and this step's route traffic as either depth
+  // would send it (planner::RouteTraffic's six counts per layer).
+  planner::LinkCost inter_link, intra_link;
+  std::vector<double> route_traffic;  // [l * 6]
+  void CountRouteTraffic(int l, int j);
+  std::string MeasureLinks();          // kAuto: fits inter_link and intra_link (collective)
+  void ChooseDepths(const double* traffic);  // kAuto: layer_node for the next step
   void MakeRoutes();
   // The route carrying owner o's rows of layer l from attention rank a, or nullptr (sent directly).
   const NodeRoute* RouteOf(int l, int a, int o) const;

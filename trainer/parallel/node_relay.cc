@@ -19,13 +19,14 @@
 // it at most as long as for the slowest of them.
 #include "trainer/parallel/engine_impl.h"
 
+#include <cstdio>
 #include <thread>
 
 #include "common/error.h"
 
 namespace hetermoe::parallel {
 
-void DistributedBackend::SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank) {
+std::string DistributedBackend::SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank) {
   Impl& m = *impl_;
   if (!node_of_rank.empty() && static_cast<int>(node_of_rank.size()) != m.placement.world_size())
     throw Error("dedup: " + std::to_string(node_of_rank.size()) + " nodes given for " +
@@ -36,11 +37,14 @@ void DistributedBackend::SetDedup(DedupDepth depth, const std::vector<int>& node
   for (int x = 0; x < m.P; ++x)
     m.node_of[x] = node_of_rank.empty() ? x : node_of_rank[m.placement.GlobalRank(m.group, x)];
   m.MakeRoutes();
+  // kAuto starts at rank level; ChooseDepths decides after each step.
+  m.layer_node.assign(m.L, depth == DedupDepth::kNode ? 1 : 0);
+  return depth == DedupDepth::kAuto ? m.MeasureLinks() : std::string();
 }
 
 void DistributedBackend::Impl::MakeRoutes() {
   routes.clear();  // empty: no layer has a route
-  if (depth != DedupDepth::kNode || placement.schedule == Schedule::kEp) return;
+  if ((depth != DedupDepth::kNode && depth != DedupDepth::kAuto) || placement.schedule == Schedule::kEp) return;
   routes.assign(L, {});
   for (int l = 0; l < L; ++l)
     for (int x = M; x < P; ++x) {
@@ -72,7 +76,7 @@ void DistributedBackend::Impl::MakeRoutes() {
 }
 
 const DistributedBackend::Impl::NodeRoute* DistributedBackend::Impl::RouteOf(int l, int a, int o) const {
-  if (routes.empty()) return nullptr;
+  if (routes.empty() || !layer_node[l]) return nullptr;
   for (const NodeRoute& r : routes[l])
     if (r.node != node_of[a] && std::find(r.owners.begin(), r.owners.end(), o) != r.owners.end()) return &r;
   return nullptr;
@@ -88,7 +92,7 @@ double DistributedBackend::Impl::LinkSeconds(size_t bytes, int peer) const {
 // --- attention side ---
 
 void DistributedBackend::Impl::SendNodeBlocks(int l, int j) {
-  if (routes.empty()) return;
+  if (routes.empty() || !layer_node[l]) return;
   model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
   const int me = placement.LocalOf(rank);
@@ -110,7 +114,7 @@ void DistributedBackend::Impl::SendNodeBlocks(int l, int j) {
 }
 
 void DistributedBackend::Impl::PostNodeGradReceives(int l, int j) {
-  if (routes.empty()) return;
+  if (routes.empty() || !layer_node[l]) return;
   const int me = placement.LocalOf(rank);
   for (size_t i = 0; i < routes[l].size(); ++i) {
     const NodeRoute& route = routes[l][i];
@@ -124,7 +128,7 @@ void DistributedBackend::Impl::PostNodeGradReceives(int l, int j) {
 }
 
 void DistributedBackend::Impl::ScatterNodeGradSums(int l, int j) {
-  if (routes.empty()) return;
+  if (routes.empty() || !layer_node[l]) return;
   WaitFromOwners(node_grads_in, l, j, "combine-grad");
   model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
@@ -136,6 +140,109 @@ void DistributedBackend::Impl::ScatterNodeGradSums(int l, int j) {
     wire::ScatterSums(dd, node_grad_sums[Idx(l, j, static_cast<int>(i))].data(), d,
                       mb.dispatched_grads(l).data() + plan.offsets[route.first_expert] * d);
   }
+}
+
+// --- the depth choice (kAuto) ---
+
+void DistributedBackend::Impl::CountRouteTraffic(int l, int j) {
+  if (depth != DedupDepth::kAuto || routes.empty()) return;
+  const ops::DispatchPlan& plan = Micro(j).plan(l);
+  const int me = placement.LocalOf(rank);
+  double* t = route_traffic.data() + static_cast<size_t>(l) * 6;
+  Dedup dd;
+  unique_of.resize(plan.tokens, -1);
+  for (const NodeRoute& route : routes[l]) {
+    if (route.node == node_of[me]) continue;
+    const int64_t row0 = plan.offsets[route.first_expert];
+    wire::MakeDedup(plan.token_of_row, row0, plan.offsets[route.first_expert + route.experts] - row0, unique_of, &dd);
+    t[2] += static_cast<double>(dd.uniques());  // node: the node's unique tokens, one message
+    t[3] += 1;
+    for (size_t i = 0; i < route.owners.size(); ++i) {
+      const ExpertRange& r = Range(l, route.owners[i]);
+      const int64_t o0 = plan.offsets[r.first];
+      wire::MakeDedup(plan.token_of_row, o0, plan.offsets[r.first + r.count] - o0, unique_of, &dd);
+      t[0] += static_cast<double>(dd.uniques());  // rank: each owner's, one message each
+      t[1] += 1;
+      if (i == 0) continue;
+      t[4] += static_cast<double>(dd.uniques());  // node: relayed to the other owners
+      t[5] += 1;
+    }
+  }
+}
+
+void DistributedBackend::Impl::ChooseDepths(const double* traffic) {
+  if (depth != DedupDepth::kAuto || routes.empty()) return;
+  for (int l = 0; l < L; ++l) {
+    const double* t = traffic + static_cast<size_t>(l) * 6;
+    const planner::RouteTraffic rt{t[0], t[1], t[2], t[3], t[4], t[5]};
+    const planner::DepthPrediction p = planner::PredictDepth(rt, inter_link, intra_link, d * sizeof(float));
+    if (rank == 0 && static_cast<bool>(layer_node[l]) != p.node)
+      std::fprintf(stderr, "dedup auto: layer %d now %s level (predicted exchange %.3f ms at node level, %.3f ms at rank level)\n",
+                   l, p.node ? "node" : "rank", p.node_seconds * 1e3, p.rank_seconds * 1e3);
+    layer_node[l] = p.node ? 1 : 0;
+  }
+}
+
+// Group 0 times transfers of a few sizes over two links, each a message and
+// a one-byte reply: its attention rank 0 to the first relay on another node
+// (across nodes), and that relay to its route's next owner (inside a node).
+// Only the measuring ranks add their fits to the sum, so every rank gets the
+// same numbers.
+std::string DistributedBackend::Impl::MeasureLinks() {
+  const NodeRoute* probe = nullptr;
+  for (int l = 0; l < L && !probe && !routes.empty(); ++l)
+    for (const NodeRoute& r : routes[l])
+      if (r.node != node_of[0]) {
+        probe = &r;
+        break;
+      }
+  std::vector<double> fits(4, 0.0);
+  const int me = placement.LocalOf(rank);
+  const std::vector<double> sizes = {2048, 16384, 131072, 524288};
+  constexpr int kReps = 3;
+  std::vector<char> buffer(static_cast<size_t>(sizes.back())), ack(1);
+  uint32_t kind = kRelayRows + 2 * static_cast<uint32_t>(M);  // past the relay tags
+  auto time_link = [&](int from, int to, double* alpha, double* beta) {
+    std::vector<double> bytes, seconds;
+    for (int rep = 0; rep <= kReps; ++rep)  // rep 0 warms the connection up
+      for (double size : sizes) {
+        const uint32_t tag = Tag(kind++, 0, 0);
+        if (me == from) {
+          const auto t0 = Clock::now();
+          Send(dispatch.get(), buffer.data(), static_cast<size_t>(size), to, tag);
+          sends.back()->Wait();
+          sends.pop_back();
+          combine->Irecv(ack.data(), 1, to, tag)->Wait();
+          if (rep > 0) {
+            bytes.push_back(size);
+            seconds.push_back(Seconds(t0, Clock::now()));
+          }
+        } else if (me == to) {
+          dispatch->Irecv(buffer.data(), static_cast<size_t>(size), from, tag)->Wait();
+          combine->Isend(ack.data(), 1, from, tag)->Wait();
+        }
+      }
+    if (me == from && group == 0) {
+      const planner::LinkCost c = planner::FitLinkCost(bytes, seconds);
+      *alpha = c.alpha;
+      *beta = c.beta;
+    }
+  };
+  if (probe) {
+    time_link(0, probe->owners[0], &fits[0], &fits[1]);
+    time_link(probe->owners[0], probe->owners[1], &fits[2], &fits[3]);
+  }
+  everyone->AllReduceSum(fits.data(), fits.size());
+  inter_link = {fits[0], fits[1]};
+  intra_link = {fits[2], fits[3]};
+  if (!probe) return "dedup auto: no node holds two expert ranks of a layer apart from the attention ranks; rank level";
+  char line[256];
+  auto gbps = [](double beta) { return beta > 0 ? 8e-9 / beta : 0.0; };
+  std::snprintf(line, sizeof line,
+                "dedup auto: links fitted at start-up: across nodes %.1f us + %.2f Gbit/s, inside a node %.1f us + "
+                "%.2f Gbit/s; rank level until the first step's routing is counted",
+                inter_link.alpha * 1e6, gbps(inter_link.beta), intra_link.alpha * 1e6, gbps(intra_link.beta));
+  return line;
 }
 
 // --- the relay (a route's first owner) ---

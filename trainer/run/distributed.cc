@@ -186,6 +186,7 @@ std::vector<int> NodesOfRanks(const RunConfig& rc, comm::World& world) {
 parallel::DedupDepth DedupDepthOf(const std::string& name) {
   if (name == "off") return parallel::DedupDepth::kOff;
   if (name == "node") return parallel::DedupDepth::kNode;
+  if (name == "auto") return parallel::DedupDepth::kAuto;
   return parallel::DedupDepth::kRank;
 }
 
@@ -285,7 +286,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
       },
       rc.train.zero == 1);
   const std::vector<int> nodes = NodesOfRanks(rc, *run->world);
-  engine->SetDedup(DedupDepthOf(p.dedup), nodes);
+  const std::string dedup_line = engine->SetDedup(DedupDepthOf(p.dedup), nodes);
   engine->SetSwapEvery(static_cast<int>(p.swap_every));
   const std::string transport = engine->SetTransport(
       p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));
@@ -298,10 +299,12 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
     std::fprintf(stderr, "rows between ranks: %s\n", transport.c_str());
-    if (p.dedup == "node") {
+    if (!dedup_line.empty()) std::fprintf(stderr, "%s\n", dedup_line.c_str());
+    if (p.dedup == "node" || p.dedup == "auto") {
       std::string list;
       for (size_t r = 0; r < nodes.size(); ++r) list += (r ? " " : "") + std::to_string(nodes[r]);
-      std::fprintf(stderr, "dedup: node (the nodes of ranks 0..%zu: %s)\n", nodes.size() - 1, list.c_str());
+      std::fprintf(stderr, "dedup: %s (the nodes of ranks 0..%zu: %s)\n", p.dedup.c_str(), nodes.size() - 1,
+                   list.c_str());
     }
     if (in_flight < run->placement.micro_per_rank)
       std::fprintf(stderr, "micro-batches in flight: %d of %d per attention rank (zebra in waves)\n", in_flight,

@@ -123,6 +123,9 @@ void MetricsSink::Record(const StepMetrics& m) {
     line["dispatch_rows_sent"] = m.dispatch_rows_sent;
     line["dispatch_rows_inter_node"] = m.dispatch_rows_inter_node;
     line["dispatch_rows_relayed"] = m.dispatch_rows_relayed;
+    std::vector<std::string> depth;
+    for (int x : m.dedup_depth) depth.push_back(x == 2 ? "node" : x == 1 ? "rank" : "off");
+    line["dedup_depth"] = depth;
     line["expert_load_imbalance"] = m.expert_load_imbalance;
   }
   if (m.loss_scale != 1.0) line["loss_scale"] = m.loss_scale;
@@ -195,6 +198,16 @@ void MetricsSink::Record(const StepMetrics& m) {
       load_imbalance_.push_back(&imbalance.Add({{"layer", layer}}));
     }
   }
+  if (dedup_depth_.empty() && !m.dedup_depth.empty()) {
+    auto& family = prometheus::BuildGauge()
+                       .Name("hetermoe_trainer_dedup_depth")
+                       .Help("Token deduplication depth each layer ran in the last step: 0 off, 1 rank, 2 node "
+                             "(parallel.dedup; auto chooses per layer)")
+                       .Register(*registry_);
+    for (size_t l = 0; l < m.dedup_depth.size(); ++l) dedup_depth_.push_back(&family.Add({{"layer", std::to_string(l)}}));
+  }
+  for (size_t l = 0; l < dedup_depth_.size() && l < m.dedup_depth.size(); ++l)
+    dedup_depth_[l]->Set(m.dedup_depth[l]);
   auto at = [](const std::vector<double>& v, size_t l) { return l < v.size() ? v[l] : 0.0; };
   for (size_t l = 0; l < rows_routed_.size(); ++l) {
     rows_routed_[l]->Set(at(m.dispatch_rows, l));

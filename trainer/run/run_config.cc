@@ -176,8 +176,9 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     parallel.Get("dedup", &p.dedup);
     if (p.dedup == "true") p.dedup = "rank";
     if (p.dedup == "false") p.dedup = "off";
-    if (p.dedup != "off" && p.dedup != "rank" && p.dedup != "node")
-      parallel.Fail("parallel.dedup", "must be off, rank or node (or true = rank, false = off; got \"" + p.dedup + "\")");
+    if (p.dedup != "off" && p.dedup != "rank" && p.dedup != "node" && p.dedup != "auto")
+      parallel.Fail("parallel.dedup",
+                    "must be off, rank, node or auto (or true = rank, false = off; got \"" + p.dedup + "\")");
     parallel.Get("ranks_per_node", &p.ranks_per_node);
     if (p.ranks_per_node < 0) parallel.Fail("parallel.ranks_per_node", "must be >= 0 (0 = from the node names)");
     parallel.Get("swap_every", &p.swap_every);

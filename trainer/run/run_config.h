@@ -66,8 +66,9 @@ struct RunConfig {
     std::vector<int> asym_ea_layers; // experts moved to attention ranks, per layer
     std::string launch = "local";    // local | env
     double timeout_seconds = 60;     // rendezvous and every collective
-    // HierMoE token deduplication on the dispatch: off | rank | node (true =
-    // rank, false = off); node also sends a token once per other node.
+    // HierMoE token deduplication on the dispatch: off | rank | node | auto
+    // (true = rank, false = off); node also sends a token once per other
+    // node; auto picks rank or node per layer from the measured links.
     std::string dedup = "rank";
     // Nodes of a local run: ranks 0..n-1 are node 0, n..2n-1 node 1, ... (0 =
     // from each rank's HETERMOE_NODE_NAME, else its host name).
