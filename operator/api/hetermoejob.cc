@@ -117,6 +117,7 @@ JobSpec ParseJobSpec(const json& spec, std::set<std::string>* visited) {
   r.Object("dispatch", [&](JsonReader& x) {
     Set(out.dispatch.asymmetric_offload, x.Bool("asymmetricOffload"));
     Set(out.dispatch.dedup, x.Bool("dedup"));
+    Set(out.dispatch.dedup_depth, x.String("dedupDepth"));
     Set(out.dispatch.swap_every, x.Int("swapEvery"));
     Set(out.dispatch.transport, x.String("transport"));
   });

@@ -95,6 +95,7 @@ struct ParallelSpec {
 struct DispatchSpec {
   bool asymmetric_offload = true;   // Asym-EA: attention ranks may hold experts
   bool dedup = true;                // HierMoE token deduplication
+  std::string dedup_depth = "rank";  // rank | node | auto (parallel.dedup when dedup is on)
   int64_t swap_every = 0;           // HierMoE expert swap every this many steps; 0 = never
   std::string transport = "auto";   // rows between ranks: auto | nccl | gloo
 };

@@ -146,7 +146,7 @@ std::string RunFileYaml(const HeterMoEJob& job, const PlacementDecision& placeme
   } else {
     y << placement.asym_ea << "\n";
   }
-  y << "  dedup: " << (spec.dispatch.dedup ? "true" : "false") << "\n"
+  y << "  dedup: " << (spec.dispatch.dedup ? spec.dispatch.dedup_depth : "off") << "\n"
     << "  swap_every: " << spec.dispatch.swap_every << "\n"
     << "  transport: " << spec.dispatch.transport << "\n"
     << "  micro_batches_in_flight: " << spec.parallel.micro_batches_in_flight << "\n"
@@ -241,6 +241,7 @@ json BuildPod(const HeterMoEJob& job, const PlacementDecision& placement, Role r
   const std::string master = PodName(job.meta.name, Role::kAttention, 0) + "." + job.meta.name + "." +
                              job.meta.namespace_ + ".svc";
   SetFieldEnv(c, "POD_IP", "status.podIP");  // first: the command refers to it
+  SetFieldEnv(c, "HETERMOE_NODE_NAME", "spec.nodeName");  // the ranks' nodes, for parallel.dedup node
   SetEnv(c, "MASTER_ADDR", master);
   SetEnv(c, "MASTER_PORT", std::to_string(spec.parallel.master_port));
   SetEnv(c, "WORLD_SIZE", std::to_string(world));

@@ -163,7 +163,7 @@ TEST(Children, EveryTrainerFieldReachesThePods) {
       {"spec.parallel.zpGroups", 2},               {"spec.parallel.masterPort", 1234},
       {"spec.parallel.timeoutSeconds", 77},        {"spec.dispatch.asymmetricOffload", false},
       {"spec.dispatch.dedup", false},              {"spec.model.init", "/weights/model.safetensors"},
-      {"spec.dispatch.swapEvery", 4},
+      {"spec.dispatch.swapEvery", 4},              {"spec.dispatch.dedupDepth", "node"},
       {"spec.checkpoint.claimName", "other"},      {"spec.checkpoint.mountPath", "/ck"},
       {"spec.checkpoint.intervalSteps", 9},        {"spec.monitoring.metricsPort", 9191},
       {"spec.monitoring.metricsLingerSeconds", 15},
