@@ -198,16 +198,17 @@ void MetricsSink::Record(const StepMetrics& m) {
       load_imbalance_.push_back(&imbalance.Add({{"layer", layer}}));
     }
   }
-  if (dedup_depth_.empty() && !m.dedup_depth.empty()) {
+  if (dedup_depth_.empty()) {
     auto& family = prometheus::BuildGauge()
                        .Name("hetermoe_trainer_dedup_depth")
-                       .Help("Token deduplication depth each layer ran in the last step: 0 off, 1 rank, 2 node "
-                             "(parallel.dedup; auto chooses per layer)")
+                       .Help("Token deduplication depth each layer ran in the last step: 0 off (one process: "
+                             "nothing is sent), 1 rank, 2 node (parallel.dedup; auto chooses per layer)")
                        .Register(*registry_);
-    for (size_t l = 0; l < m.dedup_depth.size(); ++l) dedup_depth_.push_back(&family.Add({{"layer", std::to_string(l)}}));
+    for (size_t l = 0; l < m.expert_tokens.size(); ++l)
+      dedup_depth_.push_back(&family.Add({{"layer", std::to_string(l)}}));
   }
-  for (size_t l = 0; l < dedup_depth_.size() && l < m.dedup_depth.size(); ++l)
-    dedup_depth_[l]->Set(m.dedup_depth[l]);
+  for (size_t l = 0; l < dedup_depth_.size(); ++l)
+    dedup_depth_[l]->Set(l < m.dedup_depth.size() ? m.dedup_depth[l] : 0);
   auto at = [](const std::vector<double>& v, size_t l) { return l < v.size() ? v[l] : 0.0; };
   for (size_t l = 0; l < rows_routed_.size(); ++l) {
     rows_routed_[l]->Set(at(m.dispatch_rows, l));
