@@ -90,14 +90,16 @@ def token_read_problems(stderr, m, n, g, schedule, id_bytes):
 
 
 def check_trace(trainer, run_file, work):
-    """--trace writes one Chrome trace with every rank's tasks and waits."""
+    """--trace writes one Chrome trace with every rank's tasks and waits, and
+    each step's dedup depth per layer."""
     trace = os.path.join(work, "trace.json")
     run(trainer, run_file, os.path.join(work, "traced"),
         ["--trace", trace, "--set", "parallel={attention_ranks: 1, expert_ranks: 2}"])
     with open(trace) as f:
         events = json.load(f)["traceEvents"]
     names = {(e["pid"], e["name"][:3]) for e in events if e.get("ph") == "X"}
-    want = {(0, "A^F"), (0, "H(1"), (0, "A^B"), (1, "E^F"), (1, "E^B"), (2, "E^F"), (2, "E^B")}
+    want = {(0, "A^F"), (0, "H(1"), (0, "A^B"), (1, "E^F"), (1, "E^B"), (2, "E^F"), (2, "E^B"),
+            (0, "ded")}  # "dedup depth by layer: rank rank" each step
     missing = want - names
     leftovers = [p for p in os.listdir(work) if p.startswith("trace.json.rank-")]
     ok = not missing and not leftovers

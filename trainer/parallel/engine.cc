@@ -144,6 +144,11 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   std::vector<int> depth_now(m.L, m.dedup ? 1 : 0);
   for (int l = 0; l < m.L; ++l)
     if (!m.layer_node.empty() && m.layer_node[l] && !m.routes.empty() && !m.routes[l].empty()) depth_now[l] = 2;
+  if (m.tracer && m.placement.IsAttention(rank_)) {  // the depth each layer runs this step, in the trace
+    std::string depths = "dedup depth by layer:";
+    for (int x : depth_now) depths += x == 2 ? " node" : x == 1 ? " rank" : " off";
+    m.tracer->Add(depths, Tracer::kDispatch, start, start);
+  }
   m.rows_to_rank.assign(static_cast<size_t>(m.L) * m.placement.world_size(), 0);
   // The routing is recorded only for a step whose optimizer step swaps.
   const bool swap_due = m.swap_every > 0 && (m.optimizer_calls + 1) % m.swap_every == 0;
