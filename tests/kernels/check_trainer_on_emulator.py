@@ -199,6 +199,22 @@ def main():
                                                     "--resume", os.path.join(resumed_dir, "checkpoint-2")])
     compare_losses("distributed 1+3 on the GPUs resumed at 2", full, resumed, 1e-6, problems,
                    weights_tol=(1e-7, 1e-6))
+    # With expert swaps, the resumed run puts the experts back where the
+    # swaps had them (the device optimizer's state moves with them).
+    swapping = parallel(*SHAPES[2])[:-1] + ", swap_every: 1}"
+    straight_dir = os.path.join(args.work, "dist-swap")
+    straight = run(args, straight_dir, "cuda", extra=["--set", swapping, "--set", "output.checkpoint_every=2"])
+    log = []
+    resumed = run(args, os.path.join(args.work, "dist-swap-resumed"), "cuda", stderr=log,
+                  extra=["--set", swapping, "--resume", os.path.join(straight_dir, "checkpoint-2")])
+    placements = [json.load(open(os.path.join(d, "final", "trainer_state.json"))).get("expert_placement")
+                  for d in (straight_dir, os.path.join(args.work, "dist-swap-resumed"))]
+    print(f"1+3 on the GPUs with swaps, resumed at 2: placement restored "
+          f"{'expert placement restored' in log[0]}; final placements {placements}")
+    if "expert placement restored" not in log[0] or placements[0] != placements[1]:
+        problems.append(f"resume with swaps on the GPUs: placement not restored ({placements})")
+    compare_losses("1+3 with swaps on the GPUs resumed at 2", (straight[0][2:],) + tuple(straight[1:]), resumed,
+                   1e-6, problems, weights_tol=(1e-7, 1e-6))
 
     # The NCCL transport against Gloo through the host, with two attention
     # ranks that both own experts (each channel carries sends and receives

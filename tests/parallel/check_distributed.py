@@ -119,6 +119,38 @@ def check_resume(trainer, run_file, work):
     print(f"{'resume from checkpoint-2 (2+2, asym)':40s} {'ok' if not problems else 'MISMATCH'}")
     for p in problems[:5]:
         print(f"    {p}")
+    return not problems and check_resume_swapped(trainer, run_file, work)
+
+
+def check_resume_swapped(trainer, run_file, work):
+    """With expert swaps (1+3, a swap after every step), checkpoint-2 records
+    where the swaps put the experts (trainer_state.json's expert_placement;
+    the weights keep the original indices) and a resumed run puts them back:
+    the same losses and weights as the run that went straight on, and the
+    same swaps after the resume, so the final placement is the same too."""
+    parallel = "parallel={attention_ranks: 1, expert_ranks: 3, swap_every: 1}"
+    straight = run(trainer, run_file, os.path.join(work, "straight-swap"),
+                   ["--set", parallel, "--set", "output.checkpoint_every=2"])
+    resumed = run(trainer, run_file, os.path.join(work, "resumed-swap"),
+                  ["--set", parallel, "--resume", os.path.join(work, "straight-swap", "checkpoint-2")])
+    problems = compare("resume with swaps", (straight[0][2:], straight[1], 0), resumed)
+
+    def state(folder, sub):
+        with open(os.path.join(work, folder, sub, "trainer_state.json")) as f:
+            return json.load(f)
+    at2 = state("straight-swap", "checkpoint-2")
+    want, got = state("straight-swap", "final"), state("resumed-swap", "final")
+    if not at2.get("expert_placement"):
+        problems.append("checkpoint-2 records no expert placement after swaps")
+    if "expert placement restored" not in resumed[3]:
+        problems.append("the resumed run did not say it restored the placement")
+    if (got.get("expert_placement"), got.get("expert_swaps")) != (want.get("expert_placement"), want.get("expert_swaps")):
+        problems.append(f"final placement {got.get('expert_placement')} ({got.get('expert_swaps')} swaps), straight run "
+                        f"{want.get('expert_placement')} ({want.get('expert_swaps')} swaps)")
+    print(f"{'resume with expert swaps (1+3)':40s} {'ok' if not problems else 'MISMATCH'} "
+          f"(placement at step 2 {at2.get('expert_placement')}, {want.get('expert_swaps')} swaps in all)")
+    for p in problems[:5]:
+        print(f"    {p}")
     return not problems
 
 

@@ -156,7 +156,7 @@ void DistributedBackend::StreamCheckpoint(const std::function<void(const TensorF
   // In the experts' original order (expert_swap.cc): an expert's tensors
   // from the slot that holds it, the gate's rows reordered.
   const TensorFetch fetch = [&](size_t i, int buffer, int64_t first, int64_t count, float* out) {
-    if (m.swaps_made == 0) return stored(i, buffer, first, count, out);
+    if (!m.Permuted()) return stored(i, buffer, first, count, out);
     if (const int l = m.GateLayer(i); l >= 0) {
       std::vector<float> gate(static_cast<size_t>(ts[i].numel));
       stored(i, buffer, 0, ts[i].numel, gate.data());

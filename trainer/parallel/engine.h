@@ -109,8 +109,15 @@ class DistributedBackend final : public backend::Backend {
   // Routing counts in StepLoss and checkpoints keep the experts' original
   // indices. 0 = never. Set before the first step.
   void SetSwapEvery(int steps);
-  // Swaps made so far.
+  // Swaps made so far (with those before a resume, SetExpertPlacement).
   int64_t SwapsMade() const;
+  // [layer][slot] the expert (original index) each slot holds now; empty
+  // when every expert is in its planned slot. For checkpoints.
+  std::vector<std::vector<int>> ExpertPlacement() const;
+  // Resume: after Upload (which puts expert e in slot e), moves the experts
+  // (weights and AdamW moments; the gate's rows) to where a checkpoint's run
+  // had them, as that many swaps. Collective.
+  void SetExpertPlacement(const std::vector<std::vector<int>>& expert_of_slot, int64_t swaps_made);
   // parallel.micro_batches_in_flight: at most this many of a step's
   // micro-batches (per attention rank) have activations alive; zebra runs
   // them in waves of that many (0 = all at once, zebra's order). Training is

@@ -168,6 +168,7 @@ struct DistributedBackend::Impl {
   void RecordRouting(int l, int j, const ops::DispatchPlan& plan);
   void SwapExperts();  // after an optimizer step that is due
   void Relabel(int l, int64_t a, int64_t b);
+  bool Permuted() const;  // some expert is not in its planned slot
   // Layout index of tensor `name`.
   size_t TensorIndex(const std::string& name) const;
   // The layout index holding tensor i in the experts' original order (an

@@ -27,6 +27,44 @@ void DistributedBackend::SetSwapEvery(int steps) {
 
 int64_t DistributedBackend::SwapsMade() const { return impl_->swaps_made; }
 
+bool DistributedBackend::Impl::Permuted() const {
+  for (int l = 0; l < L; ++l)
+    for (int64_t s = 0; s < E; ++s)
+      if (expert_of_slot[l][s] != s) return true;
+  return false;
+}
+
+std::vector<std::vector<int>> DistributedBackend::ExpertPlacement() const {
+  const Impl& m = *impl_;
+  if (!m.Permuted()) return {};
+  std::vector<std::vector<int>> out;
+  for (const auto& layer : m.expert_of_slot) out.emplace_back(layer.begin(), layer.end());
+  return out;
+}
+
+void DistributedBackend::SetExpertPlacement(const std::vector<std::vector<int>>& target, int64_t swaps_made) {
+  Impl& m = *impl_;
+  m.swaps_made = swaps_made;
+  if (target.empty()) return;
+  if (static_cast<int>(target.size()) != m.L) throw Error("expert placement: one list per layer expected");
+  m.PullState();
+  for (int l = 0; l < m.L; ++l) {
+    if (static_cast<int64_t>(target[l].size()) != m.E) throw Error("expert placement: one expert per slot expected");
+    // Selection: slot s takes target[l][s] from wherever it is now (every rank
+    // runs the same transpositions in the same order).
+    for (int64_t s = 0; s < m.E; ++s) {
+      if (m.expert_of_slot[l][s] == target[l][s]) continue;
+      int64_t t = s + 1;
+      while (t < m.E && m.expert_of_slot[l][t] != target[l][s]) ++t;
+      if (t == m.E) throw Error("expert placement: layer " + std::to_string(l) + " is not a permutation");
+      m.Relabel(l, s, t);
+      std::swap(m.expert_of_slot[l][s], m.expert_of_slot[l][t]);
+    }
+  }
+  m.PushState(m.adamw->step());
+  m.device->SetExpertOrder(m.expert_of_slot);
+}
+
 // Which tokens (j * tokens + token, unique on this rank) chose each slot.
 void DistributedBackend::Impl::RecordRouting(int l, int j, const ops::DispatchPlan& plan) {
   for (int64_t e = 0; e < E; ++e)
@@ -72,7 +110,7 @@ void DistributedBackend::Impl::GateToOriginalOrder(int l, float* gate) const {
 }
 
 void DistributedBackend::Impl::ToOriginalOrder(backend::HostState* state) const {
-  if (swaps_made == 0) return;
+  if (!Permuted()) return;
   const auto& ts = layout.tensors();
   for (std::vector<float>* buffer : {&state->params, &state->exp_avg, &state->exp_avg_sq}) {
     const std::vector<float> slots = *buffer;
@@ -107,6 +145,16 @@ void DistributedBackend::Impl::Relabel(int l, int64_t a, int64_t b) {
   };
   const int me = placement.LocalOf(rank), oa = owner_of(a), ob = owner_of(b);
   if (me != oa && me != ob) return;
+  if (oa == ob) {  // both slots here (a placement restored on resume): swap them in place
+    for (const char* kind : kExpertKinds) {
+      const size_t ta = TensorIndex(ExpertTensor(l, a, kind)), tb = TensorIndex(ExpertTensor(l, b, kind));
+      for (int x = 0; x < 3; ++x) {
+        float* pa = x == 0 ? Param(ta) : Moment(x, ta);
+        std::swap_ranges(pa, pa + ts[ta].numel, x == 0 ? Param(tb) : Moment(x, tb));
+      }
+    }
+    return;
+  }
   const int64_t mine = me == oa ? a : b;
   const int peer = placement.GlobalRank(group, me == oa ? ob : oa);
   for (int kind = 0; kind < 3; ++kind) {

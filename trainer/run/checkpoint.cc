@@ -123,6 +123,10 @@ void WriteCheckpoint(const std::string& dir_str, const CheckpointView& v) {
                           {"data_position", v.state.data_position},
                           {"data_epoch", v.state.data_epoch},
                           {"tokens_seen", v.state.tokens_seen}};
+  if (!v.state.expert_placement.empty()) {
+    state["expert_placement"] = v.state.expert_placement;
+    state["expert_swaps"] = v.state.expert_swaps;
+  }
   WriteTextFile(tmp / "trainer_state.json", state.dump(2) + "\n");
   FsyncDir(tmp);
 
@@ -171,11 +175,30 @@ LoadedCheckpoint ReadCheckpoint(const std::string& dir_str, const io::MixtralCon
     out.state.data_position = s.at("data_position").get<int64_t>();
     out.state.tokens_seen = s.value("tokens_seen", int64_t{0});
     out.state.data_epoch = s.value("data_epoch", int64_t{0});
+    if (s.contains("expert_placement")) {
+      out.state.expert_placement = s.at("expert_placement").get<std::vector<std::vector<int>>>();
+      out.state.expert_swaps = s.value("expert_swaps", int64_t{0});
+    }
   } catch (const nlohmann::json::exception& e) {
     throw Error(state_path.string() + ": " + e.what());
   }
   if (out.state.step < 0 || out.state.data_position < 0 || out.state.data_epoch < 0)
     throw Error(state_path.string() + ": negative step, data_position or data_epoch");
+  if (!out.state.expert_placement.empty()) {  // a permutation of the experts per layer
+    bool ok = static_cast<int64_t>(out.state.expert_placement.size()) == config.num_hidden_layers;
+    for (const auto& layer : out.state.expert_placement) {
+      std::vector<bool> seen(config.num_local_experts, false);
+      ok = ok && static_cast<int64_t>(layer.size()) == config.num_local_experts;
+      for (int e : layer) {
+        ok = ok && e >= 0 && e < config.num_local_experts && !seen[e];
+        if (ok) seen[e] = true;
+      }
+    }
+    if (!ok)
+      throw Error(state_path.string() + ": expert_placement is not a permutation of the " +
+                  std::to_string(config.num_local_experts) + " experts for each of the " +
+                  std::to_string(config.num_hidden_layers) + " layers");
+  }
   return out;
 }
 

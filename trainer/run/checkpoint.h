@@ -26,6 +26,12 @@ struct TrainerState {
   int64_t data_position = 0;   // the batches' position for the next step (data/batches.h)
   int64_t data_epoch = 0;      // data.shuffle: the epoch being read
   int64_t tokens_seen = 0;
+  // HierMoE expert swap: [layer][slot] the expert (original index) each slot
+  // held, empty when every expert sits in its planned slot; and the swaps
+  // made. A resumed run puts the experts back there (the weights in the
+  // files keep the original indices).
+  std::vector<std::vector<int>> expert_placement;
+  int64_t expert_swaps = 0;
 };
 
 // Which buffer a tensor comes from.

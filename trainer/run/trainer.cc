@@ -227,6 +227,15 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
                                       {t.device, {t.beta1, t.beta2, t.eps, t.weight_decay}, t.precision, t.loss_scale_init});
   if (in_place) dist_run->engine->ParamsWritten();
   else engine->Upload(host);
+  if (dist_run) {  // a resumed run's experts go back where the swaps had put them
+    dist_run->engine->SetExpertPlacement(state.expert_placement, state.expert_swaps);
+    if (writer && !state.expert_placement.empty())
+      std::fprintf(stderr, "expert placement restored from the checkpoint (%lld swaps made before)\n",
+                   static_cast<long long>(state.expert_swaps));
+  } else if (!state.expert_placement.empty() && writer) {
+    std::fprintf(stderr, "%s: its expert placement (expert swap) is for distributed runs; one process uses the "
+                 "original order\n", resume_dir.c_str());
+  }
   if (dist_run) {
     // Each rank now holds only its own tensors; the whole-model copy comes
     // back on rank 0 for a checkpoint only (Download).
@@ -265,6 +274,10 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     const auto c0 = Clock::now();
     state.data_position = reader->position().position;
     state.data_epoch = reader->position().epoch;
+    if (dist_run) {
+      state.expert_placement = dist_run->engine->ExpertPlacement();
+      state.expert_swaps = dist_run->engine->SwapsMade();
+    }
     const auto shard_bytes = static_cast<int64_t>(rc.output.max_shard_mib * (1 << 20));
     const io::DType weights_dtype = ExportDtype(rc.output.dtype, engine->precision());
     if (dist_run) {
