@@ -215,7 +215,8 @@ PlanningContext MakeContext(const PlanRequest& request, const GpuProfileTable& p
   std::vector<const GpuProfile*> kinds_used;
   for (const std::string& kind : inventory.Kinds()) kinds_used.push_back(&profiles.Find(kind));
   return PlanningContext(request.model, inventory, profiles, request.seq_len, CommonPrecision(kinds_used),
-                         request.micro_batches_in_flight, request.zero, request.recompute, request.dedup);
+                         request.micro_batches_in_flight, request.zero, request.recompute, request.dedup,
+                         request.dedup_depth);
 }
 
 }  // namespace

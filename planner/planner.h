@@ -62,6 +62,9 @@ struct PlanRequest {
   // forward's rows and the backward's input grads, one per token and owner
   // rank, planner/dedup.h), as the engine runs it by default.
   bool dedup = true;
+  // How far up the hierarchy: rank | node | auto (node where the expert
+  // machines' own links make the relay pay, as the engine's choice).
+  std::string dedup_depth = "rank";
 };
 
 // When nothing fits, the error names the most promising shape's memory

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "planner/dedup.h"
+#include "planner/dedup_depth.h"
 
 namespace hetermoe::planner {
 namespace {
@@ -40,7 +41,7 @@ int OffloadedAt(const GroupShape& shape, int layer) {
 PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inventory,
                                  const GpuProfileTable& profiles, int64_t seq_len, Precision precision,
                                  int micro_batches_in_flight, bool zero, const std::string& recompute,
-                                 bool dedup)
+                                 bool dedup, const std::string& dedup_depth)
     : model_(model),
       inventory_(inventory),
       seq_len_(seq_len),
@@ -48,7 +49,10 @@ PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inven
       micro_batches_in_flight_(micro_batches_in_flight),
       zero_(zero),
       recompute_(recompute),
-      dedup_(dedup) {
+      dedup_(dedup),
+      dedup_depth_(dedup_depth) {
+  if (dedup_depth_ != "rank" && dedup_depth_ != "node" && dedup_depth_ != "auto")
+    throw Error("dedup depth '" + dedup_depth_ + "' is not rank, node or auto");
   for (const std::string& kind : inventory_.Kinds()) {
     KindContext& k = kinds_[kind];
     k.gpu = profiles.Find(kind);
@@ -264,6 +268,34 @@ ZebraStepSpec GroupStepSpec(const PlanningContext& ctx, const GroupShape& shape,
       const double rows_in = M * ReachProbability(n, on_rank, m.top_k);
       deduplicated = std::max(attention_link.Seconds(tokens * rows_out * row_bytes, peers),
                               expert_link.Seconds(tokens * rows_in * row_bytes, M));
+      // Node level (the engine's parallel.dedup node): when the expert ranks
+      // are on other machines than the attention ranks and share machines
+      // (q of a group's per machine), a token crosses to each expert
+      // machine once; that machine's first expert rank relays each of the
+      // other q - 1 their unique tokens over the machine's own link.
+      const int q = std::min(N, ctx.Kind(shape.expert_gpu).max_per_node);
+      if (ctx.dedup_depth() != "rank" && links.remote && q >= 2) {
+        std::vector<int64_t> machines;
+        for (int r = 0; r < N; ++r) {
+          if (r % q == 0) machines.push_back(0);
+          machines.back() += owners[r];
+        }
+        if (offloaded > 0) machines.insert(machines.end(), M - 1, offloaded / M);
+        const int64_t on_machine = std::min<int64_t>(n - offloaded, static_cast<int64_t>(on_rank) * q);
+        const int hops = static_cast<int>(machines.size());  // expert machines and attention peers
+        // Only the machine's relays receive across machines: its NIC is
+        // shared by the relays of the groups on it, not by every GPU.
+        const LinkModel relay_link =
+            ctx.Link(shape.expert_gpu, true, std::max(1, links.expert_nic_sharing / q));
+        const double across = std::max(
+            attention_link.Seconds(tokens * ExpectedDestinations(n, machines, m.top_k) * row_bytes, hops),
+            relay_link.Seconds(M * tokens * ReachProbability(n, on_machine, m.top_k) * row_bytes, M));
+        const LinkModel inside = ctx.Link(shape.expert_gpu, false);
+        const double relay =
+            inside.Seconds(M * tokens * (q - 1) * ReachProbability(n, on_rank, m.top_k) * row_bytes, M * (q - 1));
+        const double node = across + relay;
+        if (ctx.dedup_depth() == "node" || node < (1.0 - kNodeMargin) * deduplicated) deduplicated = node;
+      }
     }
     spec.dispatch.push_back(deduplicated);
     spec.combine.push_back(whole);

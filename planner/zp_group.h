@@ -54,7 +54,8 @@ class PlanningContext {
  public:
   PlanningContext(const ModelShape& model, const Inventory& inventory, const GpuProfileTable& profiles,
                   int64_t seq_len, Precision precision, int micro_batches_in_flight = 0, bool zero = false,
-                  const std::string& recompute = "none", bool dedup = true);
+                  const std::string& recompute = "none", bool dedup = true,
+                  const std::string& dedup_depth = "rank");
   PlanningContext(const PlanningContext&) = delete;
   PlanningContext& operator=(const PlanningContext&) = delete;
 
@@ -66,6 +67,8 @@ class PlanningContext {
   bool zero() const { return zero_; }
   const std::string& recompute() const { return recompute_; }  // train.recompute
   bool dedup() const { return dedup_; }                         // parallel.dedup
+  // rank | node | auto: how far up dedup reaches (GroupStepSpec).
+  const std::string& dedup_depth() const { return dedup_depth_; }
   const KindContext& Kind(const std::string& kind) const;
   std::vector<std::string> Kinds() const;  // inventory order
   // What may fill a role: every kind, then every pool of 2 or more kinds
@@ -90,6 +93,7 @@ class PlanningContext {
   bool zero_ = false;
   std::string recompute_ = "none";
   bool dedup_ = true;
+  std::string dedup_depth_ = "rank";
   std::map<std::string, KindContext> kinds_;                 // kinds and pools
   std::vector<std::string> role_kinds_;
   std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind or pool -> GPUs

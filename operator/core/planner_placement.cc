@@ -76,6 +76,7 @@ class PlannerPolicy : public PlacementPolicy {
     plan_request.zero = spec.training.zero == 1;
     plan_request.recompute = spec.training.recompute;
     plan_request.dedup = spec.dispatch.dedup;
+    plan_request.dedup_depth = spec.dispatch.dedup_depth;
     plan_request.baselines = false;
 
     planner::Plan plan;

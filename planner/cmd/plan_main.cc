@@ -47,7 +47,7 @@ struct Options {
   std::string inventory, model, profiles, output;
   int64_t seq_len = 0, global_batch = 0;
   int gpu_budget = 0, max_micro_batches = 64, groups = 0, in_flight = 0, zero = 0;
-  std::string shape, recompute = "none";
+  std::string shape, recompute = "none", dedup_depth = "rank";
   bool json = false, no_asym_ea = false, no_dedup = false, no_baselines = false, timeline = false, explain = false,
        exhaustive = false;
 };
@@ -89,6 +89,7 @@ int Run(const Options& o) {
   request.gpu_budget = o.gpu_budget;
   request.asym_ea = !o.no_asym_ea;
   request.dedup = !o.no_dedup;
+  request.dedup_depth = o.dedup_depth;
   request.max_micro_batches = o.max_micro_batches;
   request.micro_batches_in_flight = o.in_flight;
   request.zero = o.zero == 1;
@@ -178,6 +179,10 @@ int main(int argc, char** argv) {
   app.add_flag("--no-asym-ea", o.no_asym_ea, "Do not move experts onto attention ranks");
   app.add_flag("--no-dedup", o.no_dedup,
                "parallel.dedup false: price the dispatch without HierMoE's token deduplication");
+  app.add_option("--dedup-depth", o.dedup_depth,
+                 "parallel.dedup's depth the run will use: rank, node (a token crosses to each expert machine once, "
+                 "relayed inside it) or auto (node where that is faster)")
+      ->check(CLI::IsMember({"rank", "node", "auto"}));
   app.add_flag("--no-baselines", o.no_baselines, "Skip the EP, DistEP, EP-Ideal and PP predictions");
   app.add_flag("--timeline", o.timeline, "Include the simulated per-rank timeline in the JSON");
   app.add_option("--output,-o", o.output, "Also write the JSON plan to this file");

@@ -95,5 +95,40 @@ TEST(Dedup, TheGroupsDispatchAndBackwardCombineShrinkByTheShare) {
               1e3 * a.dispatch[0], 100 * share);
 }
 
+// Node level: the 4 expert ranks share one V100 machine, away from the
+// attention ranks' A100s. A token crosses to that machine once (rows per
+// token 1 instead of the expected ranks it reaches) and the relay fans it out
+// over NVLink, so the exchange gets cheaper; auto takes node there. With one
+// V100 per machine there is nothing to relay and every depth prices the same.
+TEST(Dedup, NodeLevelCrossesToEachExpertMachineOnce) {
+  const GpuProfileTable table = GpuProfileTable::Builtin();
+  GroupShape shape;
+  shape.attention_gpu = "A100-80GB";
+  shape.expert_gpu = "V100";
+  shape.attention_ranks = 4;
+  shape.expert_ranks = 4;
+  shape.groups = 1;
+  shape.sequences_per_attention_rank = 4;
+  shape.micro_batches = 2;
+  const ModelShape model = testing::D1();
+  auto spec = [&](int v100_per_node, const std::string& depth) {
+    const Inventory inventory = testing::Cluster({{"A100-80GB", 4, 4}, {"V100", 8, v100_per_node}});
+    const PlanningContext ctx(model, inventory, table, 8192, Precision::kFp16, 0, false, "none", true, depth);
+    return GroupStepSpec(ctx, shape, {4, 1});
+  };
+  const ZebraStepSpec rank = spec(8, "rank"), node = spec(8, "node"), automatic = spec(8, "auto");
+  for (int l = 0; l < rank.layers; ++l) {
+    EXPECT_LT(node.dispatch[l], 0.8 * rank.dispatch[l]) << "layer " << l;
+    EXPECT_DOUBLE_EQ(node.dispatch[l], node.combine_backward[l]);
+    EXPECT_DOUBLE_EQ(node.combine[l], rank.combine[l]) << "outputs still travel whole";
+    EXPECT_DOUBLE_EQ(automatic.dispatch[l], node.dispatch[l]);
+  }
+  const ZebraStepSpec rank1 = spec(1, "rank"), node1 = spec(1, "node");
+  for (int l = 0; l < rank.layers; ++l) EXPECT_DOUBLE_EQ(node1.dispatch[l], rank1.dispatch[l]);
+  std::printf("4 V100 expert ranks on one machine: dispatch %.3f ms at rank level, %.3f ms at node level\n",
+              1e3 * rank.dispatch[0], 1e3 * node.dispatch[0]);
+  EXPECT_THROW(spec(8, "machine"), hetermoe::Error);
+}
+
 }  // namespace
 }  // namespace hetermoe::planner
