@@ -241,20 +241,27 @@ def main():
             problems.append(f"dedup {dedup}: the NCCL transport's losses, norms, bytes or weights differ from Gloo's")
         compare_losses(f"2+2 nccl dedup {dedup}", cpu, runs["nccl"], 1e-4, problems, weights_tol=(1e-5, 1e-4))
         nccl_runs[dedup] = runs["nccl"]
-    # Node-level dedup on the GPUs (rows through the host over Gloo): 1+3 on
-    # two "nodes" of two ranks, the node's first expert rank relaying; the
-    # same training as the CPU run. With the NCCL transport it is refused by name.
-    node = "parallel={attention_ranks: 1, expert_ranks: 3, schedule: zebra, ranks_per_node: 2, dedup: node"
-    got = run(args, os.path.join(args.work, "t-node-gloo"), "cuda", extra=["--set", f"{node}, transport: gloo}}"])
-    relayed = sum(sum(m["dispatch_rows_relayed"]) for m in got[0])
-    print(f"1+3 dedup node over gloo on the GPUs: {relayed:.0f} rows relayed inside the expert ranks' node")
-    if relayed <= 0:
-        problems.append("dedup node on the GPUs relayed no rows")
-    compare_losses("1+3 dedup node on the GPUs", cpu, got, 1e-4, problems, weights_tol=(1e-5, 1e-4))
-    refused = run(args, os.path.join(args.work, "t-node-nccl"), "cuda", extra=["--set", f"{node}, transport: nccl}}"],
-                  expect_ok=False)
-    if refused.returncode == 0 or "dedup: node runs over the gloo transport" not in refused.stderr:
-        problems.append(f"dedup node with the NCCL transport was not refused by name: {refused.stderr[-300:]!r}")
+    # Node-level dedup on the GPUs, two "nodes" of two ranks, the node's first
+    # expert rank relaying: over Gloo through the host and over NCCL device
+    # to device (the relay's own groups, its sums packed on the device), 1+3
+    # and 2+2 (two attention ranks relayed through one node); the same
+    # training as the CPU run, and NCCL the same bytes and losses as Gloo.
+    for shape in ("attention_ranks: 1, expert_ranks: 3", "attention_ranks: 2, expert_ranks: 2"):
+        node = f"parallel={{{shape}, schedule: zebra, ranks_per_node: 2, dedup: node"
+        runs = {t: run(args, os.path.join(args.work, f"t-node-{t}-{shape[17]}"), "cuda",
+                       extra=["--set", f"{node}, transport: {t}}}"]) for t in ("gloo", "nccl")}
+        relayed = {t: sum(sum(m["dispatch_rows_relayed"]) for m in r[0]) for t, r in runs.items()}
+        same = [a["exchange_bytes"] == b["exchange_bytes"] and abs(a["loss"] - b["loss"]) <= 1e-9 * abs(a["loss"])
+                for a, b in zip(runs["gloo"][0], runs["nccl"][0])]
+        print(f"{shape} dedup node on the GPUs: rows relayed inside the node {relayed}; nccl vs gloo per step "
+              f"(same bytes, losses within 1e-9) {same}; nccl ran {runs['nccl'][3]!r}")
+        if relayed["gloo"] <= 0 or relayed["nccl"] != relayed["gloo"]:
+            problems.append(f"dedup node on the GPUs ({shape}): relayed rows {relayed}")
+        if not all(same) or not runs["nccl"][3].startswith("nccl"):
+            problems.append(f"dedup node on the GPUs ({shape}): NCCL differs from Gloo in bytes or losses")
+        for t, r in runs.items():
+            compare_losses(f"{shape} dedup node over {t} on the GPUs", cpu, r, 1e-4, problems,
+                           weights_tol=(1e-5, 1e-4))
     # ZeRO-1 with the optimizer on the GPUs: each attention rank updates its
     # shard of the dense tensors on its device, the shards are summed over
     # NCCL; the same training and the same checkpoint as without.

@@ -50,22 +50,30 @@ def sent_per_routed(trainer, work, k, n, dedup, m=1, extra="", key="dispatch_row
 
 
 def check_depth_choice(trainer, work):
-    """parallel.dedup auto, 8 experts top-4 on 2 attention + 4 expert ranks in
+    """parallel.dedup auto, 8 experts top-4 (hidden 256) on 2 attention + 4 expert ranks in
     nodes of 2: with emulated slow links between nodes and fast ones inside,
     every layer takes node level after the first step (which runs rank
     level); with equal links every layer stays at rank level. The losses are
     the same as with rank-level dedup either way."""
     problems = []
     runs = {}
+    # Rows of 1 KiB (hidden 256), 1 MiB per message at rank level (sequences
+    # of 128), so that the links' bandwidth, not the host's per-message
+    # overhead (which the start-up fit measures with ~0.1 ms of noise), decides.
+    with open(os.path.join(work, "config4.json")) as f:
+        wide = dict(json.load(f), hidden_size=256, intermediate_size=64, max_position_embeddings=128)
+    with open(os.path.join(work, "config-wide.json"), "w") as f:
+        json.dump(wide, f)
     for name, links in (("slow across nodes", "inter_node_gbps: 0.1, intra_node_gbps: 10"),
                         ("equal links", "inter_node_gbps: 1, intra_node_gbps: 1"),
                         ("rank", "inter_node_gbps: 1, intra_node_gbps: 1")):
         out = os.path.join(work, "depth-" + name.replace(" ", "-"))
         run_file = out + ".yaml"
         with open(run_file, "w") as f:
-            f.write(RUN.format(work=work, k=4, m=2, n=4, out=out, dedup="rank" if name == "rank" else "auto",
+            f.write(RUN.format(work=work, k="-wide", m=2, n=4, out=out, dedup="rank" if name == "rank" else "auto",
                                extra=", ranks_per_node: 2") + f"emulate: {{links: {{{links}}}}}\n")
-        p = subprocess.run([trainer, "--config", run_file, "--no-progress"], capture_output=True, text=True, timeout=300)
+        p = subprocess.run([trainer, "--config", run_file, "--no-progress", "--set", "train.seq_len=128"],
+                           capture_output=True, text=True, timeout=300)
         if p.returncode != 0:
             raise RuntimeError(f"{run_file} failed ({p.returncode}):\n{p.stderr}")
         with open(os.path.join(out, "metrics.jsonl")) as f:

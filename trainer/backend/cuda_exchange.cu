@@ -70,6 +70,7 @@ class CudaRowExchange final : public model::RowExchange {
                                               d, wire, wire_, m_.s()));
       }
       if (s.peer == rank_) {
+        if (self_wire) throw Error("row exchange: two sends to this rank in one group (one device copy per group)");
         self_wire = wire;
         self_count = s.count;
       } else {

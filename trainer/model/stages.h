@@ -69,8 +69,10 @@ struct DeviceRows {
 // waits on it. Row pointers are DeviceRows; index lists are on the host.
 class RowExchange {
  public:
-  enum Channel { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3 };
-  static constexpr int kChannels = 4;
+  // kRelayRows / kRelaySums: node-level dedup's second hop inside a node
+  // (a node's first expert rank to the others, and their sums back).
+  enum Channel { kRows = 0, kOutputs = 1, kOutputGrads = 2, kInputGrads = 3, kRelayRows = 4, kRelaySums = 5 };
+  static constexpr int kChannels = 6;
   struct Send {
     int peer = 0;                 // rank in the group
     const float* rows = nullptr;  // device

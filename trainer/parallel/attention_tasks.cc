@@ -35,7 +35,7 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
     const size_t to_rank = static_cast<size_t>(l) * placement.world_size() + placement.GlobalRank(group, o);
     if (RouteOf(l, me, o)) {  // its rows go in the node's block (SendNodeBlocks); the outputs come directly
       rows_to_rank[to_rank] += static_cast<double>(rows);
-      if (rows > 0)
+      if (rows > 0 && !exchange)
         outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
                                                   rows * d * sizeof(float), o, Tag(kOutputs, l, j));
       return;
@@ -68,10 +68,8 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
       outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
                                                 rows * d * sizeof(float), o, Tag(kOutputs, l, j));
   });
-  if (!exchange) {
-    SendNodeBlocks(l, j);
-    return;
-  }
+  SendNodeBlocks(l, j, exchange ? &sends : nullptr);
+  if (!exchange) return;
   PostGroup(Channel::kRows, l, j, std::move(sends), OwnsLayer(l) ? OwnerRowRecvs(l, j) : Recvs{});
   if (!OwnsLayer(l)) PostGroup(Channel::kOutputs, l, j, {}, AttentionOutputRecvs(l, j));
 }

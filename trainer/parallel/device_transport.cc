@@ -28,6 +28,18 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerRowRecvs(int l, i
   for (int a = 0; a < M; ++a) {
     ReadHeader(l, j, a);
     OwnerSlot& s = slots[Idx(l, j, a)];
+    if (const NodeRoute* route = RouteOf(l, a, placement.LocalOf(rank))) {
+      // Node dedup: the first owner takes the node's unique rows (and relays
+      // them, PostRelayRows); the others get theirs from it.
+      const Relay& rl = relays[Idx(l, j, a)];
+      if (route->owners[0] != placement.LocalOf(rank) || rl.rows == 0) continue;
+      model::RowExchange::Recv r;
+      r.peer = a;
+      r.count = r.n = rl.uniques;
+      r.rows = rl.dev.xp;
+      recvs.push_back(std::move(r));
+      continue;
+    }
     if (s.rows == 0) continue;
     model::RowExchange::Recv r;
     r.peer = a;
@@ -73,8 +85,9 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerOutputGradRecvs(i
 DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionInputGradRecvs(int l, int j) {
   Recvs recvs;
   model::MicroBatchStages& mb = Micro(j);
+  const int me = placement.LocalOf(rank);
   ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
-    if (rows == 0) return;
+    if (rows == 0 || RouteOf(l, me, o)) return;  // a route's owners answer through its first owner
     model::RowExchange::Recv r;
     r.peer = o;
     r.n = rows;
@@ -89,6 +102,23 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionInputGradRecv
     }
     recvs.push_back(std::move(r));
   });
+  // Node dedup: one row per node token from each route's first owner.
+  if (!routes.empty() && layer_node[l]) {
+    const ops::DispatchPlan& plan = mb.plan(l);
+    for (size_t i = 0; i < routes[l].size(); ++i) {
+      const NodeRoute& route = routes[l][i];
+      const Dedup& dd = node_dedups[Idx(l, j, static_cast<int>(i))];
+      if (route.node == node_of[me] || dd.index.empty()) continue;
+      model::RowExchange::Recv r;
+      r.peer = route.owners[0];
+      r.n = static_cast<int64_t>(dd.index.size());
+      r.rows = mb.device_rows(l).dxp + plan.offsets[route.first_expert] * d;
+      r.count = dd.uniques();
+      r.index = dd.index;
+      r.first_only = true;
+      recvs.push_back(std::move(r));
+    }
+  }
   return recvs;
 }
 

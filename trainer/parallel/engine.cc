@@ -130,13 +130,6 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.expert_tokens.assign(m.L, std::vector<int64_t>(m.E, 0));
   m.idle = m.dispatch_wait = m.combine_wait = 0;
   m.bytes_sent = 0;
-  if (m.exchange && !m.routes.empty() && m.depth == DedupDepth::kAuto) {
-    m.routes.clear();  // auto's choice: the relay runs over Gloo only
-    if (rank_ == 0) std::fprintf(stderr, "dedup auto: rank level (node level runs over the gloo transport)\n");
-  }
-  if (m.exchange && !m.routes.empty())
-    for (const auto& layer : m.routes)
-      if (!layer.empty()) throw Error("parallel.dedup: node runs over the gloo transport (parallel.transport: gloo)");
   m.rows_sent.assign(m.L, 0);
   m.rows_inter_node.assign(m.L, 0);
   m.rows_relayed.assign(m.L, 0);

@@ -143,7 +143,9 @@ struct DistributedBackend::Impl {
   std::vector<std::vector<char>> node_outbox;
   std::vector<std::vector<float>> node_grad_sums;
   std::vector<std::unique_ptr<comm::Request>> node_grads_in;
-  void SendNodeBlocks(int l, int j);
+  // The node blocks' headers (and, over Gloo, rows); with the NCCL transport
+  // the rows join the layer's kRows group as `sends`.
+  void SendNodeBlocks(int l, int j, std::vector<model::RowExchange::Send>* sends);
   void PostNodeGradReceives(int l, int j);
   void ScatterNodeGradSums(int l, int j);
   // the node's first owner, [l][j][attention rank]
@@ -154,10 +156,20 @@ struct DistributedBackend::Impl {
     int64_t uniques = 0, rows = 0;
     std::vector<float> sums;                   // per node token
     std::vector<std::vector<float>> peer_sums;  // per route owner
+    // NCCL transport: the node's unique rows (xp) and the owners' sums one
+    // after the other (dxp, owner i's at sums_at[i]) on the device.
+    std::unique_ptr<model::ExpertBlock> scratch;
+    model::DeviceRows dev;
+    std::vector<int64_t> sums_at;
   };
   std::vector<Relay> relays;
   void RelayRows(int l, int j, int a);  // the node block in, each owner's block out (its own into its slot)
   void RelaySums(int l, int j);         // after this rank's ExpBwd(l, j): the owners' sums in, one block out
+  // NCCL transport: the relay's groups inside the node (kRelayRows after the
+  // node rows are in; kRelaySums after the experts' backward), and the
+  // first owner's replies to the attention ranks (added to `sends`).
+  void PostRelayRows(int l, int j);
+  void PostRelaySums(int l, int j, std::vector<model::RowExchange::Send>* sends);
   // Emulated links: the time a message of `bytes` to local member `peer` takes.
   double LinkSeconds(size_t bytes, int peer) const;
   // HierMoE's expert swap (SetSwapEvery, expert_swap.cc).

@@ -91,7 +91,7 @@ double DistributedBackend::Impl::LinkSeconds(size_t bytes, int peer) const {
 
 // --- attention side ---
 
-void DistributedBackend::Impl::SendNodeBlocks(int l, int j) {
+void DistributedBackend::Impl::SendNodeBlocks(int l, int j, std::vector<model::RowExchange::Send>* sends) {
   if (routes.empty() || !layer_node[l]) return;
   model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
@@ -107,6 +107,18 @@ void DistributedBackend::Impl::SendNodeBlocks(int l, int j) {
     rows_sent[l] += static_cast<double>(dd.uniques());
     rows_inter_node[l] += static_cast<double>(dd.uniques());
     std::vector<char>& box = node_outbox[Idx(l, j, static_cast<int>(i))];
+    if (sends) {  // NCCL: the header over Gloo, the node's unique rows in the kRows group
+      wire::PackDispatch(plan.counts.data() + route.first_expert, route.experts, nullptr, rows, 0, &dd, &box);
+      Send(dispatch.get(), box.data(), box.size(), route.owners[0], Tag(kNodeRows, l, j));
+      if (rows == 0) continue;
+      model::RowExchange::Send s;
+      s.peer = route.owners[0];
+      s.rows = mb.device_rows(l).xp + row0 * d;
+      s.count = dd.uniques();
+      s.pick.assign(dd.first.begin(), dd.first.end());
+      sends->push_back(std::move(s));
+      continue;
+    }
     wire::PackDispatch(plan.counts.data() + route.first_expert, route.experts, mb.dispatched(l).data() + row0 * d,
                        rows, d, &dd, &box);
     Send(dispatch.get(), box.data(), box.size(), route.owners[0], Tag(kNodeRows, l, j));
@@ -199,13 +211,14 @@ std::string DistributedBackend::Impl::MeasureLinks() {
   std::vector<double> fits(4, 0.0);
   const int me = placement.LocalOf(rank);
   const std::vector<double> sizes = {2048, 16384, 131072, 524288};
-  constexpr int kReps = 3;
+  constexpr int kReps = 5;  // the fastest of these per size: the link, not the host's other work
   std::vector<char> buffer(static_cast<size_t>(sizes.back())), ack(1);
   uint32_t kind = kRelayRows + 2 * static_cast<uint32_t>(M);  // past the relay tags
   auto time_link = [&](int from, int to, double* alpha, double* beta) {
     std::vector<double> bytes, seconds;
     for (int rep = 0; rep <= kReps; ++rep)  // rep 0 warms the connection up
-      for (double size : sizes) {
+      for (size_t at = 0; at < sizes.size(); ++at) {
+        const double size = sizes[at];
         const uint32_t tag = Tag(kind++, 0, 0);
         if (me == from) {
           const auto t0 = Clock::now();
@@ -213,9 +226,12 @@ std::string DistributedBackend::Impl::MeasureLinks() {
           sends.back()->Wait();
           sends.pop_back();
           combine->Irecv(ack.data(), 1, to, tag)->Wait();
-          if (rep > 0) {
+          const double took = Seconds(t0, Clock::now());
+          if (rep == 1) {
             bytes.push_back(size);
-            seconds.push_back(Seconds(t0, Clock::now()));
+            seconds.push_back(took);
+          } else if (rep > 1) {
+            seconds[at] = std::min(seconds[at], took);
           }
         } else if (me == to) {
           dispatch->Irecv(buffer.data(), static_cast<size_t>(size), from, tag)->Wait();
@@ -245,6 +261,95 @@ std::string DistributedBackend::Impl::MeasureLinks() {
   return line;
 }
 
+// --- the relay over NCCL ---
+
+// One group per attention rank (a group holds at most one device copy to
+// this rank itself), waited for at once: every owner of the route posts them
+// in the same order, in its ExpFwd(l, j) and ExpBwd(l, j).
+void DistributedBackend::Impl::PostRelayRows(int l, int j) {
+  if (routes.empty() || !layer_node[l]) return;
+  const int me = placement.LocalOf(rank);
+  for (int a = 0; a < M; ++a) {
+    const NodeRoute* route = RouteOf(l, a, me);
+    if (!route) continue;
+    std::vector<model::RowExchange::Send> sends;
+    Recvs recvs;
+    OwnerSlot& mine = slots[Idx(l, j, a)];
+    auto receive = [&](int from) {
+      if (mine.rows == 0) return;
+      model::RowExchange::Recv r;
+      r.peer = from;
+      r.count = mine.uniques;
+      r.rows = mine.dev.xp;
+      r.n = mine.rows;
+      r.index = mine.index;
+      recvs.push_back(std::move(r));
+    };
+    if (route->owners[0] == me) {
+      const Relay& rl = relays[Idx(l, j, a)];
+      for (size_t i = 0; i < route->owners.size(); ++i) {
+        const wire::NodeSplit& part = rl.split[i];
+        if (part.rows == 0) continue;
+        model::RowExchange::Send s;
+        s.peer = route->owners[i];
+        s.rows = rl.dev.xp;
+        s.count = static_cast<int64_t>(part.node_token.size());
+        s.pick = part.node_token;
+        sends.push_back(std::move(s));
+      }
+    }
+    receive(route->owners[0]);  // the first owner's own rows: a device copy in the same group
+    if (sends.empty() && recvs.empty()) continue;
+    PostGroup(Channel::kRelayRows, l, j, std::move(sends), std::move(recvs));
+    WaitGroup(Channel::kRelayRows, l, j, "relay");
+  }
+}
+
+void DistributedBackend::Impl::PostRelaySums(int l, int j, std::vector<model::RowExchange::Send>* replies) {
+  if (routes.empty() || !layer_node[l]) return;
+  const int me = placement.LocalOf(rank);
+  for (int a = 0; a < M; ++a) {
+    const NodeRoute* route = RouteOf(l, a, me);
+    if (!route) continue;
+    std::vector<model::RowExchange::Send> sends;
+    Recvs recvs;
+    OwnerSlot& mine = slots[Idx(l, j, a)];
+    if (mine.rows > 0) {  // this owner's sums per unique token, to the first owner (itself included)
+      model::RowExchange::Send s;
+      s.peer = route->owners[0];
+      s.rows = mine.dev.dxp;
+      s.count = mine.uniques;
+      wire::RowsByUnique(mine.index, mine.uniques, &s.sum_start, &s.sum_rows);
+      sends.push_back(std::move(s));
+    }
+    const bool first_owner = route->owners[0] == me;
+    const Relay& rl = relays[Idx(l, j, a)];
+    if (first_owner)
+      for (size_t i = 0; i < route->owners.size(); ++i) {
+        const wire::NodeSplit& part = rl.split[i];
+        if (part.rows == 0) continue;
+        model::RowExchange::Recv r;
+        r.peer = route->owners[i];
+        r.count = r.n = static_cast<int64_t>(part.node_token.size());
+        r.rows = rl.dev.dxp + rl.sums_at[i] * d;
+        recvs.push_back(std::move(r));
+      }
+    if (sends.empty() && recvs.empty()) continue;
+    PostGroup(Channel::kRelaySums, l, j, std::move(sends), std::move(recvs));
+    WaitGroup(Channel::kRelaySums, l, j, "relay-grad");
+    if (!first_owner || rl.rows == 0) continue;
+    // One row per node token to the attention rank, the owners' sums added in owner order.
+    std::vector<int32_t> index;  // the sums' row -> node token
+    for (const wire::NodeSplit& part : rl.split) index.insert(index.end(), part.node_token.begin(), part.node_token.end());
+    model::RowExchange::Send s;
+    s.peer = a;
+    s.rows = rl.dev.dxp;
+    s.count = rl.uniques;
+    wire::RowsByUnique(index, rl.uniques, &s.sum_start, &s.sum_rows);
+    replies->push_back(std::move(s));
+  }
+}
+
 // --- the relay (a route's first owner) ---
 
 void DistributedBackend::Impl::RelayRows(int l, int j, int a) {
@@ -256,15 +361,36 @@ void DistributedBackend::Impl::RelayRows(int l, int j, int a) {
   const int64_t max_rows = micro_tokens * std::min<int64_t>(k, route.experts);
   std::vector<int64_t> experts;
   for (int o : route.owners) experts.push_back(Range(l, o).count);
+  const int64_t on_wire = exchange ? 0 : d;  // NCCL: the rows come in the kRows group
   try {
     const wire::DispatchBlock block =
-        wire::UnpackDispatch(rl.inbox.data(), rl.inbox.size(), route.experts, max_rows, d, true);
+        wire::UnpackDispatch(rl.inbox.data(), rl.inbox.size(), route.experts, max_rows, on_wire, true);
     rl.uniques = block.uniques;
     rl.rows = block.rows;
-    wire::SplitNodeBlock(block, d, experts, &rl.split);
+    wire::SplitNodeBlock(block, on_wire, experts, &rl.split);
   } catch (const Error& e) {
     throw Error("rank " + std::to_string(rank) + ": node block from rank " +
                 std::to_string(placement.GlobalRank(group, a)) + ": " + e.what());
+  }
+  if (exchange && rl.rows > 0) {
+    // Device room for the node's unique rows and, in backward, the owners'
+    // sums one after the other.
+    rl.sums_at.clear();
+    int64_t all_sums = 0;
+    for (const wire::NodeSplit& part : rl.split) {
+      rl.sums_at.push_back(all_sums);
+      all_sums += static_cast<int64_t>(part.node_token.size());
+    }
+    ops::DispatchPlan room;
+    room.experts = E;
+    room.slots = 1;
+    room.counts.assign(E, 0);
+    room.counts[route.first_expert] = std::max(rl.uniques, all_sums);
+    room.offsets.assign(E + 1, 0);
+    for (int64_t e = 0; e < E; ++e) room.offsets[e + 1] = room.offsets[e] + room.counts[e];
+    room.tokens = room.offsets.back();
+    if (!rl.scratch) rl.scratch = device->NewExpertBlock();
+    rl.dev = rl.scratch->PrepareOnDevice(l, room, route.first_expert, route.experts);
   }
   for (size_t i = 0; i < route.owners.size(); ++i) {
     const int o = route.owners[i];

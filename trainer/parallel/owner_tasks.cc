@@ -29,7 +29,7 @@ void DistributedBackend::Impl::PostOwnerReceives() {
           const int64_t node_rows = micro_tokens * std::min<int64_t>(k, route->experts);
           Relay& rl = relays[Idx(l, j, a)];
           rl.inbox.resize(HeaderBytes(route->experts, node_rows, true) +
-                          std::min(node_rows, micro_tokens) * d * sizeof(float));
+                          (exchange ? 0 : std::min(node_rows, micro_tokens)) * d * sizeof(float));
           rl.request = dispatch->Irecv(rl.inbox.data(), rl.inbox.size(), a, Tag(kNodeRows, l, j));
           s.relay_pending = true;
         }
@@ -91,7 +91,7 @@ void DistributedBackend::Impl::BeforeReusingBlock(int l, int j, int a) {
   for (auto& r : block_sends[BlockIdx(l, j, a)]) r->Wait();
   block_sends[BlockIdx(l, j, a)].clear();
   if (!exchange) return;
-  for (Channel c : {Channel::kOutputs, Channel::kInputGrads})
+  for (Channel c : {Channel::kOutputs, Channel::kInputGrads, Channel::kRelaySums})
     if (const int64_t g = Posted(c, l, j - W); g >= 0) exchange->Wait(g);
 }
 
@@ -102,6 +102,7 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
     if (exchange) {
       if (Posted(Channel::kRows, l, j) < 0) PostGroup(Channel::kRows, l, j, {}, OwnerRowRecvs(l, j));
       WaitGroup(Channel::kRows, l, j, "dispatch");
+      PostRelayRows(l, j);  // node dedup: the node's rows to its owners
     } else {
       for (int a = 0; a < M; ++a) ReadHeader(l, j, a);
     }
@@ -163,7 +164,9 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
   PostFinishedGradients(Finished::kExperts, l, j);
   if (exchange) {
     std::vector<model::RowExchange::Send> sends;
+    PostRelaySums(l, j, &sends);  // node dedup: the owners' sums to the first owner, its replies into `sends`
     ForEachSlot(l, j, [&](int a, OwnerSlot& s) {
+      if (RouteOf(l, a, placement.LocalOf(rank))) return;
       model::RowExchange::Send out;
       out.peer = a;
       out.rows = s.dev.dxp;
