@@ -89,8 +89,8 @@ class DistributedBackend final : public backend::Backend {
   // (node_relay.cc): an attention rank sends one block to each other node
   // where two or more expert ranks hold experts of the layer, to the first
   // of them, which splits it among them and, in backward, adds their
-  // per-token input-grad sums into one row per token before replying (the
-  // Gloo transport only). `node_of_rank`: each global rank's node (any
+  // per-token input-grad sums into one row per token before replying (over
+  // Gloo, or over NCCL with the relay's own channels). `node_of_rank`: each global rank's node (any
   // numbering; empty = each rank its own node), also used by the emulated
   // links and the inter-node row counts. kAuto measures the links at once
   // (collective): transfers of a few sizes across a node boundary and inside
