@@ -12,6 +12,7 @@
 #include "trainer/model/mixtral.h"
 #include "trainer/ops/experts.h"
 #include "trainer/parallel/engine.h"
+#include "trainer/parallel/node_routes.h"
 #include "trainer/parallel/ownership.h"
 #include "trainer/parallel/wire.h"
 
@@ -118,15 +119,9 @@ struct DistributedBackend::Impl {
   DedupDepth depth = DedupDepth::kRank;
   // --- node-level dedup (node_relay.cc) ---
   std::vector<int> node_of;  // [local member] its node
-  // A node whose expert ranks (two or more) hold layer l's experts
-  // [first_expert, + experts): attention ranks on other nodes send it one
-  // block, to owners[0], which relays.
-  struct NodeRoute {
-    int node = 0;
-    std::vector<int> owners;  // local indices, ascending
-    int64_t first_expert = 0, experts = 0;
-  };
-  std::vector<std::vector<NodeRoute>> routes;  // [l] (depth kNode or kAuto)
+  // [l] (depth kNode or kAuto; node_routes.h): attention ranks on other
+  // nodes send each route one block, to owners[0], which relays.
+  std::vector<std::vector<NodeRoute>> routes;
   std::vector<char> layer_node;                // [l] the routes are in force this step
   // kAuto: the fitted links, and this step's route traffic as either depth
   // would send it (planner::RouteTraffic's six counts per layer).

@@ -44,27 +44,8 @@ std::string DistributedBackend::SetDedup(DedupDepth depth, const std::vector<int
 
 void DistributedBackend::Impl::MakeRoutes() {
   routes.clear();  // empty: no layer has a route
-  if ((depth != DedupDepth::kNode && depth != DedupDepth::kAuto) || placement.schedule == Schedule::kEp) return;
-  routes.assign(L, {});
-  for (int l = 0; l < L; ++l)
-    for (int x = M; x < P; ++x) {
-      if (Range(l, x).count == 0) continue;
-      std::vector<NodeRoute>& rs = routes[l];
-      if (rs.empty() || rs.back().node != node_of[x]) {
-        for (const NodeRoute& r : rs)
-          if (r.node == node_of[x])
-            throw Error("dedup: node: expert rank " + std::to_string(placement.GlobalRank(group, x)) +
-                        " is not next to the other expert ranks of its node (number nodes in rank order)");
-        rs.push_back({node_of[x], {}, Range(l, x).first, 0});
-      }
-      NodeRoute& r = rs.back();
-      if (Range(l, x).first != r.first_expert + r.experts)
-        throw Error("dedup: node: the expert ranks of a node hold ranges that are not adjacent");
-      r.owners.push_back(x);
-      r.experts += Range(l, x).count;
-    }
-  for (auto& rs : routes)
-    rs.erase(std::remove_if(rs.begin(), rs.end(), [](const NodeRoute& r) { return r.owners.size() < 2; }), rs.end());
+  if (depth != DedupDepth::kNode && depth != DedupDepth::kAuto) return;
+  routes = MakeNodeRoutes(placement, node_of);
   const size_t n = static_cast<size_t>(L) * R * P;
   node_dedups.assign(n, {});
   node_outbox.assign(n, {});
@@ -75,7 +56,7 @@ void DistributedBackend::Impl::MakeRoutes() {
   relays.resize(n);
 }
 
-const DistributedBackend::Impl::NodeRoute* DistributedBackend::Impl::RouteOf(int l, int a, int o) const {
+const NodeRoute* DistributedBackend::Impl::RouteOf(int l, int a, int o) const {
   if (routes.empty() || !layer_node[l]) return nullptr;
   for (const NodeRoute& r : routes[l])
     if (r.node != node_of[a] && std::find(r.owners.begin(), r.owners.end(), o) != r.owners.end()) return &r;
