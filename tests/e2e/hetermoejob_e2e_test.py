@@ -165,6 +165,8 @@ def zebra(c, args, data_dir, ckpt_dir):
     t = job["spec"]["training"]                                  # a size a CPU trains in seconds
     t.update(steps=24, globalBatch=8, seqLen=64, warmupSteps=4, lr=3.0e-3, minLr=3.0e-4)
     job["spec"]["checkpoint"]["intervalSteps"] = 8
+    # Node-level dedup: the ranks learn their nodes from the pods' spec.nodeName.
+    job["spec"].setdefault("dispatch", {})["dedupDepth"] = "node"
     # A run of seconds: rank 0 serves its last values long enough to be scraped
     # (10 s: with 1 s service discovery and scrapes, a loaded CI machine once
     # missed a 3 s window).
@@ -188,6 +190,19 @@ def zebra(c, args, data_dir, ckpt_dir):
         roles.setdefault(role, set()).add(product)
     check(roles.get("attention") == {"NVIDIA-A40"} and roles.get("expert") == {"Tesla-V100-SXM2-32GB"},
           f"kube-scheduler placed attention pods on A40 and expert pods on V100 nodes ({roles})")
+    # spec.dispatch.dedupDepth node reached the trainers, and so did each
+    # pod's node (HETERMOE_NODE_NAME from spec.nodeName): rank 0 lists the
+    # ranks' nodes, numbered in rank order as the pods landed.
+    node_of_rank = {}
+    for p in pods:
+        env = {e["name"]: e.get("value") for e in p["spec"]["containers"][0].get("env", [])}
+        node_of_rank[int(env["RANK"])] = p["spec"]["nodeName"]
+    numbering = {}
+    want = " ".join(str(numbering.setdefault(node_of_rank[r], len(numbering))) for r in sorted(node_of_rank))
+    said = [l for l in c.logs(NS, f"{name}-attention-0").splitlines() if l.startswith("dedup: node")]
+    check(said and said[0].endswith(f": {want})"),
+          f"rank 0 runs dedup node with the pods' nodes ({said[0] if said else 'no dedup line'}; "
+          f"nodes by rank {[node_of_rank[r] for r in sorted(node_of_rank)]})")
 
     metrics = read_metrics(os.path.join(ckpt_dir, NS, name, "metrics.jsonl"))
     steps = [m["step"] for m in metrics]
