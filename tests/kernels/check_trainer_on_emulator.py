@@ -262,6 +262,16 @@ def main():
         for t, r in runs.items():
             compare_losses(f"{shape} dedup node over {t} on the GPUs", cpu, r, 1e-4, problems,
                            weights_tol=(1e-5, 1e-4))
+    # dedup auto over NCCL fits the links again device to device.
+    log = []
+    auto = run(args, os.path.join(args.work, "t-auto-nccl"), "cuda", stderr=log,
+               extra=["--set", "parallel={attention_ranks: 1, expert_ranks: 3, schedule: zebra, ranks_per_node: 2, "
+                               "dedup: auto, transport: nccl}"])
+    fitted = [l for l in log[0].splitlines() if "links fitted" in l]
+    print(f"dedup auto over NCCL: {fitted}")
+    if not any("(NCCL, device to device)" in l for l in fitted):
+        problems.append("dedup auto over NCCL did not fit the links over NCCL")
+    compare_losses("1+3 dedup auto over nccl on the GPUs", cpu, auto, 1e-4, problems, weights_tol=(1e-5, 1e-4))
     # ZeRO-1 with the optimizer on the GPUs: each attention rank updates its
     # shard of the dense tensors on its device, the shards are summed over
     # NCCL; the same training and the same checkpoint as without.

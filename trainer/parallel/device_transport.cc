@@ -3,6 +3,8 @@
 // rank posts a channel's groups in the schedule's order.
 #include "trainer/parallel/engine_impl.h"
 
+#include <cstdio>
+
 #include "common/error.h"
 
 namespace hetermoe::parallel {
@@ -166,6 +168,11 @@ std::string DistributedBackend::SetTransport(const std::string& transport, std::
   }
   m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(), m.adamw->step());
   m.device_step = true;
+  // dedup auto: the links that matter now are NCCL's; fit them again over it.
+  if (m.depth == DedupDepth::kAuto) {
+    const std::string line = m.MeasureLinks();
+    if (rank_ == 0) std::fprintf(stderr, "%s\n", line.c_str());
+  }
   return "nccl (" + m.exchange->wire_format() + " on the wire; gradient sums and AdamW on the GPU)";
 }
 

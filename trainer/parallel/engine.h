@@ -93,7 +93,8 @@ class DistributedBackend final : public backend::Backend {
   // Gloo, or over NCCL with the relay's own channels). `node_of_rank`: each global rank's node (any
   // numbering; empty = each rank its own node), also used by the emulated
   // links and the inter-node row counts. kAuto measures the links at once
-  // (collective): transfers of a few sizes across a node boundary and inside
+  // (collective; again over NCCL when SetTransport chooses it): transfers of
+  // a few sizes across a node boundary and inside
   // a node, fitted to alpha + beta bytes (planner/dedup_depth.h); the first
   // step runs rank level, and after every step each layer takes the depth
   // predicted faster for that step's routing (the same on every rank: the

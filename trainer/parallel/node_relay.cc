@@ -195,13 +195,64 @@ std::string DistributedBackend::Impl::MeasureLinks() {
   constexpr int kReps = 5;  // the fastest of these per size: the link, not the host's other work
   std::vector<char> buffer(static_cast<size_t>(sizes.back())), ack(1);
   uint32_t kind = kRelayRows + 2 * static_cast<uint32_t>(M);  // past the relay tags
+  // With the NCCL transport the rows move device to device: time that, in
+  // whole rows of the wire format, from a scratch block's device rows.
+  const int64_t row_bytes = exchange ? d * static_cast<int64_t>(exchange->wire_value_bytes()) : 1;
+  std::unique_ptr<model::ExpertBlock> scratch;
+  model::DeviceRows dev;
+  if (exchange && probe) {
+    ops::DispatchPlan room;
+    room.experts = E;
+    room.slots = 1;
+    room.counts.assign(E, 0);
+    room.counts[probe->first_expert] = std::max<int64_t>(1, static_cast<int64_t>(sizes.back()) / row_bytes);
+    room.offsets.assign(E + 1, 0);
+    for (int64_t e = 0; e < E; ++e) room.offsets[e + 1] = room.offsets[e] + room.counts[e];
+    room.tokens = room.offsets.back();
+    scratch = device->NewExpertBlock();
+    dev = scratch->PrepareOnDevice(0, room, probe->first_expert, probe->experts);
+  }
+  // One message of `rows` from `from` to `to`, and a one-row reply.
+  auto device_transfer = [&](int from, int to, int64_t rows) {
+    model::RowExchange::Send s;
+    s.peer = to;
+    s.rows = dev.xp;
+    s.count = rows;
+    model::RowExchange::Recv r;
+    r.peer = from;
+    r.count = r.n = rows;
+    r.rows = dev.xp;
+    const bool sender = me == from;
+    exchange->Wait(sender ? exchange->Post(Channel::kRows, {s}, {}) : exchange->Post(Channel::kRows, {}, {r}));
+    model::RowExchange::Send back;
+    back.peer = from;
+    back.rows = dev.y;
+    back.count = 1;
+    model::RowExchange::Recv reply;
+    reply.peer = to;
+    reply.count = reply.n = 1;
+    reply.rows = dev.y;
+    exchange->Wait(sender ? exchange->Post(Channel::kOutputs, {}, {reply}) : exchange->Post(Channel::kOutputs, {back}, {}));
+  };
   auto time_link = [&](int from, int to, double* alpha, double* beta) {
     std::vector<double> bytes, seconds;
     for (int rep = 0; rep <= kReps; ++rep)  // rep 0 warms the connection up
       for (size_t at = 0; at < sizes.size(); ++at) {
-        const double size = sizes[at];
+        const int64_t rows = std::max<int64_t>(1, static_cast<int64_t>(sizes[at]) / row_bytes);
+        const double size = static_cast<double>(rows * row_bytes);
         const uint32_t tag = Tag(kind++, 0, 0);
-        if (me == from) {
+        if (exchange && (me == from || me == to)) {
+          const auto t0 = Clock::now();
+          device_transfer(from, to, rows);
+          const double took = Seconds(t0, Clock::now());
+          if (me == to) continue;
+          if (rep == 1) {
+            bytes.push_back(size);
+            seconds.push_back(took);
+          } else if (rep > 1) {
+            seconds[at] = std::min(seconds[at], took);
+          }
+        } else if (me == from) {
           const auto t0 = Clock::now();
           Send(dispatch.get(), buffer.data(), static_cast<size_t>(size), to, tag);
           sends.back()->Wait();
@@ -214,7 +265,7 @@ std::string DistributedBackend::Impl::MeasureLinks() {
           } else if (rep > 1) {
             seconds[at] = std::min(seconds[at], took);
           }
-        } else if (me == to) {
+        } else if (me == to && !exchange) {
           dispatch->Irecv(buffer.data(), static_cast<size_t>(size), from, tag)->Wait();
           combine->Isend(ack.data(), 1, from, tag)->Wait();
         }
@@ -236,9 +287,10 @@ std::string DistributedBackend::Impl::MeasureLinks() {
   char line[256];
   auto gbps = [](double beta) { return beta > 0 ? 8e-9 / beta : 0.0; };
   std::snprintf(line, sizeof line,
-                "dedup auto: links fitted at start-up: across nodes %.1f us + %.2f Gbit/s, inside a node %.1f us + "
+                "dedup auto: links fitted at start-up (%s): across nodes %.1f us + %.2f Gbit/s, inside a node %.1f us + "
                 "%.2f Gbit/s; rank level until the first step's routing is counted",
-                inter_link.alpha * 1e6, gbps(inter_link.beta), intra_link.alpha * 1e6, gbps(intra_link.beta));
+                exchange ? "NCCL, device to device" : "Gloo", inter_link.alpha * 1e6, gbps(inter_link.beta),
+                intra_link.alpha * 1e6, gbps(intra_link.beta));
   return line;
 }
 

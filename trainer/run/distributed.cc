@@ -287,6 +287,7 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
       rc.train.zero == 1);
   const std::vector<int> nodes = NodesOfRanks(rc, *run->world);
   const std::string dedup_line = engine->SetDedup(DedupDepthOf(p.dedup), nodes);
+  if (ro.rank == 0 && !dedup_line.empty()) std::fprintf(stderr, "%s\n", dedup_line.c_str());
   engine->SetSwapEvery(static_cast<int>(p.swap_every));
   const std::string transport = engine->SetTransport(
       p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));
@@ -299,7 +300,6 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
     std::fprintf(stderr, "rows between ranks: %s\n", transport.c_str());
-    if (!dedup_line.empty()) std::fprintf(stderr, "%s\n", dedup_line.c_str());
     if (p.dedup == "node" || p.dedup == "auto") {
       std::string list;
       for (size_t r = 0; r < nodes.size(); ++r) list += (r ? " " : "") + std::to_string(nodes[r]);
