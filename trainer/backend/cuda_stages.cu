@@ -97,7 +97,10 @@ class CudaMicroBatchStages final : public model::MicroBatchStages {
 
 class CudaExpertBlock final : public model::ExpertBlock {
  public:
-  CudaExpertBlock(DeviceModel& m, bool recompute) : m_(m), recompute_(recompute) { rows_.Bind(m); }
+  CudaExpertBlock(DeviceModel& m, bool recompute) : m_(m), recompute_(recompute) {
+    rows_.Bind(m);
+    scratch_.Bind(&m.allocator);
+  }
   const float* Forward(int64_t layer, const ops::DispatchPlan& plan, int64_t first, int64_t count,
                        const float* xp) override {
     rows_.layer = layer;
@@ -132,6 +135,11 @@ class CudaExpertBlock final : public model::ExpertBlock {
     rows_.Resize(m_, plan.offsets.back(), true);
     return {rows_.xp.data(), rows_.y.data(), rows_.dy.data(), rows_.dxp.data()};
   }
+  model::DeviceRows RowsOnDevice(int64_t rows) override {
+    const auto n = static_cast<size_t>(rows * m_.config.hidden_size);
+    if (scratch_.size() < n) scratch_.Resize(n);
+    return {scratch_.data(), nullptr, nullptr, nullptr};
+  }
   void ForwardOnDevice() override {
     rows_.Forward(m_);
     if (recompute_) rows_.ReleaseActivations();
@@ -148,6 +156,7 @@ class CudaExpertBlock final : public model::ExpertBlock {
   }
 
  private:
+  kernels::DeviceBuffer<float> scratch_;  // RowsOnDevice
   DeviceModel& m_;
   bool recompute_;
   ExpertRows rows_;

@@ -145,6 +145,7 @@ namespace hetermoe::model {
 DeviceRows ExpertBlock::PrepareOnDevice(int64_t, const ops::DispatchPlan&, int64_t, int64_t) {
   throw Error("this device has no device rows (the NCCL transport needs a GPU)");
 }
+DeviceRows ExpertBlock::RowsOnDevice(int64_t) { throw Error("this device has no device rows"); }
 void ExpertBlock::ForwardOnDevice() { throw Error("this device has no device rows"); }
 void ExpertBlock::BackwardOnDevice() { throw Error("this device has no device rows"); }
 

@@ -161,6 +161,10 @@ class ExpertBlock {
   // its device rows; fill xp before ForwardOnDevice (which fills y), dy
   // before BackwardOnDevice (which fills dxp).
   virtual DeviceRows PrepareOnDevice(int64_t layer, const ops::DispatchPlan& plan, int64_t first, int64_t count);
+  // GPU devices: scratch rows on the device ([rows, d] at .xp; the other
+  // pointers null), no expert work: a node relay's buffer. A later call may
+  // move it.
+  virtual DeviceRows RowsOnDevice(int64_t rows);
   virtual void ForwardOnDevice();
   virtual void BackwardOnDevice();
 };

@@ -38,7 +38,7 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerRowRecvs(int l, i
       model::RowExchange::Recv r;
       r.peer = a;
       r.count = r.n = rl.uniques;
-      r.rows = rl.dev.xp;
+      r.rows = RelayScratch(relay_rows, a, rl.uniques);  // relayed by PostRelayRows, then reused
       recvs.push_back(std::move(r));
       continue;
     }

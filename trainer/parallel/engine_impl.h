@@ -151,12 +151,16 @@ struct DistributedBackend::Impl {
     int64_t uniques = 0, rows = 0;
     std::vector<float> sums;                   // per node token
     std::vector<std::vector<float>> peer_sums;  // per route owner
-    // NCCL transport: the node's unique rows (xp) and the owners' sums one
-    // after the other (dxp, owner i's at sums_at[i]) on the device.
-    std::unique_ptr<model::ExpertBlock> scratch;
-    model::DeviceRows dev;
+    // NCCL transport: where owner i's sums start among the owners' sums,
+    // one after the other on the device (relay_sums).
     std::vector<int64_t> sums_at;
+    int64_t all_sums = 0;
   };
+  // NCCL transport, per attention rank: the node's unique rows from it
+  // (received, then relayed) and the owners' sums for it (received, then
+  // added into the reply), device scratch reused layer after layer.
+  std::vector<std::unique_ptr<model::ExpertBlock>> relay_rows, relay_sums;
+  float* RelayScratch(std::vector<std::unique_ptr<model::ExpertBlock>>& blocks, int a, int64_t rows);
   std::vector<Relay> relays;
   void RelayRows(int l, int j, int a);  // the node block in, each owner's block out (its own into its slot)
   void RelaySums(int l, int j);         // after this rank's ExpBwd(l, j): the owners' sums in, one block out

@@ -201,16 +201,8 @@ std::string DistributedBackend::Impl::MeasureLinks() {
   std::unique_ptr<model::ExpertBlock> scratch;
   model::DeviceRows dev;
   if (exchange && probe) {
-    ops::DispatchPlan room;
-    room.experts = E;
-    room.slots = 1;
-    room.counts.assign(E, 0);
-    room.counts[probe->first_expert] = std::max<int64_t>(1, static_cast<int64_t>(sizes.back()) / row_bytes);
-    room.offsets.assign(E + 1, 0);
-    for (int64_t e = 0; e < E; ++e) room.offsets[e + 1] = room.offsets[e] + room.counts[e];
-    room.tokens = room.offsets.back();
     scratch = device->NewExpertBlock();
-    dev = scratch->PrepareOnDevice(0, room, probe->first_expert, probe->experts);
+    dev = scratch->RowsOnDevice(std::max<int64_t>(1, static_cast<int64_t>(sizes.back()) / row_bytes));
   }
   // One message of `rows` from `from` to `to`, and a one-row reply.
   auto device_transfer = [&](int from, int to, int64_t rows) {
@@ -296,6 +288,13 @@ std::string DistributedBackend::Impl::MeasureLinks() {
 
 // --- the relay over NCCL ---
 
+float* DistributedBackend::Impl::RelayScratch(std::vector<std::unique_ptr<model::ExpertBlock>>& blocks, int a,
+                                              int64_t rows) {
+  if (blocks.empty()) blocks.resize(M);
+  if (!blocks[a]) blocks[a] = device->NewExpertBlock();
+  return blocks[a]->RowsOnDevice(std::max<int64_t>(rows, 1)).xp;
+}
+
 // One group per attention rank (a group holds at most one device copy to
 // this rank itself), waited for at once: every owner of the route posts them
 // in the same order, in its ExpFwd(l, j) and ExpBwd(l, j).
@@ -325,7 +324,7 @@ void DistributedBackend::Impl::PostRelayRows(int l, int j) {
         if (part.rows == 0) continue;
         model::RowExchange::Send s;
         s.peer = route->owners[i];
-        s.rows = rl.dev.xp;
+        s.rows = RelayScratch(relay_rows, a, rl.uniques);  // filled by the kRows group
         s.count = static_cast<int64_t>(part.node_token.size());
         s.pick = part.node_token;
         sends.push_back(std::move(s));
@@ -364,7 +363,7 @@ void DistributedBackend::Impl::PostRelaySums(int l, int j, std::vector<model::Ro
         model::RowExchange::Recv r;
         r.peer = route->owners[i];
         r.count = r.n = static_cast<int64_t>(part.node_token.size());
-        r.rows = rl.dev.dxp + rl.sums_at[i] * d;
+        r.rows = RelayScratch(relay_sums, a, rl.all_sums) + rl.sums_at[i] * d;
         recvs.push_back(std::move(r));
       }
     if (sends.empty() && recvs.empty()) continue;
@@ -376,7 +375,7 @@ void DistributedBackend::Impl::PostRelaySums(int l, int j, std::vector<model::Ro
     for (const wire::NodeSplit& part : rl.split) index.insert(index.end(), part.node_token.begin(), part.node_token.end());
     model::RowExchange::Send s;
     s.peer = a;
-    s.rows = rl.dev.dxp;
+    s.rows = RelayScratch(relay_sums, a, rl.all_sums);
     s.count = rl.uniques;
     wire::RowsByUnique(index, rl.uniques, &s.sum_start, &s.sum_rows);
     replies->push_back(std::move(s));
@@ -405,25 +404,13 @@ void DistributedBackend::Impl::RelayRows(int l, int j, int a) {
     throw Error("rank " + std::to_string(rank) + ": node block from rank " +
                 std::to_string(placement.GlobalRank(group, a)) + ": " + e.what());
   }
-  if (exchange && rl.rows > 0) {
-    // Device room for the node's unique rows and, in backward, the owners'
-    // sums one after the other.
+  if (exchange) {  // where the owners' sums will sit, one after the other, in backward
     rl.sums_at.clear();
-    int64_t all_sums = 0;
+    rl.all_sums = 0;
     for (const wire::NodeSplit& part : rl.split) {
-      rl.sums_at.push_back(all_sums);
-      all_sums += static_cast<int64_t>(part.node_token.size());
+      rl.sums_at.push_back(rl.all_sums);
+      rl.all_sums += static_cast<int64_t>(part.node_token.size());
     }
-    ops::DispatchPlan room;
-    room.experts = E;
-    room.slots = 1;
-    room.counts.assign(E, 0);
-    room.counts[route.first_expert] = std::max(rl.uniques, all_sums);
-    room.offsets.assign(E + 1, 0);
-    for (int64_t e = 0; e < E; ++e) room.offsets[e + 1] = room.offsets[e] + room.counts[e];
-    room.tokens = room.offsets.back();
-    if (!rl.scratch) rl.scratch = device->NewExpertBlock();
-    rl.dev = rl.scratch->PrepareOnDevice(l, room, route.first_expert, route.experts);
   }
   for (size_t i = 0; i < route.owners.size(); ++i) {
     const int o = route.owners[i];
