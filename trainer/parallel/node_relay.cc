@@ -218,12 +218,12 @@ std::string DistributedBackend::Impl::MeasureLinks() {
     exchange->Wait(sender ? exchange->Post(Channel::kRows, {s}, {}) : exchange->Post(Channel::kRows, {}, {r}));
     model::RowExchange::Send back;
     back.peer = from;
-    back.rows = dev.y;
+    back.rows = dev.xp;  // the scratch holds rows only; the reply reuses its first row
     back.count = 1;
     model::RowExchange::Recv reply;
     reply.peer = to;
     reply.count = reply.n = 1;
-    reply.rows = dev.y;
+    reply.rows = dev.xp;
     exchange->Wait(sender ? exchange->Post(Channel::kOutputs, {}, {reply}) : exchange->Post(Channel::kOutputs, {back}, {}));
   };
   auto time_link = [&](int from, int to, double* alpha, double* beta) {
@@ -273,8 +273,13 @@ std::string DistributedBackend::Impl::MeasureLinks() {
     time_link(probe->owners[0], probe->owners[1], &fits[2], &fits[3]);
   }
   everyone->AllReduceSum(fits.data(), fits.size());
-  inter_link = {fits[0], fits[1]};
-  intra_link = {fits[2], fits[3]};
+  // The per-message time a round trip measures is mostly the host's, the
+  // same on both links, and its noise under load (0.1 ms) would decide
+  // between depths that send as many messages: one alpha for both, so the
+  // bandwidths decide.
+  const double alpha = std::min(fits[0], fits[2]);
+  inter_link = {probe ? alpha : 0.0, fits[1]};
+  intra_link = {probe ? alpha : 0.0, fits[3]};
   if (!probe) return "dedup auto: no node holds two expert ranks of a layer apart from the attention ranks; rank level";
   char line[256];
   auto gbps = [](double beta) { return beta > 0 ? 8e-9 / beta : 0.0; };
