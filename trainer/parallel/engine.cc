@@ -136,7 +136,7 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.route_traffic.assign(static_cast<size_t>(m.L) * 6, 0);
   std::vector<int> depth_now(m.L, m.dedup ? 1 : 0);
   for (int l = 0; l < m.L; ++l)
-    if (!m.layer_node.empty() && m.layer_node[l] && !m.routes.empty() && !m.routes[l].empty()) depth_now[l] = 2;
+    if (m.layer_node[l] && !m.routes.empty() && !m.routes[l].empty()) depth_now[l] = 2;
   if (m.tracer && m.placement.IsAttention(rank_)) {  // the depth each layer runs this step, in the trace
     std::string depths = "dedup depth by layer:";
     for (int x : depth_now) depths += x == 2 ? " node" : x == 1 ? " rank" : " off";

@@ -240,6 +240,10 @@ struct DistributedBackend::Impl {
   int64_t& Posted(Channel c, int l, int j) { return posted[(static_cast<size_t>(c) * L + l) * R + j]; }
   bool OwnsLayer(int l) const { return Range(l, placement.LocalOf(rank)).count > 0; }
   uint32_t Tag(uint32_t kind, int l, int j) const { return (kind * L + l) * R + j; }
+  // Node dedup's messages inside a node, per attention rank a: its rows from
+  // the first owner to the others, and their sums back.
+  uint32_t RelayRowsKind(int a) const { return kRelayRows + static_cast<uint32_t>(a); }
+  uint32_t RelaySumsKind(int a) const { return kRelayRows + static_cast<uint32_t>(M + a); }
   const ExpertRange& Range(int l, int x) const { return placement.owners[l][x]; }
   // Tensor i of `layout` in this rank's buffers (it must own it).
   float* Grad(size_t i) { return grads.data() + own.local_offset[i]; }

@@ -1,5 +1,5 @@
-// HierMoE's node level of token deduplication (engine.h, SetDedup kNode),
-// over the Gloo transport.
+// HierMoE's node level of token deduplication (engine.h, SetDedup kNode and
+// kAuto), over Gloo and over NCCL, and the depth choice's link fit.
 //
 // For layer l, the expert ranks of one node that hold experts of it (two or
 // more; their expert ranges are adjacent, placement.h) form a route. An
@@ -64,10 +64,9 @@ const NodeRoute* DistributedBackend::Impl::RouteOf(int l, int a, int o) const {
 }
 
 double DistributedBackend::Impl::LinkSeconds(size_t bytes, int peer) const {
-  const int me = placement.LocalOf(rank);
-  const bool same_node = node_of.empty() ? false : node_of[peer] == node_of[me];
+  const bool same_node = node_of[peer] == node_of[placement.LocalOf(rank)];
   const double bw = same_node ? emulation.intra_node_bytes_per_second : emulation.inter_node_bytes_per_second;
-  return (bw > 0 ? static_cast<double>(bytes) / bw : 0.0) + (bw > 0 ? emulation.link_latency_seconds : 0.0);
+  return bw > 0 ? static_cast<double>(bytes) / bw + emulation.link_latency_seconds : 0.0;
 }
 
 // --- attention side ---
@@ -226,6 +225,18 @@ std::string DistributedBackend::Impl::MeasureLinks() {
     reply.rows = dev.xp;
     exchange->Wait(sender ? exchange->Post(Channel::kOutputs, {}, {reply}) : exchange->Post(Channel::kOutputs, {back}, {}));
   };
+  // The same over Gloo through the host (Send: the emulated links too).
+  auto host_transfer = [&](int from, int to, size_t bytes, uint32_t tag) {
+    if (me == from) {
+      Send(dispatch.get(), buffer.data(), bytes, to, tag);
+      sends.back()->Wait();
+      sends.pop_back();
+      combine->Irecv(ack.data(), 1, to, tag)->Wait();
+    } else {
+      dispatch->Irecv(buffer.data(), bytes, from, tag)->Wait();
+      combine->Isend(ack.data(), 1, from, tag)->Wait();
+    }
+  };
   auto time_link = [&](int from, int to, double* alpha, double* beta) {
     std::vector<double> bytes, seconds;
     for (int rep = 0; rep <= kReps; ++rep)  // rep 0 warms the connection up
@@ -233,33 +244,17 @@ std::string DistributedBackend::Impl::MeasureLinks() {
         const int64_t rows = std::max<int64_t>(1, static_cast<int64_t>(sizes[at]) / row_bytes);
         const double size = static_cast<double>(rows * row_bytes);
         const uint32_t tag = Tag(kind++, 0, 0);
-        if (exchange && (me == from || me == to)) {
-          const auto t0 = Clock::now();
-          device_transfer(from, to, rows);
-          const double took = Seconds(t0, Clock::now());
-          if (me == to) continue;
-          if (rep == 1) {
-            bytes.push_back(size);
-            seconds.push_back(took);
-          } else if (rep > 1) {
-            seconds[at] = std::min(seconds[at], took);
-          }
-        } else if (me == from) {
-          const auto t0 = Clock::now();
-          Send(dispatch.get(), buffer.data(), static_cast<size_t>(size), to, tag);
-          sends.back()->Wait();
-          sends.pop_back();
-          combine->Irecv(ack.data(), 1, to, tag)->Wait();
-          const double took = Seconds(t0, Clock::now());
-          if (rep == 1) {
-            bytes.push_back(size);
-            seconds.push_back(took);
-          } else if (rep > 1) {
-            seconds[at] = std::min(seconds[at], took);
-          }
-        } else if (me == to && !exchange) {
-          dispatch->Irecv(buffer.data(), static_cast<size_t>(size), from, tag)->Wait();
-          combine->Isend(ack.data(), 1, from, tag)->Wait();
+        if (me != from && me != to) continue;
+        const auto t0 = Clock::now();
+        if (exchange) device_transfer(from, to, rows);
+        else host_transfer(from, to, static_cast<size_t>(size), tag);
+        const double took = Seconds(t0, Clock::now());
+        if (me != from || rep == 0) continue;
+        if (rep == 1) {
+          bytes.push_back(size);
+          seconds.push_back(took);
+        } else {
+          seconds[at] = std::min(seconds[at], took);
         }
       }
     if (me == from && group == 0) {
@@ -425,7 +420,7 @@ void DistributedBackend::Impl::RelayRows(int l, int j, int a) {
       continue;
     }
     rows_relayed[l] += static_cast<double>(part.node_token.size());
-    Send(dispatch.get(), part.box.data(), part.box.size(), o, Tag(kRelayRows + a, l, j));
+    Send(dispatch.get(), part.box.data(), part.box.size(), o, Tag(RelayRowsKind(a), l, j));
   }
 }
 
@@ -443,7 +438,7 @@ void DistributedBackend::Impl::RelaySums(int l, int j) {
       if (rl.split[i].rows == 0) continue;
       rl.peer_sums[i].resize(rl.split[i].node_token.size() * d);
       in[i] = combine->Irecv(rl.peer_sums[i].data(), rl.peer_sums[i].size() * sizeof(float), route->owners[i],
-                             Tag(kRelayRows + M + a, l, j));
+                             Tag(RelaySumsKind(a), l, j));
     }
     rl.sums.assign(rl.uniques * d, 0.0f);
     for (size_t i = 0; i < route->owners.size(); ++i) {

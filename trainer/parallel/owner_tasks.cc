@@ -24,7 +24,7 @@ void DistributedBackend::Impl::PostOwnerReceives() {
         if (!route) {
           s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
         } else if (route->owners[0] != local) {  // relayed by the node's first owner
-          s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), route->owners[0], Tag(kRelayRows + a, l, j));
+          s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), route->owners[0], Tag(RelayRowsKind(a), l, j));
         } else {  // this rank relays: the node's block comes in
           const int64_t node_rows = micro_tokens * std::min<int64_t>(k, route->experts);
           Relay& rl = relays[Idx(l, j, a)];
@@ -197,7 +197,7 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
       // Node dedup: to the node's first owner, which adds the node's sums (RelaySums).
       if (route->owners[0] != placement.LocalOf(rank))
         Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), route->owners[0],
-             Tag(kRelayRows + M + a, l, j), &block_sends[BlockIdx(l, j, a)]);
+             Tag(RelaySumsKind(a), l, j), &block_sends[BlockIdx(l, j, a)]);
       continue;
     }
     Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), a, Tag(kInputGrads, l, j));
