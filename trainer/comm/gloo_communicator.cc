@@ -6,6 +6,7 @@
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/transport/tcp/device.h>
 
+#include <csignal>
 #include <cstring>
 #include <map>
 
@@ -184,6 +185,11 @@ struct World::Impl {
 };
 
 World::World(const RendezvousOptions& o) : impl_(std::make_unique<Impl>()) {
+  // Gloo's TCP pairs write with writev, which raises SIGPIPE when the peer
+  // has died; ignored, the write fails with EPIPE and the dead peer becomes
+  // the named, retryable error every rank should exit with (our own store
+  // sends with MSG_NOSIGNAL already).
+  std::signal(SIGPIPE, SIG_IGN);
   impl_->options = o;
   if (o.world_size < 1) throw Error("WORLD_SIZE must be >= 1 (got " + std::to_string(o.world_size) + ")");
   if (o.rank < 0 || o.rank >= o.world_size)
