@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 
 #include "common/error.h"
 #include "trainer/model/cpu_stages.h"
@@ -109,7 +110,14 @@ DistributedBackend::DistributedBackend(const io::MixtralConfig& config,
     : impl_(std::make_unique<Impl>(config, layout, placement, world, adamw, emulation, tracer, make_device, zero)),
       rank_(world->rank()) {}
 
-DistributedBackend::~DistributedBackend() = default;
+DistributedBackend::~DistributedBackend() {
+  // Unwinding from an error (a dead peer): Gloo's transport thread may still
+  // write into the receive buffers posted up front, and its pending requests
+  // refer to pairs in error, so freeing them here corrupted the heap (seen as
+  // SIGSEGV / SIGABRT instead of the retryable exit). The process is on its
+  // way out with that error: leave the engine's memory to it.
+  if (std::uncaught_exceptions() > 0) (void)impl_.release();
+}
 
 const std::vector<int64_t>& DistributedBackend::RankStateBytes() const { return impl_->rank_state_bytes; }
 
