@@ -4,17 +4,18 @@
 //
 // A message of b bytes over a link takes alpha + beta b (alpha: per-message
 // time, beta: time per byte), fitted by least squares from measured
-// transfers (FitLinkCost). For one layer the engine counts, over the
-// routes (a node whose expert ranks, two or more, hold the layer's experts,
-// reached from an attention rank on another node), what either depth
-// would send:
-//   rank: one message per (route owner, micro-batch) across nodes, carrying
-//         the owner's unique tokens;
-//   node: one message per (route, micro-batch) across nodes, carrying the
-//         node's unique tokens, plus one per other route owner inside the
-//         node (the relay's second hop) carrying that owner's unique tokens.
+// transfers (FitLinkCost). For one block (an attention rank's rows of one
+// layer and micro-batch) the engine counts, over the routes (a node whose
+// expert ranks, two or more, hold the layer's experts, on another node than
+// the attention rank), what either depth would send:
+//   rank: one message per route owner across nodes, carrying the owner's
+//         unique tokens;
+//   node: one message per route owner across nodes too (the node's unique
+//         tokens to the first owner, a word saying "relayed" to the others),
+//         plus one per other route owner inside the node (the relay's
+//         second hop) carrying that owner's unique tokens.
 // The dispatch and the input grads' way back carry the same rows, so the
-// comparison holds for both. A layer takes node when its predicted time is
+// comparison holds for both. A block takes node when its predicted time is
 // lower by more than kNodeMargin; with equal links the extra hop never pays
 // (a node's unique tokens are at least its first owner's, and it sends as
 // many messages), so equal links keep rank, also when the fitted per-message
@@ -36,8 +37,8 @@ struct LinkCost {
 // sizes; negative coefficients clamp to 0).
 LinkCost FitLinkCost(const std::vector<double>& bytes, const std::vector<double>& seconds);
 
-// One layer's traffic over its routes, as each depth would send it (rows;
-// messages), summed over the attention ranks.
+// One block's traffic over its routes, as each depth would send it (rows;
+// messages); the planner sums it over a layer's blocks.
 struct RouteTraffic {
   double rank_rows = 0, rank_messages = 0;        // to the route owners, across nodes
   double node_rows = 0, node_messages = 0;        // to the routes' first owners, across nodes

@@ -19,10 +19,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "planner/gpu_profiles.h"
 #include "planner/inventory.h"
+#include "planner/links_json.h"
 #include "planner/model_shape.h"
 #include "planner/plan.h"
 
@@ -65,6 +67,9 @@ struct PlanRequest {
   // How far up the hierarchy: rank | node | auto (node where the expert
   // machines' own links make the relay pay, as the engine's choice).
   std::string dedup_depth = "rank";
+  // Links a run measured (its links.json, planner/links_json.h): they price
+  // every transfer instead of the GPU profiles' and the inventory's numbers.
+  std::optional<MeasuredLinks> links;
 };
 
 // When nothing fits, the error names the most promising shape's memory

@@ -41,7 +41,8 @@ int OffloadedAt(const GroupShape& shape, int layer) {
 PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inventory,
                                  const GpuProfileTable& profiles, int64_t seq_len, Precision precision,
                                  int micro_batches_in_flight, bool zero, const std::string& recompute,
-                                 bool dedup, const std::string& dedup_depth)
+                                 bool dedup, const std::string& dedup_depth,
+                                 const std::optional<MeasuredLinks>& measured_links)
     : model_(model),
       inventory_(inventory),
       seq_len_(seq_len),
@@ -50,7 +51,8 @@ PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inven
       zero_(zero),
       recompute_(recompute),
       dedup_(dedup),
-      dedup_depth_(dedup_depth) {
+      dedup_depth_(dedup_depth),
+      measured_links_(measured_links) {
   if (dedup_depth_ != "rank" && dedup_depth_ != "node" && dedup_depth_ != "auto")
     throw Error("dedup depth '" + dedup_depth_ + "' is not rank, node or auto");
   for (const std::string& kind : inventory_.Kinds()) {
@@ -117,6 +119,11 @@ std::vector<std::string> PlanningContext::Kinds() const { return inventory_.Kind
 
 LinkModel PlanningContext::Link(const std::string& kind, bool remote, int nic_sharing) const {
   const KindContext& k = Kind(kind);
+  if (measured_links_) {  // one flow measured: a NIC shared by `sharing` GPUs gives each its share
+    const LinkCost& c = remote ? measured_links_->inter_node : measured_links_->intra_node;
+    const int sharing = !remote ? 1 : nic_sharing > 0 ? std::min(nic_sharing, k.max_per_node) : k.max_per_node;
+    return {c.alpha, 1.0 / (c.beta * std::max(1, sharing))};
+  }
   if (k.members.size() > 1) {
     // A pool's ranks wait for the slowest member's link.
     LinkModel slowest;

@@ -32,6 +32,7 @@
 #include "planner/asym_ea.h"
 #include "planner/cost_model.h"
 #include "planner/inventory.h"
+#include "planner/links_json.h"
 #include "planner/memory_model.h"
 #include "planner/step_graph.h"
 
@@ -55,7 +56,8 @@ class PlanningContext {
   PlanningContext(const ModelShape& model, const Inventory& inventory, const GpuProfileTable& profiles,
                   int64_t seq_len, Precision precision, int micro_batches_in_flight = 0, bool zero = false,
                   const std::string& recompute = "none", bool dedup = true,
-                  const std::string& dedup_depth = "rank");
+                  const std::string& dedup_depth = "rank",
+                  const std::optional<MeasuredLinks>& measured_links = std::nullopt);
   PlanningContext(const PlanningContext&) = delete;
   PlanningContext& operator=(const PlanningContext&) = delete;
 
@@ -78,6 +80,8 @@ class PlanningContext {
 
   // Per-GPU link of `kind`: within a node, or leaving it while
   // `nic_sharing` GPUs of the node send at once (0 = all of the largest node's).
+  // With measured links (a run's links.json) those replace the GPU
+  // profiles' and the inventory's numbers for every kind.
   LinkModel Link(const std::string& kind, bool remote, int nic_sharing = 0) const;
   // GPUs of `kind` on `host` (inventory nodes with the same host share a machine).
   const std::map<std::string, std::map<std::string, int>>& Hosts() const { return hosts_; }
@@ -94,6 +98,7 @@ class PlanningContext {
   std::string recompute_ = "none";
   bool dedup_ = true;
   std::string dedup_depth_ = "rank";
+  std::optional<MeasuredLinks> measured_links_;
   std::map<std::string, KindContext> kinds_;                 // kinds and pools
   std::vector<std::string> role_kinds_;
   std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind or pool -> GPUs

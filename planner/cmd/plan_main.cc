@@ -11,6 +11,7 @@
 //   hetermoe-plan simulate steps.json [--timeline]
 //   hetermoe-plan dedup [--experts 512] [--groups 4,8,16,32] [--top-k 2,4,6,8]
 //                 [--tokens 100000] [--json]
+//   hetermoe-plan swap metrics.jsonl --top-k 2 --expert-ranks 3 [--swap-every 1] [--json]
 //
 // `simulate` runs the step simulator alone on steps described by per-op
 // times (step_json.h): one JSON object or a list of them in, a JSON list of
@@ -20,6 +21,11 @@
 // `dedup` prints HierMoE's duplicate share (planner/dedup.h) for uniform
 // top-k routing over R destination groups: the planner's formula and the
 // share measured by routing --tokens tokens at random, per R and k.
+//
+// `swap` forecasts HierMoE's expert swap (planner/swap_forecast.h) over a
+// run's logged routing counts (metrics.jsonl expert_tokens): per step, the
+// expert ranks' routed-load imbalance and the busiest rank's deduplicated
+// rows with the planned placement and with a swap every --swap-every steps.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -29,15 +35,18 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/file_bytes.h"
 #include "common/mixtral_config.h"
 #include "planner/dedup.h"
 #include "planner/gpu_profiles.h"
 #include "planner/inventory.h"
+#include "planner/links_json.h"
 #include "planner/plan_json.h"
 #include "planner/plan_table.h"
 #include "planner/planner.h"
 #include "planner/profiles_yaml.h"
 #include "planner/step_json.h"
+#include "planner/swap_forecast.h"
 
 namespace {
 
@@ -47,7 +56,7 @@ struct Options {
   std::string inventory, model, profiles, output;
   int64_t seq_len = 0, global_batch = 0;
   int gpu_budget = 0, max_micro_batches = 64, groups = 0, in_flight = 0, zero = 0;
-  std::string shape, recompute = "none", dedup_depth = "rank";
+  std::string shape, recompute = "none", dedup_depth = "rank", links;
   bool json = false, no_asym_ea = false, no_dedup = false, no_baselines = false, timeline = false, explain = false,
        exhaustive = false;
 };
@@ -90,6 +99,7 @@ int Run(const Options& o) {
   request.asym_ea = !o.no_asym_ea;
   request.dedup = !o.no_dedup;
   request.dedup_depth = o.dedup_depth;
+  if (!o.links.empty()) request.links = planner::LinksFromJson(hetermoe::io::ReadFileBytes(o.links), o.links);
   request.max_micro_batches = o.max_micro_batches;
   request.micro_batches_in_flight = o.in_flight;
   request.zero = o.zero == 1;
@@ -153,6 +163,75 @@ int Dedup(const DedupOptions& o) {
   return 0;
 }
 
+struct SwapOptions {
+  std::string metrics;
+  int64_t top_k = 0;
+  int expert_ranks = 0, swap_every = 1;
+  bool json = false;
+};
+
+// expert_tokens of every line of a run's metrics.jsonl, [step][layer][expert].
+std::vector<std::vector<std::vector<int64_t>>> RoutingCounts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw hetermoe::Error(path + ": cannot open");
+  std::vector<std::vector<std::vector<int64_t>>> counts;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    const nlohmann::json m = nlohmann::json::parse(line, nullptr, false);
+    if (m.is_discarded() || !m.is_object()) throw hetermoe::Error(path + ":" + std::to_string(n) + ": not JSON");
+    if (!m.contains("expert_tokens")) continue;  // an evaluation line
+    try {
+      counts.push_back(m["expert_tokens"].get<std::vector<std::vector<int64_t>>>());
+    } catch (const nlohmann::json::exception&) {
+      throw hetermoe::Error(path + ":" + std::to_string(n) + ": expert_tokens is not a list of lists of counts");
+    }
+  }
+  if (counts.empty()) throw hetermoe::Error(path + ": no step has expert_tokens");
+  return counts;
+}
+
+int Swap(const SwapOptions& o) {
+  const auto counts = RoutingCounts(o.metrics);
+  const auto steps = planner::ForecastSwaps(counts, o.top_k, o.expert_ranks, o.swap_every);
+  auto mean = [](const std::vector<planner::SwapForecastLayer>& layers) {
+    double sum = 0;
+    for (const auto& l : layers) sum += l.imbalance;
+    return layers.empty() ? 0.0 : sum / static_cast<double>(layers.size());
+  };
+  auto busiest = [](const std::vector<planner::SwapForecastLayer>& layers) {
+    int64_t sum = 0;
+    for (const auto& l : layers) sum += l.busiest_dedup_rows;
+    return sum;
+  };
+  if (o.json) {
+    nlohmann::json rows = nlohmann::json::array();
+    auto side = [](const std::vector<planner::SwapForecastLayer>& layers) {
+      nlohmann::json imbalance = nlohmann::json::array(), rows_in = nlohmann::json::array();
+      for (const auto& l : layers) {
+        imbalance.push_back(l.imbalance);
+        rows_in.push_back(l.busiest_dedup_rows);
+      }
+      return nlohmann::json{{"expert_load_imbalance", imbalance}, {"busiest_dedup_rows", rows_in}};
+    };
+    for (size_t s = 0; s < steps.size(); ++s)
+      rows.push_back({{"step", s + 1}, {"planned", side(steps[s].planned)}, {"swapped", side(steps[s].swapped)},
+                      {"swaps", steps[s].swaps}});
+    std::cout << nlohmann::json{{"top_k", o.top_k}, {"expert_ranks", o.expert_ranks}, {"swap_every", o.swap_every},
+                                {"steps", rows}}.dump(2)
+              << "\n";
+    return 0;
+  }
+  std::printf("expert swap forecast from %s: %d expert ranks, top-%lld, a swap per layer every %d steps\n",
+              o.metrics.c_str(), o.expert_ranks, static_cast<long long>(o.top_k), o.swap_every);
+  std::printf("%5s %22s %22s %6s\n", "step", "imbalance planned/swap", "busiest rows plan/swap", "swaps");
+  for (size_t s = 0; s < steps.size(); ++s)
+    std::printf("%5zu %10.3f / %-9.3f %10lld / %-9lld %6d\n", s + 1, mean(steps[s].planned), mean(steps[s].swapped),
+                static_cast<long long>(busiest(steps[s].planned)), static_cast<long long>(busiest(steps[s].swapped)),
+                steps[s].swaps);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -183,6 +262,10 @@ int main(int argc, char** argv) {
                  "parallel.dedup's depth the run will use: rank, node (a token crosses to each expert machine once, "
                  "relayed inside it) or auto (node where that is faster)")
       ->check(CLI::IsMember({"rank", "node", "auto"}));
+  app.add_option("--links", o.links,
+                 "A run's links.json (parallel.dedup auto measures them): its fitted links price every transfer "
+                 "instead of the GPU profiles' and the inventory's numbers")
+      ->check(CLI::ExistingFile);
   app.add_flag("--no-baselines", o.no_baselines, "Skip the EP, DistEP, EP-Ideal and PP predictions");
   app.add_flag("--timeline", o.timeline, "Include the simulated per-rank timeline in the JSON");
   app.add_option("--output,-o", o.output, "Also write the JSON plan to this file");
@@ -207,11 +290,23 @@ int main(int argc, char** argv) {
   dedup->add_option("--top-k", dedup_options.top_k, "Experts per token k (comma-separated)")->delimiter(',');
   dedup->add_option("--tokens", dedup_options.tokens, "Tokens routed at random for the measured share");
   dedup->add_flag("--json", dedup_options.json, "Print JSON");
+  SwapOptions swap_options;
+  CLI::App* swap = app.add_subcommand(
+      "swap", "Forecast HierMoE's expert swap over a run's routing counts (metrics.jsonl): load imbalance and the "
+              "busiest rank's rows, planned placement vs swapped");
+  swap->add_option("metrics", swap_options.metrics, "A run's metrics.jsonl")->required()->check(CLI::ExistingFile);
+  swap->add_option("--top-k", swap_options.top_k, "Experts per token k")->required()->check(CLI::PositiveNumber);
+  swap->add_option("--expert-ranks", swap_options.expert_ranks, "Expert ranks N the experts are split over")
+      ->required()
+      ->check(CLI::PositiveNumber);
+  swap->add_option("--swap-every", swap_options.swap_every, "parallel.swap_every (0 = never)")
+      ->check(CLI::NonNegativeNumber);
+  swap->add_flag("--json", swap_options.json, "Print JSON");
   app.require_subcommand(0, 1);
 
   try {
     app.parse(argc, argv);
-    if (!simulate->parsed() && !dedup->parsed()) {
+    if (!simulate->parsed() && !dedup->parsed() && !swap->parsed()) {
       for (CLI::Option* input : plan_inputs) {
         if (input->count() == 0) throw CLI::RequiredError(input->get_name());
       }
@@ -226,6 +321,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (dedup->parsed()) return Dedup(dedup_options);
+    if (swap->parsed()) return Swap(swap_options);
     return simulate->parsed() ? Simulate(so) : Run(o);
   } catch (const hetermoe::Error& e) {
     std::fprintf(stderr, "hetermoe-plan: error: %s\n", e.what());

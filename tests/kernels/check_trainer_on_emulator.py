@@ -272,6 +272,27 @@ def main():
     if not any("(NCCL, device to device)" in l for l in fitted):
         problems.append("dedup auto over NCCL did not fit the links over NCCL")
     compare_losses("1+3 dedup auto over nccl on the GPUs", cpu, auto, 1e-4, problems, weights_tol=(1e-5, 1e-4))
+    # dedup auto with borderline links from a profile: each attention rank
+    # chooses per block, so a layer mixes depths; the route owners learn each
+    # block's depth from its first word (over Gloo with the rows, over NCCL
+    # with the header while the rows take the device groups).
+    profile = os.path.join(args.work, "borderline-links.json")
+    with open(profile, "w") as f:
+        json.dump({"format": "hetermoe-links/1", "measured_over": "nccl",
+                   "inter_node": {"latency_us": 0, "gbps": 1.0}, "intra_node": {"latency_us": 0, "gbps": 1.3}}, f)
+    mixed = ("parallel={attention_ranks: 2, expert_ranks: 2, schedule: zebra, ranks_per_node: 2, dedup: auto, "
+             f"links_profile: {profile}")
+    runs = {t: run(args, os.path.join(args.work, f"t-auto-mixed-{t}"), "cuda",
+                   extra=["--set", f"{mixed}, transport: {t}}}"]) for t in ("gloo", "nccl")}
+    shares = {t: [x for m in r[0] for x in m["dedup_node_share"]] for t, r in runs.items()}
+    same = [a["exchange_bytes"] == b["exchange_bytes"] and abs(a["loss"] - b["loss"]) <= 1e-9 * abs(a["loss"])
+            for a, b in zip(runs["gloo"][0], runs["nccl"][0])]
+    print(f"2+2 dedup auto, borderline links, on the GPUs: node shares over NCCL "
+          f"{[round(x, 2) for x in shares['nccl']]}; nccl vs gloo per step (same bytes, losses within 1e-9) {same}")
+    if not any(0 < x < 1 for x in shares["nccl"]) or shares["nccl"] != shares["gloo"] or not all(same):
+        problems.append(f"dedup auto with mixed depths on the GPUs: shares {shares}, same bytes and losses {same}")
+    for t, r in runs.items():
+        compare_losses(f"2+2 dedup auto mixed over {t} on the GPUs", cpu, r, 1e-4, problems, weights_tol=(1e-5, 1e-4))
     # ZeRO-1 with the optimizer on the GPUs: each attention rank updates its
     # shard of the dense tensors on its device, the shards are summed over
     # NCCL; the same training and the same checkpoint as without.

@@ -52,9 +52,10 @@ def sent_per_routed(trainer, work, k, n, dedup, m=1, extra="", key="dispatch_row
 def check_depth_choice(trainer, work):
     """parallel.dedup auto, 8 experts top-4 (hidden 256) on 2 attention + 4 expert ranks in
     nodes of 2: with emulated slow links between nodes and fast ones inside,
-    every layer takes node level after the first step (which runs rank
-    level); with equal links every layer stays at rank level. The losses are
-    the same as with rank-level dedup either way."""
+    every block of every layer takes node level, from the first step (each
+    attention rank chooses per block from its routing); with equal links
+    every block stays at rank level. The losses are the same as with
+    rank-level dedup either way."""
     problems = []
     runs = {}
     # Rows of 1 KiB (hidden 256), 1 MiB per message at rank level (sequences
@@ -82,15 +83,40 @@ def check_depth_choice(trainer, work):
         print(f"{name}: depth per step {[m['dedup_depth'] for m in runs[name]]}" + (f"\n    {fitted}" if fitted else ""))
     want = {"slow across nodes": "node", "equal links": "rank"}
     for name, depth in want.items():
-        if any(d != "rank" for d in runs[name][0]["dedup_depth"]):
-            problems.append(f"{name}: the first step ran {runs[name][0]['dedup_depth']}, expected rank level")
-        if any(d != depth for m in runs[name][1:] for d in m["dedup_depth"]):
-            problems.append(f"{name}: expected {depth} level in every layer after step 1, got "
-                            f"{[m['dedup_depth'] for m in runs[name]]}")
+        if any(d != depth for m in runs[name] for d in m["dedup_depth"]):
+            problems.append(f"{name}: expected {depth} level for every block of every layer, got "
+                            f"{[m['dedup_depth'] for m in runs[name]]} (node shares "
+                            f"{[m['dedup_node_share'] for m in runs[name]]})")
         for a, b in zip(runs["rank"], runs[name]):
             if abs(a["loss"] - b["loss"]) > 1e-5 * abs(a["loss"]):
                 problems.append(f"{name}: step {a['step']} loss {b['loss']} vs {a['loss']} with rank-level dedup")
     return problems
+
+
+def check_plan_reads_links(plan, work):
+    """The links a run measured (its links.json) reach the planner:
+    hetermoe-plan --links prices transfers with them, so the same links ten
+    times slower predict a longer step for the same model and cluster."""
+    measured = os.path.join(work, "depth-slow-across-nodes", "links.json")
+    with open(measured) as f:
+        links = json.load(f)
+    slower = dict(links, inter_node=dict(links["inter_node"], gbps=links["inter_node"]["gbps"] / 10),
+                  intra_node=dict(links["intra_node"], gbps=links["intra_node"]["gbps"] / 10))
+    slower_file = os.path.join(work, "links-slower.json")
+    with open(slower_file, "w") as f:
+        json.dump(slower, f)
+    inventory = os.path.join(os.path.dirname(__file__), "..", "planner", "data", "cluster_4a40_8v100.yaml")
+    step = {}
+    for name, path in (("measured", measured), ("10x slower", slower_file)):
+        p = subprocess.run([plan, "--inventory", inventory, "--model", os.path.join(work, "config-wide.json"),
+                            "--seq-len", "128", "--global-batch", "8", "--dedup-depth", "auto", "--no-baselines",
+                            "--json", "--links", path], capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            return [f"hetermoe-plan --links {path} failed ({p.returncode}): {p.stderr.strip()}"]
+        step[name] = json.loads(p.stdout)["predicted"]["step_seconds"]
+    print(f"hetermoe-plan --links: predicted step {step['measured'] * 1e3:.2f} ms with the run's links.json, "
+          f"{step['10x slower'] * 1e3:.2f} ms with them 10x slower")
+    return [] if step["10x slower"] > step["measured"] else [f"the planner ignored the links: {step}"]
 
 
 def main():
@@ -139,6 +165,7 @@ def main():
         if not across["node"] < across["rank"]:
             problems.append(f"top-{k}: node dedup sent {across['node']:.4f} across nodes, rank {across['rank']:.4f}")
     problems += check_depth_choice(args.trainer, args.work)
+    problems += check_plan_reads_links(args.plan, args.work)
     off = sent_per_routed(args.trainer, args.work, 4, 2, "false")
     if off != 1.0:
         problems.append(f"dedup off: {off} rows sent per routed row, expected 1")

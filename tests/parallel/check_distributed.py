@@ -255,6 +255,62 @@ def check_node_dedup(trainer, run_file, work, ref, schedule):
     return ok
 
 
+# Links profiles (a run's links.json) that decide dedup auto: "slow across
+# nodes" makes every block take node level; "borderline" prices the relay
+# inside the node close to what node level saves across nodes, so blocks
+# with more duplicates take node level and the others rank level.
+LINKS = {"slow across nodes": (0.1, 10.0, 5.0), "borderline": (1.0, 1.3, 0.0)}
+
+
+def check_auto_dedup(trainer, run_file, work, ref):
+    """parallel.dedup auto with the links from a profile (parallel.links_profile):
+    each attention rank chooses the depth of each of its blocks (layer,
+    micro-batch) from its routing and tells the route's owners in the
+    block's first word. The same training as the single process, with every
+    block at node level on slow links between nodes (2+2) and, on
+    borderline links, a mix of depths within a layer and step; the run
+    writes the links it used to links.json."""
+    ok = True
+    for links_name, (inter, intra, latency) in LINKS.items():
+        for m, n in ((2, 2), (1, 3)):
+            name = f"dedup auto zebra {m}+{n} 2/node, {links_name}"
+            out = os.path.join(work, re.sub(r"[^A-Za-z0-9+-]", "_", name))
+            profile = out + "-links.json"
+            with open(profile, "w") as f:
+                json.dump({"format": "hetermoe-links/1", "measured_over": "gloo",
+                           "inter_node": {"latency_us": latency, "gbps": inter},
+                           "intra_node": {"latency_us": latency, "gbps": intra}}, f)
+            parallel = (f"parallel={{attention_ranks: {m}, expert_ranks: {n}, schedule: zebra, timeout_seconds: 30, "
+                        f"ranks_per_node: 2, dedup: auto, links_profile: {profile}}}")
+            try:
+                got = run(trainer, run_file, out, ["--set", parallel])
+                problems = compare(name, ref, got)
+                shares = [m_["dedup_node_share"] for m_ in got[0]]
+                flat = [x for step in shares for x in step]
+                print(f"    share of blocks at node level per step and layer: "
+                      f"{[[round(x, 2) for x in step] for step in shares]}")
+                # 2+2: a third of the tokens reach both owners of the expert
+                # node, which node level saves; 1+3's expert node holds two
+                # of the four experts, so some blocks save too little.
+                if links_name == "slow across nodes" and m == 2 and min(flat) != 1.0:
+                    problems.append(f"not every block took node level on slow links: {shares}")
+                if links_name == "borderline" and m == 2 and not any(0 < x < 1 for x in flat):
+                    problems.append(f"no layer mixed the depths on borderline links: {shares}")
+                with open(os.path.join(out, "links.json")) as f:
+                    written = json.load(f)
+                if abs(written["inter_node"]["gbps"] - inter) > 1e-9 * inter or written["measured_over"] != "gloo":
+                    problems.append(f"links.json does not hold the links in use: {written}")
+                if "links given" not in got[3]:
+                    problems.append("the run did not say it used the given links")
+            except (RuntimeError, subprocess.TimeoutExpired, OSError, KeyError) as e:
+                problems, got = [str(e)], (None, None, 0.0, "")
+            print(f"{name:40s} {'ok' if not problems else 'MISMATCH'} ({got[2]:.1f} s)")
+            for p in problems[:5]:
+                print(f"    {p}")
+            ok = ok and not problems
+    return ok
+
+
 def check_swap(trainer, run_file, work, ref, schedule):
     """HierMoE's expert swap (parallel.swap_every 1: after every step, per
     layer, the best pair of experts on different ranks trade places, weights
@@ -428,6 +484,7 @@ def main():
         failures += not check_trace(args.trainer, run_file, args.work)
         failures += not check_resume(args.trainer, run_file, args.work)
         failures += not check_dedup(args.trainer, run_file, args.work, ref)
+        failures += not check_auto_dedup(args.trainer, run_file, args.work, ref)
         failures += not check_asym_auto(args.trainer, run_file, args.work, ref)
         failures += not check_zero(args.trainer, run_file, args.work, ref)
         failures += not check_in_flight(args.trainer, run_file, args.work, ref)

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -96,6 +97,44 @@ TEST(Wire, CorruptBlocksAreRefused) {
   EXPECT_NE(error(bad_index).find("corrupt dedup index"), std::string::npos);
   EXPECT_NE(error(std::vector<char>(box.begin(), box.end() - 4)).find("corrupt dedup index"), std::string::npos)
       << "a truncated block";
+}
+
+// dedup auto: the word in front of a route owner's message says what
+// follows, and reading it leaves the block as packed; a bad word is refused.
+TEST(Wire, RouteWordsLeadTheBlockTheySay) {
+  const Block b;
+  std::vector<int32_t> scratch(8, -1);
+  Dedup dd;
+  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  std::vector<char> packed, box;
+  PackDispatch(b.counts.data(), 2, b.rows.data(), b.size(), kD, &dd, &packed);
+  for (RouteBlock kind : {RouteBlock::kOwn, RouteBlock::kNode}) {
+    box = packed;
+    PrefixRouteWord(kind, &box);
+    ASSERT_EQ(box.size(), packed.size() + kRouteWordBytes);
+    box.resize(box.size() + 40);  // a worst-case receive buffer
+    EXPECT_EQ(TakeRouteWord(&box, box.size()), kind);
+    EXPECT_TRUE(std::equal(packed.begin(), packed.end(), box.begin()));
+    const DispatchBlock back = UnpackDispatch(box.data(), box.size(), 2, 100, kD, true);
+    EXPECT_EQ(back.rows, b.size());
+    EXPECT_EQ(back.uniques, 4);
+  }
+  box.clear();
+  PrefixRouteWord(RouteBlock::kRelayed, &box);
+  EXPECT_EQ(TakeRouteWord(&box, box.size()), RouteBlock::kRelayed);
+  EXPECT_TRUE(box.empty());
+  auto error = [](std::vector<char> bad) {
+    try {
+      TakeRouteWord(&bad, bad.size());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  std::vector<char> three(kRouteWordBytes + 4, 0);
+  three[0] = 3;
+  EXPECT_NE(error(three).find("corrupt dispatch header (route word 3)"), std::string::npos);
+  EXPECT_NE(error(std::vector<char>(4, 0)).find("route word"), std::string::npos) << "shorter than a word";
 }
 
 TEST(Wire, DedupGradientsSumPerToken) {

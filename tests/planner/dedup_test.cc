@@ -130,5 +130,39 @@ TEST(Dedup, NodeLevelCrossesToEachExpertMachineOnce) {
   EXPECT_THROW(spec(8, "machine"), hetermoe::Error);
 }
 
+// Links a run measured (its links.json) price the transfers instead of the
+// profiles' numbers: the same shape's exchange follows them, and auto takes
+// node level on slow links between machines and fast ones inside, rank
+// level on equal links (the relay's extra hop does not pay).
+TEST(Dedup, MeasuredLinksPriceTheExchangeAndTheDepth) {
+  const GpuProfileTable table = GpuProfileTable::Builtin();
+  GroupShape shape;
+  shape.attention_gpu = "A100-80GB";
+  shape.expert_gpu = "V100";
+  shape.attention_ranks = 4;
+  shape.expert_ranks = 4;
+  shape.groups = 1;
+  shape.sequences_per_attention_rank = 4;
+  shape.micro_batches = 2;
+  const ModelShape model = testing::D1();
+  const Inventory inventory = testing::Cluster({{"A100-80GB", 4, 4}, {"V100", 8, 8}});
+  auto spec = [&](const std::string& depth, double inter_gbps, double intra_gbps) {
+    const MeasuredLinks links{{20e-6, 8e-9 / inter_gbps}, {20e-6, 8e-9 / intra_gbps}, "nccl"};
+    const PlanningContext ctx(model, inventory, table, 8192, Precision::kFp16, 0, false, "none", true, depth, links);
+    return GroupStepSpec(ctx, shape, {4, 1});
+  };
+  const ZebraStepSpec slow = spec("rank", 10, 100), fast = spec("rank", 100, 100);
+  EXPECT_GT(slow.dispatch[0], 5 * fast.dispatch[0]) << "a 10x slower link between machines prices the exchange";
+  const ZebraStepSpec split_rank = spec("rank", 10, 200), split_auto = spec("auto", 10, 200);
+  const ZebraStepSpec equal_rank = spec("rank", 100, 100), equal_auto = spec("auto", 100, 100);
+  for (int l = 0; l < slow.layers; ++l) {
+    EXPECT_LT(split_auto.dispatch[l], 0.8 * split_rank.dispatch[l]) << "node level where the links favour it";
+    EXPECT_DOUBLE_EQ(equal_auto.dispatch[l], equal_rank.dispatch[l]) << "rank level on equal links";
+  }
+  std::printf("measured links, 10 Gbit/s between machines and 200 inside: dispatch %.3f ms at rank level, %.3f ms "
+              "with auto; equal links at 100: %.3f ms either way\n",
+              1e3 * split_rank.dispatch[0], 1e3 * split_auto.dispatch[0], 1e3 * equal_auto.dispatch[0]);
+}
+
 }  // namespace
 }  // namespace hetermoe::planner

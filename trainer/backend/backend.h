@@ -47,8 +47,9 @@ struct StepLoss {
   // Per layer: of dispatch_rows_sent, the rows sent to another node; and the
   // rows relayed inside a node by node-level dedup (its second hop).
   std::vector<double> dispatch_rows_inter_node, dispatch_rows_relayed;
-  // Per layer: the dedup depth this step ran (0 off, 1 rank, 2 node).
-  std::vector<int> dedup_depth;
+  // Per layer: the dedup depth this step ran (0 off, 1 rank, 2 node; in
+  // between with parallel.dedup auto: 1 + the share of blocks at node level).
+  std::vector<double> dedup_depth;
   std::vector<int64_t> rank_state_bytes;  // per rank: parameters, gradients and AdamW moments it holds
 };
 

@@ -15,7 +15,7 @@ void DistributedBackend::Impl::FanOutGradSums(int l, int j) {
   model::MicroBatchStages& mb = Micro(j);
   const int me = placement.LocalOf(rank);
   ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
-    if (rows == 0 || RouteOf(l, me, o)) return;
+    if (rows == 0 || RouteOf(l, j, me, o)) return;
     wire::ScatterSums(dedups[Idx(l, j, o)], grad_sums[Idx(l, j, o)].data(), d,
                       mb.dispatched_grads(l).data() + row0 * d);
   });
@@ -28,13 +28,24 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
   model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
   if (!routed.empty()) RecordRouting(l, j, plan);
-  CountRouteTraffic(l, j);
   std::vector<model::RowExchange::Send> sends;
   const int me = placement.LocalOf(rank);
+  if (AutoRoutes()) via_node[Idx(l, j, me)] = ChooseNodeLevel(l, j) ? 1 : 0;
+  // kAuto: a route owner's message starts with a word saying what follows.
+  auto word = [&](int o, wire::RouteBlock kind, std::vector<char>* box) {
+    if (depth == DedupDepth::kAuto && RouteFor(l, me, o)) wire::PrefixRouteWord(kind, box);
+  };
   ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
     const size_t to_rank = static_cast<size_t>(l) * placement.world_size() + placement.GlobalRank(group, o);
-    if (RouteOf(l, me, o)) {  // its rows go in the node's block (SendNodeBlocks); the outputs come directly
+    if (const NodeRoute* route = RouteOf(l, j, me, o)) {
+      // Its rows go in the node's block (SendNodeBlocks); the outputs come directly.
       rows_to_rank[to_rank] += static_cast<double>(rows);
+      if (depth == DedupDepth::kAuto && o != route->owners[0]) {  // the word alone: the first owner relays
+        std::vector<char>& box = outbox[Idx(l, j, o)];
+        box.clear();
+        word(o, wire::RouteBlock::kRelayed, &box);
+        Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
+      }
       if (rows > 0 && !exchange)
         outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
                                                   rows * d * sizeof(float), o, Tag(kOutputs, l, j));
@@ -52,6 +63,7 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
     rows_to_rank[to_rank] += static_cast<double>(rows);
     if (exchange) {
       wire::PackDispatch(plan.counts.data() + r.first, r.count, nullptr, rows, 0, dd, &box);
+      word(o, wire::RouteBlock::kOwn, &box);
       Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
       if (rows == 0) return;
       model::RowExchange::Send s;
@@ -63,6 +75,7 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
       return;
     }
     wire::PackDispatch(plan.counts.data() + r.first, r.count, mb.dispatched(l).data() + row0 * d, rows, d, dd, &box);
+    word(o, wire::RouteBlock::kOwn, &box);
     Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
     if (rows > 0)
       outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,
@@ -99,7 +112,7 @@ void DistributedBackend::Impl::PostBackwardDispatch(int l, int j) {
     if (rows == 0) return;
     Send(dispatch.get(), mb.expert_output_grads(l).data() + row0 * d, rows * d * sizeof(float), o,
          Tag(kOutputGrads, l, j), &micro_sends[j % W]);
-    if (RouteOf(l, placement.LocalOf(rank), o)) return;  // its input grads come in the node's (PostNodeGradReceives)
+    if (RouteOf(l, j, placement.LocalOf(rank), o)) return;  // its input grads come in the node's (PostNodeGradReceives)
     if (!dedup) {
       input_grads_in[Idx(l, j, o)] = combine->Irecv(mb.dispatched_grads(l).data() + row0 * d,
                                                     rows * d * sizeof(float), o, Tag(kInputGrads, l, j));

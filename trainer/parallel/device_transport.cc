@@ -30,7 +30,7 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::OwnerRowRecvs(int l, i
   for (int a = 0; a < M; ++a) {
     ReadHeader(l, j, a);
     OwnerSlot& s = slots[Idx(l, j, a)];
-    if (const NodeRoute* route = RouteOf(l, a, placement.LocalOf(rank))) {
+    if (const NodeRoute* route = RouteOf(l, j, a, placement.LocalOf(rank))) {
       // Node dedup: the first owner takes the node's unique rows (and relays
       // them, PostRelayRows); the others get theirs from it.
       const Relay& rl = relays[Idx(l, j, a)];
@@ -89,7 +89,7 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionInputGradRecv
   model::MicroBatchStages& mb = Micro(j);
   const int me = placement.LocalOf(rank);
   ForEachOwner(l, j, [&](int o, const ExpertRange&, int64_t row0, int64_t rows) {
-    if (rows == 0 || RouteOf(l, me, o)) return;  // a route's owners answer through its first owner
+    if (rows == 0 || RouteOf(l, j, me, o)) return;  // a route's owners answer through its first owner
     model::RowExchange::Recv r;
     r.peer = o;
     r.n = rows;
@@ -105,7 +105,7 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionInputGradRecv
     recvs.push_back(std::move(r));
   });
   // Node dedup: one row per node token from each route's first owner.
-  if (!routes.empty() && layer_node[l]) {
+  if (ViaNode(l, j, me)) {
     const ops::DispatchPlan& plan = mb.plan(l);
     for (size_t i = 0; i < routes[l].size(); ++i) {
       const NodeRoute& route = routes[l][i];
@@ -169,7 +169,7 @@ std::string DistributedBackend::SetTransport(const std::string& transport, std::
   m.device->SetState(m.params.data(), m.adamw->exp_avg().data(), m.adamw->exp_avg_sq().data(), m.adamw->step());
   m.device_step = true;
   // dedup auto: the links that matter now are NCCL's; fit them again over it.
-  if (m.depth == DedupDepth::kAuto) {
+  if (m.depth == DedupDepth::kAuto && !m.links_given) {
     const std::string line = m.MeasureLinks();
     if (rank_ == 0) std::fprintf(stderr, "%s\n", line.c_str());
   }

@@ -48,7 +48,6 @@ DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::Paramete
   k = c.num_experts_per_tok;
   order = TaskOrder(p, rank);
   for (int x = 0; x < P; ++x) node_of.push_back(x);  // each rank its own node, until SetDedup
-  layer_node.assign(L, 0);
   for (int l = 0; l < L; ++l) {
     expert_of_slot.emplace_back(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) expert_of_slot[l][e] = static_cast<int32_t>(e);
@@ -141,15 +140,8 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   m.rows_sent.assign(m.L, 0);
   m.rows_inter_node.assign(m.L, 0);
   m.rows_relayed.assign(m.L, 0);
-  m.route_traffic.assign(static_cast<size_t>(m.L) * 6, 0);
-  std::vector<int> depth_now(m.L, m.dedup ? 1 : 0);
-  for (int l = 0; l < m.L; ++l)
-    if (m.layer_node[l] && !m.routes.empty() && !m.routes[l].empty()) depth_now[l] = 2;
-  if (m.tracer && m.placement.IsAttention(rank_)) {  // the depth each layer runs this step, in the trace
-    std::string depths = "dedup depth by layer:";
-    for (int x : depth_now) depths += x == 2 ? " node" : x == 1 ? " rank" : " off";
-    m.tracer->Add(depths, Tracer::kDispatch, start, start);
-  }
+  m.blocks_routed.assign(m.L, 0);
+  m.blocks_node.assign(m.L, 0);
   m.rows_to_rank.assign(static_cast<size_t>(m.L) * m.placement.world_size(), 0);
   // The routing is recorded only for a step whose optimizer step swaps.
   const bool swap_due = m.swap_every > 0 && (m.optimizer_calls + 1) % m.swap_every == 0;
@@ -215,8 +207,9 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   const size_t levels_at = sums.size();
   sums.insert(sums.end(), m.rows_inter_node.begin(), m.rows_inter_node.end());
   sums.insert(sums.end(), m.rows_relayed.begin(), m.rows_relayed.end());
-  const size_t traffic_at = sums.size();
-  sums.insert(sums.end(), m.route_traffic.begin(), m.route_traffic.end());
+  const size_t blocks_at = sums.size();
+  sums.insert(sums.end(), m.blocks_routed.begin(), m.blocks_routed.end());
+  sums.insert(sums.end(), m.blocks_node.begin(), m.blocks_node.end());
   m.everyone->AllReduceSum(sums.data(), sums.size());
 
   backend::StepLoss out;
@@ -238,8 +231,25 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   out.dispatch_rows_sent.assign(sums.begin() + dispatch_at, sums.begin() + dispatch_at + m.L);
   out.dispatch_rows_inter_node.assign(sums.begin() + levels_at, sums.begin() + levels_at + m.L);
   out.dispatch_rows_relayed.assign(sums.begin() + levels_at + m.L, sums.begin() + levels_at + 2 * m.L);
-  out.dedup_depth = depth_now;
-  m.ChooseDepths(sums.data() + traffic_at);
+  // The depth each layer ran: 1 + the share of the blocks over its routes
+  // sent at node level (kNode: all; kAuto: as their attention ranks chose).
+  out.dedup_depth.assign(m.L, m.dedup ? 1.0 : 0.0);
+  for (int l = 0; l < m.L; ++l) {
+    if (m.routes.empty() || m.routes[l].empty()) continue;
+    const double routed = sums[blocks_at + l], node = sums[blocks_at + m.L + l];
+    if (m.depth == DedupDepth::kNode) out.dedup_depth[l] = 2.0;
+    else if (routed > 0) out.dedup_depth[l] = 1.0 + node / routed;
+  }
+  if (m.tracer && m.placement.IsAttention(rank_)) {  // the depth each layer ran this step, in the trace
+    std::string depths = "dedup depth by layer:";
+    char share[32];
+    for (double x : out.dedup_depth) {
+      std::snprintf(share, sizeof share, " node %.0f%%", (x - 1.0) * 100.0);
+      depths += x >= 2.0 ? " node" : x == 1.0 ? " rank" : x == 0.0 ? " off" : share;
+    }
+    const auto now = Clock::now();
+    m.tracer->Add(depths, Tracer::kDispatch, now, now);
+  }
   out.expert_load_imbalance.assign(m.L, 0);
   for (int l = 0; l < m.L; ++l) {
     const double* to_rank = sums.data() + dispatch_at + m.L + static_cast<size_t>(l) * world;

@@ -31,9 +31,11 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "planner/links_json.h"
 #include "trainer/backend/backend.h"
 #include "trainer/comm/communicator.h"
 #include "trainer/model/stages.h"
@@ -95,12 +97,18 @@ class DistributedBackend final : public backend::Backend {
   // links and the inter-node row counts. kAuto measures the links at once
   // (collective; again over NCCL when SetTransport chooses it): transfers of
   // a few sizes across a node boundary and inside
-  // a node, fitted to alpha + beta bytes (planner/dedup_depth.h); the first
-  // step runs rank level, and after every step each layer takes the depth
-  // predicted faster for that step's routing (the same on every rank: the
-  // counts are summed over the world). Returns a line for the log. Set
-  // before the first step.
-  std::string SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank = {});
+  // a node, fitted to alpha + beta bytes (planner/dedup_depth.h); then each
+  // attention rank takes, for each of its blocks (layer, micro-batch), the
+  // depth predicted faster for that block's routing, and tells the route's
+  // owners in the block's first word (wire::RouteBlock). Returns a line for
+  // the log. Set before the first step. `links` (a run's links.json, the
+  // same on every rank): kAuto uses them instead of measuring, here and in
+  // SetTransport.
+  std::string SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank = {},
+                       const std::optional<planner::MeasuredLinks>& links = std::nullopt);
+  // kAuto: the links in use (measured or given); nullopt when no node holds
+  // two expert ranks of a layer apart from an attention rank.
+  std::optional<planner::MeasuredLinks> Links() const;
   // parallel.swap_every: HierMoE's expert swap (expert_swap.cc). Every this
   // many optimizer steps, in each layer, the two experts on different ranks
   // whose swap most lowers the smooth max of the ranks' deduplicated rows in

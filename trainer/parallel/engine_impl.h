@@ -49,6 +49,7 @@ struct OwnerSlot {
   const float* dxp = nullptr;       // input grads to send back (host, owned by block)
   std::vector<float> dy;            // output grads in
   bool relay_pending = false;       // node dedup, on the node's first owner: RelayRows fills the inbox
+  bool route_word = false;          // dedup auto: the inbox starts with a wire::RouteBlock word
   std::unique_ptr<comm::Request> inbox_request, dy_request;
   model::DeviceRows dev;            // NCCL transport: the block's rows on the device
 };
@@ -122,17 +123,31 @@ struct DistributedBackend::Impl {
   // [l] (depth kNode or kAuto; node_routes.h): attention ranks on other
   // nodes send each route one block, to owners[0], which relays.
   std::vector<std::vector<NodeRoute>> routes;
-  std::vector<char> layer_node;                // [l] the routes are in force this step
-  // kAuto: the fitted links, and this step's route traffic as either depth
-  // would send it (planner::RouteTraffic's six counts per layer).
+  // [l][j][a]: attention rank a's rows of (l, j) took the routes (node
+  // level). kNode: always; kAuto: chosen by a from its routing mask
+  // (ChooseNodeLevel), and learnt by the route owners from the word that
+  // leads a's message to them (wire::RouteBlock).
+  std::vector<char> via_node;
+  // kAuto: the fitted links; this step's blocks that had routes and those
+  // sent at node level, per layer (metrics).
   planner::LinkCost inter_link, intra_link;
-  std::vector<double> route_traffic;  // [l * 6]
-  void CountRouteTraffic(int l, int j);
+  std::string links_over;    // where they were measured: gloo | nccl ("" = no routes to measure)
+  bool links_given = false;  // from a links.json (SetDedup), not measured
+  std::vector<double> blocks_routed, blocks_node;
   std::string MeasureLinks();          // kAuto: fits inter_link and intra_link (collective)
-  void ChooseDepths(const double* traffic);  // kAuto: layer_node for the next step
+  // kAuto, attention side: node level for this rank's rows of (l, j), from
+  // what either depth would send them (planner::PredictDepth).
+  bool ChooseNodeLevel(int l, int j);
   void MakeRoutes();
-  // The route carrying owner o's rows of layer l from attention rank a, or nullptr (sent directly).
-  const NodeRoute* RouteOf(int l, int a, int o) const;
+  bool AutoRoutes() const { return depth == DedupDepth::kAuto && !routes.empty(); }
+  // The route that owner o of layer l belongs to, seen from attention rank
+  // a on another node, or nullptr; whatever depth a's rows take.
+  const NodeRoute* RouteFor(int l, int a, int o) const;
+  // The route carrying owner o's rows of (l, j) from attention rank a, or nullptr (sent directly).
+  const NodeRoute* RouteOf(int l, int j, int a, int o) const {
+    return via_node.empty() || !via_node[Idx(l, j, a)] ? nullptr : RouteFor(l, a, o);
+  }
+  bool ViaNode(int l, int j, int a) const { return !via_node.empty() && via_node[Idx(l, j, a)]; }
   // attention side, [l][j][route]
   std::vector<Dedup> node_dedups;
   std::vector<std::vector<char>> node_outbox;

@@ -17,6 +17,15 @@
 // The relay runs inside its own ExpFwd(l, j) and ExpBwd(l, j) tasks: all
 // owners of a layer run the same order, so the node's other owners wait for
 // it at most as long as for the slowest of them.
+//
+// With kAuto each attention rank chooses the depth of each of its blocks
+// (l, j) from that block's routing and the fitted links (ChooseNodeLevel).
+// Its message to every route owner, on the rows' own tag, starts with a
+// word (wire::RouteBlock) saying what follows: the owner's own block (rank
+// level), the node's block (node level, to the first owner), or nothing
+// (node level, to the others, who then take their block from the relay).
+// So the owners post the same receives whatever the choice, and a layer
+// can mix depths within a step.
 #include "trainer/parallel/engine_impl.h"
 
 #include <cstdio>
@@ -26,7 +35,8 @@
 
 namespace hetermoe::parallel {
 
-std::string DistributedBackend::SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank) {
+std::string DistributedBackend::SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank,
+                                         const std::optional<planner::MeasuredLinks>& links) {
   Impl& m = *impl_;
   if (!node_of_rank.empty() && static_cast<int>(node_of_rank.size()) != m.placement.world_size())
     throw Error("dedup: " + std::to_string(node_of_rank.size()) + " nodes given for " +
@@ -37,9 +47,22 @@ std::string DistributedBackend::SetDedup(DedupDepth depth, const std::vector<int
   for (int x = 0; x < m.P; ++x)
     m.node_of[x] = node_of_rank.empty() ? x : node_of_rank[m.placement.GlobalRank(m.group, x)];
   m.MakeRoutes();
-  // kAuto starts at rank level; ChooseDepths decides after each step.
-  m.layer_node.assign(m.L, depth == DedupDepth::kNode ? 1 : 0);
-  return depth == DedupDepth::kAuto ? m.MeasureLinks() : std::string();
+  // kAuto: each attention rank chooses for each of its blocks (ChooseNodeLevel).
+  m.via_node.assign(m.routes.empty() ? 0 : static_cast<size_t>(m.L) * m.R * m.P, depth == DedupDepth::kNode ? 1 : 0);
+  if (depth != DedupDepth::kAuto) return std::string();
+  if (!links) return m.MeasureLinks();
+  m.links_given = true;
+  m.inter_link = links->inter_node;
+  m.intra_link = links->intra_node;
+  m.links_over = links->measured_over;
+  return "dedup auto: links given (measured over " + (links->measured_over.empty() ? "?" : links->measured_over) +
+         "); each block's depth from its routing";
+}
+
+std::optional<planner::MeasuredLinks> DistributedBackend::Links() const {
+  const Impl& m = *impl_;
+  if (m.depth != DedupDepth::kAuto || m.links_over.empty()) return std::nullopt;
+  return planner::MeasuredLinks{m.inter_link, m.intra_link, m.links_over};
 }
 
 void DistributedBackend::Impl::MakeRoutes() {
@@ -56,8 +79,8 @@ void DistributedBackend::Impl::MakeRoutes() {
   relays.resize(n);
 }
 
-const NodeRoute* DistributedBackend::Impl::RouteOf(int l, int a, int o) const {
-  if (routes.empty() || !layer_node[l]) return nullptr;
+const NodeRoute* DistributedBackend::Impl::RouteFor(int l, int a, int o) const {
+  if (routes.empty()) return nullptr;
   for (const NodeRoute& r : routes[l])
     if (r.node != node_of[a] && std::find(r.owners.begin(), r.owners.end(), o) != r.owners.end()) return &r;
   return nullptr;
@@ -72,10 +95,13 @@ double DistributedBackend::Impl::LinkSeconds(size_t bytes, int peer) const {
 // --- attention side ---
 
 void DistributedBackend::Impl::SendNodeBlocks(int l, int j, std::vector<model::RowExchange::Send>* sends) {
-  if (routes.empty() || !layer_node[l]) return;
+  const int me = placement.LocalOf(rank);
+  if (!ViaNode(l, j, me)) return;
   model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
-  const int me = placement.LocalOf(rank);
+  // kAuto: on the dispatch tag, after a word saying a node block follows.
+  const bool word = depth == DedupDepth::kAuto;
+  const uint32_t tag = Tag(word ? kRows : kNodeRows, l, j);
   for (size_t i = 0; i < routes[l].size(); ++i) {
     const NodeRoute& route = routes[l][i];
     if (route.node == node_of[me]) continue;
@@ -89,7 +115,8 @@ void DistributedBackend::Impl::SendNodeBlocks(int l, int j, std::vector<model::R
     std::vector<char>& box = node_outbox[Idx(l, j, static_cast<int>(i))];
     if (sends) {  // NCCL: the header over Gloo, the node's unique rows in the kRows group
       wire::PackDispatch(plan.counts.data() + route.first_expert, route.experts, nullptr, rows, 0, &dd, &box);
-      Send(dispatch.get(), box.data(), box.size(), route.owners[0], Tag(kNodeRows, l, j));
+      if (word) wire::PrefixRouteWord(wire::RouteBlock::kNode, &box);
+      Send(dispatch.get(), box.data(), box.size(), route.owners[0], tag);
       if (rows == 0) continue;
       model::RowExchange::Send s;
       s.peer = route.owners[0];
@@ -101,13 +128,14 @@ void DistributedBackend::Impl::SendNodeBlocks(int l, int j, std::vector<model::R
     }
     wire::PackDispatch(plan.counts.data() + route.first_expert, route.experts, mb.dispatched(l).data() + row0 * d,
                        rows, d, &dd, &box);
-    Send(dispatch.get(), box.data(), box.size(), route.owners[0], Tag(kNodeRows, l, j));
+    if (word) wire::PrefixRouteWord(wire::RouteBlock::kNode, &box);
+    Send(dispatch.get(), box.data(), box.size(), route.owners[0], tag);
   }
 }
 
 void DistributedBackend::Impl::PostNodeGradReceives(int l, int j) {
-  if (routes.empty() || !layer_node[l]) return;
   const int me = placement.LocalOf(rank);
+  if (!ViaNode(l, j, me)) return;
   for (size_t i = 0; i < routes[l].size(); ++i) {
     const NodeRoute& route = routes[l][i];
     const Dedup& dd = node_dedups[Idx(l, j, static_cast<int>(i))];
@@ -120,11 +148,11 @@ void DistributedBackend::Impl::PostNodeGradReceives(int l, int j) {
 }
 
 void DistributedBackend::Impl::ScatterNodeGradSums(int l, int j) {
-  if (routes.empty() || !layer_node[l]) return;
+  const int me = placement.LocalOf(rank);
+  if (!ViaNode(l, j, me)) return;
   WaitFromOwners(node_grads_in, l, j, "combine-grad");
   model::MicroBatchStages& mb = Micro(j);
   const ops::DispatchPlan& plan = mb.plan(l);
-  const int me = placement.LocalOf(rank);
   for (size_t i = 0; i < routes[l].size(); ++i) {
     const NodeRoute& route = routes[l][i];
     const Dedup& dd = node_dedups[Idx(l, j, static_cast<int>(i))];
@@ -136,43 +164,42 @@ void DistributedBackend::Impl::ScatterNodeGradSums(int l, int j) {
 
 // --- the depth choice (kAuto) ---
 
-void DistributedBackend::Impl::CountRouteTraffic(int l, int j) {
-  if (depth != DedupDepth::kAuto || routes.empty()) return;
+// What either depth would send this rank's rows of (l, j) over the routes
+// of the layer, priced with the fitted links. With the depth chosen per
+// block, node level sends each route's other owners a word across nodes
+// too (wire::RouteBlock), so both depths send as many messages across
+// nodes; node level sends fewer rows across, and relays rows inside.
+bool DistributedBackend::Impl::ChooseNodeLevel(int l, int j) {
   const ops::DispatchPlan& plan = Micro(j).plan(l);
   const int me = placement.LocalOf(rank);
-  double* t = route_traffic.data() + static_cast<size_t>(l) * 6;
+  planner::RouteTraffic t;
   Dedup dd;
   unique_of.resize(plan.tokens, -1);
+  bool routed_here = false;
   for (const NodeRoute& route : routes[l]) {
     if (route.node == node_of[me]) continue;
+    routed_here = true;
     const int64_t row0 = plan.offsets[route.first_expert];
     wire::MakeDedup(plan.token_of_row, row0, plan.offsets[route.first_expert + route.experts] - row0, unique_of, &dd);
-    t[2] += static_cast<double>(dd.uniques());  // node: the node's unique tokens, one message
-    t[3] += 1;
+    t.node_rows += static_cast<double>(dd.uniques());
+    t.node_messages += static_cast<double>(route.owners.size());
     for (size_t i = 0; i < route.owners.size(); ++i) {
       const ExpertRange& r = Range(l, route.owners[i]);
       const int64_t o0 = plan.offsets[r.first];
       wire::MakeDedup(plan.token_of_row, o0, plan.offsets[r.first + r.count] - o0, unique_of, &dd);
-      t[0] += static_cast<double>(dd.uniques());  // rank: each owner's, one message each
-      t[1] += 1;
+      t.rank_rows += static_cast<double>(dd.uniques());
+      t.rank_messages += 1;
       if (i == 0) continue;
-      t[4] += static_cast<double>(dd.uniques());  // node: relayed to the other owners
-      t[5] += 1;
+      t.relayed_rows += static_cast<double>(dd.uniques());
+      t.relayed_messages += 1;
     }
   }
-}
-
-void DistributedBackend::Impl::ChooseDepths(const double* traffic) {
-  if (depth != DedupDepth::kAuto || routes.empty()) return;
-  for (int l = 0; l < L; ++l) {
-    const double* t = traffic + static_cast<size_t>(l) * 6;
-    const planner::RouteTraffic rt{t[0], t[1], t[2], t[3], t[4], t[5]};
-    const planner::DepthPrediction p = planner::PredictDepth(rt, inter_link, intra_link, d * sizeof(float));
-    if (rank == 0 && static_cast<bool>(layer_node[l]) != p.node)
-      std::fprintf(stderr, "dedup auto: layer %d now %s level (predicted exchange %.3f ms at node level, %.3f ms at rank level)\n",
-                   l, p.node ? "node" : "rank", p.node_seconds * 1e3, p.rank_seconds * 1e3);
-    layer_node[l] = p.node ? 1 : 0;
-  }
+  if (!routed_here) return false;
+  const double row_bytes = static_cast<double>(d) * (exchange ? exchange->wire_value_bytes() : sizeof(float));
+  const bool node = planner::PredictDepth(t, inter_link, intra_link, row_bytes).node;
+  blocks_routed[l] += 1;
+  if (node) blocks_node[l] += 1;
+  return node;
 }
 
 // Group 0 times transfers of a few sizes over two links, each a message and
@@ -275,12 +302,13 @@ std::string DistributedBackend::Impl::MeasureLinks() {
   const double alpha = std::min(fits[0], fits[2]);
   inter_link = {probe ? alpha : 0.0, fits[1]};
   intra_link = {probe ? alpha : 0.0, fits[3]};
+  links_over = !probe ? "" : exchange ? "nccl" : "gloo";
   if (!probe) return "dedup auto: no node holds two expert ranks of a layer apart from the attention ranks; rank level";
   char line[256];
   auto gbps = [](double beta) { return beta > 0 ? 8e-9 / beta : 0.0; };
   std::snprintf(line, sizeof line,
                 "dedup auto: links fitted at start-up (%s): across nodes %.1f us + %.2f Gbit/s, inside a node %.1f us + "
-                "%.2f Gbit/s; rank level until the first step's routing is counted",
+                "%.2f Gbit/s; each block's depth from its routing",
                 exchange ? "NCCL, device to device" : "Gloo", inter_link.alpha * 1e6, gbps(inter_link.beta),
                 intra_link.alpha * 1e6, gbps(intra_link.beta));
   return line;
@@ -299,10 +327,10 @@ float* DistributedBackend::Impl::RelayScratch(std::vector<std::unique_ptr<model:
 // this rank itself), waited for at once: every owner of the route posts them
 // in the same order, in its ExpFwd(l, j) and ExpBwd(l, j).
 void DistributedBackend::Impl::PostRelayRows(int l, int j) {
-  if (routes.empty() || !layer_node[l]) return;
+  if (routes.empty()) return;
   const int me = placement.LocalOf(rank);
   for (int a = 0; a < M; ++a) {
-    const NodeRoute* route = RouteOf(l, a, me);
+    const NodeRoute* route = RouteOf(l, j, a, me);
     if (!route) continue;
     std::vector<model::RowExchange::Send> sends;
     Recvs recvs;
@@ -338,10 +366,10 @@ void DistributedBackend::Impl::PostRelayRows(int l, int j) {
 }
 
 void DistributedBackend::Impl::PostRelaySums(int l, int j, std::vector<model::RowExchange::Send>* replies) {
-  if (routes.empty() || !layer_node[l]) return;
+  if (routes.empty()) return;
   const int me = placement.LocalOf(rank);
   for (int a = 0; a < M; ++a) {
-    const NodeRoute* route = RouteOf(l, a, me);
+    const NodeRoute* route = RouteOf(l, j, a, me);
     if (!route) continue;
     std::vector<model::RowExchange::Send> sends;
     Recvs recvs;
@@ -386,10 +414,12 @@ void DistributedBackend::Impl::PostRelaySums(int l, int j, std::vector<model::Ro
 
 void DistributedBackend::Impl::RelayRows(int l, int j, int a) {
   const int me = placement.LocalOf(rank);
-  const NodeRoute& route = *RouteOf(l, a, me);
+  const NodeRoute& route = *RouteOf(l, j, a, me);
   Relay& rl = relays[Idx(l, j, a)];
-  Wait(rl.request.get(), true, "dispatch", l, j);
-  rl.request.reset();
+  if (rl.request) {  // kNode: on its own tag (kAuto: read with the word, ReadHeader)
+    Wait(rl.request.get(), true, "dispatch", l, j);
+    rl.request.reset();
+  }
   const int64_t max_rows = micro_tokens * std::min<int64_t>(k, route.experts);
   std::vector<int64_t> experts;
   for (int o : route.owners) experts.push_back(Range(l, o).count);
@@ -428,7 +458,7 @@ void DistributedBackend::Impl::RelaySums(int l, int j) {
   if (routes.empty()) return;
   const int me = placement.LocalOf(rank);
   for (int a = 0; a < M; ++a) {
-    const NodeRoute* route = RouteOf(l, a, me);
+    const NodeRoute* route = RouteOf(l, j, a, me);
     if (!route || route->owners[0] != me) continue;
     Relay& rl = relays[Idx(l, j, a)];
     if (rl.rows == 0) continue;

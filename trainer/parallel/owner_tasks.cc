@@ -20,8 +20,21 @@ void DistributedBackend::Impl::PostOwnerReceives() {
       for (int a = 0; a < M; ++a) {
         OwnerSlot& s = slots[Idx(l, j, a)];
         s.inbox.resize(HeaderBytes(r.count, max_rows, dedup) + on_wire * d * sizeof(float));
-        const NodeRoute* route = RouteOf(l, a, local);
-        if (!route) {
+        s.route_word = false;
+        const NodeRoute* route = RouteFor(l, a, local);
+        if (route && depth == DedupDepth::kAuto) {
+          // a chooses the depth per block: a word, then this owner's block
+          // or (the first owner) the node's, or nothing (ReadHeader).
+          size_t most = s.inbox.size();
+          if (route->owners[0] == local) {
+            const int64_t node_rows = micro_tokens * std::min<int64_t>(k, route->experts);
+            most = std::max(most, HeaderBytes(route->experts, node_rows, true) +
+                                      (exchange ? 0 : std::min(node_rows, micro_tokens)) * d * sizeof(float));
+          }
+          s.inbox.resize(wire::kRouteWordBytes + most);
+          s.route_word = true;
+          s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
+        } else if (!route) {
           s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
         } else if (route->owners[0] != local) {  // relayed by the node's first owner
           s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), route->owners[0], Tag(RelayRowsKind(a), l, j));
@@ -41,7 +54,8 @@ void DistributedBackend::Impl::PostOwnerReceives() {
 // Gloo the rows too (fanned out with dedup), with the NCCL transport the
 // block's device rows are made ready for the exchange to fill.
 void DistributedBackend::Impl::ReadHeader(int l, int j, int a) {
-  const ExpertRange& r = Range(l, placement.LocalOf(rank));
+  const int me = placement.LocalOf(rank);
+  const ExpertRange& r = Range(l, me);
   OwnerSlot& s = slots[Idx(l, j, a)];
   if (s.relay_pending) {
     s.relay_pending = false;
@@ -50,6 +64,33 @@ void DistributedBackend::Impl::ReadHeader(int l, int j, int a) {
     if (!s.inbox_request) return;  // read already
     Wait(s.inbox_request.get(), true, "dispatch", l, j);
     s.inbox_request.reset();
+  }
+  if (s.route_word) {  // kAuto: the depth a chose for this block
+    s.route_word = false;
+    wire::RouteBlock kind;
+    try {
+      kind = wire::TakeRouteWord(&s.inbox, s.inbox.size());
+    } catch (const Error& e) {
+      throw Error("rank " + std::to_string(rank) + ": " + e.what() + " from rank " +
+                  std::to_string(placement.GlobalRank(group, a)));
+    }
+    via_node[Idx(l, j, a)] = kind == wire::RouteBlock::kOwn ? 0 : 1;
+    const NodeRoute& route = *RouteFor(l, a, me);
+    if (kind == wire::RouteBlock::kNode) {
+      if (route.owners[0] != me)
+        throw Error("rank " + std::to_string(rank) + ": a node block from rank " +
+                    std::to_string(placement.GlobalRank(group, a)) + ", which is not its node's first owner");
+      relays[Idx(l, j, a)].inbox.swap(s.inbox);
+      RelayRows(l, j, a);  // this owner's own block into s.inbox
+    } else if (kind == wire::RouteBlock::kRelayed) {
+      if (route.owners[0] == me)
+        throw Error("rank " + std::to_string(rank) + ": told its node's rows from rank " +
+                    std::to_string(placement.GlobalRank(group, a)) + " are relayed, but it is the relay");
+      s.inbox.resize(HeaderBytes(r.count, MaxRows(r), true) +
+                     (exchange ? 0 : std::min(MaxRows(r), micro_tokens)) * d * sizeof(float));
+      Wait(dispatch->Irecv(s.inbox.data(), s.inbox.size(), route.owners[0], Tag(RelayRowsKind(a), l, j)).get(), true,
+           "relay", l, j);
+    }
   }
   wire::DispatchBlock block;
   try {
@@ -166,7 +207,7 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
     std::vector<model::RowExchange::Send> sends;
     PostRelaySums(l, j, &sends);  // node dedup: the owners' sums to the first owner, its replies into `sends`
     ForEachSlot(l, j, [&](int a, OwnerSlot& s) {
-      if (RouteOf(l, a, placement.LocalOf(rank))) return;
+      if (RouteOf(l, j, a, placement.LocalOf(rank))) return;
       model::RowExchange::Send out;
       out.peer = a;
       out.rows = s.dev.dxp;
@@ -193,7 +234,7 @@ void DistributedBackend::Impl::RunOwner(const Task& t) {
     // One row per unique token: the sum of its rows' input grads.
     s.dx_sums.resize(s.uniques * d);
     wire::SumByUnique(s.index, s.uniques, s.dxp, d, s.dx_sums.data());
-    if (const NodeRoute* route = RouteOf(l, a, placement.LocalOf(rank))) {
+    if (const NodeRoute* route = RouteOf(l, j, a, placement.LocalOf(rank))) {
       // Node dedup: to the node's first owner, which adds the node's sums (RelaySums).
       if (route->owners[0] != placement.LocalOf(rank))
         Send(combine.get(), s.dx_sums.data(), s.dx_sums.size() * sizeof(float), route->owners[0],

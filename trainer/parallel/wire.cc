@@ -152,4 +152,20 @@ void AddToNodeSums(const NodeSplit& owner, const float* owner_sums, int64_t d, f
   }
 }
 
+void PrefixRouteWord(RouteBlock kind, std::vector<char>* box) {
+  const int64_t word = static_cast<int64_t>(kind);
+  box->insert(box->begin(), kRouteWordBytes, 0);
+  std::memcpy(box->data(), &word, kRouteWordBytes);
+}
+
+RouteBlock TakeRouteWord(std::vector<char>* box, size_t bytes) {
+  int64_t word = -1;
+  if (bytes >= kRouteWordBytes && box->size() >= kRouteWordBytes) std::memcpy(&word, box->data(), kRouteWordBytes);
+  if (word != static_cast<int64_t>(RouteBlock::kOwn) && word != static_cast<int64_t>(RouteBlock::kNode) &&
+      word != static_cast<int64_t>(RouteBlock::kRelayed))
+    throw Error("corrupt dispatch header (route word " + std::to_string(word) + ")");
+  box->erase(box->begin(), box->begin() + kRouteWordBytes);
+  return static_cast<RouteBlock>(word);
+}
+
 }  // namespace hetermoe::parallel::wire

@@ -96,4 +96,19 @@ void SplitNodeBlock(const DispatchBlock& node, int64_t d, const std::vector<int6
 // per-token sums.
 void AddToNodeSums(const NodeSplit& owner, const float* owner_sums, int64_t d, float* node_sums);
 
+// With the depth chosen per block (dedup auto), an attention rank's message
+// to each owner of a route starts with one of these words, so that the
+// owner learns how the rows come: its own block follows (rank level), the
+// node's block follows (node level, to the route's first owner), or nothing
+// follows and the first owner relays the rows (node level, to the others).
+enum class RouteBlock : int64_t { kOwn = 0, kNode = 1, kRelayed = 2 };
+inline constexpr size_t kRouteWordBytes = sizeof(int64_t);
+
+// Puts the word in front of `box` (a packed block, or empty for kRelayed).
+void PrefixRouteWord(RouteBlock kind, std::vector<char>* box);
+
+// Reads the word of a received message of `bytes` bytes and removes it from
+// `box`. Throws hetermoe::Error("corrupt dispatch header (route word)").
+RouteBlock TakeRouteWord(std::vector<char>* box, size_t bytes);
+
 }  // namespace hetermoe::parallel::wire

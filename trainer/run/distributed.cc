@@ -7,10 +7,13 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 
 #include "common/error.h"
+#include "common/file_bytes.h"
+#include "planner/links_json.h"
 #include "planner/asym_ea.h"
 #include "trainer/backend/backend.h"
 #include "trainer/parallel/engine.h"
@@ -190,6 +193,33 @@ parallel::DedupDepth DedupDepthOf(const std::string& name) {
   return parallel::DedupDepth::kRank;
 }
 
+// parallel.links_profile, read on every rank (the same file: a volume or the run's image).
+std::optional<planner::MeasuredLinks> LinksProfile(const RunConfig& rc) {
+  const std::string& path = rc.parallel.links_profile;
+  if (path.empty()) return std::nullopt;
+  std::string text;
+  try {
+    text = io::ReadFileBytes(path);
+  } catch (const Error& e) {
+    throw Error(std::string("parallel.links_profile: ") + e.what());
+  }
+  return planner::LinksFromJson(text, "parallel.links_profile " + path);
+}
+
+// The links dedup auto used, for the planner (hetermoe-plan --links) and
+// later runs (parallel.links_profile): written whole, then renamed into place.
+void WriteLinks(const planner::MeasuredLinks& links, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/links.json", tmp = path + ".tmp";
+  const std::string text = planner::LinksToJson(links);
+  io::FileWriter out(tmp);
+  out.Write(text.data(), text.size());
+  out.Finish();
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw Error(path + ": cannot rename into place: " + ec.message());
+}
+
 std::vector<int> ListedOffloads(const RunConfig& rc) {
   return rc.parallel.asym_ea == "list" ? rc.parallel.asym_ea_layers : std::vector<int>{};
 }
@@ -286,11 +316,12 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
       },
       rc.train.zero == 1);
   const std::vector<int> nodes = NodesOfRanks(rc, *run->world);
-  const std::string dedup_line = engine->SetDedup(DedupDepthOf(p.dedup), nodes);
+  const std::string dedup_line = engine->SetDedup(DedupDepthOf(p.dedup), nodes, LinksProfile(rc));
   if (ro.rank == 0 && !dedup_line.empty()) std::fprintf(stderr, "%s\n", dedup_line.c_str());
   engine->SetSwapEvery(static_cast<int>(p.swap_every));
   const std::string transport = engine->SetTransport(
       p.transport, std::chrono::milliseconds(static_cast<int64_t>(p.timeout_seconds * 1000)));
+  if (const auto links = engine->Links(); links && ro.rank == 0) WriteLinks(*links, rc.output.dir);
   const int in_flight = engine->SetInFlight(p.micro_batches_in_flight);
   engine->SetRecompute(rc.train.recompute);
   const std::vector<int64_t> bytes = engine->RankStateBytes();

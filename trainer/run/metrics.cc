@@ -124,8 +124,13 @@ void MetricsSink::Record(const StepMetrics& m) {
     line["dispatch_rows_inter_node"] = m.dispatch_rows_inter_node;
     line["dispatch_rows_relayed"] = m.dispatch_rows_relayed;
     std::vector<std::string> depth;
-    for (int x : m.dedup_depth) depth.push_back(x == 2 ? "node" : x == 1 ? "rank" : "off");
+    std::vector<double> node_share;
+    for (double x : m.dedup_depth) {
+      depth.push_back(x >= 2 ? "node" : x == 1 ? "rank" : x == 0 ? "off" : "mixed");
+      node_share.push_back(x > 1 ? x - 1 : 0.0);
+    }
     line["dedup_depth"] = depth;
+    line["dedup_node_share"] = node_share;
     line["expert_load_imbalance"] = m.expert_load_imbalance;
   }
   if (m.loss_scale != 1.0) line["loss_scale"] = m.loss_scale;
@@ -202,7 +207,8 @@ void MetricsSink::Record(const StepMetrics& m) {
     auto& family = prometheus::BuildGauge()
                        .Name("hetermoe_trainer_dedup_depth")
                        .Help("Token deduplication depth each layer ran in the last step: 0 off (one process: "
-                             "nothing is sent), 1 rank, 2 node (parallel.dedup; auto chooses per layer)")
+                             "nothing is sent), 1 rank, 2 node; parallel.dedup auto chooses per block, and "
+                             "between 1 and 2 is 1 + the share of blocks sent at node level")
                        .Register(*registry_);
     for (size_t l = 0; l < m.expert_tokens.size(); ++l)
       dedup_depth_.push_back(&family.Add({{"layer", std::to_string(l)}}));

@@ -181,6 +181,9 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
                     "must be off, rank, node or auto (or true = rank, false = off; got \"" + p.dedup + "\")");
     parallel.Get("ranks_per_node", &p.ranks_per_node);
     if (p.ranks_per_node < 0) parallel.Fail("parallel.ranks_per_node", "must be >= 0 (0 = from the node names)");
+    parallel.Get("links_profile", &p.links_profile);
+    if (!p.links_profile.empty() && p.dedup != "auto")
+      parallel.Fail("parallel.links_profile", "is read only with dedup: auto (dedup is \"" + p.dedup + "\")");
     parallel.Get("swap_every", &p.swap_every);
     if (p.swap_every < 0) parallel.Fail("parallel.swap_every", "must be >= 0 (0 = never)");
     parallel.Get("transport", &p.transport);

@@ -73,6 +73,10 @@ struct RunConfig {
     // Nodes of a local run: ranks 0..n-1 are node 0, n..2n-1 node 1, ... (0 =
     // from each rank's HETERMOE_NODE_NAME, else its host name).
     int ranks_per_node = 0;
+    // dedup auto: the links from this profile (a run's links.json) instead of
+    // measuring them at start-up ("" = measure; either way the links in use
+    // are written to <output.dir>/links.json).
+    std::string links_profile;
     int64_t swap_every = 0;          // HierMoE expert swap every this many steps; 0 = never
     std::string transport = "auto";  // rows between ranks: auto | nccl (GPU to GPU) | gloo (through the host)
     int micro_batches_in_flight = 0; // zebra in waves of this many micro-batches per attention rank (0 = all)
