@@ -14,7 +14,12 @@ Prints tokens/s (median after warm-up), the routed load's max / mean over
 the expert ranks (mean over layers and measured steps), swaps made, and the
 decision + move time per swap call against the step time.
 
-    /usr/bin/python3 bench/bench_expert_swap.py --trainer build/trainer/hetermoe-trainer [--steps 12]
+With --plan, also the planner's forecast of the same (hetermoe-plan swap on
+the no-swap run's routing counts): the max / mean load it predicts per
+variant, beside the measured one.
+
+    /usr/bin/python3 bench/bench_expert_swap.py --trainer build/trainer/hetermoe-trainer \
+        [--plan build/planner/hetermoe-plan] [--steps 12]
 """
 import argparse
 import json
@@ -55,6 +60,7 @@ def main():
     ap.add_argument("--trainer", required=True)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--plan", help="hetermoe-plan: print its swap forecast beside the measured loads")
     args = ap.parse_args()
     trainer = os.path.abspath(args.trainer)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
@@ -80,6 +86,7 @@ def main():
                 "swaps": steps[-1].get("expert_swaps", 0),
                 "swap_ms": statistics.median(swap_ms) if swap_ms else 0.0,
                 "loss": steps[-1]["loss"],
+                "metrics": os.path.join(out, "metrics.jsonl"),
             }
             print(f"  {name:16s} {results[name]['tps']:8.0f} tok/s", file=sys.stderr)
         base = results["no swap"]
@@ -91,6 +98,17 @@ def main():
             share = r["swap_ms"] / 1e3 / r["step"] if r["swap_ms"] else 0.0
             print(f"{name:16s} {r['tps']:9.0f} {r['tps'] / base['tps']:10.2f}x {r['imbalance']:14.3f} {r['swaps']:6d} "
                   f"{r['swap_ms']:17.2f} {share:9.1%} {r['loss']:11.4f}")
+        if args.plan:
+            print("\nthe planner's forecast from the no-swap run's routing counts (hetermoe-plan swap), "
+                  "max/mean load over the same steps:")
+            for name, sets in VARIANTS:
+                every = next((int(x.split("=")[1]) for x in sets if x.startswith("parallel.swap_every=")), 0)
+                p = subprocess.run([args.plan, "swap", base["metrics"], "--top-k", str(CONFIG["num_experts_per_tok"]),
+                                    "--expert-ranks", "3", "--swap-every", str(every), "--json"],
+                                   capture_output=True, text=True, check=True)
+                steps = json.loads(p.stdout)["steps"][args.warmup:]
+                forecast = statistics.mean(x for s in steps for x in s["swapped"]["expert_load_imbalance"])
+                print(f"{name:16s} forecast {forecast:.3f}, measured {results[name]['imbalance']:.3f}")
 
 
 if __name__ == "__main__":

@@ -216,7 +216,7 @@ PlanningContext MakeContext(const PlanRequest& request, const GpuProfileTable& p
   for (const std::string& kind : inventory.Kinds()) kinds_used.push_back(&profiles.Find(kind));
   return PlanningContext(request.model, inventory, profiles, request.seq_len, CommonPrecision(kinds_used),
                          request.micro_batches_in_flight, request.zero, request.recompute, request.dedup,
-                         request.dedup_depth, request.links);
+                         request.dedup_depth, request.links, request.routing, request.swap_every > 0);
 }
 
 }  // namespace

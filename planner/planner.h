@@ -70,6 +70,13 @@ struct PlanRequest {
   // Links a run measured (its links.json, planner/links_json.h): they price
   // every transfer instead of the GPU profiles' and the inventory's numbers.
   std::optional<MeasuredLinks> links;
+  // A run's routing, tokens per expert per layer ([layer][expert], one
+  // step's expert_tokens from its metrics.jsonl; empty = uniform routing):
+  // the busiest expert rank's compute and rows follow it
+  // (planner/swap_forecast.h), after parallel.swap_every's swaps when
+  // swap_every > 0.
+  std::vector<std::vector<int64_t>> routing;
+  int swap_every = 0;
 };
 
 // When nothing fits, the error names the most promising shape's memory

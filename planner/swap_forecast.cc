@@ -121,4 +121,32 @@ std::vector<SwapForecastStep> ForecastSwaps(const std::vector<std::vector<std::v
   return steps;
 }
 
+RoutingLoad LoadOfRouting(const std::vector<std::vector<int64_t>>& counts, int64_t top_k, int ranks, bool swap,
+                          uint64_t seed) {
+  RoutingLoad load;
+  for (size_t l = 0; l < counts.size(); ++l) {
+    const LayerRouting routing = RoutingWithCounts(counts[l], top_k, seed + l);
+    std::vector<int> owner = ContiguousOwners(static_cast<int64_t>(counts[l].size()), ranks);
+    // Each swap lowers the smooth max, so this ends; the cap only bounds the work.
+    for (int64_t swaps = 0; swap && swaps < routing.experts * routing.experts; ++swaps) {
+      const SwapChoice c = BestSwap(routing, owner, ranks);
+      if (c.a < 0) break;
+      std::swap(owner[c.a], owner[c.b]);
+    }
+    std::vector<double> routed(ranks, 0.0);
+    double total = 0;
+    for (size_t e = 0; e < counts[l].size(); ++e) {
+      routed[owner[e]] += static_cast<double>(counts[l][e]);
+      total += static_cast<double>(counts[l][e]);
+    }
+    const std::vector<int64_t> dedup = DeduplicatedRows(routing, owner, ranks);
+    load.busiest_routed_share.push_back(total > 0 ? *std::max_element(routed.begin(), routed.end()) / total : 0.0);
+    load.busiest_dedup_per_token.push_back(
+        routing.tokens() > 0
+            ? static_cast<double>(*std::max_element(dedup.begin(), dedup.end())) / static_cast<double>(routing.tokens())
+            : 0.0);
+  }
+  return load;
+}
+
 }  // namespace hetermoe::planner

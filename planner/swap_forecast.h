@@ -45,4 +45,19 @@ struct SwapForecastStep {
 std::vector<SwapForecastStep> ForecastSwaps(const std::vector<std::vector<std::vector<int64_t>>>& counts,
                                             int64_t top_k, int ranks, int swap_every, uint64_t seed = 1);
 
+// What the plan prices from a run's routing (counts[layer][expert], one
+// step's): per layer, the busiest expert rank's share of the routed rows
+// (its experts' compute and the rows it is sent) and the deduplicated rows
+// it receives per token (the exchange with parallel.dedup), with the
+// planned placement or, with `swap`, the placement repeated swaps of that
+// routing settle on (BestSwap until none lowers the score, as the engine
+// would reach over steps of the same routing). Uniform routing over
+// contiguous ranges gives ceil(E / N) / E and ReachProbability.
+struct RoutingLoad {
+  std::vector<double> busiest_routed_share;   // [layer]
+  std::vector<double> busiest_dedup_per_token;  // [layer]
+};
+RoutingLoad LoadOfRouting(const std::vector<std::vector<int64_t>>& counts, int64_t top_k, int ranks, bool swap,
+                          uint64_t seed = 1);
+
 }  // namespace hetermoe::planner

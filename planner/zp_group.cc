@@ -42,7 +42,8 @@ PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inven
                                  const GpuProfileTable& profiles, int64_t seq_len, Precision precision,
                                  int micro_batches_in_flight, bool zero, const std::string& recompute,
                                  bool dedup, const std::string& dedup_depth,
-                                 const std::optional<MeasuredLinks>& measured_links)
+                                 const std::optional<MeasuredLinks>& measured_links,
+                                 const std::vector<std::vector<int64_t>>& routing, bool swap)
     : model_(model),
       inventory_(inventory),
       seq_len_(seq_len),
@@ -52,7 +53,15 @@ PlanningContext::PlanningContext(const ModelShape& model, const Inventory& inven
       recompute_(recompute),
       dedup_(dedup),
       dedup_depth_(dedup_depth),
-      measured_links_(measured_links) {
+      measured_links_(measured_links),
+      routing_(routing),
+      swap_(swap) {
+  if (!routing_.empty() && (static_cast<int64_t>(routing_.size()) != model_.layers ||
+                            std::any_of(routing_.begin(), routing_.end(), [&](const std::vector<int64_t>& layer) {
+                              return static_cast<int64_t>(layer.size()) != model_.experts;
+                            })))
+    throw Error("routing: " + std::to_string(routing_.size()) + " layers of expert counts given for a model of " +
+                std::to_string(model_.layers) + " layers of " + std::to_string(model_.experts) + " experts");
   if (dedup_depth_ != "rank" && dedup_depth_ != "node" && dedup_depth_ != "auto")
     throw Error("dedup depth '" + dedup_depth_ + "' is not rank, node or auto");
   for (const std::string& kind : inventory_.Kinds()) {
@@ -116,6 +125,15 @@ const KindContext& PlanningContext::Kind(const std::string& kind) const {
 }
 
 std::vector<std::string> PlanningContext::Kinds() const { return inventory_.Kinds(); }
+
+const RoutingLoad* PlanningContext::Load(int expert_ranks) const {
+  if (routing_.empty() || expert_ranks > model_.experts) return nullptr;
+  const std::lock_guard<std::mutex> lock(loads_mutex_);
+  auto it = loads_.find(expert_ranks);
+  if (it == loads_.end())
+    it = loads_.emplace(expert_ranks, LoadOfRouting(routing_, model_.top_k, expert_ranks, swap_)).first;
+  return &it->second;
+}
 
 LinkModel PlanningContext::Link(const std::string& kind, bool remote, int nic_sharing) const {
   const KindContext& k = Kind(kind);
@@ -253,14 +271,23 @@ ZebraStepSpec GroupStepSpec(const PlanningContext& ctx, const GroupShape& shape,
     const int on_rank = ExpertsOnBusiestRank(n - offloaded, N);
     most_offloaded += offloaded / M;
     most_on_expert_rank += on_rank;
-    spec.expert_rank.push_back(Scaled(on_expert_rank, on_rank));
+    // The busiest expert rank's share of the routed rows and the unique
+    // tokens it receives per token: uniform routing's, or a run's (with
+    // Asym-EA's offload the routing is taken as uniform).
+    double routed_share = static_cast<double>(on_rank) / n;
+    double reach = ReachProbability(n, on_rank, m.top_k);
+    if (const RoutingLoad* load = ctx.Load(N); load && offloaded == 0) {
+      routed_share = load->busiest_routed_share[l];
+      reach = load->busiest_dedup_per_token[l];
+    }
+    spec.expert_rank.push_back(Scaled(on_expert_rank, routed_share * n));
     spec.offloaded_experts.push_back(Scaled(on_attention_rank, static_cast<double>(offloaded) / M));
 
     const double to_expert_ranks = tokens * bytes_per_token * (n - offloaded) / n;
     const double to_attention_peers = tokens * bytes_per_token * offloaded / n * (M - 1) / M;
     const int peers = N + (offloaded > 0 ? M - 1 : 0);
     const double send = attention_link.Seconds(to_expert_ranks + to_attention_peers, peers);
-    const double receive = expert_link.Seconds(M * tokens * bytes_per_token * on_rank / n, M);
+    const double receive = expert_link.Seconds(M * tokens * bytes_per_token * routed_share, M);
     const double whole = std::max(send, receive);
     double deduplicated = whole;
     if (ctx.dedup()) {
@@ -272,7 +299,7 @@ ZebraStepSpec GroupStepSpec(const PlanningContext& ctx, const GroupShape& shape,
       for (int r = 0; r < (n - offloaded) % N; ++r) ++owners[r];
       if (offloaded > 0) owners.insert(owners.end(), M - 1, offloaded / M);
       const double rows_out = ExpectedDestinations(n, owners, m.top_k);
-      const double rows_in = M * ReachProbability(n, on_rank, m.top_k);
+      const double rows_in = M * reach;
       deduplicated = std::max(attention_link.Seconds(tokens * rows_out * row_bytes, peers),
                               expert_link.Seconds(tokens * rows_in * row_bytes, M));
       // Node level (the engine's parallel.dedup node): when the expert ranks

@@ -25,6 +25,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,6 +34,7 @@
 #include "planner/cost_model.h"
 #include "planner/inventory.h"
 #include "planner/links_json.h"
+#include "planner/swap_forecast.h"
 #include "planner/memory_model.h"
 #include "planner/step_graph.h"
 
@@ -57,7 +59,8 @@ class PlanningContext {
                   int64_t seq_len, Precision precision, int micro_batches_in_flight = 0, bool zero = false,
                   const std::string& recompute = "none", bool dedup = true,
                   const std::string& dedup_depth = "rank",
-                  const std::optional<MeasuredLinks>& measured_links = std::nullopt);
+                  const std::optional<MeasuredLinks>& measured_links = std::nullopt,
+                  const std::vector<std::vector<int64_t>>& routing = {}, bool swap = false);
   PlanningContext(const PlanningContext&) = delete;
   PlanningContext& operator=(const PlanningContext&) = delete;
 
@@ -83,6 +86,9 @@ class PlanningContext {
   // With measured links (a run's links.json) those replace the GPU
   // profiles' and the inventory's numbers for every kind.
   LinkModel Link(const std::string& kind, bool remote, int nic_sharing = 0) const;
+  // With a run's routing: the busiest of `expert_ranks` ranks' load per
+  // layer (swap_forecast.h), computed once per rank count; null = uniform.
+  const RoutingLoad* Load(int expert_ranks) const;
   // GPUs of `kind` on `host` (inventory nodes with the same host share a machine).
   const std::map<std::string, std::map<std::string, int>>& Hosts() const { return hosts_; }
   // Ring all-reduce of `bytes` over `participants` GPUs of `kind`.
@@ -99,6 +105,10 @@ class PlanningContext {
   bool dedup_ = true;
   std::string dedup_depth_ = "rank";
   std::optional<MeasuredLinks> measured_links_;
+  std::vector<std::vector<int64_t>> routing_;
+  bool swap_ = false;
+  mutable std::mutex loads_mutex_;
+  mutable std::map<int, RoutingLoad> loads_;  // by expert ranks
   std::map<std::string, KindContext> kinds_;                 // kinds and pools
   std::vector<std::string> role_kinds_;
   std::map<std::string, std::map<std::string, int>> hosts_;  // host -> kind or pool -> GPUs

@@ -56,10 +56,32 @@ struct Options {
   std::string inventory, model, profiles, output;
   int64_t seq_len = 0, global_batch = 0;
   int gpu_budget = 0, max_micro_batches = 64, groups = 0, in_flight = 0, zero = 0;
-  std::string shape, recompute = "none", dedup_depth = "rank", links;
+  std::string shape, recompute = "none", dedup_depth = "rank", links, routing;
+  int swap_every = 0;
   bool json = false, no_asym_ea = false, no_dedup = false, no_baselines = false, timeline = false, explain = false,
        exhaustive = false;
 };
+
+// expert_tokens of every line of a run's metrics.jsonl, [step][layer][expert].
+std::vector<std::vector<std::vector<int64_t>>> RoutingCounts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw hetermoe::Error(path + ": cannot open");
+  std::vector<std::vector<std::vector<int64_t>>> counts;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    const nlohmann::json m = nlohmann::json::parse(line, nullptr, false);
+    if (m.is_discarded() || !m.is_object()) throw hetermoe::Error(path + ":" + std::to_string(n) + ": not JSON");
+    if (!m.contains("expert_tokens")) continue;  // an evaluation line
+    try {
+      counts.push_back(m["expert_tokens"].get<std::vector<std::vector<int64_t>>>());
+    } catch (const nlohmann::json::exception&) {
+      throw hetermoe::Error(path + ":" + std::to_string(n) + ": expert_tokens is not a list of lists of counts");
+    }
+  }
+  if (counts.empty()) throw hetermoe::Error(path + ": no step has expert_tokens");
+  return counts;
+}
 
 struct SimulateOptions {
   std::string steps;
@@ -100,6 +122,8 @@ int Run(const Options& o) {
   request.dedup = !o.no_dedup;
   request.dedup_depth = o.dedup_depth;
   if (!o.links.empty()) request.links = planner::LinksFromJson(hetermoe::io::ReadFileBytes(o.links), o.links);
+  if (!o.routing.empty()) request.routing = RoutingCounts(o.routing).back();
+  request.swap_every = o.swap_every;
   request.max_micro_batches = o.max_micro_batches;
   request.micro_batches_in_flight = o.in_flight;
   request.zero = o.zero == 1;
@@ -169,27 +193,6 @@ struct SwapOptions {
   int expert_ranks = 0, swap_every = 1;
   bool json = false;
 };
-
-// expert_tokens of every line of a run's metrics.jsonl, [step][layer][expert].
-std::vector<std::vector<std::vector<int64_t>>> RoutingCounts(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw hetermoe::Error(path + ": cannot open");
-  std::vector<std::vector<std::vector<int64_t>>> counts;
-  std::string line;
-  for (int n = 1; std::getline(in, line); ++n) {
-    if (line.empty()) continue;
-    const nlohmann::json m = nlohmann::json::parse(line, nullptr, false);
-    if (m.is_discarded() || !m.is_object()) throw hetermoe::Error(path + ":" + std::to_string(n) + ": not JSON");
-    if (!m.contains("expert_tokens")) continue;  // an evaluation line
-    try {
-      counts.push_back(m["expert_tokens"].get<std::vector<std::vector<int64_t>>>());
-    } catch (const nlohmann::json::exception&) {
-      throw hetermoe::Error(path + ":" + std::to_string(n) + ": expert_tokens is not a list of lists of counts");
-    }
-  }
-  if (counts.empty()) throw hetermoe::Error(path + ": no step has expert_tokens");
-  return counts;
-}
 
 int Swap(const SwapOptions& o) {
   const auto counts = RoutingCounts(o.metrics);
@@ -266,6 +269,14 @@ int main(int argc, char** argv) {
                  "A run's links.json (parallel.dedup auto measures them): its fitted links price every transfer "
                  "instead of the GPU profiles' and the inventory's numbers")
       ->check(CLI::ExistingFile);
+  app.add_option("--routing", o.routing,
+                 "A run's metrics.jsonl: its last step's tokens per expert (expert_tokens) load the expert ranks "
+                 "instead of uniform routing")
+      ->check(CLI::ExistingFile);
+  app.add_option("--swap-every", o.swap_every,
+                 "parallel.swap_every the run will use: with --routing, the expert ranks carry the load the swaps "
+                 "settle on")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--no-baselines", o.no_baselines, "Skip the EP, DistEP, EP-Ideal and PP predictions");
   app.add_flag("--timeline", o.timeline, "Include the simulated per-rank timeline in the JSON");
   app.add_option("--output,-o", o.output, "Also write the JSON plan to this file");

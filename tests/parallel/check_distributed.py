@@ -224,7 +224,7 @@ def check_node_dedup(trainer, run_file, work, ref, schedule):
     shapes = {"zebra": [(1, 3, 1, 2, None, ""), (2, 2, 1, 2, None, ""), (1, 3, 1, 2, "[1, 0]", ""),
                         (1, 4, 1, 2, None, ", micro_batches_in_flight: 4"), (1, 3, 2, 2, None, ""),
                         (1, 3, 1, 2, None, ", swap_every: 1")],
-              "sequential": [(1, 3, 1, 2, None, "")], "ep": []}[schedule]
+              "sequential": [(1, 3, 1, 2, None, "")], "ep": [(2, 2, 1, 2, None, "")]}[schedule]
     for m, n, g, per_node, asym, extra in shapes:
         name = (f"dedup node {schedule} {g}x({m}+{n}) {per_node}/node" + (f" asym_ea={asym}" if asym else "")
                 + extra.replace(",", "").replace(":", "="))
@@ -309,6 +309,67 @@ def check_auto_dedup(trainer, run_file, work, ref):
                 print(f"    {p}")
             ok = ok and not problems
     return ok
+
+
+def check_swap_forecast(trainer, plan, run_file, work):
+    """The planner's expert swap forecast (hetermoe-plan swap) follows the
+    engine: from a run's routing counts it gives exactly the imbalance the
+    engine measured with the planned placement (max / mean of the routed
+    rows over the expert ranks, per step and layer), and with a swap every
+    step an imbalance within 0.05 of the engine's on average (the forecast
+    draws which experts a token chose together, the engine knows them);
+    both lower than without swaps. And the plan (hetermoe-plan --routing)
+    prices the run's routing, its step shorter with the swaps."""
+    runs = {}
+    for every in (0, 1):
+        out = os.path.join(work, f"forecast-swap{every}")
+        runs[every] = run(trainer, run_file, out, [
+            "--set", "parallel={attention_ranks: 1, expert_ranks: 3, schedule: zebra, timeout_seconds: 30, "
+                     f"swap_every: {every}}}", "--set", "train.steps=10"])[0]
+    p = subprocess.run([plan, "swap", os.path.join(work, "forecast-swap0", "metrics.jsonl"), "--top-k", "2",
+                        "--expert-ranks", "3", "--swap-every", "1", "--json"], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        print(f"swap forecast: hetermoe-plan swap failed: {p.stderr.strip()}")
+        return False
+    steps = json.loads(p.stdout)["steps"]
+    problems = []
+    engine = {e: [x for m in runs[e] for x in m["expert_load_imbalance"]] for e in runs}
+    forecast = {k: [x for s in steps for x in s[k]["expert_load_imbalance"]] for k in ("planned", "swapped")}
+    if len(forecast["planned"]) != len(engine[0]) or any(abs(a - b) > 1e-9 for a, b in zip(forecast["planned"], engine[0])):
+        problems.append(f"planned placement: forecast {forecast['planned']} vs engine {engine[0]}")
+    mean = {name: sum(v) / len(v) for name, v in (("engine, no swap", engine[0]), ("engine, swap every step", engine[1]),
+                                                 ("forecast, swap every step", forecast["swapped"]))}
+    print("    expert load max/mean, mean over 10 steps and 2 layers: " +
+          ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    if abs(mean["forecast, swap every step"] - mean["engine, swap every step"]) > 0.05:
+        problems.append(f"the forecast's imbalance with swaps is off the engine's: {mean}")
+    if not mean["engine, swap every step"] < mean["engine, no swap"] or \
+            not mean["forecast, swap every step"] < mean["engine, no swap"]:
+        problems.append(f"swaps did not lower the imbalance: {mean}")
+    # The plan prices the same routing: its busiest expert rank carries the
+    # run's load, lighter with the swaps (hetermoe-plan --routing --swap-every).
+    inventory = os.path.join(os.path.dirname(__file__), "..", "planner", "data", "cluster_4a40_8v100.yaml")
+    with open(run_file) as f:
+        config = re.search(r"config: ([^,}]+)", f.read()).group(1).strip()
+    step = {}
+    for name, extra in (("uniform", []), ("routing", ["--routing", os.path.join(work, "forecast-swap0", "metrics.jsonl")]),
+                        ("routing, swaps", ["--routing", os.path.join(work, "forecast-swap0", "metrics.jsonl"),
+                                            "--swap-every", "1"])):
+        p = subprocess.run([plan, "--inventory", inventory, "--model", config, "--seq-len", "16", "--global-batch", "24",
+                            "--shape", "1:3", "--groups", "1", "--no-baselines", "--json", *extra],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            problems.append(f"hetermoe-plan {' '.join(extra)} failed: {p.stderr.strip()}")
+            break
+        step[name] = json.loads(p.stdout)["predicted"]["step_seconds"]
+    if len(step) == 3:
+        print("    planned step with the run's routing: " + ", ".join(f"{k} {v * 1e6:.2f} us" for k, v in step.items()))
+        if not step["routing, swaps"] < step["routing"]:
+            problems.append(f"the plan does not price the swaps' lighter load: {step}")
+    print(f"{'swap forecast 1+3 vs the engine':40s} {'ok' if not problems else 'MISMATCH'}")
+    for msg in problems:
+        print(f"    {msg}")
+    return not problems
 
 
 def check_swap(trainer, run_file, work, ref, schedule):
@@ -444,6 +505,7 @@ def main():
     ap.add_argument("--fixture", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--only", choices=["zebra", "sequential", "ep"], help="one schedule")
+    ap.add_argument("--plan", help="hetermoe-plan: also check its expert swap forecast against the engine")
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
@@ -485,6 +547,8 @@ def main():
         failures += not check_resume(args.trainer, run_file, args.work)
         failures += not check_dedup(args.trainer, run_file, args.work, ref)
         failures += not check_auto_dedup(args.trainer, run_file, args.work, ref)
+        if args.plan:
+            failures += not check_swap_forecast(args.trainer, args.plan, run_file, args.work)
         failures += not check_asym_auto(args.trainer, run_file, args.work, ref)
         failures += not check_zero(args.trainer, run_file, args.work, ref)
         failures += not check_in_flight(args.trainer, run_file, args.work, ref)

@@ -28,15 +28,22 @@ TEST(NodeRoutes, RunsOfExpertRanksOnOneNode) {
   EXPECT_EQ(half[1][0].experts, 4);
 }
 
-TEST(NodeRoutes, AttentionOwnersAndEpHaveNone) {
+TEST(NodeRoutes, AttentionOwnersOnlyUnderEp) {
   // Asym-EA: the attention rank holds 2 experts of layer 0, on the node of expert ranks 1 and 2.
   const Placement asym = MakePlacement(Schedule::kZebra, 1, 2, 1, 1, 8, 2, {2});
   const auto routes = MakeNodeRoutes(asym, {0, 0, 0});
   ASSERT_EQ(routes[0].size(), 1u);
   EXPECT_EQ(routes[0][0].owners, (std::vector<int>{1, 2})) << "the attention rank is reached directly";
   EXPECT_EQ(routes[0][0].experts, 6);
+  // ep: every rank attends and holds experts; each node's pair is a route
+  // for the attention ranks of the other node.
   const Placement ep = MakePlacement(Schedule::kEp, 2, 2, 1, 1, 8, 4, {});
-  EXPECT_TRUE(MakeNodeRoutes(ep, {0, 0, 1, 1})[0].empty());
+  const auto ep_routes = MakeNodeRoutes(ep, {0, 0, 1, 1});
+  ASSERT_EQ(ep_routes[0].size(), 2u);
+  EXPECT_EQ(ep_routes[0][0].owners, (std::vector<int>{0, 1}));
+  EXPECT_EQ(ep_routes[0][1].owners, (std::vector<int>{2, 3}));
+  EXPECT_EQ(ep_routes[0][1].first_expert, 4);
+  EXPECT_TRUE(MakeNodeRoutes(ep, {0, 1, 2, 3})[0].empty()) << "one rank per node: nothing to relay";
 }
 
 }  // namespace

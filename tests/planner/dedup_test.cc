@@ -164,5 +164,42 @@ TEST(Dedup, MeasuredLinksPriceTheExchangeAndTheDepth) {
               1e3 * split_rank.dispatch[0], 1e3 * split_auto.dispatch[0], 1e3 * equal_auto.dispatch[0]);
 }
 
+// A run's routing loads the expert ranks as it routed: hot experts in one
+// rank's range lengthen its compute and the rows it receives; the load
+// parallel.swap_every's swaps settle on brings them back near uniform.
+TEST(Dedup, ARunsRoutingLoadsTheBusiestExpertRank) {
+  const GpuProfileTable table = GpuProfileTable::Builtin();
+  GroupShape shape;
+  shape.attention_gpu = "A100-80GB";
+  shape.expert_gpu = "V100";
+  shape.attention_ranks = 4;
+  shape.expert_ranks = 4;
+  shape.groups = 1;
+  shape.sequences_per_attention_rank = 4;
+  shape.micro_batches = 2;
+  const ModelShape model = testing::D1();
+  const Inventory inventory = testing::Cluster({{"A100-80GB", 4, 4}, {"V100", 8, 8}});
+  // Top-2 over 1200 tokens: experts 0-3 (rank 0's range) take 300 rows each, the other 20 take 60.
+  std::vector<int64_t> layer(static_cast<size_t>(model.experts), 60);
+  for (int e = 0; e < 4; ++e) layer[e] = 300;
+  const std::vector<std::vector<int64_t>> hot(static_cast<size_t>(model.layers), layer);
+  auto spec = [&](const std::vector<std::vector<int64_t>>& routing, bool swap) {
+    const PlanningContext ctx(model, inventory, table, 8192, Precision::kFp16, 0, false, "none", true, "rank",
+                              std::nullopt, routing, swap);
+    return GroupStepSpec(ctx, shape, {4, 1});
+  };
+  const ZebraStepSpec uniform = spec({}, false), skewed = spec(hot, false), swapped = spec(hot, true);
+  EXPECT_GT(skewed.expert_rank[0].forward, 1.5 * uniform.expert_rank[0].forward);
+  EXPECT_GT(skewed.dispatch[0], uniform.dispatch[0]);
+  EXPECT_LT(swapped.expert_rank[0].forward, 0.75 * skewed.expert_rank[0].forward);
+  EXPECT_LT(swapped.dispatch[0], skewed.dispatch[0]);
+  std::printf("hot experts in one range: the busiest expert rank's forward %.3f ms (uniform %.3f ms), with swaps "
+              "%.3f ms; dispatch %.3f / %.3f / %.3f ms\n",
+              1e3 * skewed.expert_rank[0].forward, 1e3 * uniform.expert_rank[0].forward,
+              1e3 * swapped.expert_rank[0].forward, 1e3 * skewed.dispatch[0], 1e3 * uniform.dispatch[0],
+              1e3 * swapped.dispatch[0]);
+  EXPECT_THROW(spec({layer}, false), hetermoe::Error) << "one layer of counts for a deeper model";
+}
+
 }  // namespace
 }  // namespace hetermoe::planner

@@ -59,5 +59,21 @@ TEST(SwapForecast, SwapsEvenASkewedRoutersLoad) {
     EXPECT_DOUBLE_EQ(every[s].swapped[0].imbalance, 1.0) << "a hot expert on each rank, step " << s + 1;
 }
 
+// What the plan prices from a run's routing: uniform counts give the
+// uniform busiest share; hot experts in one range load their rank; swaps
+// spread them.
+TEST(SwapForecast, LoadOfRoutingForThePlan) {
+  const std::vector<std::vector<int64_t>> uniform = {{50, 50, 50, 50, 50, 50, 50, 50}};  // 200 tokens, top-2
+  const RoutingLoad flat = LoadOfRouting(uniform, 2, 3, false);
+  EXPECT_DOUBLE_EQ(flat.busiest_routed_share[0], 3.0 / 8) << "ranks hold 3, 3 and 2 experts";
+  EXPECT_GT(flat.busiest_dedup_per_token[0], 0.5);
+  EXPECT_LE(flat.busiest_dedup_per_token[0], 1.0);
+  const std::vector<std::vector<int64_t>> hot = {{150, 150, 20, 20, 20, 20, 10, 10}};  // experts 0 and 1 hot
+  const RoutingLoad planned = LoadOfRouting(hot, 2, 3, false), swapped = LoadOfRouting(hot, 2, 3, true);
+  EXPECT_DOUBLE_EQ(planned.busiest_routed_share[0], 320.0 / 400);
+  EXPECT_LT(swapped.busiest_routed_share[0], 0.5) << "the two hot experts on different ranks";
+  EXPECT_LT(swapped.busiest_dedup_per_token[0], planned.busiest_dedup_per_token[0]);
+}
+
 }  // namespace
 }  // namespace hetermoe::planner

@@ -193,7 +193,16 @@ struct DistributedBackend::Impl {
   std::vector<std::vector<int32_t>> expert_of_slot;       // [l][slot]: the expert (original index) it holds
   void RecordRouting(int l, int j, const ops::DispatchPlan& plan);
   void SwapExperts();  // after an optimizer step that is due
-  void Relabel(int l, int64_t a, int64_t b);
+  void Relabel(int l, int64_t a, int64_t b);  // StartRelabel, then FinishRelabel
+  // One swap's experts in flight: this rank's slot's tensors out, the
+  // other owner's in (none when this rank holds neither or both slots).
+  struct Move {
+    std::vector<std::pair<float*, int64_t>> buffers;  // parameters and moments of w1, w2, w3
+    std::vector<float> out, in;
+    std::unique_ptr<comm::Request> send, recv;
+  };
+  Move StartRelabel(int l, int64_t a, int64_t b);
+  void FinishRelabel(Move* move);
   bool Permuted() const;  // some expert is not in its planned slot
   // Layout index of tensor `name`.
   size_t TensorIndex(const std::string& name) const;

@@ -11,6 +11,7 @@
 // experts' original indices (checkpoint_io.cc), and so that the aux loss,
 // which Mixtral sums per expert index over all layers, still pairs each
 // expert's counts across layers (the stage device's ExpertOrder).
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -126,6 +127,14 @@ void DistributedBackend::Impl::ToOriginalOrder(backend::HostState* state) const 
 }
 
 void DistributedBackend::Impl::Relabel(int l, int64_t a, int64_t b) {
+  Move move = StartRelabel(l, a, b);
+  FinishRelabel(&move);
+}
+
+// The gate's rows swap here; the experts' tensors (parameters and moments
+// of w1, w2, w3) go to the other owner in one message, and the other's come
+// back: posted now, put in place by FinishRelabel.
+DistributedBackend::Impl::Move DistributedBackend::Impl::StartRelabel(int l, int64_t a, int64_t b) {
   const auto& ts = layout.tensors();
   // The gate's rows a and b, in the parameters and (where they are) the moments.
   const size_t gate = TensorIndex(GateTensor(l));
@@ -134,8 +143,6 @@ void DistributedBackend::Impl::Relabel(int l, int64_t a, int64_t b) {
     if (own.moments[gate]) buffers.insert(buffers.end(), {Moment(1, gate), Moment(2, gate)});
     for (float* w : buffers) std::swap_ranges(w + a * d, w + (a + 1) * d, w + b * d);
   }
-  // The experts' tensors: each owner sends its slot's parameters and moments
-  // to the other and takes the other's in their place.
   auto owner_of = [&](int64_t e) {
     for (int o = 0; o < P; ++o) {
       const ExpertRange& r = placement.owners[l][o];
@@ -143,8 +150,9 @@ void DistributedBackend::Impl::Relabel(int l, int64_t a, int64_t b) {
     }
     throw Error("expert swap: no rank holds expert " + std::to_string(e) + " of layer " + std::to_string(l));
   };
+  Move move;
   const int me = placement.LocalOf(rank), oa = owner_of(a), ob = owner_of(b);
-  if (me != oa && me != ob) return;
+  if (me != oa && me != ob) return move;
   if (oa == ob) {  // both slots here (a placement restored on resume): swap them in place
     for (const char* kind : kExpertKinds) {
       const size_t ta = TensorIndex(ExpertTensor(l, a, kind)), tb = TensorIndex(ExpertTensor(l, b, kind));
@@ -153,66 +161,96 @@ void DistributedBackend::Impl::Relabel(int l, int64_t a, int64_t b) {
         std::swap_ranges(pa, pa + ts[ta].numel, x == 0 ? Param(tb) : Moment(x, tb));
       }
     }
-    return;
+    return move;
   }
   const int64_t mine = me == oa ? a : b;
   const int peer = placement.GlobalRank(group, me == oa ? ob : oa);
-  for (int kind = 0; kind < 3; ++kind) {
-    const size_t t = TensorIndex(ExpertTensor(l, mine, kExpertKinds[kind]));
-    const int64_t n = ts[t].numel;
-    float* buffers[3] = {Param(t), Moment(1, t), Moment(2, t)};
-    std::vector<float> out(static_cast<size_t>(3 * n)), in(static_cast<size_t>(3 * n));
-    for (int x = 0; x < 3; ++x) std::copy_n(buffers[x], n, out.data() + x * n);
-    const uint32_t tag = (1u << 29) + static_cast<uint32_t>(kind);
-    auto send = everyone->Isend(out.data(), out.size() * sizeof(float), peer, tag);
-    auto recv = everyone->Irecv(in.data(), in.size() * sizeof(float), peer, tag);
-    send->Wait();
-    recv->Wait();
-    for (int x = 0; x < 3; ++x) std::copy_n(in.data() + x * n, n, buffers[x]);
+  for (const char* kind : kExpertKinds) {
+    const size_t t = TensorIndex(ExpertTensor(l, mine, kind));
+    for (int x = 0; x < 3; ++x) move.buffers.push_back({x == 0 ? Param(t) : Moment(x, t), ts[t].numel});
   }
+  for (const auto& [data, n] : move.buffers) move.out.insert(move.out.end(), data, data + n);
+  move.in.resize(move.out.size());
+  const uint32_t tag = (1u << 29) + static_cast<uint32_t>(l);
+  move.send = everyone->Isend(move.out.data(), move.out.size() * sizeof(float), peer, tag);
+  move.recv = everyone->Irecv(move.in.data(), move.in.size() * sizeof(float), peer, tag);
+  return move;
+}
+
+void DistributedBackend::Impl::FinishRelabel(Move* move) {
+  if (!move->send) return;
+  move->send->Wait();
+  move->recv->Wait();
+  size_t at = 0;
+  for (const auto& [data, n] : move->buffers) {
+    std::copy_n(move->in.data() + at, n, data);
+    at += static_cast<size_t>(n);
+  }
+  *move = Move{};
 }
 
 void DistributedBackend::Impl::SwapExperts() {
   if (static_cast<int>(routed.size()) != L) throw Error("expert swap: no routing recorded for this step");
   const auto start = Clock::now();
-  bool swapped = false;
+  // Every layer's table, summed over the world in one go: every part of a
+  // table sums over the ranks' tokens, so every rank then makes the same
+  // choice. Owners by local index within the group; every group holds the
+  // same slots, so every attention rank of every group adds its tokens.
+  std::vector<std::vector<int>> owner(L, std::vector<int>(static_cast<size_t>(E)));
+  std::vector<planner::SwapTable> tables;
+  std::vector<double> sums;
   for (int l = 0; l < L; ++l) {
-    // Owners by local index within the group; every group holds the same
-    // slots, so every attention rank of every group adds its tokens.
-    std::vector<int> owner(static_cast<size_t>(E));
     for (int o = 0; o < P; ++o) {
       const ExpertRange& r = placement.owners[l][o];
-      for (int64_t e = r.first; e < r.first + r.count; ++e) owner[e] = o;
+      for (int64_t e = r.first; e < r.first + r.count; ++e) owner[l][e] = o;
     }
-    planner::SwapTable table = planner::MakeSwapTable(routed[l], owner, P);
-    // Every part of the table sums over the ranks' tokens; every rank then
-    // makes the same choice.
-    std::vector<double> sums = table.rows;
-    sums.insert(sums.end(), table.routed.begin(), table.routed.end());
-    sums.insert(sums.end(), table.delta.begin(), table.delta.end());
-    everyone->AllReduceSum(sums.data(), sums.size());
-    std::copy_n(sums.begin(), P, table.rows.begin());
-    std::copy_n(sums.begin() + P, E, table.routed.begin());
-    std::copy(sums.begin() + P + E, sums.end(), table.delta.begin());
-    const planner::SwapChoice choice = planner::ChooseSwap(table, owner);
-    // The same sums give the same choice; a rank that chose otherwise would
-    // wait forever for its partner's experts, so check before moving any.
-    double chosen[2] = {static_cast<double>(choice.a), static_cast<double>(choice.b)};
-    everyone->AllReduceSum(chosen, 2);
-    const double world_size = placement.world_size();
-    if (chosen[0] != world_size * choice.a || chosen[1] != world_size * choice.b)
+    tables.push_back(planner::MakeSwapTable(routed[l], owner[l], P));
+    const planner::SwapTable& t = tables.back();
+    sums.insert(sums.end(), t.rows.begin(), t.rows.end());
+    sums.insert(sums.end(), t.routed.begin(), t.routed.end());
+    sums.insert(sums.end(), t.delta.begin(), t.delta.end());
+  }
+  everyone->AllReduceSum(sums.data(), sums.size());
+  std::vector<planner::SwapChoice> choices;
+  std::vector<double> chosen;
+  size_t at = 0;
+  for (int l = 0; l < L; ++l) {
+    planner::SwapTable& t = tables[l];
+    for (std::vector<double>* part : {&t.rows, &t.routed, &t.delta}) {
+      std::copy_n(sums.begin() + static_cast<std::ptrdiff_t>(at), part->size(), part->begin());
+      at += part->size();
+    }
+    choices.push_back(planner::ChooseSwap(t, owner[l]));
+    chosen.insert(chosen.end(), {static_cast<double>(choices.back().a), static_cast<double>(choices.back().b)});
+  }
+  // The same sums give the same choices; a rank that chose otherwise would
+  // wait forever for its partner's experts, so check before moving any.
+  std::vector<double> check = chosen;
+  everyone->AllReduceSum(check.data(), check.size());
+  const double world_size = placement.world_size();
+  for (int l = 0; l < L; ++l)
+    if (check[2 * l] != world_size * chosen[2 * l] || check[2 * l + 1] != world_size * chosen[2 * l + 1])
       throw Error("expert swap: layer " + std::to_string(l) + ": the ranks chose different experts to swap");
+  bool swapped = false;
+  std::vector<Move> moves;
+  for (int l = 0; l < L; ++l) {
+    const planner::SwapChoice& choice = choices[l];
     if (choice.a < 0) continue;
     if (!swapped) PullState();  // the device optimizer's state to the host buffers, once, if anything moves
-    Relabel(l, choice.a, choice.b);
+    swapped = true;
+    moves.push_back(StartRelabel(l, choice.a, choice.b));  // every layer's moves in flight at once
+  }
+  for (Move& move : moves) FinishRelabel(&move);
+  for (int l = 0; l < L; ++l) {
+    const planner::SwapChoice& choice = choices[l];
+    if (choice.a < 0) continue;
     std::swap(expert_of_slot[l][choice.a], expert_of_slot[l][choice.b]);
     ++swaps_made;
-    swapped = true;
     if (rank == 0)
       std::fprintf(stderr,
                    "expert swap: layer %d, experts %d and %d trade ranks %d and %d (busiest rank's load %lld -> %lld "
                    "rows received + computed in the last step)\n",
-                   l, expert_of_slot[l][choice.b], expert_of_slot[l][choice.a], owner[choice.a], owner[choice.b],
+                   l, expert_of_slot[l][choice.b], expert_of_slot[l][choice.a], owner[l][choice.a], owner[l][choice.b],
                    static_cast<long long>(*std::max_element(choice.rows_before.begin(), choice.rows_before.end())),
                    static_cast<long long>(*std::max_element(choice.rows_after.begin(), choice.rows_after.end())));
   }

@@ -7,10 +7,13 @@ namespace hetermoe::parallel {
 
 std::vector<std::vector<NodeRoute>> MakeNodeRoutes(const Placement& placement, const std::vector<int>& node_of) {
   std::vector<std::vector<NodeRoute>> routes(placement.layers);
-  if (placement.schedule == Schedule::kEp) return routes;
+  // Under ep every rank is an attention rank and an owner: all may relay.
+  // Under zebra and sequential only expert ranks do (an attention rank's
+  // Asym-EA experts are reached directly).
+  const int first_owner = placement.schedule == Schedule::kEp ? 0 : placement.attention_per_group;
   for (int l = 0; l < placement.layers; ++l) {
     std::vector<NodeRoute>& rs = routes[l];
-    for (int x = placement.attention_per_group; x < placement.group_size; ++x) {
+    for (int x = first_owner; x < placement.group_size; ++x) {
       const ExpertRange& r = placement.owners[l][x];
       if (r.count == 0) continue;  // holds nothing of this layer: no gap in the ranges either
       const bool extends =

@@ -6,8 +6,9 @@
 // whose expert ranges are adjacent, so that one dispatch block covers them;
 // ranks of a node that are not next to each other (pods scheduled so) form
 // separate runs. Runs of one rank are no route: they are reached directly.
-// Attention ranks are never route owners (under ep every rank is one, so
-// there are none).
+// Under zebra and sequential attention ranks are never route owners (their
+// Asym-EA experts are reached directly); under ep every rank is an attention
+// rank and an owner, and any of them may be in a route.
 #pragma once
 
 #include <cstdint>
