@@ -308,7 +308,21 @@ def check_auto_dedup(trainer, run_file, work, ref):
             for p in problems[:5]:
                 print(f"    {p}")
             ok = ok and not problems
-    return ok
+    # A bad profile is refused naming it and the field, before any step.
+    bad = os.path.join(work, "bad-links.json")
+    with open(bad, "w") as f:
+        json.dump({"format": "hetermoe-links/1", "inter_node": {"latency_us": 1, "gbps": 0},
+                   "intra_node": {"latency_us": 1, "gbps": 1}}, f)
+    try:
+        run(trainer, run_file, os.path.join(work, "bad-links"), [
+            "--set", "parallel={attention_ranks: 2, expert_ranks: 2, schedule: zebra, timeout_seconds: 30, "
+                     f"ranks_per_node: 2, dedup: auto, links_profile: {bad}}}"])
+        said = "(it trained)"
+    except RuntimeError as e:
+        said = str(e).strip().splitlines()[-1]
+    refused = f"parallel.links_profile {bad}: inter_node.gbps must be > 0" in said
+    print(f"{'dedup auto, a bad links profile':40s} {'ok' if refused else 'MISMATCH'}: {said}")
+    return ok and refused
 
 
 def check_swap_forecast(trainer, plan, run_file, work):

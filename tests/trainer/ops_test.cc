@@ -168,6 +168,19 @@ TEST(RunConfig, ParallelAndEmulateSections) {
   EXPECT_EQ(c.parallel.asym_ea_layers, (std::vector<int>{0, 2}));
   EXPECT_DOUBLE_EQ(c.emulate.expert_rank_attention, 3.7);
   EXPECT_DOUBLE_EQ(c.emulate.expert_rank_experts, 1.25);
+  // parallel.links_profile: beside the run file, and only for dedup auto.
+  const std::string head = "model: {config: c.json}\ndata: {train: t.bin}\ntrain: {steps: 1, global_batch: 4, seq_len: 8}\n";
+  const auto auto_links = run::ParseRunConfig(
+      head + "parallel: {attention_ranks: 1, expert_ranks: 3, dedup: auto, links_profile: out/links.json}\n",
+      "run.yaml", "/w", {});
+  EXPECT_EQ(auto_links.parallel.links_profile, "/w/out/links.json");
+  try {
+    run::ParseRunConfig(head + "parallel: {attention_ranks: 1, expert_ranks: 3, dedup: node, links_profile: l.json}\n",
+                        "run.yaml", "/w", {});
+    ADD_FAILURE() << "links_profile accepted with dedup node";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("parallel.links_profile"), std::string::npos) << e.what();
+  }
   EXPECT_THROW(run::ParseRunConfig("model: {config: c.json}\ndata: {train: t.bin}\n"
                                    "train: {steps: 1, global_batch: 4, seq_len: 8}\n"
                                    "emulate: {expert_rank: {attention: 0.5}}\n",

@@ -363,9 +363,10 @@ TrainResult LaunchLocally(const RunConfig& rc, const TrainOptions& options) {
   if (options.argv.empty()) throw Error("parallel.launch local: the command line is unknown");
   const int world = WorldSizeOf(rc);
   {
-    // Refuse an impossible shape here, once, rather than in every rank.
+    // Refuse an impossible shape or a bad links profile here, once, rather than in every rank.
     const io::MixtralConfig config = io::LoadMixtralConfig(rc.model.config);
     RunFilePlacement(rc, config, ListedOffloads(rc));
+    LinksProfile(rc);
   }
   std::fprintf(stderr, "launching %d ranks locally (%d group(s) x %d attention + %d expert, %s)\n",
                world, rc.parallel.groups, rc.parallel.attention_ranks, rc.parallel.expert_ranks,

@@ -267,6 +267,7 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
   c.data.valid = ResolvePath(c.data.valid, "data.valid", base_dir, overridden);
   c.data.tokenizer = ResolvePath(c.data.tokenizer, "data.tokenizer", base_dir, overridden);
   c.output.dir = ResolvePath(c.output.dir, "output.dir", base_dir, overridden);
+  c.parallel.links_profile = ResolvePath(c.parallel.links_profile, "parallel.links_profile", base_dir, overridden);
   return c;
 }
 
