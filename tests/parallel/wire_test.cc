@@ -32,6 +32,14 @@ struct Block {
   int64_t size() const { return static_cast<int64_t>(token_of_row.size()); }
 };
 
+// The block's rows grouped by token.
+Dedup DedupOf(const Block& b) {
+  std::vector<int32_t> scratch(8, -1);
+  Dedup dd;
+  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  return dd;
+}
+
 TEST(Wire, DedupGroupsRowsByToken) {
   const Block b;
   std::vector<int32_t> scratch(8, -1);
@@ -72,9 +80,7 @@ TEST(Wire, BlocksRoundTripWithAndWithoutDedup) {
 
 TEST(Wire, CorruptBlocksAreRefused) {
   const Block b;
-  std::vector<int32_t> scratch(8, -1);
-  Dedup dd;
-  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  const Dedup dd = DedupOf(b);
   std::vector<char> box;
   PackDispatch(b.counts.data(), 2, b.rows.data(), b.size(), kD, &dd, &box);
   auto error = [&](std::vector<char> bad, int64_t max_rows = 100) {
@@ -103,9 +109,7 @@ TEST(Wire, CorruptBlocksAreRefused) {
 // follows, and reading it leaves the block as packed; a bad word is refused.
 TEST(Wire, RouteWordsLeadTheBlockTheySay) {
   const Block b;
-  std::vector<int32_t> scratch(8, -1);
-  Dedup dd;
-  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  const Dedup dd = DedupOf(b);
   std::vector<char> packed, box;
   PackDispatch(b.counts.data(), 2, b.rows.data(), b.size(), kD, &dd, &packed);
   for (RouteBlock kind : {RouteBlock::kOwn, RouteBlock::kNode}) {
@@ -139,9 +143,7 @@ TEST(Wire, RouteWordsLeadTheBlockTheySay) {
 
 TEST(Wire, DedupGradientsSumPerToken) {
   const Block b;
-  std::vector<int32_t> scratch(8, -1);
-  Dedup dd;
-  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  const Dedup dd = DedupOf(b);
   // Each row's input grad: row index + column.
   std::vector<float> dx;
   for (int64_t r = 0; r < b.size(); ++r)
@@ -171,9 +173,7 @@ TEST(Wire, DedupGradientsSumPerToken) {
 // the same sums as SumByUnique, and a header-only block (d = 0) round-trips.
 TEST(Wire, RowsByUniqueAndHeaderOnlyBlocks) {
   const Block b;
-  std::vector<int32_t> scratch(8, -1);
-  Dedup dd;
-  MakeDedup(b.token_of_row, 0, b.size(), scratch, &dd);
+  const Dedup dd = DedupOf(b);
   std::vector<int32_t> start, rows;
   RowsByUnique(dd.index, dd.uniques(), &start, &rows);
   EXPECT_EQ(start, (std::vector<int32_t>{0, 2, 4, 5, 6}));

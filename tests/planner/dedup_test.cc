@@ -95,13 +95,9 @@ TEST(Dedup, TheGroupsDispatchAndBackwardCombineShrinkByTheShare) {
               1e3 * a.dispatch[0], 100 * share);
 }
 
-// Node level: the 4 expert ranks share one V100 machine, away from the
-// attention ranks' A100s. A token crosses to that machine once (rows per
-// token 1 instead of the expected ranks it reaches) and the relay fans it out
-// over NVLink, so the exchange gets cheaper; auto takes node there. With one
-// V100 per machine there is nothing to relay and every depth prices the same.
-TEST(Dedup, NodeLevelCrossesToEachExpertMachineOnce) {
-  const GpuProfileTable table = GpuProfileTable::Builtin();
+// A group of 4 A100 attention ranks and 4 V100 expert ranks, 4 sequences
+// per attention rank in 2 micro-batches.
+GroupShape FourA100sToFourV100s() {
   GroupShape shape;
   shape.attention_gpu = "A100-80GB";
   shape.expert_gpu = "V100";
@@ -110,6 +106,17 @@ TEST(Dedup, NodeLevelCrossesToEachExpertMachineOnce) {
   shape.groups = 1;
   shape.sequences_per_attention_rank = 4;
   shape.micro_batches = 2;
+  return shape;
+}
+
+// Node level: the 4 expert ranks share one V100 machine, away from the
+// attention ranks' A100s. A token crosses to that machine once (rows per
+// token 1 instead of the expected ranks it reaches) and the relay fans it out
+// over NVLink, so the exchange gets cheaper; auto takes node there. With one
+// V100 per machine there is nothing to relay and every depth prices the same.
+TEST(Dedup, NodeLevelCrossesToEachExpertMachineOnce) {
+  const GpuProfileTable table = GpuProfileTable::Builtin();
+  const GroupShape shape = FourA100sToFourV100s();
   const ModelShape model = testing::D1();
   auto spec = [&](int v100_per_node, const std::string& depth) {
     const Inventory inventory = testing::Cluster({{"A100-80GB", 4, 4}, {"V100", 8, v100_per_node}});
@@ -136,14 +143,7 @@ TEST(Dedup, NodeLevelCrossesToEachExpertMachineOnce) {
 // level on equal links (the relay's extra hop does not pay).
 TEST(Dedup, MeasuredLinksPriceTheExchangeAndTheDepth) {
   const GpuProfileTable table = GpuProfileTable::Builtin();
-  GroupShape shape;
-  shape.attention_gpu = "A100-80GB";
-  shape.expert_gpu = "V100";
-  shape.attention_ranks = 4;
-  shape.expert_ranks = 4;
-  shape.groups = 1;
-  shape.sequences_per_attention_rank = 4;
-  shape.micro_batches = 2;
+  const GroupShape shape = FourA100sToFourV100s();
   const ModelShape model = testing::D1();
   const Inventory inventory = testing::Cluster({{"A100-80GB", 4, 4}, {"V100", 8, 8}});
   auto spec = [&](const std::string& depth, double inter_gbps, double intra_gbps) {
@@ -169,14 +169,7 @@ TEST(Dedup, MeasuredLinksPriceTheExchangeAndTheDepth) {
 // parallel.swap_every's swaps settle on brings them back near uniform.
 TEST(Dedup, ARunsRoutingLoadsTheBusiestExpertRank) {
   const GpuProfileTable table = GpuProfileTable::Builtin();
-  GroupShape shape;
-  shape.attention_gpu = "A100-80GB";
-  shape.expert_gpu = "V100";
-  shape.attention_ranks = 4;
-  shape.expert_ranks = 4;
-  shape.groups = 1;
-  shape.sequences_per_attention_rank = 4;
-  shape.micro_batches = 2;
+  const GroupShape shape = FourA100sToFourV100s();
   const ModelShape model = testing::D1();
   const Inventory inventory = testing::Cluster({{"A100-80GB", 4, 4}, {"V100", 8, 8}});
   // Top-2 over 1200 tokens: experts 0-3 (rank 0's range) take 300 rows each, the other 20 take 60.
