@@ -2,6 +2,8 @@
 #include "planner/dedup_depth.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "common/error.h"
 
@@ -20,8 +22,18 @@ LinkCost FitLinkCost(const std::vector<double>& bytes, const std::vector<double>
   const double det = n * sxx - sx * sx;
   if (!(det > 0)) throw Error("link fit: needs transfers of two or more sizes");
   LinkCost c;
-  c.beta = std::max(0.0, (n * sxy - sx * sy) / det);
-  c.alpha = std::max(0.0, (sy - c.beta * sx) / n);
+  c.beta = (n * sxy - sx * sy) / det;
+  c.alpha = (sy - c.beta * sx) / n;
+  if (!(c.beta > 0)) {
+    // The sizes did not resolve the bandwidth (noise larger than the sizes'
+    // differences): no per-message time, and the fastest rate seen.
+    c.alpha = 0;
+    c.beta = std::numeric_limits<double>::infinity();
+    for (size_t i = 0; i < bytes.size(); ++i)
+      if (bytes[i] > 0) c.beta = std::min(c.beta, std::max(seconds[i], 0.0) / bytes[i]);
+    if (!(c.beta > 0) || !std::isfinite(c.beta)) throw Error("link fit: no transfer took measurable time");
+  }
+  c.alpha = std::max(0.0, c.alpha);
   return c;
 }
 

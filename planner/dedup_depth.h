@@ -34,7 +34,10 @@ struct LinkCost {
 };
 
 // Least squares fit of seconds = alpha + beta * bytes (at least two distinct
-// sizes; negative coefficients clamp to 0).
+// sizes). A negative alpha clamps to 0; where noise leaves no positive
+// slope, alpha is 0 and beta the fastest rate seen (seconds / bytes), so
+// the link is never taken as infinitely fast. Throws hetermoe::Error when
+// no transfer took measurable time.
 LinkCost FitLinkCost(const std::vector<double>& bytes, const std::vector<double>& seconds);
 
 // One block's traffic over its routes, as each depth would send it (rows;

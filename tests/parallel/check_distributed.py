@@ -255,6 +255,42 @@ def check_node_dedup(trainer, run_file, work, ref, schedule):
     return ok
 
 
+def check_switch_dedup(trainer, run_file, work, ref):
+    """The level below the node (parallel.dedup switch; switches of
+    parallel.ranks_per_switch ranks inside nodes of ranks_per_node): an
+    attention rank sends one block to each other switch whose expert ranks
+    hold several of the layer's experts, relayed inside that switch, also
+    within one node, where node-level dedup has nothing to relay. The same
+    training as the single process; fewer rows sent than at rank level."""
+    ok = True
+    for m, n in ((1, 3), (2, 2)):
+        name = f"dedup switch zebra {m}+{n}, 1 node of 2 switches"
+        base = (f"parallel={{attention_ranks: {m}, expert_ranks: {n}, schedule: zebra, timeout_seconds: 30, "
+                f"ranks_per_node: 4, ranks_per_switch: 2")
+        out = os.path.join(work, re.sub(r"[^A-Za-z0-9+-]", "_", name))
+        try:
+            got = {d: run(trainer, run_file, out + "-" + d, ["--set", base + f", dedup: {d}}}"])
+                   for d in ("switch", "node", "rank")}
+            problems = compare(name, ref, got["switch"])
+            sent = {d: sum(sum(x["dispatch_rows_sent"]) for x in r[0]) for d, r in got.items()}
+            relayed = {d: sum(sum(x["dispatch_rows_relayed"]) for x in r[0]) for d, r in got.items()}
+            print(f"    rows sent: {sent['switch']:.0f} at switch level ({relayed['switch']:.0f} relayed), "
+                  f"{sent['node']:.0f} at node level, {sent['rank']:.0f} at rank level")
+            if not sent["switch"] < sent["rank"] or relayed["switch"] <= 0:
+                problems.append(f"switch-level dedup sent {sent} rows, relayed {relayed}")
+            if sent["node"] != sent["rank"] or relayed["node"] != 0:
+                problems.append(f"node-level dedup inside one node changed the traffic: {sent}, {relayed}")
+            if any(d != "switch" for x in got["switch"][0] for d in x["dedup_depth"]):
+                problems.append(f"dedup_depth {[x['dedup_depth'] for x in got['switch'][0]]}")
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            problems = [str(e)]
+        print(f"{name:40s} {'ok' if not problems else 'MISMATCH'}")
+        for p in problems[:5]:
+            print(f"    {p}")
+        ok = ok and not problems
+    return ok
+
+
 # Links profiles (a run's links.json) that decide dedup auto: "slow across
 # nodes" makes every block take node level; "borderline" prices the relay
 # inside the node close to what node level saves across nodes, so blocks
@@ -561,6 +597,7 @@ def main():
         failures += not check_resume(args.trainer, run_file, args.work)
         failures += not check_dedup(args.trainer, run_file, args.work, ref)
         failures += not check_auto_dedup(args.trainer, run_file, args.work, ref)
+        failures += not check_switch_dedup(args.trainer, run_file, args.work, ref)
         if args.plan:
             failures += not check_swap_forecast(args.trainer, args.plan, run_file, args.work)
         failures += not check_asym_auto(args.trainer, run_file, args.work, ref)

@@ -28,6 +28,12 @@ TEST(DedupDepth, FitRecoversAlphaAndBeta) {
   EXPECT_NEAR(c.beta, beta, 0.01 * beta);
   EXPECT_THROW(FitLinkCost({4096, 4096}, {1e-3, 1e-3}), Error) << "one size cannot separate alpha from beta";
   EXPECT_THROW(FitLinkCost({4096}, {1e-3}), Error);
+  // Noise larger than the sizes' differences (the big transfer ran faster):
+  // the fastest rate seen, not an infinitely fast link.
+  const LinkCost flat = FitLinkCost({4096, 65536}, {2e-3, 1e-3});
+  EXPECT_EQ(flat.alpha, 0.0);
+  EXPECT_DOUBLE_EQ(flat.beta, 1e-3 / 65536);
+  EXPECT_THROW(FitLinkCost({4096, 65536}, {0.0, 0.0}), Error);
 }
 
 // A layer where node dedup saves a third of the cross-node rows but relays

@@ -174,6 +174,16 @@ TEST(RunConfig, ParallelAndEmulateSections) {
       head + "parallel: {attention_ranks: 1, expert_ranks: 3, dedup: auto, links_profile: out/links.json}\n",
       "run.yaml", "/w", {});
   EXPECT_EQ(auto_links.parallel.links_profile, "/w/out/links.json");
+  // parallel.ranks_per_switch: a switch is inside a node.
+  EXPECT_EQ(run::ParseRunConfig(head + "parallel: {attention_ranks: 1, expert_ranks: 3, dedup: switch, "
+                                       "ranks_per_node: 4, ranks_per_switch: 2}\n",
+                                "run.yaml", "/w", {})
+                .parallel.ranks_per_switch,
+            2);
+  EXPECT_THROW(run::ParseRunConfig(head + "parallel: {attention_ranks: 1, expert_ranks: 3, dedup: switch, "
+                                          "ranks_per_node: 3, ranks_per_switch: 2}\n",
+                                   "run.yaml", "/w", {}),
+               Error);
   try {
     run::ParseRunConfig(head + "parallel: {attention_ranks: 1, expert_ranks: 3, dedup: node, links_profile: l.json}\n",
                         "run.yaml", "/w", {});

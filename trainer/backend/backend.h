@@ -50,6 +50,7 @@ struct StepLoss {
   // Per layer: the dedup depth this step ran (0 off, 1 rank, 2 node; in
   // between with parallel.dedup auto: 1 + the share of blocks at node level).
   std::vector<double> dedup_depth;
+  std::string dedup_relay_level = "node";  // what 2 means: node, or switch (parallel.dedup switch)
   std::vector<int64_t> rank_state_bytes;  // per rank: parameters, gradients and AdamW moments it holds
 };
 

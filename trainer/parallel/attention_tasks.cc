@@ -30,7 +30,11 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
   if (!routed.empty()) RecordRouting(l, j, plan);
   std::vector<model::RowExchange::Send> sends;
   const int me = placement.LocalOf(rank);
-  if (AutoRoutes()) via_node[Idx(l, j, me)] = ChooseNodeLevel(l, j) ? 1 : 0;
+  if (ReachesRoute(l, me)) {  // this block could go through a relay: its depth, counted for the metrics
+    if (depth == DedupDepth::kAuto) via_node[Idx(l, j, me)] = ChooseNodeLevel(l, j) ? 1 : 0;
+    blocks_routed[l] += 1;
+    blocks_node[l] += via_node[Idx(l, j, me)];
+  }
   // kAuto: a route owner's message starts with a word saying what follows.
   auto word = [&](int o, wire::RouteBlock kind, std::vector<char>* box) {
     if (depth == DedupDepth::kAuto && RouteFor(l, me, o)) wire::PrefixRouteWord(kind, box);

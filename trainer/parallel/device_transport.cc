@@ -110,7 +110,7 @@ DistributedBackend::Impl::Recvs DistributedBackend::Impl::AttentionInputGradRecv
     for (size_t i = 0; i < routes[l].size(); ++i) {
       const NodeRoute& route = routes[l][i];
       const Dedup& dd = node_dedups[Idx(l, j, static_cast<int>(i))];
-      if (route.node == node_of[me] || dd.index.empty()) continue;
+      if (route.node == relay_group_of[me] || dd.index.empty()) continue;
       model::RowExchange::Recv r;
       r.peer = route.owners[0];
       r.n = static_cast<int64_t>(dd.index.size());

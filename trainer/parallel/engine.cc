@@ -48,6 +48,7 @@ DistributedBackend::Impl::Impl(const io::MixtralConfig& c, const model::Paramete
   k = c.num_experts_per_tok;
   order = TaskOrder(p, rank);
   for (int x = 0; x < P; ++x) node_of.push_back(x);  // each rank its own node, until SetDedup
+  relay_group_of = node_of;
   for (int l = 0; l < L; ++l) {
     expert_of_slot.emplace_back(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) expert_of_slot[l][e] = static_cast<int32_t>(e);
@@ -231,21 +232,21 @@ backend::StepLoss DistributedBackend::ComputeGradients(const backend::StepInput&
   out.dispatch_rows_sent.assign(sums.begin() + dispatch_at, sums.begin() + dispatch_at + m.L);
   out.dispatch_rows_inter_node.assign(sums.begin() + levels_at, sums.begin() + levels_at + m.L);
   out.dispatch_rows_relayed.assign(sums.begin() + levels_at + m.L, sums.begin() + levels_at + 2 * m.L);
-  // The depth each layer ran: 1 + the share of the blocks over its routes
-  // sent at node level (kNode: all; kAuto: as their attention ranks chose).
+  // The depth each layer ran: 1 + the share of the blocks that could take
+  // a route and did (kNode, kSwitch: all; kAuto: as their attention ranks
+  // chose); rank level where no block could.
   out.dedup_depth.assign(m.L, m.dedup ? 1.0 : 0.0);
   for (int l = 0; l < m.L; ++l) {
-    if (m.routes.empty() || m.routes[l].empty()) continue;
     const double routed = sums[blocks_at + l], node = sums[blocks_at + m.L + l];
-    if (m.depth == DedupDepth::kNode) out.dedup_depth[l] = 2.0;
-    else if (routed > 0) out.dedup_depth[l] = 1.0 + node / routed;
+    if (routed > 0) out.dedup_depth[l] = 1.0 + node / routed;
   }
+  out.dedup_relay_level = m.depth == DedupDepth::kSwitch ? "switch" : "node";
   if (m.tracer && m.placement.IsAttention(rank_)) {  // the depth each layer ran this step, in the trace
     std::string depths = "dedup depth by layer:";
     char share[32];
     for (double x : out.dedup_depth) {
       std::snprintf(share, sizeof share, " node %.0f%%", (x - 1.0) * 100.0);
-      depths += x >= 2.0 ? " node" : x == 1.0 ? " rank" : x == 0.0 ? " off" : share;
+      depths += x >= 2.0 ? " " + out.dedup_relay_level : x == 1.0 ? " rank" : x == 0.0 ? " off" : share;
     }
     const auto now = Clock::now();
     m.tracer->Add(depths, Tracer::kDispatch, now, now);

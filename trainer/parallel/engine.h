@@ -63,7 +63,11 @@ enum class DedupDepth {
   kOff,   // every routed row is sent
   kRank,  // a token goes once to each expert rank that holds some of its experts
   kNode,  // and once to each other node whose expert ranks hold several of them
-  kAuto,  // per layer, rank or node, whichever the links' fitted cost predicts is faster
+  kAuto,  // per block, rank or node, whichever the links' fitted cost predicts is faster
+  // The level below the node (a PCIe switch or NVLink island, given as
+  // switch_of_rank): a token goes once to each other switch whose expert
+  // ranks hold several of its experts, relayed inside that switch.
+  kSwitch,
 };
 
 // Makes the rank's device over the engine's host parameter and gradient
@@ -104,8 +108,11 @@ class DistributedBackend final : public backend::Backend {
   // the log. Set before the first step. `links` (a run's links.json, the
   // same on every rank): kAuto uses them instead of measuring, here and in
   // SetTransport.
+  // kSwitch: `switch_of_rank` gives each global rank's switch (numbered
+  // across nodes), and routes run inside switches instead of nodes.
   std::string SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank = {},
-                       const std::optional<planner::MeasuredLinks>& links = std::nullopt);
+                       const std::optional<planner::MeasuredLinks>& links = std::nullopt,
+                       const std::vector<int>& switch_of_rank = {});
   // kAuto: the links in use (measured or given); nullopt when no node holds
   // two expert ranks of a layer apart from an attention rank.
   std::optional<planner::MeasuredLinks> Links() const;

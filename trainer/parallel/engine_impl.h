@@ -120,6 +120,8 @@ struct DistributedBackend::Impl {
   DedupDepth depth = DedupDepth::kRank;
   // --- node-level dedup (node_relay.cc) ---
   std::vector<int> node_of;  // [local member] its node
+  // [local member] the group routes run in: its node, or its switch (kSwitch)
+  std::vector<int> relay_group_of;
   // [l] (depth kNode or kAuto; node_routes.h): attention ranks on other
   // nodes send each route one block, to owners[0], which relays.
   std::vector<std::vector<NodeRoute>> routes;
@@ -128,8 +130,8 @@ struct DistributedBackend::Impl {
   // (ChooseNodeLevel), and learnt by the route owners from the word that
   // leads a's message to them (wire::RouteBlock).
   std::vector<char> via_node;
-  // kAuto: the fitted links; this step's blocks that had routes and those
-  // sent at node level, per layer (metrics).
+  // kAuto: the fitted links. This step's blocks that could take a route and
+  // those that did, per layer (metrics).
   planner::LinkCost inter_link, intra_link;
   std::string links_over;    // where they were measured: gloo | nccl ("" = no routes to measure)
   bool links_given = false;  // from a links.json (SetDedup), not measured
@@ -143,6 +145,8 @@ struct DistributedBackend::Impl {
   // The route that owner o of layer l belongs to, seen from attention rank
   // a on another node, or nullptr; whatever depth a's rows take.
   const NodeRoute* RouteFor(int l, int a, int o) const;
+  // Some route of layer l is in another group than attention rank a.
+  bool ReachesRoute(int l, int a) const;
   // The route carrying owner o's rows of (l, j) from attention rank a, or nullptr (sent directly).
   const NodeRoute* RouteOf(int l, int j, int a, int o) const {
     return via_node.empty() || !via_node[Idx(l, j, a)] ? nullptr : RouteFor(l, a, o);

@@ -1,5 +1,7 @@
 // HierMoE's node level of token deduplication (engine.h, SetDedup kNode and
-// kAuto), over Gloo and over NCCL, and the depth choice's link fit.
+// kAuto), over Gloo and over NCCL, and the depth choice's link fit. With
+// kSwitch the same runs one level down: routes run inside the switches
+// (relay_group_of) instead of the nodes; "node" below means that group.
 //
 // For layer l, the expert ranks of one node that hold experts of it (two or
 // more; their expert ranges are adjacent, placement.h) form a route. An
@@ -36,19 +38,27 @@
 namespace hetermoe::parallel {
 
 std::string DistributedBackend::SetDedup(DedupDepth depth, const std::vector<int>& node_of_rank,
-                                         const std::optional<planner::MeasuredLinks>& links) {
+                                         const std::optional<planner::MeasuredLinks>& links,
+                                         const std::vector<int>& switch_of_rank) {
   Impl& m = *impl_;
   if (!node_of_rank.empty() && static_cast<int>(node_of_rank.size()) != m.placement.world_size())
     throw Error("dedup: " + std::to_string(node_of_rank.size()) + " nodes given for " +
                 std::to_string(m.placement.world_size()) + " ranks");
   m.depth = depth;
   m.dedup = depth != DedupDepth::kOff;
+  if (depth == DedupDepth::kSwitch && static_cast<int>(switch_of_rank.size()) != m.placement.world_size())
+    throw Error("dedup switch: the ranks' switches are not given (parallel.ranks_per_switch, or "
+                "HETERMOE_SWITCH_NAME on every rank)");
   m.node_of.assign(m.P, 0);
-  for (int x = 0; x < m.P; ++x)
-    m.node_of[x] = node_of_rank.empty() ? x : node_of_rank[m.placement.GlobalRank(m.group, x)];
+  m.relay_group_of.assign(m.P, 0);
+  for (int x = 0; x < m.P; ++x) {
+    const int global = m.placement.GlobalRank(m.group, x);
+    m.node_of[x] = node_of_rank.empty() ? x : node_of_rank[global];
+    m.relay_group_of[x] = depth == DedupDepth::kSwitch ? switch_of_rank[global] : m.node_of[x];
+  }
   m.MakeRoutes();
   // kAuto: each attention rank chooses for each of its blocks (ChooseNodeLevel).
-  m.via_node.assign(m.routes.empty() ? 0 : static_cast<size_t>(m.L) * m.R * m.P, depth == DedupDepth::kNode ? 1 : 0);
+  m.via_node.assign(m.routes.empty() ? 0 : static_cast<size_t>(m.L) * m.R * m.P, depth != DedupDepth::kAuto ? 1 : 0);
   if (depth != DedupDepth::kAuto) return std::string();
   if (!links) return m.MeasureLinks();
   m.links_given = true;
@@ -67,8 +77,8 @@ std::optional<planner::MeasuredLinks> DistributedBackend::Links() const {
 
 void DistributedBackend::Impl::MakeRoutes() {
   routes.clear();  // empty: no layer has a route
-  if (depth != DedupDepth::kNode && depth != DedupDepth::kAuto) return;
-  routes = MakeNodeRoutes(placement, node_of);
+  if (depth != DedupDepth::kNode && depth != DedupDepth::kAuto && depth != DedupDepth::kSwitch) return;
+  routes = MakeNodeRoutes(placement, relay_group_of);
   const size_t n = static_cast<size_t>(L) * R * P;
   node_dedups.assign(n, {});
   node_outbox.assign(n, {});
@@ -79,10 +89,17 @@ void DistributedBackend::Impl::MakeRoutes() {
   relays.resize(n);
 }
 
+bool DistributedBackend::Impl::ReachesRoute(int l, int a) const {
+  if (routes.empty()) return false;
+  for (const NodeRoute& r : routes[l])
+    if (r.node != relay_group_of[a]) return true;
+  return false;
+}
+
 const NodeRoute* DistributedBackend::Impl::RouteFor(int l, int a, int o) const {
   if (routes.empty()) return nullptr;
   for (const NodeRoute& r : routes[l])
-    if (r.node != node_of[a] && std::find(r.owners.begin(), r.owners.end(), o) != r.owners.end()) return &r;
+    if (r.node != relay_group_of[a] && std::find(r.owners.begin(), r.owners.end(), o) != r.owners.end()) return &r;
   return nullptr;
 }
 
@@ -104,14 +121,14 @@ void DistributedBackend::Impl::SendNodeBlocks(int l, int j, std::vector<model::R
   const uint32_t tag = Tag(word ? kRows : kNodeRows, l, j);
   for (size_t i = 0; i < routes[l].size(); ++i) {
     const NodeRoute& route = routes[l][i];
-    if (route.node == node_of[me]) continue;
+    if (route.node == relay_group_of[me]) continue;
     const int64_t row0 = plan.offsets[route.first_expert];
     const int64_t rows = plan.offsets[route.first_expert + route.experts] - row0;
     Dedup& dd = node_dedups[Idx(l, j, static_cast<int>(i))];
     unique_of.resize(plan.tokens, -1);
     wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, &dd);
     rows_sent[l] += static_cast<double>(dd.uniques());
-    rows_inter_node[l] += static_cast<double>(dd.uniques());
+    if (node_of[route.owners[0]] != node_of[me]) rows_inter_node[l] += static_cast<double>(dd.uniques());
     std::vector<char>& box = node_outbox[Idx(l, j, static_cast<int>(i))];
     if (sends) {  // NCCL: the header over Gloo, the node's unique rows in the kRows group
       wire::PackDispatch(plan.counts.data() + route.first_expert, route.experts, nullptr, rows, 0, &dd, &box);
@@ -139,7 +156,7 @@ void DistributedBackend::Impl::PostNodeGradReceives(int l, int j) {
   for (size_t i = 0; i < routes[l].size(); ++i) {
     const NodeRoute& route = routes[l][i];
     const Dedup& dd = node_dedups[Idx(l, j, static_cast<int>(i))];
-    if (route.node == node_of[me] || dd.index.empty()) continue;
+    if (route.node == relay_group_of[me] || dd.index.empty()) continue;
     std::vector<float>& sums = node_grad_sums[Idx(l, j, static_cast<int>(i))];
     sums.resize(dd.uniques() * d);
     node_grads_in[Idx(l, j, static_cast<int>(i))] =
@@ -156,7 +173,7 @@ void DistributedBackend::Impl::ScatterNodeGradSums(int l, int j) {
   for (size_t i = 0; i < routes[l].size(); ++i) {
     const NodeRoute& route = routes[l][i];
     const Dedup& dd = node_dedups[Idx(l, j, static_cast<int>(i))];
-    if (route.node == node_of[me] || dd.index.empty()) continue;
+    if (route.node == relay_group_of[me] || dd.index.empty()) continue;
     wire::ScatterSums(dd, node_grad_sums[Idx(l, j, static_cast<int>(i))].data(), d,
                       mb.dispatched_grads(l).data() + plan.offsets[route.first_expert] * d);
   }
@@ -177,7 +194,7 @@ bool DistributedBackend::Impl::ChooseNodeLevel(int l, int j) {
   unique_of.resize(plan.tokens, -1);
   bool routed_here = false;
   for (const NodeRoute& route : routes[l]) {
-    if (route.node == node_of[me]) continue;
+    if (route.node == relay_group_of[me]) continue;
     routed_here = true;
     const int64_t row0 = plan.offsets[route.first_expert];
     wire::MakeDedup(plan.token_of_row, row0, plan.offsets[route.first_expert + route.experts] - row0, unique_of, &dd);
@@ -196,10 +213,7 @@ bool DistributedBackend::Impl::ChooseNodeLevel(int l, int j) {
   }
   if (!routed_here) return false;
   const double row_bytes = static_cast<double>(d) * (exchange ? exchange->wire_value_bytes() : sizeof(float));
-  const bool node = planner::PredictDepth(t, inter_link, intra_link, row_bytes).node;
-  blocks_routed[l] += 1;
-  if (node) blocks_node[l] += 1;
-  return node;
+  return planner::PredictDepth(t, inter_link, intra_link, row_bytes).node;
 }
 
 // Group 0 times transfers of a few sizes over two links, each a message and
@@ -218,7 +232,7 @@ std::string DistributedBackend::Impl::MeasureLinks() {
   std::vector<double> fits(4, 0.0);
   const int me = placement.LocalOf(rank);
   const std::vector<double> sizes = {2048, 16384, 131072, 524288};
-  constexpr int kReps = 5;  // the fastest of these per size: the link, not the host's other work
+  constexpr int kReps = 7;  // the fastest of these per size: the link, not the host's other work
   std::vector<char> buffer(static_cast<size_t>(sizes.back())), ack(1);
   uint32_t kind = kRelayRows + 2 * static_cast<uint32_t>(M);  // past the relay tags
   // With the NCCL transport the rows move device to device: time that, in
@@ -264,36 +278,39 @@ std::string DistributedBackend::Impl::MeasureLinks() {
       combine->Isend(ack.data(), 1, from, tag)->Wait();
     }
   };
-  auto time_link = [&](int from, int to, double* alpha, double* beta) {
-    std::vector<double> bytes, seconds;
-    for (int rep = 0; rep <= kReps; ++rep)  // rep 0 warms the connection up
+  // The two links' transfers interleaved, rep by rep, so that a burst of
+  // load on the host slows both alike rather than one link's fit.
+  struct Link {
+    int from, to;
+    std::vector<double> bytes, seconds;  // per size: the fastest transfer
+  };
+  std::vector<Link> links;
+  if (probe) links = {{0, probe->owners[0], {}, {}}, {probe->owners[0], probe->owners[1], {}, {}}};
+  for (int rep = 0; rep <= kReps; ++rep)  // rep 0 warms the connections up
+    for (Link& link : links)
       for (size_t at = 0; at < sizes.size(); ++at) {
         const int64_t rows = std::max<int64_t>(1, static_cast<int64_t>(sizes[at]) / row_bytes);
         const double size = static_cast<double>(rows * row_bytes);
         const uint32_t tag = Tag(kind++, 0, 0);
-        if (me != from && me != to) continue;
+        if (me != link.from && me != link.to) continue;
         const auto t0 = Clock::now();
-        if (exchange) device_transfer(from, to, rows);
-        else host_transfer(from, to, static_cast<size_t>(size), tag);
+        if (exchange) device_transfer(link.from, link.to, rows);
+        else host_transfer(link.from, link.to, static_cast<size_t>(size), tag);
         const double took = Seconds(t0, Clock::now());
-        if (me != from || rep == 0) continue;
+        if (me != link.from || rep == 0) continue;
         if (rep == 1) {
-          bytes.push_back(size);
-          seconds.push_back(took);
+          link.bytes.push_back(size);
+          link.seconds.push_back(took);
         } else {
-          seconds[at] = std::min(seconds[at], took);
+          link.seconds[at] = std::min(link.seconds[at], took);
         }
       }
-    if (me == from && group == 0) {
-      const planner::LinkCost c = planner::FitLinkCost(bytes, seconds);
-      *alpha = c.alpha;
-      *beta = c.beta;
+  for (size_t i = 0; i < links.size(); ++i)
+    if (me == links[i].from && group == 0) {
+      const planner::LinkCost c = planner::FitLinkCost(links[i].bytes, links[i].seconds);
+      fits[2 * i] = c.alpha;
+      fits[2 * i + 1] = c.beta;
     }
-  };
-  if (probe) {
-    time_link(0, probe->owners[0], &fits[0], &fits[1]);
-    time_link(probe->owners[0], probe->owners[1], &fits[2], &fits[3]);
-  }
   everyone->AllReduceSum(fits.data(), fits.size());
   // The per-message time a round trip measures is mostly the host's, the
   // same on both links, and its noise under load (0.1 ms) would decide

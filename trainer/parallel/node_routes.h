@@ -24,7 +24,8 @@ struct NodeRoute {
   int64_t first_expert = 0, experts = 0;
 };
 
-// [layer] the routes of a group; `node_of` gives each local index's node.
+// [layer] the routes of a group; `node_of` gives each local index's node
+// (or, for dedup at the level below, its switch: any grouping works).
 std::vector<std::vector<NodeRoute>> MakeNodeRoutes(const Placement& placement, const std::vector<int>& node_of);
 
 }  // namespace hetermoe::parallel

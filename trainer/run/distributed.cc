@@ -149,25 +149,17 @@ parallel::Placement RunFilePlacement(const RunConfig& rc, const io::MixtralConfi
 }
 
 // Asym-EA's offloads known before start-up (a list; auto measures them later).
-// Each global rank's node: rank / parallel.ranks_per_node, or else the
-// ranks that share a node name (HETERMOE_NODE_NAME, which pods get from the
-// node they run on, else the host name) share a node, numbered in rank order.
-std::vector<int> NodesOfRanks(const RunConfig& rc, comm::World& world) {
+// Each global rank's group at one level of the hierarchy: rank / `per`, or
+// else the ranks with the same name share a group, numbered in rank order
+// (the names' 32-bit FNV-1a hashes, in two exact 16-bit halves, summed over
+// the world, so every rank numbers them alike).
+std::vector<int> GroupsOfRanks(int per, const std::string& name, comm::World& world, const char* level) {
   const int n = world.size();
-  std::vector<int> node(n);
-  if (rc.parallel.ranks_per_node > 0) {
-    for (int r = 0; r < n; ++r) node[r] = r / rc.parallel.ranks_per_node;
-    return node;
+  std::vector<int> group(n);
+  if (per > 0) {
+    for (int r = 0; r < n; ++r) group[r] = r / per;
+    return group;
   }
-  std::string name;
-  if (const char* v = std::getenv("HETERMOE_NODE_NAME"); v && *v) {
-    name = v;
-  } else {
-    char host[256] = {};
-    gethostname(host, sizeof host - 1);
-    name = host;
-  }
-  // The names' 32-bit FNV-1a hashes, in two exact 16-bit halves, summed over the world.
   uint32_t h = 2166136261u;
   for (unsigned char ch : name) h = (h ^ ch) * 16777619u;
   std::vector<double> halves(2 * static_cast<size_t>(n), 0.0);
@@ -175,20 +167,51 @@ std::vector<int> NodesOfRanks(const RunConfig& rc, comm::World& world) {
   halves[2 * world.rank() + 1] = h & 0xffff;
   std::vector<int> all(n);
   for (int r = 0; r < n; ++r) all[r] = r;
-  world.Group("node-names", all)->AllReduceSum(halves.data(), halves.size());
+  world.Group(std::string(level) + "-names", all)->AllReduceSum(halves.data(), halves.size());
   std::vector<std::pair<double, double>> seen;
   for (int r = 0; r < n; ++r) {
     const std::pair<double, double> key{halves[2 * r], halves[2 * r + 1]};
     const auto it = std::find(seen.begin(), seen.end(), key);
-    node[r] = static_cast<int>(it - seen.begin());
+    group[r] = static_cast<int>(it - seen.begin());
     if (it == seen.end()) seen.push_back(key);
   }
-  return node;
+  return group;
+}
+
+std::string NodeName() {
+  if (const char* v = std::getenv("HETERMOE_NODE_NAME"); v && *v) return v;
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  return host;
+}
+
+// Each global rank's node: rank / parallel.ranks_per_node, or else the
+// ranks that share a node name (HETERMOE_NODE_NAME, which pods get from the
+// node they run on, else the host name) share a node.
+std::vector<int> NodesOfRanks(const RunConfig& rc, comm::World& world) {
+  return GroupsOfRanks(rc.parallel.ranks_per_node, NodeName(), world, "node");
+}
+
+// dedup switch: each global rank's switch (the level below the node):
+// rank / parallel.ranks_per_switch, or else the ranks of one node with the
+// same HETERMOE_SWITCH_NAME. Empty when neither is given.
+std::vector<int> SwitchesOfRanks(const RunConfig& rc, comm::World& world) {
+  if (rc.parallel.ranks_per_switch > 0) return GroupsOfRanks(rc.parallel.ranks_per_switch, "", world, "switch");
+  const char* v = std::getenv("HETERMOE_SWITCH_NAME");
+  std::vector<double> given = {v && *v ? 1.0 : 0.0};
+  world.Group("switch-given", [&] {
+    std::vector<int> all(world.size());
+    for (int r = 0; r < world.size(); ++r) all[r] = r;
+    return all;
+  }())->AllReduceSum(given.data(), 1);
+  if (given[0] != world.size()) return {};  // SetDedup names what is missing
+  return GroupsOfRanks(0, NodeName() + "/" + v, world, "switch");
 }
 
 parallel::DedupDepth DedupDepthOf(const std::string& name) {
   if (name == "off") return parallel::DedupDepth::kOff;
   if (name == "node") return parallel::DedupDepth::kNode;
+  if (name == "switch") return parallel::DedupDepth::kSwitch;
   if (name == "auto") return parallel::DedupDepth::kAuto;
   return parallel::DedupDepth::kRank;
 }
@@ -316,7 +339,8 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
       },
       rc.train.zero == 1);
   const std::vector<int> nodes = NodesOfRanks(rc, *run->world);
-  const std::string dedup_line = engine->SetDedup(DedupDepthOf(p.dedup), nodes, LinksProfile(rc));
+  const std::vector<int> switches = p.dedup == "switch" ? SwitchesOfRanks(rc, *run->world) : std::vector<int>{};
+  const std::string dedup_line = engine->SetDedup(DedupDepthOf(p.dedup), nodes, LinksProfile(rc), switches);
   if (ro.rank == 0 && !dedup_line.empty()) std::fprintf(stderr, "%s\n", dedup_line.c_str());
   engine->SetSwapEvery(static_cast<int>(p.swap_every));
   const std::string transport = engine->SetTransport(
@@ -331,11 +355,12 @@ std::unique_ptr<DistributedRun> JoinDistributedRun(const RunConfig& rc, const io
   if (ro.rank == 0) {
     std::fprintf(stderr, "%s", run->placement.Describe().c_str());
     std::fprintf(stderr, "rows between ranks: %s\n", transport.c_str());
-    if (p.dedup == "node" || p.dedup == "auto") {
+    if (p.dedup == "node" || p.dedup == "auto" || p.dedup == "switch") {
+      const std::vector<int>& groups = p.dedup == "switch" ? switches : nodes;
       std::string list;
-      for (size_t r = 0; r < nodes.size(); ++r) list += (r ? " " : "") + std::to_string(nodes[r]);
-      std::fprintf(stderr, "dedup: %s (the nodes of ranks 0..%zu: %s)\n", p.dedup.c_str(), nodes.size() - 1,
-                   list.c_str());
+      for (size_t r = 0; r < groups.size(); ++r) list += (r ? " " : "") + std::to_string(groups[r]);
+      std::fprintf(stderr, "dedup: %s (the %s of ranks 0..%zu: %s)\n", p.dedup.c_str(),
+                   p.dedup == "switch" ? "switches" : "nodes", groups.size() - 1, list.c_str());
     }
     if (in_flight < run->placement.micro_per_rank)
       std::fprintf(stderr, "micro-batches in flight: %d of %d per attention rank (zebra in waves)\n", in_flight,

@@ -126,7 +126,7 @@ void MetricsSink::Record(const StepMetrics& m) {
     std::vector<std::string> depth;
     std::vector<double> node_share;
     for (double x : m.dedup_depth) {
-      depth.push_back(x >= 2 ? "node" : x == 1 ? "rank" : x == 0 ? "off" : "mixed");
+      depth.push_back(x >= 2 ? m.dedup_relay_level : x == 1 ? "rank" : x == 0 ? "off" : "mixed");
       node_share.push_back(x > 1 ? x - 1 : 0.0);
     }
     line["dedup_depth"] = depth;

@@ -40,7 +40,8 @@ struct StepMetrics {
   std::vector<double> dispatch_rows_sent;            // [L] rows sent for them (deduplicated; one process: = rows)
   std::vector<double> dispatch_rows_inter_node;      // [L] of those, rows sent to another node (one process: 0)
   std::vector<double> dispatch_rows_relayed;         // [L] rows relayed inside a node (parallel.dedup node)
-  std::vector<double> dedup_depth;                     // [L] 0 off, 1 rank, 2 node (distributed runs)
+  std::vector<double> dedup_depth;                   // [L] 0 off, 1 rank, 2 node or switch (distributed runs)
+  std::string dedup_relay_level = "node";            // the level a dedup_depth of 2 relays at: node | switch
   std::vector<double> expert_load_imbalance;         // [L] max / mean routed rows over owner ranks (one process: 1)
   int64_t expert_swaps = -1;                         // HierMoE expert swaps made so far (distributed runs)
   std::vector<int64_t> rank_state_bytes;             // per rank: parameters, gradients, AdamW moments held

@@ -176,11 +176,16 @@ RunConfig ParseRunConfig(const std::string& yaml_text, const std::string& source
     parallel.Get("dedup", &p.dedup);
     if (p.dedup == "true") p.dedup = "rank";
     if (p.dedup == "false") p.dedup = "off";
-    if (p.dedup != "off" && p.dedup != "rank" && p.dedup != "node" && p.dedup != "auto")
+    if (p.dedup != "off" && p.dedup != "rank" && p.dedup != "node" && p.dedup != "switch" && p.dedup != "auto")
       parallel.Fail("parallel.dedup",
-                    "must be off, rank, node or auto (or true = rank, false = off; got \"" + p.dedup + "\")");
+                    "must be off, rank, node, switch or auto (or true = rank, false = off; got \"" + p.dedup + "\")");
     parallel.Get("ranks_per_node", &p.ranks_per_node);
     if (p.ranks_per_node < 0) parallel.Fail("parallel.ranks_per_node", "must be >= 0 (0 = from the node names)");
+    parallel.Get("ranks_per_switch", &p.ranks_per_switch);
+    if (p.ranks_per_switch < 0)
+      parallel.Fail("parallel.ranks_per_switch", "must be >= 0 (0 = from the switch names)");
+    if (p.ranks_per_switch > 0 && p.ranks_per_node > 0 && p.ranks_per_node % p.ranks_per_switch != 0)
+      parallel.Fail("parallel.ranks_per_switch", "must divide parallel.ranks_per_node (a switch is inside a node)");
     parallel.Get("links_profile", &p.links_profile);
     if (!p.links_profile.empty() && p.dedup != "auto")
       parallel.Fail("parallel.links_profile", "is read only with dedup: auto (dedup is \"" + p.dedup + "\")");

@@ -68,11 +68,16 @@ struct RunConfig {
     double timeout_seconds = 60;     // rendezvous and every collective
     // HierMoE token deduplication on the dispatch: off | rank | node | auto
     // (true = rank, false = off); node also sends a token once per other
-    // node; auto picks rank or node per layer from the measured links.
+    // node; switch once per other switch (the level below the node); auto
+    // picks rank or node per block from the measured links.
     std::string dedup = "rank";
     // Nodes of a local run: ranks 0..n-1 are node 0, n..2n-1 node 1, ... (0 =
     // from each rank's HETERMOE_NODE_NAME, else its host name).
     int ranks_per_node = 0;
+    // The level below the node for dedup switch: ranks 0..n-1 are one PCIe
+    // switch or NVLink island, n..2n-1 the next (0 = from each rank's
+    // HETERMOE_SWITCH_NAME within its node).
+    int ranks_per_switch = 0;
     // dedup auto: the links from this profile (a run's links.json) instead of
     // measuring them at start-up ("" = measure; either way the links in use
     // are written to <output.dir>/links.json).

@@ -331,6 +331,7 @@ TrainResult Train(const RunConfig& rc, const TrainOptions& options) {
     m.dispatch_rows_inter_node = loss.dispatch_rows_inter_node;
     m.dispatch_rows_relayed = loss.dispatch_rows_relayed;
     m.dedup_depth = loss.dedup_depth;
+    m.dedup_relay_level = loss.dedup_relay_level;
     m.expert_load_imbalance = loss.expert_load_imbalance;
     if (!loss.has_parallel_stats)
       for (double rows : m.dispatch_rows) m.expert_load_imbalance.push_back(rows > 0 ? 1.0 : 0.0);
