@@ -106,30 +106,32 @@ TEST(Wire, CorruptBlocksAreRefused) {
 }
 
 // dedup auto: the word in front of a route owner's message says what
-// follows, and reading it leaves the block as packed; a bad word is refused.
+// follows, written into the room the packing left, and the block after it
+// reads as packed; a bad word is refused.
 TEST(Wire, RouteWordsLeadTheBlockTheySay) {
   const Block b;
   const Dedup dd = DedupOf(b);
   std::vector<char> packed, box;
   PackDispatch(b.counts.data(), 2, b.rows.data(), b.size(), kD, &dd, &packed);
   for (RouteBlock kind : {RouteBlock::kOwn, RouteBlock::kNode}) {
-    box = packed;
-    PrefixRouteWord(kind, &box);
+    PackDispatch(b.counts.data(), 2, b.rows.data(), b.size(), kD, &dd, &box, kRouteWordBytes);
+    WriteRouteWord(kind, &box);
     ASSERT_EQ(box.size(), packed.size() + kRouteWordBytes);
     box.resize(box.size() + 40);  // a worst-case receive buffer
-    EXPECT_EQ(TakeRouteWord(&box, box.size()), kind);
-    EXPECT_TRUE(std::equal(packed.begin(), packed.end(), box.begin()));
-    const DispatchBlock back = UnpackDispatch(box.data(), box.size(), 2, 100, kD, true);
+    EXPECT_EQ(ReadRouteWord(box.data(), box.size()), kind);
+    EXPECT_TRUE(std::equal(packed.begin(), packed.end(), box.begin() + kRouteWordBytes));
+    const DispatchBlock back =
+        UnpackDispatch(box.data() + kRouteWordBytes, box.size() - kRouteWordBytes, 2, 100, kD, true);
     EXPECT_EQ(back.rows, b.size());
     EXPECT_EQ(back.uniques, 4);
   }
   box.clear();
-  PrefixRouteWord(RouteBlock::kRelayed, &box);
-  EXPECT_EQ(TakeRouteWord(&box, box.size()), RouteBlock::kRelayed);
-  EXPECT_TRUE(box.empty());
-  auto error = [](std::vector<char> bad) {
+  WriteRouteWord(RouteBlock::kRelayed, &box);
+  EXPECT_EQ(ReadRouteWord(box.data(), box.size()), RouteBlock::kRelayed);
+  EXPECT_EQ(box.size(), kRouteWordBytes) << "the word alone";
+  auto error = [](const std::vector<char>& bad) {
     try {
-      TakeRouteWord(&bad, bad.size());
+      ReadRouteWord(bad.data(), bad.size());
     } catch (const Error& e) {
       return std::string(e.what());
     }

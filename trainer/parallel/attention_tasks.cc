@@ -35,9 +35,10 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
     blocks_routed[l] += 1;
     blocks_node[l] += via_node[Idx(l, j, me)];
   }
-  // kAuto: a route owner's message starts with a word saying what follows.
-  auto word = [&](int o, wire::RouteBlock kind, std::vector<char>* box) {
-    if (depth == DedupDepth::kAuto && RouteFor(l, me, o)) wire::PrefixRouteWord(kind, box);
+  // kAuto: a route owner's message starts with a word saying what follows,
+  // packed in front of the block.
+  auto word_bytes = [&](int o) {
+    return depth == DedupDepth::kAuto && RouteFor(l, me, o) ? wire::kRouteWordBytes : size_t{0};
   };
   ForEachOwner(l, j, [&](int o, const ExpertRange& r, int64_t row0, int64_t rows) {
     const size_t to_rank = static_cast<size_t>(l) * placement.world_size() + placement.GlobalRank(group, o);
@@ -47,7 +48,7 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
       if (depth == DedupDepth::kAuto && o != route->owners[0]) {  // the word alone: the first owner relays
         std::vector<char>& box = outbox[Idx(l, j, o)];
         box.clear();
-        word(o, wire::RouteBlock::kRelayed, &box);
+        wire::WriteRouteWord(wire::RouteBlock::kRelayed, &box);
         Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
       }
       if (rows > 0 && !exchange)
@@ -59,15 +60,17 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
     Dedup* dd = nullptr;
     if (dedup) {
       dd = &dedups[Idx(l, j, o)];
-      unique_of.resize(plan.tokens, -1);
-      wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, dd);
+      if (!word_bytes(o)) {  // a route owner's with kAuto: made when the depth was chosen (ChooseNodeLevel)
+        unique_of.resize(plan.tokens, -1);
+        wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, dd);
+      }
     }
     rows_sent[l] += static_cast<double>(dd ? dd->uniques() : rows);
     if (node_of[o] != node_of[me]) rows_inter_node[l] += static_cast<double>(dd ? dd->uniques() : rows);
     rows_to_rank[to_rank] += static_cast<double>(rows);
     if (exchange) {
-      wire::PackDispatch(plan.counts.data() + r.first, r.count, nullptr, rows, 0, dd, &box);
-      word(o, wire::RouteBlock::kOwn, &box);
+      wire::PackDispatch(plan.counts.data() + r.first, r.count, nullptr, rows, 0, dd, &box, word_bytes(o));
+      if (word_bytes(o)) wire::WriteRouteWord(wire::RouteBlock::kOwn, &box);
       Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
       if (rows == 0) return;
       model::RowExchange::Send s;
@@ -78,8 +81,9 @@ void DistributedBackend::Impl::PostDispatch(int l, int j) {
       sends.push_back(std::move(s));
       return;
     }
-    wire::PackDispatch(plan.counts.data() + r.first, r.count, mb.dispatched(l).data() + row0 * d, rows, d, dd, &box);
-    word(o, wire::RouteBlock::kOwn, &box);
+    wire::PackDispatch(plan.counts.data() + r.first, r.count, mb.dispatched(l).data() + row0 * d, rows, d, dd, &box,
+                       word_bytes(o));
+    if (word_bytes(o)) wire::WriteRouteWord(wire::RouteBlock::kOwn, &box);
     Send(dispatch.get(), box.data(), box.size(), o, Tag(kRows, l, j));
     if (rows > 0)
       outputs_in[Idx(l, j, o)] = combine->Irecv(mb.expert_outputs(l).data() + row0 * d,

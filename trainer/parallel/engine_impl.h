@@ -50,6 +50,7 @@ struct OwnerSlot {
   std::vector<float> dy;            // output grads in
   bool relay_pending = false;       // node dedup, on the node's first owner: RelayRows fills the inbox
   bool route_word = false;          // dedup auto: the inbox starts with a wire::RouteBlock word
+  size_t at = 0;                    // where the block starts in the inbox (after that word)
   std::unique_ptr<comm::Request> inbox_request, dy_request;
   model::DeviceRows dev;            // NCCL transport: the block's rows on the device
 };
@@ -165,6 +166,7 @@ struct DistributedBackend::Impl {
   // the node's first owner, [l][j][attention rank]
   struct Relay {
     std::vector<char> inbox;
+    size_t at = 0;  // where the node block starts in it (after a route word with kAuto)
     std::unique_ptr<comm::Request> request;
     std::vector<wire::NodeSplit> split;  // per route owner
     int64_t uniques = 0, rows = 0;
@@ -410,6 +412,13 @@ struct DistributedBackend::Impl {
   // distinct experts, so it sends at most min(k, experts held) rows to this
   // owner, and with dedup the rows on the wire are at most one per token.
   int64_t MaxRows(const ExpertRange& r) const { return micro_tokens * std::min<int64_t>(k, r.count); }
+  // The most a block over `experts` experts can take on the wire: header,
+  // and over Gloo its rows (with dedup at most one per token).
+  size_t InboxBytes(int64_t experts, bool with_dedup) const {
+    const int64_t max_rows = micro_tokens * std::min<int64_t>(k, experts);
+    const int64_t on_wire = exchange ? 0 : with_dedup ? std::min(max_rows, micro_tokens) : max_rows;
+    return HeaderBytes(experts, max_rows, with_dedup) + on_wire * d * sizeof(float);
+  }
   void PostOwnerReceives();
 
   // Waits for attention rank a's block of (l, j) and reads its header; over

@@ -118,6 +118,7 @@ void DistributedBackend::Impl::SendNodeBlocks(int l, int j, std::vector<model::R
   const ops::DispatchPlan& plan = mb.plan(l);
   // kAuto: on the dispatch tag, after a word saying a node block follows.
   const bool word = depth == DedupDepth::kAuto;
+  const size_t prefix = word ? wire::kRouteWordBytes : 0;
   const uint32_t tag = Tag(word ? kRows : kNodeRows, l, j);
   for (size_t i = 0; i < routes[l].size(); ++i) {
     const NodeRoute& route = routes[l][i];
@@ -125,14 +126,16 @@ void DistributedBackend::Impl::SendNodeBlocks(int l, int j, std::vector<model::R
     const int64_t row0 = plan.offsets[route.first_expert];
     const int64_t rows = plan.offsets[route.first_expert + route.experts] - row0;
     Dedup& dd = node_dedups[Idx(l, j, static_cast<int>(i))];
-    unique_of.resize(plan.tokens, -1);
-    wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, &dd);
+    if (!word) {  // kAuto: made when the depth was chosen (ChooseNodeLevel)
+      unique_of.resize(plan.tokens, -1);
+      wire::MakeDedup(plan.token_of_row, row0, rows, unique_of, &dd);
+    }
     rows_sent[l] += static_cast<double>(dd.uniques());
     if (node_of[route.owners[0]] != node_of[me]) rows_inter_node[l] += static_cast<double>(dd.uniques());
     std::vector<char>& box = node_outbox[Idx(l, j, static_cast<int>(i))];
     if (sends) {  // NCCL: the header over Gloo, the node's unique rows in the kRows group
-      wire::PackDispatch(plan.counts.data() + route.first_expert, route.experts, nullptr, rows, 0, &dd, &box);
-      if (word) wire::PrefixRouteWord(wire::RouteBlock::kNode, &box);
+      wire::PackDispatch(plan.counts.data() + route.first_expert, route.experts, nullptr, rows, 0, &dd, &box, prefix);
+      if (word) wire::WriteRouteWord(wire::RouteBlock::kNode, &box);
       Send(dispatch.get(), box.data(), box.size(), route.owners[0], tag);
       if (rows == 0) continue;
       model::RowExchange::Send s;
@@ -144,8 +147,8 @@ void DistributedBackend::Impl::SendNodeBlocks(int l, int j, std::vector<model::R
       continue;
     }
     wire::PackDispatch(plan.counts.data() + route.first_expert, route.experts, mb.dispatched(l).data() + row0 * d,
-                       rows, d, &dd, &box);
-    if (word) wire::PrefixRouteWord(wire::RouteBlock::kNode, &box);
+                       rows, d, &dd, &box, prefix);
+    if (word) wire::WriteRouteWord(wire::RouteBlock::kNode, &box);
     Send(dispatch.get(), box.data(), box.size(), route.owners[0], tag);
   }
 }
@@ -182,7 +185,9 @@ void DistributedBackend::Impl::ScatterNodeGradSums(int l, int j) {
 // --- the depth choice (kAuto) ---
 
 // What either depth would send this rank's rows of (l, j) over the routes
-// of the layer, priced with the fitted links. With the depth chosen per
+// of the layer, priced with the fitted links. The dedups it makes are the
+// ones the send uses (node_dedups per route, dedups per route owner), so
+// SendNodeBlocks and PostDispatch do not make them again. With the depth chosen per
 // block, node level sends each route's other owners a word across nodes
 // too (wire::RouteBlock), so both depths send as many messages across
 // nodes; node level sends fewer rows across, and relays rows inside.
@@ -190,19 +195,22 @@ bool DistributedBackend::Impl::ChooseNodeLevel(int l, int j) {
   const ops::DispatchPlan& plan = Micro(j).plan(l);
   const int me = placement.LocalOf(rank);
   planner::RouteTraffic t;
-  Dedup dd;
   unique_of.resize(plan.tokens, -1);
   bool routed_here = false;
-  for (const NodeRoute& route : routes[l]) {
+  for (size_t ri = 0; ri < routes[l].size(); ++ri) {
+    const NodeRoute& route = routes[l][ri];
     if (route.node == relay_group_of[me]) continue;
     routed_here = true;
     const int64_t row0 = plan.offsets[route.first_expert];
-    wire::MakeDedup(plan.token_of_row, row0, plan.offsets[route.first_expert + route.experts] - row0, unique_of, &dd);
-    t.node_rows += static_cast<double>(dd.uniques());
+    Dedup& node_dd = node_dedups[Idx(l, j, static_cast<int>(ri))];
+    wire::MakeDedup(plan.token_of_row, row0, plan.offsets[route.first_expert + route.experts] - row0, unique_of,
+                    &node_dd);
+    t.node_rows += static_cast<double>(node_dd.uniques());
     t.node_messages += static_cast<double>(route.owners.size());
     for (size_t i = 0; i < route.owners.size(); ++i) {
       const ExpertRange& r = Range(l, route.owners[i]);
       const int64_t o0 = plan.offsets[r.first];
+      Dedup& dd = dedups[Idx(l, j, route.owners[i])];
       wire::MakeDedup(plan.token_of_row, o0, plan.offsets[r.first + r.count] - o0, unique_of, &dd);
       t.rank_rows += static_cast<double>(dd.uniques());
       t.rank_messages += 1;
@@ -443,7 +451,7 @@ void DistributedBackend::Impl::RelayRows(int l, int j, int a) {
   const int64_t on_wire = exchange ? 0 : d;  // NCCL: the rows come in the kRows group
   try {
     const wire::DispatchBlock block =
-        wire::UnpackDispatch(rl.inbox.data(), rl.inbox.size(), route.experts, max_rows, on_wire, true);
+        wire::UnpackDispatch(rl.inbox.data() + rl.at, rl.inbox.size() - rl.at, route.experts, max_rows, on_wire, true);
     rl.uniques = block.uniques;
     rl.rows = block.rows;
     wire::SplitNodeBlock(block, on_wire, experts, &rl.split);

@@ -14,23 +14,18 @@ void DistributedBackend::Impl::PostOwnerReceives() {
   for (int l = 0; l < L; ++l) {
     const ExpertRange& r = Range(l, local);
     if (r.count == 0) continue;
-    const int64_t max_rows = MaxRows(r);
-    const int64_t on_wire = exchange ? 0 : dedup ? std::min(max_rows, micro_tokens) : max_rows;
     for (int j = 0; j < R; ++j)
       for (int a = 0; a < M; ++a) {
         OwnerSlot& s = slots[Idx(l, j, a)];
-        s.inbox.resize(HeaderBytes(r.count, max_rows, dedup) + on_wire * d * sizeof(float));
+        s.inbox.resize(InboxBytes(r.count, dedup));
         s.route_word = false;
+        s.at = 0;
         const NodeRoute* route = RouteFor(l, a, local);
         if (route && depth == DedupDepth::kAuto) {
           // a chooses the depth per block: a word, then this owner's block
           // or (the first owner) the node's, or nothing (ReadHeader).
           size_t most = s.inbox.size();
-          if (route->owners[0] == local) {
-            const int64_t node_rows = micro_tokens * std::min<int64_t>(k, route->experts);
-            most = std::max(most, HeaderBytes(route->experts, node_rows, true) +
-                                      (exchange ? 0 : std::min(node_rows, micro_tokens)) * d * sizeof(float));
-          }
+          if (route->owners[0] == local) most = std::max(most, InboxBytes(route->experts, true));
           s.inbox.resize(wire::kRouteWordBytes + most);
           s.route_word = true;
           s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), a, Tag(kRows, l, j));
@@ -39,10 +34,9 @@ void DistributedBackend::Impl::PostOwnerReceives() {
         } else if (route->owners[0] != local) {  // relayed by the node's first owner
           s.inbox_request = dispatch->Irecv(s.inbox.data(), s.inbox.size(), route->owners[0], Tag(RelayRowsKind(a), l, j));
         } else {  // this rank relays: the node's block comes in
-          const int64_t node_rows = micro_tokens * std::min<int64_t>(k, route->experts);
           Relay& rl = relays[Idx(l, j, a)];
-          rl.inbox.resize(HeaderBytes(route->experts, node_rows, true) +
-                          (exchange ? 0 : std::min(node_rows, micro_tokens)) * d * sizeof(float));
+          rl.inbox.resize(InboxBytes(route->experts, true));
+          rl.at = 0;
           rl.request = dispatch->Irecv(rl.inbox.data(), rl.inbox.size(), a, Tag(kNodeRows, l, j));
           s.relay_pending = true;
         }
@@ -69,7 +63,7 @@ void DistributedBackend::Impl::ReadHeader(int l, int j, int a) {
     s.route_word = false;
     wire::RouteBlock kind;
     try {
-      kind = wire::TakeRouteWord(&s.inbox, s.inbox.size());
+      kind = wire::ReadRouteWord(s.inbox.data(), s.inbox.size());
     } catch (const Error& e) {
       throw Error("rank " + std::to_string(rank) + ": " + e.what() + " from rank " +
                   std::to_string(placement.GlobalRank(group, a)));
@@ -80,21 +74,25 @@ void DistributedBackend::Impl::ReadHeader(int l, int j, int a) {
       if (route.owners[0] != me)
         throw Error("rank " + std::to_string(rank) + ": a node block from rank " +
                     std::to_string(placement.GlobalRank(group, a)) + ", which is not its node's first owner");
-      relays[Idx(l, j, a)].inbox.swap(s.inbox);
+      Relay& rl = relays[Idx(l, j, a)];
+      rl.inbox.swap(s.inbox);
+      rl.at = wire::kRouteWordBytes;
       RelayRows(l, j, a);  // this owner's own block into s.inbox
     } else if (kind == wire::RouteBlock::kRelayed) {
       if (route.owners[0] == me)
         throw Error("rank " + std::to_string(rank) + ": told its node's rows from rank " +
                     std::to_string(placement.GlobalRank(group, a)) + " are relayed, but it is the relay");
-      s.inbox.resize(HeaderBytes(r.count, MaxRows(r), true) +
-                     (exchange ? 0 : std::min(MaxRows(r), micro_tokens)) * d * sizeof(float));
+      s.inbox.resize(InboxBytes(r.count, true));
       Wait(dispatch->Irecv(s.inbox.data(), s.inbox.size(), route.owners[0], Tag(RelayRowsKind(a), l, j)).get(), true,
            "relay", l, j);
+    } else {
+      s.at = wire::kRouteWordBytes;  // this owner's own block follows the word
     }
   }
   wire::DispatchBlock block;
   try {
-    block = wire::UnpackDispatch(s.inbox.data(), s.inbox.size(), r.count, MaxRows(r), exchange ? 0 : d, dedup);
+    block = wire::UnpackDispatch(s.inbox.data() + s.at, s.inbox.size() - s.at, r.count, MaxRows(r), exchange ? 0 : d,
+                                 dedup);
   } catch (const Error& e) {
     throw Error("rank " + std::to_string(rank) + ": " + e.what() + " from rank " +
                 std::to_string(placement.GlobalRank(group, a)));

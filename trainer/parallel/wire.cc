@@ -30,23 +30,22 @@ size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup) {
 }
 
 void PackDispatch(const int64_t* counts, int64_t experts, const float* data, int64_t rows, int64_t d,
-                  const Dedup* dedup, std::vector<char>* box) {
+                  const Dedup* dedup, std::vector<char>* box, size_t prefix) {
   const size_t header = HeaderBytes(experts, rows, dedup != nullptr);
   const size_t row_bytes = d * sizeof(float);
+  box->resize(prefix + header + (dedup ? dedup->uniques() : rows) * row_bytes);
+  char* out = box->data() + prefix;
   if (dedup == nullptr) {
-    box->resize(header + rows * row_bytes);
-    if (rows * row_bytes > 0) std::memcpy(box->data() + header, data, rows * row_bytes);
+    if (rows * row_bytes > 0) std::memcpy(out + header, data, rows * row_bytes);
   } else {
     const int64_t uniques = dedup->uniques();
-    box->resize(header + uniques * row_bytes);
-    std::fill(box->begin(), box->begin() + header, 0);  // the index's padding
-    std::memcpy(box->data() + experts * sizeof(int64_t), &uniques, sizeof(int64_t));
-    std::memcpy(box->data() + (experts + 1) * sizeof(int64_t), dedup->index.data(), rows * sizeof(int32_t));
+    std::fill(out, out + header, 0);  // the index's padding
+    std::memcpy(out + experts * sizeof(int64_t), &uniques, sizeof(int64_t));
+    std::memcpy(out + (experts + 1) * sizeof(int64_t), dedup->index.data(), rows * sizeof(int32_t));
     if (row_bytes > 0)
-      for (int64_t u = 0; u < uniques; ++u)
-        std::memcpy(box->data() + header + u * row_bytes, data + dedup->first[u] * d, row_bytes);
+      for (int64_t u = 0; u < uniques; ++u) std::memcpy(out + header + u * row_bytes, data + dedup->first[u] * d, row_bytes);
   }
-  std::memcpy(box->data(), counts, experts * sizeof(int64_t));
+  std::memcpy(out, counts, experts * sizeof(int64_t));
 }
 
 DispatchBlock UnpackDispatch(const char* box, size_t bytes, int64_t experts, int64_t max_rows, int64_t d, bool dedup) {
@@ -152,19 +151,18 @@ void AddToNodeSums(const NodeSplit& owner, const float* owner_sums, int64_t d, f
   }
 }
 
-void PrefixRouteWord(RouteBlock kind, std::vector<char>* box) {
+void WriteRouteWord(RouteBlock kind, std::vector<char>* box) {
   const int64_t word = static_cast<int64_t>(kind);
-  box->insert(box->begin(), kRouteWordBytes, 0);
+  if (box->size() < kRouteWordBytes) box->resize(kRouteWordBytes);
   std::memcpy(box->data(), &word, kRouteWordBytes);
 }
 
-RouteBlock TakeRouteWord(std::vector<char>* box, size_t bytes) {
+RouteBlock ReadRouteWord(const char* box, size_t bytes) {
   int64_t word = -1;
-  if (bytes >= kRouteWordBytes && box->size() >= kRouteWordBytes) std::memcpy(&word, box->data(), kRouteWordBytes);
+  if (bytes >= kRouteWordBytes) std::memcpy(&word, box, kRouteWordBytes);
   if (word != static_cast<int64_t>(RouteBlock::kOwn) && word != static_cast<int64_t>(RouteBlock::kNode) &&
       word != static_cast<int64_t>(RouteBlock::kRelayed))
     throw Error("corrupt dispatch header (route word " + std::to_string(word) + ")");
-  box->erase(box->begin(), box->begin() + kRouteWordBytes);
   return static_cast<RouteBlock>(word);
 }
 

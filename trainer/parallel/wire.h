@@ -40,9 +40,10 @@ size_t HeaderBytes(int64_t experts, int64_t rows, bool dedup);
 // `rows`), then the rows of `data` (rows x d), or with `dedup` only each
 // unique token's first row. With d = 0 the block is the header alone (the
 // rows travel separately: the NCCL transport); UnpackDispatch reads it
-// with d = 0 too.
+// with d = 0 too. `prefix` bytes are left free in front of the block (a
+// route word, WriteRouteWord).
 void PackDispatch(const int64_t* counts, int64_t experts, const float* data, int64_t rows, int64_t d,
-                  const Dedup* dedup, std::vector<char>* box);
+                  const Dedup* dedup, std::vector<char>* box, size_t prefix = 0);
 
 // A received block, read in place.
 struct DispatchBlock {
@@ -104,11 +105,12 @@ void AddToNodeSums(const NodeSplit& owner, const float* owner_sums, int64_t d, f
 enum class RouteBlock : int64_t { kOwn = 0, kNode = 1, kRelayed = 2 };
 inline constexpr size_t kRouteWordBytes = sizeof(int64_t);
 
-// Puts the word in front of `box` (a packed block, or empty for kRelayed).
-void PrefixRouteWord(RouteBlock kind, std::vector<char>* box);
+// Writes the word into the first kRouteWordBytes of `box` (a block packed
+// with that prefix left free, or an empty box for kRelayed), in place.
+void WriteRouteWord(RouteBlock kind, std::vector<char>* box);
 
-// Reads the word of a received message of `bytes` bytes and removes it from
-// `box`. Throws hetermoe::Error("corrupt dispatch header (route word)").
-RouteBlock TakeRouteWord(std::vector<char>* box, size_t bytes);
+// The word at the front of a received message of `bytes` bytes; the block
+// follows it. Throws hetermoe::Error("corrupt dispatch header (route word)").
+RouteBlock ReadRouteWord(const char* box, size_t bytes);
 
 }  // namespace hetermoe::parallel::wire

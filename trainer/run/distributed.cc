@@ -23,6 +23,13 @@
 namespace hetermoe::run {
 namespace {
 
+// Every rank of the world, for a group over all of them.
+std::vector<int> AllRanks(const comm::World& world) {
+  std::vector<int> all(world.size());
+  for (int r = 0; r < world.size(); ++r) all[r] = r;
+  return all;
+}
+
 int WorldSizeOf(const RunConfig& rc) {
   return rc.parallel.groups * (rc.parallel.attention_ranks + rc.parallel.expert_ranks);
 }
@@ -99,9 +106,7 @@ std::vector<int> AutoAsymEa(const RunConfig& rc, const io::MixtralConfig& config
                                                   em.attention, em.experts)
                      : parallel::ProfileExpertRank(*device, config, per, rc.train.seq_len, p.attention_ranks, held,
                                                em.experts);
-  std::vector<int> everyone(world.size());
-  for (int r = 0; r < world.size(); ++r) everyone[r] = r;
-  auto all = world.Group("profile", everyone);
+  auto all = world.Group("profile", AllRanks(world));
   // Each rank fills its own three slots; one sum gathers them all, then the
   // slowest measurement of each kind counts (only one side measures each).
   const int W = world.size();
@@ -165,9 +170,7 @@ std::vector<int> GroupsOfRanks(int per, const std::string& name, comm::World& wo
   std::vector<double> halves(2 * static_cast<size_t>(n), 0.0);
   halves[2 * world.rank()] = h >> 16;
   halves[2 * world.rank() + 1] = h & 0xffff;
-  std::vector<int> all(n);
-  for (int r = 0; r < n; ++r) all[r] = r;
-  world.Group(std::string(level) + "-names", all)->AllReduceSum(halves.data(), halves.size());
+  world.Group(std::string(level) + "-names", AllRanks(world))->AllReduceSum(halves.data(), halves.size());
   std::vector<std::pair<double, double>> seen;
   for (int r = 0; r < n; ++r) {
     const std::pair<double, double> key{halves[2 * r], halves[2 * r + 1]};
@@ -199,11 +202,7 @@ std::vector<int> SwitchesOfRanks(const RunConfig& rc, comm::World& world) {
   if (rc.parallel.ranks_per_switch > 0) return GroupsOfRanks(rc.parallel.ranks_per_switch, "", world, "switch");
   const char* v = std::getenv("HETERMOE_SWITCH_NAME");
   std::vector<double> given = {v && *v ? 1.0 : 0.0};
-  world.Group("switch-given", [&] {
-    std::vector<int> all(world.size());
-    for (int r = 0; r < world.size(); ++r) all[r] = r;
-    return all;
-  }())->AllReduceSum(given.data(), 1);
+  world.Group("switch-given", AllRanks(world))->AllReduceSum(given.data(), 1);
   if (given[0] != world.size()) return {};  // SetDedup names what is missing
   return GroupsOfRanks(0, NodeName() + "/" + v, world, "switch");
 }
